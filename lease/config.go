@@ -1,8 +1,13 @@
 package lease
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/netip"
+	"reflect"
+	"strings"
 )
 
 // Config is the cluster network configuration stored at <prefix>/config, in
@@ -17,4 +22,216 @@ type Config struct {
 	BackendType string
 	// Backend is the raw Backend object, for the backend's own fields.
 	Backend json.RawMessage
+}
+
+// BackendTypes are the values of Backend.Type weft accepts. "auto" is weft's
+// own: it picks the fastest backend the host supports.
+var BackendTypes = []string{"udp", "vxlan", "host-gw", "auto"}
+
+// rawConfig mirrors flanneld's Config for decoding. encoding/json matches
+// keys case-insensitively, as it does for flanneld, so a config flanneld
+// accepts decodes the same here. Pointers tell "absent" from "zero".
+type rawConfig struct {
+	EnableIPv4    *bool
+	EnableIPv6    *bool
+	Network       *string
+	IPv6Network   *string
+	Networks      []string
+	IPv6Networks  []string
+	SubnetMin     *string
+	SubnetMax     *string
+	IPv6SubnetMin *string
+	IPv6SubnetMax *string
+	SubnetLen     *json.Number
+	IPv6SubnetLen *json.Number
+	Backend       json.RawMessage
+}
+
+// ConfigError is a refused network config. Key is the JSON key at fault.
+type ConfigError struct {
+	Key string // "" when the document as a whole is at fault
+	Msg string
+}
+
+func (e *ConfigError) Error() string {
+	if e.Key == "" {
+		return "network config: " + e.Msg
+	}
+	return fmt.Sprintf("network config: %q: %s", e.Key, e.Msg)
+}
+
+func cfgErr(key, format string, args ...any) error {
+	return &ConfigError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ParseConfig decodes flanneld's network config JSON, applies flannel
+// v0.28's defaults and checks its limits. Each error is a *ConfigError that
+// names the key at fault.
+//
+// Defaults, as flanneld: EnableIPv4 true; SubnetLen 24 when Network is /22
+// or larger, else Network's length + 2; SubnetMin the network's second
+// subnet (the first is never handed out); SubnetMax its last; Backend
+// absent means udp. Limits: Network at most /28; SubnetLen at most 30 and
+// at least Network's length + 2 (flannel wants room for four subnets);
+// SubnetMin and SubnetMax inside Network, on a SubnetLen boundary, and
+// SubnetMin <= SubnetMax. A Network with host bits set is masked, as
+// flanneld does.
+func ParseConfig(data []byte) (*Config, error) {
+	var raw rawConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(&raw); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			kind := jsonKind(te.Type.Kind().String())
+			if te.Type == reflect.TypeFor[json.Number]() {
+				kind = "number"
+			}
+			return nil, cfgErr(te.Field, "must be a JSON %s, not %s", kind, te.Value)
+		}
+		return nil, cfgErr("", "not valid JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, cfgErr("", "trailing data after the JSON object")
+	}
+	if raw.EnableIPv6 != nil && *raw.EnableIPv6 {
+		return nil, cfgErr("EnableIPv6", "true: IPv6 is not supported yet")
+	}
+	for key, v := range map[string]*string{"IPv6Network": raw.IPv6Network, "IPv6SubnetMin": raw.IPv6SubnetMin, "IPv6SubnetMax": raw.IPv6SubnetMax} {
+		if v != nil && *v != "" {
+			return nil, cfgErr(key, "%q: IPv6 is not supported yet", *v)
+		}
+	}
+	if len(raw.IPv6Networks) > 0 {
+		return nil, cfgErr("IPv6Networks", "IPv6 is not supported yet")
+	}
+	if raw.IPv6SubnetLen != nil && raw.IPv6SubnetLen.String() != "0" {
+		return nil, cfgErr("IPv6SubnetLen", "%s: IPv6 is not supported yet", raw.IPv6SubnetLen)
+	}
+	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
+		return nil, cfgErr("EnableIPv4", "false: an IPv6-only network needs IPv6, which is not supported yet")
+	}
+	if len(raw.Networks) > 0 {
+		return nil, cfgErr("Networks", "multiple networks are not supported; use \"Network\"")
+	}
+
+	cfg := &Config{EnableIPv4: true}
+	if raw.Network == nil || *raw.Network == "" {
+		return nil, cfgErr("Network", "missing: the cluster network CIDR is required, e.g. \"10.5.0.0/16\"")
+	}
+	network, err := netip.ParsePrefix(*raw.Network)
+	if err != nil || !network.Addr().Is4() {
+		return nil, cfgErr("Network", "%q is not an IPv4 CIDR such as \"10.5.0.0/16\"", *raw.Network)
+	}
+	cfg.Network = network.Masked()
+	nbits := cfg.Network.Bits()
+
+	if raw.SubnetLen != nil && raw.SubnetLen.String() != "0" {
+		n, err := raw.SubnetLen.Int64()
+		if err != nil || n < 0 || n > 30 {
+			return nil, cfgErr("SubnetLen", "%s is out of range: it must be a whole number from %d to 30 (each host needs at least a /30)", raw.SubnetLen, min(nbits+2, 30))
+		}
+		if int(n) < nbits+2 {
+			return nil, cfgErr("SubnetLen", "%d is out of range for Network %s: it must be at least %d so the network holds at least four subnets", n, cfg.Network, nbits+2)
+		}
+		cfg.SubnetLen = int(n)
+	} else {
+		switch {
+		case nbits > 28:
+			return nil, cfgErr("Network", "%s is too small: the smallest usable network is a /28", cfg.Network)
+		case nbits <= 22:
+			cfg.SubnetLen = 24
+		default:
+			cfg.SubnetLen = nbits + 2
+		}
+	}
+
+	size := uint32(1) << (32 - cfg.SubnetLen)
+	base := addrU32(cfg.Network.Addr())
+	last := base | (^uint32(0) >> nbits) // broadcast of the network
+	mask := ^(size - 1)
+	cfg.SubnetMin = u32Addr(base + size)
+	cfg.SubnetMax = u32Addr(last - size + 1)
+	for _, b := range []struct {
+		key string
+		v   *string
+		dst *netip.Addr
+	}{{"SubnetMin", raw.SubnetMin, &cfg.SubnetMin}, {"SubnetMax", raw.SubnetMax, &cfg.SubnetMax}} {
+		if b.v == nil || *b.v == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(*b.v)
+		if err != nil || !a.Is4() {
+			return nil, cfgErr(b.key, "%q is not an IPv4 address", *b.v)
+		}
+		if !cfg.Network.Contains(a) {
+			return nil, cfgErr(b.key, "%s is not inside Network %s", a, cfg.Network)
+		}
+		if addrU32(a)&mask != addrU32(a) {
+			return nil, cfgErr(b.key, "%s is not on a SubnetLen (/%d) boundary (did you mean %s?)", a, cfg.SubnetLen, u32Addr(addrU32(a)&mask))
+		}
+		*b.dst = a
+	}
+	if cfg.SubnetMin.Compare(cfg.SubnetMax) > 0 {
+		return nil, cfgErr("SubnetMin", "%s is above SubnetMax %s: no subnet can be leased", cfg.SubnetMin, cfg.SubnetMax)
+	}
+
+	cfg.BackendType = "udp"
+	if len(raw.Backend) > 0 && string(raw.Backend) != "null" {
+		var be struct{ Type *string }
+		if err := json.Unmarshal(raw.Backend, &be); err != nil {
+			return nil, cfgErr("Backend", "must be a JSON object with a string \"Type\" such as {\"Type\": \"vxlan\"}: %v", err)
+		}
+		cfg.Backend = append(json.RawMessage(nil), raw.Backend...)
+		if be.Type != nil {
+			cfg.BackendType = strings.ToLower(*be.Type)
+		}
+		// flanneld treats a Backend without Type as Type "" and fails
+		// to find that backend; weft defaults it to udp like a missing
+		// Backend, which is what such a config means.
+		if cfg.BackendType == "" {
+			cfg.BackendType = "udp"
+		}
+		known := false
+		for _, t := range BackendTypes {
+			known = known || t == cfg.BackendType
+		}
+		if !known {
+			return nil, cfgErr("Backend", "\"Type\": %q is not a backend weft has (known: %s)", *be.Type, strings.Join(BackendTypes, ", "))
+		}
+	}
+	return cfg, nil
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "string":
+		return "string"
+	case "bool":
+		return "boolean"
+	case "slice":
+		return "array"
+	case "ptr":
+		return "value"
+	}
+	return k
+}
+
+// SubnetSize is the number of addresses in one subnet of the network.
+func (c *Config) SubnetSize() uint32 { return uint32(1) << (32 - c.SubnetLen) }
+
+// Contains reports whether p is a subnet this config can lease: the right
+// length, aligned, and between SubnetMin and SubnetMax.
+func (c *Config) Contains(p netip.Prefix) bool {
+	return p.IsValid() && p.Addr().Is4() && p.Bits() == c.SubnetLen && p.Masked() == p &&
+		c.SubnetMin.Compare(p.Addr()) <= 0 && p.Addr().Compare(c.SubnetMax) <= 0
+}
+
+func addrU32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func u32Addr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
