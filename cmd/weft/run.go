@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/weft-net/weft/encap/udp"
+	"github.com/weft-net/weft/engine"
+	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/tunio"
+)
+
+func init() {
+	register("run", "run the overlay on this host (flanneld's flags)", runRun)
+}
+
+// runFlags are flanneld v0.28's flags (names, meanings, defaults) plus
+// weft's own, which all have flanneld-free names.
+type runFlags struct {
+	etcdEndpoints, etcdPrefix             string
+	etcdKeyfile, etcdCertfile, etcdCAFile string
+	etcdUsername, etcdPassword            string
+	ifaces, ifaceRegex, ifaceCanReach     stringList
+	publicIP                              string
+	subnetFile                            string
+	renewMargin                           int
+	ipMasq, ipMasqNoRandom                bool
+	iptablesResync                        int
+	iptablesForward, blackhole            bool
+	healthzIP                             string
+	healthzPort                           int
+	verbosity                             int
+
+	// weft's own
+	tunName                     string
+	batchSize                   int
+	noTUNOffload, noGSO, noGRO  bool
+	antiSpoof                   bool
+	debugSocket                 string
+	logFormat                   string
+	staticNetwork, staticSubnet string
+	staticPeers                 stringList
+	staticPeersFile             string
+	refused                     []string
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
+	fs.StringVar(&f.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
+	fs.StringVar(&f.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
+	fs.StringVar(&f.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
+	fs.StringVar(&f.etcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
+	fs.StringVar(&f.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
+	fs.StringVar(&f.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	fs.Var(&f.ifaces, "iface", "interface to use (IP or name) for inter-host communication; repeatable")
+	fs.Var(&f.ifaceRegex, "iface-regex", "regex expression to match the first interface to use (IP or name); repeatable")
+	fs.Var(&f.ifaceCanReach, "iface-can-reach", "detect the interface to use by the route to this IP address")
+	fs.StringVar(&f.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication (default: the interface's address)")
+	fs.StringVar(&f.subnetFile, "subnet-file", lease.DefaultSubnetFile, "filename where env variables (subnet, MTU, ...) will be written to")
+	fs.IntVar(&f.renewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
+	fs.BoolVar(&f.ipMasq, "ip-masq", false, "setup IP masquerade rule for traffic destined outside of overlay network")
+	fs.BoolVar(&f.ipMasqNoRandom, "ip-masq-fully-random-disable", false, "disable --random-fully in the masquerade rule")
+	fs.IntVar(&f.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
+	fs.BoolVar(&f.iptablesForward, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
+	fs.BoolVar(&f.blackhole, "ip-blackhole-route", false, "add a blackhole route for this host's subnet")
+	fs.StringVar(&f.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
+	fs.IntVar(&f.healthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
+	fs.IntVar(&f.verbosity, "v", 0, "log level for V logs (0: info, 1 or more: debug)")
+
+	fs.StringVar(&f.tunName, "tun-name", "flannel0", "name of the TUN device (udp backend)")
+	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
+	fs.BoolVar(&f.noTUNOffload, "no-tun-offload", false, "open the TUN without virtio-net offloads (no TSO/USO/GRO)")
+	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
+	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
+	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
+	fs.StringVar(&f.debugSocket, "debug-socket", "/run/weft/debug.sock", "Unix socket for 'weft stats' and other local debugging (empty to disable)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.staticNetwork, "static-network", "", "use no etcd: the cluster network (with --static-subnet and --static-peer)")
+	fs.StringVar(&f.staticSubnet, "static-subnet", "", "use no etcd: this host's subnet")
+	fs.Var(&f.staticPeers, "static-peer", "use no etcd: a peer as SUBNET=PUBLIC-IP; repeatable")
+	fs.StringVar(&f.staticPeersFile, "static-peers", "", "use no etcd: a JSON file with a list of {\"Subnet\":..., \"PublicIP\":...}")
+	for name := range refusedFlags {
+		fs.Var(refusedFlag{name: name, set: &f.refused}, name, "not supported by weft")
+	}
+}
+
+func runRun(args []string) error {
+	fs := flag.NewFlagSet("weft run", flag.ContinueOnError)
+	var f runFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	isWeftFlag := func(name string) bool {
+		for _, p := range []string{"tun-name", "batch-size", "no-", "anti-spoof", "debug-socket", "log-format", "static-"} {
+			if strings.HasPrefix(name, p) {
+				return true
+			}
+		}
+		return false
+	}
+	if err := applyEnv(fs, func(name string) string {
+		if isWeftFlag(name) {
+			return "WEFT_"
+		}
+		return "FLANNELD_"
+	}); err != nil {
+		return err
+	}
+	if len(f.refused) > 0 {
+		return fmt.Errorf("--%s: %s", f.refused[0], refusedFlags[f.refused[0]])
+	}
+	log := newLogger(f.logFormat, f.verbosity)
+	slog.SetDefault(log)
+	if err := f.validate(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return runDaemon(ctx, &f, log)
+}
+
+func (f *runFlags) validate() error {
+	if f.renewMargin < 1 || f.renewMargin > 1439 {
+		return fmt.Errorf("--subnet-lease-renew-margin: %d is outside 1..1439 minutes", f.renewMargin)
+	}
+	if f.batchSize < 1 || f.batchSize > engine.MaxBatch {
+		return fmt.Errorf("--batch-size: %d is outside 1..%d", f.batchSize, engine.MaxBatch)
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return fmt.Errorf("--log-format: %q is neither text nor json", f.logFormat)
+	}
+	if f.publicIP != "" {
+		if a, err := netip.ParseAddr(f.publicIP); err != nil || !a.Is4() {
+			return fmt.Errorf("--public-ip: %q is not an IPv4 address", f.publicIP)
+		}
+	}
+	static := f.staticNetwork != "" || f.staticSubnet != "" || len(f.staticPeers) > 0 || f.staticPeersFile != ""
+	if static && (f.staticNetwork == "" || f.staticSubnet == "") {
+		return errors.New("--static-network and --static-subnet go together (with --static-peer or --static-peers)")
+	}
+	return nil
+}
+
+func newLogger(format string, v int) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if v > 0 {
+		opts.Level = slog.LevelDebug
+	}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// staticManager builds the static store from the --static-* flags.
+func (f *runFlags) staticManager() (lease.Manager, error) {
+	network, err := netip.ParsePrefix(f.staticNetwork)
+	if err != nil {
+		return nil, fmt.Errorf("--static-network: %v", err)
+	}
+	own, err := netip.ParsePrefix(f.staticSubnet)
+	if err != nil {
+		return nil, fmt.Errorf("--static-subnet: %v", err)
+	}
+	var peers []lease.StaticPeer
+	for _, s := range f.staticPeers {
+		sub, ip, ok := strings.Cut(s, "=")
+		if !ok {
+			return nil, fmt.Errorf("--static-peer: %q is not SUBNET=PUBLIC-IP", s)
+		}
+		p, err := netip.ParsePrefix(sub)
+		if err != nil {
+			return nil, fmt.Errorf("--static-peer %q: %v", s, err)
+		}
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return nil, fmt.Errorf("--static-peer %q: %v", s, err)
+		}
+		peers = append(peers, lease.StaticPeer{Subnet: p, PublicIP: a})
+	}
+	if f.staticPeersFile != "" {
+		data, err := os.ReadFile(f.staticPeersFile)
+		if err != nil {
+			return nil, fmt.Errorf("--static-peers: %v", err)
+		}
+		var more []lease.StaticPeer
+		if err := json.Unmarshal(data, &more); err != nil {
+			return nil, fmt.Errorf("--static-peers %s: %v", f.staticPeersFile, err)
+		}
+		peers = append(peers, more...)
+	}
+	return lease.NewStatic(network, own, peers)
+}
+
+// udpPort reads Backend.Port, flannel's default 8285 when absent.
+func udpPort(cfg *lease.Config) (uint16, error) {
+	var b struct{ Port int }
+	if len(cfg.Backend) > 0 {
+		if err := json.Unmarshal(cfg.Backend, &b); err != nil {
+			return 0, fmt.Errorf("network config: \"Backend\": %v", err)
+		}
+	}
+	if b.Port == 0 {
+		return udp.DefaultPort, nil
+	}
+	if b.Port < 1 || b.Port > 65535 {
+		return 0, fmt.Errorf("network config: \"Backend.Port\": %d is not a UDP port", b.Port)
+	}
+	return uint16(b.Port), nil
+}
+
+// retry calls fn until it succeeds or ctx ends, backing off from 1 s to
+// 30 s and saying so in the log.
+func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
+	delay := time.Second
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		var cfgErr *lease.ConfigError
+		if errors.As(err, &cfgErr) {
+			return err
+		}
+		log.Warn(what+" failed; retrying", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 30*time.Second)
+	}
+}

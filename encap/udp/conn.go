@@ -1,0 +1,47 @@
+package udp
+
+import (
+	"net/netip"
+	"sync/atomic"
+)
+
+// DefaultPort is flannel's UDP backend port.
+const DefaultPort = 8285
+
+// Options configure a Conn.
+type Options struct {
+	// Local is the address and port to bind: the host's public IP and the
+	// backend port. Binding the public IP (not 0.0.0.0) makes every
+	// datagram leave from the address peers know this host by.
+	Local netip.AddrPort
+	// BatchSize is the most datagrams per recvmmsg/sendmmsg (default 128).
+	BatchSize int
+	// NoGSO and NoGRO switch the UDP segmentation offloads off; each is
+	// also switched off at runtime when the kernel refuses it.
+	NoGSO, NoGRO bool
+	// SocketBuffer is SO_RCVBUF and SO_SNDBUF in bytes (default 8 MiB),
+	// forced past net.core.[rw]mem_max when running with CAP_NET_ADMIN, so
+	// bursts are not dropped before the engine sees them.
+	SocketBuffer int
+}
+
+// Stats are a Conn's own counters, beside the engine's.
+type Stats struct {
+	GSO, GRO      bool   // offloads in use now
+	GSOFallbacks  uint64 // times the kernel refused GSO and it was switched off
+	RecvCalls     uint64 // recvmmsg calls that returned datagrams
+	RecvDatagrams uint64 // datagrams (before GRO splitting)
+	RecvSegments  uint64 // packets after GRO splitting
+	SendCalls     uint64 // sendmmsg calls
+	SendMessages  uint64 // messages sent (a GSO message carries many packets)
+	SendSegments  uint64 // packets sent
+	Truncated     uint64 // datagrams longer than a buffer, dropped
+	SendErrors    uint64 // messages the kernel refused
+	LastSendErrno uint64 // errno of the last refusal, 0 if none
+}
+
+type counters struct {
+	gsoFallbacks, recvCalls, recvDatagrams, recvSegments atomic.Uint64
+	sendCalls, sendMessages, sendSegments                atomic.Uint64
+	truncated, sendErrors, lastSendErrno                 atomic.Uint64
+}

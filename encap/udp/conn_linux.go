@@ -1,0 +1,420 @@
+package udp
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/engine"
+)
+
+// mmsghdr is struct mmsghdr from <sys/socket.h>: Go pads it exactly as C
+// does on every Linux architecture (to the alignment of msghdr).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+}
+
+const (
+	// udpMaxSegments is the kernel's UDP_MAX_SEGMENTS: the most datagrams
+	// one UDP_SEGMENT send may carry (64 since Linux 4.18).
+	udpMaxSegments = 64
+	// gsoMaxBytes keeps a GSO send's payload inside one IPv4 datagram's
+	// 64 KiB, which udp_send_skb requires before segmenting.
+	gsoMaxBytes = 65535 - 20 - 8
+	oobSize     = 64
+	sockaddrLen = unix.SizeofSockaddrInet4
+)
+
+// Conn is a batched UDP socket carrying flannel-UDP datagrams. ReadBatch
+// is called by one goroutine and WriteBatch by another; neither locks.
+type Conn struct {
+	uc    *net.UDPConn
+	rc    syscall.RawConn
+	batch int
+	gso   atomic.Bool
+	gro   bool
+	c     counters
+
+	rx rxState
+	tx txState
+}
+
+var _ engine.Transport = (*Conn)(nil)
+
+type rxState struct {
+	hdrs  []mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet4
+	oob   []byte
+	bufs  [][]byte // the Conn's own buffers, exchanged with the caller's
+
+	n, next, seg int // messages received, next to hand out, byte offset in it
+
+	fn  func(fd uintptr) bool // bound once: passing a method value allocates
+	ret int
+	err error
+}
+
+type txState struct {
+	hdrs  []mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet4
+	oob   []byte
+	first []int // index in pkts of each message's first packet
+	segs  []int // packets in each message
+
+	fn       func(fd uintptr) bool
+	from, to int
+	ret      int
+	err      error
+}
+
+// Listen opens the socket and probes its offloads.
+func Listen(o Options) (*Conn, error) {
+	if o.BatchSize == 0 {
+		o.BatchSize = 128
+	}
+	if o.SocketBuffer == 0 {
+		o.SocketBuffer = 8 << 20
+	}
+	if !o.Local.Addr().Is4() && o.Local.Addr().IsValid() {
+		return nil, fmt.Errorf("udp: %s is not an IPv4 address", o.Local)
+	}
+	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(o.Local))
+	if err != nil {
+		return nil, fmt.Errorf("udp: listen on %s: %w", o.Local, err)
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	c := &Conn{uc: uc, rc: rc, batch: o.BatchSize}
+	var gsoOK, groOK bool
+	err = rc.Control(func(fd uintptr) {
+		s := int(fd)
+		setBuffer(s, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, o.SocketBuffer)
+		setBuffer(s, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, o.SocketBuffer)
+		// flanneld's datagrams leave with DF set; so do ours.
+		_ = unix.SetsockoptInt(s, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+		if !o.NoGSO {
+			// Reading UDP_SEGMENT succeeds on kernels that support it (4.18+).
+			_, e := unix.GetsockoptInt(s, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+			gsoOK = e == nil
+		}
+		if !o.NoGRO {
+			groOK = unix.SetsockoptInt(s, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+		}
+	})
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	c.gso.Store(gsoOK)
+	c.gro = groOK
+	c.initRx()
+	c.initTx()
+	return c, nil
+}
+
+func setBuffer(fd, force, plain, size int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, size) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, size)
+	}
+}
+
+func (c *Conn) initRx() {
+	n := c.batch
+	r := &c.rx
+	r.hdrs = make([]mmsghdr, n)
+	r.iovs = make([]unix.Iovec, n)
+	r.names = make([]unix.RawSockaddrInet4, n)
+	r.oob = make([]byte, n*oobSize)
+	r.bufs = make([][]byte, n)
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, engine.BufferSize)
+	}
+	r.fn = c.recvmmsg
+}
+
+func (c *Conn) initTx() {
+	n := c.batch
+	t := &c.tx
+	t.hdrs = make([]mmsghdr, n)
+	t.iovs = make([]unix.Iovec, n)
+	t.names = make([]unix.RawSockaddrInet4, n)
+	t.oob = make([]byte, n*oobSize)
+	t.first = make([]int, n)
+	t.segs = make([]int, n)
+	t.fn = c.sendmmsg
+}
+
+// BatchSize implements engine.Transport.
+func (c *Conn) BatchSize() int { return c.batch }
+
+// LocalAddr is the bound address (useful with port 0 in tests).
+func (c *Conn) LocalAddr() netip.AddrPort { return c.uc.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// Close implements engine.Transport.
+func (c *Conn) Close() error { return c.uc.Close() }
+
+// Stats returns the Conn's counters.
+func (c *Conn) Stats() Stats {
+	return Stats{
+		GSO: c.gso.Load(), GRO: c.gro,
+		GSOFallbacks: c.c.gsoFallbacks.Load(),
+		RecvCalls:    c.c.recvCalls.Load(), RecvDatagrams: c.c.recvDatagrams.Load(), RecvSegments: c.c.recvSegments.Load(),
+		SendCalls: c.c.sendCalls.Load(), SendMessages: c.c.sendMessages.Load(), SendSegments: c.c.sendSegments.Load(),
+		Truncated: c.c.truncated.Load(), SendErrors: c.c.sendErrors.Load(), LastSendErrno: c.c.lastSendErrno.Load(),
+	}
+}
+
+func (c *Conn) recvmmsg(fd uintptr) bool {
+	r := &c.rx
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
+	if errno == unix.EAGAIN || errno == unix.EINTR {
+		return false
+	}
+	r.ret, r.err = int(n), nil
+	if errno != 0 {
+		r.ret, r.err = 0, errno
+	}
+	return true
+}
+
+func (c *Conn) sendmmsg(fd uintptr) bool {
+	t := &c.tx
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[t.from])), uintptr(t.to-t.from), 0, 0, 0)
+	if errno == unix.EAGAIN || errno == unix.EINTR {
+		return false
+	}
+	t.ret, t.err = int(n), nil
+	if errno != 0 {
+		t.ret, t.err = 0, errno
+	}
+	return true
+}
+
+// ReadBatch implements engine.Transport. Datagrams the kernel coalesced
+// (UDP GRO) are split into the following slots; what does not fit waits in
+// the Conn for the next call, so nothing is dropped for lack of room.
+func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
+	r := &c.rx
+	if r.next >= r.n {
+		if err := c.receive(offset); err != nil {
+			return 0, err
+		}
+	}
+	out := 0
+	for r.next < r.n && out < len(bufs) {
+		h := &r.hdrs[r.next]
+		size := int(h.len)
+		src := addrPort(&r.names[r.next])
+		if h.hdr.Flags&unix.MSG_TRUNC != 0 {
+			c.c.truncated.Add(1)
+			r.next++
+			continue
+		}
+		gso := 0
+		if c.gro {
+			gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
+		}
+		if gso == 0 || size <= gso {
+			// One packet: hand over the buffer itself, take the caller's.
+			bufs[out], r.bufs[r.next] = r.bufs[r.next], bufs[out]
+			sizes[out], srcs[out] = size, src
+			out++
+			r.next++
+			continue
+		}
+		for r.seg < size && out < len(bufs) {
+			end := min(r.seg+gso, size)
+			copy(bufs[out][offset:], r.bufs[r.next][offset+r.seg:offset+end])
+			sizes[out], srcs[out] = end-r.seg, src
+			out++
+			r.seg = end
+		}
+		if r.seg >= size {
+			r.next, r.seg = r.next+1, 0
+		}
+	}
+	c.c.recvSegments.Add(uint64(out))
+	return out, nil
+}
+
+func (c *Conn) receive(offset int) error {
+	r := &c.rx
+	for i := range r.hdrs {
+		b := r.bufs[i]
+		r.iovs[i].Base = &b[offset]
+		r.iovs[i].SetLen(len(b) - offset)
+		h := &r.hdrs[i].hdr
+		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		h.Namelen = sockaddrLen
+		h.Iov = &r.iovs[i]
+		h.SetIovlen(1)
+		h.Flags = 0
+		if c.gro {
+			h.Control = &r.oob[i*oobSize]
+			h.SetControllen(oobSize)
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
+	}
+	for {
+		if err := c.rc.Read(r.fn); err != nil {
+			return err
+		}
+		if r.err != nil {
+			return fmt.Errorf("recvmmsg: %w", r.err)
+		}
+		if r.ret > 0 {
+			break
+		}
+	}
+	r.n, r.next, r.seg = r.ret, 0, 0
+	c.c.recvCalls.Add(1)
+	c.c.recvDatagrams.Add(uint64(r.ret))
+	return nil
+}
+
+// groSize returns the segment size of a UDP_GRO control message, or 0.
+func groSize(oob []byte) int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(2) {
+			return int(*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
+		}
+		oob = oob[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(oob)):]
+	}
+	return 0
+}
+
+func addrPort(sa *unix.RawSockaddrInet4) netip.AddrPort {
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+}
+
+func setAddrPort(sa *unix.RawSockaddrInet4, ap netip.AddrPort) {
+	sa.Family = unix.AF_INET
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(ap.Port()>>8), byte(ap.Port())
+	sa.Addr = ap.Addr().As4()
+}
+
+// WriteBatch implements engine.Transport. A run of packets to one peer
+// whose sizes are equal (the last may be shorter) goes out as one GSO
+// message: the kernel cuts it back into one datagram per packet, so the
+// wire format is unchanged, and the iovecs point at the packets where they
+// lie, so nothing is copied to build it.
+func (c *Conn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, err error) {
+	t := &c.tx
+	i := 0
+	for i < len(pkts) {
+		m := c.pack(pkts, dsts, i)
+		next := t.first[m-1] + t.segs[m-1] // messages cover pkts[i:next]
+		sent := 0
+		for sent < m {
+			t.from, t.to = sent, m
+			if err := c.rc.Write(t.fn); err != nil {
+				return refused, err
+			}
+			c.c.sendCalls.Add(1)
+			if t.err == nil {
+				for k := sent; k < sent+t.ret; k++ {
+					c.c.sendSegments.Add(uint64(t.segs[k]))
+				}
+				c.c.sendMessages.Add(uint64(t.ret))
+				sent += t.ret
+				continue
+			}
+			errno, _ := t.err.(unix.Errno)
+			if t.segs[sent] > 1 && (errno == unix.EIO || errno == unix.EINVAL) && c.gso.Load() {
+				// EIO: the route's device cannot checksum in hardware, which
+				// UDP_SEGMENT requires (udp_send_skb). EINVAL: the kernel
+				// rejects the segmentation request. Either way, send this
+				// and everything after it one datagram per message.
+				c.gso.Store(false)
+				c.c.gsoFallbacks.Add(1)
+				next = t.first[sent]
+				break
+			}
+			c.c.sendErrors.Add(1)
+			c.c.lastSendErrno.Store(uint64(errno))
+			refused += t.segs[sent]
+			sent++
+		}
+		i = next
+	}
+	return refused, nil
+}
+
+// pack fills the message headers with pkts[i:], one message per GSO run
+// (or per packet without GSO), and returns how many messages it filled.
+func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
+	t := &c.tx
+	gso := c.gso.Load()
+	m, iov := 0, 0
+	for i < len(pkts) && m < len(t.hdrs) && iov < len(t.iovs) {
+		size := len(pkts[i])
+		segs, total := 1, size
+		t.iovs[iov] = iovec(pkts[i])
+		j := i + 1
+		if gso {
+			for j < len(pkts) && segs < udpMaxSegments && iov+segs < len(t.iovs) &&
+				dsts[j] == dsts[i] && len(pkts[j]) <= size && total+len(pkts[j]) <= gsoMaxBytes {
+				t.iovs[iov+segs] = iovec(pkts[j])
+				segs++
+				total += len(pkts[j])
+				j++
+				if len(pkts[j-1]) < size {
+					break // a shorter datagram can only end a GSO run
+				}
+			}
+		}
+		setAddrPort(&t.names[m], dsts[i])
+		h := &t.hdrs[m].hdr
+		h.Name = (*byte)(unsafe.Pointer(&t.names[m]))
+		h.Namelen = sockaddrLen
+		h.Iov = &t.iovs[iov]
+		h.SetIovlen(segs)
+		h.Flags = 0
+		if segs > 1 {
+			oob := t.oob[m*oobSize : m*oobSize+unix.CmsgSpace(2)]
+			ch := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+			ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+			ch.SetLen(unix.CmsgLen(2))
+			*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(size)
+			h.Control = &oob[0]
+			h.SetControllen(len(oob))
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
+		t.first[m], t.segs[m] = i, segs
+		m++
+		iov += segs
+		i = j
+	}
+	return m
+}
+
+func iovec(b []byte) unix.Iovec {
+	v := unix.Iovec{}
+	if len(b) > 0 {
+		v.Base = &b[0]
+	}
+	v.SetLen(len(b))
+	return v
+}

@@ -1,0 +1,189 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+)
+
+const (
+	// Headroom is the space every buffer keeps in front of its packet: room
+	// for the virtio-net header the TUN device writes in place (10 bytes)
+	// and for encapsulation headers written without moving the payload
+	// (Ethernet and VXLAN: 22 bytes).
+	Headroom = 32
+	// MaxPacket is the largest packet a buffer holds: an IPv4 datagram, or
+	// a TUN super-packet or UDP GRO train of up to 64 KiB.
+	MaxPacket = 65535
+	// BufferSize is the length of every buffer the engine and its
+	// transports exchange.
+	BufferSize = Headroom + MaxPacket
+	// MaxBatch is the largest batch size the engine accepts.
+	MaxBatch = 1024
+)
+
+// Device is the TUN side of the engine. golang.zx2c4.com/wireguard/tun's
+// Device satisfies it, and so does the fake in package enginetest.
+type Device interface {
+	// Read reads packets into bufs[i][offset:], sets sizes[i] and returns
+	// how many it read.
+	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	// Write writes bufs[i][offset:] as packets. It may use bufs[i][:offset]
+	// and the capacity past len(bufs[i]) as scratch space.
+	Write(bufs [][]byte, offset int) (int, error)
+	// BatchSize is how many bufs Read may fill at once; fixed for the
+	// Device's life.
+	BatchSize() int
+	io.Closer
+}
+
+// Transport is the underlay side: a socket that carries encapsulated
+// packets to peers in batches.
+type Transport interface {
+	// ReadBatch receives datagrams: afterwards bufs[i][offset:offset+sizes[i]]
+	// holds the payload of datagram i, sent by srcs[i]. Every element of
+	// bufs must be BufferSize long; the transport may exchange an element
+	// for one of its own buffers of the same size instead of copying into
+	// it, so callers must not keep references to the elements they passed.
+	ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error)
+	// WriteBatch sends pkts[i] to dsts[i]; packets for the same destination
+	// must be adjacent. It returns how many packets the kernel refused; err
+	// is only for a transport that can no longer send.
+	WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, err error)
+	// BatchSize is the most datagrams ReadBatch fills and WriteBatch takes.
+	BatchSize() int
+	io.Closer
+}
+
+// Config tunes an Engine. The zero value of each field means its default.
+type Config struct {
+	// BatchSize is the most packets moved per system call in each
+	// direction (default 128).
+	BatchSize int
+	// MTU is the TUN device's MTU: packets from peers longer than this are
+	// dropped as oversize (when AntiSpoof is on).
+	MTU int
+	// AntiSpoof drops datagrams from addresses that hold no lease, inner
+	// packets whose source is outside the sender's subnet and inner
+	// packets not addressed to this host's subnet. flanneld accepts them
+	// all; weft does not unless this is off.
+	AntiSpoof bool
+	// ICMPSource is the source address of ICMP errors the engine writes
+	// into the TUN (the TUN's own address). Invalid means no ICMP errors.
+	ICMPSource netip.Addr
+	// ICMPRate is the most ICMP errors per second written back into the
+	// TUN (default 1000), like the kernel's icmp_ratelimit.
+	ICMPRate int
+	Logger   *slog.Logger
+}
+
+// Engine forwards packets between a Device and a Transport.
+type Engine struct {
+	dev   Device
+	tr    Transport
+	cfg   Config
+	table TableRef
+	tx    *txLoop
+	rx    *rxLoop
+	log   *slog.Logger
+
+	lastReadLog atomic.Int64 // unix nanoseconds of the last read-error log line
+}
+
+// New returns an engine; it forwards nothing until Run and SetTable.
+func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 128
+	}
+	if cfg.BatchSize < 1 || cfg.BatchSize > MaxBatch {
+		return nil, fmt.Errorf("engine: batch size %d is outside 1..%d", cfg.BatchSize, MaxBatch)
+	}
+	if tr.BatchSize() < cfg.BatchSize {
+		return nil, fmt.Errorf("engine: transport batch size %d is below the engine's %d", tr.BatchSize(), cfg.BatchSize)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = MaxPacket
+	}
+	if cfg.ICMPRate == 0 {
+		cfg.ICMPRate = 1000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{dev: dev, tr: tr, cfg: cfg, log: cfg.Logger}
+	e.tx = newTxLoop(e)
+	e.rx = newRxLoop(e)
+	return e, nil
+}
+
+// SetTable publishes t to both loops; packets already being processed
+// finish with the table they started with.
+func (e *Engine) SetTable(t *Table) { e.table.Store(t) }
+
+// Table returns the table in use (nil before the first SetTable).
+func (e *Engine) Table() *Table { return e.table.Load() }
+
+// Run forwards until ctx ends or a side fails for good. It closes the
+// Device and the Transport on return.
+func (e *Engine) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		once sync.Once
+		ferr error
+	)
+	fail := func(err error) {
+		once.Do(func() { ferr = err })
+		cancel()
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); fail(e.tx.run()) }()
+	go func() { defer wg.Done(); fail(e.rx.run()) }()
+	<-ctx.Done()
+	// Closing is what unblocks a loop waiting in Read.
+	e.dev.Close()
+	e.tr.Close()
+	wg.Wait()
+	if errors.Is(ferr, errClosed) || ferr == nil {
+		return nil
+	}
+	return ferr
+}
+
+var errClosed = errors.New("engine: closed")
+
+// Stats is a snapshot of the engine's counters.
+type Stats struct {
+	TxPackets, TxBytes uint64 // from the TUN, handed to the transport
+	RxPackets, RxBytes uint64 // from the transport, written to the TUN
+	TxBatches          uint64 // TUN reads that returned packets
+	RxBatches          uint64 // transport reads that returned datagrams
+	ICMPErrors         uint64 // ICMP errors written back into the TUN
+	ReadErrors         uint64 // failed reads, TUN or transport, not fatal
+	Drops              [NumDropReasons]uint64
+}
+
+// DropsByName returns the non-zero drop counters keyed by reason name.
+func (s *Stats) DropsByName() map[string]uint64 {
+	m := map[string]uint64{}
+	for r := DropReason(1); r < NumDropReasons; r++ {
+		if s.Drops[r] != 0 {
+			m[r.String()] = s.Drops[r]
+		}
+	}
+	return m
+}
+
+// Stats sums both loops' counters. It takes no lock the loops take.
+func (e *Engine) Stats() Stats {
+	var s Stats
+	e.tx.c.addTo(&s, true)
+	e.rx.c.addTo(&s, false)
+	return s
+}

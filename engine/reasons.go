@@ -1,0 +1,62 @@
+package engine
+
+// DropReason says why a packet was not forwarded. Every packet the engine
+// does not forward is counted under exactly one reason.
+type DropReason uint8
+
+const (
+	dropNone DropReason = iota
+	// DropNoRoute: the destination is in no peer's subnet (an ICMP network
+	// unreachable goes back into the TUN).
+	DropNoRoute
+	// DropShort: shorter than an IPv4 header.
+	DropShort
+	// DropBadVersion: not IPv4.
+	DropBadVersion
+	// DropBadHeaderLen: IHL below 5 words or beyond the packet.
+	DropBadHeaderLen
+	// DropBadLength: the IPv4 total length is larger than the datagram, or
+	// smaller than its own header.
+	DropBadLength
+	// DropTTLExpired: the TTL would reach zero.
+	DropTTLExpired
+	// DropUnknownPeer: a datagram from an address that holds no lease.
+	DropUnknownPeer
+	// DropSpoofedSource: the inner source is outside the sending peer's subnet.
+	DropSpoofedSource
+	// DropNotLocal: the inner destination is outside this host's subnet.
+	DropNotLocal
+	// DropOversize: the inner packet is longer than the TUN's MTU, or the
+	// datagram was truncated by the socket.
+	DropOversize
+	// DropSendError: the kernel refused to send the datagram.
+	DropSendError
+	// DropTUNWriteError: the kernel refused the packet on the TUN.
+	DropTUNWriteError
+	// NumDropReasons is the number of reasons; valid reasons are below it.
+	NumDropReasons
+)
+
+var dropReasonNames = [NumDropReasons]string{
+	dropNone:          "none",
+	DropNoRoute:       "no-route",
+	DropShort:         "short",
+	DropBadVersion:    "bad-version",
+	DropBadHeaderLen:  "bad-header-length",
+	DropBadLength:     "bad-length",
+	DropTTLExpired:    "ttl-expired",
+	DropUnknownPeer:   "unknown-peer",
+	DropSpoofedSource: "spoofed-source",
+	DropNotLocal:      "not-local",
+	DropOversize:      "oversize",
+	DropSendError:     "send-error",
+	DropTUNWriteError: "tun-write-error",
+}
+
+// String returns the reason's stable name, as used in stats and captures.
+func (r DropReason) String() string {
+	if r < NumDropReasons {
+		return dropReasonNames[r]
+	}
+	return "unknown"
+}

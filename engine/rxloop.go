@@ -1,0 +1,163 @@
+package engine
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+)
+
+// rxLoop moves datagrams from the transport into the TUN. Each packet is
+// received into a BufferSize element at Headroom and written to the TUN
+// from there; the Device uses the headroom for its virtio-net header.
+type rxLoop struct {
+	e     *Engine
+	bufs  [][]byte
+	sizes []int
+	srcs  []netip.AddrPort
+	out   [][]byte
+
+	bc batchCounters
+	c  loopCounters
+}
+
+func newRxLoop(e *Engine) *rxLoop {
+	n := e.cfg.BatchSize
+	l := &rxLoop{
+		e:     e,
+		bufs:  make([][]byte, n),
+		sizes: make([]int, n),
+		srcs:  make([]netip.AddrPort, n),
+		out:   make([][]byte, 0, n),
+	}
+	for i := range l.bufs {
+		l.bufs[i] = make([]byte, BufferSize)
+	}
+	return l
+}
+
+func (l *rxLoop) run() error {
+	for {
+		n, err := l.e.tr.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
+		if err != nil {
+			if isClosed(err) {
+				return errClosed
+			}
+			l.c.readErrs.Add(1)
+			l.e.logReadError("transport", err)
+			continue
+		}
+		if n == 0 {
+			continue
+		}
+		k := l.classify(l.e.table.Load(), n)
+		if k > 0 {
+			// l.out holds copies of the slice headers: whatever Write does
+			// to them (it may grow them while coalescing), l.bufs keeps its
+			// full-length elements.
+			_, err := l.e.dev.Write(l.out[:k], Headroom)
+			if err != nil {
+				if isClosed(err) {
+					return errClosed
+				}
+				l.bc.drops[DropTUNWriteError] += uint32(countErrors(err))
+				l.bc.dropped = true
+			}
+		}
+		l.bc.flush(&l.c)
+	}
+}
+
+// classify validates the n datagrams just received, patches each packet's
+// TTL, and lays out l.out for the TUN write. It returns how many to write.
+func (l *rxLoop) classify(t *Table, n int) int {
+	l.out = l.out[:0]
+	antiSpoof := l.e.cfg.AntiSpoof
+	mtu := l.e.cfg.MTU
+	// Datagrams arrive in runs from the same peer; remember the last one to
+	// skip the map lookup and to add the peer's counters once per run.
+	var (
+		last     *Peer
+		lastIP   uint32
+		runPkts  uint64
+		runBytes uint64
+	)
+	flushRun := func() {
+		if last != nil && runPkts != 0 {
+			last.rx.packets.Add(runPkts)
+			last.rx.bytes.Add(runBytes)
+		}
+		runPkts, runBytes = 0, 0
+	}
+	for i := 0; i < n; i++ {
+		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
+		size, r := checkIPv4(pkt)
+		if r != dropNone {
+			l.bc.drop(r)
+			continue
+		}
+		pkt = pkt[:size]
+		var p *Peer
+		if t != nil {
+			ip := u32(l.srcs[i].Addr())
+			if last != nil && ip == lastIP {
+				p = last
+			} else if p = t.peerByIP(ip); p != nil {
+				flushRun()
+				last, lastIP = p, ip
+			}
+		}
+		if antiSpoof {
+			switch {
+			case p == nil:
+				l.bc.drop(DropUnknownPeer)
+				continue
+			case !p.contains(srcIP(pkt)):
+				l.bc.drop(DropSpoofedSource)
+				continue
+			case !t.isLocal(dstIP(pkt)):
+				l.bc.drop(DropNotLocal)
+				continue
+			case size > mtu:
+				l.bc.drop(DropOversize)
+				continue
+			}
+		}
+		if !decrementTTL(pkt) {
+			l.bc.drop(DropTTLExpired)
+			continue
+		}
+		if p != nil && p == last {
+			runPkts++
+			runBytes += uint64(size)
+		}
+		l.bc.packets++
+		l.bc.bytes += uint64(size)
+		l.out = append(l.out, l.bufs[i][:Headroom+size])
+	}
+	flushRun()
+	return len(l.out)
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, errClosed)
+}
+
+func countErrors(err error) int {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return len(j.Unwrap())
+	}
+	return 1
+}
+
+// logReadError logs failed reads at most once per second per engine: a
+// burst of bad super-packets must not become a burst of log lines.
+func (e *Engine) logReadError(side string, err error) {
+	now := time.Now().UnixNano()
+	last := e.lastReadLog.Load()
+	if now-last < int64(time.Second) || !e.lastReadLog.CompareAndSwap(last, now) {
+		return
+	}
+	e.log.Warn("read failed; packets of this read are lost", "side", side, "err", err)
+}

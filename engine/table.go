@@ -1,0 +1,225 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+)
+
+// Peer is another host of the cluster: the subnet it leased and where its
+// engine listens. A Peer is immutable once published, except for its
+// counters, each written by one loop only.
+type Peer struct {
+	Subnet   netip.Prefix
+	Endpoint netip.AddrPort // the peer's public IP and UDP port
+
+	publicIP uint32
+	subnet   uint32 // network address of Subnet
+	mask     uint32
+
+	// tx is written by the TUN->underlay loop, rx by the other; separate
+	// cache lines keep the two cores from sharing one.
+	tx peerCounters
+	rx peerCounters
+}
+
+type peerCounters struct {
+	packets atomic.Uint64
+	bytes   atomic.Uint64
+	_       [48]byte
+}
+
+// PeerStats is a snapshot of one peer's counters.
+type PeerStats struct {
+	Subnet             netip.Prefix
+	Endpoint           netip.AddrPort
+	TxPackets, TxBytes uint64
+	RxPackets, RxBytes uint64
+}
+
+func (p *Peer) contains(ip uint32) bool { return ip&p.mask == p.subnet }
+
+// PeerSpec describes a peer for NewTable.
+type PeerSpec struct {
+	Subnet   netip.Prefix
+	Endpoint netip.AddrPort
+}
+
+// maxDirectSlots bounds the directly indexed part of a table: a /8 network
+// of /24 subnets (65,536 slots, 512 KiB of pointers) is indexed directly;
+// wider spans fall back to a map keyed by subnet number.
+const maxDirectSlots = 1 << 20
+
+// Table is an immutable snapshot of the forwarding state: this host's
+// subnet and every peer's. Readers on the packet path never lock; a change
+// builds a new Table and publishes it (see TableRef).
+//
+// Every lease in a flannel network has the same prefix length (SubnetLen),
+// so a destination's subnet number (its bits between the network prefix
+// and SubnetLen) indexes the peer directly: O(1), no search.
+type Table struct {
+	network  uint32
+	netMask  uint32
+	shift    uint8 // 32 - SubnetLen
+	own      *Peer // this host's subnet; Endpoint unset
+	slots    []*Peer
+	bySubnet map[uint32]*Peer // used instead of slots when the span is huge
+	byIP     map[uint32]*Peer // public IPv4 -> peer
+	peers    []*Peer          // sorted by subnet
+}
+
+// NewTable builds a table for network, split into subnets of subnetLen
+// bits, where own is this host's lease. Peers whose subnet and endpoint are
+// unchanged from prev keep their Peer (and counters).
+func NewTable(network netip.Prefix, subnetLen int, own netip.Prefix, peers []PeerSpec, prev *Table) (*Table, error) {
+	if !network.Addr().Is4() || network.Bits() < 0 || subnetLen <= network.Bits() || subnetLen > 32 {
+		return nil, fmt.Errorf("engine: network %s with subnet length %d is not a valid IPv4 split", network, subnetLen)
+	}
+	network = network.Masked()
+	t := &Table{
+		network: u32(network.Addr()),
+		netMask: prefixMask(network.Bits()),
+		shift:   uint8(32 - subnetLen),
+		byIP:    make(map[uint32]*Peer, len(peers)),
+	}
+	check := func(p netip.Prefix) error {
+		if !p.Addr().Is4() || p.Bits() != subnetLen || p.Masked() != p || !network.Contains(p.Addr()) {
+			return fmt.Errorf("engine: subnet %s is not a /%d inside %s", p, subnetLen, network)
+		}
+		return nil
+	}
+	if own.IsValid() {
+		if err := check(own); err != nil {
+			return nil, err
+		}
+		t.own = newPeer(PeerSpec{Subnet: own})
+	}
+	span := 1 << (subnetLen - network.Bits())
+	if span <= maxDirectSlots {
+		t.slots = make([]*Peer, span)
+	} else {
+		t.bySubnet = make(map[uint32]*Peer, len(peers))
+	}
+	for _, spec := range peers {
+		if err := check(spec.Subnet); err != nil {
+			return nil, err
+		}
+		if !spec.Endpoint.Addr().Is4() {
+			return nil, fmt.Errorf("engine: peer %s has no IPv4 endpoint", spec.Subnet)
+		}
+		if own.IsValid() && spec.Subnet == own {
+			continue // this host's own lease, as it appears in snapshots
+		}
+		p := prev.reuse(spec)
+		if p == nil {
+			p = newPeer(spec)
+		}
+		idx := t.index(p.subnet)
+		if t.get(idx) != nil {
+			return nil, fmt.Errorf("engine: subnet %s listed twice", spec.Subnet)
+		}
+		t.set(idx, p)
+		t.byIP[p.publicIP] = p
+		t.peers = append(t.peers, p)
+	}
+	slices.SortFunc(t.peers, func(a, b *Peer) int { return cmp.Compare(a.subnet, b.subnet) })
+	return t, nil
+}
+
+func newPeer(s PeerSpec) *Peer {
+	p := &Peer{Subnet: s.Subnet, Endpoint: s.Endpoint, subnet: u32(s.Subnet.Addr()), mask: prefixMask(s.Subnet.Bits())}
+	if s.Endpoint.Addr().Is4() {
+		p.publicIP = u32(s.Endpoint.Addr())
+	}
+	return p
+}
+
+func (t *Table) reuse(s PeerSpec) *Peer {
+	if t == nil {
+		return nil
+	}
+	if p := t.lookup(u32(s.Subnet.Addr())); p != nil && p.Subnet == s.Subnet && p.Endpoint == s.Endpoint {
+		return p
+	}
+	return nil
+}
+
+func (t *Table) index(ip uint32) uint32 { return (ip &^ t.netMask) >> t.shift }
+
+func (t *Table) get(idx uint32) *Peer {
+	if t.slots != nil {
+		return t.slots[idx]
+	}
+	return t.bySubnet[idx]
+}
+
+func (t *Table) set(idx uint32, p *Peer) {
+	if t.slots != nil {
+		t.slots[idx] = p
+	} else {
+		t.bySubnet[idx] = p
+	}
+}
+
+// lookup returns the peer whose subnet holds ip, or nil.
+func (t *Table) lookup(ip uint32) *Peer {
+	if ip&t.netMask != t.network {
+		return nil
+	}
+	return t.get(t.index(ip))
+}
+
+// Lookup returns the peer whose subnet holds addr, or nil.
+func (t *Table) Lookup(addr netip.Addr) *Peer {
+	if !addr.Is4() {
+		return nil
+	}
+	return t.lookup(u32(addr))
+}
+
+// peerByIP returns the peer with this public IPv4 address, or nil.
+func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP[ip] }
+
+// isLocal reports whether ip is in this host's own subnet.
+func (t *Table) isLocal(ip uint32) bool { return t.own != nil && t.own.contains(ip) }
+
+// Own returns this host's subnet.
+func (t *Table) Own() netip.Prefix {
+	if t.own == nil {
+		return netip.Prefix{}
+	}
+	return t.own.Subnet
+}
+
+// Peers returns the table's peers, sorted by subnet. The slice is shared:
+// do not modify it.
+func (t *Table) Peers() []*Peer { return t.peers }
+
+// Stats returns the peer's counters.
+func (p *Peer) Stats() PeerStats {
+	return PeerStats{
+		Subnet: p.Subnet, Endpoint: p.Endpoint,
+		TxPackets: p.tx.packets.Load(), TxBytes: p.tx.bytes.Load(),
+		RxPackets: p.rx.packets.Load(), RxBytes: p.rx.bytes.Load(),
+	}
+}
+
+// TableRef publishes tables to the loops: one atomic pointer, swapped whole.
+type TableRef struct{ p atomic.Pointer[Table] }
+
+func (r *TableRef) Load() *Table   { return r.p.Load() }
+func (r *TableRef) Store(t *Table) { r.p.Store(t) }
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func prefixMask(bits int) uint32 {
+	if bits == 0 {
+		return 0
+	}
+	return ^uint32(0) << (32 - bits)
+}

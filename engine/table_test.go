@@ -1,0 +1,206 @@
+package engine
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// slowLookup is the reference: a linear scan of the peers' prefixes.
+func slowLookup(peers []PeerSpec, own netip.Prefix, a netip.Addr) (netip.Prefix, bool) {
+	for _, p := range peers {
+		if p.Subnet != own && p.Subnet.Contains(a) {
+			return p.Subnet, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+func randomPeers(r *rand.Rand, network netip.Prefix, subnetLen, n int) []PeerSpec {
+	span := 1 << (subnetLen - network.Bits())
+	seen := map[int]bool{}
+	var out []PeerSpec
+	base := u32(network.Addr())
+	for len(out) < n && len(seen) < span {
+		i := r.IntN(span)
+		if seen[i] {
+			continue
+		}
+		seen[i] = true
+		a := base | uint32(i)<<(32-subnetLen)
+		out = append(out, PeerSpec{
+			Subnet:   netip.PrefixFrom(addrFrom(a), subnetLen),
+			Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(len(out) >> 8), byte(len(out))}), 8285),
+		})
+	}
+	return out
+}
+
+func addrFrom(a uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)})
+}
+
+// TestTableMatchesReference checks the O(1) table against the linear scan
+// for random networks, splits (direct slots and the map fallback) and
+// addresses inside and outside the network.
+func TestTableMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	shapes := []struct {
+		net    string
+		sub, n int
+	}{
+		{"10.5.0.0/16", 24, 50},
+		{"10.0.0.0/8", 24, 500},
+		{"10.5.0.0/22", 24, 3},
+		{"10.5.0.0/28", 30, 3},
+		{"100.64.0.0/10", 30, 300}, // 2^20 slots: direct
+		{"10.0.0.0/8", 30, 300},    // 2^22 slots: map fallback
+	}
+	for _, s := range shapes {
+		network := netip.MustParsePrefix(s.net)
+		peers := randomPeers(r, network, s.sub, s.n)
+		own := peers[0].Subnet
+		tab, err := NewTable(network, s.sub, own, peers, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (tab.slots == nil) != (s.sub-network.Bits() > 20) {
+			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.slots != nil)
+		}
+		probe := func(a netip.Addr) {
+			want, ok := slowLookup(peers, own, a)
+			got := tab.Lookup(a)
+			if ok != (got != nil) || (ok && got.Subnet != want) {
+				t.Fatalf("%s/%d: Lookup(%s) = %v, want %v (%v)", s.net, s.sub, a, got, want, ok)
+			}
+			if tab.isLocal(u32(a)) != own.Contains(a) {
+				t.Fatalf("isLocal(%s) wrong", a)
+			}
+		}
+		for i := 0; i < 20000; i++ {
+			probe(addrFrom(r.Uint32()))
+			probe(addrFrom(u32(network.Addr()) | r.Uint32()&^prefixMask(network.Bits())))
+		}
+		for _, p := range peers {
+			probe(p.Subnet.Addr())
+			if got := tab.peerByIP(u32(p.Endpoint.Addr())); p.Subnet != own && (got == nil || got.Subnet != p.Subnet) {
+				t.Fatalf("peerByIP(%s) = %v", p.Endpoint.Addr(), got)
+			}
+		}
+		if len(tab.Peers()) != len(peers)-1 {
+			t.Errorf("%d peers, want %d", len(tab.Peers()), len(peers)-1)
+		}
+	}
+}
+
+func TestTableRefusesBadInput(t *testing.T) {
+	n := netip.MustParsePrefix("10.5.0.0/16")
+	ep := netip.MustParseAddrPort("192.0.2.2:8285")
+	own := netip.MustParsePrefix("10.5.1.0/24")
+	bad := [][]PeerSpec{
+		{{Subnet: netip.MustParsePrefix("10.6.1.0/24"), Endpoint: ep}}, // outside
+		{{Subnet: netip.MustParsePrefix("10.5.2.0/25"), Endpoint: ep}}, // wrong length
+		{{Subnet: netip.MustParsePrefix("10.5.2.1/24"), Endpoint: ep}}, // host bits
+		{{Subnet: netip.MustParsePrefix("10.5.2.0/24")}},               // no endpoint
+		{{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Endpoint: ep}, {Subnet: netip.MustParsePrefix("10.5.2.0/24"), Endpoint: ep}},
+	}
+	for i, peers := range bad {
+		if _, err := NewTable(n, 24, own, peers, nil); err == nil {
+			t.Errorf("case %d: accepted %v", i, peers)
+		}
+	}
+	if _, err := NewTable(n, 16, own, nil, nil); err == nil {
+		t.Error("accepted subnet length equal to the network's")
+	}
+}
+
+func TestTableKeepsPeersAcrossRebuilds(t *testing.T) {
+	n := netip.MustParsePrefix("10.5.0.0/16")
+	a := PeerSpec{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Endpoint: netip.MustParseAddrPort("192.0.2.2:8285")}
+	b := PeerSpec{Subnet: netip.MustParsePrefix("10.5.3.0/24"), Endpoint: netip.MustParseAddrPort("192.0.2.3:8285")}
+	t1, _ := NewTable(n, 24, netip.Prefix{}, []PeerSpec{a, b}, nil)
+	b.Endpoint = netip.MustParseAddrPort("192.0.2.33:8285")
+	t2, _ := NewTable(n, 24, netip.Prefix{}, []PeerSpec{a, b}, t1)
+	if t1.Lookup(a.Subnet.Addr()) != t2.Lookup(a.Subnet.Addr()) {
+		t.Error("an unchanged peer got a new Peer (its counters would reset)")
+	}
+	if t1.Lookup(b.Subnet.Addr()) == t2.Lookup(b.Subnet.Addr()) {
+		t.Error("a peer whose endpoint changed kept its old Peer")
+	}
+}
+
+// TestTableConcurrentSwap has readers look up addresses while a writer
+// publishes new tables; run under -race it proves readers need no lock,
+// and every answer must be one some published table gave.
+func TestTableConcurrentSwap(t *testing.T) {
+	n := netip.MustParsePrefix("10.5.0.0/16")
+	var ref TableRef
+	mk := func(gen int) *Table {
+		var peers []PeerSpec
+		for i := 1; i <= 20; i++ {
+			peers = append(peers, PeerSpec{
+				Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24),
+				Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), uint16(1000+gen%2)),
+			})
+		}
+		tab, err := NewTable(n, 24, netip.Prefix{}, peers, ref.Load())
+		if err != nil {
+			t.Error(err)
+		}
+		return tab
+	}
+	ref.Store(mk(0))
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				tab := ref.Load()
+				p := tab.lookup(0x0a050000 | uint32(1+i%20)<<8 | 7)
+				if p == nil || p.Endpoint.Addr().As4()[3] != byte(1+i%20) {
+					t.Errorf("lookup during swap returned %v", p)
+					return
+				}
+			}
+		}()
+	}
+	for gen := 1; gen < 2000; gen++ {
+		ref.Store(mk(gen))
+	}
+	stop.Store(true)
+	wg.Wait()
+}
+
+func BenchmarkLookup(b *testing.B) {
+	for _, n := range []int{10, 1000, 65536} {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			r := rand.New(rand.NewPCG(5, 6))
+			network := netip.MustParsePrefix("10.0.0.0/8")
+			peers := randomPeers(r, network, 24, n)
+			tab, err := NewTable(network, 24, netip.Prefix{}, peers, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			addrs := make([]uint32, 1024)
+			for i := range addrs {
+				addrs[i] = u32(peers[r.IntN(len(peers))].Subnet.Addr()) | 9
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			var hit int
+			for i := 0; i < b.N; i++ {
+				if tab.lookup(addrs[i&1023]) != nil {
+					hit++
+				}
+			}
+			if hit != b.N {
+				b.Fatal("missed")
+			}
+		})
+	}
+}

@@ -1,0 +1,201 @@
+package engine
+
+import (
+	"net/netip"
+	"time"
+)
+
+// txLoop moves packets from the TUN to the transport. It owns its buffers
+// for its whole life: a packet is read into bufs[i] at Headroom, its TTL is
+// patched in place, and the transport sends it from the same memory.
+type txLoop struct {
+	e     *Engine
+	bufs  [][]byte // full-length elements, never handed on
+	sizes []int
+
+	// Per batch, after classify: packets to send, grouped by peer.
+	cand     [][]byte
+	candPeer []*Peer
+	out      [][]byte
+	outDst   []netip.AddrPort
+	groups   []*Peer
+
+	icmp icmpWriter
+	bc   batchCounters
+	c    loopCounters
+}
+
+func newTxLoop(e *Engine) *txLoop {
+	n := max(e.cfg.BatchSize, e.dev.BatchSize())
+	l := &txLoop{
+		e:        e,
+		bufs:     make([][]byte, n),
+		sizes:    make([]int, n),
+		cand:     make([][]byte, 0, n),
+		candPeer: make([]*Peer, 0, n),
+		out:      make([][]byte, 0, n),
+		outDst:   make([]netip.AddrPort, 0, n),
+		groups:   make([]*Peer, 0, n),
+	}
+	for i := range l.bufs {
+		l.bufs[i] = make([]byte, BufferSize)
+	}
+	l.icmp.init(e)
+	return l
+}
+
+func (l *txLoop) run() error {
+	for {
+		n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
+		if err != nil {
+			if isClosed(err) {
+				return errClosed
+			}
+			// A malformed super-packet or a transient error: the packets of
+			// this read are lost, the loop goes on.
+			l.c.readErrs.Add(1)
+			l.e.logReadError("tun", err)
+			continue
+		}
+		if n == 0 {
+			continue
+		}
+		k := l.classify(l.e.table.Load(), n)
+		if k > 0 {
+			refused, err := l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])
+			if err != nil {
+				return err
+			}
+			l.bc.drops[DropSendError] += uint32(refused)
+			l.bc.dropped = l.bc.dropped || refused > 0
+		}
+		l.bc.flush(&l.c)
+		l.icmp.flush(&l.c)
+	}
+}
+
+// classify validates the n packets just read, decides each one's peer and
+// lays out l.out/l.outDst grouped by peer. It returns how many to send.
+func (l *txLoop) classify(t *Table, n int) int {
+	l.cand, l.candPeer = l.cand[:0], l.candPeer[:0]
+	for i := 0; i < n; i++ {
+		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
+		size, r := checkIPv4(pkt)
+		if r != dropNone {
+			l.bc.drop(r)
+			continue
+		}
+		pkt = pkt[:size]
+		var p *Peer
+		if t != nil {
+			p = t.lookup(dstIP(pkt))
+		}
+		if p == nil {
+			l.bc.drop(DropNoRoute)
+			l.icmp.queue(pkt, icmpDestUnreachable, icmpCodeNetUnreach)
+			continue
+		}
+		if !decrementTTL(pkt) {
+			l.bc.drop(DropTTLExpired)
+			l.icmp.queue(pkt, icmpTimeExceeded, icmpCodeTTLExceeded)
+			continue
+		}
+		l.cand = append(l.cand, pkt)
+		l.candPeer = append(l.candPeer, p)
+	}
+	return l.group()
+}
+
+// group orders the candidates by peer, keeping each peer's packets in
+// their original order, so the transport can coalesce a peer's run into one
+// GSO send. Batches rarely hold more than a few peers, so a scan over the
+// distinct peers seen beats sorting.
+func (l *txLoop) group() int {
+	l.out, l.outDst, l.groups = l.out[:0], l.outDst[:0], l.groups[:0]
+	if len(l.cand) == 0 {
+		return 0
+	}
+	for _, p := range l.candPeer {
+		seen := false
+		for _, g := range l.groups {
+			if g == p {
+				seen = true
+				break
+			}
+		}
+		if !seen {
+			l.groups = append(l.groups, p)
+		}
+	}
+	for _, g := range l.groups {
+		var pkts, bytes uint64
+		for i, p := range l.candPeer {
+			if p == g {
+				l.out = append(l.out, l.cand[i])
+				l.outDst = append(l.outDst, g.Endpoint)
+				pkts++
+				bytes += uint64(len(l.cand[i]))
+			}
+		}
+		g.tx.packets.Add(pkts)
+		g.tx.bytes.Add(bytes)
+		l.bc.packets += pkts
+		l.bc.bytes += bytes
+	}
+	return len(l.out)
+}
+
+// icmpWriter queues ICMP errors for the packets of one batch and writes
+// them into the TUN after the batch is sent, at most rate per second.
+type icmpWriter struct {
+	e       *Engine
+	src     uint32
+	enabled bool
+	bufs    [][]byte
+	out     [][]byte
+	// token bucket, refilled per second; touched only on the error path
+	tokens int
+	refill time.Time
+}
+
+const icmpPerBatch = 8
+
+func (w *icmpWriter) init(e *Engine) {
+	w.e = e
+	w.enabled = e.cfg.ICMPSource.Is4()
+	if w.enabled {
+		w.src = u32(e.cfg.ICMPSource)
+	}
+	w.bufs = make([][]byte, icmpPerBatch)
+	for i := range w.bufs {
+		w.bufs[i] = make([]byte, Headroom+icmpErrorLen, BufferSize)
+	}
+	w.out = make([][]byte, 0, icmpPerBatch)
+}
+
+func (w *icmpWriter) queue(offender []byte, typ, code uint8) {
+	if !w.enabled || len(w.out) == len(w.bufs) || !icmpErrorAllowed(offender) {
+		return
+	}
+	if w.tokens == 0 {
+		now := time.Now()
+		if now.Sub(w.refill) < time.Second {
+			return
+		}
+		w.refill, w.tokens = now, w.e.cfg.ICMPRate
+	}
+	w.tokens--
+	b := w.bufs[len(w.out)][:cap(w.bufs[len(w.out)])]
+	n := buildICMPError(b[Headroom:], typ, code, w.src, offender)
+	w.out = append(w.out, b[:Headroom+n])
+}
+
+func (w *icmpWriter) flush(c *loopCounters) {
+	if len(w.out) == 0 {
+		return
+	}
+	if _, err := w.e.dev.Write(w.out, Headroom); err == nil {
+		c.icmp.Add(uint64(len(w.out)))
+	}
+	w.out = w.out[:0]
+}

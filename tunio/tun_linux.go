@@ -1,0 +1,141 @@
+package tunio
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Options describe the device to create.
+type Options struct {
+	Name string // default "flannel0"
+	MTU  int
+	// NoOffload opens the device without IFF_VNET_HDR: one packet per
+	// read and write, no TSO/USO/GRO. (flanneld's own TUN is like this.)
+	NoOffload bool
+}
+
+// Device is an open TUN device and what is known of its offloads.
+type Device struct {
+	tun.Device
+	Name string
+	// TSO is true when the kernel hands over TCP super-packets (TSO4/6
+	// with checksum offload), USO when it also hands over UDP ones
+	// (Linux 6.2+). GRO (coalesced writes) comes with TSO.
+	TSO, USO bool
+}
+
+const (
+	tunTCPOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+	tunUDPOffloads = unix.TUN_F_USO4 | unix.TUN_F_USO6
+)
+
+// Create opens (creating if needed) the TUN device.
+func Create(o Options) (*Device, error) {
+	if o.Name == "" {
+		o.Name = "flannel0"
+	}
+	if o.MTU <= 0 {
+		return nil, fmt.Errorf("tunio: MTU %d is not positive", o.MTU)
+	}
+	if !o.NoOffload {
+		dev, err := tun.CreateTUN(o.Name, o.MTU)
+		if err != nil {
+			return nil, fmt.Errorf("tunio: create %s: %w", o.Name, err)
+		}
+		d := &Device{Device: dev, Name: o.Name, TSO: dev.BatchSize() > 1}
+		if d.TSO {
+			d.USO = probeUSO(dev.File())
+		}
+		return d, nil
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tunio: open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(o.Name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunio: %q: %w", o.Name, err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tunio: create %s: %w", o.Name, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	dev, err := tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), o.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("tunio: %s: %w", o.Name, err)
+	}
+	return &Device{Device: dev, Name: o.Name}, nil
+}
+
+// probeUSO asks for UDP segmentation offload again, as the tun package did
+// when it opened the device, to learn the answer it does not export.
+// Setting the same offloads twice changes nothing.
+func probeUSO(f *os.File) bool {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	sc.Control(func(fd uintptr) {
+		ok = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, tunTCPOffloads|tunUDPOffloads) == nil
+	})
+	return ok
+}
+
+// Configure gives the device addr/32, brings it up and routes network
+// through it, replacing what an earlier run left.
+func Configure(name string, addr netip.Addr, network netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("tunio: %s: %w", name, err)
+	}
+	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("tunio: list addresses of %s: %w", name, err)
+	}
+	for _, a := range addrs {
+		if !a.IP.Equal(want.IP) {
+			if err := netlink.AddrDel(link, &a); err != nil {
+				return fmt.Errorf("tunio: remove stale address %s from %s: %w", a.IPNet, name, err)
+			}
+		}
+	}
+	if err := netlink.AddrReplace(link, want); err != nil {
+		return fmt.Errorf("tunio: add %s to %s: %w", want.IPNet, name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("tunio: bring %s up: %w", name, err)
+	}
+	route := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: network.Masked().Addr().AsSlice(), Mask: net.CIDRMask(network.Bits(), 32)},
+		Scope:     netlink.SCOPE_LINK,
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("tunio: route %s via %s: %w", network, name, err)
+	}
+	return nil
+}
+
+// InterfaceMTU returns the MTU of the named link.
+func InterfaceMTU(name string) (int, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("tunio: %s: %w", name, err)
+	}
+	return link.Attrs().MTU, nil
+}
