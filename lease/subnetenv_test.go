@@ -59,10 +59,10 @@ func TestReadSubnetFile(t *testing.T) {
 		t.Errorf("missing file: %v, %v", p, err)
 	}
 	for content, want := range map[string]string{
-		"FLANNEL_NETWORK=10.5.0.0/16\n":                          "invalid Prefix",
-		"FLANNEL_SUBNET=10.5.57.1/24\n":                          "10.5.57.0/24",
+		"FLANNEL_NETWORK=10.5.0.0/16\n":                           "invalid Prefix",
+		"FLANNEL_SUBNET=10.5.57.1/24\n":                           "10.5.57.0/24",
 		"# comment\nFLANNEL_SUBNET = \"10.5.57.1/24\"\nFOO=bar\n": "10.5.57.0/24",
-		"FLANNEL_SUBNET=10.5.57.1/24":                            "10.5.57.0/24", // no final newline
+		"FLANNEL_SUBNET=10.5.57.1/24":                             "10.5.57.0/24", // no final newline
 	} {
 		path := filepath.Join(dir, "f.env")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {

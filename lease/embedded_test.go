@@ -1,0 +1,76 @@
+package lease
+
+import (
+	"context"
+	"net/url"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// startEtcd runs a real embedded etcd in a fresh directory for one test.
+func startEtcd(t testing.TB) *Embedded {
+	t.Helper()
+	return startEtcdAt(t, t.TempDir(), "http://127.0.0.1:0")
+}
+
+func startEtcdAt(t testing.TB, dir, listen string) *Embedded {
+	t.Helper()
+	e, err := StartEmbedded(EmbeddedOptions{Dir: dir, ListenClientURLs: []string{listen}, LogLevel: "error"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+func testClient(t testing.TB, e *Embedded) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 5 * time.Second, Logger: quietZap()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestEmbeddedRestartKeepsData(t *testing.T) {
+	dir := t.TempDir()
+	e := startEtcdAt(t, dir, "http://127.0.0.1:0")
+	eps := e.Endpoints()
+	if len(eps) != 1 {
+		t.Fatalf("endpoints %v", eps)
+	}
+	u, err := url.Parse(eps[0])
+	if err != nil || u.Port() == "0" || u.Port() == "" {
+		t.Fatalf("endpoint %q has no real port", eps[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := testClient(t, e)
+	if _, err := c.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	// Same data dir, same client port: the value is still there.
+	e2 := startEtcdAt(t, dir, eps[0])
+	c2 := testClient(t, e2)
+	r, err := c2.Get(ctx, "/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
+		t.Fatalf("after restart: %v", r.Kvs)
+	}
+}
+
+func TestEmbeddedRefusesBadURL(t *testing.T) {
+	for _, u := range []string{"127.0.0.1:2379", "https://127.0.0.1:2379", "http://127.0.0.1", "unix:///x"} {
+		if e, err := StartEmbedded(EmbeddedOptions{Dir: t.TempDir(), ListenClientURLs: []string{u}}); err == nil {
+			e.Close()
+			t.Errorf("%s accepted", u)
+		}
+	}
+}

@@ -1,0 +1,337 @@
+package lease
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Defaults of flanneld v0.28.
+const (
+	DefaultEtcdPrefix  = "/coreos.com/network"
+	DefaultLeaseTTL    = 24 * time.Hour
+	DefaultRenewMargin = 60 * time.Minute
+)
+
+// DefaultEtcdEndpoints is flanneld's --etcd-endpoints default.
+var DefaultEtcdEndpoints = []string{"http://127.0.0.1:4001", "http://127.0.0.1:2379"}
+
+// EtcdOptions configures the etcd store. Zero values take flanneld's
+// defaults.
+type EtcdOptions struct {
+	Endpoints []string // --etcd-endpoints; entries may hold comma-separated lists
+	Prefix    string   // --etcd-prefix, default /coreos.com/network
+
+	// TLS (--etcd-cafile, --etcd-certfile, --etcd-keyfile) and
+	// authentication (--etcd-username, --etcd-password).
+	CAFile, CertFile, KeyFile string
+	Username, Password        string
+
+	// TTL of each subnet lease, default 24 h (flanneld's, fixed there).
+	TTL time.Duration
+	// RenewMargin: a lease is renewed this long before it expires
+	// (--subnet-lease-renew-margin), default 60 min. When it is not
+	// below TTL/2, TTL/2 is used, so a short TTL still gets renewed.
+	RenewMargin time.Duration
+
+	// PreviousSubnet is the subnet this host held before (ReadSubnetFile
+	// of --subnet-file); Acquire reuses it if it is free.
+	PreviousSubnet netip.Prefix
+
+	// Logger receives retries, skipped leases and lease changes; default
+	// slog.Default().
+	Logger *slog.Logger
+	// RetryMax caps the backoff between retries while etcd is
+	// unreachable (starting at 1 s or RetryMax if lower, doubling);
+	// default 30 s.
+	RetryMax time.Duration
+	// RequestTimeout bounds each request to etcd; default 10 s.
+	RequestTimeout time.Duration
+}
+
+// Etcd is a Manager on etcd's v3 API, in flanneld's layout: the config at
+// <prefix>/config, one key per lease at <prefix>/subnets/<a.b.c.d>-<len>
+// attached to an etcd lease. It is safe for concurrent use.
+type Etcd struct {
+	opts EtcdOptions
+	log  *slog.Logger
+	tls  *tls.Config
+
+	mu     sync.Mutex
+	cli    *clientv3.Client
+	closed bool
+	cfg    *Config
+	owned  map[netip.Prefix]clientv3.LeaseID // etcd lease of each subnet Acquire got
+}
+
+var _ Manager = (*Etcd)(nil)
+
+// NewEtcd checks opts and returns a store. It does not contact etcd: every
+// method retries, with backoff and a log line, until etcd answers or its
+// context ends, so a host may start before etcd does.
+func NewEtcd(opts EtcdOptions) (*Etcd, error) {
+	var eps []string
+	for _, e := range opts.Endpoints {
+		for _, e := range strings.Split(e, ",") {
+			if e = strings.TrimSpace(e); e == "" {
+				continue
+			}
+			u, err := url.Parse(e)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" && u.Scheme != "unixs") || u.Host == "" {
+				return nil, fmt.Errorf("--etcd-endpoints: %q is not a URL such as http://127.0.0.1:2379", e)
+			}
+			eps = append(eps, e)
+		}
+	}
+	if len(opts.Endpoints) == 0 {
+		eps = DefaultEtcdEndpoints
+	}
+	if len(eps) == 0 {
+		return nil, errors.New("--etcd-endpoints: no endpoint given")
+	}
+	opts.Endpoints = eps
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultEtcdPrefix
+	}
+	if !strings.HasPrefix(opts.Prefix, "/") {
+		return nil, fmt.Errorf("--etcd-prefix: %q must start with /", opts.Prefix)
+	}
+	opts.Prefix = strings.TrimRight(opts.Prefix, "/")
+	if opts.TTL == 0 {
+		opts.TTL = DefaultLeaseTTL
+	}
+	if opts.TTL < 2*time.Second {
+		return nil, fmt.Errorf("lease TTL %s is below etcd's minimum of 2s", opts.TTL)
+	}
+	if opts.RenewMargin == 0 {
+		opts.RenewMargin = DefaultRenewMargin
+	}
+	if opts.RenewMargin < 0 {
+		return nil, fmt.Errorf("--subnet-lease-renew-margin: %s is negative", opts.RenewMargin)
+	}
+	if opts.RetryMax == 0 {
+		opts.RetryMax = 30 * time.Second
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	if (opts.CertFile == "") != (opts.KeyFile == "") {
+		return nil, errors.New("--etcd-certfile and --etcd-keyfile must be given together")
+	}
+	if (opts.Username == "") != (opts.Password == "") {
+		return nil, errors.New("--etcd-username and --etcd-password must be given together")
+	}
+	m := &Etcd{opts: opts, log: opts.Logger, owned: map[netip.Prefix]clientv3.LeaseID{}}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	if opts.CAFile != "" || opts.CertFile != "" {
+		info := transport.TLSInfo{CertFile: opts.CertFile, KeyFile: opts.KeyFile, TrustedCAFile: opts.CAFile}
+		c, err := info.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-cafile/--etcd-certfile/--etcd-keyfile: %w", err)
+		}
+		m.tls = c
+	} else {
+		for _, e := range eps {
+			if strings.HasPrefix(e, "https://") {
+				m.tls = &tls.Config{MinVersion: tls.VersionTLS12}
+				break
+			}
+		}
+	}
+	if m.tls == nil {
+		m.log.Warn("no certificate provided: connecting to etcd with http. This is insecure")
+	}
+	return m, nil
+}
+
+// Close releases the connection to etcd. Leases stay in etcd (as
+// flanneld leaves them), so a restart gets the same subnet.
+func (m *Etcd) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	if m.cli == nil {
+		return nil
+	}
+	err := m.cli.Close()
+	m.cli = nil
+	return err
+}
+
+// client returns the connection, making it on first use. Making it fails
+// while etcd is unreachable only with username/password (the token is
+// fetched at once); callers retry.
+func (m *Etcd) client() (*clientv3.Client, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errors.New("etcd store closed")
+	}
+	if m.cli != nil {
+		return m.cli, nil
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            m.opts.Endpoints,
+		TLS:                  m.tls,
+		Username:             m.opts.Username,
+		Password:             m.opts.Password,
+		DialTimeout:          m.opts.RequestTimeout,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               quietZap(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to etcd %s: %w", strings.Join(m.opts.Endpoints, ","), err)
+	}
+	m.cli = cli
+	return cli, nil
+}
+
+// quietZap is etcd's own logger, kept to errors: weft logs what matters
+// (retries, lost leases) itself with slog.
+func quietZap() *zap.Logger {
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zapcore.ErrorLevel)
+	cfg.OutputPaths = []string{"stderr"}
+	cfg.ErrorOutputPaths = []string{"stderr"}
+	cfg.Sampling = nil
+	lg, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return lg
+}
+
+// permanent reports errors retrying cannot fix.
+func permanent(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce) || errors.Is(err, ErrNetworkFull) || errors.Is(err, ErrLeaseLost) ||
+		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed) ||
+		errors.Is(err, rpctypes.ErrGRPCPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCAuthFailed)
+}
+
+// retry runs op until it succeeds, fails permanently or ctx ends, waiting
+// 1 s, 2 s, 4 s ... up to RetryMax between tries and logging each failure.
+func (m *Etcd) retry(ctx context.Context, what string, op func(ctx context.Context, cli *clientv3.Client) error) error {
+	wait := m.firstRetry()
+	for attempt := 1; ; attempt++ {
+		cli, err := m.client()
+		if err == nil {
+			rctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
+			err = op(rctx, cli)
+			cancel()
+			if err == nil {
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if permanent(err) {
+			return err
+		}
+		m.log.Warn("etcd: "+what+" failed, retrying", "err", err, "attempt", attempt, "in", wait)
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+		wait = min(2*wait, m.opts.RetryMax)
+	}
+}
+
+// firstRetry is the first wait between retries: 1 s, as flanneld.
+func (m *Etcd) firstRetry() time.Duration { return min(time.Second, m.opts.RetryMax) }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (m *Etcd) configKey() string  { return m.opts.Prefix + "/config" }
+func (m *Etcd) subnetsDir() string { return m.opts.Prefix + "/subnets/" }
+func (m *Etcd) subnetKey(p netip.Prefix) string {
+	return m.subnetsDir() + SubnetKey(p)
+}
+
+// Config reads <prefix>/config. While the key is missing or etcd is
+// unreachable it logs and retries (as flanneld does) until ctx ends; a
+// config that does not parse is returned as a *ConfigError at once.
+func (m *Etcd) Config(ctx context.Context) (*Config, error) {
+	var cfg *Config
+	err := m.retry(ctx, "fetching network config", func(ctx context.Context, cli *clientv3.Client) error {
+		r, err := cli.Get(ctx, m.configKey())
+		if err != nil {
+			return err
+		}
+		if len(r.Kvs) == 0 {
+			return fmt.Errorf("network config key %s does not exist (set it with 'weft netconf set')", m.configKey())
+		}
+		cfg, err = ParseConfig(r.Kvs[0].Value)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.cfg = cfg
+	m.mu.Unlock()
+	m.log.Info("found network config", "network", cfg.Network, "subnetLen", cfg.SubnetLen, "backend", cfg.BackendType)
+	c := *cfg
+	return &c, nil
+}
+
+// config returns the config Config last read, reading it if needed.
+func (m *Etcd) config(ctx context.Context) (*Config, error) {
+	m.mu.Lock()
+	cfg := m.cfg
+	m.mu.Unlock()
+	if cfg != nil {
+		return cfg, nil
+	}
+	return m.Config(ctx)
+}
+
+// ParseSubnetKey reads flanneld's key suffix "10.5.42.0-24" back into a
+// prefix. A dual-stack flanneld's "10.5.42.0-24&fd00::-64" gives its IPv4
+// part.
+func ParseSubnetKey(s string) (netip.Prefix, error) {
+	s, _, _ = strings.Cut(s, "&")
+	a, l, ok := strings.Cut(s, "-")
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: no '-' between address and length", s)
+	}
+	addr, err := netip.ParseAddr(a)
+	if err != nil || !addr.Is4() {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an IPv4 address", s, a)
+	}
+	n, err := strconv.Atoi(l)
+	if err != nil || n < 0 || n > 32 {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: bad prefix length %q", s, l)
+	}
+	p := netip.PrefixFrom(addr, n)
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: host bits set", s)
+	}
+	return p, nil
+}

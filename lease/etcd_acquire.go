@@ -1,0 +1,212 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrNetworkFull: every subnet between SubnetMin and SubnetMax is leased.
+var ErrNetworkFull = errors.New("network full")
+
+// ErrLeaseLost: another host holds this host's subnet now; Keep returns
+// it, and the daemon should exit so a restart leases a fresh subnet.
+var ErrLeaseLost = errors.New("subnet lease lost")
+
+// maxRaces bounds how often Acquire retries after another host claimed the
+// subnet it picked in the same instant; each lost race means another
+// subnet was taken, so the network fills before this matters.
+const maxRaces = 1000
+
+// Acquire obtains this host's lease, in flanneld's order: the lease this
+// PublicIP already holds, if it fits the config (re-put with a fresh etcd
+// lease, as flanneld does); else PreviousSubnet if it is free; else a
+// random free subnet between SubnetMin and SubnetMax. Claims are etcd
+// transactions on the key's absence, so two hosts never hold one subnet.
+// When the network is full the error wraps ErrNetworkFull and nothing is
+// left behind in etcd. etcd being unreachable is retried until ctx ends.
+func (m *Etcd) Acquire(ctx context.Context, attrs Attrs) (Lease, error) {
+	cfg, err := m.config(ctx)
+	if err != nil {
+		return Lease{}, err
+	}
+	val, err := json.Marshal(attrs)
+	if err != nil {
+		return Lease{}, err
+	}
+	var got Lease
+	races := 0
+	err = m.retry(ctx, "acquiring a subnet lease", func(ctx context.Context, cli *clientv3.Client) error {
+		for {
+			l, won, err := m.tryAcquire(ctx, cli, cfg, attrs, val)
+			if err != nil {
+				return err
+			}
+			if won {
+				got = l
+				return nil
+			}
+			if races++; races > maxRaces {
+				return fmt.Errorf("%w: lost %d races for a free subnet", ErrNetworkFull, maxRaces)
+			}
+		}
+	})
+	if err != nil {
+		return Lease{}, err
+	}
+	return got, nil
+}
+
+// tryAcquire makes one attempt; won is false when another host changed the
+// chosen key first.
+func (m *Etcd) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *Config, attrs Attrs, val []byte) (l Lease, won bool, err error) {
+	r, err := cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
+	if err != nil {
+		return Lease{}, false, err
+	}
+	taken := make(map[netip.Prefix]bool, len(r.Kvs))
+	var mine *mvccpb.KeyValue
+	var mineSubnet netip.Prefix
+	for _, kv := range r.Kvs {
+		sn, err := ParseSubnetKey(strings.TrimPrefix(string(kv.Key), m.subnetsDir()))
+		if err != nil {
+			continue
+		}
+		taken[sn] = true
+		var a Attrs
+		if mine == nil && json.Unmarshal(kv.Value, &a) == nil && a.PublicIP == attrs.PublicIP {
+			mine, mineSubnet = kv, sn
+		}
+	}
+
+	// (a) The lease this PublicIP holds already.
+	if mine != nil {
+		if cfg.Contains(mineSubnet) {
+			m.log.Info("found lease for current IP, reusing", "subnet", mineSubnet, "publicIP", attrs.PublicIP)
+			cond := clientv3.Compare(clientv3.ModRevision(string(mine.Key)), "=", mine.ModRevision)
+			if mine.Lease == 0 {
+				// A reservation (a key with no TTL put by an admin):
+				// flanneld keeps it without TTL.
+				return m.claim(ctx, cli, mineSubnet, val, attrs, cond, false)
+			}
+			l, won, err := m.claim(ctx, cli, mineSubnet, val, attrs, cond, true)
+			if won {
+				// The old etcd lease holds no key now.
+				_, _ = cli.Revoke(ctx, clientv3.LeaseID(mine.Lease))
+			}
+			return l, won, err
+		}
+		m.log.Info("found lease for current IP, but it does not fit the network config, deleting it", "subnet", mineSubnet, "publicIP", attrs.PublicIP)
+		if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(mine.Key)), "=", mine.ModRevision)).
+			Then(clientv3.OpDelete(string(mine.Key))).Commit(); err != nil {
+			return Lease{}, false, err
+		}
+		return Lease{}, false, nil
+	}
+
+	// (b) The subnet of the subnet file, if free.
+	if prev := m.opts.PreviousSubnet; prev.IsValid() {
+		switch {
+		case !cfg.Contains(prev):
+			m.log.Warn("previous subnet does not fit the network config, not reusing it", "subnet", prev,
+				"network", cfg.Network, "subnetLen", cfg.SubnetLen, "min", cfg.SubnetMin, "max", cfg.SubnetMax)
+		case taken[prev]:
+			m.log.Warn("previous subnet is leased by another host, picking another", "subnet", prev)
+		default:
+			m.log.Info("found previously leased subnet, reusing", "subnet", prev)
+			return m.claim(ctx, cli, prev, val, attrs, clientv3.Compare(clientv3.Version(m.subnetKey(prev)), "=", 0), true)
+		}
+	}
+
+	// (c) A random free subnet.
+	sn, ok := pickFree(cfg, taken)
+	if !ok {
+		return Lease{}, false, fmt.Errorf("%w: all %d subnets /%d between %s and %s of %s are leased",
+			ErrNetworkFull, subnetCount(cfg), cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.Network)
+	}
+	m.log.Debug("picking subnet", "range", cfg.SubnetMin.String()+" ... "+cfg.SubnetMax.String(), "subnet", sn)
+	return m.claim(ctx, cli, sn, val, attrs, clientv3.Compare(clientv3.Version(m.subnetKey(sn)), "=", 0), true)
+}
+
+// claim puts val at sn's key if cond holds, attached to a fresh etcd lease
+// when withTTL. A granted etcd lease that ends up unused is revoked, so a
+// failed claim leaves nothing behind.
+func (m *Etcd) claim(ctx context.Context, cli *clientv3.Client, sn netip.Prefix, val []byte, attrs Attrs, cond clientv3.Cmp, withTTL bool) (Lease, bool, error) {
+	key := m.subnetKey(sn)
+	var id clientv3.LeaseID
+	var exp time.Time
+	put := clientv3.OpPut(key, string(val))
+	if withTTL {
+		g, err := cli.Grant(ctx, int64(m.opts.TTL/time.Second))
+		if err != nil {
+			return Lease{}, false, err
+		}
+		id, exp = g.ID, time.Now().Add(time.Duration(g.TTL)*time.Second)
+		put = clientv3.OpPut(key, string(val), clientv3.WithLease(id))
+	}
+	r, err := cli.Txn(ctx).If(cond).Then(put).Commit()
+	if err != nil || !r.Succeeded {
+		if withTTL {
+			// Best effort: an unused lease expires by itself anyway.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.RequestTimeout)
+			_, _ = cli.Revoke(rctx, id)
+			cancel()
+		}
+		if err == nil {
+			m.log.Info("subnet was claimed by another host first, retrying", "subnet", sn)
+		}
+		return Lease{}, false, err
+	}
+	m.mu.Lock()
+	m.owned[sn] = id
+	m.mu.Unlock()
+	m.log.Info("allocated lease to current node", "subnet", sn, "publicIP", attrs.PublicIP, "ttl", m.opts.TTL)
+	return Lease{Subnet: sn, Attrs: attrs, Expiration: exp, Revision: r.Header.Revision}, true, nil
+}
+
+func subnetCount(cfg *Config) uint64 {
+	return uint64(addrU32(cfg.SubnetMax)-addrU32(cfg.SubnetMin))/uint64(cfg.SubnetSize()) + 1
+}
+
+// pickFree returns a random subnet between SubnetMin and SubnetMax that is
+// not taken. Random probes find one quickly unless the range is nearly
+// full; then the free ones are listed.
+func pickFree(cfg *Config, taken map[netip.Prefix]bool) (netip.Prefix, bool) {
+	n := subnetCount(cfg)
+	size := cfg.SubnetSize()
+	at := func(i uint64) netip.Prefix {
+		return netip.PrefixFrom(u32Addr(addrU32(cfg.SubnetMin)+uint32(i)*size), cfg.SubnetLen)
+	}
+	for range 64 {
+		if p := at(rand.Uint64N(n)); !taken[p] {
+			return p, true
+		}
+	}
+	if n > uint64(len(taken))+1<<20 {
+		// Too many to list, and 64 misses in a row with far more
+		// free than taken cannot happen in practice: probe on.
+		for {
+			if p := at(rand.Uint64N(n)); !taken[p] {
+				return p, true
+			}
+		}
+	}
+	var free []netip.Prefix
+	for i := range n {
+		if p := at(i); !taken[p] {
+			free = append(free, p)
+		}
+	}
+	if len(free) == 0 {
+		return netip.Prefix{}, false
+	}
+	return free[rand.IntN(len(free))], true
+}

@@ -1,0 +1,244 @@
+package lease
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// keepState is what Keep knows of its own lease.
+type keepState struct {
+	own Lease
+	key string
+	val []byte
+	id  clientv3.LeaseID // 0 for a reservation (no TTL)
+	exp time.Time        // when the etcd lease runs out, as last renewed
+	rev int64            // last revision of the key seen
+}
+
+// Keep renews own before it expires (at expiry minus RenewMargin) and
+// watches its key. If another party deletes the key, or the etcd lease
+// ran out while etcd was unreachable, Keep claims the same subnet again
+// if it is free; if another host holds it now, Keep returns an error
+// wrapping ErrLeaseLost and the caller must exit (as flanneld does) so a
+// restart leases a fresh subnet. While etcd is unreachable Keep retries,
+// with backoff and logging. It returns nil when ctx ends, leaving the
+// lease in etcd.
+func (m *Etcd) Keep(ctx context.Context, own Lease) error {
+	val, err := json.Marshal(own.Attrs)
+	if err != nil {
+		return err
+	}
+	st := &keepState{own: own, key: m.subnetKey(own.Subnet), val: val, exp: own.Expiration, rev: own.Revision}
+	m.mu.Lock()
+	id, known := m.owned[own.Subnet]
+	m.mu.Unlock()
+	if known {
+		st.id = id
+	} else if err := m.adopt(ctx, st); err != nil {
+		return err
+	}
+	wait := m.firstRetry()
+	for ctx.Err() == nil {
+		cli, err := m.client()
+		if err != nil {
+			m.log.Warn("etcd: keeping lease: no connection, retrying", "err", err, "in", wait)
+			sleep(ctx, wait)
+			wait = min(2*wait, m.opts.RetryMax)
+			continue
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		wch := cli.Watch(clientv3.WithRequireLeader(wctx), st.key, clientv3.WithRev(st.rev+1))
+		err = m.keepLoop(ctx, cli, st, wch)
+		cancel()
+		if err != nil {
+			return err
+		}
+		sleep(ctx, m.firstRetry())
+	}
+	return nil
+}
+
+// adopt finds the etcd lease of a key this Manager did not acquire (own
+// came from elsewhere) and renews it at once.
+func (m *Etcd) adopt(ctx context.Context, st *keepState) error {
+	var kv *mvccpb.KeyValue
+	err := m.retry(ctx, "reading own lease", func(ctx context.Context, cli *clientv3.Client) error {
+		r, err := cli.Get(ctx, st.key)
+		if err != nil {
+			return err
+		}
+		st.rev = r.Header.Revision
+		if len(r.Kvs) > 0 {
+			kv = r.Kvs[0]
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if kv == nil {
+		return m.reclaim(ctx, st, "own lease missing")
+	}
+	if err := m.checkHolder(st, kv.Value); err != nil {
+		return err
+	}
+	st.id, st.exp = clientv3.LeaseID(kv.Lease), time.Now() // renew at once to learn the expiry
+	return nil
+}
+
+// renewAt is when to renew: RenewMargin before expiry, but never more
+// than half the TTL early, so short TTLs still get renewed.
+func (m *Etcd) renewAt(st *keepState) time.Time {
+	return st.exp.Add(-min(m.opts.RenewMargin, m.opts.TTL/2))
+}
+
+// keepLoop renews and follows one watch of the own key. It returns nil to
+// have the watch made again, or an error when the lease is lost.
+func (m *Etcd) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepState, wch clientv3.WatchChan) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	arm := func(at time.Time) {
+		timer.Stop()
+		select {
+		case <-timer.C:
+		default:
+		}
+		if st.id == 0 {
+			return // a reservation never expires
+		}
+		d := time.Until(at)
+		m.log.Info("waiting to renew lease", "subnet", st.own.Subnet, "in", d.Round(time.Millisecond))
+		timer.Reset(max(d, 0))
+	}
+	arm(m.renewAt(st))
+	backoff := m.firstRetry()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+			rctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
+			r, err := cli.KeepAliveOnce(rctx, st.id)
+			cancel()
+			switch {
+			case err == nil:
+				st.exp = time.Now().Add(time.Duration(r.TTL) * time.Second)
+				backoff = m.firstRetry()
+				m.log.Debug("renewed lease", "subnet", st.own.Subnet, "ttl", time.Duration(r.TTL)*time.Second)
+				arm(m.renewAt(st))
+			case errors.Is(err, rpctypes.ErrLeaseNotFound):
+				// It ran out (etcd was away longer than the margin)
+				// or was revoked; its key went with it.
+				if err := m.reclaim(ctx, st, "etcd lease expired"); err != nil {
+					return err
+				}
+				arm(m.renewAt(st))
+			case ctx.Err() != nil:
+				return nil
+			default:
+				m.log.Warn("etcd: renewing lease failed, retrying", "subnet", st.own.Subnet, "err", err, "in", backoff)
+				arm(time.Now().Add(backoff))
+				backoff = min(2*backoff, m.opts.RetryMax)
+			}
+		case wr, ok := <-wch:
+			if !ok {
+				return nil
+			}
+			if err := wr.Err(); err != nil {
+				if wr.CompactRevision != 0 {
+					// Missed events: look at the key as it is now.
+					st.rev = wr.CompactRevision - 1
+					return m.adopt(ctx, st)
+				}
+				m.log.Warn("etcd: watching own lease failed, watching again", "subnet", st.own.Subnet, "err", err)
+				return nil
+			}
+			for _, ev := range wr.Events {
+				st.rev = ev.Kv.ModRevision
+				switch ev.Type {
+				case clientv3.EventTypeDelete:
+					if err := m.reclaim(ctx, st, "own lease deleted"); err != nil {
+						return err
+					}
+					arm(m.renewAt(st))
+					return nil // watch again from the reclaim
+				case clientv3.EventTypePut:
+					if err := m.checkHolder(st, ev.Kv.Value); err != nil {
+						return err
+					}
+					if id := clientv3.LeaseID(ev.Kv.Lease); id != st.id {
+						// Re-put by someone with our identity (another
+						// weft or flanneld started with this PublicIP):
+						// follow its etcd lease.
+						st.id, st.exp = id, time.Now()
+						arm(st.exp)
+					}
+				}
+			}
+		}
+	}
+}
+
+// checkHolder accepts a value as ours when it names our PublicIP.
+func (m *Etcd) checkHolder(st *keepState, val []byte) error {
+	if bytes.Equal(val, st.val) {
+		return nil
+	}
+	var a Attrs
+	if err := json.Unmarshal(val, &a); err != nil || a.PublicIP != st.own.Attrs.PublicIP {
+		return fmt.Errorf("%w: %s is now held by another host (%q)", ErrLeaseLost, st.own.Subnet, val)
+	}
+	return nil
+}
+
+// reclaim claims the own subnet again after its key went away.
+func (m *Etcd) reclaim(ctx context.Context, st *keepState, why string) error {
+	m.log.Warn("reclaiming subnet lease", "subnet", st.own.Subnet, "reason", why)
+	var l Lease
+	var won bool
+	var holder []byte
+	err := m.retry(ctx, "reclaiming subnet lease", func(ctx context.Context, cli *clientv3.Client) error {
+		var err error
+		l, won, err = m.claim(ctx, cli, st.own.Subnet, st.val, st.own.Attrs,
+			clientv3.Compare(clientv3.Version(st.key), "=", 0), true)
+		if err != nil || won {
+			return err
+		}
+		r, err := cli.Get(ctx, st.key)
+		if err != nil {
+			return err
+		}
+		if len(r.Kvs) == 0 {
+			return errors.New("key vanished during reclaim")
+		}
+		holder = r.Kvs[0].Value
+		st.rev = r.Kvs[0].ModRevision
+		if err := m.checkHolder(st, holder); err != nil {
+			return err
+		}
+		st.id, st.exp = clientv3.LeaseID(r.Kvs[0].Lease), time.Now()
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "subnet", st.own.Subnet, "holder", string(holder))
+		}
+		return err
+	}
+	if won {
+		m.mu.Lock()
+		st.id = m.owned[st.own.Subnet]
+		m.mu.Unlock()
+		st.exp, st.rev = l.Expiration, l.Revision
+		m.log.Info("reclaimed subnet lease", "subnet", st.own.Subnet)
+	}
+	return nil
+}

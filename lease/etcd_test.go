@@ -1,0 +1,287 @@
+package lease
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const testPrefix = "/coreos.com/network"
+
+// logBuf collects a Manager's log lines for assertions; it outlives the
+// test's goroutines, unlike t.Log.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newTestEtcd(t testing.TB, e *Embedded, set func(*EtcdOptions)) (*Etcd, *logBuf) {
+	t.Helper()
+	logs := &logBuf{}
+	opts := EtcdOptions{
+		Endpoints: e.Endpoints(),
+		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		RetryMax:  200 * time.Millisecond,
+	}
+	if set != nil {
+		set(&opts)
+	}
+	m, err := NewEtcd(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m, logs
+}
+
+func putConfig(t testing.TB, cli *clientv3.Client, cfg string) {
+	t.Helper()
+	if _, err := cli.Put(context.Background(), testPrefix+"/config", cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testCtx(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func ip(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 51, byte(100 + i/250), byte(1 + i%250)})
+}
+
+// listKeys returns the subnet keys in etcd with their values and leases.
+func listKeys(t testing.TB, cli *clientv3.Client) map[string]string {
+	t.Helper()
+	r, err := cli.Get(context.Background(), testPrefix+"/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, kv := range r.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), testPrefix+"/subnets/")] = string(kv.Value)
+	}
+	return out
+}
+
+func TestEtcdConfigWaitsForKey(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	m, logs := newTestEtcd(t, e, nil)
+	ctx := testCtx(t, 20*time.Second)
+
+	done := make(chan error, 1)
+	var cfg *Config
+	go func() {
+		var err error
+		cfg, err = m.Config(ctx)
+		done <- err
+	}()
+	time.Sleep(600 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Config returned before the key existed: %v", err)
+	default:
+	}
+	if !strings.Contains(logs.String(), "fetching network config failed, retrying") {
+		t.Errorf("no retry logged:\n%s", logs)
+	}
+	fixture, err := os.ReadFile("testdata/config-vxlan.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	putConfig(t, cli, string(fixture))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BackendType != "vxlan" || cfg.Network.String() != "10.5.0.0/16" {
+		t.Errorf("config %+v", cfg)
+	}
+
+	// A config that does not parse is refused at once, naming the key.
+	putConfig(t, cli, `{"Network": "10.5.0.0/16", "SubnetLen": 33}`)
+	_, err = m.Config(ctx)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Key != "SubnetLen" {
+		t.Errorf("bad config: %v", err)
+	}
+
+	// Canceling ctx ends the wait.
+	m2, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Prefix = "/nothing/here" })
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := m2.Config(cctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("missing config with ctx ending: %v", err)
+	}
+}
+
+func TestEtcdUnreachableAtStart(t *testing.T) {
+	// A port nobody listens on: Config keeps retrying, logging, until ctx ends.
+	l := freeLoopbackURLMust(t)
+	logs := &logBuf{}
+	m, err := NewEtcd(EtcdOptions{Endpoints: []string{l}, RetryMax: 100 * time.Millisecond, RequestTimeout: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if _, err := m.Config(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+	if n := strings.Count(logs.String(), "retrying"); n < 3 {
+		t.Errorf("%d retries logged, want several:\n%s", n, logs)
+	}
+
+	// Then etcd comes up on that address: the same Manager gets through.
+	e := startEtcdAt(t, t.TempDir(), l)
+	putConfig(t, testClient(t, e), `{"Network": "10.5.0.0/16"}`)
+	if _, err := m.Config(testCtx(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func freeLoopbackURLMust(t testing.TB) string {
+	u, err := freeLoopbackURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.String()
+}
+
+func TestNewEtcdRefuses(t *testing.T) {
+	for name, o := range map[string]EtcdOptions{
+		"bad endpoint":       {Endpoints: []string{"127.0.0.1:2379"}},
+		"empty endpoints":    {Endpoints: []string{" , "}},
+		"relative prefix":    {Prefix: "coreos.com/network"},
+		"cert without key":   {CertFile: "/x.pem"},
+		"user without pass":  {Username: "root"},
+		"missing CA file":    {CAFile: "/nonexistent/ca.pem"},
+		"negative margin":    {RenewMargin: -time.Minute},
+		"TTL below etcd min": {TTL: time.Second},
+	} {
+		if _, err := NewEtcd(o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	m, err := NewEtcd(EtcdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(m.opts.Endpoints, ","); got != "http://127.0.0.1:4001,http://127.0.0.1:2379" {
+		t.Errorf("default endpoints %s", got)
+	}
+	if m.opts.Prefix != testPrefix || m.opts.TTL != 24*time.Hour || m.opts.RenewMargin != time.Hour {
+		t.Errorf("defaults %+v", m.opts)
+	}
+}
+
+func TestParseSubnetKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.5.42.0-24":           "10.5.42.0/24",
+		"10.5.42.0-24&fd00::-64": "10.5.42.0/24",
+		"10.5.42.0/24":           "",
+		"10.5.42.1-24":           "",
+		"10.5.42.0-33":           "",
+		"fd00::-64":              "",
+		"10.5.42.0-x":            "",
+	} {
+		p, err := ParseSubnetKey(in)
+		if (want == "") != (err != nil) || (err == nil && p.String() != want) {
+			t.Errorf("%q: %v, %v; want %q", in, p, err, want)
+		}
+		if err == nil && SubnetKey(p) != strings.Split(in, "&")[0] {
+			t.Errorf("%q: SubnetKey gives %q", in, SubnetKey(p))
+		}
+	}
+}
+
+func TestEtcdAcquire64Concurrent(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	putConfig(t, cli, `{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}`)
+	ctx := testCtx(t, 40*time.Second)
+
+	const n = 64
+	leases := make([]Lease, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		m, _ := newTestEtcd(t, e, nil)
+		if _, err := m.Config(ctx); err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			<-start
+			leases[i], errs[i] = m.Acquire(ctx, Attrs{PublicIP: ip(i)})
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	cfg, _ := ParseConfig([]byte(`{"Network": "10.5.0.0/16"}`))
+	seen := map[netip.Prefix]int{}
+	for i, l := range leases {
+		if errs[i] != nil {
+			t.Fatalf("host %d: %v", i, errs[i])
+		}
+		if !cfg.Contains(l.Subnet) {
+			t.Errorf("host %d got %s, outside 10.5.1.0 ... 10.5.255.0", i, l.Subnet)
+		}
+		if j, dup := seen[l.Subnet]; dup {
+			t.Errorf("hosts %d and %d both got %s", j, i, l.Subnet)
+		}
+		seen[l.Subnet] = i
+	}
+	// etcd agrees: one key per host, each with its host's value and a
+	// 24 h etcd lease.
+	r, err := cli.Get(ctx, testPrefix+"/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) != n {
+		t.Fatalf("%d keys in etcd, want %d", len(r.Kvs), n)
+	}
+	for _, kv := range r.Kvs {
+		sn, _ := ParseSubnetKey(strings.TrimPrefix(string(kv.Key), testPrefix+"/subnets/"))
+		i, ok := seen[sn]
+		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, ip(i))
+		if !ok || string(kv.Value) != want {
+			t.Errorf("%s = %s, want %s", kv.Key, kv.Value, want)
+		}
+		ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease))
+		if err != nil || ttl.GrantedTTL != 86400 || ttl.TTL < 86000 {
+			t.Errorf("%s: lease %x TTL %+v, %v", kv.Key, kv.Lease, ttl, err)
+		}
+	}
+	// Lost races left no etcd leases behind.
+	ls, err := cli.Leases(ctx)
+	if err != nil || len(ls.Leases) != n {
+		t.Errorf("%d etcd leases (err %v), want %d", len(ls.Leases), err, n)
+	}
+}
