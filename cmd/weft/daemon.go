@@ -12,6 +12,7 @@ import (
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/tunio"
+	"golang.zx2c4.com/wireguard/tun"
 )
 
 // udpOverhead is what flannel's UDP encapsulation adds: outer IPv4 and UDP
@@ -135,7 +136,7 @@ func (d *daemon) startDataPath() error {
 	if err != nil {
 		return err
 	}
-	go drainEvents(tun, d.log)
+	go drainEvents(tun, d.mtu, d.log)
 	// flannel0 carries the lease's network address as a /32 (10.5.42.0/32)
 	// and a route for the whole cluster network.
 	if err := tunio.Configure(tun.Name, d.own.Subnet.Addr(), d.cfg.Network); err != nil {
@@ -173,11 +174,13 @@ func (d *daemon) startDataPath() error {
 	return nil
 }
 
-func drainEvents(tun *tunio.Device, log *slog.Logger) {
-	for ev := range tun.Events() {
-		if ev&0x4 != 0 { // tun.EventMTUUpdate
-			if mtu, err := tun.MTU(); err == nil {
-				log.Warn("the TUN device's MTU was changed from outside", "tun", tun.Name, "mtu", mtu)
+// drainEvents reads the device's events (the tun package blocks on a full
+// channel) and reports an MTU someone else set.
+func drainEvents(dev *tunio.Device, want int, log *slog.Logger) {
+	for ev := range dev.Events() {
+		if ev&tun.EventMTUUpdate != 0 {
+			if mtu, err := dev.MTU(); err == nil && mtu != want {
+				log.Warn("the TUN device's MTU was changed from outside; packets longer than it will not reach pods", "tun", dev.Name, "mtu", mtu, "want", want)
 			}
 		}
 	}

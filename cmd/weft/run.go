@@ -17,7 +17,6 @@ import (
 	"github.com/weft-net/weft/encap/udp"
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
-	"github.com/weft-net/weft/tunio"
 )
 
 func init() {

@@ -1,0 +1,46 @@
+# weft — see README.md. Targets that build labs need root.
+GO      ?= go
+BIN     := bin/weft
+PKGS    := ./...
+# Packages whose tests exercise concurrency directly (run again under -race).
+RACE    := ./engine/... ./encap/... ./lease/...
+FUZZTIME ?= 10s
+
+.PHONY: all build test unit race fuzz bench demo lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/weft
+
+# The whole suite, as CI runs it: unit tests, namespace end-to-end tests,
+# the race detector on the concurrent packages, and a short fuzz of every
+# parser.
+test: lint build unit race fuzz
+
+unit:
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+race:
+	$(GO) test -count=1 -race -timeout 10m $(RACE)
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzTxClassify$$' -fuzztime $(FUZZTIME) ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzRxClassify$$' -fuzztime $(FUZZTIME) ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzAttrsJSON$$' -fuzztime $(FUZZTIME) ./lease/
+
+# Micro-benchmarks (for benchstat: run twice, compare), then the namespace
+# bench of every backend.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine/... ./encap/... | tee bench-micro.txt
+	./$(BIN) bench
+
+demo: build
+	./$(BIN) demo
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin bench-micro.txt
