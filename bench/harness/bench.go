@@ -1,0 +1,232 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/report"
+)
+
+// BenchConfig configures RunBench.
+type BenchConfig struct {
+	Binary      string // weft executable for child processes
+	Hosts       int    // per backend lab; default 2
+	Backends    []string
+	Workloads   []string // default report.Workloads
+	Duration    time.Duration
+	Reps        int
+	Leases      string // LeasesEtcd (default) or LeasesStatic
+	UnderlayMTU int
+	// Guard, if set, gets every lab so a signal tears them down.
+	Guard *lab.Guard
+	// Progress receives one line per sample before it runs.
+	Progress func(line string)
+	Command  string // recorded in the report
+}
+
+// bench is one backend's lab, ready to measure.
+type benchLab struct {
+	backend string
+	c       *Cluster
+	path    Path
+}
+
+// RunBench builds one lab per backend, then measures the workloads with
+// the backends interleaved (A B C A B C ...) so that drift on a noisy
+// machine hits them alike. A failed sample is recorded with its error and
+// the run goes on; a backend that cannot be set up fails the run. Every
+// lab is closed before RunBench returns.
+func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err error) {
+	if cfg.Hosts == 0 {
+		cfg.Hosts = 2
+	}
+	if cfg.Leases == "" {
+		cfg.Leases = LeasesEtcd
+	}
+	if len(cfg.Workloads) == 0 {
+		cfg.Workloads = report.Workloads
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = func(string) {}
+	}
+	switch {
+	case cfg.Hosts < 2 || cfg.Hosts > lab.MaxHosts:
+		return nil, fmt.Errorf("--hosts: %d, want 2..%d", cfg.Hosts, lab.MaxHosts)
+	case cfg.Reps < 1:
+		return nil, fmt.Errorf("--reps: %d, want at least 1", cfg.Reps)
+	case cfg.Duration < 100*time.Millisecond:
+		return nil, fmt.Errorf("--duration: %v, want at least 100ms", cfg.Duration)
+	case len(cfg.Backends) == 0:
+		return nil, errors.New("--backends: none given")
+	case cfg.Leases != LeasesEtcd && cfg.Leases != LeasesStatic:
+		return nil, fmt.Errorf("--leases: %q, want etcd or static", cfg.Leases)
+	}
+	for i, b := range cfg.Backends {
+		if !slices.Contains(Backends, b) {
+			return nil, fmt.Errorf("--backends: unknown backend %q (want some of %s)", b, strings.Join(Backends, ","))
+		}
+		if slices.Contains(cfg.Backends[:i], b) {
+			return nil, fmt.Errorf("--backends: %q given twice", b)
+		}
+	}
+	for _, w := range cfg.Workloads {
+		if !slices.Contains(report.Workloads, w) {
+			return nil, fmt.Errorf("--workloads: unknown workload %q (want some of %s)", w, strings.Join(report.Workloads, ","))
+		}
+	}
+
+	rep = &report.Report{
+		Command: cfg.Command, Started: time.Now(), Machine: report.DescribeMachine(),
+		Params: report.Params{Hosts: cfg.Hosts, Backends: cfg.Backends, Workloads: cfg.Workloads,
+			DurationSec: cfg.Duration.Seconds(), Reps: cfg.Reps, Leases: cfg.Leases, UnderlayMTU: cfg.UnderlayMTU},
+		Backends: map[string]report.BackendInfo{},
+	}
+	var labs []*benchLab
+	defer func() {
+		var errs []error
+		for _, bl := range labs {
+			if cerr := bl.c.Lab.Close(); cerr != nil {
+				errs = append(errs, cerr)
+			}
+		}
+		if err == nil && len(errs) > 0 {
+			err = fmt.Errorf("teardown: %w", errors.Join(errs...))
+		}
+	}()
+	for _, b := range cfg.Backends {
+		cfg.Progress(fmt.Sprintf("setting up %s: %d hosts", b, cfg.Hosts))
+		l, err := lab.New(lab.Options{Hosts: cfg.Hosts, UnderlayMTU: cfg.UnderlayMTU})
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Guard != nil {
+			cfg.Guard.Add(l)
+		}
+		bl := &benchLab{backend: b, c: New(l, cfg.Binary)}
+		labs = append(labs, bl)
+		if bl.path, err = SetupBackend(ctx, bl.c, b, cfg.Leases); err != nil {
+			return nil, fmt.Errorf("backend %s: %w\n%s", b, err, l.Logs())
+		}
+		if _, err := bl.c.StartTrafficServer(bl.path.ServerNS, "traffic-server"); err != nil {
+			return nil, err
+		}
+		rep.Backends[b] = report.BackendInfo{Label: BackendLabel(b), WeftStats: bl.c.WeftStats(ctx, l.Host(1))}
+	}
+
+	total := cfg.Reps * len(labs) * len(cfg.Workloads)
+	done := 0
+	start := time.Now()
+	for r := 1; r <= cfg.Reps; r++ {
+		for _, bl := range labs {
+			for _, w := range cfg.Workloads {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				left := time.Duration(total-done) * (cfg.Duration + 500*time.Millisecond)
+				if done > 0 {
+					left = time.Since(start) / time.Duration(done) * time.Duration(total-done)
+				}
+				cfg.Progress(fmt.Sprintf("run %d/%d  %-13s %-5s  sample %d/%d, about %s left",
+					r, cfg.Reps, bl.backend, w, done+1, total, left.Round(time.Second)))
+				s := bl.measure(ctx, w, cfg.Duration)
+				s.Rep = r
+				if s.Error != "" && ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				rep.Samples = append(rep.Samples, s)
+				done++
+			}
+		}
+	}
+	rep.Finished = time.Now()
+	rep.Summary = report.Summarize(rep.Samples, cfg.Backends, BackendLabel)
+	return rep, nil
+}
+
+// measure runs one workload and the CPU accounting around it.
+func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duration) report.Sample {
+	s := report.Sample{Backend: bl.backend, Workload: workload}
+	to := bl.path.ServerIP.String()
+	ds := d.String()
+	var args []string
+	switch workload {
+	case report.WorkloadTCP1:
+		args = []string{"tcp", "--to", to, "--duration", ds, "--streams", "1"}
+	case report.WorkloadTCP4:
+		args = []string{"tcp", "--to", to, "--duration", ds, "--streams", "4"}
+	case report.WorkloadUDP64:
+		args = []string{"udp", "--to", to, "--duration", ds, "--size", "64"}
+	case report.WorkloadRR:
+		args = []string{"rr", "--to", to, "--duration", ds, "--size", "64"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, d+60*time.Second)
+	defer cancel()
+	cpu0 := machineCPU()
+	eng0 := bl.engineCPU()
+	res, err := bl.c.Traffic(ctx, bl.path.ClientNS, args...)
+	s.CPUSeconds = machineCPU() - cpu0
+	s.EngineCPUSeconds = bl.engineCPU() - eng0
+	if err != nil {
+		s.Error = err.Error()
+		return s
+	}
+	s.Result = res
+	return s
+}
+
+// clockTick is USER_HZ, the unit of /proc/stat and /proc/PID/stat times;
+// 100 on every Linux architecture Go supports.
+const clockTick = 100
+
+// machineCPU returns the machine's busy CPU seconds so far (all CPUs):
+// user, nice, system, irq, softirq and steal from /proc/stat.
+func machineCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseFloat(f[i], 64)
+		busy += v
+	}
+	return busy / clockTick
+}
+
+// engineCPU returns the CPU seconds used so far by the lab's weft
+// engines (utime + stime of each process).
+func (bl *benchLab) engineCPU() float64 {
+	var total float64
+	for _, p := range bl.c.Runs {
+		if p == nil || p.Exited() {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid()) + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command name; utime and stime
+		// are fields 14 and 15 of the whole line.
+		i := strings.LastIndexByte(string(b), ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		total += (ut + st) / clockTick
+	}
+	return total
+}

@@ -1,0 +1,239 @@
+// Package report holds the bench's results: every sample, the machine it
+// ran on, per-backend summaries (median and spread), and their renderings
+// as a terminal table with ratios, JSON and an SVG chart.
+package report
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/bench/traffic"
+)
+
+// Workloads the bench runs per backend and repetition.
+const (
+	WorkloadTCP1  = "tcp1"  // TCP, 1 stream
+	WorkloadTCP4  = "tcp4"  // TCP, 4 streams
+	WorkloadUDP64 = "udp64" // 64-byte UDP payloads, flat out
+	WorkloadRR    = "rr"    // 64-byte request/response
+)
+
+// Workloads lists them in run order.
+var Workloads = []string{WorkloadTCP1, WorkloadTCP4, WorkloadUDP64, WorkloadRR}
+
+// Sample is one workload run on one backend in one repetition.
+type Sample struct {
+	Backend  string          `json:"backend"`
+	Rep      int             `json:"rep"`
+	Workload string          `json:"workload"`
+	Result   *traffic.Result `json:"result,omitempty"`
+	// CPUSeconds is the whole machine's busy CPU time (user, system, irq,
+	// softirq) during the run: engines, kernel and the generator alike.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// EngineCPUSeconds is the CPU time of the backend's own processes
+	// (weft run); 0 for kernel backends.
+	EngineCPUSeconds float64 `json:"engine_cpu_seconds"`
+	Error            string  `json:"error,omitempty"`
+}
+
+// Stat summarises one metric of one backend over the repetitions.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	N      int     `json:"n"`
+}
+
+// Row is one backend's summary.
+type Row struct {
+	Backend string          `json:"backend"`
+	Label   string          `json:"label"`
+	Metrics map[string]Stat `json:"metrics"`
+	Errors  int             `json:"errors"`
+}
+
+// Machine describes where the bench ran.
+type Machine struct {
+	Kernel      string `json:"kernel"`
+	Arch        string `json:"arch"`
+	CPUModel    string `json:"cpu_model"`
+	CPUs        int    `json:"cpus"`
+	MemTotalKB  int64  `json:"mem_total_kb"`
+	GoVersion   string `json:"go_version"`
+	WeftVersion string `json:"weft_version"`
+}
+
+// Params are the bench's settings.
+type Params struct {
+	Hosts       int      `json:"hosts"`
+	Backends    []string `json:"backends"`
+	Workloads   []string `json:"workloads"`
+	DurationSec float64  `json:"duration_seconds"`
+	Reps        int      `json:"reps"`
+	Leases      string   `json:"leases"`
+	UnderlayMTU int      `json:"underlay_mtu"`
+}
+
+// BackendInfo is what a backend looked like when measured.
+type BackendInfo struct {
+	Label string `json:"label"`
+	// WeftStats is `weft stats` of host 1's engine after setup (offload
+	// state, MTU), for weft backends.
+	WeftStats json.RawMessage `json:"weft_stats,omitempty"`
+}
+
+// Report is a whole bench run.
+type Report struct {
+	Command  string                 `json:"command"`
+	Started  time.Time              `json:"started"`
+	Finished time.Time              `json:"finished"`
+	Machine  Machine                `json:"machine"`
+	Params   Params                 `json:"params"`
+	Backends map[string]BackendInfo `json:"backends"`
+	Samples  []Sample               `json:"samples"`
+	Summary  []Row                  `json:"summary"`
+}
+
+// Metric is one figure the summary derives from samples.
+type Metric struct {
+	Key          string
+	Title        string
+	Unit         string
+	HigherBetter bool
+	Workload     string
+	value        func(s Sample) (float64, bool)
+}
+
+// Metrics lists the summary's figures, in table order.
+var Metrics = []Metric{
+	{Key: "tcp1_gbps", Title: "TCP 1 stream", Unit: "Gbit/s", HigherBetter: true, Workload: WorkloadTCP1,
+		value: func(s Sample) (float64, bool) { return s.Result.BitsPerSecond / 1e9, true }},
+	{Key: "tcp4_gbps", Title: "TCP 4 streams", Unit: "Gbit/s", HigherBetter: true, Workload: WorkloadTCP4,
+		value: func(s Sample) (float64, bool) { return s.Result.BitsPerSecond / 1e9, true }},
+	{Key: "udp64_kpps", Title: "64 B UDP delivered", Unit: "kpps", HigherBetter: true, Workload: WorkloadUDP64,
+		value: func(s Sample) (float64, bool) { return s.Result.DeliveredPPS / 1e3, true }},
+	{Key: "udp64_loss_pct", Title: "64 B UDP loss", Unit: "%", Workload: WorkloadUDP64,
+		value: func(s Sample) (float64, bool) {
+			if s.Result.Loss == nil {
+				return 0, false
+			}
+			return *s.Result.Loss * 100, true
+		}},
+	{Key: "rr_p50_us", Title: "RR median", Unit: "µs", Workload: WorkloadRR,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
+	{Key: "rr_p99_us", Title: "RR p99", Unit: "µs", Workload: WorkloadRR,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
+	{Key: "cpu_s_per_gb", Title: "CPU per GB (machine)", Unit: "s/GB", Workload: WorkloadTCP1,
+		value: func(s Sample) (float64, bool) {
+			if s.Result.Bytes == 0 {
+				return 0, false
+			}
+			return s.CPUSeconds / (float64(s.Result.Bytes) / 1e9), true
+		}},
+	{Key: "engine_cpu_s_per_gb", Title: "CPU per GB (engines)", Unit: "s/GB", Workload: WorkloadTCP1,
+		value: func(s Sample) (float64, bool) {
+			if s.Result.Bytes == 0 || s.EngineCPUSeconds == 0 {
+				return 0, false
+			}
+			return s.EngineCPUSeconds / (float64(s.Result.Bytes) / 1e9), true
+		}},
+}
+
+// Summarize computes one Row per backend, in the given order.
+func Summarize(samples []Sample, backends []string, label func(string) string) []Row {
+	var rows []Row
+	for _, b := range backends {
+		row := Row{Backend: b, Label: label(b), Metrics: map[string]Stat{}}
+		for _, m := range Metrics {
+			var vals []float64
+			for _, s := range samples {
+				if s.Backend != b || s.Workload != m.Workload {
+					continue
+				}
+				if s.Error != "" || s.Result == nil {
+					continue
+				}
+				if v, ok := m.value(s); ok && !math.IsNaN(v) && !math.IsInf(v, 0) {
+					vals = append(vals, v)
+				}
+			}
+			if len(vals) > 0 {
+				row.Metrics[m.Key] = stat(vals)
+			}
+		}
+		for _, s := range samples {
+			if s.Backend == b && s.Error != "" {
+				row.Errors++
+			}
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+func stat(vals []float64) Stat {
+	s := slices.Clone(vals)
+	slices.Sort(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stat{Median: med, Min: s[0], Max: s[len(s)-1], N: len(s)}
+}
+
+// DescribeMachine reads the machine's description.
+func DescribeMachine() Machine {
+	m := Machine{Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), WeftVersion: "(devel)"}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+				m.MemTotalKB = atoi64(f[1])
+			}
+		}
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		m.WeftVersion = bi.Main.Version
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				m.WeftVersion += " " + s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					m.WeftVersion += "+dirty"
+				}
+			}
+		}
+	}
+	return m
+}
+
+func atoi64(s string) int64 {
+	var n int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
