@@ -12,11 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
-	"github.com/weft-net/weft/encap/udp"
-	"github.com/weft-net/weft/engine"
+	"github.com/weft-net/weft/encap"
 )
 
 func init() {
@@ -25,44 +23,19 @@ func init() {
 
 // debugStats is what /stats on the debug socket returns.
 type debugStats struct {
-	Backend   string             `json:"backend"`
-	Subnet    netip.Prefix       `json:"subnet"`
-	PublicIP  netip.Addr         `json:"public_ip"`
-	TUN       string             `json:"tun"`
-	MTU       int                `json:"mtu"`
-	Offloads  offloadState       `json:"offloads"`
-	Engine    engineStats        `json:"engine"`
-	Transport udp.Stats          `json:"transport"`
-	Peers     []engine.PeerStats `json:"peers"`
+	Backend  string       `json:"backend"`
+	Why      string       `json:"why"`
+	Subnet   netip.Prefix `json:"subnet"`
+	PublicIP netip.Addr   `json:"public_ip"`
+	MTU      int          `json:"mtu"`
+	// Data is the backend's own status; for udp, udpStatus.
+	Data json.RawMessage `json:"data,omitempty"`
 }
-
-type offloadState struct {
-	TSO, USO, GSO, GRO bool
-}
-
-type engineStats struct {
-	engine.Stats
-	DropsByReason map[string]uint64 `json:"drops_by_reason"`
-}
-
-var statsMu sync.Mutex // serialises readers of the daemon's control state
 
 func (d *daemon) stats() debugStats {
-	statsMu.Lock()
-	defer statsMu.Unlock()
-	s := d.eng.Stats()
-	ts := d.conn.Stats()
-	out := debugStats{
-		Backend: "udp", Subnet: d.own.Subnet, PublicIP: d.own.Attrs.PublicIP,
-		TUN: d.tun.Name, MTU: d.mtu,
-		Offloads:  offloadState{TSO: d.tun.TSO, USO: d.tun.USO, GSO: ts.GSO, GRO: ts.GRO},
-		Engine:    engineStats{Stats: s, DropsByReason: s.DropsByName()},
-		Transport: ts,
-	}
-	if t := d.eng.Table(); t != nil {
-		for _, p := range t.Peers() {
-			out.Peers = append(out.Peers, p.Stats())
-		}
+	out := debugStats{Backend: d.backend.Type(), Why: d.why, Subnet: d.own.Subnet, PublicIP: d.own.Attrs.PublicIP, MTU: d.mtu}
+	if s, ok := d.backend.(encap.Status); ok {
+		out.Data, _ = json.Marshal(s.Status())
 	}
 	return out
 }

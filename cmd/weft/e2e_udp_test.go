@@ -48,17 +48,18 @@ func waitFile(t *testing.T, p *lab.Proc, path string) []byte {
 	return nil
 }
 
-func weftStats(t *testing.T, l *lab.Lab, h *lab.Host, exe string) debugStats {
+func weftStats(t *testing.T, l *lab.Lab, h *lab.Host, exe string) udpStatus {
 	t.Helper()
 	out, err := l.Exec(h.Name, exe, "stats", "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
 	if err != nil {
 		t.Fatalf("weft stats on %s: %v\n%s", h.Name, err, out)
 	}
 	var s debugStats
-	if err := json.Unmarshal(out, &s); err != nil {
-		t.Fatalf("weft stats: %v\n%s", err, out)
+	var u udpStatus
+	if err := json.Unmarshal(out, &s); err != nil || s.Backend != "udp" || json.Unmarshal(s.Data, &u) != nil {
+		t.Fatalf("weft stats: not a udp backend's stats (%v):\n%s", err, out)
 	}
-	return s
+	return u
 }
 
 // TestUDPBackendStatic runs two engines with static peers in a namespace
@@ -162,7 +163,7 @@ func TestUDPBackendStatic(t *testing.T) {
 		send(h2.Name, spoofed)
 		send(l.Switch, fromPeer)
 		send(h2.Name, []byte{0x45, 0, 0}) // truncated
-		var after debugStats
+		var after udpStatus
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			after = weftStats(t, l, h1, exe)

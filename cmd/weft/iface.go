@@ -14,6 +14,7 @@ import (
 // address peers reach this host at.
 type extIface struct {
 	Name     string
+	Index    int
 	Addr     netip.Addr // the interface's own IPv4 address
 	PublicIP netip.Addr // --public-ip, or Addr
 	MTU      int
@@ -84,7 +85,7 @@ func findExtIface(f *runFlags) (*extIface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: %v", link.Attrs().Name, err)
 	}
-	e := &extIface{Name: link.Attrs().Name, Addr: addr, PublicIP: addr, MTU: link.Attrs().MTU}
+	e := &extIface{Name: link.Attrs().Name, Index: link.Attrs().Index, Addr: addr, PublicIP: addr, MTU: link.Attrs().MTU}
 	if f.publicIP != "" {
 		e.PublicIP = netip.MustParseAddr(f.publicIP) // validated already
 	}

@@ -12,9 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/weft-net/weft/encap/udp"
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
 )
@@ -203,44 +201,4 @@ func (f *runFlags) staticManager() (lease.Manager, error) {
 		peers = append(peers, more...)
 	}
 	return lease.NewStatic(network, own, peers)
-}
-
-// udpPort reads Backend.Port, flannel's default 8285 when absent.
-func udpPort(cfg *lease.Config) (uint16, error) {
-	var b struct{ Port int }
-	if len(cfg.Backend) > 0 {
-		if err := json.Unmarshal(cfg.Backend, &b); err != nil {
-			return 0, fmt.Errorf("network config: \"Backend\": %v", err)
-		}
-	}
-	if b.Port == 0 {
-		return udp.DefaultPort, nil
-	}
-	if b.Port < 1 || b.Port > 65535 {
-		return 0, fmt.Errorf("network config: \"Backend.Port\": %d is not a UDP port", b.Port)
-	}
-	return uint16(b.Port), nil
-}
-
-// retry calls fn until it succeeds or ctx ends, backing off from 1 s to
-// 30 s and saying so in the log.
-func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
-	delay := time.Second
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		var cfgErr *lease.ConfigError
-		if errors.As(err, &cfgErr) {
-			return err
-		}
-		log.Warn(what+" failed; retrying", "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 30*time.Second)
-	}
 }
