@@ -79,7 +79,11 @@ type Config struct {
 	// ICMPRate is the most ICMP errors per second written back into the
 	// TUN (default 1000), like the kernel's icmp_ratelimit.
 	ICMPRate int
-	Logger   *slog.Logger
+	// NoDrain makes each TUN read its own batch (one blocking read per
+	// batch), for comparison; by default a batch takes every packet
+	// waiting.
+	NoDrain bool
+	Logger  *slog.Logger
 }
 
 // Engine forwards packets between a Device and a Transport.

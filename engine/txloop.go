@@ -20,6 +20,9 @@ type txLoop struct {
 	outDst   []netip.AddrPort
 	groups   []*Peer
 
+	// readable is the Device's Readable, if it has one.
+	readable interface{ Readable() bool }
+
 	icmp icmpWriter
 	bc   batchCounters
 	c    loopCounters
@@ -41,12 +44,15 @@ func newTxLoop(e *Engine) *txLoop {
 		l.bufs[i] = make([]byte, BufferSize)
 	}
 	l.icmp.init(e)
+	if r, ok := e.dev.(interface{ Readable() bool }); ok && !e.cfg.NoDrain {
+		l.readable = r
+	}
 	return l
 }
 
 func (l *txLoop) run() error {
 	for {
-		n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
+		n, err := l.read()
 		if err != nil {
 			if isClosed(err) {
 				return errClosed
@@ -72,6 +78,35 @@ func (l *txLoop) run() error {
 		l.bc.flush(&l.c)
 		l.icmp.flush(&l.c)
 	}
+}
+
+// drainReserve is the room a further read needs: the most segments a TSO
+// super-packet of one MTU-sized flow splits into is 64 KiB / 1 KiB-ish;
+// with less room left the batch goes out as it is.
+const drainReserve = 64
+
+// maxDrainReads bounds the reads per batch so a steady trickle cannot
+// delay the batch's first packet by more than a few reads.
+const maxDrainReads = 64
+
+// read fills the batch: one blocking read, then more while the device has
+// packets waiting (when it can tell), so small packets are moved many per
+// wakeup instead of one.
+func (l *txLoop) read() (int, error) {
+	n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
+	if err != nil || l.readable == nil {
+		return n, err
+	}
+	for reads := 1; reads < maxDrainReads && len(l.bufs)-n >= drainReserve && l.readable.Readable(); reads++ {
+		m, err := l.e.dev.Read(l.bufs[n:], l.sizes[n:], Headroom)
+		n += m
+		if err != nil {
+			// Keep what was read; the error shows again on the next read
+			// if it persists.
+			break
+		}
+	}
+	return n, nil
 }
 
 // classify validates the n packets just read, decides each one's peer and

@@ -29,6 +29,19 @@ type Device struct {
 	// with checksum offload), USO when it also hands over UDP ones
 	// (Linux 6.2+). GRO (coalesced writes) comes with TSO.
 	TSO, USO bool
+
+	fd  int // for Readable; -1 when unknown
+	pfd [1]unix.PollFd
+}
+
+func newDevice(dev tun.Device, name string) *Device {
+	d := &Device{Device: dev, Name: name, fd: -1}
+	// Fd() would switch the file to blocking mode; the raw fd number from
+	// SyscallConn does not, and stays valid while the device is open.
+	if sc, err := dev.File().SyscallConn(); err == nil {
+		sc.Control(func(fd uintptr) { d.fd = int(fd) })
+	}
+	return d
 }
 
 const (
@@ -49,7 +62,8 @@ func Create(o Options) (*Device, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tunio: create %s: %w", o.Name, err)
 		}
-		d := &Device{Device: dev, Name: o.Name, TSO: dev.BatchSize() > 1}
+		d := newDevice(dev, o.Name)
+		d.TSO = dev.BatchSize() > 1
 		if d.TSO {
 			d.USO = probeUSO(dev.File())
 		}
@@ -77,7 +91,7 @@ func Create(o Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunio: %s: %w", o.Name, err)
 	}
-	return &Device{Device: dev, Name: o.Name}, nil
+	return newDevice(dev, o.Name), nil
 }
 
 // probeUSO asks for UDP segmentation offload again, as the tun package did
@@ -138,4 +152,18 @@ func InterfaceMTU(name string) (int, error) {
 		return 0, fmt.Errorf("tunio: %s: %w", name, err)
 	}
 	return link.Attrs().MTU, nil
+}
+
+// Readable reports whether a read would return at once, without blocking
+// and without waking the Go scheduler: a poll(2) with zero timeout. The
+// engine uses it to read many small packets per wakeup, since the tun
+// package's Read returns after one read(2) and a TUN read carries one
+// packet unless the kernel built a super-packet.
+func (d *Device) Readable() bool {
+	if d.fd < 0 {
+		return false
+	}
+	d.pfd[0] = unix.PollFd{Fd: int32(d.fd), Events: unix.POLLIN}
+	n, err := unix.Poll(d.pfd[:], 0)
+	return err == nil && n > 0 && d.pfd[0].Revents&unix.POLLIN != 0
 }
