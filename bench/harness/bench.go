@@ -117,7 +117,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		if _, err := bl.c.StartTrafficServer(bl.path.ServerNS, "traffic-server"); err != nil {
 			return nil, err
 		}
-		rep.Backends[b] = report.BackendInfo{Label: BackendLabel(b), WeftStats: bl.c.WeftStats(ctx, l.Host(1))}
+		rep.Backends[b] = report.BackendInfo{Label: BackendLabel(b), Lab: l.Prefix, WeftStats: bl.c.WeftStats(ctx, l.Host(1))}
 	}
 
 	total := cfg.Reps * len(labs) * len(cfg.Workloads)

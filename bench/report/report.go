@@ -85,6 +85,8 @@ type Params struct {
 // BackendInfo is what a backend looked like when measured.
 type BackendInfo struct {
 	Label string `json:"label"`
+	// Lab is the prefix of the backend's lab (its namespaces' names).
+	Lab string `json:"lab"`
 	// WeftStats is `weft stats` of host 1's engine after setup (offload
 	// state, MTU), for weft backends.
 	WeftStats json.RawMessage `json:"weft_stats,omitempty"`

@@ -54,7 +54,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "(median of %d repetitions, ± half the min-max spread as %% of the median; backends interleaved)\n", r.Params.Reps)
 	for _, ref := range []string{"vxlan", "veth"} {
 		refRow := r.row(ref)
-		if refRow == nil || len(r.Summary) < 2 {
+		if refRow == nil || len(refRow.Metrics) == 0 || len(r.Summary) < 2 {
 			continue
 		}
 		fmt.Fprintf(w, "\nratio to %s (median / median; for latency and CPU lower is better):\n", ref)

@@ -1,0 +1,203 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/lab/labtest"
+	"github.com/weft-net/weft/bench/report"
+)
+
+// leftovers lists the namespaces and registrations of the given labs, and
+// the processes running the test's weft binary. (Other tests may run labs
+// of their own at the same time, so only these labs are looked at.)
+func leftovers(t *testing.T, prefixes []string) []string {
+	t.Helper()
+	var s []string
+	for _, dir := range []string{"/run/netns", "/run/weft-lab"} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if slices.Contains(prefixes, strings.SplitN(e.Name(), "-", 2)[0]) {
+				s = append(s, dir+"/"+e.Name())
+			}
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		if exe, err := os.Readlink(p); err == nil && exe == weftBin {
+			s = append(s, "process "+p)
+		}
+	}
+	slices.Sort(s)
+	return s
+}
+
+// A short run of every backend: each row has its figures, the samples
+// interleave the backends, the JSON is complete, the SVG well-formed, and
+// nothing of the run is left behind. Figures are never asserted.
+func TestBenchShort(t *testing.T) {
+	labtest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const reps = 2
+	rep, err := RunBench(ctx, BenchConfig{
+		Binary: weftBin, Hosts: 2, Backends: Backends, Duration: 300 * time.Millisecond, Reps: reps,
+		Leases: LeasesStatic, Command: "test", Progress: func(s string) { t.Log(s) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prefixes []string
+	for _, b := range Backends {
+		if p := rep.Backends[b].Lab; lab.GeneratedPrefix.MatchString(p) {
+			prefixes = append(prefixes, p)
+		}
+	}
+	if len(prefixes) != len(Backends) {
+		t.Fatalf("report names labs %v for %d backends", prefixes, len(Backends))
+	}
+	if left := leftovers(t, prefixes); len(left) > 0 {
+		t.Errorf("bench left behind %v", left)
+	}
+
+	var order []string
+	for _, s := range rep.Samples {
+		if s.Error != "" {
+			t.Errorf("run %d %s %s: %s", s.Rep, s.Backend, s.Workload, s.Error)
+		}
+		order = append(order, s.Backend+"/"+s.Workload)
+	}
+	var want []string
+	for range reps {
+		for _, b := range Backends {
+			for _, w := range report.Workloads {
+				want = append(want, b+"/"+w)
+			}
+		}
+	}
+	if !slices.Equal(order, want) {
+		t.Fatalf("samples ran in order %v, want backends interleaved: %v", order, want)
+	}
+	if len(rep.Summary) != len(Backends) {
+		t.Fatalf("%d summary rows for %d backends", len(rep.Summary), len(Backends))
+	}
+	for _, row := range rep.Summary {
+		for _, m := range report.Metrics {
+			s, ok := row.Metrics[m.Key]
+			engineOnly := m.Key == "engine_cpu_s_per_gb"
+			weft := row.Backend == BackendUDP || row.Backend == BackendUDPUnbatched
+			if engineOnly && !weft {
+				if ok {
+					t.Errorf("%s: engine CPU reported for a kernel backend", row.Backend)
+				}
+				continue
+			}
+			if !ok || s.N != reps || s.Min > s.Median || s.Median > s.Max {
+				t.Errorf("%s: metric %s = %+v, ok %v", row.Backend, m.Key, s, ok)
+			}
+		}
+		if row.Label == "" || row.Errors != 0 {
+			t.Errorf("row %+v", row)
+		}
+	}
+
+	var js bytes.Buffer
+	if err := rep.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back report.Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatalf("JSON does not parse: %v", err)
+	}
+	m := back.Machine
+	if m.Kernel == "" || m.CPUs < 1 || m.GoVersion == "" || m.WeftVersion == "" || m.MemTotalKB == 0 {
+		t.Errorf("machine description incomplete: %+v", m)
+	}
+	if len(back.Samples) != len(want) || back.Params.Reps != reps || len(back.Summary) != len(Backends) || back.Finished.Before(back.Started) {
+		t.Errorf("JSON incomplete: %d samples, params %+v", len(back.Samples), back.Params)
+	}
+	for _, b := range Backends {
+		info, ok := back.Backends[b]
+		if !ok || info.Label == "" {
+			t.Errorf("JSON lacks backend %s", b)
+		}
+		if (b == BackendUDP || b == BackendUDPUnbatched) && !json.Valid(info.WeftStats) {
+			t.Errorf("%s: no weft stats (offload state) in the JSON", b)
+		}
+	}
+	for _, s := range back.Samples {
+		if s.Result == nil || s.Result.Mode == "" || s.CPUSeconds <= 0 {
+			t.Errorf("sample %+v incomplete", s)
+		}
+	}
+
+	var svg bytes.Buffer
+	if err := rep.WriteSVG(&svg); err != nil {
+		t.Fatal(err)
+	}
+	checkSVG(t, svg.Bytes(), len(Backends))
+
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range append([]string{"ratio to vxlan", "ratio to veth"}, Backends...) {
+		if !strings.Contains(table.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, table.String())
+		}
+	}
+	t.Logf("\n%s", table.String())
+}
+
+// checkSVG parses the whole document and counts the bars.
+func checkSVG(t *testing.T, b []byte, backends int) {
+	t.Helper()
+	d := xml.NewDecoder(bytes.NewReader(b))
+	rects, panels := 0, 0
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG not well-formed: %v\n%s", err, b)
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			switch se.Name.Local {
+			case "rect":
+				rects++
+			case "g":
+				panels++
+			}
+		}
+	}
+	if panels == 0 || rects != 1+panels*backends {
+		t.Fatalf("SVG has %d panels and %d rects, want %d bars per panel", panels, rects, backends)
+	}
+}
+
+func TestBenchBadConfig(t *testing.T) {
+	for _, cfg := range []BenchConfig{
+		{Hosts: 1, Backends: []string{"veth"}, Reps: 1, Duration: time.Second},
+		{Hosts: 2, Backends: []string{"gre"}, Reps: 1, Duration: time.Second},
+		{Hosts: 2, Backends: []string{"veth", "veth"}, Reps: 1, Duration: time.Second},
+		{Hosts: 2, Backends: []string{"veth"}, Reps: 0, Duration: time.Second},
+		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, Leases: "consul"},
+		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, Workloads: []string{"sctp"}},
+	} {
+		if _, err := RunBench(context.Background(), cfg); err == nil {
+			t.Errorf("RunBench(%+v) succeeded", cfg)
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/bench/traffic"
+)
+
+func samples() []Sample {
+	loss := 0.25
+	var s []Sample
+	for rep, gbps := range []float64{1, 3, 2} {
+		for _, b := range []string{"vxlan", "udp"} {
+			f := 1.0
+			if b == "udp" {
+				f = 0.5
+			}
+			s = append(s,
+				Sample{Backend: b, Rep: rep + 1, Workload: WorkloadTCP1, CPUSeconds: 2, EngineCPUSeconds: 1,
+					Result: &traffic.Result{Mode: "tcp", BitsPerSecond: gbps * f * 1e9, Bytes: 4e9}},
+				Sample{Backend: b, Rep: rep + 1, Workload: WorkloadUDP64,
+					Result: &traffic.Result{Mode: "udp", DeliveredPPS: 1000, Loss: &loss}},
+			)
+		}
+	}
+	s = append(s, Sample{Backend: "udp", Rep: 4, Workload: WorkloadRR, Error: "boom"})
+	return s
+}
+
+func TestSummarize(t *testing.T) {
+	rows := Summarize(samples(), []string{"vxlan", "udp", "veth"}, strings.ToUpper)
+	if len(rows) != 3 || rows[0].Label != "VXLAN" {
+		t.Fatalf("%+v", rows)
+	}
+	got := rows[0].Metrics["tcp1_gbps"]
+	if got != (Stat{Median: 2, Min: 1, Max: 3, N: 3}) {
+		t.Fatalf("vxlan tcp1 = %+v", got)
+	}
+	if s := rows[1].Metrics["tcp1_gbps"]; s.Median != 1 {
+		t.Fatalf("udp tcp1 = %+v", s)
+	}
+	if s := rows[0].Metrics["cpu_s_per_gb"]; s.Median != 0.5 || s.N != 3 {
+		t.Fatalf("cpu per GB = %+v", s)
+	}
+	if s := rows[0].Metrics["udp64_loss_pct"]; s.Median != 25 {
+		t.Fatalf("loss = %+v", s)
+	}
+	if _, ok := rows[1].Metrics["rr_p50_us"]; ok || rows[1].Errors != 1 {
+		t.Fatalf("failed sample counted as a figure: %+v", rows[1])
+	}
+	if len(rows[2].Metrics) != 0 {
+		t.Fatalf("unmeasured backend has figures: %+v", rows[2])
+	}
+	if s := stat([]float64{4, 1, 2, 3}); s.Median != 2.5 {
+		t.Fatalf("even median = %v", s.Median)
+	}
+}
+
+func testReport() *Report {
+	backends := []string{"vxlan", "udp", "veth"}
+	r := &Report{Started: time.Now(), Finished: time.Now(), Machine: DescribeMachine(),
+		Params: Params{Hosts: 2, Reps: 3, DurationSec: 1, Backends: backends}, Samples: samples()}
+	r.Summary = Summarize(r.Samples, backends, func(b string) string { return "<" + b + " & co>" })
+	return r
+}
+
+func TestTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := testReport().WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"ratio to vxlan", "0.50x", "2.00 ±50%", "<udp & co>"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "ratio to veth") {
+		t.Errorf("ratio to a backend with no figures:\n%s", out)
+	}
+}
+
+func TestJSONAndSVG(t *testing.T) {
+	r := testReport()
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Samples) != len(r.Samples) {
+		t.Fatalf("JSON round trip: %v", err)
+	}
+	var svg bytes.Buffer
+	if err := r.WriteSVG(&svg); err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(&svg)
+	for {
+		_, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG not well-formed (labels need escaping): %v", err)
+		}
+	}
+	if DescribeMachine().CPUs < 1 {
+		t.Fatal("no CPUs")
+	}
+}
