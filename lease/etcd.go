@@ -18,6 +18,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Defaults of flanneld v0.28.
@@ -195,6 +197,14 @@ func (m *Etcd) client() (*clientv3.Client, error) {
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
 		Logger:               quietZap(),
+		// gRPC's reconnect backoff grows to 2 min by default: after
+		// an etcd outage of a minute a host would stay cut off for
+		// minutes more. Cap it so leases are renewed soon after etcd
+		// is back.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: min(m.opts.RetryMax, 5*time.Second)},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %s: %w", strings.Join(m.opts.Endpoints, ","), err)

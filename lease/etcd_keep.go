@@ -55,8 +55,7 @@ func (m *Etcd) Keep(ctx context.Context, own Lease) error {
 			continue
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		wch := cli.Watch(clientv3.WithRequireLeader(wctx), st.key, clientv3.WithRev(st.rev+1))
-		err = m.keepLoop(ctx, cli, st, wch)
+		err = m.keepLoop(ctx, cli, st, watchAsync(wctx, cli, st.key, st.rev+1))
 		cancel()
 		if err != nil {
 			return err
@@ -64,6 +63,24 @@ func (m *Etcd) Keep(ctx context.Context, own Lease) error {
 		sleep(ctx, m.firstRetry())
 	}
 	return nil
+}
+
+// watchAsync watches key from rev. clientv3's Watch blocks until etcd
+// confirms the watch, which during an outage is until etcd is back; Keep
+// must go on renewing meanwhile, so the watch is made aside.
+func watchAsync(ctx context.Context, cli *clientv3.Client, key string, rev int64) <-chan clientv3.WatchResponse {
+	out := make(chan clientv3.WatchResponse)
+	go func() {
+		defer close(out)
+		for wr := range cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(rev)) {
+			select {
+			case out <- wr:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // adopt finds the etcd lease of a key this Manager did not acquire (own
@@ -102,7 +119,7 @@ func (m *Etcd) renewAt(st *keepState) time.Time {
 
 // keepLoop renews and follows one watch of the own key. It returns nil to
 // have the watch made again, or an error when the lease is lost.
-func (m *Etcd) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepState, wch clientv3.WatchChan) error {
+func (m *Etcd) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepState, wch <-chan clientv3.WatchResponse) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	arm := func(at time.Time) {
