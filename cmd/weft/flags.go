@@ -22,7 +22,7 @@ func (s *stringList) Set(v string) error {
 }
 
 // applyEnv sets every flag not given on the command line from its
-// environment variable, as flanneld does: FLANNELD_ETCD_ENDPOINTS for
+// environment variable (when set and not empty), as flanneld does: FLANNELD_ETCD_ENDPOINTS for
 // --etcd-endpoints. weft's own flags use the WEFT_ prefix.
 func applyEnv(fs *flag.FlagSet, prefixFor func(name string) string) error {
 	given := map[string]bool{}
@@ -33,7 +33,8 @@ func applyEnv(fs *flag.FlagSet, prefixFor func(name string) string) error {
 			return
 		}
 		key := prefixFor(f.Name) + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(key); ok {
+		// An empty variable counts as unset, as in flanneld.
+		if v := os.Getenv(key); v != "" {
 			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("environment variable %s: %v", key, e)
 			}

@@ -101,20 +101,7 @@ func runRun(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	isWeftFlag := func(name string) bool {
-		for _, p := range []string{"tun-name", "batch-size", "no-", "anti-spoof", "debug-socket", "log-format", "static-"} {
-			if strings.HasPrefix(name, p) {
-				return true
-			}
-		}
-		return false
-	}
-	if err := applyEnv(fs, func(name string) string {
-		if isWeftFlag(name) {
-			return "WEFT_"
-		}
-		return "FLANNELD_"
-	}); err != nil {
+	if err := applyEnv(fs, envPrefix); err != nil {
 		return err
 	}
 	if len(f.refused) > 0 {
@@ -128,6 +115,16 @@ func runRun(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return runDaemon(ctx, &f, log)
+}
+
+// envPrefix: flanneld's flags come from FLANNELD_*, weft's own from WEFT_*.
+func envPrefix(name string) string {
+	for _, p := range []string{"tun-name", "batch-size", "no-", "anti-spoof", "debug-socket", "log-format", "static-"} {
+		if strings.HasPrefix(name, p) {
+			return "WEFT_"
+		}
+	}
+	return "FLANNELD_"
 }
 
 func (f *runFlags) validate() error {

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"flag"
+	"strings"
+	"testing"
+)
+
+// TestRunFlagErrors: every bad flag or combination is refused before
+// anything on the host is touched, with a message naming the flag.
+func TestRunFlagErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr"},
+		{[]string{"--subnet-lease-renew-margin", "0"}, nil, "--subnet-lease-renew-margin"},
+		{[]string{"--subnet-lease-renew-margin", "1440"}, nil, "--subnet-lease-renew-margin"},
+		{[]string{"--batch-size", "0"}, nil, "--batch-size"},
+		{[]string{"--batch-size", "5000"}, nil, "--batch-size"},
+		{[]string{"--log-format", "xml"}, nil, "--log-format"},
+		{[]string{"--public-ip", "not-an-ip"}, nil, "--public-ip"},
+		{[]string{"--public-ip", "2001:db8::1"}, nil, "--public-ip"},
+		{[]string{"--static-subnet", "10.6.1.0/24"}, nil, "--static-network"},
+		{nil, map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "9999"}, "--subnet-lease-renew-margin"},
+		{nil, map[string]string{"FLANNELD_IP_MASQ": "perhaps"}, "FLANNELD_IP_MASQ"},
+		{[]string{"stray"}, nil, "stray"},
+	}
+	for _, c := range cases {
+		t.Run(c.want, func(t *testing.T) {
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			err := runRun(c.args)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("weft run %v (env %v): error %v, want one naming %s", c.args, c.env, err, c.want)
+			}
+		})
+	}
+}
+
+func TestEnvFillsFlagsNotGiven(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var f runFlags
+	f.register(fs)
+	t.Setenv("FLANNELD_IFACE", "eth1,eth2")
+	t.Setenv("FLANNELD_ETCD_PREFIX", "/from/env")
+	t.Setenv("WEFT_BATCH_SIZE", "7")
+	if err := fs.Parse([]string{"--etcd-prefix", "/from/flag"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyEnv(fs, envPrefix); err != nil {
+		t.Fatal(err)
+	}
+	if f.etcdPrefix != "/from/flag" {
+		t.Errorf("the environment overrode a flag given on the command line: %q", f.etcdPrefix)
+	}
+	if strings.Join(f.ifaces, " ") != "eth1 eth2" || f.batchSize != 7 {
+		t.Errorf("iface %v, batch %d: the environment was not applied", f.ifaces, f.batchSize)
+	}
+}
