@@ -73,6 +73,17 @@ type Path struct {
 // SetupBackend configures backend on c's lab and returns the measured
 // path: pod of host 1 to pod of host 2 (host to host for veth).
 func SetupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path, error) {
+	p, err := setupBackend(ctx, c, backend, leases)
+	if err != nil {
+		return p, err
+	}
+	if _, err := WaitPath(ctx, p.ClientNS, p.ServerIP, 15*time.Second); err != nil {
+		return p, fmt.Errorf("backend %s: %w", backend, err)
+	}
+	return p, nil
+}
+
+func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path, error) {
 	l := c.Lab
 	h1, h2 := l.Host(1), l.Host(2)
 	if h2 == nil {

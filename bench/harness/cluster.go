@@ -281,3 +281,17 @@ func (c *Cluster) StartWeftStatic(h *lab.Host, network netip.Prefix, subnets []n
 	c.Runs[h.Index-1] = p
 	return nil
 }
+
+// WaitPath pings from ns to dst until a reply comes (engines learn their
+// peers from the lease watch a moment after they are up), for at most
+// timeout. It returns how long that took.
+func WaitPath(ctx context.Context, ns string, dst netip.Addr, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for {
+		if _, err := lab.Ping(ctx, ns, dst, 1, 0, 200*time.Millisecond); err == nil {
+			return time.Since(start), nil
+		} else if time.Since(start) > timeout || ctx.Err() != nil {
+			return 0, fmt.Errorf("no path from %s to %s after %v: %w", ns, dst, timeout, err)
+		}
+	}
+}
