@@ -20,7 +20,7 @@ func init() {
 
 const demoNetconf = `{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"}}`
 
-func runDemo(args []string) error {
+func runDemo(args []string) (err error) {
 	fs := flag.NewFlagSet("weft demo", flag.ContinueOnError)
 	hosts := fs.Int("hosts", 3, "hosts in the lab (2..10)")
 	dur := fs.Duration("duration", 3*time.Second, "length of each throughput test")
@@ -56,8 +56,11 @@ func runDemo(args []string) error {
 	guard.Add(l)
 	failed := true
 	defer func() {
+		if err != nil && ctx.Err() != nil {
+			err = errors.New("interrupted")
+		}
 		fmt.Printf("\n[7/7] tearing down lab %s (processes, namespaces, links)\n", l.Prefix)
-		if failed {
+		if failed && ctx.Err() == nil {
 			fmt.Fprintf(os.Stderr, "weft demo: failed; logs of the lab's processes:\n%s", l.Logs())
 		}
 		if err := l.Close(); err != nil {
