@@ -71,7 +71,7 @@ func runBench(args []string) error {
 		}
 	}
 	cfg := harness.BenchConfig{
-		Binary: bin, Hosts: *hosts, Backends: splitList(*backends), Workloads: splitList(*workloads),
+		Binary: bin, Hosts: *hosts, Backends: benchList(*backends), Workloads: benchList(*workloads),
 		Duration: *dur, Reps: *reps, Leases: *leases, UnderlayMTU: *mtu,
 		Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
 	}
@@ -117,7 +117,7 @@ func runBench(args []string) error {
 	return nil
 }
 
-func splitList(s string) []string {
+func benchList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
