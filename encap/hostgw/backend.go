@@ -1,0 +1,190 @@
+// Package hostgw is weft's host-gw backend, flanneld's host-gw over
+// netlink: per peer lease, a route for the peer's subnet via the peer's
+// public IP on the underlay interface; no encapsulation at all. It works
+// only between hosts on one L2 segment, so a peer behind a router is
+// refused by name rather than black-holed. A reconcile loop keeps the
+// routes in place.
+package hostgw
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/lease"
+)
+
+// Options configure New.
+type Options struct {
+	Host     encap.Host
+	NL       *kernel.Netlink
+	Log      *slog.Logger
+	Interval time.Duration // reconcile period; default kernel.DefaultInterval
+}
+
+// Backend is the host-gw backend.
+type Backend struct {
+	host encap.Host
+	nl   *kernel.Netlink
+	log  *slog.Logger
+	rec  *kernel.Reconciler
+
+	mu      sync.Mutex
+	own     lease.Lease
+	leases  []lease.Lease // the last snapshot; nil until the first
+	ready   bool
+	peers   []Peer
+	refused map[netip.Prefix]string // logged once per reason
+}
+
+// Peer is a peer the backend routes to.
+type Peer struct {
+	Subnet   netip.Prefix `json:"subnet"`
+	PublicIP netip.Addr   `json:"public_ip"`
+}
+
+var (
+	_ encap.Backend = (*Backend)(nil)
+	_ encap.Status  = (*Backend)(nil)
+)
+
+// New builds the backend.
+func New(o Options) (*Backend, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if !o.Host.IfaceAddr.Is4() {
+		return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address", o.Host.Iface)
+	}
+	b := &Backend{host: o.Host, nl: o.NL, log: o.Log, refused: map[netip.Prefix]string{}}
+	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "host-gw"), Interval: o.Interval, Desired: b.desired}
+	return b, nil
+}
+
+func (b *Backend) Type() string { return "host-gw" }
+
+// Attrs: flanneld's host-gw lease has BackendType "host-gw" and no
+// BackendData.
+func (b *Backend) Attrs() (lease.Attrs, error) {
+	return lease.Attrs{PublicIP: b.host.PublicIP, BackendType: "host-gw"}, nil
+}
+
+// Start has nothing to set up: pods use the underlay's MTU, as flanneld's
+// host-gw writes FLANNEL_MTU=1500 on a 1500 underlay.
+func (b *Backend) Start(_ context.Context, own lease.Lease) (int, error) {
+	b.mu.Lock()
+	b.own = own
+	b.mu.Unlock()
+	b.log.Info("host-gw backend up", "iface", b.host.Iface, "mtu", b.host.IfaceMTU)
+	return b.host.IfaceMTU, nil
+}
+
+// SetPeers records the snapshot and asks the loop to program it.
+func (b *Backend) SetPeers(leases []lease.Lease) {
+	b.mu.Lock()
+	b.leases, b.ready = slices.Clone(leases), true
+	b.mu.Unlock()
+	b.rec.Trigger()
+}
+
+// Reachability is decided on every pass, from the underlay's connected
+// subnets at that time, so an address added or removed later takes effect.
+func (b *Backend) desired() (kernel.State, bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.ready {
+		return kernel.State{}, false, nil
+	}
+	connected, err := b.nl.Connected(b.host.IfaceIndex)
+	if err != nil {
+		return kernel.State{}, false, fmt.Errorf("reading %s's subnets: %w", b.host.Iface, err)
+	}
+	var s kernel.State
+	var peers []Peer
+	refused := map[netip.Prefix]string{}
+	for _, l := range b.leases {
+		if l.Subnet == b.own.Subnet {
+			continue
+		}
+		why := Refuse(l, connected)
+		if why != "" {
+			refused[l.Subnet] = why
+			if b.refused[l.Subnet] != why {
+				b.log.Warn("refusing peer", "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP, "why", why)
+			}
+			continue
+		}
+		peers = append(peers, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP})
+		s.Routes = append(s.Routes, kernel.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.host.IfaceIndex})
+	}
+	logChanges(b.log, b.peers, peers)
+	b.peers, b.refused = peers, refused
+	return s, true, nil
+}
+
+// Refuse says why host-gw cannot route to the peer of l, or "". A route via
+// a gateway the kernel cannot reach by ARP on the interface would be
+// refused by the kernel (ENETUNREACH), or, made onlink, black-hole the
+// subnet; so such a peer is left out and named.
+func Refuse(l lease.Lease, connected []netip.Prefix) string {
+	switch {
+	case l.Attrs.BackendType != "host-gw":
+		bt := l.Attrs.BackendType
+		if bt == "" {
+			bt = "udp"
+		}
+		return "its backend is " + bt + ", not host-gw"
+	case !l.Attrs.PublicIP.Is4() || !l.Subnet.Addr().Is4():
+		return "it has no IPv4 public address"
+	case !kernel.OnSegment(connected, l.Attrs.PublicIP):
+		return fmt.Sprintf("its public IP %s is not on this host's segment %v: host-gw cannot route across a router (use vxlan or auto)", l.Attrs.PublicIP, connected)
+	}
+	return ""
+}
+
+func logChanges(log *slog.Logger, before, now []Peer) {
+	for _, p := range now {
+		if !slices.Contains(before, p) {
+			log.Info("subnet added", "subnet", p.Subnet, "public-ip", p.PublicIP)
+		}
+	}
+	for _, p := range before {
+		if !slices.Contains(now, p) {
+			log.Info("subnet removed", "subnet", p.Subnet, "public-ip", p.PublicIP)
+		}
+	}
+}
+
+// Reconcile runs one pass now (tests; the loop runs them on its own).
+func (b *Backend) Reconcile() error { return b.rec.Pass() }
+
+// Run reconciles until ctx ends and leaves the routes in place.
+func (b *Backend) Run(ctx context.Context) error { return b.rec.Run(ctx) }
+
+// Status is the host-gw backend's part of `weft stats`.
+type Status struct {
+	Iface     string            `json:"iface"`
+	MTU       int               `json:"mtu"`
+	Peers     []Peer            `json:"peers"`
+	Refused   map[string]string `json:"refused,omitempty"`
+	Reconcile kernel.Stats      `json:"reconcile"`
+}
+
+func (b *Backend) Status() any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := Status{Iface: b.host.Iface, MTU: b.host.IfaceMTU, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
+	for sn, why := range b.refused {
+		if s.Refused == nil {
+			s.Refused = map[string]string{}
+		}
+		s.Refused[sn.String()] = why
+	}
+	return s
+}

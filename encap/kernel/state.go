@@ -1,0 +1,257 @@
+package kernel
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Route is a route weft wants in the main table, tagged RouteProtocol.
+type Route struct {
+	Dst       netip.Prefix
+	Gw        netip.Addr
+	LinkIndex int
+	// Onlink lets the gateway lie outside every prefix of the link (RTNH_F_ONLINK):
+	// the vxlan route's gateway is the peer subnet's network address, which
+	// only the permanent neighbour entry resolves.
+	Onlink bool
+}
+
+func (r Route) String() string {
+	s := fmt.Sprintf("%s via %s dev #%d", r.Dst, r.Gw, r.LinkIndex)
+	if r.Onlink {
+		s += " onlink"
+	}
+	return s
+}
+
+func (r Route) netlink() *netlink.Route {
+	nr := &netlink.Route{
+		Dst: ipnet(r.Dst), Gw: r.Gw.AsSlice(), LinkIndex: r.LinkIndex,
+		Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol, Scope: netlink.SCOPE_UNIVERSE,
+	}
+	if r.Onlink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+// Neigh is a permanent IPv4 neighbour (ARP) entry on the state's device.
+type Neigh struct {
+	IP  netip.Addr
+	MAC net.HardwareAddr
+}
+
+// FDB is a permanent forwarding entry on the state's vxlan device: frames to
+// MAC are encapsulated to Dst (`bridge fdb ... dst Dst self permanent`).
+type FDB struct {
+	MAC net.HardwareAddr
+	Dst netip.Addr
+}
+
+// State is the kernel state a backend wants. Routes are all the tagged
+// routes weft should have; Neighs and FDB all the permanent entries of
+// device Dev (0 when the backend has no device). Anything tagged, or on Dev,
+// that State does not list is stale and removed.
+type State struct {
+	Routes []Route
+	Dev    int
+	Neighs []Neigh
+	FDB    []FDB
+}
+
+// Keys names every entry of s, one string per entry, with its full
+// content: two states program the same kernel entries iff their keys match.
+func (s State) Keys() map[string]bool {
+	k := make(map[string]bool, len(s.Routes)+len(s.Neighs)+len(s.FDB))
+	for _, r := range s.Routes {
+		k["route "+r.String()] = true
+	}
+	for _, n := range s.Neighs {
+		k[fmt.Sprintf("neigh %s lladdr %s dev #%d", n.IP, n.MAC, s.Dev)] = true
+	}
+	for _, f := range s.FDB {
+		k[fmt.Sprintf("fdb %s dst %s dev #%d", f.MAC, f.Dst, s.Dev)] = true
+	}
+	return k
+}
+
+// Change is what one reconcile pass did, as State keys.
+type Change struct {
+	Added, Removed []string
+}
+
+// Reconcile makes the kernel hold exactly want: it adds or replaces what is
+// missing or different and deletes stale tagged routes and stale entries
+// on want.Dev. It carries on past individual failures and returns them
+// joined.
+func (n *Netlink) Reconcile(want State) (Change, error) {
+	var c Change
+	errR := n.reconcileRoutes(want.Routes, &c)
+	var errN, errF error
+	if want.Dev != 0 {
+		errN = n.reconcileNeighs(want, &c)
+		errF = n.reconcileFDB(want, &c)
+	}
+	sort.Strings(c.Added)
+	sort.Strings(c.Removed)
+	return c, errors.Join(errR, errN, errF)
+}
+
+func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
+	have, err := n.taggedRoutes()
+	if err != nil {
+		return fmt.Errorf("listing routes: %w", err)
+	}
+	byDst := make(map[netip.Prefix]Route, len(want))
+	for _, r := range want {
+		byDst[r.Dst] = r
+	}
+	seen := make(map[netip.Prefix]bool, len(have))
+	var errs []error
+	for _, h := range have {
+		got, ok := routeFromKernel(h)
+		w, wanted := byDst[got.Dst]
+		if ok && wanted && !seen[got.Dst] && got == w {
+			seen[got.Dst] = true
+			continue
+		}
+		// Stale, or the same destination with other content (a second
+		// metric, another gateway): delete exactly that route.
+		if err := n.H.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("deleting route %s: %w", h.Dst, err))
+			continue
+		}
+		c.Removed = append(c.Removed, "route "+got.String())
+	}
+	for _, w := range want {
+		if seen[w.Dst] {
+			continue
+		}
+		// Replace: a route to the same destination that is not tagged
+		// (flanneld's, or one restored by hand) becomes ours.
+		if err := n.H.RouteReplace(w.netlink()); err != nil {
+			errs = append(errs, fmt.Errorf("adding route %s: %w", w, err))
+			continue
+		}
+		c.Added = append(c.Added, "route "+w.String())
+	}
+	return errors.Join(errs...)
+}
+
+func routeFromKernel(r netlink.Route) (Route, bool) {
+	if r.Dst == nil {
+		return Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0)}, false
+	}
+	ip, _ := netip.AddrFromSlice(r.Dst.IP)
+	bits, _ := r.Dst.Mask.Size()
+	gw, _ := netip.AddrFromSlice(r.Gw)
+	out := Route{Dst: netip.PrefixFrom(ip.Unmap(), bits), Gw: gw.Unmap(), LinkIndex: r.LinkIndex,
+		Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
+	// A multipath route or one with a metric is not one weft made.
+	return out, len(r.MultiPath) == 0 && r.Priority == 0
+}
+
+func (n *Netlink) reconcileNeighs(want State, c *Change) error {
+	have, err := Dump(func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("listing neighbours: %w", err)
+	}
+	byIP := make(map[netip.Addr]net.HardwareAddr, len(want.Neighs))
+	for _, w := range want.Neighs {
+		byIP[w.IP] = w.MAC
+	}
+	ok := make(map[netip.Addr]bool)
+	var errs []error
+	for _, h := range have {
+		ip, _ := netip.AddrFromSlice(h.IP)
+		ip = ip.Unmap()
+		mac, wanted := byIP[ip]
+		if wanted && h.State&netlink.NUD_PERMANENT != 0 && bytes.Equal(h.HardwareAddr, mac) {
+			ok[ip] = true
+			continue
+		}
+		if wanted || h.State&netlink.NUD_PERMANENT == 0 {
+			continue // replaced below, or the kernel's own (never ours)
+		}
+		if err := n.H.NeighDel(&h); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("deleting neighbour %s: %w", ip, err))
+			continue
+		}
+		c.Removed = append(c.Removed, fmt.Sprintf("neigh %s lladdr %s dev #%d", ip, h.HardwareAddr, want.Dev))
+	}
+	for _, w := range want.Neighs {
+		if ok[w.IP] {
+			continue
+		}
+		nb := &netlink.Neigh{LinkIndex: want.Dev, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			Type: unix.RTN_UNICAST, IP: w.IP.AsSlice(), HardwareAddr: w.MAC}
+		if err := n.H.NeighSet(nb); err != nil {
+			errs = append(errs, fmt.Errorf("adding neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
+			continue
+		}
+		c.Added = append(c.Added, fmt.Sprintf("neigh %s lladdr %s dev #%d", w.IP, w.MAC, want.Dev))
+	}
+	return errors.Join(errs...)
+}
+
+func (n *Netlink) reconcileFDB(want State, c *Change) error {
+	have, err := Dump(func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, unix.AF_BRIDGE) })
+	if err != nil {
+		return fmt.Errorf("listing fdb: %w", err)
+	}
+	type key struct {
+		mac string
+		dst netip.Addr
+	}
+	wanted := make(map[key]bool, len(want.FDB))
+	for _, w := range want.FDB {
+		wanted[key{w.MAC.String(), w.Dst}] = true
+	}
+	ok := make(map[key]bool)
+	var errs []error
+	for _, h := range have {
+		if h.LinkIndex != want.Dev {
+			continue
+		}
+		dst, _ := netip.AddrFromSlice(h.IP)
+		k := key{h.HardwareAddr.String(), dst.Unmap()}
+		if wanted[k] && !ok[k] {
+			ok[k] = true
+			continue
+		}
+		// Every fdb entry of weft's vxlan device is weft's: the device
+		// does no learning (IFLA_VXLAN_LEARNING off) and weft adds no
+		// all-zeros default entry.
+		del := h
+		del.Family = unix.AF_BRIDGE
+		del.Flags |= netlink.NTF_SELF
+		if err := n.H.NeighDel(&del); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("deleting fdb %s dst %s: %w", k.mac, k.dst, err))
+			continue
+		}
+		c.Removed = append(c.Removed, fmt.Sprintf("fdb %s dst %s dev #%d", k.mac, k.dst, want.Dev))
+	}
+	for _, w := range want.FDB {
+		if ok[key{w.MAC.String(), w.Dst}] {
+			continue
+		}
+		// NeighSet is RTM_NEWNEIGH with NLM_F_REPLACE: for a MAC the
+		// device already knows, vxlan_fdb_update replaces its first
+		// remote, so a peer that moved gets its new address in place.
+		nb := &netlink.Neigh{LinkIndex: want.Dev, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+			Flags: netlink.NTF_SELF, IP: w.Dst.AsSlice(), HardwareAddr: w.MAC}
+		if err := n.H.NeighSet(nb); err != nil {
+			errs = append(errs, fmt.Errorf("adding fdb %s dst %s: %w", w.MAC, w.Dst, err))
+			continue
+		}
+		c.Added = append(c.Added, fmt.Sprintf("fdb %s dst %s dev #%d", w.MAC, w.Dst, want.Dev))
+	}
+	return errors.Join(errs...)
+}

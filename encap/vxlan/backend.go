@@ -1,0 +1,299 @@
+// Package vxlan is weft's kernel vxlan backend, flanneld's vxlan backend
+// over netlink: it creates the device flannel.<VNI> and, per peer lease, a
+// permanent neighbour (peer subnet's network address -> peer VtepMAC), an
+// FDB entry (VtepMAC -> peer public IP) and an onlink route for the peer
+// subnet; the kernel does the encapsulation. A reconcile loop keeps that
+// state in place.
+package vxlan
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/lease"
+)
+
+// Options configure New.
+type Options struct {
+	Host   encap.Host
+	Config Config
+	NL     *kernel.Netlink
+	Log    *slog.Logger
+	// Interval is the reconcile period; default kernel.DefaultInterval.
+	Interval time.Duration
+	// Sysctl writes a key under /proc/sys in the backend's namespace;
+	// default: the calling process's.
+	Sysctl func(key, value string) error
+}
+
+// Backend is the kernel vxlan backend.
+type Backend struct {
+	cfg    Config
+	host   encap.Host
+	nl     *kernel.Netlink
+	log    *slog.Logger
+	sysctl func(key, value string) error
+	spec   deviceSpec
+	rec    *kernel.Reconciler
+
+	mu      sync.Mutex
+	mac     net.HardwareAddr
+	own     lease.Lease
+	started bool
+	peers   []peer // nil until the first snapshot
+	ready   bool
+	skipped map[netip.Prefix]string // peers left out, and why (logged once)
+}
+
+type peer struct {
+	Subnet   netip.Prefix `json:"subnet"`
+	PublicIP netip.Addr   `json:"public_ip"`
+	VtepMAC  string       `json:"vtep_mac"`
+	Direct   bool         `json:"direct,omitempty"` // DirectRouting: a plain route
+	mac      net.HardwareAddr
+}
+
+var (
+	_ encap.Backend = (*Backend)(nil)
+	_ encap.Status  = (*Backend)(nil)
+)
+
+// New checks the options; the device is made by Attrs.
+func New(o Options) (*Backend, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Sysctl == nil {
+		o.Sysctl = func(key, value string) error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) }
+	}
+	if !o.Host.IfaceAddr.Is4() {
+		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address", o.Host.Iface)
+	}
+	mtu := o.Host.IfaceMTU - Overhead
+	if o.Config.MTU != 0 {
+		if o.Config.MTU > mtu {
+			// The kernel clamps it too (vxlan_config_apply), silently.
+			o.Log.Warn("network config: Backend.MTU is larger than the underlay allows; using the largest that fits",
+				"mtu", o.Config.MTU, "underlay-mtu", o.Host.IfaceMTU, "using", mtu)
+		} else {
+			mtu = o.Config.MTU
+		}
+	}
+	b := &Backend{
+		cfg: o.Config, host: o.Host, nl: o.NL, log: o.Log, sysctl: o.Sysctl,
+		spec: deviceSpec{
+			name: DeviceName(o.Config.VNI), vni: o.Config.VNI, port: o.Config.Port, gbp: o.Config.GBP,
+			learning: o.Config.Learning, vtepIndex: o.Host.IfaceIndex, vtepAddr: o.Host.IfaceAddr, mtu: mtu,
+		},
+		skipped: map[netip.Prefix]string{},
+	}
+	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "vxlan"), Interval: o.Interval, Desired: b.desired}
+	b.log.Info("vxlan config", "vni", o.Config.VNI, "port", o.Config.Port, "gbp", o.Config.GBP,
+		"learning", o.Config.Learning, "direct-routing", o.Config.DirectRouting, "mtu", mtu)
+	return b, nil
+}
+
+// Device is the vxlan device's name.
+func (b *Backend) Device() string { return b.spec.name }
+
+func (b *Backend) Type() string { return "vxlan" }
+
+// Attrs creates (or reuses) the device, since the lease carries its MAC:
+// flanneld too sets the device up before it acquires the lease.
+func (b *Backend) Attrs() (lease.Attrs, error) {
+	dev, created, err := b.ensureDevice()
+	if err != nil {
+		return lease.Attrs{}, fmt.Errorf("vxlan: %w", err)
+	}
+	if created {
+		b.log.Info("vxlan device created", "device", dev.Name, "mac", dev.HardwareAddr)
+	} else {
+		b.log.Info("vxlan device already exists; reusing it and its MAC", "device", dev.Name, "mac", dev.HardwareAddr)
+	}
+	// No router advertisements on the overlay device, as flanneld sets
+	// (net.ipv6.conf.flannel/1.accept_ra = 0). A kernel without IPv6 has
+	// no such key.
+	if err := b.sysctl("net/ipv6/conf/"+dev.Name+"/accept_ra", "0"); err != nil && !os.IsNotExist(err) {
+		b.log.Warn("cannot disable router advertisements on the vxlan device", "device", dev.Name, "err", err)
+	}
+	data, err := MarshalLeaseData(b.cfg.VNI, dev.HardwareAddr)
+	if err != nil {
+		return lease.Attrs{}, err
+	}
+	b.mu.Lock()
+	b.mac = dev.HardwareAddr
+	b.mu.Unlock()
+	return lease.Attrs{PublicIP: b.host.PublicIP, BackendType: "vxlan", BackendData: data}, nil
+}
+
+// Start gives the device the lease's address and brings it up.
+func (b *Backend) Start(_ context.Context, own lease.Lease) (int, error) {
+	b.mu.Lock()
+	b.own = own
+	b.started = true
+	b.mu.Unlock()
+	dev, _, err := b.ensureDevice()
+	if err != nil {
+		return 0, fmt.Errorf("vxlan: %w", err)
+	}
+	if err := b.configure(dev, own.Subnet.Addr()); err != nil {
+		return 0, fmt.Errorf("vxlan: %w", err)
+	}
+	b.log.Info("vxlan backend up", "device", dev.Name, "address", netip.PrefixFrom(own.Subnet.Addr(), 32), "mtu", dev.MTU)
+	return dev.MTU, nil
+}
+
+// SetPeers records the wanted peers and asks the loop to program them.
+func (b *Backend) SetPeers(leases []lease.Lease) {
+	connected, err := b.nl.Connected(b.host.IfaceIndex)
+	if err != nil && b.cfg.DirectRouting {
+		b.log.Warn("cannot read the underlay's subnets; DirectRouting off for this snapshot", "err", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var peers []peer
+	skipped := map[netip.Prefix]string{}
+	for _, l := range leases {
+		if l.Subnet == b.own.Subnet {
+			continue
+		}
+		var why string
+		var p peer
+		switch {
+		case l.Attrs.BackendType != "vxlan":
+			bt := l.Attrs.BackendType
+			if bt == "" {
+				bt = "udp"
+			}
+			why = "its backend is " + bt + ", not vxlan"
+		case !l.Attrs.PublicIP.Is4() || !l.Subnet.Addr().Is4():
+			why = "it has no IPv4 public address"
+		default:
+			d, mac, err := ParseLeaseData(l.Attrs.BackendData)
+			if err != nil {
+				why = err.Error()
+				break
+			}
+			if d.VNI != b.cfg.VNI {
+				why = fmt.Sprintf("its VNI is %d, not %d", d.VNI, b.cfg.VNI)
+				break
+			}
+			p = peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
+				Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)}
+		}
+		if why != "" {
+			skipped[l.Subnet] = why
+			if b.skipped[l.Subnet] != why {
+				b.log.Warn("skipping peer lease", "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP, "why", why)
+			}
+			continue
+		}
+		peers = append(peers, p)
+	}
+	logChanges(b.log, b.peers, peers)
+	b.peers, b.skipped, b.ready = peers, skipped, true
+	b.rec.Trigger()
+}
+
+func logChanges(log *slog.Logger, before, now []peer) {
+	key := func(p peer) string { return fmt.Sprintf("%s %s %s %v", p.Subnet, p.PublicIP, p.VtepMAC, p.Direct) }
+	was := map[string]bool{}
+	for _, p := range before {
+		was[key(p)] = true
+	}
+	is := map[string]bool{}
+	for _, p := range now {
+		is[key(p)] = true
+		if !was[key(p)] {
+			log.Info("subnet added", "subnet", p.Subnet, "public-ip", p.PublicIP, "vtep-mac", p.VtepMAC, "direct", p.Direct)
+		}
+	}
+	for _, p := range before {
+		if !is[key(p)] {
+			log.Info("subnet removed", "subnet", p.Subnet, "public-ip", p.PublicIP, "vtep-mac", p.VtepMAC)
+		}
+	}
+}
+
+// desired is the reconcile loop's view of what the kernel should hold. It
+// recreates a device someone deleted (flanneld's device watcher does too).
+func (b *Backend) desired() (kernel.State, bool, error) {
+	b.mu.Lock()
+	ready, own, started := b.ready, b.own, b.started
+	peers := slices.Clone(b.peers)
+	b.mu.Unlock()
+	if !ready || !started {
+		return kernel.State{}, false, nil
+	}
+	dev, created, err := b.ensureDevice()
+	if err != nil {
+		return kernel.State{}, false, err
+	}
+	if created {
+		b.log.Warn("vxlan device was missing; recreated it", "device", dev.Name, "mac", dev.HardwareAddr)
+	}
+	if !slices.Equal(dev.HardwareAddr, b.mac) {
+		b.log.Warn("the vxlan device's MAC no longer matches the lease; peers reach this host only after a restart re-publishes it",
+			"device", dev.Name, "mac", dev.HardwareAddr, "lease", b.mac)
+	}
+	if created || dev.Flags&net.FlagUp == 0 {
+		if err := b.configure(dev, own.Subnet.Addr()); err != nil {
+			return kernel.State{}, false, err
+		}
+	}
+	s := kernel.State{Dev: dev.Index}
+	for _, p := range peers {
+		if p.Direct {
+			s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})
+			continue
+		}
+		gw := p.Subnet.Addr() // the peer's flannel.<VNI> address
+		s.Neighs = append(s.Neighs, kernel.Neigh{IP: gw, MAC: p.mac})
+		s.FDB = append(s.FDB, kernel.FDB{MAC: p.mac, Dst: p.PublicIP})
+		s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: gw, LinkIndex: dev.Index, Onlink: true})
+	}
+	return s, true, nil
+}
+
+// Reconcile runs one pass now (tests; the loop runs them on its own).
+func (b *Backend) Reconcile() error { return b.rec.Pass() }
+
+// Run reconciles until ctx ends and leaves the kernel state in place.
+func (b *Backend) Run(ctx context.Context) error { return b.rec.Run(ctx) }
+
+// Status is the vxlan backend's part of `weft stats`.
+type Status struct {
+	Device    string            `json:"device"`
+	VNI       int               `json:"vni"`
+	Port      int               `json:"port"`
+	MAC       string            `json:"mac"`
+	MTU       int               `json:"mtu"`
+	GBP       bool              `json:"gbp"`
+	Direct    bool              `json:"direct_routing"`
+	Peers     []peer            `json:"peers"`
+	Skipped   map[string]string `json:"skipped,omitempty"`
+	Reconcile kernel.Stats      `json:"reconcile"`
+}
+
+func (b *Backend) Status() any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := Status{Device: b.spec.name, VNI: b.cfg.VNI, Port: b.cfg.Port, MAC: b.mac.String(), MTU: b.spec.mtu,
+		GBP: b.cfg.GBP, Direct: b.cfg.DirectRouting, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
+	for sn, why := range b.skipped {
+		if s.Skipped == nil {
+			s.Skipped = map[string]string{}
+		}
+		s.Skipped[sn.String()] = why
+	}
+	return s
+}

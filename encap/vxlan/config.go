@@ -1,0 +1,101 @@
+package vxlan
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+)
+
+// Flannel's defaults: VNI 1; port 0 lets the kernel pick its default 8472
+// (IANA's 4789 came later), which weft sets explicitly instead.
+const (
+	DefaultVNI  = 1
+	DefaultPort = 8472
+	// Overhead is what vxlan over IPv4 adds to each frame: outer IPv4 (20),
+	// UDP (8), VXLAN (8) and the inner Ethernet header (14), so the device's
+	// MTU is the underlay's minus 50 (the kernel's VXLAN_HEADROOM).
+	Overhead = 50
+	maxVNI   = 1<<24 - 1
+)
+
+// Config is the vxlan part of the network config's Backend object, with
+// flannel's field names and defaults.
+type Config struct {
+	VNI           int
+	Port          int
+	GBP           bool
+	Learning      bool
+	DirectRouting bool
+	MTU           int // 0: the underlay's MTU minus Overhead
+}
+
+// ParseConfig reads Backend.VNI, Port, GBP, Learning, DirectRouting and
+// MTU, as flanneld does (keys match case-insensitively, unknown keys are
+// ignored), and refuses values the kernel would, naming the key.
+func ParseConfig(raw json.RawMessage) (Config, error) {
+	c := Config{VNI: DefaultVNI}
+	if len(bytes.TrimSpace(raw)) > 0 {
+		var v struct {
+			VNI, Port, MTU               *int
+			GBP, Learning, DirectRouting *bool
+		}
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return c, fmt.Errorf("network config: \"Backend\": %v", err)
+		}
+		if v.VNI != nil {
+			c.VNI = *v.VNI
+		}
+		if v.Port != nil {
+			c.Port = *v.Port
+		}
+		if v.MTU != nil {
+			c.MTU = *v.MTU
+		}
+		c.GBP = v.GBP != nil && *v.GBP
+		c.Learning = v.Learning != nil && *v.Learning
+		c.DirectRouting = v.DirectRouting != nil && *v.DirectRouting
+	}
+	if c.VNI < 0 || c.VNI > maxVNI {
+		return c, fmt.Errorf("network config: \"Backend.VNI\": %d is outside 0..%d", c.VNI, maxVNI)
+	}
+	if c.Port == 0 {
+		c.Port = DefaultPort
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return c, fmt.Errorf("network config: \"Backend.Port\": %d is not a UDP port", c.Port)
+	}
+	// 68 is the kernel's minimum for an IPv4 device (ETH_MIN_MTU).
+	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
+		return c, fmt.Errorf("network config: \"Backend.MTU\": %d is outside 68..65535", c.MTU)
+	}
+	return c, nil
+}
+
+// DeviceName is flanneld's name for the device of vni.
+func DeviceName(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
+
+// LeaseData is the lease's BackendData, flanneld's vxlanLeaseAttrs.
+type LeaseData struct {
+	VNI     int
+	VtepMAC string
+}
+
+// MarshalLeaseData renders BackendData byte for byte as flanneld does:
+// {"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}, the MAC lower-case with colons.
+func MarshalLeaseData(vni int, mac net.HardwareAddr) (json.RawMessage, error) {
+	return json.Marshal(LeaseData{VNI: vni, VtepMAC: mac.String()})
+}
+
+// ParseLeaseData reads a peer's BackendData.
+func ParseLeaseData(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
+	var d LeaseData
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return d, nil, fmt.Errorf("BackendData: %v", err)
+	}
+	mac, err := net.ParseMAC(d.VtepMAC)
+	if err != nil || len(mac) != 6 {
+		return d, nil, fmt.Errorf("BackendData: VtepMAC %q is not an Ethernet address", d.VtepMAC)
+	}
+	return d, mac, nil
+}
