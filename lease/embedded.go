@@ -150,13 +150,20 @@ func etcdLogger(level zapcore.Level, closing *atomic.Bool) *zap.Logger {
 	return zap.New(&quietOnClose{Core: core, closing: closing}).Named("etcd")
 }
 
+// noise are etcd warnings about choices made here on purpose: one port for
+// gRPC and HTTP, simple auth tokens (auth is off).
+var noise = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                         true,
+}
+
 type quietOnClose struct {
 	zapcore.Core
 	closing *atomic.Bool
 }
 
 func (c *quietOnClose) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.closing.Load() {
+	if c.closing.Load() || noise[e.Message] {
 		return ce
 	}
 	if c.Enabled(e.Level) {

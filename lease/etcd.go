@@ -156,10 +156,29 @@ func NewEtcd(opts EtcdOptions) (*Etcd, error) {
 			}
 		}
 	}
-	if m.tls == nil {
+	if m.tls == nil && !allLoopback(eps) {
 		m.log.Warn("no certificate provided: connecting to etcd with http. This is insecure")
 	}
 	return m, nil
+}
+
+// allLoopback reports whether every endpoint is on this host, where plain
+// http is not exposed.
+func allLoopback(eps []string) bool {
+	for _, e := range eps {
+		u, err := url.Parse(e)
+		if err != nil {
+			return false
+		}
+		if u.Scheme == "unix" || u.Scheme == "unixs" {
+			continue
+		}
+		h := u.Hostname()
+		if a, err := netip.ParseAddr(h); (err != nil || !a.IsLoopback()) && h != "localhost" {
+			return false
+		}
+	}
+	return true
 }
 
 // Close releases the connection to etcd. Leases stay in etcd (as
@@ -278,6 +297,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// ConfigKey is where the network config lives: <prefix>/config.
+func (m *Etcd) ConfigKey() string { return m.configKey() }
+
 func (m *Etcd) configKey() string  { return m.opts.Prefix + "/config" }
 func (m *Etcd) subnetsDir() string { return m.opts.Prefix + "/subnets/" }
 func (m *Etcd) subnetKey(p netip.Prefix) string {
@@ -309,6 +331,47 @@ func (m *Etcd) Config(ctx context.Context) (*Config, error) {
 	m.log.Info("found network config", "network", cfg.Network, "subnetLen", cfg.SubnetLen, "backend", cfg.BackendType)
 	c := *cfg
 	return &c, nil
+}
+
+// PutConfig checks data with ParseConfig and stores it at <prefix>/config
+// exactly as given (flanneld only reads the config: what the user wrote
+// stays). With onlyIfAbsent an existing config is left alone and stored is
+// false. Unreachable etcd is retried until ctx ends.
+func (m *Etcd) PutConfig(ctx context.Context, data []byte, onlyIfAbsent bool) (stored bool, err error) {
+	if _, err := ParseConfig(data); err != nil {
+		return false, err
+	}
+	err = m.retry(ctx, "storing network config", func(ctx context.Context, cli *clientv3.Client) error {
+		put := clientv3.OpPut(m.configKey(), string(data))
+		if !onlyIfAbsent {
+			_, err := cli.Do(ctx, put)
+			stored = err == nil
+			return err
+		}
+		r, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(m.configKey()), "=", 0)).Then(put).Commit()
+		if err != nil {
+			return err
+		}
+		stored = r.Succeeded
+		return nil
+	})
+	return stored, err
+}
+
+// RawConfig returns the bytes stored at <prefix>/config; ok is false when
+// the key does not exist. Unlike Config it does not wait for the key.
+func (m *Etcd) RawConfig(ctx context.Context) (data []byte, ok bool, err error) {
+	err = m.retry(ctx, "fetching network config", func(ctx context.Context, cli *clientv3.Client) error {
+		r, err := cli.Get(ctx, m.configKey())
+		if err != nil {
+			return err
+		}
+		if ok = len(r.Kvs) > 0; ok {
+			data = r.Kvs[0].Value
+		}
+		return nil
+	})
+	return data, ok, err
 }
 
 // config returns the config Config last read, reading it if needed.

@@ -285,3 +285,41 @@ func TestEtcdAcquire64Concurrent(t *testing.T) {
 		t.Errorf("%d etcd leases (err %v), want %d", len(ls.Leases), err, n)
 	}
 }
+
+func TestEtcdPutConfig(t *testing.T) {
+	e := startEtcd(t)
+	m, _ := newTestEtcd(t, e, nil)
+	ctx := testCtx(t, 20*time.Second)
+	if _, ok, err := m.RawConfig(ctx); ok || err != nil {
+		t.Fatalf("empty store: ok %v, %v", ok, err)
+	}
+	// Stored byte for byte, spaces and all.
+	first := []byte("{ \"Network\": \"10.5.0.0/16\",\n  \"Backend\": {\"Type\": \"vxlan\"} }\n")
+	if stored, err := m.PutConfig(ctx, first, true); !stored || err != nil {
+		t.Fatalf("first put: %v, %v", stored, err)
+	}
+	if got, ok, err := m.RawConfig(ctx); !ok || err != nil || !bytes.Equal(got, first) {
+		t.Fatalf("RawConfig = %q, %v, %v", got, ok, err)
+	}
+	second := []byte(`{"Network": "10.6.0.0/16"}`)
+	if stored, err := m.PutConfig(ctx, second, true); stored || err != nil {
+		t.Fatalf("only-if-absent over an existing config: %v, %v", stored, err)
+	}
+	if got, _, _ := m.RawConfig(ctx); !bytes.Equal(got, first) {
+		t.Fatalf("existing config replaced: %q", got)
+	}
+	if stored, err := m.PutConfig(ctx, second, false); !stored || err != nil {
+		t.Fatalf("forced put: %v, %v", stored, err)
+	}
+	if c, err := m.Config(ctx); err != nil || c.Network.String() != "10.6.0.0/16" {
+		t.Fatalf("Config after forced put: %+v, %v", c, err)
+	}
+	// Invalid configs never reach etcd.
+	var ce *ConfigError
+	if _, err := m.PutConfig(ctx, []byte(`{"Network": "10.6.0.0/16", "SubnetLen": 8}`), false); !errors.As(err, &ce) {
+		t.Fatalf("invalid config: %v", err)
+	}
+	if got, _, _ := m.RawConfig(ctx); !bytes.Equal(got, second) {
+		t.Fatalf("invalid config stored: %q", got)
+	}
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/lease"
+)
+
+func init() {
+	register("netconf", "set or get the network config in etcd (set|get)", runNetconf)
+}
+
+const netconfUsage = `usage: weft netconf set [flags] JSON|@FILE|@-
+       weft netconf get [flags]
+
+set checks the network config (flannel's JSON) and stores it, exactly as
+given, at <prefix>/config; get prints what is stored there.
+
+flags:
+`
+
+// etcdClientFlags are flanneld's etcd flags, for commands that talk to etcd.
+type etcdClientFlags struct {
+	endpoints, prefix         string
+	cafile, certfile, keyfile string
+	username, password        string
+	timeout                   time.Duration
+}
+
+func (f *etcdClientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.endpoints, "etcd-endpoints", strings.Join(lease.DefaultEtcdEndpoints, ","), "a comma-delimited list of etcd endpoints")
+	fs.StringVar(&f.prefix, "etcd-prefix", lease.DefaultEtcdPrefix, "etcd prefix")
+	fs.StringVar(&f.cafile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
+	fs.StringVar(&f.certfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
+	fs.StringVar(&f.keyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
+	fs.StringVar(&f.username, "etcd-username", "", "username for BasicAuth to etcd")
+	fs.StringVar(&f.password, "etcd-password", "", "password for BasicAuth to etcd")
+	fs.DurationVar(&f.timeout, "timeout", 15*time.Second, "give up when etcd has not answered within this time")
+}
+
+func (f *etcdClientFlags) store(log *slog.Logger) (*lease.Etcd, error) {
+	return lease.NewEtcd(lease.EtcdOptions{
+		Endpoints: strings.Split(f.endpoints, ","),
+		Prefix:    f.prefix,
+		CAFile:    f.cafile, CertFile: f.certfile, KeyFile: f.keyfile,
+		Username: f.username, Password: f.password,
+		Logger:   log,
+		RetryMax: 2 * time.Second,
+	})
+}
+
+// cliLogger logs warnings and errors (etcd retries) to stderr.
+func cliLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+func runNetconf(args []string) error {
+	fs := flag.NewFlagSet("netconf", flag.ContinueOnError)
+	var ef etcdClientFlags
+	ef.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), netconfUsage)
+		fs.PrintDefaults()
+	}
+	if len(args) == 0 || (args[0] != "set" && args[0] != "get") {
+		fs.Usage()
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			return nil
+		}
+		return errors.New("want 'set' or 'get'")
+	}
+	verb := args[0]
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var data []byte
+	switch {
+	case verb == "get" && fs.NArg() != 0:
+		return fmt.Errorf("get takes no argument, got %q", fs.Args())
+	case verb == "set" && fs.NArg() != 1:
+		return errors.New("set takes one argument: the config JSON, @FILE, or @- for standard input (flags go before it)")
+	case verb == "set":
+		var err error
+		if data, err = readConfigArg(fs.Arg(0)); err != nil {
+			return err
+		}
+		// Refuse before contacting etcd.
+		if _, err := lease.ParseConfig(data); err != nil {
+			return err
+		}
+	}
+
+	store, err := ef.store(cliLogger())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), ef.timeout)
+	defer cancel()
+	unreachable := func(err error) error {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("etcd at %s did not answer within %s (--timeout)", ef.endpoints, ef.timeout)
+		}
+		return err
+	}
+	if verb == "get" {
+		got, ok, err := store.RawConfig(ctx)
+		if err != nil {
+			return unreachable(err)
+		}
+		if !ok {
+			return fmt.Errorf("no network config at %s (store one with 'weft netconf set')", store.ConfigKey())
+		}
+		os.Stdout.Write(got)
+		if len(got) == 0 || got[len(got)-1] != '\n' {
+			fmt.Println()
+		}
+		if _, err := lease.ParseConfig(got); err != nil {
+			fmt.Fprintf(os.Stderr, "weft netconf: warning: the stored config is invalid: %v\n", err)
+		}
+		return nil
+	}
+	if _, err := store.PutConfig(ctx, data, false); err != nil {
+		return unreachable(err)
+	}
+	cfg, _ := lease.ParseConfig(data)
+	fmt.Fprintf(os.Stderr, "stored network config at %s: Network %s, SubnetLen %d (SubnetMin %s, SubnetMax %s), backend %s\n",
+		store.ConfigKey(), cfg.Network, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.BackendType)
+	return nil
+}
+
+// readConfigArg reads a config given inline, as @FILE, or as @- (stdin).
+func readConfigArg(s string) ([]byte, error) {
+	switch {
+	case s == "@-":
+		b, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			return nil, fmt.Errorf("network config from standard input: %w", err)
+		}
+		return b, nil
+	case strings.HasPrefix(s, "@"):
+		b, err := os.ReadFile(s[1:])
+		if err != nil {
+			return nil, fmt.Errorf("network config: %w", err)
+		}
+		return b, nil
+	case strings.TrimSpace(s) == "":
+		return nil, errors.New("network config: empty")
+	}
+	return []byte(s), nil
+}
