@@ -8,8 +8,10 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,9 +53,14 @@ func TestBenchShort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const reps = 2
+	leases := LeasesStatic
+	if hasEtcdCommand() {
+		leases = LeasesEtcd
+	}
+	t.Logf("weft backends take their leases from: %s", leases)
 	rep, err := RunBench(ctx, BenchConfig{
 		Binary: weftBin, Hosts: 2, Backends: Backends, Duration: 300 * time.Millisecond, Reps: reps,
-		Leases: LeasesStatic, Command: "test", Progress: func(s string) { t.Log(s) },
+		Leases: leases, Command: "test", Progress: func(s string) { t.Log(s) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -200,4 +207,52 @@ func TestBenchBadConfig(t *testing.T) {
 			t.Errorf("RunBench(%+v) succeeded", cfg)
 		}
 	}
+}
+
+// hasEtcdCommand reports whether the weft under test has `weft etcd` (it
+// is being written alongside the bench; until then weft backends use
+// static leases).
+func hasEtcdCommand() bool {
+	out, _ := exec.Command(weftBin, "etcd", "-h").CombinedOutput()
+	return !strings.Contains(string(out), "unknown command")
+}
+
+// The demo, as make demo runs it: every step, a result table, and nothing
+// left behind.
+func TestDemo(t *testing.T) {
+	labtest.RequireRoot(t)
+	if !hasEtcdCommand() {
+		t.Log("weft etcd does not exist yet; the demo needs it")
+		return
+	}
+	before := leftoversAll(t)
+	out, err := exec.Command(weftBin, "demo", "--duration", "1s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("weft demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"[1/7]", "[4/7]", "-> 192.0.2.4", "5/5 replies", "pod -> pod via weft udp", "[7/7]", "done in"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if after := leftoversAll(t); len(after) > len(before) {
+		t.Errorf("demo left behind: before %v, after %v", before, after)
+	}
+}
+
+// leftoversAll lists processes of the test's weft binary and labs whose
+// owner has exited.
+func leftoversAll(t *testing.T) []string {
+	var dead []string
+	ents, _ := os.ReadDir("/run/weft-lab")
+	for _, e := range ents {
+		b, err := os.ReadFile("/run/weft-lab/" + e.Name())
+		var r struct{ Pid int }
+		if err == nil && json.Unmarshal(b, &r) == nil {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(r.Pid)); err != nil {
+				dead = append(dead, e.Name())
+			}
+		}
+	}
+	return append(dead, leftovers(t, nil)...)
 }
