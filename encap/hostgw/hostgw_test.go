@@ -1,0 +1,107 @@
+package hostgw
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/encap/kernel/kerneltest"
+	"github.com/weft-net/weft/lease"
+)
+
+// The lease is byte for byte flanneld's (fixture host-gw/lease-10.5.21.0-24.json).
+func TestLeaseBytesMatchFlanneld(t *testing.T) {
+	want, err := os.ReadFile("testdata/lease-10.5.21.0-24.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Options{Host: encap.Host{IfaceAddr: netip.MustParseAddr("192.0.2.1"), PublicIP: netip.MustParseAddr("192.0.2.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := b.Attrs()
+	got, err := json.Marshal(a)
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("got %s (%v), want %s", got, err, want)
+	}
+}
+
+func TestRefuse(t *testing.T) {
+	seg := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	l := func(ip, typ string) lease.Lease {
+		return lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: typ}}
+	}
+	if why := Refuse(l("192.0.2.7", "host-gw"), seg); why != "" {
+		t.Errorf("on-segment peer refused: %s", why)
+	}
+	if why := Refuse(l("198.51.100.7", "host-gw"), seg); !strings.Contains(why, "198.51.100.7") || !strings.Contains(why, "router") {
+		t.Errorf("off-segment peer: %q", why)
+	}
+	if why := Refuse(l("192.0.2.7", ""), seg); !strings.Contains(why, "udp") {
+		t.Errorf("udp peer: %q", why)
+	}
+}
+
+// TestRoutes: flanneld's "10.5.51.0/24 via 192.0.2.2 dev fa-v1" per
+// reachable peer, tagged; the peer behind a router gets none; a departed
+// peer's route goes; a route deleted by hand comes back as a repair.
+func TestRoutes(t *testing.T) {
+	ns := kerneltest.New(t)
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	b, err := New(Options{NL: ns.Netlink, Host: encap.Host{Iface: "under0", IfaceIndex: under, IfaceAddr: netip.MustParseAddr("192.0.2.1"),
+		PublicIP: netip.MustParseAddr("192.0.2.1"), IfaceMTU: 1500}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, _ := b.Attrs()
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.21.0/24"), Attrs: attrs}
+	if mtu, err := b.Start(context.Background(), own); err != nil || mtu != 1500 {
+		t.Fatalf("Start: %d %v", mtu, err)
+	}
+	peer := lease.Lease{Subnet: netip.MustParsePrefix("10.5.51.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "host-gw"}}
+	far := lease.Lease{Subnet: netip.MustParsePrefix("10.5.52.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("198.51.100.2"), BackendType: "host-gw"}}
+	b.SetPeers([]lease.Lease{own, peer, far})
+	if err := b.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	routes := func() map[string]string {
+		m := map[string]string{}
+		for _, r := range ns.Routes(t) {
+			if r.Protocol == kernel.RouteProtocol && r.LinkIndex == under {
+				m[r.Dst.String()] = r.Gw.String()
+			}
+		}
+		return m
+	}
+	if got := routes(); len(got) != 1 || got["10.5.51.0/24"] != "192.0.2.2" {
+		t.Fatalf("routes %v", got)
+	}
+	st := b.Status().(Status)
+	if !strings.Contains(st.Refused["10.5.52.0/24"], "198.51.100.2") {
+		t.Fatalf("status does not name the refused peer: %+v", st)
+	}
+	rs := ns.Routes(t)
+	for _, r := range rs {
+		if r.Protocol == kernel.RouteProtocol {
+			ns.H.RouteDel(&r)
+		}
+	}
+	if err := b.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if got := routes(); len(got) != 1 || b.Status().(Status).Reconcile.Repairs != 1 {
+		t.Fatalf("after deletion: routes %v, stats %+v", got, b.Status().(Status).Reconcile)
+	}
+	b.SetPeers([]lease.Lease{own})
+	if err := b.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if got := routes(); len(got) != 0 {
+		t.Fatalf("departed peer's route left: %v", got)
+	}
+}
