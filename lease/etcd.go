@@ -162,6 +162,9 @@ func NewEtcd(opts EtcdOptions) (*Etcd, error) {
 	return m, nil
 }
 
+// ErrClosed is returned by a store's methods after Close.
+var ErrClosed = errors.New("lease store closed")
+
 // allLoopback reports whether every endpoint is on this host, where plain
 // http is not exposed.
 func allLoopback(eps []string) bool {
@@ -202,7 +205,7 @@ func (m *Etcd) client() (*clientv3.Client, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, errors.New("etcd store closed")
+		return nil, ErrClosed
 	}
 	if m.cli != nil {
 		return m.cli, nil
@@ -250,9 +253,10 @@ func quietZap() *zap.Logger {
 // permanent reports errors retrying cannot fix.
 func permanent(err error) bool {
 	var ce *ConfigError
-	return errors.As(err, &ce) || errors.Is(err, ErrNetworkFull) || errors.Is(err, ErrLeaseLost) ||
+	return errors.As(err, &ce) || errors.Is(err, ErrNetworkFull) || errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed) ||
 		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed) ||
-		errors.Is(err, rpctypes.ErrGRPCPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCAuthFailed)
+		errors.Is(err, rpctypes.ErrGRPCPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) ||
+		errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrGRPCUserEmpty)
 }
 
 // retry runs op until it succeeds, fails permanently or ctx ends, waiting

@@ -48,6 +48,9 @@ func (m *Etcd) Keep(ctx context.Context, own Lease) error {
 	wait := m.firstRetry()
 	for ctx.Err() == nil {
 		cli, err := m.client()
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
 		if err != nil {
 			m.log.Warn("etcd: keeping lease: no connection, retrying", "err", err, "in", wait)
 			sleep(ctx, wait)
@@ -251,9 +254,18 @@ func (m *Etcd) reclaim(ctx context.Context, st *keepState, why string) error {
 		return err
 	}
 	if won {
+		old := st.id
 		m.mu.Lock()
 		st.id = m.owned[st.own.Subnet]
 		m.mu.Unlock()
+		if old != 0 && old != st.id {
+			// Deleted key, live etcd lease: give the lease back.
+			if cli, err := m.client(); err == nil {
+				rctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
+				_, _ = cli.Revoke(rctx, old)
+				cancel()
+			}
+		}
 		st.exp, st.rev = l.Expiration, l.Revision
 		m.log.Info("reclaimed subnet lease", "subnet", st.own.Subnet)
 	}

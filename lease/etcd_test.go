@@ -323,3 +323,57 @@ func TestEtcdPutConfig(t *testing.T) {
 		t.Fatalf("invalid config stored: %q", got)
 	}
 }
+
+func TestEtcdAuth(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	ctx := testCtx(t, 20*time.Second)
+	putConfig(t, cli, `{"Network": "10.5.0.0/16"}`)
+	for _, step := range []func() error{
+		func() error { _, err := cli.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := cli.UserAdd(ctx, "root", "s3cret"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Username, o.Password = "root", "s3cret" })
+	if _, err := m.Acquire(ctx, Attrs{PublicIP: ip(1)}); err != nil {
+		t.Fatalf("with the right password: %v", err)
+	}
+
+	// A wrong password is not worth retrying: it is returned at once.
+	bad, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Username, o.Password = "root", "wrong" })
+	start := time.Now()
+	if _, err := bad.Config(ctx); err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("wrong password took %s to report", el)
+	}
+	// Without credentials etcd refuses too.
+	anon, _ := newTestEtcd(t, e, nil)
+	start = time.Now()
+	if _, err := anon.Config(ctx); err == nil || ctx.Err() != nil {
+		t.Fatalf("anonymous access to an auth-enabled etcd: %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("missing credentials took %s to report", el)
+	}
+}
+
+func TestEtcdClosed(t *testing.T) {
+	e := startEtcd(t)
+	m, _ := newTestEtcd(t, e, nil)
+	m.Close()
+	ctx := testCtx(t, 5*time.Second)
+	if _, err := m.Config(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("Config after Close: %v", err)
+	}
+	if err := m.Watch(ctx, make(chan []Lease)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Watch after Close: %v", err)
+	}
+}

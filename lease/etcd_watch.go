@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 
@@ -42,6 +43,9 @@ func (m *Etcd) watch(ctx context.Context, out chan<- []Lease, st *watchState) er
 			}
 		}
 		cli, err := m.client()
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
 		if err != nil {
 			m.log.Warn("etcd: watching leases: no connection, retrying", "err", err, "in", wait)
 			if !sleep(ctx, wait) {
