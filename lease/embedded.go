@@ -69,6 +69,18 @@ func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Port 0 is resolved here rather than by etcd's listener, so the
+	// member's advertised client URLs name the real port too.
+	for i := range listen {
+		if listen[i].Port() == "0" {
+			l, err := net.Listen("tcp", listen[i].Host)
+			if err != nil {
+				return nil, fmt.Errorf("embedded etcd: --listen-client-urls %s: %w", listen[i].String(), err)
+			}
+			listen[i].Host = l.Addr().String()
+			l.Close()
+		}
+	}
 	advertise := listen
 	if len(opts.AdvertiseClientURLs) > 0 {
 		if advertise, err = parseURLs("--advertise-client-urls", opts.AdvertiseClientURLs); err != nil {

@@ -74,3 +74,17 @@ func TestEmbeddedRefusesBadURL(t *testing.T) {
 		}
 	}
 }
+
+func TestEmbeddedAdvertisesRealPort(t *testing.T) {
+	e := startEtcd(t)
+	c := testClient(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Members) != 1 || len(r.Members[0].ClientURLs) != 1 || r.Members[0].ClientURLs[0] != e.Endpoints()[0] {
+		t.Fatalf("members %+v, endpoints %v", r.Members, e.Endpoints())
+	}
+}
