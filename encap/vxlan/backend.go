@@ -115,9 +115,9 @@ func (b *Backend) Attrs() (lease.Attrs, error) {
 		return lease.Attrs{}, fmt.Errorf("vxlan: %w", err)
 	}
 	if created {
-		b.log.Info("vxlan device created", "device", dev.Name, "mac", dev.HardwareAddr)
+		b.log.Info("vxlan device created", "device", dev.Name, "mac", dev.HardwareAddr.String())
 	} else {
-		b.log.Info("vxlan device already exists; reusing it and its MAC", "device", dev.Name, "mac", dev.HardwareAddr)
+		b.log.Info("vxlan device already exists; reusing it and its MAC", "device", dev.Name, "mac", dev.HardwareAddr.String())
 	}
 	// No router advertisements on the overlay device, as flanneld sets
 	// (net.ipv6.conf.flannel/1.accept_ra = 0). A kernel without IPv6 has
@@ -239,11 +239,11 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 		return kernel.State{}, false, err
 	}
 	if created {
-		b.log.Warn("vxlan device was missing; recreated it", "device", dev.Name, "mac", dev.HardwareAddr)
+		b.log.Warn("vxlan device was missing; recreated it", "device", dev.Name, "mac", dev.HardwareAddr.String())
 	}
 	if !slices.Equal(dev.HardwareAddr, b.mac) {
 		b.log.Warn("the vxlan device's MAC no longer matches the lease; peers reach this host only after a restart re-publishes it",
-			"device", dev.Name, "mac", dev.HardwareAddr, "lease", b.mac)
+			"device", dev.Name, "mac", dev.HardwareAddr.String(), "lease", b.mac.String())
 	}
 	if created || dev.Flags&net.FlagUp == 0 {
 		if err := b.configure(dev, own.Subnet.Addr()); err != nil {
