@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -36,6 +37,12 @@ type EmbeddedOptions struct {
 	// StartTimeout bounds how long the server may take to become ready;
 	// default 60 s.
 	StartTimeout time.Duration
+
+	// TLS for clients (etcd's --cert-file, --key-file,
+	// --trusted-ca-file, --client-cert-auth). With CertFile set the
+	// client URLs must be https, without it http.
+	CertFile, KeyFile, TrustedCAFile string
+	ClientCertAuth                   bool
 }
 
 // Embedded is a single-member etcd server running in this process: a real
@@ -65,7 +72,16 @@ func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 60 * time.Second
 	}
-	listen, err := parseURLs("--listen-client-urls", opts.ListenClientURLs)
+	scheme := "http"
+	if opts.CertFile != "" || opts.KeyFile != "" {
+		if opts.CertFile == "" || opts.KeyFile == "" {
+			return nil, errors.New("embedded etcd: --cert-file and --key-file go together")
+		}
+		scheme = "https"
+	} else if opts.ClientCertAuth || opts.TrustedCAFile != "" {
+		return nil, errors.New("embedded etcd: --client-cert-auth and --trusted-ca-file need --cert-file and --key-file")
+	}
+	listen, err := parseURLs("--listen-client-urls", scheme, opts.ListenClientURLs)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +99,7 @@ func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
 	}
 	advertise := listen
 	if len(opts.AdvertiseClientURLs) > 0 {
-		if advertise, err = parseURLs("--advertise-client-urls", opts.AdvertiseClientURLs); err != nil {
+		if advertise, err = parseURLs("--advertise-client-urls", scheme, opts.AdvertiseClientURLs); err != nil {
 			return nil, err
 		}
 	}
@@ -100,6 +116,10 @@ func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
 	cfg.Dir = opts.Dir
 	cfg.ListenClientUrls = listen
 	cfg.AdvertiseClientUrls = advertise
+	if scheme == "https" {
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: opts.CertFile, KeyFile: opts.KeyFile,
+			TrustedCAFile: opts.TrustedCAFile, ClientCertAuth: opts.ClientCertAuth}
+	}
 	cfg.ListenPeerUrls = []url.URL{peerListen}
 	cfg.AdvertisePeerUrls = []url.URL{peerListen}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
@@ -188,7 +208,7 @@ func (c *quietOnClose) With(f []zapcore.Field) zapcore.Core {
 	return &quietOnClose{Core: c.Core.With(f), closing: c.closing}
 }
 
-func parseURLs(flag string, ss []string) ([]url.URL, error) {
+func parseURLs(flag, scheme string, ss []string) ([]url.URL, error) {
 	var out []url.URL
 	for _, s := range ss {
 		for _, s := range strings.Split(s, ",") {
@@ -196,8 +216,14 @@ func parseURLs(flag string, ss []string) ([]url.URL, error) {
 				continue
 			}
 			u, err := url.Parse(s)
-			if err != nil || u.Scheme != "http" || u.Host == "" {
-				return nil, fmt.Errorf("embedded etcd: %s: %q is not a URL such as http://127.0.0.1:2379 (the embedded server speaks plain http; put it on loopback or a private network)", flag, s)
+			if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+				return nil, fmt.Errorf("embedded etcd: %s: %q is not a URL such as %s://127.0.0.1:2379", flag, s, scheme)
+			}
+			if u.Scheme != scheme {
+				if scheme == "http" {
+					return nil, fmt.Errorf("embedded etcd: %s: %q is https, but no --cert-file and --key-file are given", flag, s)
+				}
+				return nil, fmt.Errorf("embedded etcd: %s: %q is plain http, but a certificate is given: use https", flag, s)
 			}
 			if _, _, err := net.SplitHostPort(u.Host); err != nil {
 				return nil, fmt.Errorf("embedded etcd: %s: %q has no port", flag, s)

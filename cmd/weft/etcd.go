@@ -22,12 +22,16 @@ func init() {
 func runEtcd(args []string) error {
 	fs := flag.NewFlagSet("etcd", flag.ContinueOnError)
 	dataDir := fs.String("data-dir", "", "etcd data directory, created if missing and kept across restarts (required)")
-	listen := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated client URLs to serve (plain http; port 0 picks a free port)")
+	listen := fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated client URLs to serve (https with --cert-file; port 0 picks a free port)")
 	advertise := fs.String("advertise-client-urls", "", "comma-separated client URLs told to clients (default: the listen URLs)")
 	netconf := fs.String("network-config", "", "network config JSON, @FILE or @-, stored at <prefix>/config once etcd is ready if none is there")
 	force := fs.Bool("force-config", false, "store --network-config even over an existing config")
 	prefix := fs.String("etcd-prefix", lease.DefaultEtcdPrefix, "etcd prefix, for --network-config")
 	logLevel := fs.String("log-level", "warn", "etcd's own log level: debug, info, warn or error")
+	certFile := fs.String("cert-file", "", "TLS certificate for clients (then the client URLs are https)")
+	keyFile := fs.String("key-file", "", "TLS key of --cert-file")
+	caFile := fs.String("trusted-ca-file", "", "CA that signs client certificates, with --client-cert-auth")
+	clientCertAuth := fs.Bool("client-cert-auth", false, "require clients to present a certificate signed by --trusted-ca-file")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: weft etcd --data-dir DIR [flags]\n\nServes a single-member etcd in this process, for hosts to lease subnets from.\n\nflags:\n")
 		fs.PrintDefaults()
@@ -63,7 +67,8 @@ func runEtcd(args []string) error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 
-	opts := lease.EmbeddedOptions{Dir: *dataDir, ListenClientURLs: []string{*listen}, LogLevel: *logLevel}
+	opts := lease.EmbeddedOptions{Dir: *dataDir, ListenClientURLs: []string{*listen}, LogLevel: *logLevel,
+		CertFile: *certFile, KeyFile: *keyFile, TrustedCAFile: *caFile, ClientCertAuth: *clientCertAuth}
 	if *advertise != "" {
 		opts.AdvertiseClientURLs = []string{*advertise} // split at commas by StartEmbedded
 	}
@@ -78,7 +83,14 @@ func runEtcd(args []string) error {
 	fmt.Println(strings.Join(eps, ","))
 
 	if cfgData != nil {
-		store, err := lease.NewEtcd(lease.EtcdOptions{Endpoints: eps, Prefix: *prefix, Logger: log})
+		// Seeding connects as a client of this very server: over TLS it
+		// trusts --trusted-ca-file and, when client certificates are
+		// required, presents the server's own (it must allow client auth).
+		so := lease.EtcdOptions{Endpoints: eps, Prefix: *prefix, Logger: log, CAFile: *caFile}
+		if *clientCertAuth {
+			so.CertFile, so.KeyFile = *certFile, *keyFile
+		}
+		store, err := lease.NewEtcd(so)
 		if err != nil {
 			return err
 		}
