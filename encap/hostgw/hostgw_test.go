@@ -7,6 +7,9 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/kernel"
@@ -103,5 +106,54 @@ func TestRoutes(t *testing.T) {
 	}
 	if got := routes(); len(got) != 0 {
 		t.Fatalf("departed peer's route left: %v", got)
+	}
+}
+
+// TestRunLoop drives the real loop: a snapshot is programmed, a route
+// deleted by hand comes back through the netlink event well before the
+// periodic pass, and ending Run leaves the route in place.
+func TestRunLoop(t *testing.T) {
+	ns := kerneltest.New(t)
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	b, err := New(Options{NL: ns.Netlink, Interval: time.Hour, Host: encap.Host{Iface: "under0", IfaceIndex: under,
+		IfaceAddr: netip.MustParseAddr("192.0.2.1"), PublicIP: netip.MustParseAddr("192.0.2.1"), IfaceMTU: 1500}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.21.0/24")}
+	b.Start(context.Background(), own)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	b.SetPeers([]lease.Lease{own, {Subnet: netip.MustParsePrefix("10.5.51.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "host-gw"}}})
+	tagged := func() []netlink.Route {
+		var out []netlink.Route
+		for _, r := range ns.Routes(t) {
+			if r.Protocol == kernel.RouteProtocol {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 5s (the periodic pass is an hour away)", what)
+			}
+		}
+	}
+	waitFor("route programmed", func() bool { return len(tagged()) == 1 })
+	r := tagged()[0]
+	if err := ns.H.RouteDel(&r); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("route repaired", func() bool { return len(tagged()) == 1 && b.Status().(Status).Reconcile.Repairs == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(tagged()) != 1 {
+		t.Fatal("ending Run removed the route; it must stay for a restart")
 	}
 }
