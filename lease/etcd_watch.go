@@ -108,12 +108,22 @@ func (m *Etcd) list(ctx context.Context, st *watchState) error {
 		if err != nil {
 			return err
 		}
+		old := st.leases
 		st.leases = make(map[string]Lease, len(r.Kvs))
 		if st.bad == nil {
 			st.bad = map[string]int64{}
 		}
 		for _, kv := range r.Kvs {
+			name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+			if l, ok := old[name]; ok {
+				st.leases[name] = l // so apply logs only what changed
+			}
 			m.apply(st, kv, false)
+		}
+		for name, l := range old {
+			if _, ok := st.leases[name]; !ok {
+				m.log.Info("subnet removed", "subnet", l.Subnet, "publicIP", l.Attrs.PublicIP)
+			}
 		}
 		st.rev = r.Header.Revision
 		return nil
