@@ -2,9 +2,12 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/report"
+	"github.com/weft-net/weft/bench/traffic"
 )
 
 // BenchConfig configures RunBench.
@@ -24,6 +28,9 @@ type BenchConfig struct {
 	Reps        int
 	Leases      string // LeasesEtcd (default) or LeasesStatic
 	UnderlayMTU int
+	// Iperf3 adds iperf3's TCP 1 stream as a cross-check: "auto" (default:
+	// when iperf3 is installed), "on" or "off".
+	Iperf3 string
 	// Guard, if set, gets every lab so a signal tears them down.
 	Guard *lab.Guard
 	// Progress receives one line per sample before it runs.
@@ -76,8 +83,22 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 			return nil, fmt.Errorf("--backends: %q given twice", b)
 		}
 	}
+	if cfg.Iperf3 == "" {
+		cfg.Iperf3 = "auto"
+	}
+	_, noIperf := exec.LookPath("iperf3")
+	switch {
+	case cfg.Iperf3 == "on" && noIperf != nil:
+		return nil, errors.New("--iperf3=on: iperf3 is not installed (apt-get install iperf3)")
+	case cfg.Iperf3 == "on" || (cfg.Iperf3 == "auto" && noIperf == nil):
+		if !slices.Contains(cfg.Workloads, report.WorkloadIperf3) {
+			cfg.Workloads = append(slices.Clone(cfg.Workloads), report.WorkloadIperf3)
+		}
+	case cfg.Iperf3 != "auto" && cfg.Iperf3 != "off":
+		return nil, fmt.Errorf("--iperf3: %q, want auto, on or off", cfg.Iperf3)
+	}
 	for _, w := range cfg.Workloads {
-		if !slices.Contains(report.Workloads, w) {
+		if !slices.Contains(report.Workloads, w) && w != report.WorkloadIperf3 {
 			return nil, fmt.Errorf("--workloads: unknown workload %q (want some of %s)", w, strings.Join(report.Workloads, ","))
 		}
 	}
@@ -116,6 +137,11 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		}
 		if _, err := bl.c.StartTrafficServer(bl.path.ServerNS, "traffic-server"); err != nil {
 			return nil, err
+		}
+		if slices.Contains(cfg.Workloads, report.WorkloadIperf3) {
+			if _, err := l.Start(bl.path.ServerNS, "iperf3-server", "iperf3", "-s"); err != nil {
+				return nil, err
+			}
 		}
 		rep.Backends[b] = report.BackendInfo{Label: BackendLabel(b), Lab: l.Prefix, WeftStats: bl.c.WeftStats(ctx, l.Host(1))}
 	}
@@ -170,7 +196,13 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 	defer cancel()
 	cpu0 := machineCPU()
 	eng0 := bl.engineCPU()
-	res, err := bl.c.Traffic(ctx, bl.path.ClientNS, args...)
+	var res *traffic.Result
+	var err error
+	if workload == report.WorkloadIperf3 {
+		res, err = bl.iperf3(ctx, d)
+	} else {
+		res, err = bl.c.Traffic(ctx, bl.path.ClientNS, args...)
+	}
 	s.CPUSeconds = machineCPU() - cpu0
 	s.EngineCPUSeconds = bl.engineCPU() - eng0
 	if err != nil {
@@ -229,4 +261,40 @@ func (bl *benchLab) engineCPU() float64 {
 		total += (ut + st) / clockTick
 	}
 	return total
+}
+
+// iperf3 runs iperf3's TCP 1 stream client (whole seconds, at least 1),
+// retrying while the server is starting or still busy with the last test.
+func (bl *benchLab) iperf3(ctx context.Context, d time.Duration) (*traffic.Result, error) {
+	secs := strconv.Itoa(int(max(1, math.Round(d.Seconds()))))
+	var out []byte
+	var err error
+	for try := 0; try < 10; try++ {
+		out, err = bl.c.Lab.ExecContext(ctx, bl.path.ClientNS, "iperf3", "-c", bl.path.ServerIP.String(), "-t", secs, "-J")
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("iperf3: %w", err)
+	}
+	var j struct {
+		End struct {
+			SumReceived struct {
+				Bytes         int64   `json:"bytes"`
+				Seconds       float64 `json:"seconds"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &j); err != nil {
+		return nil, fmt.Errorf("iperf3: bad JSON: %w", err)
+	}
+	if j.Error != "" {
+		return nil, fmt.Errorf("iperf3: %s", j.Error)
+	}
+	r := j.End.SumReceived
+	return &traffic.Result{Mode: "iperf3", Target: bl.path.ServerIP.String(), Streams: 1, Seconds: r.Seconds, Bytes: r.Bytes, BitsPerSecond: r.BitsPerSecond}, nil
 }

@@ -26,7 +26,11 @@ const (
 	WorkloadRR    = "rr"    // 64-byte request/response
 )
 
-// Workloads lists them in run order.
+// WorkloadIperf3 is iperf3's TCP 1 stream, run as a cross-check of the
+// built-in generator when iperf3 is installed.
+const WorkloadIperf3 = "iperf3"
+
+// Workloads lists the built-in ones in run order.
 var Workloads = []string{WorkloadTCP1, WorkloadTCP4, WorkloadUDP64, WorkloadRR}
 
 // Sample is one workload run on one backend in one repetition.
@@ -133,6 +137,8 @@ var Metrics = []Metric{
 		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
 	{Key: "rr_p99_us", Title: "RR p99", Unit: "µs", Workload: WorkloadRR,
 		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
+	{Key: "iperf3_tcp1_gbps", Title: "iperf3 TCP 1 stream", Unit: "Gbit/s", HigherBetter: true, Workload: WorkloadIperf3,
+		value: func(s Sample) (float64, bool) { return s.Result.BitsPerSecond / 1e9, true }},
 	{Key: "cpu_s_per_gb", Title: "CPU per GB (machine)", Unit: "s/GB", Workload: WorkloadTCP1,
 		value: func(s Sample) (float64, bool) {
 			if s.Result.Bytes == 0 {

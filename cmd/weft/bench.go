@@ -33,6 +33,7 @@ func runBench(args []string) error {
 	svgOut := fs.String("svg", "", "write bar charts of the summary to this SVG file")
 	leases := fs.String("leases", harness.LeasesEtcd, "where weft backends get peers: etcd (weft etcd in the lab) or static (--static-* flags)")
 	mtu := fs.Int("underlay-mtu", 1500, "MTU of the lab's underlay")
+	iperf := fs.String("iperf3", "auto", "also run iperf3 (TCP, 1 stream) as a cross-check: auto (when installed), on or off")
 	cleanup := fs.Bool("cleanup", false, "remove the namespaces, links and processes of crashed weft lab runs, then exit")
 	prefix := fs.String("prefix", "", "with --cleanup: remove only the lab with this prefix, even if its owner is alive")
 	if err := fs.Parse(args); err != nil {
@@ -72,7 +73,7 @@ func runBench(args []string) error {
 	}
 	cfg := harness.BenchConfig{
 		Binary: bin, Hosts: *hosts, Backends: benchList(*backends), Workloads: benchList(*workloads),
-		Duration: *dur, Reps: *reps, Leases: *leases, UnderlayMTU: *mtu,
+		Duration: *dur, Reps: *reps, Leases: *leases, UnderlayMTU: *mtu, Iperf3: *iperf,
 		Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
 	}
 	rep, err := harness.RunBench(ctx, cfg)
