@@ -94,6 +94,10 @@ func (k *kcluster) stop(hosts ...int) {
 				k.t.Errorf("weft on h%d exited early:\n%s", i, p.Log())
 			}
 			p.Stop()
+			// SIGTERM is a clean stop: exit status 0, state left in place.
+			if err := p.Wait(); err != nil {
+				k.t.Errorf("weft on h%d did not exit cleanly on SIGTERM: %v\n%s", i, err, p.Log())
+			}
 			k.Runs[i-1] = nil
 		}
 	}
@@ -337,20 +341,25 @@ func TestKernelVXLAN(t *testing.T) {
 	}
 	k.putConfig(`{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`)
 	k.stop(1, 2)
-	k.start(nil, 1, 2)
+	k.start(nil, 1, 2, 3) // h3 comes back from leaving, over its vxlan leftovers
 	gwRoute := func(on, peer int) string {
 		return weftProto(fmt.Sprintf("%s via %s dev %s", k.Envs[peer-1].Subnet, k.Lab.Host(peer).IP, k.Lab.Host(on).Underlay))
 	}
-	for _, on := range []int{1, 2} {
+	for _, on := range []int{1, 2, 3} {
 		k.eventually(fmt.Sprintf("h%d on host-gw", on), 10*time.Second, func() (bool, string) {
 			r, l := k.sh(on, "ip", "route"), k.sh(on, "ip", "link")
-			return has(r, gwRoute(on, 3-on)) && !strings.Contains(l, "flannel.1") && !strings.Contains(r, "flannel"), r + l
+			ok := !strings.Contains(l, "flannel.1") && !strings.Contains(r, "flannel")
+			for peer := 1; peer <= 3; peer++ {
+				ok = ok && (peer == on || has(r, gwRoute(on, peer)))
+			}
+			return ok, r + l
 		})
 	}
 	if !strings.HasPrefix(k.leaseValue(1), fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"host-gw"}`, k.Lab.Host(1).IP)) {
 		t.Fatalf("host-gw lease: %s", k.leaseValue(1))
 	}
 	k.ping(1, 2)
+	k.ping(3, 1)
 	k.tcp(2, 1, 16<<20)
 	k.sh(1, "ip", "route", "del", k.Envs[1].Subnet.String())
 	k.eventually("host-gw route repaired", 10*time.Second, func() (bool, string) {
@@ -364,11 +373,13 @@ func TestKernelVXLAN(t *testing.T) {
 		return !strings.Contains(r, k.Envs[1].Subnet.String()), r
 	})
 
-	// weft cleanup: nothing of weft's is left (h3 still has its vxlan
-	// state from before it left).
-	k.stop(1)
-	for _, i := range []int{1, 3} {
-		k.sh(i, k.Binary, "cleanup", "--debug-socket", harness.DebugSocket(k.Lab.Host(i)))
+	// weft cleanup after SIGTERM: nothing of weft's is left.
+	k.stop(1, 3)
+	for _, i := range []int{1, 2, 3} {
+		out := k.sh(i, k.Binary, "cleanup", "--debug-socket", harness.DebugSocket(k.Lab.Host(i)))
+		if i == 1 && !strings.Contains(out, "removed route "+k.Envs[2].Subnet.String()) {
+			t.Errorf("h1: weft cleanup did not remove the route it left on SIGTERM:\n%s", out)
+		}
 		r, l := k.sh(i, "ip", "route"), k.sh(i, "ip", "link")
 		if strings.Contains(r, "proto 87") || strings.Contains(l, "flannel") {
 			t.Errorf("h%d after weft cleanup:\n%s%s", i, r, l)
