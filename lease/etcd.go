@@ -46,8 +46,9 @@ type EtcdOptions struct {
 	// TTL of each subnet lease, default 24 h (flanneld's, fixed there).
 	TTL time.Duration
 	// RenewMargin: a lease is renewed this long before it expires
-	// (--subnet-lease-renew-margin), default 60 min. When it is not
-	// below TTL/2, TTL/2 is used, so a short TTL still gets renewed.
+	// (--subnet-lease-renew-margin), default 60 min; flanneld allows 1
+	// to 1439 min. A margin not below the TTL (only possible with a
+	// short TTL) means TTL/2.
 	RenewMargin time.Duration
 
 	// PreviousSubnet is the subnet this host held before (ReadSubnetFile

@@ -114,10 +114,15 @@ func (m *Etcd) adopt(ctx context.Context, st *keepState) error {
 	return nil
 }
 
-// renewAt is when to renew: RenewMargin before expiry, but never more
-// than half the TTL early, so short TTLs still get renewed.
+// renewAt is when to renew: RenewMargin before expiry, as flanneld; half
+// the TTL early when the margin is not below the TTL (a short test TTL
+// with the default margin), so renewals never spin.
 func (m *Etcd) renewAt(st *keepState) time.Time {
-	return st.exp.Add(-min(m.opts.RenewMargin, m.opts.TTL/2))
+	margin := m.opts.RenewMargin
+	if margin >= m.opts.TTL {
+		margin = m.opts.TTL / 2
+	}
+	return st.exp.Add(-margin)
 }
 
 // keepLoop renews and follows one watch of the own key. It returns nil to

@@ -377,3 +377,24 @@ func TestEtcdClosed(t *testing.T) {
 		t.Errorf("Watch after Close: %v", err)
 	}
 }
+
+func TestRenewAt(t *testing.T) {
+	exp := time.Date(2026, 11, 24, 14, 31, 52, 0, time.UTC)
+	for _, tt := range []struct {
+		ttl, margin, before time.Duration
+	}{
+		{24 * time.Hour, 60 * time.Minute, 60 * time.Minute}, // flanneld: "Waiting for 22h59m58s to renew lease"
+		{24 * time.Hour, 1439 * time.Minute, 1439 * time.Minute},
+		{24 * time.Hour, time.Minute, time.Minute},
+		{3 * time.Second, 60 * time.Minute, 1500 * time.Millisecond},
+		{3 * time.Second, 2 * time.Second, 2 * time.Second},
+	} {
+		m, err := NewEtcd(EtcdOptions{TTL: tt.ttl, RenewMargin: tt.margin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := exp.Sub(m.renewAt(&keepState{exp: exp})); got != tt.before {
+			t.Errorf("TTL %s, margin %s: renews %s before expiry, want %s", tt.ttl, tt.margin, got, tt.before)
+		}
+	}
+}

@@ -205,7 +205,7 @@ func TestEtcdServerRestartUnderWatchAndKeep(t *testing.T) {
 
 	m, logs := newTestEtcd(t, e, func(o *EtcdOptions) {
 		o.TTL = 6 * time.Second
-		o.RenewMargin = 4 * time.Second // capped to TTL/2: renewal every 3 s
+		o.RenewMargin = 3 * time.Second // renewal every 3 s
 		o.RequestTimeout = time.Second
 	})
 	own, err := m.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
