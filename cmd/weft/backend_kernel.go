@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,34 +39,63 @@ const autoPeersTimeout = 15 * time.Second
 // device, else udp. The choice is made once, at startup; a host with no
 // peers yet has nothing in the way of host-gw.
 func chooseAuto(ctx context.Context, f *runFlags, host encap.Host, nl *kernel.Netlink, log *slog.Logger) (string, string) {
-	var reason string
-	peers, err := currentPeers(ctx, f, host)
-	connected, cerr := nl.Connected(host.IfaceIndex)
-	switch {
-	case err != nil:
-		reason = "the current leases could not be read (" + err.Error() + ")"
-	case cerr != nil:
-		reason = "the subnets of " + host.Iface + " could not be read (" + cerr.Error() + ")"
-	default:
-		var off []string
-		for _, p := range peers {
-			if !kernel.OnSegment(connected, p.Attrs.PublicIP) {
-				off = append(off, fmt.Sprintf("%s (%s)", p.Subnet, p.Attrs.PublicIP))
-			}
-		}
-		if len(off) == 0 {
-			if len(peers) == 0 {
-				return "host-gw", fmt.Sprintf("auto: no peers yet, so none is behind a router (%s is on %v)", host.Iface, connected)
-			}
-			return "host-gw", fmt.Sprintf("auto: all %d peers are on %s's segment %v", len(peers), host.Iface, connected)
-		}
-		reason = fmt.Sprintf("peer %s is not on %s's segment %v", strings.Join(off, ", "), host.Iface, connected)
-	}
+	probe := func() error { return nl.ProbeVXLAN(fmt.Sprintf("weftprobe%d", os.Getpid()%100000)) }
 	if f.noKernelVXLAN {
-		return "udp", "auto: " + reason + ", and --no-kernel-vxlan rules out the kernel's vxlan"
+		probe = func() error { return errors.New("--no-kernel-vxlan rules out the kernel's vxlan") }
 	}
-	probe := fmt.Sprintf("weftprobe%d", os.Getpid()%100000)
-	if err := nl.ProbeVXLAN(probe); err != nil {
+	peers, err := currentPeers(ctx, f, host)
+	if err != nil {
+		return autoChoice(nil, nil, "the current leases could not be read ("+err.Error()+")", probe)
+	}
+	connected, err := nl.Connected(host.IfaceIndex)
+	if err != nil {
+		return autoChoice(nil, nil, "the subnets of "+host.Iface+" could not be read ("+err.Error()+")", probe)
+	}
+	return autoChoice(peers, connected, "", probe)
+}
+
+// autoChoice is auto's rule. Peers that all run one backend this host can
+// run too are joined on it: backends do not talk to each other, so a
+// cluster that is already vxlan (or udp) stays so. Otherwise: host-gw when
+// every peer is on a connected prefix, vxlan when probe succeeds, udp. A
+// non-empty unknown says why the peers are unknown, which rules host-gw out.
+func autoChoice(peers []lease.Lease, connected []netip.Prefix, unknown string, probe func() error) (string, string) {
+	var off []string
+	types := map[string]int{}
+	for _, p := range peers {
+		if !kernel.OnSegment(connected, p.Attrs.PublicIP) {
+			off = append(off, fmt.Sprintf("%s (%s)", p.Subnet, p.Attrs.PublicIP))
+		}
+		t := p.Attrs.BackendType
+		if t == "" {
+			t = "udp"
+		}
+		types[t]++
+	}
+	reason := unknown
+	switch {
+	case unknown != "":
+	case len(off) > 0:
+		reason = fmt.Sprintf("peer %s is not on this host's segment %v", strings.Join(off, ", "), connected)
+	case len(peers) == 0:
+		return "host-gw", fmt.Sprintf("auto: no peers yet, so none is behind a router (this host is on %v)", connected)
+	}
+	if len(types) == 1 {
+		switch {
+		case types["host-gw"] > 0 && reason == "":
+			return "host-gw", fmt.Sprintf("auto: all %d peers run host-gw on this host's segment %v", len(peers), connected)
+		case types["vxlan"] > 0:
+			if err := probe(); err == nil {
+				return "vxlan", fmt.Sprintf("auto: all %d peers run vxlan, and the kernel creates vxlan devices", len(peers))
+			}
+		case types["udp"] > 0:
+			return "udp", fmt.Sprintf("auto: all %d peers run udp", len(peers))
+		}
+	}
+	if reason == "" {
+		return "host-gw", fmt.Sprintf("auto: all %d peers are on this host's segment %v", len(peers), connected)
+	}
+	if err := probe(); err != nil {
 		return "udp", "auto: " + reason + ", and the kernel cannot create a vxlan device: " + err.Error()
 	}
 	return "vxlan", "auto: " + reason + ", and the kernel creates vxlan devices"
