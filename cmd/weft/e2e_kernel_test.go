@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/lab/labtest"
 	"github.com/weft-net/weft/bench/traffic"
+	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/lease"
 )
 
@@ -451,5 +453,16 @@ func TestAutoChoice(t *testing.T) {
 		if got != c.want || !strings.HasPrefix(why, "auto: ") {
 			t.Errorf("%s: %s (%s), want %s", c.name, got, why, c.want)
 		}
+	}
+}
+
+// Type vxlan under --no-kernel-vxlan is refused by name, before anything
+// is touched (weft has no userspace VXLAN yet).
+func TestVXLANRefusedWithoutKernelVXLAN(t *testing.T) {
+	labtest.RequireRoot(t) // a netlink handle
+	_, _, err := selectBackend(context.Background(), &runFlags{noKernelVXLAN: true}, encap.Host{},
+		&lease.Config{BackendType: "vxlan"}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), `"Backend.Type"`) || !strings.Contains(err.Error(), "--no-kernel-vxlan") {
+		t.Fatalf("got %v; want a refusal naming Backend.Type and --no-kernel-vxlan", err)
 	}
 }
