@@ -228,7 +228,7 @@ func logChanges(log *slog.Logger, before, now []peer) {
 // recreates a device someone deleted (flanneld's device watcher does too).
 func (b *Backend) desired() (kernel.State, bool, error) {
 	b.mu.Lock()
-	ready, own, started := b.ready, b.own, b.started
+	ready, own, started, leaseMAC := b.ready, b.own, b.started, b.mac
 	peers := slices.Clone(b.peers)
 	b.mu.Unlock()
 	if !ready || !started {
@@ -241,9 +241,9 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	if created {
 		b.log.Warn("vxlan device was missing; recreated it", "device", dev.Name, "mac", dev.HardwareAddr.String())
 	}
-	if !slices.Equal(dev.HardwareAddr, b.mac) {
+	if !slices.Equal(dev.HardwareAddr, leaseMAC) {
 		b.log.Warn("the vxlan device's MAC no longer matches the lease; peers reach this host only after a restart re-publishes it",
-			"device", dev.Name, "mac", dev.HardwareAddr.String(), "lease", b.mac.String())
+			"device", dev.Name, "mac", dev.HardwareAddr.String(), "lease", leaseMAC.String())
 	}
 	if created || dev.Flags&net.FlagUp == 0 {
 		if err := b.configure(dev, own.Subnet.Addr()); err != nil {
