@@ -1,15 +1,17 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 
 	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/firewall"
 )
 
 func init() {
-	register("cleanup", "remove all kernel state weft created (vxlan device, tagged routes, neighbours, fdb, flannel0)", runCleanup)
+	register("cleanup", "remove all kernel state weft created (vxlan device, tagged routes, neighbours, fdb, flannel0, iptables chains)", runCleanup)
 }
 
 // runCleanup undoes what the kernel backends leave in place on SIGTERM
@@ -42,6 +44,11 @@ func runCleanup(args []string) error {
 	errV := nl.RemoveVXLANDevices("", &r)
 	errR := nl.RemoveTaggedRoutes(&r)
 	errT := nl.RemoveTUN(*tunName, &r)
+	// flanneld's iptables chains (--ip-masq, --iptables-forward-rules).
+	errF := firewall.Cleanup()
+	if errors.Is(errF, firewall.ErrNoIPTables) {
+		errF = nil // no iptables, so no rules of ours either
+	}
 	for _, l := range r.Links {
 		fmt.Fprintf(os.Stdout, "removed device %s\n", l)
 	}
@@ -51,7 +58,7 @@ func runCleanup(args []string) error {
 	if len(r.Links)+len(r.Routes) == 0 {
 		fmt.Fprintln(os.Stdout, "nothing to remove")
 	}
-	for _, err := range []error{errV, errR, errT} {
+	for _, err := range []error{errV, errR, errT, errF} {
 		if err != nil {
 			return err
 		}

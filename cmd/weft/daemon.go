@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/lease"
@@ -22,11 +23,15 @@ type daemon struct {
 	backend encap.Backend
 	why     string // why this backend
 	mtu     int
+	ready   atomic.Bool // lease held, data path up, subnet file written
 }
 
 func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
 	d := &daemon{f: f, log: log}
 	var err error
+	if err := serveHealthz(ctx, f, &d.ready, log); err != nil {
+		return err
+	}
 	if d.ext, err = findExtIface(f); err != nil {
 		return err
 	}
@@ -62,13 +67,24 @@ func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
 	runDone := make(chan error, 1)
 	go func() { runDone <- d.backend.Run(ctx) }()
 
+	if err := setupFirewall(ctx, f, f.forwardExplicit, d.cfg.Network, d.own.Subnet, log); err != nil {
+		cancel(err)
+	}
+	if f.blackhole {
+		if err := setupBlackhole(d.own.Subnet); err != nil {
+			cancel(err)
+		}
+	}
 	// The subnet file is the signal that this host is ready: it is written
 	// only once the data path is up, as flanneld does.
 	env := lease.SubnetEnv{Network: d.cfg.Network, Subnet: d.own.Subnet, MTU: d.mtu, IPMasq: f.ipMasq}
-	if err := lease.WriteSubnetFile(f.subnetFile, env); err != nil {
-		cancel(err)
-	} else {
-		log.Info("subnet file written", "path", f.subnetFile)
+	if ctx.Err() == nil {
+		if err := lease.WriteSubnetFile(f.subnetFile, env); err != nil {
+			cancel(err)
+		} else {
+			d.ready.Store(true)
+			log.Info("subnet file written", "path", f.subnetFile)
+		}
 	}
 
 	snapshots := make(chan []lease.Lease, 1)

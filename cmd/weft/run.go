@@ -50,6 +50,7 @@ type runFlags struct {
 	staticPeers                 stringList
 	staticPeersFile             string
 	refused                     []string
+	forwardExplicit             bool // --iptables-forward-rules given, not defaulted
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -106,6 +107,7 @@ func runRun(args []string) error {
 	if err := applyEnv(fs, envPrefix); err != nil {
 		return err
 	}
+	fs.Visit(func(fl *flag.Flag) { f.forwardExplicit = f.forwardExplicit || fl.Name == "iptables-forward-rules" })
 	if len(f.refused) > 0 {
 		return fmt.Errorf("--%s: %s", f.refused[0], refusedFlags[f.refused[0]])
 	}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/firewall"
+)
+
+// setupFirewall installs flanneld's masquerade (--ip-masq) and forward
+// (--iptables-forward-rules) rules and keeps them in place every
+// --iptables-resync seconds. Masquerading the user asked for is required:
+// without iptables the host is refused. The forward rules are on by
+// default, so their absence only warns, as in flanneld.
+func setupFirewall(ctx context.Context, f *runFlags, fwdExplicit bool, network, subnet netip.Prefix, log *slog.Logger) error {
+	if !f.ipMasq && !f.iptablesForward {
+		return nil
+	}
+	m, err := firewall.New(log)
+	if err != nil {
+		if f.ipMasq {
+			return fmt.Errorf("--ip-masq: %v", err)
+		}
+		if fwdExplicit {
+			return fmt.Errorf("--iptables-forward-rules: %v", err)
+		}
+		log.Warn("no FORWARD accept rules installed (--iptables-forward-rules)", "err", err)
+		return nil
+	}
+	if f.ipMasq {
+		m.Add(firewall.MasqRules(network, subnet, m.HasRandomFully() && !f.ipMasqNoRandom))
+	}
+	if f.iptablesForward {
+		m.Add(firewall.ForwardRules(network))
+	}
+	if _, err := m.Ensure(); err != nil {
+		return err
+	}
+	log.Info("iptables rules in place", "masquerade", f.ipMasq, "forward", f.iptablesForward, "resync", time.Duration(f.iptablesResync)*time.Second)
+	period := time.Duration(max(f.iptablesResync, 1)) * time.Second
+	go m.Run(ctx, period)
+	return nil
+}
+
+// setupBlackhole adds flanneld's --ip-blackhole-route: a blackhole route
+// for this host's whole subnet, so packets to its unassigned addresses are
+// dropped here instead of following the default route out.
+func setupBlackhole(subnet netip.Prefix) error {
+	r := &netlink.Route{
+		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
+		Type:     unix.RTN_BLACKHOLE,
+		Protocol: 87, // weft's route tag (encap/kernel): weft cleanup removes it
+	}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("--ip-blackhole-route: %v", err)
+	}
+	return nil
+}
+
+// serveHealthz answers flanneld's /healthz on --healthz-ip:--healthz-port
+// (0 disables it) while the daemon runs, and /readyz once it is ready.
+func serveHealthz(ctx context.Context, f *runFlags, ready *atomic.Bool, log *slog.Logger) error {
+	if f.healthzPort == 0 {
+		return nil
+	}
+	addr := net.JoinHostPort(f.healthzIP, strconv.Itoa(f.healthzPort))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--healthz-port: %v", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("weft is running\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready: no lease, subnet file or data path yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("healthz server stopped", "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	log.Info("healthz listening", "addr", ln.Addr())
+	return nil
+}
