@@ -97,6 +97,7 @@ type Engine struct {
 	log   *slog.Logger
 
 	lastReadLog atomic.Int64 // unix nanoseconds of the last read-error log line
+	tap         atomic.Pointer[tapBox]
 }
 
 // New returns an engine; it forwards nothing until Run and SetTable.

@@ -239,3 +239,50 @@ func BenchmarkRxBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*128), "ns/packet")
 }
+
+// countingTap counts what it is shown, without allocating.
+type countingTap struct {
+	points  [NumPoints]int
+	reasons [NumDropReasons]int
+	bytes   int
+}
+
+func (c *countingTap) Capture(p *TapPacket) {
+	c.points[p.Point]++
+	c.reasons[p.Reason]++
+	c.bytes += len(p.Data)
+}
+
+func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
+	e := testEngine(t, 128)
+	tap := &countingTap{}
+	e.SetTap(tap)
+	fillTx(t, e.tx, 128)
+	e.tx.classify(e.Table(), 128)
+	if tap.points[PointFromTUN] != 128 || tap.points[PointDrop] != 4 || tap.reasons[DropNoRoute] != 4 {
+		t.Errorf("tx: points %v, reasons %v; want 128 from-tun, 4 no-route drops", tap.points, tap.reasons)
+	}
+	*tap = countingTap{}
+	good := fillRx(t, e.rx, 64)
+	e.rx.classify(e.Table(), 64)
+	if tap.points[PointToTUN] != good || tap.points[PointDrop] != 64-good || tap.reasons[DropSpoofedSource] != 1 {
+		t.Errorf("rx: points %v, reasons %v; want %d to-tun, %d drops", tap.points, tap.reasons, good, 64-good)
+	}
+	tab := e.Table()
+	allocs := testing.AllocsPerRun(100, func() {
+		resetTTL(e.tx.bufs, 128)
+		e.tx.classify(tab, 128)
+		e.tx.icmp.out = e.tx.icmp.out[:0]
+		resetTTL(e.rx.bufs, 64)
+		e.rx.classify(tab, 64)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per batch with a tap attached", allocs)
+	}
+	e.SetTap(nil)
+	*tap = countingTap{}
+	e.tx.classify(tab, 128)
+	if tap.points != [NumPoints]int{} {
+		t.Error("a removed tap still saw packets")
+	}
+}

@@ -18,8 +18,9 @@ type rxLoop struct {
 	srcs  []netip.AddrPort
 	out   [][]byte
 
-	bc batchCounters
-	c  loopCounters
+	tap tapper
+	bc  batchCounters
+	c   loopCounters
 }
 
 func newRxLoop(e *Engine) *rxLoop {
@@ -90,11 +91,12 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		}
 		runPkts, runBytes = 0, 0
 	}
+	l.tap.load(l.e)
 	for i := 0; i < n; i++ {
 		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
 		size, r := checkIPv4(pkt)
 		if r != dropNone {
-			l.bc.drop(r)
+			l.drop(r, i, pkt)
 			continue
 		}
 		pkt = pkt[:size]
@@ -111,21 +113,21 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		if antiSpoof {
 			switch {
 			case p == nil:
-				l.bc.drop(DropUnknownPeer)
+				l.drop(DropUnknownPeer, i, pkt)
 				continue
 			case !p.contains(srcIP(pkt)):
-				l.bc.drop(DropSpoofedSource)
+				l.drop(DropSpoofedSource, i, pkt)
 				continue
 			case !t.isLocal(dstIP(pkt)):
-				l.bc.drop(DropNotLocal)
+				l.drop(DropNotLocal, i, pkt)
 				continue
 			case size > mtu:
-				l.bc.drop(DropOversize)
+				l.drop(DropOversize, i, pkt)
 				continue
 			}
 		}
 		if !decrementTTL(pkt) {
-			l.bc.drop(DropTTLExpired)
+			l.drop(DropTTLExpired, i, pkt)
 			continue
 		}
 		if p != nil && p == last {
@@ -135,9 +137,19 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		l.bc.packets++
 		l.bc.bytes += uint64(size)
 		l.out = append(l.out, l.bufs[i][:Headroom+size])
+		if l.tap.t != nil {
+			l.tap.show(PointToTUN, dropNone, l.srcs[i], false, pkt)
+		}
 	}
 	flushRun()
 	return len(l.out)
+}
+
+func (l *rxLoop) drop(r DropReason, i int, pkt []byte) {
+	l.bc.drop(r)
+	if l.tap.t != nil {
+		l.tap.show(PointDrop, r, l.srcs[i], false, pkt)
+	}
 }
 
 func isClosed(err error) bool {

@@ -24,6 +24,7 @@ type txLoop struct {
 	readable interface{ Readable() bool }
 
 	icmp icmpWriter
+	tap  tapper
 	bc   batchCounters
 	c    loopCounters
 }
@@ -113,11 +114,15 @@ func (l *txLoop) read() (int, error) {
 // lays out l.out/l.outDst grouped by peer. It returns how many to send.
 func (l *txLoop) classify(t *Table, n int) int {
 	l.cand, l.candPeer = l.cand[:0], l.candPeer[:0]
+	l.tap.load(l.e)
 	for i := 0; i < n; i++ {
 		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
+		if l.tap.t != nil {
+			l.tap.show(PointFromTUN, dropNone, netip.AddrPort{}, true, pkt)
+		}
 		size, r := checkIPv4(pkt)
 		if r != dropNone {
-			l.bc.drop(r)
+			l.drop(r, nil, pkt)
 			continue
 		}
 		pkt = pkt[:size]
@@ -126,12 +131,12 @@ func (l *txLoop) classify(t *Table, n int) int {
 			p = t.lookup(dstIP(pkt))
 		}
 		if p == nil {
-			l.bc.drop(DropNoRoute)
+			l.drop(DropNoRoute, nil, pkt)
 			l.icmp.queue(pkt, icmpDestUnreachable, icmpCodeNetUnreach)
 			continue
 		}
 		if !decrementTTL(pkt) {
-			l.bc.drop(DropTTLExpired)
+			l.drop(DropTTLExpired, p, pkt)
 			l.icmp.queue(pkt, icmpTimeExceeded, icmpCodeTTLExceeded)
 			continue
 		}
@@ -139,6 +144,17 @@ func (l *txLoop) classify(t *Table, n int) int {
 		l.candPeer = append(l.candPeer, p)
 	}
 	return l.group()
+}
+
+func (l *txLoop) drop(r DropReason, p *Peer, pkt []byte) {
+	l.bc.drop(r)
+	if l.tap.t != nil {
+		var ep netip.AddrPort
+		if p != nil {
+			ep = p.Endpoint
+		}
+		l.tap.show(PointDrop, r, ep, true, pkt)
+	}
 }
 
 // group orders the candidates by peer, keeping each peer's packets in
