@@ -79,6 +79,8 @@ type Config struct {
 	// ICMPRate is the most ICMP errors per second written back into the
 	// TUN (default 1000), like the kernel's icmp_ratelimit.
 	ICMPRate int
+	// Encap is the wire format; nil means flannel's UDP format.
+	Encap Encap
 	// NoDrain makes each TUN read its own batch (one blocking read per
 	// batch), for comparison; by default a batch takes every packet
 	// waiting.
@@ -119,6 +121,12 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Encap == nil {
+		cfg.Encap = flannelUDP{}
+	}
+	if oh := cfg.Encap.Overhead(); oh < 0 || oh > MaxEncapOverhead {
+		return nil, fmt.Errorf("engine: encapsulation overhead %d is outside 0..%d", oh, MaxEncapOverhead)
 	}
 	e := &Engine{dev: dev, tr: tr, cfg: cfg, log: cfg.Logger}
 	e.tx = newTxLoop(e)

@@ -37,7 +37,7 @@ func FuzzRxClassify(f *testing.F) {
 		}
 		pkt := l.out[0][Headroom:]
 		size, r := checkIPv4(pkt)
-		if r != dropNone || size != len(pkt) {
+		if r != DropNone || size != len(pkt) {
 			t.Fatalf("delivered an invalid packet: %v", r)
 		}
 		p := tab.peerByIP(u32(l.srcs[0].Addr()))
@@ -65,7 +65,7 @@ func FuzzTxClassify(f *testing.F) {
 		k := l.classify(tab, 1)
 		l.bc = batchCounters{}
 		for _, b := range l.icmp.out {
-			if size, r := checkIPv4(b[Headroom:]); r != dropNone || checksum(b[Headroom:Headroom+20]) != 0 || size != len(b)-Headroom {
+			if size, r := checkIPv4(b[Headroom:]); r != DropNone || checksum(b[Headroom:Headroom+20]) != 0 || size != len(b)-Headroom {
 				t.Fatalf("queued a malformed ICMP error")
 			}
 		}
@@ -73,7 +73,7 @@ func FuzzTxClassify(f *testing.F) {
 		if k == 0 {
 			return
 		}
-		if _, r := checkIPv4(l.out[0]); r != dropNone {
+		if _, r := checkIPv4(l.out[0]); r != DropNone {
 			t.Fatalf("sent an invalid packet: %v", r)
 		}
 		if p := tab.lookup(dstIP(l.out[0])); p == nil || p.Endpoint != l.outDst[0] {

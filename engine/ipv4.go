@@ -25,7 +25,7 @@ func checkIPv4(pkt []byte) (int, DropReason) {
 	if total > len(pkt) || total < ihl {
 		return 0, DropBadLength
 	}
-	return total, dropNone
+	return total, DropNone
 }
 
 func srcIP(pkt []byte) uint32 { return binary.BigEndian.Uint32(pkt[12:16]) }

@@ -35,8 +35,8 @@ func TestCheckIPv4(t *testing.T) {
 		want DropReason
 		size int
 	}{
-		{"valid", good, dropNone, len(good)},
-		{"trailing bytes ignored", append(append([]byte(nil), good...), 0, 0, 0), dropNone, len(good)},
+		{"valid", good, DropNone, len(good)},
+		{"trailing bytes ignored", append(append([]byte(nil), good...), 0, 0, 0), DropNone, len(good)},
 		{"empty", nil, DropShort, 0},
 		{"19 bytes", good[:19], DropShort, 0},
 		{"ipv6", mut(func(p []byte) []byte { p[0] = 0x65; return p }), DropBadVersion, 0},

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"net/netip"
 	"os"
 	"testing"
@@ -284,5 +285,65 @@ func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
 	e.tx.classify(tab, 128)
 	if tap.points != [NumPoints]int{} {
 		t.Error("a removed tap still saw packets")
+	}
+}
+
+// magicEncap is a 22-byte test encapsulation (VXLAN's size): a magic
+// byte, then the peer's HWAddr; no TTL change.
+type magicEncap struct{}
+
+func (magicEncap) Overhead() int { return 22 }
+func (magicEncap) Encapsulate(hdr, _ []byte, p *Peer) {
+	hdr[0] = 0xab
+	copy(hdr[1:7], p.HWAddr[:])
+}
+func (magicEncap) Decapsulate(hdr []byte, _ *Peer) DropReason {
+	if hdr[0] != 0xab {
+		return DropBadEncap
+	}
+	return DropNone
+}
+func (magicEncap) DecrementsTTL() bool { return false }
+
+func TestEncapHeadersInHeadroom(t *testing.T) {
+	e, err := New(nopDevice{}, nopTransport{}, Config{BatchSize: 8, MTU: 1472, AntiSpoof: true, Encap: magicEncap{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := []PeerSpec{{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Endpoint: netip.MustParseAddrPort("192.0.2.2:8472"), HWAddr: [6]byte{2, 0, 0, 0, 0, 2}}}
+	tab, err := NewTable(testNetwork, 24, testOwn, peers, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.SetTable(tab)
+	inner := udpPacket(t, "10.5.1.2", "10.5.2.9", 64, []byte("x"))
+	e.tx.sizes[0] = copy(e.tx.bufs[0][Headroom:], inner)
+	if k := e.tx.classify(tab, 1); k != 1 {
+		t.Fatalf("classify kept %d", k)
+	}
+	out := e.tx.out[0]
+	if len(out) != 22+len(inner) || out[0] != 0xab || out[6] != 2 || !bytes.Equal(out[22:], inner) {
+		t.Fatalf("datagram % x: want header then the unchanged packet (TTL kept)", out[:30])
+	}
+	if &out[22] != &e.tx.bufs[0][Headroom] {
+		t.Fatal("the packet moved: the header must go into the headroom")
+	}
+
+	// Receive it back (from the peer, to us), and one with a bad header.
+	back := udpPacket(t, "10.5.2.9", "10.5.1.2", 64, []byte("y"))
+	for i, magic := range []byte{0xab, 0x00} {
+		b := e.rx.bufs[i][Headroom:]
+		b[0] = magic
+		e.rx.sizes[i] = 22 + copy(b[22:], back)
+		e.rx.srcs[i] = netip.MustParseAddrPort("192.0.2.2:8472")
+	}
+	if k := e.rx.classify(tab, 2); k != 1 {
+		t.Fatalf("rx kept %d, want 1", k)
+	}
+	if e.rx.bc.drops[DropBadEncap] != 1 {
+		t.Errorf("bad-encap drops %d, want 1", e.rx.bc.drops[DropBadEncap])
+	}
+	if got := e.rx.out[0][e.rx.off:]; !bytes.Equal(got, back) || e.rx.off != Headroom+22 {
+		t.Errorf("inner packet not handed on unchanged at Headroom+22")
 	}
 }

@@ -5,7 +5,8 @@ package engine
 type DropReason uint8
 
 const (
-	dropNone DropReason = iota
+	// DropNone: not dropped.
+	DropNone DropReason = iota
 	// DropNoRoute: the destination is in no peer's subnet (an ICMP network
 	// unreachable goes back into the TUN).
 	DropNoRoute
@@ -33,12 +34,22 @@ const (
 	DropSendError
 	// DropTUNWriteError: the kernel refused the packet on the TUN.
 	DropTUNWriteError
+	// DropBadEncap: the encapsulation header is truncated or malformed
+	// (for VXLAN: flags, reserved bits).
+	DropBadEncap
+	// DropWrongVNI: a VXLAN frame for another network.
+	DropWrongVNI
+	// DropNotIPv4Frame: an encapsulated frame that does not carry IPv4
+	// (and is not something the encapsulation answers itself, like ARP).
+	DropNotIPv4Frame
+	// DropWrongMAC: an encapsulated frame for another MAC address.
+	DropWrongMAC
 	// NumDropReasons is the number of reasons; valid reasons are below it.
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
-	dropNone:          "none",
+	DropNone:          "none",
 	DropNoRoute:       "no-route",
 	DropShort:         "short",
 	DropBadVersion:    "bad-version",
@@ -51,6 +62,10 @@ var dropReasonNames = [NumDropReasons]string{
 	DropOversize:      "oversize",
 	DropSendError:     "send-error",
 	DropTUNWriteError: "tun-write-error",
+	DropBadEncap:      "bad-encap-header",
+	DropWrongVNI:      "wrong-vni",
+	DropNotIPv4Frame:  "not-ipv4-frame",
+	DropWrongMAC:      "wrong-mac",
 }
 
 // String returns the reason's stable name, as used in stats and captures.

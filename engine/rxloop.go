@@ -21,6 +21,9 @@ type rxLoop struct {
 	tap tapper
 	bc  batchCounters
 	c   loopCounters
+
+	off int  // where inner packets start in a buffer: Headroom + encapsulation overhead
+	ttl bool // the encapsulation lowers the TTL
 }
 
 func newRxLoop(e *Engine) *rxLoop {
@@ -35,6 +38,8 @@ func newRxLoop(e *Engine) *rxLoop {
 	for i := range l.bufs {
 		l.bufs[i] = make([]byte, BufferSize)
 	}
+	l.off = Headroom + e.cfg.Encap.Overhead()
+	l.ttl = e.cfg.Encap.DecrementsTTL()
 	return l
 }
 
@@ -57,7 +62,7 @@ func (l *rxLoop) run() error {
 			// l.out holds copies of the slice headers: whatever Write does
 			// to them (it may grow them while coalescing), l.bufs keeps its
 			// full-length elements.
-			_, err := l.e.dev.Write(l.out[:k], Headroom)
+			_, err := l.e.dev.Write(l.out[:k], l.off)
 			if err != nil {
 				if isClosed(err) {
 					return errClosed
@@ -92,14 +97,9 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		runPkts, runBytes = 0, 0
 	}
 	l.tap.load(l.e)
+	enc, oh := l.e.cfg.Encap, l.off-Headroom
 	for i := 0; i < n; i++ {
-		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
-		size, r := checkIPv4(pkt)
-		if r != dropNone {
-			l.drop(r, i, pkt)
-			continue
-		}
-		pkt = pkt[:size]
+		dgram := l.bufs[i][Headroom : Headroom+l.sizes[i]]
 		var p *Peer
 		if t != nil {
 			ip := u32(l.srcs[i].Addr())
@@ -110,6 +110,23 @@ func (l *rxLoop) classify(t *Table, n int) int {
 				last, lastIP = p, ip
 			}
 		}
+		if len(dgram) < oh {
+			l.drop(DropBadEncap, i, dgram)
+			continue
+		}
+		if oh > 0 {
+			if r := enc.Decapsulate(dgram[:oh], p); r != DropNone {
+				l.drop(r, i, dgram)
+				continue
+			}
+		}
+		pkt := dgram[oh:]
+		size, r := checkIPv4(pkt)
+		if r != DropNone {
+			l.drop(r, i, pkt)
+			continue
+		}
+		pkt = pkt[:size]
 		if antiSpoof {
 			switch {
 			case p == nil:
@@ -126,7 +143,7 @@ func (l *rxLoop) classify(t *Table, n int) int {
 				continue
 			}
 		}
-		if !decrementTTL(pkt) {
+		if l.ttl && !decrementTTL(pkt) {
 			l.drop(DropTTLExpired, i, pkt)
 			continue
 		}
@@ -136,9 +153,9 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		}
 		l.bc.packets++
 		l.bc.bytes += uint64(size)
-		l.out = append(l.out, l.bufs[i][:Headroom+size])
+		l.out = append(l.out, l.bufs[i][:l.off+size])
 		if l.tap.t != nil {
-			l.tap.show(PointToTUN, dropNone, l.srcs[i], false, pkt)
+			l.tap.show(PointToTUN, DropNone, l.srcs[i], false, pkt)
 		}
 	}
 	flushRun()

@@ -14,6 +14,7 @@ import (
 type Peer struct {
 	Subnet   netip.Prefix
 	Endpoint netip.AddrPort // the peer's public IP and UDP port
+	HWAddr   [6]byte        // the peer's MAC for encapsulations that need one (VXLAN's VtepMAC)
 
 	publicIP uint32
 	subnet   uint32 // network address of Subnet
@@ -45,6 +46,7 @@ func (p *Peer) contains(ip uint32) bool { return ip&p.mask == p.subnet }
 type PeerSpec struct {
 	Subnet   netip.Prefix
 	Endpoint netip.AddrPort
+	HWAddr   [6]byte
 }
 
 // maxDirectSlots bounds the directly indexed part of a table: a /8 network
@@ -129,7 +131,7 @@ func NewTable(network netip.Prefix, subnetLen int, own netip.Prefix, peers []Pee
 }
 
 func newPeer(s PeerSpec) *Peer {
-	p := &Peer{Subnet: s.Subnet, Endpoint: s.Endpoint, subnet: u32(s.Subnet.Addr()), mask: prefixMask(s.Subnet.Bits())}
+	p := &Peer{Subnet: s.Subnet, Endpoint: s.Endpoint, HWAddr: s.HWAddr, subnet: u32(s.Subnet.Addr()), mask: prefixMask(s.Subnet.Bits())}
 	if s.Endpoint.Addr().Is4() {
 		p.publicIP = u32(s.Endpoint.Addr())
 	}
@@ -140,7 +142,7 @@ func (t *Table) reuse(s PeerSpec) *Peer {
 	if t == nil {
 		return nil
 	}
-	if p := t.lookup(u32(s.Subnet.Addr())); p != nil && p.Subnet == s.Subnet && p.Endpoint == s.Endpoint {
+	if p := t.lookup(u32(s.Subnet.Addr())); p != nil && p.Subnet == s.Subnet && p.Endpoint == s.Endpoint && p.HWAddr == s.HWAddr {
 		return p
 	}
 	return nil

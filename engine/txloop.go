@@ -13,12 +13,16 @@ type txLoop struct {
 	bufs  [][]byte // full-length elements, never handed on
 	sizes []int
 
-	// Per batch, after classify: packets to send, grouped by peer.
+	// Per batch, after classify: packets to send, grouped by peer. A
+	// candidate is its buffer from the start up to the packet's end, so
+	// the header can go in front of the packet.
 	cand     [][]byte
 	candPeer []*Peer
 	out      [][]byte
 	outDst   []netip.AddrPort
 	groups   []*Peer
+
+	ttl bool // the encapsulation lowers the TTL
 
 	// readable is the Device's Readable, if it has one.
 	readable interface{ Readable() bool }
@@ -45,6 +49,7 @@ func newTxLoop(e *Engine) *txLoop {
 		l.bufs[i] = make([]byte, BufferSize)
 	}
 	l.icmp.init(e)
+	l.ttl = e.cfg.Encap.DecrementsTTL()
 	if r, ok := e.dev.(interface{ Readable() bool }); ok && !e.cfg.NoDrain {
 		l.readable = r
 	}
@@ -118,10 +123,10 @@ func (l *txLoop) classify(t *Table, n int) int {
 	for i := 0; i < n; i++ {
 		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
 		if l.tap.t != nil {
-			l.tap.show(PointFromTUN, dropNone, netip.AddrPort{}, true, pkt)
+			l.tap.show(PointFromTUN, DropNone, netip.AddrPort{}, true, pkt)
 		}
 		size, r := checkIPv4(pkt)
-		if r != dropNone {
+		if r != DropNone {
 			l.drop(r, nil, pkt)
 			continue
 		}
@@ -135,12 +140,12 @@ func (l *txLoop) classify(t *Table, n int) int {
 			l.icmp.queue(pkt, icmpDestUnreachable, icmpCodeNetUnreach)
 			continue
 		}
-		if !decrementTTL(pkt) {
+		if l.ttl && !decrementTTL(pkt) {
 			l.drop(DropTTLExpired, p, pkt)
 			l.icmp.queue(pkt, icmpTimeExceeded, icmpCodeTTLExceeded)
 			continue
 		}
-		l.cand = append(l.cand, pkt)
+		l.cand = append(l.cand, l.bufs[i][:Headroom+size])
 		l.candPeer = append(l.candPeer, p)
 	}
 	return l.group()
@@ -178,14 +183,19 @@ func (l *txLoop) group() int {
 			l.groups = append(l.groups, p)
 		}
 	}
+	enc, oh := l.e.cfg.Encap, l.e.cfg.Encap.Overhead()
 	for _, g := range l.groups {
 		var pkts, bytes uint64
 		for i, p := range l.candPeer {
 			if p == g {
-				l.out = append(l.out, l.cand[i])
+				b := l.cand[i]
+				if oh > 0 {
+					enc.Encapsulate(b[Headroom-oh:Headroom], b[Headroom:], g)
+				}
+				l.out = append(l.out, b[Headroom-oh:])
 				l.outDst = append(l.outDst, g.Endpoint)
 				pkts++
-				bytes += uint64(len(l.cand[i]))
+				bytes += uint64(len(b) - Headroom)
 			}
 		}
 		g.tx.packets.Add(pkts)
