@@ -167,24 +167,29 @@ func Cleanup() error {
 		return fmt.Errorf("%w: %v", ErrNoIPTables, err)
 	}
 	var errs []error
+	// A jump can only exist while its target chain does, and iptables -C
+	// of a jump to a missing chain fails (exit 2) instead of answering
+	// "no such rule": look at the chain first, so a host that had only
+	// one of the two chains (the default: forward rules, no masquerade)
+	// is cleaned without error.
 	for _, j := range []Rule{
 		{"nat", "POSTROUTING", spec(masqComment, nil, "-j", MasqChain)},
 		{"filter", "FORWARD", spec(fwdComment, nil, "-j", ForwardChain)},
 	} {
-		if err := ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, c := range []Rule{{Table: "nat", Chain: MasqChain}, {Table: "filter", Chain: ForwardChain}} {
-		ok, err := ipt.ChainExists(c.Table, c.Chain)
+		target := j.Spec[len(j.Spec)-1]
+		ok, err := ipt.ChainExists(j.Table, target)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if ok {
-			if err := ipt.ClearAndDeleteChain(c.Table, c.Chain); err != nil {
-				errs = append(errs, err)
-			}
+		if !ok {
+			continue
+		}
+		if err := ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
+			errs = append(errs, err)
+		}
+		if err := ipt.ClearAndDeleteChain(j.Table, target); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
