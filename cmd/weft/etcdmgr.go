@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -14,7 +16,17 @@ func (f *runFlags) etcdManager() (lease.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	// flanneld's lease TTL is fixed at 24 h. WEFT_TEST_LEASE_TTL shortens
+	// it so the fault tests (and a curious operator) can see leases
+	// expire and be reclaimed in seconds; it is not a flag on purpose.
+	var ttl time.Duration
+	if v := os.Getenv("WEFT_TEST_LEASE_TTL"); v != "" {
+		if ttl, err = time.ParseDuration(v); err != nil {
+			return nil, fmt.Errorf("WEFT_TEST_LEASE_TTL: %v", err)
+		}
+	}
 	return lease.NewEtcd(lease.EtcdOptions{
+		TTL:            ttl,
 		Endpoints:      strings.Split(f.etcdEndpoints, ","),
 		Prefix:         f.etcdPrefix,
 		CAFile:         f.etcdCAFile,
