@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -19,6 +21,9 @@ type Options struct {
 	// NoOffload opens the device without IFF_VNET_HDR: one packet per
 	// read and write, no TSO/USO/GRO. (flanneld's own TUN is like this.)
 	NoOffload bool
+	// TunPackageWrite leaves writes to the tun package's own coalescing
+	// (which verifies every checksum) instead of weft's, for comparison.
+	TunPackageWrite bool
 }
 
 // Device is an open TUN device and what is known of its offloads.
@@ -32,6 +37,10 @@ type Device struct {
 
 	fd  int // for Readable; -1 when unknown
 	pfd [1]unix.PollFd
+
+	ownWrite bool       // Write coalesces itself (see coalesce.go)
+	wmu      sync.Mutex // serialises writers: the receive loop and ICMP errors
+	co       coalescer
 }
 
 func newDevice(dev tun.Device, name string) *Device {
@@ -66,6 +75,8 @@ func Create(o Options) (*Device, error) {
 		d.TSO = dev.BatchSize() > 1
 		if d.TSO {
 			d.USO = probeUSO(dev.File())
+			d.ownWrite = !o.TunPackageWrite
+			d.co.uso = d.USO
 		}
 		return d, nil
 	}
@@ -166,4 +177,35 @@ func (d *Device) Readable() bool {
 	d.pfd[0] = unix.PollFd{Fd: int32(d.fd), Events: unix.POLLIN}
 	n, err := unix.Poll(d.pfd[:], 0)
 	return err == nil && n > 0 && d.pfd[0].Revents&unix.POLLIN != 0
+}
+
+// Write writes packets into the TUN. With offloads on, it coalesces each
+// flow's packets into super-packets (coalesce.go) and writes one per
+// write(2); bufs[i] may grow (into its capacity) and offset must leave room
+// for the virtio-net header.
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
+	if !d.ownWrite {
+		return d.Device.Write(bufs, offset)
+	}
+	if offset < virtioNetHdrLen {
+		return 0, fmt.Errorf("tunio: write offset %d leaves no room for the virtio-net header", offset)
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	d.co.plan(bufs, offset)
+	var errs error
+	n := 0
+	f := d.Device.File()
+	for i := range d.co.runs {
+		r := &d.co.runs[i]
+		if _, err := f.Write(d.co.finish(bufs, offset, r)); err != nil {
+			if errors.Is(err, syscall.EBADFD) || errors.Is(err, os.ErrClosed) {
+				return n, os.ErrClosed
+			}
+			errs = errors.Join(errs, err)
+			continue
+		}
+		n += r.n
+	}
+	return n, errs
 }

@@ -75,7 +75,7 @@ func (b *udpBackend) Attrs() (lease.Attrs, error) { return lease.Attrs{PublicIP:
 func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.own = own
 	b.mtu = b.host.IfaceMTU - udpOverhead
-	dev, err := tunio.Create(tunio.Options{Name: b.f.tunName, MTU: b.mtu, NoOffload: b.f.noTUNOffload})
+	dev, err := tunio.Create(tunio.Options{Name: b.f.tunName, MTU: b.mtu, NoOffload: b.f.noTUNOffload, TunPackageWrite: b.f.tunPackageWrite})
 	if err != nil {
 		return 0, err
 	}
