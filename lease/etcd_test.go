@@ -347,21 +347,14 @@ func TestEtcdAuth(t *testing.T) {
 
 	// A wrong password is not worth retrying: it is returned at once.
 	bad, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Username, o.Password = "root", "wrong" })
-	start := time.Now()
-	if _, err := bad.Config(ctx); err == nil || !strings.Contains(err.Error(), "authentication failed") {
+	// (Were it retried, Config would run into ctx's deadline instead.)
+	if _, err := bad.Config(ctx); err == nil || !strings.Contains(err.Error(), "authentication failed") || ctx.Err() != nil {
 		t.Fatalf("wrong password: %v", err)
-	}
-	if el := time.Since(start); el > 5*time.Second {
-		t.Errorf("wrong password took %s to report", el)
 	}
 	// Without credentials etcd refuses too.
 	anon, _ := newTestEtcd(t, e, nil)
-	start = time.Now()
 	if _, err := anon.Config(ctx); err == nil || ctx.Err() != nil {
 		t.Fatalf("anonymous access to an auth-enabled etcd: %v", err)
-	}
-	if el := time.Since(start); el > 5*time.Second {
-		t.Errorf("missing credentials took %s to report", el)
 	}
 }
 
