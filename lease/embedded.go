@@ -164,7 +164,9 @@ func (m *Embedded) Endpoints() []string { return append([]string(nil), m.endpoin
 func (m *Embedded) Err() <-chan error { return m.etcd.Err() }
 
 // Close stops the server; the data directory stays. Calling it again does
-// nothing.
+// nothing. etcd stops gracefully: while clients still hold watches (every
+// running host does) it waits up to its request timeout, about 7 s, before
+// cutting them off; close clients first where that matters.
 func (m *Embedded) Close() {
 	m.closeOnce.Do(func() {
 		m.closing.Store(true)
