@@ -15,7 +15,8 @@ type Encap interface {
 	Encapsulate(hdr, pkt []byte, p *Peer)
 	// Decapsulate checks the header of a datagram from p (nil when the
 	// sender holds no lease) and returns DropNone to accept the inner
-	// packet that follows it.
+	// packet that follows it. hdr's capacity ends where the datagram
+	// does, so hdr[:cap(hdr)] is the whole encapsulated frame.
 	Decapsulate(hdr []byte, p *Peer) DropReason
 	// DecrementsTTL says whether crossing hosts costs the inner packet one
 	// TTL on each side (flannel's UDP proxy does this; the kernel's vxlan

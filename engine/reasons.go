@@ -44,6 +44,10 @@ const (
 	DropNotIPv4Frame
 	// DropWrongMAC: an encapsulated frame for another MAC address.
 	DropWrongMAC
+	// DropARPAnswered: an ARP request for this host's overlay gateway
+	// address, answered by the Encap itself (kernel vxlan peers send one
+	// only while their permanent neighbour entry is missing).
+	DropARPAnswered
 	// NumDropReasons is the number of reasons; valid reasons are below it.
 	NumDropReasons
 )
@@ -66,6 +70,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropWrongVNI:      "wrong-vni",
 	DropNotIPv4Frame:  "not-ipv4-frame",
 	DropWrongMAC:      "wrong-mac",
+	DropARPAnswered:   "arp-answered",
 }
 
 // String returns the reason's stable name, as used in stats and captures.

@@ -115,7 +115,9 @@ func (l *rxLoop) classify(t *Table, n int) int {
 			continue
 		}
 		if oh > 0 {
-			if r := enc.Decapsulate(dgram[:oh], p); r != DropNone {
+			// The capacity ends with the datagram: an Encap may read a frame
+			// it answers itself (VXLAN's ARP), never stale buffer bytes.
+			if r := enc.Decapsulate(dgram[:oh:len(dgram)], p); r != DropNone {
 				l.drop(r, i, dgram)
 				continue
 			}

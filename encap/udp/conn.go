@@ -23,6 +23,9 @@ type Options struct {
 	// forced past net.core.[rw]mem_max when running with CAP_NET_ADMIN, so
 	// bursts are not dropped before the engine sees them.
 	SocketBuffer int
+	// SendOnly allocates no receive buffers (batch x 64 KiB): for the
+	// extra sockets a sender binds only for their source ports.
+	SendOnly bool
 }
 
 // Stats are a Conn's own counters, beside the engine's.

@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -75,6 +76,8 @@ type txState struct {
 	err      error
 }
 
+var errSendOnly = errors.New("udp: ReadBatch on a send-only socket")
+
 // Listen opens the socket and probes its offloads.
 func Listen(o Options) (*Conn, error) {
 	if o.BatchSize == 0 {
@@ -118,7 +121,9 @@ func Listen(o Options) (*Conn, error) {
 	}
 	c.gso.Store(gsoOK)
 	c.gro = groOK
-	c.initRx()
+	if !o.SendOnly {
+		c.initRx()
+	}
 	c.initTx()
 	return c, nil
 }
@@ -207,6 +212,9 @@ func (c *Conn) sendmmsg(fd uintptr) bool {
 func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
 	r := &c.rx
 	if r.next >= r.n {
+		if r.bufs == nil {
+			return 0, errSendOnly
+		}
 		if err := c.receive(offset); err != nil {
 			return 0, err
 		}

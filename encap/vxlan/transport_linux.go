@@ -1,0 +1,195 @@
+package vxlan
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/weft-net/weft/encap/udp"
+	"github.com/weft-net/weft/engine"
+)
+
+// DefaultSourcePorts is how many source ports a Transport spreads flows
+// over. ECMP routers and receive-side scaling hash the outer 5-tuple, and
+// the source port is the only part that differs between two hosts' flows,
+// so it has to vary per flow; 8 keeps one socket per port cheap while
+// giving a 2- or 4-way ECMP group or a NIC's RSS queues several keys.
+const DefaultSourcePorts = 8
+
+// TransportOptions configure ListenTransport.
+type TransportOptions struct {
+	// Local is the host's public IP and the VXLAN port (8472): datagrams
+	// are received there, as by the kernel's vxlan socket.
+	Local netip.AddrPort
+	// SourcePorts is how many sender sockets (and so source ports) flows
+	// are spread over (default DefaultSourcePorts).
+	SourcePorts int
+	// BatchSize, NoGSO, NoGRO: as udp.Options.
+	BatchSize    int
+	NoGSO, NoGRO bool
+}
+
+// Transport carries VXLAN frames: it receives on the VXLAN port and sends
+// each inner flow from one of a few sockets bound to ephemeral ports.
+//
+// The kernel's vxlan picks each frame's UDP source port from the inner
+// flow's hash (udp_flow_src_port over the device's port range, by default
+// the local port range net.ipv4.ip_local_port_range, as flannel's
+// "srcport 0 0" shows). A UDP socket sends from the one port it is bound
+// to, and raw sockets would lose UDP GSO, so the Transport binds N sockets
+// to ports the kernel picks from that same range and sends a flow through
+// socket hash(flow) mod N. A peer's packets stay adjacent per socket, so
+// each socket still coalesces a peer's run into GSO sends; a flow keeps
+// one port, so its packets keep their order.
+type Transport struct {
+	rx    *udp.Conn
+	tx    []*udp.Conn
+	ports []uint16
+	seed  uint64
+	batch int
+
+	// per-sender slices of one WriteBatch, preallocated
+	pkts [][][]byte
+	dsts [][]netip.AddrPort
+
+	// SendFrame's one-message batch, used by the receive loop only
+	frame    [1][]byte
+	frameDst [1]netip.AddrPort
+}
+
+var _ engine.Transport = (*Transport)(nil)
+
+// ListenTransport opens the receiving socket and the sender sockets.
+func ListenTransport(o TransportOptions) (*Transport, error) {
+	if o.SourcePorts == 0 {
+		o.SourcePorts = DefaultSourcePorts
+	}
+	if o.SourcePorts < 1 || o.SourcePorts > 64 {
+		return nil, fmt.Errorf("vxlan: %d source ports is outside 1..64", o.SourcePorts)
+	}
+	if o.BatchSize == 0 {
+		o.BatchSize = 128
+	}
+	rx, err := udp.Listen(udp.Options{Local: o.Local, BatchSize: o.BatchSize, NoGSO: true, NoGRO: o.NoGRO})
+	if err != nil {
+		return nil, fmt.Errorf("vxlan: %w", err)
+	}
+	t := &Transport{rx: rx, batch: o.BatchSize}
+	var seed [8]byte
+	rand.Read(seed[:])
+	t.seed = binary.LittleEndian.Uint64(seed[:])
+	for range o.SourcePorts {
+		c, err := udp.Listen(udp.Options{Local: netip.AddrPortFrom(o.Local.Addr(), 0), BatchSize: o.BatchSize,
+			NoGSO: o.NoGSO, NoGRO: true, SendOnly: true, SocketBuffer: 4 << 20})
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("vxlan: sender socket: %w", err)
+		}
+		t.tx = append(t.tx, c)
+		t.ports = append(t.ports, c.LocalAddr().Port())
+		t.pkts = append(t.pkts, make([][]byte, 0, o.BatchSize))
+		t.dsts = append(t.dsts, make([]netip.AddrPort, 0, o.BatchSize))
+	}
+	return t, nil
+}
+
+// BatchSize implements engine.Transport.
+func (t *Transport) BatchSize() int { return t.batch }
+
+// LocalAddr is the receiving socket's address.
+func (t *Transport) LocalAddr() netip.AddrPort { return t.rx.LocalAddr() }
+
+// SourcePorts are the ports frames leave from.
+func (t *Transport) SourcePorts() []uint16 { return t.ports }
+
+// ReadBatch implements engine.Transport.
+func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
+	return t.rx.ReadBatch(bufs, sizes, srcs, offset)
+}
+
+// WriteBatch implements engine.Transport. pkts[i] are whole VXLAN frames;
+// the flow is hashed from the inner IPv4 packet after HeaderLen.
+func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	if len(t.tx) == 1 {
+		return t.tx[0].WriteBatch(pkts, dsts)
+	}
+	for i, p := range pkts {
+		var h uint32
+		if len(p) > HeaderLen {
+			h = flowHash(p[HeaderLen:], t.seed)
+		}
+		b := bucket(h, len(t.tx))
+		t.pkts[b] = append(t.pkts[b], p)
+		t.dsts[b] = append(t.dsts[b], dsts[i])
+	}
+	refused := 0
+	var err error
+	for b, c := range t.tx {
+		if len(t.pkts[b]) == 0 {
+			continue
+		}
+		if err == nil {
+			var r int
+			r, err = c.WriteBatch(t.pkts[b], t.dsts[b])
+			refused += r
+		}
+		// Drop the references: the engine owns the buffers.
+		clear(t.pkts[b])
+		t.pkts[b], t.dsts[b] = t.pkts[b][:0], t.dsts[b][:0]
+	}
+	return refused, err
+}
+
+// SendFrame sends one frame (an ARP reply) from the VXLAN port. It is for
+// the receive loop's rare replies: the receiving socket sends nothing else,
+// so its send state is the receive loop's own.
+func (t *Transport) SendFrame(frame []byte, to netip.AddrPort) error {
+	t.frame[0], t.frameDst[0] = frame, to
+	refused, err := t.rx.WriteBatch(t.frame[:], t.frameDst[:])
+	t.frame[0] = nil
+	if err == nil && refused > 0 {
+		err = fmt.Errorf("vxlan: the kernel refused a frame to %s", to)
+	}
+	return err
+}
+
+// Close implements engine.Transport.
+func (t *Transport) Close() error {
+	var errs []error
+	if t.rx != nil {
+		errs = append(errs, t.rx.Close())
+	}
+	for _, c := range t.tx {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// TransportStats are the receiving socket's counters and the senders'
+// summed.
+type TransportStats struct {
+	SourcePorts []uint16  `json:"source_ports"`
+	Receive     udp.Stats `json:"receive"`
+	Send        udp.Stats `json:"send"`
+}
+
+// Stats returns the Transport's counters.
+func (t *Transport) Stats() TransportStats {
+	s := TransportStats{SourcePorts: t.ports, Receive: t.rx.Stats()}
+	s.Send.GSO = true
+	for _, c := range t.tx {
+		cs := c.Stats()
+		s.Send.GSO = s.Send.GSO && cs.GSO
+		s.Send.GSOFallbacks += cs.GSOFallbacks
+		s.Send.SendCalls += cs.SendCalls
+		s.Send.SendMessages += cs.SendMessages
+		s.Send.SendSegments += cs.SendSegments
+		s.Send.SendErrors += cs.SendErrors
+		if cs.LastSendErrno != 0 {
+			s.Send.LastSendErrno = cs.LastSendErrno
+		}
+	}
+	return s
+}
