@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -79,6 +80,9 @@ type Config struct {
 	// ICMPRate is the most ICMP errors per second written back into the
 	// TUN (default 1000), like the kernel's icmp_ratelimit.
 	ICMPRate int
+	// BusyPoll is how long the TUN loop polls for packets before a read
+	// that may park it (0: never).
+	BusyPoll time.Duration
 	// Encap is the wire format; nil means flannel's UDP format.
 	Encap Encap
 	// NoDrain makes each TUN read its own batch (one blocking read per

@@ -99,6 +99,13 @@ const maxDrainReads = 64
 // packets waiting (when it can tell), so small packets are moved many per
 // wakeup instead of one.
 func (l *txLoop) read() (int, error) {
+	if spin := l.e.cfg.BusyPoll; spin > 0 && l.readable != nil {
+		// Busy-poll for a moment before a read that may park: a wakeup
+		// through the netpoller costs tens of microseconds per hop.
+		until := time.Now().Add(spin)
+		for !l.readable.Readable() && time.Now().Before(until) {
+		}
+	}
 	n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
 	if err != nil || l.readable == nil {
 		return n, err

@@ -91,6 +91,7 @@ func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 		BatchSize: b.f.batchSize,
 		NoGSO:     b.f.noGSO,
 		NoGRO:     b.f.noGRO,
+		BusyPoll:  b.f.busyPoll,
 	})
 	if err != nil {
 		dev.Close()
@@ -100,6 +101,7 @@ func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 		BatchSize:  b.f.batchSize,
 		MTU:        b.mtu,
 		AntiSpoof:  b.f.antiSpoof,
+		BusyPoll:   b.f.busyPoll,
 		ICMPSource: own.Subnet.Addr(),
 		Logger:     b.log,
 	})

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
@@ -43,6 +44,7 @@ type runFlags struct {
 	batchSize                   int
 	noTUNOffload, noGSO, noGRO  bool
 	tunPackageWrite             bool
+	busyPoll                    time.Duration
 	antiSpoof                   bool
 	noKernelVXLAN               bool
 	debugSocket                 string
@@ -82,6 +84,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.noTUNOffload, "no-tun-offload", false, "open the TUN without virtio-net offloads (no TSO/USO/GRO)")
 	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
 	fs.BoolVar(&f.tunPackageWrite, "tun-package-write", false, "coalesce TUN writes with the tun package's GRO (verifies every checksum) instead of weft's, for comparison")
+	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
 	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
 	fs.BoolVar(&f.noKernelVXLAN, "no-kernel-vxlan", false, "behave as if the kernel had no vxlan: auto never picks it and Backend.Type vxlan is refused")
@@ -125,7 +128,7 @@ func runRun(args []string) error {
 
 // envPrefix: flanneld's flags come from FLANNELD_*, weft's own from WEFT_*.
 func envPrefix(name string) string {
-	for _, p := range []string{"tun-name", "tun-package-write", "batch-size", "no-", "anti-spoof", "debug-socket", "log-format", "static-"} {
+	for _, p := range []string{"tun-name", "tun-package-write", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-socket", "log-format", "static-"} {
 		if strings.HasPrefix(name, p) {
 			return "WEFT_"
 		}

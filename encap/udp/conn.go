@@ -3,6 +3,7 @@ package udp
 import (
 	"net/netip"
 	"sync/atomic"
+	"time"
 )
 
 // DefaultPort is flannel's UDP backend port.
@@ -26,6 +27,9 @@ type Options struct {
 	// SendOnly allocates no receive buffers (batch x 64 KiB): for the
 	// extra sockets a sender binds only for their source ports.
 	SendOnly bool
+	// BusyPoll is how long a receive keeps polling the socket before it
+	// parks the goroutine (0: park at once).
+	BusyPoll time.Duration
 }
 
 // Stats are a Conn's own counters, beside the engine's.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -40,6 +41,7 @@ type Conn struct {
 	batch int
 	gso   atomic.Bool
 	gro   bool
+	spin  time.Duration
 	c     counters
 
 	rx rxState
@@ -98,7 +100,7 @@ func Listen(o Options) (*Conn, error) {
 		uc.Close()
 		return nil, err
 	}
-	c := &Conn{uc: uc, rc: rc, batch: o.BatchSize}
+	c := &Conn{uc: uc, rc: rc, batch: o.BatchSize, spin: o.BusyPoll}
 	var gsoOK, groOK bool
 	err = rc.Control(func(fd uintptr) {
 		s := int(fd)
@@ -182,15 +184,33 @@ func (c *Conn) Stats() Stats {
 
 func (c *Conn) recvmmsg(fd uintptr) bool {
 	r := &c.rx
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
-	if errno == unix.EAGAIN || errno == unix.EINTR {
-		return false
+	var until time.Time
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno == unix.EAGAIN {
+			// Busy-poll for a moment before parking: a wakeup through the
+			// netpoller costs tens of microseconds of latency per hop.
+			if c.spin <= 0 {
+				return false
+			}
+			now := time.Now()
+			if until.IsZero() {
+				until = now.Add(c.spin)
+			}
+			if now.Before(until) {
+				continue
+			}
+			return false
+		}
+		r.ret, r.err = int(n), nil
+		if errno != 0 {
+			r.ret, r.err = 0, errno
+		}
+		return true
 	}
-	r.ret, r.err = int(n), nil
-	if errno != 0 {
-		r.ret, r.err = 0, errno
-	}
-	return true
 }
 
 func (c *Conn) sendmmsg(fd uintptr) bool {
