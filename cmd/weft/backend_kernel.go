@@ -109,7 +109,7 @@ func currentPeers(ctx context.Context, f *runFlags, host encap.Host) ([]lease.Le
 	if f.staticNetwork != "" {
 		mgr, err = f.staticManager()
 	} else {
-		mgr, err = f.etcdManager()
+		mgr, err = f.etcdManager(slog.Default())
 	}
 	if err != nil {
 		return nil, err

@@ -132,5 +132,5 @@ func (d *daemon) manager() (lease.Manager, error) {
 	if d.f.staticNetwork != "" {
 		return d.f.staticManager()
 	}
-	return d.f.etcdManager()
+	return d.f.etcdManager(d.log)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -11,7 +12,7 @@ import (
 
 // etcdManager builds the etcd store from flanneld's flags. The previous
 // subnet comes from the subnet file, as flanneld reads it.
-func (f *runFlags) etcdManager() (lease.Manager, error) {
+func (f *runFlags) etcdManager(log *slog.Logger) (lease.Manager, error) {
 	prev, err := lease.ReadSubnetFile(f.subnetFile)
 	if err != nil {
 		return nil, err
@@ -36,5 +37,6 @@ func (f *runFlags) etcdManager() (lease.Manager, error) {
 		Password:       f.etcdPassword,
 		RenewMargin:    time.Duration(f.renewMargin) * time.Minute,
 		PreviousSubnet: prev,
+		Logger:         log,
 	})
 }
