@@ -85,9 +85,12 @@ func autoChoice(peers []lease.Lease, connected []netip.Prefix, unknown string, p
 		case types["host-gw"] > 0 && reason == "":
 			return "host-gw", fmt.Sprintf("auto: all %d peers run host-gw on this host's segment %v", len(peers), connected)
 		case types["vxlan"] > 0:
-			if err := probe(); err == nil {
+			err := probe()
+			if err == nil {
 				return "vxlan", fmt.Sprintf("auto: all %d peers run vxlan, and the kernel creates vxlan devices", len(peers))
 			}
+			// Userspace VXLAN joins them where the kernel cannot.
+			return "vxlan", fmt.Sprintf("auto: all %d peers run vxlan, and the kernel cannot create vxlan devices (%v)", len(peers), err)
 		case types["udp"] > 0:
 			return "udp", fmt.Sprintf("auto: all %d peers run udp", len(peers))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/kernel"
@@ -30,8 +31,12 @@ func selectBackend(ctx context.Context, f *runFlags, host encap.Host, cfg *lease
 		b, err := newUDPBackend(f, host, cfg, log)
 		return b, why, err
 	case "vxlan":
-		if f.noKernelVXLAN {
-			return nil, "", fmt.Errorf("network config: \"Backend.Type\": vxlan needs the kernel's vxlan, which --no-kernel-vxlan rules out, and this version of weft has no userspace VXLAN yet: use \"udp\" or \"auto\", or drop --no-kernel-vxlan")
+		if noKernel := kernelVXLANMissing(f, nl); noKernel != "" {
+			// A kernel flannel.<VNI> of an earlier run would hold the TUN's
+			// name, and host-gw's routes would shadow the TUN's route.
+			removeOtherBackends(nl, "", true, log)
+			b, err := newUVXLANBackend(f, host, cfg, log)
+			return b, why + "; VXLAN from userspace, since " + noKernel, err
 		}
 		b, err := newVXLANBackend(f, host, cfg, nl, log)
 		if err != nil {
@@ -69,4 +74,17 @@ func removeOtherBackends(nl *kernel.Netlink, keep string, routes bool, log *slog
 	if len(r.Routes) > 0 {
 		log.Info("removed routes of an earlier run's backend", "routes", r.Routes)
 	}
+}
+
+// kernelVXLANMissing says why the kernel's vxlan cannot be used ("" when
+// it can): --no-kernel-vxlan, or a kernel that refuses to create a vxlan
+// device (no module, a minimal or hardened kernel, some sandboxes).
+func kernelVXLANMissing(f *runFlags, nl *kernel.Netlink) string {
+	if f.noKernelVXLAN {
+		return "--no-kernel-vxlan rules out the kernel's vxlan"
+	}
+	if err := nl.ProbeVXLAN(fmt.Sprintf("weftprobe%d", os.Getpid()%100000)); err != nil {
+		return "the kernel cannot create a vxlan device (" + err.Error() + ")"
+	}
+	return ""
 }

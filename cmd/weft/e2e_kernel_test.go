@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -22,7 +21,6 @@ import (
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/lab/labtest"
 	"github.com/weft-net/weft/bench/traffic"
-	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/lease"
 )
 
@@ -446,23 +444,12 @@ func TestAutoChoice(t *testing.T) {
 		{"behind a router, no vxlan", []lease.Lease{peer("198.51.100.3", "host-gw")}, "", no, "udp"},
 		{"join a vxlan cluster on one segment", []lease.Lease{peer("192.0.2.2", "vxlan")}, "", ok, "vxlan"},
 		{"join a udp cluster", []lease.Lease{peer("192.0.2.2", "")}, "", ok, "udp"},
-		{"vxlan cluster, no vxlan here", []lease.Lease{peer("192.0.2.2", "vxlan")}, "", no, "host-gw"},
+		{"vxlan cluster, no vxlan here", []lease.Lease{peer("192.0.2.2", "vxlan")}, "", no, "vxlan"}, // userspace
 		{"peers unknown", nil, "etcd down", ok, "vxlan"},
 	} {
 		got, why := autoChoice(c.peers, seg, c.unknown, c.probe)
 		if got != c.want || !strings.HasPrefix(why, "auto: ") {
 			t.Errorf("%s: %s (%s), want %s", c.name, got, why, c.want)
 		}
-	}
-}
-
-// Type vxlan under --no-kernel-vxlan is refused by name, before anything
-// is touched (weft has no userspace VXLAN yet).
-func TestVXLANRefusedWithoutKernelVXLAN(t *testing.T) {
-	labtest.RequireRoot(t) // a netlink handle
-	_, _, err := selectBackend(context.Background(), &runFlags{noKernelVXLAN: true}, encap.Host{},
-		&lease.Config{BackendType: "vxlan"}, slog.New(slog.DiscardHandler))
-	if err == nil || !strings.Contains(err.Error(), `"Backend.Type"`) || !strings.Contains(err.Error(), "--no-kernel-vxlan") {
-		t.Fatalf("got %v; want a refusal naming Backend.Type and --no-kernel-vxlan", err)
 	}
 }

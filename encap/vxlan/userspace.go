@@ -205,6 +205,10 @@ func (e *Encap) answerARP(frame []byte, p *engine.Peer) bool {
 	return true
 }
 
+// RandomMAC returns a new VtepMAC of the kind the kernel backend gives its
+// device (random, locally administered, unicast).
+func RandomMAC() (net.HardwareAddr, error) { return randomMAC() }
+
 // EncapStats are the Encap's own counters, beside the engine's drops.
 type EncapStats struct {
 	ARPReplies     uint64 `json:"arp_replies"`
