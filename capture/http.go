@@ -1,0 +1,229 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The HTTP protocol of a capture, as served on weft's debug socket:
+//
+//	GET /capture?filter=EXPR&points=from-tun,drop&snap=N&count=N&duration=D&queue=BYTES
+//	  -> 200, pcapng streamed as packets arrive; header Weft-Capture-Id;
+//	     trailers Weft-Captured, Weft-Overflow (totals) and Weft-Summary.
+//	POST /capture/stop?id=ID
+//	  -> 204: the capture ends, the stream delivers what was queued, then
+//	     its interface statistics and trailers.
+//
+// A client that stops by closing the connection loses the trailers; `weft
+// capture` stops with /capture/stop on Ctrl-C so it can report overflow.
+const (
+	HeaderID       = "Weft-Capture-Id"
+	TrailerCount   = "Weft-Captured"
+	TrailerLost    = "Weft-Overflow"
+	TrailerSummary = "Weft-Summary"
+	ContentType    = "application/x-pcapng"
+)
+
+// Params are a capture request's query parameters.
+type Params struct {
+	Filter   string
+	Points   string
+	Snap     int
+	Count    int
+	Duration time.Duration
+	Queue    int
+}
+
+// Query encodes p as a query string.
+func (p Params) Query() string {
+	q := url.Values{}
+	if p.Filter != "" {
+		q.Set("filter", p.Filter)
+	}
+	if p.Points != "" {
+		q.Set("points", p.Points)
+	}
+	if p.Snap > 0 {
+		q.Set("snap", strconv.Itoa(p.Snap))
+	}
+	if p.Count > 0 {
+		q.Set("count", strconv.Itoa(p.Count))
+	}
+	if p.Duration > 0 {
+		q.Set("duration", p.Duration.String())
+	}
+	if p.Queue > 0 {
+		q.Set("queue", strconv.Itoa(p.Queue))
+	}
+	return q.Encode()
+}
+
+// Options checks p and turns it into capture options.
+func (p Params) Options() (Options, error) {
+	var o Options
+	f, err := ParseFilter(p.Filter)
+	if err != nil {
+		return o, err
+	}
+	pts, err := ParsePoints(p.Points)
+	if err != nil {
+		return o, err
+	}
+	if p.Snap < 0 || p.Count < 0 || p.Duration < 0 || p.Queue < 0 {
+		return o, errors.New("snap, count, duration and queue must not be negative")
+	}
+	o = Options{Filter: f, Points: pts, Snap: p.Snap, Count: p.Count, Queue: p.Queue}
+	if p.Duration > 0 {
+		o.Until = time.Now().Add(p.Duration)
+	}
+	return o, nil
+}
+
+func paramsFromQuery(q url.Values) (Params, error) {
+	p := Params{Filter: q.Get("filter"), Points: q.Get("points")}
+	for _, n := range []struct {
+		key string
+		v   *int
+	}{{"snap", &p.Snap}, {"count", &p.Count}, {"queue", &p.Queue}} {
+		if s := q.Get(n.key); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil {
+				return p, fmt.Errorf("%s: %q is not a number", n.key, s)
+			}
+			*n.v = v
+		}
+	}
+	if s := q.Get("duration"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return p, fmt.Errorf("duration: %v", err)
+		}
+		p.Duration = d
+	}
+	return p, nil
+}
+
+// ServeCapture handles GET /capture.
+func (h *Hub) ServeCapture(w http.ResponseWriter, r *http.Request) {
+	p, err := paramsFromQuery(r.URL.Query())
+	var o Options
+	if err == nil {
+		o, err = p.Options()
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	c, err := h.Start(o)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	defer c.Stop()
+	fl, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", ContentType)
+	w.Header().Set(HeaderID, strconv.FormatUint(c.ID, 10))
+	w.Header().Set("Trailer", strings.Join([]string{TrailerCount, TrailerLost, TrailerSummary}, ", "))
+	w.Header().Set("Cache-Control", "no-store")
+	pw, err := NewWriter(w, o.Filter.String(), c.snap)
+	if err == nil {
+		err = pw.Flush()
+	}
+	if err != nil {
+		return
+	}
+	if fl != nil {
+		fl.Flush()
+	}
+	flush := func() error {
+		if err := pw.Flush(); err != nil {
+			return err
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		return nil
+	}
+	err = c.Read(r.Context(), pw.Write, flush)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return // the client is gone or its connection broke
+	}
+	s := c.Stats()
+	if pw.Close(s) != nil {
+		return
+	}
+	w.Header().Set(TrailerCount, strconv.FormatUint(s.TotalCaptured(), 10))
+	w.Header().Set(TrailerLost, strconv.FormatUint(s.TotalOverflow(), 10))
+	w.Header().Set(TrailerSummary, s.Summary())
+}
+
+// ServeStop handles POST /capture/stop?id=ID.
+func (h *Hub) ServeStop(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.URL.Query().Get("id"), 10, 64)
+	if err != nil {
+		http.Error(w, "id: not a capture id", http.StatusBadRequest)
+		return
+	}
+	c := h.Lookup(id)
+	if c == nil {
+		http.Error(w, fmt.Sprintf("no capture %d is running", id), http.StatusNotFound)
+		return
+	}
+	c.Stop()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// Register adds the capture endpoints to mux.
+func (h *Hub) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /capture", h.ServeCapture)
+	mux.HandleFunc("POST /capture/stop", h.ServeStop)
+}
+
+// Result is what a finished stream reports.
+type Result struct {
+	Captured, Overflow uint64
+	Summary            string
+	Complete           bool // the trailers arrived: the capture ended cleanly
+}
+
+// Stream copies a capture's pcapng from resp to out, flushing out (when it
+// can) after every read so a pipe reader sees packets live, and reads the
+// trailers at the end.
+func Stream(resp *http.Response, out io.Writer) (Result, error) {
+	var res Result
+	buf := make([]byte, 64<<10)
+	fl, _ := out.(interface{ Flush() error })
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := out.Write(buf[:n]); werr != nil {
+				return res, werr
+			}
+			if fl != nil {
+				if werr := fl.Flush(); werr != nil {
+					return res, werr
+				}
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return res, fmt.Errorf("the capture stream broke: %w", err)
+		}
+	}
+	if s := resp.Trailer.Get(TrailerSummary); s != "" {
+		res.Complete = true
+		res.Summary = s
+		res.Captured, _ = strconv.ParseUint(resp.Trailer.Get(TrailerCount), 10, 64)
+		res.Overflow, _ = strconv.ParseUint(resp.Trailer.Get(TrailerLost), 10, 64)
+	}
+	return res, nil
+}

@@ -1,0 +1,127 @@
+package capture
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/weft-net/weft/engine"
+)
+
+// Writer writes captured packets as pcapng: one interface per capture
+// point (from-tun, to-tun, drop, in that order: interface ids 0, 1, 2),
+// each LINKTYPE_RAW (bare IPv4 packets), nanosecond timestamps. Each
+// packet's comment says where it was seen, the peer and, for drops, the
+// reason, so Wireshark shows them beside the packet ("pkt_comment").
+type Writer struct {
+	ng  *pcapgo.NgWriter
+	buf []byte // comment scratch
+}
+
+// InterfaceDescription is the pcapng interface description of a point.
+func InterfaceDescription(p engine.Point) string {
+	switch p {
+	case engine.PointFromTUN:
+		return "weft: inner packets read from the TUN device, before routing"
+	case engine.PointToTUN:
+		return "weft: inner packets from peers, accepted and written to the TUN device"
+	case engine.PointDrop:
+		return "weft: packets not forwarded; the packet comment gives the reason"
+	}
+	return ""
+}
+
+// NewWriter writes the section header and the three interfaces. filter
+// and snap are recorded in the interfaces (if_filter, if_snaplen).
+func NewWriter(w io.Writer, filter string, snap int) (*Writer, error) {
+	intf := func(p engine.Point) pcapgo.NgInterface {
+		return pcapgo.NgInterface{
+			Name: p.String(), Description: InterfaceDescription(p), Filter: filter,
+			OS: runtime.GOOS, LinkType: layers.LinkTypeRaw, SnapLength: uint32(snap),
+			TimestampResolution: 9,
+		}
+	}
+	ng, err := pcapgo.NewNgWriterInterface(w, intf(0), pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{
+		Hardware: runtime.GOARCH, OS: runtime.GOOS, Application: "weft capture",
+	}})
+	if err != nil {
+		return nil, err
+	}
+	for p := engine.Point(1); p < engine.NumPoints; p++ {
+		if _, err := ng.AddInterface(intf(p)); err != nil {
+			return nil, err
+		}
+	}
+	return &Writer{ng: ng}, nil
+}
+
+// Comment is the packet comment weft writes for a record:
+// "from-tun", "to-tun peer 192.0.2.2:8285",
+// "drop reason=spoofed-source peer 192.0.2.2:8285".
+func Comment(buf []byte, r *Record) []byte {
+	buf = append(buf[:0], r.Point.String()...)
+	if r.Point == engine.PointDrop {
+		buf = append(buf, " reason="...)
+		buf = append(buf, r.Reason.String()...)
+	}
+	if r.Peer.IsValid() {
+		buf = append(buf, " peer "...)
+		buf = r.Peer.AppendTo(buf)
+	}
+	return buf
+}
+
+// Write writes one record.
+func (w *Writer) Write(r *Record) error {
+	w.buf = Comment(w.buf, r)
+	ci := gopacket.CaptureInfo{
+		Timestamp:      time.Unix(0, r.Time),
+		CaptureLength:  len(r.Data),
+		Length:         r.Length,
+		InterfaceIndex: int(r.Point),
+	}
+	return w.ng.WritePacketWithOptions(ci, r.Data, pcapgo.NgPacketOptions{Comments: []string{string(w.buf)}})
+}
+
+// Flush writes out what is buffered.
+func (w *Writer) Flush() error { return w.ng.Flush() }
+
+// Close writes an interface statistics block per point (packets captured,
+// and lost to overflow as if_dropped) and flushes. It does not close the
+// underlying writer.
+func (w *Writer) Close(s Stats) error {
+	now := time.Now()
+	for p := engine.Point(0); p < engine.NumPoints; p++ {
+		err := w.ng.WriteInterfaceStats(int(p), pcapgo.NgInterfaceStatistics{
+			LastUpdate: now, StartTime: s.Started, EndTime: now,
+			PacketsReceived: s.Captured[p], PacketsDropped: s.Overflow[p],
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return w.ng.Flush()
+}
+
+// Summary is the line `weft capture` prints at the end, tcpdump style.
+func (s Stats) Summary() string {
+	return fmt.Sprintf("%d packets captured (%s), %d lost to a full capture queue (%s)",
+		s.TotalCaptured(), perPoint(s.Captured), s.TotalOverflow(), perPoint(s.Overflow))
+}
+
+func perPoint(v [engine.NumPoints]uint64) string {
+	out := ""
+	for p := engine.Point(0); p < engine.NumPoints; p++ {
+		if p > 0 {
+			out += " "
+		}
+		out += p.String() + "=" + strconv.FormatUint(v[p], 10)
+	}
+	return out
+}
