@@ -23,10 +23,11 @@ const (
 	BackendUDPUnbatched = "udp-unbatched"
 	BackendVXLAN        = "vxlan"
 	BackendHostGW       = "host-gw"
+	BackendUVXLAN       = "uvxlan"
 )
 
 // Backends lists every backend, in the order the bench reports them.
-var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUDP, BackendUDPUnbatched}
+var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUDP, BackendUDPUnbatched}
 
 // BackendLabel says what a row measures.
 func BackendLabel(name string) string {
@@ -39,6 +40,8 @@ func BackendLabel(name string) string {
 		return "weft UDP backend with --batch-size 1 and every offload off (flannel's one-packet-per-syscall design)"
 	case BackendVXLAN:
 		return "kernel vxlan, configured by the bench with netlink exactly as flanneld's vxlan backend does"
+	case BackendUVXLAN:
+		return "weft userspace VXLAN (Backend.Type vxlan with --no-kernel-vxlan; leases from etcd, which carry the VtepMACs)"
 	case BackendHostGW:
 		return "host-gw routes, configured by the bench with netlink exactly as flanneld's host-gw backend does"
 	}
@@ -98,7 +101,14 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 		if backend == BackendUDPUnbatched {
 			extra = unbatchedFlags
 		}
-		if err := startWeftAll(ctx, c, leases, extra); err != nil {
+		if err := startWeftAll(ctx, c, leases, "udp", extra); err != nil {
+			return Path{}, err
+		}
+		return podPath(), nil
+	case BackendUVXLAN:
+		// Static peers carry no VtepMAC, so this row always leases
+		// through etcd.
+		if err := startWeftAll(ctx, c, LeasesEtcd, "vxlan", []string{"--no-kernel-vxlan"}); err != nil {
 			return Path{}, err
 		}
 		return podPath(), nil
@@ -133,10 +143,10 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 	return Path{}, fmt.Errorf("unknown backend %q (want one of %s)", backend, strings.Join(Backends, ", "))
 }
 
-func startWeftAll(ctx context.Context, c *Cluster, leases string, extra []string) error {
+func startWeftAll(ctx context.Context, c *Cluster, leases, backendType string, extra []string) error {
 	switch leases {
 	case LeasesEtcd:
-		if err := c.StartEtcd(ctx, `{"Network":"`+benchNetwork.String()+`","SubnetLen":24,"Backend":{"Type":"udp"}}`); err != nil {
+		if err := c.StartEtcd(ctx, `{"Network":"`+benchNetwork.String()+`","SubnetLen":24,"Backend":{"Type":"`+backendType+`"}}`); err != nil {
 			return fmt.Errorf("etcd: %w", err)
 		}
 		for _, h := range c.Lab.Hosts {
