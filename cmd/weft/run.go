@@ -87,7 +87,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
 	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
-	fs.BoolVar(&f.noKernelVXLAN, "no-kernel-vxlan", false, "behave as if the kernel had no vxlan: auto never picks it and Backend.Type vxlan is refused")
+	fs.BoolVar(&f.noKernelVXLAN, "no-kernel-vxlan", false, "behave as if the kernel had no vxlan: Backend.Type vxlan (and auto, for an all-vxlan cluster) speaks VXLAN from userspace")
 	fs.StringVar(&f.debugSocket, "debug-socket", "/run/weft/debug.sock", "Unix socket for 'weft stats' and other local debugging (empty to disable)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.staticNetwork, "static-network", "", "use no etcd: the cluster network (with --static-subnet and --static-peer)")
