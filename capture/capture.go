@@ -37,6 +37,7 @@ type Hub struct {
 	nextID uint64
 	closed bool
 	active map[uint64]*Capture
+	lost   atomic.Uint64 // overflow of every capture since the hub was made
 }
 
 var _ engine.Tap = (*Hub)(nil)
@@ -180,6 +181,9 @@ func (h *Hub) Active() int {
 	return len(h.active)
 }
 
+// Overflow is how many packets all captures lost to a full queue, ever.
+func (h *Hub) Overflow() uint64 { return h.lost.Load() }
+
 // Close stops every capture and refuses new ones: for shutdown. Readers
 // finish what is queued.
 func (h *Hub) Close() {
@@ -202,6 +206,7 @@ func (c *Capture) push(ts int64, p *engine.TapPacket) {
 	}
 	if !c.rings[side].push(ts, p, c.snap) && !c.rings[1-side].push(ts, p, c.snap) {
 		c.overflow[p.Point].Add(1)
+		c.hub.lost.Add(1)
 		return
 	}
 	if c.waiting.Load() && c.waiting.CompareAndSwap(true, false) {

@@ -24,6 +24,7 @@ type daemon struct {
 	why     string // why this backend
 	mtu     int
 	ready   atomic.Bool // lease held, data path up, subnet file written
+	obs     observability
 }
 
 func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
@@ -104,10 +105,16 @@ func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
 			case <-ctx.Done():
 				return
 			case snap := <-snapshots:
+				d.obs.sawPeers(snap)
 				d.backend.SetPeers(snap)
 			}
 		}
 	}()
+	if stopObs, err := d.obs.start(ctx, d); err != nil {
+		cancel(err)
+	} else {
+		defer stopObs()
+	}
 	if f.debugSocket != "" {
 		stopDebug, err := serveDebug(f.debugSocket, d)
 		if err != nil {

@@ -66,6 +66,7 @@ func serveDebug(path string, d *daemon) (stop func(), err error) {
 		enc.SetIndent("", "  ")
 		enc.Encode(d.stats())
 	})
+	registerDebugHandlers(mux, d) // status, capture, metrics (status.go)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return func() {

@@ -48,6 +48,7 @@ type runFlags struct {
 	antiSpoof                   bool
 	noKernelVXLAN               bool
 	debugSocket                 string
+	debugAddr, metricsAddr      string
 	logFormat                   string
 	staticNetwork, staticSubnet string
 	staticPeers                 stringList
@@ -89,6 +90,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
 	fs.BoolVar(&f.noKernelVXLAN, "no-kernel-vxlan", false, "behave as if the kernel had no vxlan: Backend.Type vxlan (and auto, for an all-vxlan cluster) speaks VXLAN from userspace")
 	fs.StringVar(&f.debugSocket, "debug-socket", "/run/weft/debug.sock", "Unix socket for 'weft stats' and other local debugging (empty to disable)")
+	fs.StringVar(&f.debugAddr, "debug-addr", "", "also serve the debug endpoints (status, capture) on this TCP HOST:PORT, loopback if only a port; captures show tenant traffic, so keep it local (empty: off)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this TCP HOST:PORT, loopback if only a port (empty: off)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.staticNetwork, "static-network", "", "use no etcd: the cluster network (with --static-subnet and --static-peer)")
 	fs.StringVar(&f.staticSubnet, "static-subnet", "", "use no etcd: this host's subnet")
@@ -128,7 +131,7 @@ func runRun(args []string) error {
 
 // envPrefix: flanneld's flags come from FLANNELD_*, weft's own from WEFT_*.
 func envPrefix(name string) string {
-	for _, p := range []string{"tun-name", "tun-package-write", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-socket", "log-format", "static-"} {
+	for _, p := range []string{"tun-name", "tun-package-write", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-", "metrics-addr", "log-format", "static-"} {
 		if strings.HasPrefix(name, p) {
 			return "WEFT_"
 		}
@@ -142,6 +145,9 @@ func (f *runFlags) validate() error {
 	}
 	if f.batchSize < 1 || f.batchSize > engine.MaxBatch {
 		return fmt.Errorf("--batch-size: %d is outside 1..%d", f.batchSize, engine.MaxBatch)
+	}
+	if err := f.validateObs(); err != nil {
+		return err
 	}
 	if f.logFormat != "text" && f.logFormat != "json" {
 		return fmt.Errorf("--log-format: %q is neither text nor json", f.logFormat)

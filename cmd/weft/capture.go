@@ -1,0 +1,164 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/weft-net/weft/capture"
+)
+
+func init() {
+	register("capture", "capture what a running engine forwards and drops, as pcapng (tcpdump and Wireshark read it)", runCapture)
+}
+
+const captureUsage = `usage: weft capture [--debug-socket PATH | --debug-addr HOST:PORT] [-w FILE|-] [-c N]
+                    [--duration D] [--points LIST] [-s SNAPLEN] [filter ...]
+
+Streams the packets a running 'weft run' sees, live, as pcapng: one interface
+per capture point (from-tun: read from the TUN; to-tun: from peers, written
+to the TUN; drop: not forwarded), with the peer and the drop reason in each
+packet's comment. Without -w, prints one line per packet.
+
+  weft capture -w - | tcpdump -nr -        live, in tcpdump
+  weft capture -w out.pcapng -c 1000 drop  the next 1000 drops, for Wireshark
+
+Captures contain tenant traffic: the debug socket is root-only.
+If the capture queue fills (a slow reader), packets are counted as lost, the
+data path never waits; the count is printed at the end.
+
+`
+
+func runCapture(args []string) error {
+	fs := flag.NewFlagSet("weft capture", flag.ContinueOnError)
+	var df debugFlags
+	df.register(fs)
+	out := fs.String("w", "", "write pcapng to this file (- for stdout) instead of printing packets")
+	count := fs.Int("c", 0, "stop after this many packets (0: no limit)")
+	dur := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
+	points := fs.String("points", "all", "capture points: all, or a comma-separated list of from-tun, to-tun, drop")
+	snap := fs.Int("s", 0, "keep at most this many bytes of each packet (0: all)")
+	queue := fs.Int("buffer-size", 0, "bytes of capture queue per engine loop, in the daemon (0: 4 MiB)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), captureUsage)
+		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "\n%s\n", capture.FilterSyntax)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	p := capture.Params{Filter: strings.Join(fs.Args(), " "), Points: *points, Snap: *snap, Count: *count, Duration: *dur, Queue: *queue}
+	if *count < 0 || *dur < 0 || *snap < 0 || *queue < 0 {
+		return errors.New("-c, --duration, -s and --buffer-size must not be negative")
+	}
+	// Refuse a bad filter here, with the token named, before connecting.
+	if _, err := p.Options(); err != nil {
+		return err
+	}
+
+	// Open the file first: a path that cannot be written fails before any
+	// capture starts.
+	var file *os.File
+	if *out != "" && *out != "-" {
+		f, err := os.Create(*out)
+		if err != nil {
+			return fmt.Errorf("-w: %v", err)
+		}
+		file = f
+		defer f.Close()
+	}
+	failed := func(err error) error {
+		if file != nil {
+			file.Close()
+			os.Remove(*out)
+		}
+		return err
+	}
+
+	client, base, where := df.client(0)
+	resp, err := client.Get(base + "/capture?" + p.Query())
+	if err != nil {
+		return failed(reachError(where, err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return failed(fmt.Errorf("%s: %s", where, strings.TrimSpace(string(body))))
+	}
+
+	// Ctrl-C asks the daemon to end the capture, so the stream ends cleanly
+	// with its counts; a second one gives up at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		<-sigs
+		stopper, _, _ := df.client(5 * time.Second)
+		r, err := stopper.Post(base+"/capture/stop?id="+resp.Header.Get(capture.HeaderID), "", nil)
+		if err == nil {
+			r.Body.Close()
+		}
+		<-sigs
+		resp.Body.Close()
+	}()
+
+	var res capture.Result
+	switch *out {
+	case "":
+		res, err = printCapture(resp)
+	case "-":
+		res, err = capture.Stream(resp, os.Stdout)
+	default:
+		res, err = capture.Stream(resp, file)
+		if cerr := file.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("-w: %v", cerr)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !res.Complete {
+		return errors.New("the capture ended without its final counts: the daemon stopped or the connection broke (what was written is valid up to there)")
+	}
+	fmt.Fprintf(os.Stderr, "weft capture: %s\n", res.Summary)
+	return nil
+}
+
+// printCapture prints one line per packet, as tcpdump does without -w.
+func printCapture(resp *http.Response) (capture.Result, error) {
+	var res capture.Result
+	r, err := pcapgo.NewNgReader(resp.Body, pcapgo.NgReaderOptions{})
+	if err != nil {
+		return res, fmt.Errorf("the capture stream is not pcapng: %v", err)
+	}
+	for {
+		data, ci, opts, err := r.ReadPacketDataWithOptions()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return res, fmt.Errorf("the capture stream broke: %v", err)
+		}
+		fmt.Printf("%s %s %s\n", ci.Timestamp.Format("15:04:05.000000"), strings.Join(opts.Comments, " "), innerSummary(data))
+	}
+	return capture.Stream(resp, io.Discard) // the body is at EOF: only the trailers
+}
+
+// innerSummary is a one-line view of an inner IPv4 packet.
+func innerSummary(data []byte) string {
+	var b strings.Builder
+	d := &decoder{out: &b}
+	d.layers(gopacket.NewPacket(data, layers.LayerTypeIPv4, gopacket.NoCopy), "")
+	return strings.Join(strings.Fields(strings.ReplaceAll(b.String(), "\n", " | ")), " ")
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weft-net/weft/engine"
+)
+
+// metricsCollector reads the engine's, the socket's and the daemon's
+// counters at scrape time. Nothing is updated per packet for metrics: the
+// loops keep their own per-loop counters (engine.Stats) and this turns a
+// snapshot of them into Prometheus metrics.
+//
+// Batch size is exported as totals (packets and system calls, per
+// direction) and their lifetime ratio, not as a histogram: a histogram
+// would need the loops to record every batch's size, which they do not.
+// rate(weft_packets_total[1m]) / rate(weft_batches_total[1m]) gives the
+// recent average.
+type metricsCollector struct{ d *daemon }
+
+var _ prometheus.Collector = metricsCollector{}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("weft_"+name, help, labels, nil)
+}
+
+var (
+	mBackend      = desc("backend_info", "The backend in use (1), and why it was chosen.", "backend", "why")
+	mReady        = desc("ready", "1 once the lease is held, the data path is up and the subnet file written.")
+	mPeers        = desc("peers", "Leases of other hosts in the last lease snapshot.")
+	mSnapshots    = desc("lease_snapshots_total", "Lease snapshots received from the lease store's watch.")
+	mLastSnapshot = desc("lease_last_snapshot_timestamp_seconds", "When the last lease snapshot arrived (unix time).")
+	mLeaseExpiry  = desc("lease_acquired_expiry_timestamp_seconds", "Expiry of this host's lease as acquired at startup (renewals move it later; 0 if it never expires).")
+	mPackets      = desc("packets_total", "Packets forwarded: tx from the TUN to peers, rx from peers into the TUN.", "direction")
+	mBytes        = desc("bytes_total", "Bytes of inner packets forwarded.", "direction")
+	mBatches      = desc("batches_total", "Reads that returned packets: TUN reads (tx), socket reads (rx).", "direction")
+	mPerBatch     = desc("packets_per_batch", "Forwarded packets per read since start (tx: per TUN read, rx: per socket read).", "direction")
+	mDrops        = desc("drops_total", "Packets not forwarded, by reason.", "reason")
+	mICMP         = desc("icmp_errors_total", "ICMP errors written back into the TUN.")
+	mReadErrors   = desc("read_errors_total", "Failed reads, TUN or socket, that were not fatal.")
+	mPeerPackets  = desc("peer_packets_total", "Packets forwarded per peer.", "subnet", "endpoint", "direction")
+	mPeerBytes    = desc("peer_bytes_total", "Bytes forwarded per peer.", "subnet", "endpoint", "direction")
+	mOffload      = desc("offload_enabled", "1 if the offload is in use: tso, uso (TUN), gso, gro (UDP socket).", "offload")
+	mGSOFallback  = desc("udp_gso_fallbacks_total", "Times the kernel refused UDP GSO and weft switched it off.")
+	mSyscalls     = desc("udp_syscalls_total", "recvmmsg and sendmmsg calls.", "call")
+	mSyscallPkts  = desc("udp_syscall_packets_total", "Packets moved by recvmmsg (after GRO splitting) and sendmmsg (GSO segments).", "call")
+	mPerSyscall   = desc("udp_packets_per_syscall", "Packets per recvmmsg or sendmmsg since start.", "call")
+	mSendErrors   = desc("udp_send_errors_total", "Messages the kernel refused to send.")
+	mCaptures     = desc("captures_running", "Live captures attached to the engine.")
+	mCaptureLost  = desc("capture_overflow_total", "Packets lost by captures whose queue was full, since start.")
+)
+
+func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mBackend, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
+		mBatches, mPerBatch, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
+		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost} {
+		ch <- d
+	}
+}
+
+func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	d := c.d
+	gauge := func(dsc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(dsc, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(dsc *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(dsc, prometheus.CounterValue, float64(v), labels...)
+	}
+	b01 := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	gauge(mBackend, 1, d.backend.Type(), d.why)
+	gauge(mReady, b01(d.ready.Load()))
+	exp := 0.0
+	if !d.own.Expiration.IsZero() {
+		exp = float64(d.own.Expiration.Unix())
+	}
+	gauge(mLeaseExpiry, exp)
+	d.obs.mu.Lock()
+	peers := 0
+	for _, l := range d.obs.peers {
+		if l.Subnet != d.own.Subnet {
+			peers++
+		}
+	}
+	counter(mSnapshots, d.obs.snapshots)
+	if !d.obs.lastSnap.IsZero() {
+		gauge(mLastSnapshot, float64(d.obs.lastSnap.UnixNano())/1e9)
+	}
+	d.obs.mu.Unlock()
+	gauge(mPeers, float64(peers))
+
+	b := d.udpEngine()
+	if b == nil {
+		return // a kernel data path: no packet passes weft
+	}
+	s := b.eng.Stats()
+	for _, dir := range []struct {
+		name                    string
+		packets, bytes, batches uint64
+	}{{"tx", s.TxPackets, s.TxBytes, s.TxBatches}, {"rx", s.RxPackets, s.RxBytes, s.RxBatches}} {
+		counter(mPackets, dir.packets, dir.name)
+		counter(mBytes, dir.bytes, dir.name)
+		counter(mBatches, dir.batches, dir.name)
+		gauge(mPerBatch, ratio(dir.packets, dir.batches), dir.name)
+	}
+	for r := engine.DropReason(1); r < engine.NumDropReasons; r++ {
+		counter(mDrops, s.Drops[r], r.String())
+	}
+	counter(mICMP, s.ICMPErrors)
+	counter(mReadErrors, s.ReadErrors)
+	if t := b.eng.Table(); t != nil {
+		for _, p := range t.Peers() {
+			ps := p.Stats()
+			sub, ep := ps.Subnet.String(), ps.Endpoint.String()
+			counter(mPeerPackets, ps.TxPackets, sub, ep, "tx")
+			counter(mPeerPackets, ps.RxPackets, sub, ep, "rx")
+			counter(mPeerBytes, ps.TxBytes, sub, ep, "tx")
+			counter(mPeerBytes, ps.RxBytes, sub, ep, "rx")
+		}
+	}
+	ts := b.conn.Stats()
+	gauge(mOffload, b01(b.tun.TSO), "tso")
+	gauge(mOffload, b01(b.tun.USO), "uso")
+	gauge(mOffload, b01(ts.GSO), "gso")
+	gauge(mOffload, b01(ts.GRO), "gro")
+	counter(mGSOFallback, ts.GSOFallbacks)
+	counter(mSyscalls, ts.RecvCalls, "recvmmsg")
+	counter(mSyscalls, ts.SendCalls, "sendmmsg")
+	counter(mSyscallPkts, ts.RecvSegments, "recvmmsg")
+	counter(mSyscallPkts, ts.SendSegments, "sendmmsg")
+	gauge(mPerSyscall, ratio(ts.RecvSegments, ts.RecvCalls), "recvmmsg")
+	gauge(mPerSyscall, ratio(ts.SendSegments, ts.SendCalls), "sendmmsg")
+	counter(mSendErrors, ts.SendErrors)
+	if h := d.obs.hub; h != nil {
+		gauge(mCaptures, float64(h.Active()))
+		counter(mCaptureLost, h.Overflow())
+	}
+}
+
+// metricsHandler serves the daemon's metrics and the Go runtime's and the
+// process's, from a registry of its own.
+func metricsHandler(d *daemon) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metricsCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// loopbackIfPortOnly turns "9100" or ":9100" into "127.0.0.1:9100": an
+// address with no host listens on loopback only, never on every interface.
+func loopbackIfPortOnly(addr string) string {
+	if !strings.Contains(addr, ":") {
+		return net.JoinHostPort("127.0.0.1", addr)
+	}
+	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
+}
+
+// checkListenAddr refuses an address that is not HOST:PORT or PORT.
+func checkListenAddr(flagName, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(loopbackIfPortOnly(addr)); err != nil {
+		return fmt.Errorf("--%s: %q is not HOST:PORT or PORT", flagName, addr)
+	}
+	return nil
+}
+
+// validateObs checks --debug-addr and --metrics-addr at startup.
+func (f *runFlags) validateObs() error {
+	if err := checkListenAddr("debug-addr", f.debugAddr); err != nil {
+		return err
+	}
+	return checkListenAddr("metrics-addr", f.metricsAddr)
+}
+
+// serveHTTP listens on addr (loopback when only a port is given) and
+// serves h until stop.
+func serveHTTP(flagName, addr string, h http.Handler, d *daemon) (stop func(), err error) {
+	addr = loopbackIfPortOnly(addr)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %v", flagName, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("server stopped", "flag", flagName, "err", err)
+		}
+	}()
+	d.log.Info("listening", "flag", flagName, "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}
+
+func serveMetrics(addr string, d *daemon) (func(), error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsHandler(d))
+	return serveHTTP("metrics-addr", addr, mux, d)
+}
+
+// serveDebugTCP serves the debug endpoints (stats, status, capture,
+// metrics) on a TCP address. Anyone who reaches it can capture tenant
+// traffic: it defaults to loopback and has no authentication.
+func serveDebugTCP(addr string, d *daemon) (func(), error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		writeJSON(w, d.stats())
+	})
+	registerDebugHandlers(mux, d)
+	return serveHTTP("debug-addr", addr, mux, d)
+}
