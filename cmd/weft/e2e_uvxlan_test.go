@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/lab/labtest"
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/lease"
 )
 
 func (k *kcluster) uvxlanStats(i int) uvxlanStatus {
@@ -333,4 +338,46 @@ func txChecksumOff(ns, dev string) error {
 		}
 		return nil
 	})
+}
+
+// Backend.Type vxlan under --no-kernel-vxlan is the userspace backend,
+// and the reason says why; nothing is touched before Start.
+func TestVXLANUserspaceUnderNoKernelVXLAN(t *testing.T) {
+	// In a namespace of its own: selection removes other backends' leftovers.
+	l := labtest.New(t, lab.Options{Hosts: 1})
+	h := l.Host(1)
+	host := encap.Host{Iface: h.Underlay, PublicIP: h.IP, IfaceAddr: h.IP, IfaceMTU: 1500}
+	var b encap.Backend
+	var why string
+	err := lab.InNamespace(h.Name, func() error {
+		var err error
+		b, why, err = selectBackend(context.Background(), &runFlags{noKernelVXLAN: true, subnetFile: filepath.Join(h.Dir, "subnet.env")}, host,
+			&lease.Config{BackendType: "vxlan", Backend: []byte(`{"Type":"vxlan","VNI":7}`)}, slog.New(slog.DiscardHandler))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.(*uvxlanBackend); !ok || !strings.Contains(why, "--no-kernel-vxlan") || !strings.Contains(why, "userspace") {
+		t.Fatalf("got %T (%s); want the userspace backend, naming --no-kernel-vxlan", b, why)
+	}
+}
+
+// The VtepMAC is made once, kept next to the subnet file and reused; a
+// damaged file is refused by name rather than replaced, since a new MAC
+// would strand the peers' entries for this host.
+func TestVtepMACFile(t *testing.T) {
+	path := vtepMACFile(filepath.Join(t.TempDir(), "run", "subnet.env"), 1)
+	mac, created, err := loadVtepMAC(path)
+	if err != nil || !created || mac[0]&1 != 0 || mac[0]&2 == 0 {
+		t.Fatalf("first: %s created %v: %v", mac, created, err)
+	}
+	again, created, err := loadVtepMAC(path)
+	if err != nil || created || again.String() != mac.String() {
+		t.Fatalf("second: %s (was %s) created %v: %v", again, mac, created, err)
+	}
+	os.WriteFile(path, []byte("01:00:5e:00:00:01\n"), 0o644) // multicast
+	if _, _, err := loadVtepMAC(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("a multicast MAC in %s: %v", path, err)
+	}
 }
