@@ -210,7 +210,7 @@ func TestCaptureOverHTTPIsPcapng(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.LinkType() != layers.LinkTypeRaw {
+	if r.LinkType() != layers.LinkTypeIPv4 {
 		t.Fatalf("link type %v", r.LinkType())
 	}
 	var got []string

@@ -22,7 +22,8 @@ where the engine saw it:
                     the capture point (also: point NAME)
   reason NAME       a drop for this reason (implies drop), e.g. spoofed-source
   not X | X and Y | X or Y | ( X )
-                    also !, &&, ||; "and" binds tighter than "or"
+                    also !, &&, ||; "and" binds tighter than "or"; two
+                    terms side by side are and-ed: "tcp port 80"
 
 Examples: 'icmp and host 10.5.2.3'   'drop and not reason no-route'
           'tcp port 80 and net 10.5.1.0/24'   'peer 192.0.2.2 and to-tun'`
@@ -263,8 +264,10 @@ func (p *parser) and(depth int) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	for t := p.peek(); t == "and" || t == "&&"; t = p.peek() {
-		p.next()
+	for t := p.peek(); t == "and" || t == "&&" || startsPrimitive(t); t = p.peek() {
+		if !startsPrimitive(t) {
+			p.next()
+		}
 		b, err := p.unary(depth)
 		if err != nil {
 			return nil, err
@@ -299,6 +302,16 @@ func (p *parser) unary(depth int) (*node, error) {
 		return a, nil
 	}
 	return p.primitive()
+}
+
+// startsPrimitive: a term that follows another with no operator is
+// and-ed to it, as in tcpdump's "tcp port 80".
+func startsPrimitive(t string) bool {
+	switch t {
+	case "", "and", "&&", "or", "||", ")":
+		return false
+	}
+	return true
 }
 
 const primitives = "host, net, port, tcp, udp, icmp, proto, peer, from-tun, to-tun, drop, point, reason, not or ("

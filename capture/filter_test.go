@@ -59,6 +59,8 @@ func TestFilterMatches(t *testing.T) {
 		{"(tcp||udp)&&to-tun", []*engine.TapPacket{udpIn}},
 		{"!(tcp||udp)", []*engine.TapPacket{spoof, short}},
 		{"proto 17", []*engine.TapPacket{udpIn}},
+		{"tcp port 80", []*engine.TapPacket{tcp}},
+		{"udp dst port 3333 or drop reason short", []*engine.TapPacket{udpIn, short}},
 	}
 	for _, c := range cases {
 		f, err := ParseFilter(c.expr)
@@ -85,7 +87,8 @@ func TestFilterErrorsNameTheToken(t *testing.T) {
 		"host":            "at the end",
 		"net 10.5.0.0":    `"10.5.0.0"`,
 		"port 70000":      `"70000"`,
-		"tcp udp":         `token 2 "udp"`,
+		"tcp port http":   `token 3 "http"`,
+		"tcp or":          "at the end",
 		"bogus":           `token 1 "bogus"`,
 		"src tcp":         `token 2 "tcp"`,
 		"(tcp":            "expected )",

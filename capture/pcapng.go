@@ -16,9 +16,15 @@ import (
 
 // Writer writes captured packets as pcapng: one interface per capture
 // point (from-tun, to-tun, drop, in that order: interface ids 0, 1, 2),
-// each LINKTYPE_RAW (bare IPv4 packets), nanosecond timestamps. Each
+// each LINKTYPE_IPV4 (bare IPv4 packets), nanosecond timestamps. Each
 // packet's comment says where it was seen, the peer and, for drops, the
 // reason, so Wireshark shows them beside the packet ("pkt_comment").
+//
+// LINKTYPE_IPV4 (228) rather than LINKTYPE_RAW (101): libpcap 1.10 maps
+// 101 to DLT_RAW (12) for the first interface and then refuses the second
+// ("an interface has a type 101 different from the type of the first
+// interface"), so tcpdump could not read a file with several; 228 maps to
+// itself.
 type Writer struct {
 	ng  *pcapgo.NgWriter
 	buf []byte // comment scratch
@@ -43,7 +49,7 @@ func NewWriter(w io.Writer, filter string, snap int) (*Writer, error) {
 	intf := func(p engine.Point) pcapgo.NgInterface {
 		return pcapgo.NgInterface{
 			Name: p.String(), Description: InterfaceDescription(p), Filter: filter,
-			OS: runtime.GOOS, LinkType: layers.LinkTypeRaw, SnapLength: uint32(snap),
+			OS: runtime.GOOS, LinkType: layers.LinkTypeIPv4, SnapLength: uint32(snap),
 			TimestampResolution: 9,
 		}
 	}
