@@ -116,6 +116,22 @@ func TestUserspaceVXLAN(t *testing.T) {
 
 	// Peers come and go: h2 leaves (lease deleted) and comes back.
 	k.stop(2)
+
+	// While h2's weft is away its kernel state stays. A neighbour entry
+	// that is not permanent (here made stale by hand) is re-checked with a
+	// unicast ARP request to the cached VtepMAC, which the FDB sends to h3
+	// (neigh_timer_handler's NUD_PROBE): h3 answers, and h2's kernel takes
+	// the reply.
+	gw3 := k.Envs[2].Subnet.Addr().String()
+	arpBefore := k.uvxlanStats(3).Encap.ARPReplies
+	k.sh(2, "ip", "neigh", "replace", gw3, "dev", "flannel.1", "lladdr", mac[3], "nud", "stale")
+	k.ping(2, 3)
+	k.eventually("h3 answers h2's kernel's ARP", 15*time.Second, func() (bool, string) {
+		n := k.sh(2, "ip", "neigh", "show", gw3, "dev", "flannel.1")
+		ok := k.uvxlanStats(3).Encap.ARPReplies > arpBefore && strings.Contains(n, "REACHABLE") && strings.Contains(n, mac[3])
+		return ok, n
+	})
+
 	k.deleteLease(2)
 	k.eventually("h3 drops h2", 10*time.Second, func() (bool, string) {
 		s := k.uvxlanStats(3)
