@@ -17,6 +17,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/weft-net/weft/capture"
+	"github.com/weft-net/weft/capture/decode"
 )
 
 func init() {
@@ -158,7 +159,7 @@ func printCapture(resp *http.Response) (capture.Result, error) {
 // innerSummary is a one-line view of an inner IPv4 packet.
 func innerSummary(data []byte) string {
 	var b strings.Builder
-	d := &decoder{out: &b}
-	d.layers(gopacket.NewPacket(data, layers.LayerTypeIPv4, gopacket.NoCopy), "")
+	d := &decode.Decoder{Out: &b}
+	d.Layers(gopacket.NewPacket(data, layers.LayerTypeIPv4, gopacket.NoCopy), "")
 	return strings.Join(strings.Fields(strings.ReplaceAll(b.String(), "\n", " | ")), " ")
 }

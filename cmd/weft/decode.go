@@ -7,32 +7,20 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
-	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/weft-net/weft/capture/decode"
 )
 
 func init() {
 	register("decode", "print a pcap or pcapng file layer by layer (inner packets, flannel-UDP and VXLAN underlay)", runDecode)
 }
 
-// decoder prints packets layer by layer. Underlay datagrams to or from the
-// flannel-UDP port carry a bare inner IPv4 packet; to or from the VXLAN
-// port, a VXLAN header and an inner Ethernet frame: both are decoded as
-// the inner packet, indented.
-type decoder struct {
-	out       io.Writer
-	udpPort   layers.UDPPort
-	vxlanPort layers.UDPPort
-}
-
 func runDecode(args []string) error {
 	fs := flag.NewFlagSet("weft decode", flag.ContinueOnError)
-	udpPort := fs.Int("udp-port", 8285, "UDP port of flannel's udp backend (Backend.Port)")
-	vxlanPort := fs.Int("vxlan-port", 8472, "UDP port of VXLAN (flannel's default 8472; 4789 is IANA's)")
+	udpPort := fs.Int("udp-port", decode.DefaultUDPPort, "UDP port of flannel's udp backend (Backend.Port)")
+	vxlanPort := fs.Int("vxlan-port", decode.DefaultVXLANPort, "UDP port of VXLAN (flannel's default 8472; 4789 is IANA's)")
 	count := fs.Int("c", 0, "stop after this many packets (0: all)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: weft decode [--udp-port N] [--vxlan-port N] [-c N] FILE.pcap|FILE.pcapng|-\n\n")
@@ -65,159 +53,6 @@ func runDecode(args []string) error {
 	}
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
-	d := &decoder{out: out, udpPort: layers.UDPPort(*udpPort), vxlanPort: layers.UDPPort(*vxlanPort)}
-	return d.file(name, in, *count)
-}
-
-// packetSource reads pcap or pcapng.
-type packetSource interface {
-	ReadPacketData() ([]byte, gopacket.CaptureInfo, error)
-	LinkType() layers.LinkType
-}
-
-// file decodes every packet of a pcap or pcapng stream.
-func (d *decoder) file(name string, in io.Reader, limit int) error {
-	br := bufio.NewReader(in)
-	magic, err := br.Peek(4)
-	if err != nil {
-		return fmt.Errorf("%s: too short for a capture file: %v", name, err)
-	}
-	var (
-		src packetSource
-		ng  *pcapgo.NgReader
-	)
-	if string(magic) == "\x0a\x0d\x0d\x0a" {
-		ng, err = pcapgo.NewNgReader(br, pcapgo.NgReaderOptions{})
-		src = ng
-	} else {
-		src, err = pcapgo.NewReader(br)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: not a pcap or pcapng file: %v", name, err)
-	}
-	for n := 1; limit == 0 || n <= limit; n++ {
-		var (
-			data []byte
-			ci   gopacket.CaptureInfo
-			note string
-		)
-		if ng != nil {
-			var opts pcapgo.NgPacketOptions
-			data, ci, opts, err = ng.ReadPacketDataWithOptions()
-			if err == nil {
-				note = strings.Join(opts.Comments, "; ")
-				if intf, ierr := ng.Interface(ci.InterfaceIndex); ierr == nil && intf.Name != "" && !strings.HasPrefix(note, intf.Name) {
-					note = strings.TrimSpace(intf.Name + " " + note)
-				}
-			}
-		} else {
-			data, ci, err = src.ReadPacketData()
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%s: packet %d: %v", name, n, err)
-		}
-		lt := src.LinkType()
-		if ng != nil {
-			if intf, ierr := ng.Interface(ci.InterfaceIndex); ierr == nil {
-				lt = intf.LinkType
-			}
-		}
-		d.packet(n, ci, note, data, lt)
-	}
-	return nil
-}
-
-// packet prints one packet: a header line, then its layers.
-func (d *decoder) packet(n int, ci gopacket.CaptureInfo, note string, data []byte, lt layers.LinkType) {
-	fmt.Fprintf(d.out, "#%d %s len %d", n, ci.Timestamp.UTC().Format(time.RFC3339Nano), ci.Length)
-	if ci.CaptureLength < ci.Length {
-		fmt.Fprintf(d.out, " (captured %d)", ci.CaptureLength)
-	}
-	if note != "" {
-		fmt.Fprintf(d.out, " [%s]", note)
-	}
-	fmt.Fprintln(d.out)
-	var first gopacket.Decoder = lt
-	if lt == layers.LinkTypeRaw || lt == layers.LinkTypeIPv4 {
-		first = layers.LayerTypeIPv4
-	}
-	d.layers(gopacket.NewPacket(data, first, gopacket.NoCopy), "  ")
-	fmt.Fprintln(d.out)
-}
-
-// layers prints each layer on its own line; a flannel-UDP or VXLAN payload
-// is decoded again as the inner packet, one level deeper.
-func (d *decoder) layers(p gopacket.Packet, indent string) {
-	for _, l := range p.Layers() {
-		switch l := l.(type) {
-		case *layers.UDP:
-			fmt.Fprintf(d.out, "%s%s\n", indent, layerLine(l))
-			switch {
-			case l.SrcPort == d.udpPort || l.DstPort == d.udpPort:
-				fmt.Fprintf(d.out, "%sflannel-udp payload, %d bytes: the inner packet\n", indent, len(l.Payload))
-				d.layers(gopacket.NewPacket(l.Payload, layers.LayerTypeIPv4, gopacket.NoCopy), indent+"  ")
-				return
-			case l.SrcPort == d.vxlanPort || l.DstPort == d.vxlanPort:
-				d.layers(gopacket.NewPacket(l.Payload, layers.LayerTypeVXLAN, gopacket.NoCopy), indent+"  ")
-				return
-			}
-		default:
-			fmt.Fprintf(d.out, "%s%s\n", indent, layerLine(l))
-		}
-	}
-}
-
-// layerLine is a one-line summary of a layer's fields that matter when
-// chasing a forwarding problem.
-func layerLine(l gopacket.Layer) string {
-	switch l := l.(type) {
-	case *layers.Ethernet:
-		return fmt.Sprintf("Ethernet %s > %s type %s", l.SrcMAC, l.DstMAC, l.EthernetType)
-	case *layers.IPv4:
-		s := fmt.Sprintf("IPv4 %s > %s proto %s ttl %d id %d len %d", l.SrcIP, l.DstIP, l.Protocol, l.TTL, l.Id, l.Length)
-		if l.Flags != 0 {
-			s += " flags " + l.Flags.String()
-		}
-		if l.FragOffset != 0 {
-			s += fmt.Sprintf(" frag-offset %d", l.FragOffset*8)
-		}
-		return s + fmt.Sprintf(" csum 0x%04x", l.Checksum)
-	case *layers.TCP:
-		var flags []string
-		for _, f := range []struct {
-			on   bool
-			name string
-		}{{l.SYN, "SYN"}, {l.ACK, "ACK"}, {l.FIN, "FIN"}, {l.RST, "RST"}, {l.PSH, "PSH"}, {l.URG, "URG"}} {
-			if f.on {
-				flags = append(flags, f.name)
-			}
-		}
-		s := fmt.Sprintf("TCP %d > %d [%s] seq %d", l.SrcPort, l.DstPort, strings.Join(flags, ","), l.Seq)
-		if l.ACK {
-			s += fmt.Sprintf(" ack %d", l.Ack)
-		}
-		s += fmt.Sprintf(" win %d payload %d", l.Window, len(l.Payload))
-		for _, o := range l.Options {
-			if o.OptionType == layers.TCPOptionKindMSS && len(o.OptionData) == 2 {
-				s += fmt.Sprintf(" mss %d", int(o.OptionData[0])<<8|int(o.OptionData[1]))
-			}
-		}
-		return s
-	case *layers.UDP:
-		return fmt.Sprintf("UDP %d > %d len %d csum 0x%04x", l.SrcPort, l.DstPort, l.Length, l.Checksum)
-	case *layers.ICMPv4:
-		return fmt.Sprintf("ICMPv4 %s id %d seq %d", l.TypeCode, l.Id, l.Seq)
-	case *layers.VXLAN:
-		return fmt.Sprintf("VXLAN vni %d: the inner frame", l.VNI)
-	case *layers.ARP:
-		return fmt.Sprintf("ARP op %d %v (%v) > %v (%v)", l.Operation, l.SourceProtAddress, l.SourceHwAddress, l.DstProtAddress, l.DstHwAddress)
-	case *gopacket.Payload:
-		return fmt.Sprintf("payload %d bytes", len(*l))
-	case *gopacket.DecodeFailure:
-		return fmt.Sprintf("undecodable: %v", l.Error())
-	}
-	return fmt.Sprintf("%s %d bytes", l.LayerType(), len(l.LayerContents())+len(l.LayerPayload()))
+	d := &decode.Decoder{Out: out, UDPPort: layers.UDPPort(*udpPort), VXLANPort: layers.UDPPort(*vxlanPort)}
+	return d.File(name, in, *count)
 }
