@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,6 +30,7 @@ import (
 	"github.com/weft-net/weft/bench/traffic"
 	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/engine"
+	"github.com/weft-net/weft/lease"
 )
 
 // TestCaptureStatusMetrics runs two engines in a namespace lab and checks
@@ -346,4 +348,58 @@ func checkPcapng(t *testing.T, path string, start, end time.Time, h1, h2 *lab.Ho
 	}
 	t.Logf("%d packets: from-tun %d, to-tun %d, drop %d", n, perPoint[0], perPoint[1], perPoint[2])
 	return n
+}
+
+// kernelBackend stands in for vxlan or host-gw: a data path in the kernel.
+type kernelBackend struct{ typ string }
+
+func (k kernelBackend) Type() string                                  { return k.typ }
+func (kernelBackend) Attrs() (lease.Attrs, error)                     { return lease.Attrs{}, nil }
+func (kernelBackend) Start(context.Context, lease.Lease) (int, error) { return 1450, nil }
+func (kernelBackend) SetPeers([]lease.Lease)                          {}
+func (kernelBackend) Run(context.Context) error                       { return nil }
+
+// With a kernel data path no packet passes weft: capture says so and
+// where to capture instead, status says so, metrics carry no packet
+// counters (rather than zeros that would look like an idle engine).
+func TestCaptureOnKernelBackendExplains(t *testing.T) {
+	d := &daemon{backend: kernelBackend{"vxlan"}, why: "test",
+		own: lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")}}}
+	d.obs.sawPeers([]lease.Lease{d.own, {Subnet: netip.MustParsePrefix("10.5.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "vxlan"}}})
+	mux := http.NewServeMux()
+	registerDebugHandlers(mux, d)
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get("/capture?filter=icmp"); code != http.StatusConflict || !strings.Contains(body, "forwards in the kernel") || !strings.Contains(body, "tcpdump on flannel.<VNI>") {
+		t.Errorf("capture on vxlan: %d %s", code, body)
+	}
+	_, body := get("/status")
+	var r statusReport
+	if err := json.Unmarshal([]byte(body), &r); err != nil || !strings.Contains(r.DataPath, "kernel") || len(r.Peers) != 1 || r.Peers[0].Backend != "vxlan" || r.Engine != nil {
+		t.Errorf("status: %v %+v", err, r)
+	}
+	var out strings.Builder
+	printStatus(&out, &r, time.Now())
+	if !strings.Contains(out.String(), "10.5.2.0/24  192.0.2.2  vxlan") {
+		t.Errorf("weft status:\n%s", out.String())
+	}
+	_, body = get("/metrics")
+	if !strings.Contains(body, `weft_backend_info{backend="vxlan",why="test"} 1`) || !strings.Contains(body, "weft_peers 1") || strings.Contains(body, "weft_packets_total") {
+		t.Errorf("metrics:\n%s", body)
+	}
+}
+
+func TestListenAddrDefaultsToLoopback(t *testing.T) {
+	for in, want := range map[string]string{"9100": "127.0.0.1:9100", ":9100": "127.0.0.1:9100", "0.0.0.0:9100": "0.0.0.0:9100", "[::1]:9": "[::1]:9"} {
+		if got := loopbackIfPortOnly(in); got != want {
+			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+	f := runFlags{metricsAddr: "localhost"}
+	if err := f.validateObs(); err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
+		t.Errorf("bad --metrics-addr: %v", err)
+	}
 }

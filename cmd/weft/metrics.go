@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -176,7 +177,8 @@ func checkListenAddr(flagName, addr string) error {
 	if addr == "" {
 		return nil
 	}
-	if _, _, err := net.SplitHostPort(loopbackIfPortOnly(addr)); err != nil {
+	_, port, err := net.SplitHostPort(loopbackIfPortOnly(addr))
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
 		return fmt.Errorf("--%s: %q is not HOST:PORT or PORT", flagName, addr)
 	}
 	return nil
