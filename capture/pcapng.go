@@ -3,6 +3,7 @@ package capture
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"time"
@@ -28,6 +29,16 @@ import (
 type Writer struct {
 	ng  *pcapgo.NgWriter
 	buf []byte // comment scratch
+	// The comment of the last packet, kept: packets of a flow share one,
+	// so most packets cost no new string.
+	lastKey  commentKey
+	comments []string
+}
+
+type commentKey struct {
+	point  engine.Point
+	reason engine.DropReason
+	peer   netip.AddrPort
 }
 
 // InterfaceDescription is the pcapng interface description of a point.
@@ -85,14 +96,19 @@ func Comment(buf []byte, r *Record) []byte {
 
 // Write writes one record.
 func (w *Writer) Write(r *Record) error {
-	w.buf = Comment(w.buf, r)
+	key := commentKey{r.Point, r.Reason, r.Peer}
+	if w.comments == nil || key != w.lastKey {
+		w.buf = Comment(w.buf, r)
+		w.comments = []string{string(w.buf)}
+		w.lastKey = key
+	}
 	ci := gopacket.CaptureInfo{
 		Timestamp:      time.Unix(0, r.Time),
 		CaptureLength:  len(r.Data),
 		Length:         r.Length,
 		InterfaceIndex: int(r.Point),
 	}
-	return w.ng.WritePacketWithOptions(ci, r.Data, pcapgo.NgPacketOptions{Comments: []string{string(w.buf)}})
+	return w.ng.WritePacketWithOptions(ci, r.Data, pcapgo.NgPacketOptions{Comments: w.comments})
 }
 
 // Flush writes out what is buffered.
