@@ -28,6 +28,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzTxClassify$$' -fuzztime $(FUZZTIME) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzRxClassify$$' -fuzztime $(FUZZTIME) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzAttrsJSON$$' -fuzztime $(FUZZTIME) ./lease/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzVXLANDecap$$' -fuzztime $(FUZZTIME) ./encap/vxlan/
 
 # Micro-benchmarks (for benchstat: run twice, compare), then the namespace
