@@ -161,5 +161,5 @@ func innerSummary(data []byte) string {
 	var b strings.Builder
 	d := &decode.Decoder{Out: &b}
 	d.Layers(gopacket.NewPacket(data, layers.LayerTypeIPv4, gopacket.NoCopy), "")
-	return strings.Join(strings.Fields(strings.ReplaceAll(b.String(), "\n", " | ")), " ")
+	return strings.Join(strings.Split(strings.TrimSpace(b.String()), "\n"), " | ")
 }

@@ -183,6 +183,31 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		}
 	})
 
+	t.Run("text-mode-over-debug-addr", func(t *testing.T) {
+		type result struct {
+			out []byte
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			out, err := l.ExecContext(ctx, h1.Name, exe, "capture", "--debug-addr", "127.0.0.1:9102", "-c", "2", "--points", "from-tun", "icmp")
+			done <- result{out, err}
+		}()
+		waitCaptures(1)
+		lab.Ping(ctx, h1.Pod, h2.PodIP, 3, 50*time.Millisecond, 2*time.Second)
+		r := <-done
+		lines := strings.Split(strings.TrimSpace(string(r.out)), "\n")
+		if r.err != nil || len(lines) != 2 {
+			t.Fatalf("%v: %d lines:\n%s", r.err, len(lines), r.out)
+		}
+		for _, line := range lines {
+			if !strings.Contains(line, " from-tun IPv4 "+h1.PodIP.String()+" > "+h2.PodIP.String()+" proto ICMPv4") || !strings.Contains(line, "EchoRequest") {
+				t.Errorf("line %q", line)
+			}
+		}
+		t.Logf("weft capture -c 2 --points from-tun icmp:\n%s", r.out)
+	})
+
 	t.Run("bad-filter-refused", func(t *testing.T) {
 		out, err := exec.Command(exe, "capture", "--debug-socket", sock, "tcp", "port", "http").CombinedOutput()
 		if err == nil || !strings.Contains(string(out), `"http"`) {
@@ -216,6 +241,7 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("weft status:\n%s", out)
 		for _, want := range []string{"backend:", "udp", "lease:", subnets[0].String(), subnets[1].String(), h2.IP.String(),
 			"spoofed-source", "TUN TSO", "UDP GSO", "packets per call:", "peers (1):"} {
 			if !strings.Contains(string(out), want) {
