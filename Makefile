@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/weft
 PKGS    := ./...
 # Packages whose tests exercise concurrency directly (run again under -race).
-RACE    := ./engine/... ./encap/... ./lease/...
+RACE    := ./engine/... ./encap/... ./lease/... ./capture/...
 FUZZTIME ?= 10s
 
 .PHONY: all build test unit race fuzz bench demo lint clean
@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzAttrsJSON$$' -fuzztime $(FUZZTIME) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzVXLANDecap$$' -fuzztime $(FUZZTIME) ./encap/vxlan/
+	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(FUZZTIME) ./capture/
 
 # Micro-benchmarks (for benchstat: run twice, compare), then the namespace
 # bench of every backend.
