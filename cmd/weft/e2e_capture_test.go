@@ -307,6 +307,21 @@ func TestCaptureStatusMetrics(t *testing.T) {
 			t.Errorf("weft on %s exited during the test:\n%s", l.Hosts[i].Name, p.Log())
 		}
 	}
+
+	t.Run("daemon-stop-ends-captures-cleanly", func(t *testing.T) {
+		cp, err := l.Start(h1.Name, "capture-at-stop", exe, "capture", "--debug-socket", sock, "-w", filepath.Join(h1.Dir, "at-stop.pcapng"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitCaptures(1)
+		procs[0].Signal(syscall.SIGTERM)
+		if err := procs[0].WaitContext(ctx); err != nil {
+			t.Errorf("weft run after SIGTERM with a capture running: %v", err)
+		}
+		if err := cp.WaitContext(ctx); err != nil || !strings.Contains(cp.Log(), "packets captured") {
+			t.Errorf("weft capture when the daemon stopped: %v\n%s", err, cp.Log())
+		}
+	})
 }
 
 func labelValue(m *dto.Metric, name string) string {
