@@ -233,7 +233,7 @@ func (c *Capture) Stop() {
 // Stopped is closed once Stop was called.
 func (c *Capture) Stopped() <-chan struct{} { return c.stop }
 
-// Read hands queued packets to fn, in order per loop, until the capture is
+// Read hands queued packets to fn, in timestamp order, until the capture is
 // stopped (and its queues drained), ctx ends, the count or time limit is
 // reached, or fn fails. It stops the capture before returning. Read must
 // be called from one goroutine; flush is called whenever the queues run
@@ -263,7 +263,7 @@ func (c *Capture) Read(ctx context.Context, fn func(*Record) error, flush func()
 		}
 		return true
 	}
-	drain := func() int { return c.rings[1].drain(each) + c.rings[0].drain(each) }
+	drain := func() int { return drainMerged(c.rings[1], c.rings[0], each) }
 	for {
 		n := drain()
 		if done {

@@ -257,3 +257,25 @@ func TestCaptureOverHTTPIsPcapng(t *testing.T) {
 		t.Error("capture still active after its stream ended")
 	}
 }
+
+func TestDrainMergedIsInTimeOrder(t *testing.T) {
+	a, b := newRing(1<<16), newRing(1<<16)
+	p := &engine.TapPacket{Data: ipv4(17, "10.5.1.2", "10.5.2.3", 1, 2)}
+	for ts := int64(1); ts <= 100; ts++ {
+		r := a
+		if ts%3 == 0 || ts%7 == 0 {
+			r = b
+		}
+		r.push(ts, p, 100)
+	}
+	var got []int64
+	drainMerged(a, b, func(r *Record) bool { got = append(got, r.Time); return true })
+	for i, ts := range got {
+		if ts != int64(i+1) {
+			t.Fatalf("out of order: %v", got)
+		}
+	}
+	if len(got) != 100 {
+		t.Fatalf("%d records, want 100", len(got))
+	}
+}

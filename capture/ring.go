@@ -92,24 +92,21 @@ func (r *ring) push(ts int64, p *engine.TapPacket, snap int) bool {
 	return true
 }
 
-// drain hands every published record to fn, oldest first, and frees its
-// space after fn returns. It stops early when fn returns false and returns
-// how many records it handed over.
-func (r *ring) drain(fn func(*Record) bool) int {
+// peek reads the oldest published record into rec without freeing it;
+// false if the ring is empty. Only the consumer calls it.
+func (r *ring) peek(rec *Record) bool {
 	h, t := r.head.Load(), r.tail.Load()
-	size := uint64(len(r.buf))
-	n := 0
-	var rec Record
 	for t < h {
 		pos := t & r.mask
 		l := binary.LittleEndian.Uint32(r.buf[pos:])
 		if l == wrapMarker {
-			t += size - pos
+			t += uint64(len(r.buf)) - pos
+			r.tail.Store(t)
 			continue
 		}
 		b := r.buf[pos : pos+uint64(l)]
 		capLen := binary.LittleEndian.Uint32(b[4:])
-		rec = Record{
+		*rec = Record{
 			Length: int(binary.LittleEndian.Uint32(b[8:])),
 			Point:  engine.Point(b[12]),
 			Reason: engine.DropReason(b[13]),
@@ -119,15 +116,56 @@ func (r *ring) drain(fn func(*Record) bool) int {
 		if b[14] == 1 {
 			rec.Peer = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), binary.LittleEndian.Uint16(b[20:]))
 		}
+		return true
+	}
+	return false
+}
+
+// pop frees the record peek returned; its Data is invalid afterwards.
+func (r *ring) pop() {
+	t := r.tail.Load()
+	r.tail.Store(t + uint64(binary.LittleEndian.Uint32(r.buf[t&r.mask:])))
+}
+
+// drain hands every published record to fn, oldest first, and frees its
+// space after fn returns. It stops early when fn returns false and returns
+// how many records it handed over.
+func (r *ring) drain(fn func(*Record) bool) int {
+	n := 0
+	var rec Record
+	for r.peek(&rec) {
 		ok := fn(&rec)
-		t += uint64(l)
-		r.tail.Store(t)
+		r.pop()
 		n++
 		if !ok {
 			break
 		}
 	}
-	r.tail.Store(t)
+	return n
+}
+
+// drainMerged drains two rings into fn in timestamp order, so a capture's
+// packets come out in the order the two loops saw them.
+func drainMerged(a, b *ring, fn func(*Record) bool) int {
+	var ra, rb Record
+	okA, okB := a.peek(&ra), b.peek(&rb)
+	n := 0
+	for okA || okB {
+		var ok bool
+		if okA && (!okB || ra.Time <= rb.Time) {
+			ok = fn(&ra)
+			a.pop()
+			okA = a.peek(&ra)
+		} else {
+			ok = fn(&rb)
+			b.pop()
+			okB = b.peek(&rb)
+		}
+		n++
+		if !ok {
+			break
+		}
+	}
 	return n
 }
 

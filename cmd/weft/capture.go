@@ -25,7 +25,8 @@ func init() {
 }
 
 const captureUsage = `usage: weft capture [--debug-socket PATH | --debug-addr HOST:PORT] [-w FILE|-] [-c N]
-                    [--duration D] [--points LIST] [-s SNAPLEN] [filter ...]
+                    [--duration D] [--points LIST] [-s SNAPLEN] [--buffer-size BYTES]
+                    [filter ...]
 
 Streams the packets a running 'weft run' sees, live, as pcapng: one interface
 per capture point (from-tun: read from the TUN; to-tun: from peers, written
@@ -57,6 +58,9 @@ func runCapture(args []string) error {
 		fmt.Fprintf(fs.Output(), "\n%s\n", capture.FilterSyntax)
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h: the usage was the answer
+		}
 		return err
 	}
 	p := capture.Params{Filter: strings.Join(fs.Args(), " "), Points: *points, Snap: *snap, Count: *count, Duration: *dur, Queue: *queue}

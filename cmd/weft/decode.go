@@ -27,6 +27,9 @@ func runDecode(args []string) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h: the usage was the answer
+		}
 		return err
 	}
 	if fs.NArg() != 1 {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -274,6 +275,9 @@ func runStatus(args []string) error {
 	df.register(fs)
 	asJSON := fs.Bool("json", false, "print the raw status as JSON")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h: the usage was the answer
+		}
 		return err
 	}
 	c, base, where := df.client(10 * time.Second)
