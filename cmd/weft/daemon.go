@@ -84,6 +84,10 @@ func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
 			cancel(err)
 		} else {
 			d.ready.Store(true)
+			// systemd (Type=notify) starts dependent units now.
+			if err := sdNotify("READY=1"); err != nil {
+				log.Warn("telling systemd we are ready", "err", err)
+			}
 			log.Info("subnet file written", "path", f.subnetFile)
 		}
 	}
@@ -125,6 +129,7 @@ func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
 	}
 	runErr := <-runDone
 	cancel(nil)
+	sdNotify("STOPPING=1")
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
