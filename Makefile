@@ -6,7 +6,7 @@ PKGS    := ./...
 RACE    := ./engine/... ./encap/... ./lease/... ./capture/...
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit race fuzz bench demo lint clean
+.PHONY: all build test unit race fuzz bench demo lint clean soak
 
 all: build
 
@@ -37,6 +37,12 @@ fuzz:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine/... ./encap/... | tee bench-micro.txt
 	./$(BIN) bench
+
+# The long fault tests (issue 9): restarts, etcd outage and partition,
+# lease churn, overload, hostile input, for minutes. Figures go to
+# bench/soak/latest.txt and docs/reliability.md. Needs root.
+soak:
+	GO=$(GO) ./bench/soak/soak.sh
 
 demo: build
 	./$(BIN) demo
