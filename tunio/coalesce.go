@@ -97,6 +97,8 @@ func candidate(pkt []byte, uso bool) (k flowKey, iph, l4h int, hasKey, ok bool) 
 	if len(pkt) < 28 || pkt[0] != 0x45 || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) {
 		return k, 0, 0, false, false
 	}
+	// From here on iph and l4h are valid whenever hasKey is: a packet
+	// that cannot join a run may still be written CHECKSUM_PARTIAL.
 	iph = 20
 	proto := pkt[9]
 	if proto != protoTCP && proto != protoUDP {
@@ -108,17 +110,20 @@ func candidate(pkt []byte, uso bool) (k flowKey, iph, l4h int, hasKey, ok bool) 
 		proto: proto,
 	}
 	if binary.BigEndian.Uint16(pkt[6:])&0x3fff != 0 { // MF or a fragment offset
-		return k, 0, 0, true, false
+		return k, 0, 0, false, false // its L4 checksum covers other fragments
 	}
 	if proto == protoUDP {
 		return k, iph, 8, true, uso
 	}
 	if len(pkt) < iph+20 {
-		return k, 0, 0, true, false
+		return k, 0, 0, false, false
 	}
 	l4h = int(pkt[iph+12]>>4) * 4
+	if l4h < 20 || len(pkt) < iph+l4h {
+		return k, 0, 0, false, false
+	}
 	flags := pkt[iph+13]
-	ok = l4h >= 20 && len(pkt) > iph+l4h && (flags == tcpFlagACK || flags == tcpFlagACK|tcpFlagPSH)
+	ok = len(pkt) > iph+l4h && (flags == tcpFlagACK || flags == tcpFlagACK|tcpFlagPSH)
 	return k, iph, l4h, true, ok
 }
 
@@ -177,18 +182,31 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	pkt := b[offset:]
 	hdr := b[offset-virtioNetHdrLen : offset]
 	clear(hdr)
-	if r.n == 1 {
-		return b[offset-virtioNetHdrLen:] // GSO_NONE, checksums complete
+	if !r.hasKey {
+		return b[offset-virtioNetHdrLen:] // GSO_NONE; the stack checks what it needs
 	}
-	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
-	pkt[10], pkt[11] = 0, 0
-	binary.BigEndian.PutUint16(pkt[10:], ^foldedSum(pkt[:r.iphLen], 0))
+	// Every TCP and UDP packet goes in CHECKSUM_PARTIAL, alone or
+	// coalesced: the kernel does not verify the inner checksum (the bytes
+	// came under an outer UDP checksum the kernel checked, which is why its
+	// own vxlan marks decapsulated packets checked too) and completes it
+	// only if the packet leaves through a device that needs it. Senders
+	// whose inner checksum was left to hardware that never ran (the
+	// kernel's vxlan over veth) are then received like any other.
 	l4len := len(pkt) - r.iphLen
 	csumOff := 16
 	gso := uint8(virtioGSOTCPv4)
 	if r.key.proto == protoUDP {
 		csumOff, gso = 6, virtioGSOUDPL4
-		binary.BigEndian.PutUint16(pkt[r.iphLen+4:], uint16(l4len))
+	}
+	if r.n == 1 {
+		gso = virtioGSONone
+	} else {
+		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+		pkt[10], pkt[11] = 0, 0
+		binary.BigEndian.PutUint16(pkt[10:], ^foldedSum(pkt[:r.iphLen], 0))
+		if r.key.proto == protoUDP {
+			binary.BigEndian.PutUint16(pkt[r.iphLen+4:], uint16(l4len))
+		}
 	}
 	// CHECKSUM_PARTIAL: the transport checksum field holds the folded
 	// pseudo-header sum; the kernel sums the rest when it needs to.
@@ -199,7 +217,9 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	hdr[0] = virtioFlagNeedsCsum
 	hdr[1] = gso
 	binary.NativeEndian.PutUint16(hdr[2:], uint16(r.iphLen+r.l4hLen))
-	binary.NativeEndian.PutUint16(hdr[4:], uint16(r.gsoSize))
+	if r.n > 1 {
+		binary.NativeEndian.PutUint16(hdr[4:], uint16(r.gsoSize))
+	}
 	binary.NativeEndian.PutUint16(hdr[6:], uint16(r.iphLen))
 	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))
 	return b[offset-virtioNetHdrLen:]

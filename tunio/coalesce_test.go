@@ -60,7 +60,10 @@ func build(t *testing.T, s seg) []byte {
 func segment(t *testing.T, b []byte) [][]byte {
 	hdr := b[:virtioNetHdrLen] // b is what Write hands to write(2)
 	pkt := b[virtioNetHdrLen:]
-	if hdr[1] == virtioGSONone {
+	if hdr[0] == 0 {
+		if hdr[1] != virtioGSONone {
+			t.Fatalf("virtio header % x", hdr)
+		}
 		return [][]byte{pkt}
 	}
 	hlen := int(binary.NativeEndian.Uint16(hdr[2:]))
@@ -72,6 +75,19 @@ func segment(t *testing.T, b []byte) [][]byte {
 	}
 	var out [][]byte
 	seq := binary.BigEndian.Uint32(pkt[24:])
+	if hdr[1] == virtioGSONone {
+		// One packet in CHECKSUM_PARTIAL: complete its checksum.
+		s := append([]byte(nil), pkt...)
+		l4 := s[cstart:]
+		ps := uint64(binary.BigEndian.Uint16(s[12:])) + uint64(binary.BigEndian.Uint16(s[14:])) +
+			uint64(binary.BigEndian.Uint16(s[16:])) + uint64(binary.BigEndian.Uint16(s[18:])) + uint64(s[9]) + uint64(len(l4))
+		if uint64(foldedSum(nil, ps)) != uint64(binary.BigEndian.Uint16(l4[coff:])) {
+			t.Fatalf("checksum field does not hold the pseudo-header sum")
+		}
+		binary.BigEndian.PutUint16(l4[coff:], 0)
+		binary.BigEndian.PutUint16(l4[coff:], ^foldedSum(l4, ps))
+		return [][]byte{s}
+	}
 	for p := hlen; p < len(pkt); p += gso {
 		end := min(p+gso, len(pkt))
 		s := append(append([]byte(nil), pkt[:hlen]...), pkt[p:end]...)
