@@ -91,7 +91,27 @@ func Comment(buf []byte, r *Record) []byte {
 		buf = append(buf, " peer "...)
 		buf = r.Peer.AppendTo(buf)
 	}
+	if r.Point == engine.PointDrop && EncapDrop(r.Reason) {
+		buf = append(buf, " "+DatagramNote...)
+	}
 	return buf
+}
+
+// DatagramNote marks, in a packet comment, a drop whose bytes are the VXLAN
+// datagram's payload (VXLAN header, inner Ethernet frame) rather than an
+// IPv4 packet: the engine refused it before decapsulating. A pcapng has one
+// link type for every interface (libpcap refuses mixed ones), so the mark
+// is how readers such as weft decode know.
+const DatagramNote = "data=vxlan-datagram"
+
+// EncapDrop reports whether a drop for reason r shows the encapsulated
+// datagram (userspace VXLAN's header checks) instead of the inner packet.
+func EncapDrop(r engine.DropReason) bool {
+	switch r {
+	case engine.DropBadEncap, engine.DropWrongVNI, engine.DropWrongMAC, engine.DropARPAnswered, engine.DropNotIPv4Frame:
+		return true
+	}
+	return false
 }
 
 // Write writes one record.

@@ -15,6 +15,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/weft-net/weft/capture"
 )
 
 // Default ports: flannel's udp backend and flannel's VXLAN (the kernel's
@@ -107,7 +109,10 @@ func (d *Decoder) Packet(n int, ci gopacket.CaptureInfo, note string, data []byt
 	}
 	fmt.Fprintln(d.Out)
 	var first gopacket.Decoder = lt
-	if lt == layers.LinkTypeRaw || lt == layers.LinkTypeIPv4 {
+	switch {
+	case strings.Contains(note, capture.DatagramNote):
+		first = layers.LayerTypeVXLAN // a weft drop before decapsulation
+	case lt == layers.LinkTypeRaw || lt == layers.LinkTypeIPv4:
 		first = layers.LayerTypeIPv4
 	}
 	d.Layers(gopacket.NewPacket(data, first, gopacket.NoCopy), "  ")

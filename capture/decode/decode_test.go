@@ -129,3 +129,30 @@ func TestDecodeRefusesWhatIsNoCapture(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+// A userspace-VXLAN drop before decapsulation holds the VXLAN datagram:
+// decode shows its VXLAN header and inner frame.
+func TestDecodeWeftVXLANDrop(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := capture.NewWriter(&buf, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := []byte{0x45, 0, 0, 20, 0, 1, 0, 0, 64, 1, 0, 0, 10, 6, 2, 2, 10, 6, 1, 2}
+	dgram := append([]byte{0x08, 0, 0, 0, 0, 0, 7, 0, // VXLAN, VNI 7
+		2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0}, inner...) // Ethernet, IPv4
+	r := &capture.Record{Point: engine.PointDrop, Reason: engine.DropWrongVNI, Peer: netip.MustParseAddrPort("192.0.2.3:8472"), Length: len(dgram), Data: dgram}
+	if err := w.Write(r); err != nil {
+		t.Fatal(err)
+	}
+	w.Flush()
+	var out bytes.Buffer
+	if err := (&Decoder{Out: &out}).File("mem", &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"[drop reason=wrong-vni peer 192.0.2.3:8472 data=vxlan-datagram]", "VXLAN vni 7", "Ethernet 02:00:00:00:00:02 > 02:00:00:00:00:01 type IPv4", "IPv4 10.6.2.2 > 10.6.1.2"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+}

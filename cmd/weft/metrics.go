@@ -104,7 +104,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	d.obs.mu.Unlock()
 	gauge(mPeers, float64(peers))
 
-	b := d.udpEngine()
+	b := d.userspace()
 	if b == nil {
 		return // a kernel data path: no packet passes weft
 	}
@@ -133,7 +133,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(mPeerBytes, ps.RxBytes, sub, ep, "rx")
 		}
 	}
-	ts := b.conn.Stats()
+	ts := b.sock
 	gauge(mOffload, b01(b.tun.TSO), "tso")
 	gauge(mOffload, b01(b.tun.USO), "uso")
 	gauge(mOffload, b01(ts.GSO), "gso")

@@ -21,6 +21,7 @@ import (
 	"github.com/weft-net/weft/encap/udp"
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/tunio"
 )
 
 func init() {
@@ -61,10 +62,30 @@ func (o *observability) sawPeers(snap []lease.Lease) {
 	o.lastSnap = now
 }
 
-// udpEngine returns the daemon's userspace engine, if its backend has one.
-func (d *daemon) udpEngine() *udpBackend {
-	if b, ok := d.backend.(*udpBackend); ok && b.eng != nil {
-		return b
+// userspace is what status, metrics and captures need of a backend whose
+// packets pass through weft's engine (udp, and vxlan from userspace).
+type userspace struct {
+	eng  *engine.Engine
+	tun  *tunio.Device
+	sock udp.Stats // the underlay socket(s): receive and send counters
+}
+
+// userspace returns the daemon's engine, or nil for a kernel data path.
+func (d *daemon) userspace() *userspace {
+	switch b := d.backend.(type) {
+	case *udpBackend:
+		if b.eng != nil {
+			return &userspace{eng: b.eng, tun: b.tun, sock: b.conn.Stats()}
+		}
+	case *uvxlanBackend:
+		if b.eng != nil {
+			ts := b.tr.Stats()
+			sock := ts.Receive // receive side; the send side from the send sockets
+			sock.GSO, sock.GSOFallbacks = ts.Send.GSO, ts.Send.GSOFallbacks
+			sock.SendCalls, sock.SendMessages, sock.SendSegments = ts.Send.SendCalls, ts.Send.SendMessages, ts.Send.SendSegments
+			sock.SendErrors, sock.LastSendErrno = ts.Send.SendErrors, ts.Send.LastSendErrno
+			return &userspace{eng: b.eng, tun: b.tun, sock: sock}
+		}
 	}
 	return nil
 }
@@ -74,8 +95,8 @@ func (d *daemon) udpEngine() *udpBackend {
 // (with their trailers) when ctx does.
 func (o *observability) start(ctx context.Context, d *daemon) (stop func(), err error) {
 	o.started = time.Now()
-	if b := d.udpEngine(); b != nil {
-		o.hub = capture.NewHub(b.eng)
+	if u := d.userspace(); u != nil {
+		o.hub = capture.NewHub(u.eng)
 	}
 	var stops []func()
 	stop = func() {
@@ -196,12 +217,12 @@ func (d *daemon) status() statusReport {
 		r.LeaseExpiration = &e
 	}
 	counters := map[netip.Prefix]engine.PeerStats{}
-	if b := d.udpEngine(); b != nil {
+	if u := d.userspace(); u != nil {
 		r.DataPath = "userspace: every packet passes through weft (capture with weft capture)"
-		s := b.eng.Stats()
-		ts := b.conn.Stats()
+		s := u.eng.Stats()
+		ts := u.sock
 		r.Engine = &engineStats{Stats: s, DropsByReason: s.DropsByName()}
-		r.Offloads = &offloadState{TSO: b.tun.TSO, USO: b.tun.USO, GSO: ts.GSO, GRO: ts.GRO}
+		r.Offloads = &offloadState{TSO: u.tun.TSO, USO: u.tun.USO, GSO: ts.GSO, GRO: ts.GRO}
 		r.Transport = &ts
 		r.PerCall = map[string]float64{
 			"tun_read":  ratio(s.TxPackets, s.TxBatches),
@@ -209,7 +230,7 @@ func (d *daemon) status() statusReport {
 			"sendmmsg":  ratio(ts.SendSegments, ts.SendCalls),
 			"gro_train": ratio(ts.RecvSegments, ts.RecvDatagrams),
 		}
-		if t := b.eng.Table(); t != nil {
+		if t := u.eng.Table(); t != nil {
 			for _, p := range t.Peers() {
 				counters[p.Subnet] = p.Stats()
 			}
