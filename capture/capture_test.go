@@ -279,3 +279,56 @@ func TestDrainMergedIsInTimeOrder(t *testing.T) {
 		t.Fatalf("%d records, want 100", len(got))
 	}
 }
+
+// -c and --duration are enforced by the daemon, so the stream ends with
+// its statistics and trailers.
+func TestCountAndDurationEndTheStream(t *testing.T) {
+	h := NewHub(&fakeTarget{})
+	mux := http.NewServeMux()
+	h.Register(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	start := time.Now()
+	resp, err := http.Get(srv.URL + "/capture?" + Params{Duration: 200 * time.Millisecond}.Query())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Stream(resp, io.Discard)
+	if err != nil || !res.Complete || res.Captured != 0 || time.Since(start) < 200*time.Millisecond {
+		t.Errorf("duration: %+v %v after %v", res, err, time.Since(start))
+	}
+
+	resp, err = http.Get(srv.URL + "/capture?" + Params{Count: 3, Filter: "udp"}.Query())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for h.Active() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	go func() {
+		for i := 0; i < 10; i++ {
+			h.Capture(&engine.TapPacket{Point: engine.PointToTUN, Data: ipv4(6, "10.5.2.3", "10.5.1.2", 1, 2)})
+			h.Capture(&engine.TapPacket{Point: engine.PointToTUN, Data: ipv4(17, "10.5.2.3", "10.5.1.2", 1, 2)})
+		}
+	}()
+	var buf bytes.Buffer
+	res, err = Stream(resp, &buf)
+	if err != nil || !res.Complete || res.Captured != 3 {
+		t.Fatalf("count: %+v %v", res, err)
+	}
+	r, err := pcapgo.NewNgReader(&buf, pcapgo.DefaultNgReaderOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, _, err := r.ReadPacketData(); err != nil {
+			break
+		}
+		n++
+	}
+	if n != 3 {
+		t.Errorf("%d packets in the stream, want 3", n)
+	}
+}
