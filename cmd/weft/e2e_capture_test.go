@@ -115,7 +115,13 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitCaptures(1)
+		// A second capture at the same time, of drops only: fan-out.
+		drops := filepath.Join(h1.Dir, "drops.pcapng")
+		dp, err := l.Start(h1.Name, "capture-drops", exe, "capture", "--debug-socket", sock, "-w", drops, "drop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitCaptures(2)
 		transfer(20 << 20)
 		if res, err := lab.Ping(ctx, h1.Pod, h2.PodIP, 3, 50*time.Millisecond, 2*time.Second); err != nil || res.Received != 3 {
 			t.Fatalf("ping: %+v %v", res, err)
@@ -129,6 +135,13 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		end := time.Now()
 		if !strings.Contains(cp.Log(), "packets captured") {
 			t.Errorf("no summary on stderr:\n%s", cp.Log())
+		}
+		dp.Signal(syscall.SIGINT)
+		if err := dp.WaitContext(ctx); err != nil {
+			t.Fatalf("weft capture drop: %v\n%s", err, dp.Log())
+		}
+		if out, err := exec.Command("tcpdump", "-nr", drops).Output(); err != nil || !strings.Contains(string(out), "10.6.9.9.9 > "+h1.PodIP.String()+".9: UDP") {
+			t.Errorf("the drops-only capture does not hold the spoofed datagram: %v\n%s", err, out)
 		}
 		n := checkPcapng(t, file, start, end, h1, h2)
 		// tcpdump reads it too, one line per packet.
