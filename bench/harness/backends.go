@@ -24,6 +24,9 @@ const (
 	BackendVXLAN        = "vxlan"
 	BackendHostGW       = "host-gw"
 	BackendUVXLAN       = "uvxlan"
+	// BackendFlanneld is real flanneld hosts (--flanneld PATH) with the
+	// UDP backend; not in Backends, since it needs a binary weft lacks.
+	BackendFlanneld = "flanneld"
 )
 
 // Backends lists every backend, in the order the bench reports them.
@@ -44,6 +47,8 @@ func BackendLabel(name string) string {
 		return "weft userspace VXLAN (Backend.Type vxlan with --no-kernel-vxlan; leases from etcd, which carry the VtepMACs)"
 	case BackendHostGW:
 		return "host-gw routes, configured by the bench with netlink exactly as flanneld's host-gw backend does"
+	case BackendFlanneld:
+		return "flanneld itself (the --flanneld binary), UDP backend, leases from the same etcd"
 	}
 	return name
 }
@@ -109,6 +114,24 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 		// Static peers carry no VtepMAC, so this row always leases
 		// through etcd.
 		if err := startWeftAll(ctx, c, LeasesEtcd, "vxlan", []string{"--no-kernel-vxlan"}); err != nil {
+			return Path{}, err
+		}
+		return podPath(), nil
+	case BackendFlanneld:
+		if c.Flanneld == "" {
+			return Path{}, fmt.Errorf("backend %s: give the flanneld binary with --flanneld PATH", backend)
+		}
+		if err := c.StartEtcd(ctx, `{"Network":"`+benchNetwork.String()+`","SubnetLen":24,"Backend":{"Type":"udp"}}`); err != nil {
+			return Path{}, fmt.Errorf("etcd: %w", err)
+		}
+		for _, h := range l.Hosts {
+			if err := c.StartFlanneld(h); err != nil {
+				return Path{}, err
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		if err := c.WaitSubnets(wctx); err != nil {
 			return Path{}, err
 		}
 		return podPath(), nil

@@ -20,8 +20,11 @@ import (
 
 // BenchConfig configures RunBench.
 type BenchConfig struct {
-	Binary      string // weft executable for child processes
-	Hosts       int    // per backend lab; default 2
+	Binary string // weft executable for child processes
+	// Flanneld is a flanneld binary for the "flanneld" row: real flanneld
+	// hosts with the UDP backend against the same etcd.
+	Flanneld    string
+	Hosts       int // per backend lab; default 2
 	Backends    []string
 	Workloads   []string // default report.Workloads
 	Duration    time.Duration
@@ -76,7 +79,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		return nil, fmt.Errorf("--leases: %q, want etcd or static", cfg.Leases)
 	}
 	for i, b := range cfg.Backends {
-		if !slices.Contains(Backends, b) {
+		if !slices.Contains(Backends, b) && b != BackendFlanneld {
 			return nil, fmt.Errorf("--backends: unknown backend %q (want some of %s)", b, strings.Join(Backends, ","))
 		}
 		if slices.Contains(cfg.Backends[:i], b) {
@@ -131,6 +134,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 			cfg.Guard.Add(l)
 		}
 		bl := &benchLab{backend: b, c: New(l, cfg.Binary)}
+		bl.c.Flanneld = cfg.Flanneld
 		labs = append(labs, bl)
 		if bl.path, err = SetupBackend(ctx, bl.c, b, cfg.Leases); err != nil {
 			return nil, fmt.Errorf("backend %s: %w\n%s", b, err, l.Logs())

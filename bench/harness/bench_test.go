@@ -265,3 +265,34 @@ func leftoversAll(t *testing.T) []string {
 	}
 	return append(dead, leftovers(t, nil)...)
 }
+
+// TestFlanneldRow drives the "flanneld" row with a stand-in: a script that
+// runs `weft run` with the flags the bench gives flanneld. It checks the
+// row's plumbing (etcd, flanneld's flags, subnet files, traffic), and that
+// weft takes flanneld's command line as it is.
+func TestFlanneldRow(t *testing.T) {
+	labtest.RequireRoot(t)
+	if !hasEtcdCommand() {
+		t.Skip("no weft etcd in this build")
+	}
+	fake := filepath.Join(t.TempDir(), "flanneld")
+	script := "#!/bin/sh\nexec " + weftBin + " run --debug-socket= \"$@\"\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := RunBench(ctx, BenchConfig{
+		Binary: weftBin, Flanneld: fake, Hosts: 2, Backends: []string{BackendFlanneld},
+		Workloads: []string{report.WorkloadTCP1}, Duration: 300 * time.Millisecond, Reps: 1, Command: "test", Iperf3: "off",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Samples) != 1 || rep.Samples[0].Error != "" {
+		t.Fatalf("samples %+v", rep.Samples)
+	}
+	if rep.Samples[0].Result == nil || rep.Samples[0].Result.Bytes == 0 {
+		t.Fatalf("no bytes through the flanneld row: %+v", rep.Samples[0])
+	}
+}

@@ -43,9 +43,11 @@ func EtcdEndpoint() string {
 type Cluster struct {
 	Lab    *lab.Lab
 	Binary string // the weft binary children run
-	Etcd   *lab.Proc
-	Runs   []*lab.Proc // one per host, nil before StartWeft
-	Envs   []SubnetEnv // one per host, after WaitSubnets
+	// Flanneld is the flanneld binary of the "flanneld" row, if any.
+	Flanneld string
+	Etcd     *lab.Proc
+	Runs     []*lab.Proc // one per host, nil before StartWeft
+	Envs     []SubnetEnv // one per host, after WaitSubnets
 }
 
 // New wraps a lab; binary is the weft executable for child processes.
@@ -102,6 +104,25 @@ func (c *Cluster) StartWeft(h *lab.Host, extra ...string) error {
 		"--debug-socket=" + DebugSocket(h),
 	}
 	p, err := c.Lab.Start(h.Name, "weft-"+strconv.Itoa(h.Index), append(argv, extra...)...)
+	if err != nil {
+		return err
+	}
+	c.Runs[h.Index-1] = p
+	return nil
+}
+
+// StartFlanneld starts c.Flanneld on host h against the lab's etcd with
+// flanneld's own flags (the ones weft run shares), writing its subnet file
+// where StartWeft would, so WaitSubnets serves both.
+func (c *Cluster) StartFlanneld(h *lab.Host) error {
+	os.Remove(SubnetFile(h))
+	p, err := c.Lab.Start(h.Name, "flanneld-"+strconv.Itoa(h.Index), c.Flanneld,
+		"--etcd-endpoints="+EtcdEndpoint(),
+		"--iface="+h.Underlay,
+		"--subnet-file="+SubnetFile(h),
+		"--iptables-forward-rules=false",
+		"--healthz-port=0",
+	)
 	if err != nil {
 		return err
 	}

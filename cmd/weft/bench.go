@@ -34,6 +34,7 @@ func runBench(args []string) error {
 	leases := fs.String("leases", harness.LeasesEtcd, "where weft backends get peers: etcd (weft etcd in the lab) or static (--static-* flags)")
 	mtu := fs.Int("underlay-mtu", 1500, "MTU of the lab's underlay")
 	iperf := fs.String("iperf3", "auto", "also run iperf3 (TCP, 1 stream) as a cross-check: auto (when installed), on or off")
+	flanneld := fs.String("flanneld", "", "a flanneld binary: adds a row of real flanneld hosts (UDP backend) against the same etcd")
 	cleanup := fs.Bool("cleanup", false, "remove the namespaces, links and processes of crashed weft lab runs, then exit")
 	prefix := fs.String("prefix", "", "with --cleanup: remove only the lab with this prefix, even if its owner is alive")
 	if err := fs.Parse(args); err != nil {
@@ -71,8 +72,19 @@ func runBench(args []string) error {
 			fmt.Fprintln(os.Stderr, line)
 		}
 	}
+	bs := benchList(*backends)
+	if *flanneld != "" {
+		backendsGiven := false
+		fs.Visit(func(f *flag.Flag) { backendsGiven = backendsGiven || f.Name == "backends" })
+		if !backendsGiven {
+			bs = append(bs, harness.BackendFlanneld)
+		}
+		if _, err := os.Stat(*flanneld); err != nil {
+			return fmt.Errorf("--flanneld: %v", err)
+		}
+	}
 	cfg := harness.BenchConfig{
-		Binary: bin, Hosts: *hosts, Backends: benchList(*backends), Workloads: benchList(*workloads),
+		Binary: bin, Flanneld: *flanneld, Hosts: *hosts, Backends: bs, Workloads: benchList(*workloads),
 		Duration: *dur, Reps: *reps, Leases: *leases, UnderlayMTU: *mtu, Iperf3: *iperf,
 		Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
 	}
