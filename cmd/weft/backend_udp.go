@@ -75,15 +75,10 @@ func (b *udpBackend) Attrs() (lease.Attrs, error) { return lease.Attrs{PublicIP:
 func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.own = own
 	b.mtu = b.host.IfaceMTU - udpOverhead
-	dev, err := tunio.Create(tunio.Options{Name: b.f.tunName, MTU: b.mtu, NoOffload: b.f.noTUNOffload, TunPackageWrite: b.f.tunPackageWrite})
-	if err != nil {
-		return 0, err
-	}
-	go drainEvents(dev, b.mtu, b.log)
 	// flannel0 carries the lease's network address as a /32 (10.5.42.0/32)
 	// and a route for the whole cluster network.
-	if err := tunio.Configure(dev.Name, own.Subnet.Addr(), b.cfg.Network); err != nil {
-		dev.Close()
+	dev, err := openTUN(b.f, b.f.tunName, b.mtu, own, b.cfg.Network, b.log)
+	if err != nil {
 		return 0, err
 	}
 	conn, err := udp.Listen(udp.Options{
@@ -97,31 +92,57 @@ func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 		dev.Close()
 		return 0, err
 	}
-	eng, err := engine.New(dev, conn, engine.Config{
-		BatchSize:  b.f.batchSize,
-		MTU:        b.mtu,
-		AntiSpoof:  b.f.antiSpoof,
-		BusyPoll:   b.f.busyPoll,
-		ICMPSource: own.Subnet.Addr(),
-		Logger:     b.log,
-	})
+	eng, err := newEngine(b.f, dev, conn, b.mtu, own, b.cfg, nil, b.log)
 	if err != nil {
 		dev.Close()
 		conn.Close()
 		return 0, err
 	}
-	t, err := engine.NewTable(b.cfg.Network, b.cfg.SubnetLen, own.Subnet, nil, nil)
-	if err != nil {
-		dev.Close()
-		conn.Close()
-		return 0, err
-	}
-	eng.SetTable(t)
 	b.tun, b.conn, b.eng = dev, conn, eng
 	ts := conn.Stats()
 	b.log.Info("udp backend up", "tun", dev.Name, "mtu", b.mtu, "port", b.port, "tso", dev.TSO, "uso", dev.USO,
 		"udp-gso", ts.GSO, "udp-gro", ts.GRO, "batch", b.f.batchSize, "anti-spoof", b.f.antiSpoof)
 	return b.mtu, nil
+}
+
+// openTUN creates the TUN device of a userspace backend (flannel0, or
+// flannel.<VNI> for userspace VXLAN) with the flags' offload choices, and
+// gives it the lease's network address and the cluster route.
+func openTUN(f *runFlags, name string, mtu int, own lease.Lease, network netip.Prefix, log *slog.Logger) (*tunio.Device, error) {
+	dev, err := tunio.Create(tunio.Options{Name: name, MTU: mtu, NoOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite})
+	if err != nil {
+		return nil, err
+	}
+	go drainEvents(dev, mtu, log)
+	if err := tunio.Configure(dev.Name, own.Subnet.Addr(), network); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+// newEngine builds the engine of a userspace backend from the flags, with
+// a first table holding only this host's subnet (peers come with the
+// first lease snapshot). enc nil is flannel's UDP format.
+func newEngine(f *runFlags, dev engine.Device, tr engine.Transport, mtu int, own lease.Lease, cfg *lease.Config, enc engine.Encap, log *slog.Logger) (*engine.Engine, error) {
+	eng, err := engine.New(dev, tr, engine.Config{
+		BatchSize:  f.batchSize,
+		MTU:        mtu,
+		AntiSpoof:  f.antiSpoof,
+		BusyPoll:   f.busyPoll,
+		ICMPSource: own.Subnet.Addr(),
+		Encap:      enc,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	t, err := engine.NewTable(cfg.Network, cfg.SubnetLen, own.Subnet, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	eng.SetTable(t)
+	return eng, nil
 }
 
 // Run forwards until ctx ends; the TUN device (not persistent) and its

@@ -133,14 +133,8 @@ func (b *uvxlanBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 	if b.vx.MTU != 0 && b.vx.MTU < b.mtu {
 		b.mtu = b.vx.MTU
 	}
-	name := vxlan.DeviceName(b.vx.VNI)
-	dev, err := tunio.Create(tunio.Options{Name: name, MTU: b.mtu, NoOffload: b.f.noTUNOffload})
+	dev, err := openTUN(b.f, vxlan.DeviceName(b.vx.VNI), b.mtu, own, b.cfg.Network, b.log)
 	if err != nil {
-		return 0, err
-	}
-	go drainEvents(dev, b.mtu, b.log)
-	if err := tunio.Configure(dev.Name, own.Subnet.Addr(), b.cfg.Network); err != nil {
-		dev.Close()
 		return 0, err
 	}
 	tr, err := vxlan.ListenTransport(vxlan.TransportOptions{
@@ -154,21 +148,13 @@ func (b *uvxlanBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 	enc, err := vxlan.NewEncap(vxlan.EncapOptions{VNI: b.vx.VNI, MAC: b.mac, GBP: b.vx.GBP,
 		Gateway: own.Subnet.Addr(), SendARP: tr.SendFrame})
 	if err == nil {
-		b.eng, err = engine.New(dev, tr, engine.Config{
-			BatchSize: b.f.batchSize, MTU: b.mtu, AntiSpoof: b.f.antiSpoof,
-			ICMPSource: own.Subnet.Addr(), Encap: enc, Logger: b.log,
-		})
-	}
-	var t *engine.Table
-	if err == nil {
-		t, err = engine.NewTable(b.cfg.Network, b.cfg.SubnetLen, own.Subnet, nil, nil)
+		b.eng, err = newEngine(b.f, dev, tr, b.mtu, own, b.cfg, enc, b.log)
 	}
 	if err != nil {
 		dev.Close()
 		tr.Close()
 		return 0, err
 	}
-	b.eng.SetTable(t)
 	b.tun, b.tr, b.enc = dev, tr, enc
 	b.log.Info("userspace vxlan up", "tun", dev.Name, "mtu", b.mtu, "vni", b.vx.VNI, "port", b.vx.Port, "gbp", b.vx.GBP,
 		"mac", b.mac.String(), "source-ports", tr.SourcePorts(), "tso", dev.TSO, "udp-gso", tr.Stats().Send.GSO,
