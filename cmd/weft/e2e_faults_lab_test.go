@@ -47,7 +47,10 @@ func figure(t *testing.T, format string, args ...any) {
 	t.Logf("FIGURE %s: %s", t.Name(), fmt.Sprintf(format, args...))
 }
 
-const udpNetconf = `{"Network":"10.8.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"}}`
+// udpNetconf leases hosts below 10.8.128.0: the tests' made-up leases,
+// spoofed sources and foreign destinations are above, so they can never
+// be a real host's.
+const udpNetconf = `{"Network":"10.8.0.0/16","SubnetLen":24,"SubnetMax":"10.8.127.0","Backend":{"Type":"udp"}}`
 
 type flab struct {
 	*harness.Cluster

@@ -24,6 +24,8 @@ import (
 // no ping lost, no packet of theirs dropped by either engine, and at the
 // end both tables equal etcd's leases.
 func TestPeerChurn(t *testing.T) {
+	// The stable hosts lease below 10.8.128.0 (udpNetconf); the churn is
+	// above, so it never touches their leases.
 	f := newFLab(t, 2, udpNetconf)
 	f.start(1)
 	f.start(2)
