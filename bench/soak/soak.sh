@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make soak: the long versions of issue 9's fault tests (WEFT_SOAK=1):
-# 5 kill -9 restarts under a verified transfer, a 60 s etcd outage, a
+# 6 kill -9 restarts under a verified transfer, a 60 s etcd outage, a
 # 60 s partition past the lease TTL, 200 lease events/s for 60 s, 60 s of
 # overload, 400 000 hostile datagrams. Needs root. The figures go to
 # bench/soak/latest.txt (copy them into docs/reliability.md with the
