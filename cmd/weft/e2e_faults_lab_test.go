@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -303,5 +302,3 @@ func (f *flab) stopAndClean() {
 		}
 	}
 }
-
-func debugSocketPath(h *lab.Host) string { return filepath.Join(h.Dir, "debug.sock") }
