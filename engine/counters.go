@@ -1,6 +1,9 @@
 package engine
 
-import "sync/atomic"
+import (
+	"math/bits"
+	"sync/atomic"
+)
 
 // loopCounters belong to one loop. The loop adds a whole batch's worth at
 // once (batchCounters.flush), so the packet path does plain increments on
@@ -8,10 +11,22 @@ import "sync/atomic"
 type loopCounters struct {
 	packets, bytes, batches, icmp, readErrs atomic.Uint64
 	drops                                   [NumDropReasons]atomic.Uint64
+	// sizes counts reads by how many packets they returned, in powers of
+	// two: bucket i holds reads of 2^(i-1) .. 2^i - 1 packets.
+	sizes [BatchSizeBuckets]atomic.Uint64
+	read  atomic.Uint64 // packets the reads returned, forwarded or not
 }
+
+// BatchSizeBuckets is the number of batch-size buckets: reads of 1, 2-3,
+// 4-7, ... up to MaxBatch packets.
+const BatchSizeBuckets = 12
+
+// BatchSizeBucketMax is the largest batch size counted in bucket i.
+func BatchSizeBucketMax(i int) int { return 1<<i - 1 }
 
 // batchCounters accumulate one batch, loop-local, no atomics.
 type batchCounters struct {
+	read           int // packets the read returned
 	packets, bytes uint64
 	drops          [NumDropReasons]uint32
 	dropped        bool
@@ -28,6 +43,10 @@ func (b *batchCounters) flush(c *loopCounters) {
 		c.bytes.Add(b.bytes)
 	}
 	c.batches.Add(1)
+	if b.read > 0 {
+		c.sizes[min(bits.Len(uint(b.read)), BatchSizeBuckets-1)].Add(1)
+		c.read.Add(uint64(b.read))
+	}
 	if b.dropped {
 		for r, n := range b.drops {
 			if n != 0 {
@@ -39,10 +58,15 @@ func (b *batchCounters) flush(c *loopCounters) {
 }
 
 func (c *loopCounters) addTo(s *Stats, tx bool) {
+	sizes := &s.RxBatchSizes
 	if tx {
-		s.TxPackets, s.TxBytes, s.TxBatches = c.packets.Load(), c.bytes.Load(), c.batches.Load()
+		s.TxPackets, s.TxBytes, s.TxBatches, s.TxRead = c.packets.Load(), c.bytes.Load(), c.batches.Load(), c.read.Load()
+		sizes = &s.TxBatchSizes
 	} else {
-		s.RxPackets, s.RxBytes, s.RxBatches = c.packets.Load(), c.bytes.Load(), c.batches.Load()
+		s.RxPackets, s.RxBytes, s.RxBatches, s.RxRead = c.packets.Load(), c.bytes.Load(), c.batches.Load(), c.read.Load()
+	}
+	for i := range c.sizes {
+		sizes[i] = c.sizes[i].Load()
 	}
 	s.ICMPErrors += c.icmp.Load()
 	s.ReadErrors += c.readErrs.Load()

@@ -184,6 +184,11 @@ type Stats struct {
 	ICMPErrors         uint64 // ICMP errors written back into the TUN
 	ReadErrors         uint64 // failed reads, TUN or transport, not fatal
 	Drops              [NumDropReasons]uint64
+	// TxRead and RxRead are the packets the reads returned; the batch
+	// sizes count reads by how many packets each returned (bucket i:
+	// up to BatchSizeBucketMax(i)).
+	TxRead, RxRead             uint64
+	TxBatchSizes, RxBatchSizes [BatchSizeBuckets]uint64
 }
 
 // DropsByName returns the non-zero drop counters keyed by reason name.

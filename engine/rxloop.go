@@ -57,6 +57,7 @@ func (l *rxLoop) run() error {
 		if n == 0 {
 			continue
 		}
+		l.bc.read = n
 		k := l.classify(l.e.table.Load(), n)
 		if k > 0 {
 			// l.out holds copies of the slice headers: whatever Write does

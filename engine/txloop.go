@@ -72,6 +72,7 @@ func (l *txLoop) run() error {
 		if n == 0 {
 			continue
 		}
+		l.bc.read = n
 		k := l.classify(l.e.table.Load(), n)
 		if k > 0 {
 			refused, err := l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])

@@ -313,6 +313,25 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		}
 		val("weft_offload_enabled", "offload", "gso")
 		val("weft_backend_info", "backend", "udp")
+		// The batch-size histogram: every read counted once, and a bulk
+		// transfer's TUN reads carry more than one packet (TSO splits).
+		if f := fams["weft_batch_size_packets"]; f == nil {
+			t.Error("no weft_batch_size_packets histogram")
+		} else {
+			for _, m := range f.GetMetric() {
+				h := m.GetHistogram()
+				if labelValue(m, "direction") != "tx" || h == nil {
+					continue
+				}
+				batches := val("weft_batches_total", "direction", "tx")
+				if float64(h.GetSampleCount()) != batches {
+					t.Errorf("histogram counts %d reads, weft_batches_total{tx} = %v", h.GetSampleCount(), batches)
+				}
+				if h.GetSampleSum() <= float64(h.GetSampleCount()) {
+					t.Errorf("tx reads averaged %v packets during a bulk transfer; want more than 1", h.GetSampleSum()/float64(h.GetSampleCount()))
+				}
+			}
+		}
 	})
 
 	for i, p := range procs {

@@ -22,11 +22,8 @@ import (
 // loops keep their own per-loop counters (engine.Stats) and this turns a
 // snapshot of them into Prometheus metrics.
 //
-// Batch size is exported as totals (packets and system calls, per
-// direction) and their lifetime ratio, not as a histogram: a histogram
-// would need the loops to record every batch's size, which they do not.
-// rate(weft_packets_total[1m]) / rate(weft_batches_total[1m]) gives the
-// recent average.
+// Batch size is a histogram of packets per read, per direction, from the
+// loops' power-of-two buckets (one counter add per batch, not per packet).
 type metricsCollector struct{ d *daemon }
 
 var _ prometheus.Collector = metricsCollector{}
@@ -46,6 +43,7 @@ var (
 	mBytes        = desc("bytes_total", "Bytes of inner packets forwarded.", "direction")
 	mBatches      = desc("batches_total", "Reads that returned packets: TUN reads (tx), socket reads (rx).", "direction")
 	mPerBatch     = desc("packets_per_batch", "Forwarded packets per read since start (tx: per TUN read, rx: per socket read).", "direction")
+	mBatchSize    = desc("batch_size_packets", "Packets each read returned (tx: per TUN read, rx: per socket read).", "direction")
 	mDrops        = desc("drops_total", "Packets not forwarded, by reason.", "reason")
 	mICMP         = desc("icmp_errors_total", "ICMP errors written back into the TUN.")
 	mReadErrors   = desc("read_errors_total", "Failed reads, TUN or socket, that were not fatal.")
@@ -63,7 +61,7 @@ var (
 
 func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mBackend, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
-		mBatches, mPerBatch, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
+		mBatches, mPerBatch, mBatchSize, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
 		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost} {
 		ch <- d
 	}
@@ -112,11 +110,21 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, dir := range []struct {
 		name                    string
 		packets, bytes, batches uint64
-	}{{"tx", s.TxPackets, s.TxBytes, s.TxBatches}, {"rx", s.RxPackets, s.RxBytes, s.RxBatches}} {
+		read                    uint64
+		sizes                   [engine.BatchSizeBuckets]uint64
+	}{{"tx", s.TxPackets, s.TxBytes, s.TxBatches, s.TxRead, s.TxBatchSizes}, {"rx", s.RxPackets, s.RxBytes, s.RxBatches, s.RxRead, s.RxBatchSizes}} {
 		counter(mPackets, dir.packets, dir.name)
 		counter(mBytes, dir.bytes, dir.name)
 		counter(mBatches, dir.batches, dir.name)
 		gauge(mPerBatch, ratio(dir.packets, dir.batches), dir.name)
+		buckets := make(map[float64]uint64, engine.BatchSizeBuckets)
+		var cum, count uint64
+		for i, n := range dir.sizes {
+			cum += n
+			buckets[float64(engine.BatchSizeBucketMax(i))] = cum
+		}
+		count = cum
+		ch <- prometheus.MustNewConstHistogram(mBatchSize, count, float64(dir.read), buckets, dir.name)
 	}
 	for r := engine.DropReason(1); r < engine.NumDropReasons; r++ {
 		counter(mDrops, s.Drops[r], r.String())
