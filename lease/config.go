@@ -42,9 +42,39 @@ type rawConfig struct {
 	SubnetMax     *string
 	IPv6SubnetMin *string
 	IPv6SubnetMax *string
-	SubnetLen     *json.Number
-	IPv6SubnetLen *json.Number
+	SubnetLen     *strictNumber
+	IPv6SubnetLen *strictNumber
 	Backend       json.RawMessage
+}
+
+// strictNumber is a json.Number that refuses a quoted number ("24"), as
+// flanneld's decoding into a uint field does; json.Number alone takes it.
+type strictNumber struct{ json.Number }
+
+func (n *strictNumber) UnmarshalJSON(b []byte) error {
+	if len(b) == 0 || b[0] == '"' || b[0] == 't' || b[0] == 'f' || b[0] == '[' || b[0] == '{' {
+		return &json.UnmarshalTypeError{Value: jsonValueKind(b), Type: reflect.TypeFor[json.Number]()}
+	}
+	if string(b) == "null" {
+		return nil
+	}
+	n.Number = json.Number(b)
+	return nil
+}
+
+func jsonValueKind(b []byte) string {
+	switch {
+	case len(b) == 0:
+		return "nothing"
+	case b[0] == '"':
+		return "string " + string(b)
+	case b[0] == 't' || b[0] == 'f':
+		return "bool"
+	case b[0] == '[':
+		return "array"
+	default:
+		return "object"
+	}
 }
 
 // ConfigError is a refused network config. Key is the JSON key at fault.

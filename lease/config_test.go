@@ -105,6 +105,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"Network": "10.5.0.0/16", "SubnetLen": 31}`, "SubnetLen", "31 is out of range"},
 		{`{"Network": "10.5.0.0/16", "SubnetLen": -1}`, "SubnetLen", "-1 is out of range"},
 		{`{"Network": "10.5.0.0/16", "SubnetLen": 24.5}`, "SubnetLen", "out of range"},
+		{`{"Network": "10.5.0.0/16", "SubnetLen": "24"}`, "SubnetLen", "must be a JSON number"}, // flanneld refuses a quoted number too
 		{`{"Network": "10.5.0.0/16", "SubnetLen": true}`, "SubnetLen", "must be a JSON number"},
 		{`{"Network": "10.5.0.0/16", "SubnetLen": 16}`, "SubnetLen", "at least 18"},
 		{`{"Network": "10.5.0.0/16", "SubnetLen": 17}`, "SubnetLen", "at least 18"},
