@@ -99,6 +99,10 @@ func receiveBulk(r io.Reader, h hello) bulkResult {
 	return res
 }
 
+// countTimeout bounds the wait for the server's count once a stream has
+// sent its last byte.
+const countTimeout = 60 * time.Second
+
 // TCPOptions configure RunTCP.
 type TCPOptions struct {
 	Addr    string // server host:port
@@ -176,6 +180,10 @@ func RunTCP(ctx context.Context, o TCPOptions) (*Result, error) {
 				out.err = err
 				return
 			}
+			// Bounded: a path that broke mid-transfer must fail the run,
+			// not hang it (the server answers as soon as it has read the
+			// last byte the network delivers).
+			c.SetReadDeadline(time.Now().Add(countTimeout))
 			line, err := readers[i].ReadBytes('\n')
 			if err != nil {
 				out.err = fmt.Errorf("waiting for the server's count: %w", err)
