@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -38,12 +37,12 @@ const autoPeersTimeout = 15 * time.Second
 // between), else the kernel's vxlan when the kernel really creates a vxlan
 // device, else udp. The choice is made once, at startup; a host with no
 // peers yet has nothing in the way of host-gw.
-func chooseAuto(ctx context.Context, f *runFlags, host encap.Host, nl *kernel.Netlink, log *slog.Logger) (string, string) {
+func chooseAuto(ctx context.Context, f *runFlags, host encap.Host, mgr lease.Manager, nl *kernel.Netlink, log *slog.Logger) (string, string) {
 	probe := func() error { return nl.ProbeVXLAN(fmt.Sprintf("weftprobe%d", os.Getpid()%100000)) }
 	if f.noKernelVXLAN {
 		probe = func() error { return errors.New("--no-kernel-vxlan rules out the kernel's vxlan") }
 	}
-	peers, err := currentPeers(ctx, f, host)
+	peers, err := currentPeers(ctx, mgr, f, host)
 	if err != nil {
 		return autoChoice(nil, nil, "the current leases could not be read ("+err.Error()+")", probe)
 	}
@@ -104,22 +103,10 @@ func autoChoice(peers []lease.Lease, connected []netip.Prefix, unknown string, p
 	return "vxlan", "auto: " + reason + ", and the kernel creates vxlan devices"
 }
 
-// currentPeers reads the cluster's leases once, through a store of its own
-// (the daemon's is not built for it yet), leaving out this host's own.
-func currentPeers(ctx context.Context, f *runFlags, host encap.Host) ([]lease.Lease, error) {
-	var mgr lease.Manager
-	var err error
-	if f.staticNetwork != "" {
-		mgr, err = f.staticManager()
-	} else {
-		mgr, err = f.etcdManager(slog.Default())
-	}
-	if err != nil {
-		return nil, err
-	}
-	if c, ok := mgr.(io.Closer); ok {
-		defer c.Close()
-	}
+// currentPeers reads the cluster's leases once, from the daemon's own
+// store (a watch of its own, ended as soon as the first snapshot is in),
+// leaving out this host's own.
+func currentPeers(ctx context.Context, mgr lease.Manager, f *runFlags, host encap.Host) ([]lease.Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, autoPeersTimeout)
 	defer cancel()
 	snaps := make(chan []lease.Lease, 1)

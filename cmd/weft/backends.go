@@ -15,14 +15,14 @@ import (
 // why it was chosen (for the log and `weft status`). Whatever it picks, it
 // first removes what another backend of an earlier run left in the kernel,
 // so switching Backend.Type between runs converges.
-func selectBackend(ctx context.Context, f *runFlags, host encap.Host, cfg *lease.Config, log *slog.Logger) (encap.Backend, string, error) {
+func selectBackend(ctx context.Context, f *runFlags, host encap.Host, cfg *lease.Config, mgr lease.Manager, log *slog.Logger) (encap.Backend, string, error) {
 	nl, err := kernel.Current()
 	if err != nil {
 		return nil, "", err
 	}
 	typ, why := cfg.BackendType, "the network config's Backend.Type is "+cfg.BackendType
 	if typ == "auto" {
-		typ, why = chooseAuto(ctx, f, host, nl, log)
+		typ, why = chooseAuto(ctx, f, host, mgr, nl, log)
 		log.Info("auto: backend chosen", "backend", typ, "why", why)
 	}
 	switch typ {

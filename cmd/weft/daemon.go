@@ -47,7 +47,7 @@ func runDaemon(ctx context.Context, f *runFlags, log *slog.Logger) error {
 	}
 	log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
 	host := encap.Host{Iface: d.ext.Name, IfaceIndex: d.ext.Index, IfaceAddr: d.ext.Addr, PublicIP: d.ext.PublicIP, IfaceMTU: d.ext.MTU}
-	if d.backend, d.why, err = selectBackend(ctx, f, host, d.cfg, log); err != nil {
+	if d.backend, d.why, err = selectBackend(ctx, f, host, d.cfg, d.mgr, log); err != nil {
 		return err
 	}
 	log.Info("backend chosen", "backend", d.backend.Type(), "why", d.why)

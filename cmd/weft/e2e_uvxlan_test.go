@@ -368,7 +368,7 @@ func TestVXLANUserspaceUnderNoKernelVXLAN(t *testing.T) {
 	err := lab.InNamespace(h.Name, func() error {
 		var err error
 		b, why, err = selectBackend(context.Background(), &runFlags{noKernelVXLAN: true, subnetFile: filepath.Join(h.Dir, "subnet.env")}, host,
-			&lease.Config{BackendType: "vxlan", Backend: []byte(`{"Type":"vxlan","VNI":7}`)}, slog.New(slog.DiscardHandler))
+			&lease.Config{BackendType: "vxlan", Backend: []byte(`{"Type":"vxlan","VNI":7}`)}, nil, slog.New(slog.DiscardHandler))
 		return err
 	})
 	if err != nil {
