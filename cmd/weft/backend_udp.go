@@ -81,8 +81,11 @@ func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Bind the interface's own address: --public-ip may be an address the
+	// host does not have (a NAT in front of it), and datagrams sent from
+	// the interface address reach peers as coming from the public one.
 	conn, err := udp.Listen(udp.Options{
-		Local:     netip.AddrPortFrom(b.host.PublicIP, b.port),
+		Local:     netip.AddrPortFrom(b.host.IfaceAddr, b.port),
 		BatchSize: b.f.batchSize,
 		NoGSO:     b.f.noGSO,
 		NoGRO:     b.f.noGRO,

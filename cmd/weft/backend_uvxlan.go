@@ -138,7 +138,7 @@ func (b *uvxlanBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 		return 0, err
 	}
 	tr, err := vxlan.ListenTransport(vxlan.TransportOptions{
-		Local:     netip.AddrPortFrom(b.host.PublicIP, uint16(b.vx.Port)),
+		Local:     netip.AddrPortFrom(b.host.IfaceAddr, uint16(b.vx.Port)), // as the udp backend: not --public-ip
 		BatchSize: b.f.batchSize, NoGSO: b.f.noGSO, NoGRO: b.f.noGRO,
 	})
 	if err != nil {

@@ -94,3 +94,30 @@ func TestHostSideEffects(t *testing.T) {
 		t.Errorf("blackhole route left after cleanup:\n%s", routes)
 	}
 }
+
+// TestPublicIPNotLocal: --public-ip may name an address the host does not
+// have (a NAT in front of it); weft binds its socket to the interface's
+// address and advertises the public one.
+func TestPublicIPNotLocal(t *testing.T) {
+	l := labtest.New(t, lab.Options{Hosts: 1})
+	exe := self(t)
+	h := l.Hosts[0]
+	p, err := l.Start(h.Name, "weft", exe, "run", "--iface", h.Underlay, "--public-ip", "203.0.113.9",
+		"--static-network", "10.7.0.0/16", "--static-subnet", "10.7.3.0/24",
+		"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, p, filepath.Join(h.Dir, "subnet.env"))
+	out, err := l.Exec(h.Name, exe, "stats", "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
+	if err != nil {
+		t.Fatalf("weft stats: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `"public_ip": "203.0.113.9"`) {
+		t.Errorf("stats do not advertise the public IP:\n%s", out)
+	}
+	ss, _ := l.Exec(h.Name, "ss", "-uln")
+	if !strings.Contains(string(ss), h.IP.String()+":8285") {
+		t.Errorf("the socket is not bound to the interface address %s:\n%s", h.IP, ss)
+	}
+}

@@ -11,9 +11,10 @@ const DefaultPort = 8285
 
 // Options configure a Conn.
 type Options struct {
-	// Local is the address and port to bind: the host's public IP and the
-	// backend port. Binding the public IP (not 0.0.0.0) makes every
-	// datagram leave from the address peers know this host by.
+	// Local is the address and port to bind: the interface's address and
+	// the backend port. Binding an address (not 0.0.0.0) makes every
+	// datagram leave from the address peers know this host by (or, behind
+	// a NAT, the one the NAT maps to it).
 	Local netip.AddrPort
 	// BatchSize is the most datagrams per recvmmsg/sendmmsg (default 128).
 	BatchSize int
