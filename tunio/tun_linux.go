@@ -142,6 +142,10 @@ func Configure(name string, addr netip.Addr, network netip.Prefix) error {
 	if err := netlink.AddrReplace(link, want); err != nil {
 		return fmt.Errorf("tunio: add %s to %s: %w", want.IPNet, name, err)
 	}
+	// The cluster network is IPv4. Without this the kernel gives the device
+	// an IPv6 link-local address when it comes up and sends router
+	// solicitations into it, which the engine can only drop (bad-version).
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("tunio: bring %s up: %w", name, err)
 	}

@@ -102,6 +102,12 @@ func TestPublicIPNotLocal(t *testing.T) {
 	l := labtest.New(t, lab.Options{Hosts: 1})
 	exe := self(t)
 	h := l.Hosts[0]
+	// The lab keeps IPv6 off; a real host has it on for new devices.
+	for _, k := range []string{"all", "default"} {
+		if err := lab.WriteSysctl(h.Name, "net/ipv6/conf/"+k+"/disable_ipv6", "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	p, err := l.Start(h.Name, "weft", exe, "run", "--iface", h.Underlay, "--public-ip", "203.0.113.9",
 		"--static-network", "10.7.0.0/16", "--static-subnet", "10.7.3.0/24",
 		"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
@@ -115,6 +121,13 @@ func TestPublicIPNotLocal(t *testing.T) {
 	}
 	if !strings.Contains(string(out), `"public_ip": "203.0.113.9"`) {
 		t.Errorf("stats do not advertise the public IP:\n%s", out)
+	}
+	// An idle engine drops nothing: in particular the TUN carries no IPv6
+	// (router solicitations the kernel would send within seconds of link
+	// up, once its link-local address passed duplicate detection).
+	time.Sleep(3 * time.Second)
+	if st := weftStats(t, l, h, exe); len(st.Engine.DropsByReason) != 0 {
+		t.Errorf("an idle engine counted drops: %v", st.Engine.DropsByReason)
 	}
 	ss, _ := l.Exec(h.Name, "ss", "-uln")
 	if !strings.Contains(string(ss), h.IP.String()+":8285") {
