@@ -5,6 +5,7 @@ import "encoding/binary"
 const (
 	ipv4MinHeaderLen = 20
 	protoICMP        = 1
+	protoTCP         = 6
 )
 
 // checkIPv4 validates the IPv4 header at the start of pkt and returns the

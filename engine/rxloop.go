@@ -24,6 +24,16 @@ type rxLoop struct {
 
 	off int  // where inner packets start in a buffer: Headroom + encapsulation overhead
 	ttl bool // the encapsulation lowers the TTL
+	// bigTCP: the device cuts TCP packets longer than its MTU itself, so
+	// a peer's unsegmented TSO packet is not oversize (LargeTCPWriter).
+	bigTCP bool
+}
+
+// LargeTCPWriter is a Device that accepts TCP packets longer than its MTU
+// and has the kernel segment them (a TSO super-packet a kernel vxlan peer
+// delivered whole).
+type LargeTCPWriter interface {
+	SegmentsLargeTCP() bool
 }
 
 func newRxLoop(e *Engine) *rxLoop {
@@ -40,6 +50,9 @@ func newRxLoop(e *Engine) *rxLoop {
 	}
 	l.off = Headroom + e.cfg.Encap.Overhead()
 	l.ttl = e.cfg.Encap.DecrementsTTL()
+	if w, ok := e.dev.(LargeTCPWriter); ok {
+		l.bigTCP = w.SegmentsLargeTCP()
+	}
 	return l
 }
 
@@ -141,7 +154,7 @@ func (l *rxLoop) classify(t *Table, n int) int {
 			case !t.isLocal(dstIP(pkt)):
 				l.drop(DropNotLocal, i, pkt)
 				continue
-			case size > mtu:
+			case size > mtu && !(l.bigTCP && pkt[9] == protoTCP):
 				l.drop(DropOversize, i, pkt)
 				continue
 			}

@@ -64,6 +64,7 @@ type run struct {
 type coalescer struct {
 	runs []run
 	uso  bool // the kernel accepts UDP super-packets (TUN_F_USO4)
+	mtu  int  // the device's MTU: a lone TCP packet above it goes out as a super-packet
 }
 
 // plan groups bufs[i][offset:] into runs, appending payloads into each
@@ -198,9 +199,19 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	if r.key.proto == protoUDP {
 		csumOff, gso = 6, virtioGSOUDPL4
 	}
-	if r.n == 1 {
+	super, gsoSize := r.n > 1, r.gsoSize
+	if !super {
 		gso = virtioGSONone
-	} else {
+		// A lone TCP packet longer than the MTU is a sender's unsegmented
+		// TSO packet: a kernel vxlan peer over veth hands its socket the
+		// whole tunnel-GSO skb (udp_unexpected_gso lets SKB_GSO_UDP_TUNNEL
+		// through), so one datagram carries it. Let the kernel cut it at
+		// this device's MTU instead of forwarding what no pod link takes.
+		if mss := c.mtu - r.iphLen - r.l4hLen; r.key.proto == protoTCP && c.mtu > 0 && len(pkt) > c.mtu && mss > 0 {
+			gso, super, gsoSize = virtioGSOTCPv4, true, mss
+		}
+	}
+	if super {
 		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
 		pkt[10], pkt[11] = 0, 0
 		binary.BigEndian.PutUint16(pkt[10:], ^foldedSum(pkt[:r.iphLen], 0))
@@ -217,8 +228,8 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	hdr[0] = virtioFlagNeedsCsum
 	hdr[1] = gso
 	binary.NativeEndian.PutUint16(hdr[2:], uint16(r.iphLen+r.l4hLen))
-	if r.n > 1 {
-		binary.NativeEndian.PutUint16(hdr[4:], uint16(r.gsoSize))
+	if super {
+		binary.NativeEndian.PutUint16(hdr[4:], uint16(gsoSize))
 	}
 	binary.NativeEndian.PutUint16(hdr[6:], uint16(r.iphLen))
 	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))

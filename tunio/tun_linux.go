@@ -77,6 +77,7 @@ func Create(o Options) (*Device, error) {
 			d.USO = probeUSO(dev.File())
 			d.ownWrite = !o.TunPackageWrite
 			d.co.uso = d.USO
+			d.co.mtu = o.MTU
 		}
 		return d, nil
 	}
@@ -182,6 +183,11 @@ func (d *Device) Readable() bool {
 	n, err := unix.Poll(d.pfd[:], 0)
 	return err == nil && n > 0 && d.pfd[0].Revents&unix.POLLIN != 0
 }
+
+// SegmentsLargeTCP implements engine.LargeTCPWriter: weft's write path
+// hands a TCP packet longer than the MTU to the kernel as a TSO
+// super-packet cut at the MTU.
+func (d *Device) SegmentsLargeTCP() bool { return d.ownWrite }
 
 // Write writes packets into the TUN. With offloads on, it coalesces each
 // flow's packets into super-packets (coalesce.go) and writes one per
