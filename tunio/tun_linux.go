@@ -24,6 +24,11 @@ type Options struct {
 	// TunPackageWrite leaves writes to the tun package's own coalescing
 	// (which verifies every checksum) instead of weft's, for comparison.
 	TunPackageWrite bool
+	// TxQueueLen is the device's transmit queue in packets: what the
+	// kernel holds for the engine while it is not reading (0: the
+	// kernel's 500). tun_net_xmit drops what does not fit, and on a busy
+	// host a reader can be off its CPU for milliseconds.
+	TxQueueLen int
 }
 
 // Device is an open TUN device and what is known of its offloads.
@@ -60,6 +65,29 @@ const (
 
 // Create opens (creating if needed) the TUN device.
 func Create(o Options) (*Device, error) {
+	d, err := create(o)
+	if err != nil || o.TxQueueLen == 0 {
+		return d, err
+	}
+	if err := setTxQueueLen(o.Name, o.TxQueueLen); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func setTxQueueLen(name string, n int) error {
+	link, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetTxQLen(link, n)
+	}
+	if err != nil {
+		return fmt.Errorf("tunio: set the transmit queue of %s to %d packets: %w", name, n, err)
+	}
+	return nil
+}
+
+func create(o Options) (*Device, error) {
 	if o.Name == "" {
 		o.Name = "flannel0"
 	}

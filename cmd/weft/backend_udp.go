@@ -112,7 +112,7 @@ func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 // flannel.<VNI> for userspace VXLAN) with the flags' offload choices, and
 // gives it the lease's network address and the cluster route.
 func openTUN(f *runFlags, name string, mtu int, own lease.Lease, network netip.Prefix, log *slog.Logger) (*tunio.Device, error) {
-	dev, err := tunio.Create(tunio.Options{Name: name, MTU: mtu, NoOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite})
+	dev, err := tunio.Create(tunio.Options{Name: name, MTU: mtu, NoOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite, TxQueueLen: f.tunTxQueueLen})
 	if err != nil {
 		return nil, err
 	}

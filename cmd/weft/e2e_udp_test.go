@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,6 +63,22 @@ func weftStats(t *testing.T, l *lab.Lab, h *lab.Host, exe string) udpStatus {
 	return u
 }
 
+// tunTxQueueLen reads a link's transmit queue length in a namespace.
+func tunTxQueueLen(t *testing.T, ns, link string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "-j", "link", "show", link).Output()
+	if err != nil {
+		t.Fatalf("ip -n %s link show %s: %v", ns, link, err)
+	}
+	var links []struct {
+		TxQLen int `json:"txqlen"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j link show %s: %v\n%s", link, err, out)
+	}
+	return links[0].TxQLen
+}
+
 // TestUDPBackendStatic runs two engines with static peers in a namespace
 // lab and checks what issue 2 promises a user: ping both ways, a large
 // verified TCP transfer, UDP datagrams of every size up to the MTU intact,
@@ -95,6 +112,7 @@ func testUDPBackendStatic(t *testing.T, h2flags []string) {
 			"--debug-socket", filepath.Join(h.Dir, "debug.sock")}
 		if i == 1 {
 			args = append(args, h2flags...)
+			args = append(args, "--tun-txqueuelen", "700")
 		}
 		p, err := l.Start(h.Name, "weft", args...)
 		if err != nil {
@@ -113,6 +131,10 @@ func testUDPBackendStatic(t *testing.T, h2flags []string) {
 		}
 		if err := h.SetPodMTU(1472); err != nil {
 			t.Fatal(err)
+		}
+		// The default queue, and one given by the flag.
+		if q, want := tunTxQueueLen(t, h.Name, "flannel0"), []int{5000, 700}[i]; q != want {
+			t.Errorf("%s flannel0: txqueuelen %d, want %d", h.Name, q, want)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

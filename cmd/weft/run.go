@@ -44,6 +44,7 @@ type runFlags struct {
 	batchSize                   int
 	noTUNOffload, noGSO, noGRO  bool
 	tunPackageWrite             bool
+	tunTxQueueLen               int
 	busyPoll                    time.Duration
 	antiSpoof                   bool
 	noKernelVXLAN               bool
@@ -84,6 +85,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
 	fs.BoolVar(&f.noTUNOffload, "no-tun-offload", false, "open the TUN without virtio-net offloads (no TSO/USO/GRO)")
 	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
+	fs.IntVar(&f.tunTxQueueLen, "tun-txqueuelen", 5000, "packets the kernel queues on the TUN for the engine to read (0: the kernel's 500); more absorbs bursts while the engine is off its CPU")
 	fs.BoolVar(&f.tunPackageWrite, "tun-package-write", false, "coalesce TUN writes with the tun package's GRO (verifies every checksum) instead of weft's, for comparison")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
@@ -131,7 +133,7 @@ func runRun(args []string) error {
 
 // envPrefix: flanneld's flags come from FLANNELD_*, weft's own from WEFT_*.
 func envPrefix(name string) string {
-	for _, p := range []string{"tun-name", "tun-package-write", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-", "metrics-addr", "log-format", "static-"} {
+	for _, p := range []string{"tun-name", "tun-package-write", "tun-txqueuelen", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-", "metrics-addr", "log-format", "static-"} {
 		if strings.HasPrefix(name, p) {
 			return "WEFT_"
 		}
@@ -145,6 +147,9 @@ func (f *runFlags) validate() error {
 	}
 	if f.batchSize < 1 || f.batchSize > engine.MaxBatch {
 		return fmt.Errorf("--batch-size: %d is outside 1..%d", f.batchSize, engine.MaxBatch)
+	}
+	if f.tunTxQueueLen < 0 || f.tunTxQueueLen > 1<<20 {
+		return fmt.Errorf("--tun-txqueuelen: %d is outside 0..%d packets", f.tunTxQueueLen, 1<<20)
 	}
 	if err := f.validateObs(); err != nil {
 		return err
