@@ -140,6 +140,9 @@ func checkEnvFile(t *testing.T, env []byte) {
 			t.Errorf("weft.env: %q is not KEY=VALUE", l)
 			continue
 		}
+		if goRuntimeEnv[k] {
+			continue // read by the Go runtime, not by weft's flags
+		}
 		if !known[k] {
 			t.Errorf("weft.env: %s is not a variable weft run reads", k)
 		}
@@ -154,6 +157,9 @@ func checkEnvFile(t *testing.T, env []byte) {
 // NET_RAW and nothing else, /run/flannel from the host, probes on
 // /readyz and /healthz at weft's --healthz-port, a net-conf.json weft
 // accepts and weft run flags weft has.
+// goRuntimeEnv are variables the Go runtime reads, which weft.env may set.
+var goRuntimeEnv = map[string]bool{"GOMAXPROCS": true, "GOMEMLIMIT": true, "GOGC": true, "GODEBUG": true}
+
 func TestDaemonSet(t *testing.T) {
 	b, err := os.ReadFile("../../deploy/kube-weft.yml")
 	if err != nil {
