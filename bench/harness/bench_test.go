@@ -91,12 +91,19 @@ func TestBenchShort(t *testing.T) {
 	if haveIperf3 {
 		workloads = append(slices.Clone(workloads), report.WorkloadIperf3)
 	}
+	// Every backend's workloads in turn, then the paced one of every
+	// backend, once vxlan's flat-out rate of the rep is known.
 	var want []string
 	for range reps {
 		for _, b := range Backends {
 			for _, w := range workloads {
-				want = append(want, b+"/"+w)
+				if w != report.WorkloadUDP64Paced {
+					want = append(want, b+"/"+w)
+				}
 			}
+		}
+		for _, b := range Backends {
+			want = append(want, b+"/"+report.WorkloadUDP64Paced)
 		}
 	}
 	if !slices.Equal(order, want) {
@@ -112,10 +119,9 @@ func TestBenchShort(t *testing.T) {
 				continue
 			}
 			engineOnly := m.Key == "engine_cpu_s_per_gb"
-			weft := row.Backend == BackendUDP || row.Backend == BackendUDPUnbatched || row.Backend == BackendUVXLAN
-			if engineOnly && !weft {
+			if engineOnly && !isWeft(row.Backend) {
 				if ok {
-					t.Errorf("%s: engine CPU reported for a kernel backend", row.Backend)
+					t.Errorf("%s: %s reported for a kernel backend", row.Backend, m.Key)
 				}
 				continue
 			}
@@ -152,9 +158,25 @@ func TestBenchShort(t *testing.T) {
 			t.Errorf("%s: no weft stats (offload state) in the JSON", b)
 		}
 	}
+	vxlanRate := map[int]float64{}
 	for _, s := range back.Samples {
 		if s.Result == nil || s.Result.Mode == "" || s.CPUSeconds <= 0 {
 			t.Errorf("sample %+v incomplete", s)
+			continue
+		}
+		if s.Backend == BackendVXLAN && s.Workload == report.WorkloadUDP64 {
+			vxlanRate[s.Rep] = s.Result.DeliveredPPS
+		}
+	}
+	for _, s := range back.Samples {
+		if s.Workload != report.WorkloadUDP64Paced || s.Result == nil {
+			continue
+		}
+		if want := int(vxlanRate[s.Rep] + 0.5); s.PacedFrom != report.PacedFromVXLAN || s.Result.TargetRate != want || want == 0 {
+			t.Errorf("%s rep %d paced at %d from %q, want vxlan's flat-out %d of the same rep", s.Backend, s.Rep, s.Result.TargetRate, s.PacedFrom, want)
+		}
+		if s.Result.Loss == nil || s.Result.Sent == 0 {
+			t.Errorf("%s rep %d paced: no loss figure: %+v", s.Backend, s.Rep, s.Result)
 		}
 	}
 
@@ -168,12 +190,17 @@ func TestBenchShort(t *testing.T) {
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range append([]string{"ratio to vxlan", "ratio to veth"}, Backends...) {
+	for _, s := range append([]string{"ratio to vxlan", "ratio to veth", "64 B UDP paced", "paced loss",
+		"at kernel vxlan's flat-out delivered rate of the same repetition: rep 1 "}, Backends...) {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}
 	}
 	t.Logf("\n%s", table.String())
+}
+
+func isWeft(backend string) bool {
+	return backend == BackendUDP || backend == BackendUDPUnbatched || backend == BackendUVXLAN
 }
 
 // checkSVG parses the whole document and counts the bars.
@@ -203,6 +230,51 @@ func checkSVG(t *testing.T, b []byte, backends int) {
 	}
 }
 
+// Without kernel vxlan in the run the paced workload takes --udp-rate,
+// or is skipped (not failed) when that is 0.
+func TestBenchPacedFallback(t *testing.T) {
+	labtest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := RunBench(ctx, BenchConfig{
+		Binary: weftBin, Backends: []string{BackendUDP}, Workloads: []string{report.WorkloadTCP1, report.WorkloadUDP64Paced},
+		Duration: time.Second, Reps: 1, Leases: LeasesStatic, Iperf3: "off", UDPRate: 20000,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Samples) != 2 {
+		t.Fatalf("samples %+v", rep.Samples)
+	}
+	for _, s := range rep.Samples {
+		if s.Error != "" {
+			t.Fatalf("%s: %s", s.Workload, s.Error)
+		}
+	}
+	paced := rep.Samples[1]
+	if paced.PacedFrom != report.PacedFromFlag || paced.Result == nil || paced.Result.TargetRate != 20000 {
+		t.Errorf("paced sample without vxlan: from %q, result %+v", paced.PacedFrom, paced.Result)
+	}
+
+	rep, err = RunBench(ctx, BenchConfig{
+		Binary: weftBin, Backends: []string{BackendVeth}, Workloads: []string{report.WorkloadUDP64Paced},
+		Duration: 300 * time.Millisecond, Reps: 1, Iperf3: "off",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := rep.Samples[0]; s.Skipped == "" || s.Error != "" || s.Result != nil || rep.Summary[0].Errors != 0 {
+		t.Fatalf("paced with no rate: %+v", s)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "64 B UDP paced skipped: kernel vxlan's") {
+		t.Errorf("table does not say why the paced workload was skipped:\n%s", table.String())
+	}
+}
+
 func TestBenchBadConfig(t *testing.T) {
 	for _, cfg := range []BenchConfig{
 		{Hosts: 1, Backends: []string{"veth"}, Reps: 1, Duration: time.Second},
@@ -211,6 +283,7 @@ func TestBenchBadConfig(t *testing.T) {
 		{Hosts: 2, Backends: []string{"veth"}, Reps: 0, Duration: time.Second},
 		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, Leases: "consul"},
 		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, Workloads: []string{"sctp"}},
+		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, UDPRate: -1},
 	} {
 		if _, err := RunBench(context.Background(), cfg); err == nil {
 			t.Errorf("RunBench(%+v) succeeded", cfg)
