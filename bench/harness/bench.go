@@ -38,6 +38,9 @@ type BenchConfig struct {
 	// kernel vxlan's flat-out rate of the same rep is not known (vxlan is
 	// not among Backends, or its sample failed); 0 skips the workload then.
 	UDPRate int
+	// MemEvery is how often the engines' resident sets are read during a
+	// run; default DefaultMemEvery.
+	MemEvery time.Duration
 	// Guard, if set, gets every lab so a signal tears them down.
 	Guard *lab.Guard
 	// Progress receives one line per sample before it runs.
@@ -70,6 +73,9 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 	if cfg.Progress == nil {
 		cfg.Progress = func(string) {}
 	}
+	if cfg.MemEvery == 0 {
+		cfg.MemEvery = DefaultMemEvery
+	}
 	switch {
 	case cfg.Hosts < 2 || cfg.Hosts > lab.MaxHosts:
 		return nil, fmt.Errorf("--hosts: %d, want 2..%d", cfg.Hosts, lab.MaxHosts)
@@ -83,6 +89,8 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		return nil, fmt.Errorf("--leases: %q, want etcd or static", cfg.Leases)
 	case cfg.UDPRate < 0:
 		return nil, fmt.Errorf("--udp-rate: %d packets/s, want >= 0", cfg.UDPRate)
+	case cfg.MemEvery < 10*time.Millisecond:
+		return nil, fmt.Errorf("memory reading interval %v, want at least 10ms", cfg.MemEvery)
 	}
 	for i, b := range cfg.Backends {
 		if !slices.Contains(Backends, b) && b != BackendFlanneld {
@@ -116,7 +124,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		Command: cfg.Command, Started: time.Now(), Machine: report.DescribeMachine(),
 		Params: report.Params{Hosts: cfg.Hosts, Backends: cfg.Backends, Workloads: cfg.Workloads,
 			DurationSec: cfg.Duration.Seconds(), Reps: cfg.Reps, Leases: cfg.Leases, UnderlayMTU: cfg.UnderlayMTU,
-			UDPRate: cfg.UDPRate},
+			UDPRate: cfg.UDPRate, MemEverySec: cfg.MemEvery.Seconds()},
 		Backends: map[string]report.BackendInfo{},
 	}
 	var labs []*benchLab
@@ -174,7 +182,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		if w == report.WorkloadUDP64Paced {
 			s = bl.measurePaced(ctx, rep.Samples, r, cfg)
 		} else {
-			s = bl.measure(ctx, w, cfg.Duration, nil)
+			s = bl.measure(ctx, w, cfg.Duration, nil, cfg.MemEvery)
 		}
 		s.Rep = r
 		if s.Error != "" && ctx.Err() != nil {
@@ -208,6 +216,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 	}
 	rep.Finished = time.Now()
 	rep.Summary = report.Summarize(rep.Samples, cfg.Backends, BackendLabel)
+	rep.MemoryTrends = report.MemTrends(rep.Samples)
 	return rep, nil
 }
 
@@ -233,14 +242,14 @@ func (bl *benchLab) measurePaced(ctx context.Context, samples []report.Sample, r
 	if rate == 0 {
 		return report.Sample{Backend: bl.backend, Workload: report.WorkloadUDP64Paced, Skipped: skip}
 	}
-	s := bl.measure(ctx, report.WorkloadUDP64Paced, cfg.Duration, []string{"--rate", strconv.Itoa(rate)})
+	s := bl.measure(ctx, report.WorkloadUDP64Paced, cfg.Duration, []string{"--rate", strconv.Itoa(rate)}, cfg.MemEvery)
 	s.PacedFrom = from
 	return s
 }
 
 // measure runs one workload (extra: more flags for weft traffic) and the
-// CPU accounting around it.
-func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duration, extra []string) report.Sample {
+// CPU and memory accounting around it.
+func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duration, extra []string, memEvery time.Duration) report.Sample {
 	s := report.Sample{Backend: bl.backend, Workload: workload}
 	to := bl.path.ServerIP.String()
 	ds := d.String()
@@ -260,6 +269,7 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 	defer cancel()
 	cpu0 := machineCPU()
 	eng0 := bl.engineCPU()
+	stopRSS := bl.watchRSS(memEvery)
 	var res *traffic.Result
 	var err error
 	if workload == report.WorkloadIperf3 {
@@ -269,6 +279,8 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 	}
 	s.CPUSeconds = machineCPU() - cpu0
 	s.EngineCPUSeconds = bl.engineCPU() - eng0
+	s.EngineRSS = stopRSS()
+	s.EngineMem = bl.engineMem()
 	if err != nil {
 		s.Error = err.Error()
 		return s

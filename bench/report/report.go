@@ -56,6 +56,10 @@ type Sample struct {
 	// PacedFrom says where a paced workload's rate (Result.TargetRate)
 	// came from: PacedFromVXLAN or PacedFromFlag.
 	PacedFrom string `json:"paced_from,omitempty"`
+	// EngineMem is each engine's memory right after the run; EngineRSS
+	// the engines' resident sets sampled during it. Weft backends only.
+	EngineMem []EngineMem `json:"engine_mem,omitempty"`
+	EngineRSS []MemPoint  `json:"engine_rss,omitempty"`
 	// Skipped says why the workload did not run; it is not an error.
 	Skipped string `json:"skipped,omitempty"`
 	Error   string `json:"error,omitempty"`
@@ -106,6 +110,8 @@ type Params struct {
 	// UDPRate is the paced workload's rate (packets/s) when kernel
 	// vxlan's is not known; 0: skip it then.
 	UDPRate int `json:"udp_rate"`
+	// MemEverySec is how often engine memory was read during a run.
+	MemEverySec float64 `json:"mem_every_seconds"`
 }
 
 // BackendInfo is what a backend looked like when measured.
@@ -128,6 +134,9 @@ type Report struct {
 	Backends map[string]BackendInfo `json:"backends"`
 	Samples  []Sample               `json:"samples"`
 	Summary  []Row                  `json:"summary"`
+	// MemoryTrends are the engines' resident sets over runs long enough
+	// to say whether memory stays flat (see MemTrends).
+	MemoryTrends []MemTrend `json:"memory_trends,omitempty"`
 }
 
 // Metric is one figure the summary derives from samples.
@@ -136,8 +145,11 @@ type Metric struct {
 	Title        string
 	Unit         string
 	HigherBetter bool
-	Workload     string
-	value        func(s Sample) (float64, bool)
+	Workload     string // "" for every workload's samples
+	// Peak metrics are shown as their maximum over the samples, not the
+	// median: a memory limit has to hold the peak.
+	Peak  bool
+	value func(s Sample) (float64, bool)
 }
 
 // Metrics lists the summary's figures, in table order.
@@ -184,6 +196,8 @@ var Metrics = []Metric{
 			}
 			return s.EngineCPUSeconds / (float64(s.Result.Bytes) / 1e9), true
 		}},
+	{Key: "engine_rss_peak_mib", Title: "engine RSS peak", Unit: "MiB", Peak: true,
+		value: func(s Sample) (float64, bool) { return peakMiB(s.EngineMem) }},
 }
 
 // Summarize computes one Row per backend, in the given order.
@@ -194,10 +208,12 @@ func Summarize(samples []Sample, backends []string, label func(string) string) [
 		for _, m := range Metrics {
 			var vals []float64
 			for _, s := range samples {
-				if s.Backend != b || s.Workload != m.Workload {
+				if s.Backend != b || (m.Workload != "" && s.Workload != m.Workload) {
 					continue
 				}
-				if s.Error != "" || s.Result == nil {
+				// A failed run still says how much memory the engines
+				// hold; its traffic figures say nothing.
+				if m.Workload != "" && (s.Error != "" || s.Result == nil) {
 					continue
 				}
 				if v, ok := m.value(s); ok && !math.IsNaN(v) && !math.IsInf(v, 0) {

@@ -34,8 +34,8 @@ var ratioCols = []ratioCol{{key: "tcp1_gbps"}, {key: "tcp4_gbps"}, {key: "udp64_
 	{key: "rr_p50_us"}, {key: "rr_p99_us"}, {key: "cpu_s_per_gb"}}
 
 // costMetrics go in a second table, so that neither is too wide for a
-// terminal: what the traffic figures cost.
-var costMetrics = []string{"cpu_s_per_gb", "engine_cpu_s_per_gb"}
+// terminal: what the traffic figures cost in CPU and memory.
+var costMetrics = []string{"cpu_s_per_gb", "engine_cpu_s_per_gb", "engine_rss_peak_mib"}
 
 func metric(key string) Metric {
 	for _, m := range Metrics {
@@ -47,7 +47,8 @@ func metric(key string) Metric {
 }
 
 // WriteTable writes the summary: medians with their spread, then ratios
-// to the kernel vxlan and bare veth rows when those were measured.
+// to the kernel vxlan and bare veth rows when those were measured, then
+// the engines' memory over long runs.
 func (r *Report) WriteTable(w io.Writer) error {
 	var traffic, cost []Metric
 	for _, m := range Metrics {
@@ -68,6 +69,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if err := r.writeMetrics(w, cost, false); err != nil {
 		return err
 	}
+	fmt.Fprintf(w, "(CPU: median as above; engine RSS: the largest VmHWM of any engine of the backend over every sample, '-' where no weft engine runs)\n")
 	for _, ref := range []string{"vxlan", "veth"} {
 		refRow := r.row(ref)
 		if refRow == nil || len(refRow.Metrics) == 0 || len(r.Summary) < 2 {
@@ -113,6 +115,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 			}
 		}
 	}
+	if err := writeMemTrends(w, r.MemoryTrends); err != nil {
+		return err
+	}
 	fmt.Fprintln(w)
 	for _, row := range r.Summary {
 		fmt.Fprintf(w, "%-14s %s\n", row.Backend+":", row.Label)
@@ -139,7 +144,12 @@ func (r *Report) writeMetrics(w io.Writer, ms []Metric, errors bool) error {
 	for _, row := range r.Summary {
 		fmt.Fprintf(tw, "%s", row.Backend)
 		for _, m := range ms {
-			fmt.Fprintf(tw, "\t%s", formatStat(row.Metrics[m.Key]))
+			s := row.Metrics[m.Key]
+			if m.Peak && s.N > 0 {
+				fmt.Fprintf(tw, "\t%s", formatValue(s.Max))
+				continue
+			}
+			fmt.Fprintf(tw, "\t%s", formatStat(s))
 		}
 		if errors {
 			fmt.Fprintf(tw, "\t%d", row.Errors)
