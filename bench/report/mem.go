@@ -45,7 +45,11 @@ const (
 )
 
 // MemTrend is one engine's resident set over one long run: whether it is
-// flat is a matter of the last minute's maximum against the first's.
+// flat is a matter of the last minute's maximum against the first's. An
+// engine that is not flat may still have settled: it grew while it first
+// touched its buffer pools and heap, then stopped. Growth in the second
+// half of the run, from the minute before its middle to its last minute,
+// tells that apart from a leak, which grows all the way.
 type MemTrend struct {
 	Backend  string  `json:"backend"`
 	Rep      int     `json:"rep"`
@@ -57,12 +61,15 @@ type MemTrend struct {
 	// LastMinuteMaxMiB the largest readings in its first and last 60 s;
 	// PeakMiB VmHWM after it (the engine's peak since it started, between
 	// readings too).
-	StartMiB          float64 `json:"start_mib"`
-	FirstMinuteMaxMiB float64 `json:"first_minute_max_mib"`
-	LastMinuteMaxMiB  float64 `json:"last_minute_max_mib"`
-	PeakMiB           float64 `json:"peak_mib"`
-	GrowthMiB         float64 `json:"growth_mib"` // last minute's max - first minute's
-	Flat              bool    `json:"flat"`
+	StartMiB            float64 `json:"start_mib"`
+	FirstMinuteMaxMiB   float64 `json:"first_minute_max_mib"`
+	MidMinuteMaxMiB     float64 `json:"mid_minute_max_mib"` // the minute before the middle
+	LastMinuteMaxMiB    float64 `json:"last_minute_max_mib"`
+	PeakMiB             float64 `json:"peak_mib"`
+	GrowthMiB           float64 `json:"growth_mib"`             // last minute's max - first minute's
+	SecondHalfGrowthMiB float64 `json:"second_half_growth_mib"` // last minute's max - mid minute's
+	Flat                bool    `json:"flat"`                   // GrowthMiB within the slack
+	Settled             bool    `json:"settled"`                // SecondHalfGrowthMiB within the slack
 }
 
 // MemTrends derives a trend for each engine of each run that lasted at
@@ -79,7 +86,7 @@ func MemTrends(samples []Sample) []MemTrend {
 		}
 		for i := range s.EngineRSS[0].RSSKiB {
 			t := MemTrend{Backend: s.Backend, Rep: s.Rep, Workload: s.Workload, Host: i + 1, Seconds: end, Points: len(s.EngineRSS)}
-			var first, last int64
+			var first, mid, last int64
 			for _, p := range s.EngineRSS {
 				if i >= len(p.RSSKiB) {
 					continue
@@ -87,15 +94,19 @@ func MemTrends(samples []Sample) []MemTrend {
 				if p.Seconds <= 60 {
 					first = max(first, p.RSSKiB[i])
 				}
+				if p.Seconds >= end/2-60 && p.Seconds <= end/2 {
+					mid = max(mid, p.RSSKiB[i])
+				}
 				if p.Seconds >= end-60 {
 					last = max(last, p.RSSKiB[i])
 				}
 			}
-			if first == 0 || last == 0 {
+			if first == 0 || mid == 0 || last == 0 {
 				continue // the engine was not running
 			}
 			t.StartMiB = float64(s.EngineRSS[0].RSSKiB[i]) / kibPerMiB
 			t.FirstMinuteMaxMiB = float64(first) / kibPerMiB
+			t.MidMinuteMaxMiB = float64(mid) / kibPerMiB
 			t.LastMinuteMaxMiB = float64(last) / kibPerMiB
 			for _, m := range s.EngineMem {
 				if m.Host == i+1 {
@@ -103,7 +114,9 @@ func MemTrends(samples []Sample) []MemTrend {
 				}
 			}
 			t.GrowthMiB = t.LastMinuteMaxMiB - t.FirstMinuteMaxMiB
+			t.SecondHalfGrowthMiB = t.LastMinuteMaxMiB - t.MidMinuteMaxMiB
 			t.Flat = t.GrowthMiB <= max(flatSlackMiB, flatSlackFrac*t.FirstMinuteMaxMiB)
+			t.Settled = t.SecondHalfGrowthMiB <= max(flatSlackMiB, flatSlackFrac*t.MidMinuteMaxMiB)
 			out = append(out, t)
 		}
 	}
@@ -115,17 +128,24 @@ func writeMemTrends(w io.Writer, trends []MemTrend) error {
 	if len(trends) == 0 {
 		return nil
 	}
-	fmt.Fprintf(w, "\nengine memory over long runs (VmRSS, MiB; flat: the last minute's max within max(%.0f MiB, %.0f%%) of the first minute's):\n",
-		flatSlackMiB, flatSlackFrac*100)
+	fmt.Fprintf(w, "\nengine memory over long runs (VmRSS, MiB; max of the readings in the first minute, the minute before the middle, the last minute):\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "backend\trep\tworkload\tengine\tseconds\tstart\tfirst minute max\tlast minute max\tpeak (VmHWM)\tgrowth\t\n")
+	fmt.Fprintf(tw, "backend\trep\tworkload\tengine\tseconds\tstart\tfirst min\tmid min\tlast min\tpeak (VmHWM)\tgrowth\t2nd half\t\n")
 	for _, t := range trends {
 		verdict := "flat"
-		if !t.Flat {
+		switch {
+		case !t.Flat && t.Settled:
+			verdict = "settled"
+		case !t.Flat:
 			verdict = "GROWS"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\thost %d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%+.1f\t%s\n", t.Backend, t.Rep, t.Workload, t.Host,
-			t.Seconds, t.StartMiB, t.FirstMinuteMaxMiB, t.LastMinuteMaxMiB, t.PeakMiB, t.GrowthMiB, verdict)
+		fmt.Fprintf(tw, "%s\t%d\t%s\thost %d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%+.1f\t%+.1f\t%s\n", t.Backend, t.Rep, t.Workload, t.Host,
+			t.Seconds, t.StartMiB, t.FirstMinuteMaxMiB, t.MidMinuteMaxMiB, t.LastMinuteMaxMiB, t.PeakMiB, t.GrowthMiB, t.SecondHalfGrowthMiB, verdict)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "(flat: the last minute within max(%.0f MiB, %.0f%%) of the first; settled: not flat, but the last minute within that of the mid minute)\n",
+		flatSlackMiB, flatSlackFrac*100)
+	return err
 }

@@ -182,30 +182,37 @@ func series(secs int, rss ...func(t int) int64) []MemPoint {
 func TestMemTrends(t *testing.T) {
 	flat := func(t int) int64 { return 20*1024 + int64(t%17)*20 } // breathes by < 1 MiB
 	grows := func(t int) int64 { return 20*1024 + int64(t)*16 }   // +9.4 MiB over 600 s
+	// +7.8 MiB over the first 200 s, then no more.
+	settles := func(t int) int64 { return 20*1024 + int64(min(t, 200))*40 }
 	r := &Report{Params: Params{Reps: 1}, Samples: []Sample{
-		{Backend: "udp", Rep: 1, Workload: WorkloadTCP1, EngineRSS: series(600, flat, grows),
+		{Backend: "udp", Rep: 1, Workload: WorkloadTCP1, EngineRSS: series(600, flat, grows, settles),
 			EngineMem: []EngineMem{{Host: 1, RSSKiB: 20 * 1024, HWMKiB: 22 * 1024}, {Host: 2, RSSKiB: 30 * 1024, HWMKiB: 31 * 1024}}},
 		// Too short for a first and a last minute.
 		{Backend: "udp", Rep: 1, Workload: WorkloadTCP4, EngineRSS: series(100, grows)},
 	}}
 	r.MemoryTrends = MemTrends(r.Samples)
-	if len(r.MemoryTrends) != 2 {
+	if len(r.MemoryTrends) != 3 {
 		t.Fatalf("trends %+v, want one per engine of the long run", r.MemoryTrends)
 	}
-	a, b := r.MemoryTrends[0], r.MemoryTrends[1]
+	a, b, c := r.MemoryTrends[0], r.MemoryTrends[1], r.MemoryTrends[2]
 	if a.Host != 1 || !a.Flat || a.StartMiB != 20 || a.PeakMiB != 22 || a.Seconds != 600 || a.Points != 121 {
 		t.Errorf("flat engine: %+v", a)
 	}
-	// First minute: up to t=60 (20 MiB + 960 KiB); last: t=540..600.
-	if b.Host != 2 || b.Flat || b.FirstMinuteMaxMiB != 20.9375 || b.LastMinuteMaxMiB != 29.375 || b.PeakMiB != 31 {
+	// First minute: up to t=60 (20 MiB + 960 KiB); the minute before the
+	// middle: t=240..300; last: t=540..600.
+	if b.Host != 2 || b.Flat || b.Settled || b.FirstMinuteMaxMiB != 20.9375 || b.MidMinuteMaxMiB != 24.6875 ||
+		b.LastMinuteMaxMiB != 29.375 || b.SecondHalfGrowthMiB != 4.6875 || b.PeakMiB != 31 {
 		t.Errorf("growing engine: %+v", b)
+	}
+	if c.Host != 3 || c.Flat || !c.Settled || c.GrowthMiB != 5.46875 || c.SecondHalfGrowthMiB != 0 {
+		t.Errorf("settling engine: %+v", c)
 	}
 	var out bytes.Buffer
 	if err := r.WriteTable(&out); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", out.String())
-	for _, want := range []string{"engine memory over long runs", "host 1", "flat", "host 2", "+8.4", "GROWS"} {
+	for _, want := range []string{"engine memory over long runs", "host 1", "flat", "host 2", "+8.4", "+4.7", "GROWS", "host 3", "settled"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
