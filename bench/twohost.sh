@@ -53,8 +53,9 @@ ip netns exec $P-p2 $W traffic server >$D/srv.log 2>&1 &
 sleep 0.5
 ;;
 down)
-pkill -f "weft run --iface $P-" || true
-pkill -f "weft traffic server" || true
+# Only what runs in this lab's namespaces: a pattern like "weft traffic
+# server" also hits the bench's and the tests' servers on the same machine.
+for n in p1 p2 h1 h2 sw; do ip netns pids $P-$n 2>/dev/null | xargs -r kill 2>/dev/null || true; done
 sleep 0.5
 for n in sw h1 h2 p1 p2; do ip netns del $P-$n 2>/dev/null || true; done
 rm -f $D/*.env $D/*.sock

@@ -34,6 +34,13 @@ type BenchConfig struct {
 	// Iperf3 adds iperf3's TCP 1 stream as a cross-check: "auto" (default:
 	// when iperf3 is installed), "on" or "off".
 	Iperf3 string
+	// UDPRate is the paced 64-byte UDP workload's rate (packets/s) when
+	// kernel vxlan's flat-out rate of the same rep is not known (vxlan is
+	// not among Backends, or its sample failed); 0 skips the workload then.
+	UDPRate int
+	// MemEvery is how often the engines' resident sets are read during a
+	// run; default DefaultMemEvery.
+	MemEvery time.Duration
 	// Guard, if set, gets every lab so a signal tears them down.
 	Guard *lab.Guard
 	// Progress receives one line per sample before it runs.
@@ -66,6 +73,9 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 	if cfg.Progress == nil {
 		cfg.Progress = func(string) {}
 	}
+	if cfg.MemEvery == 0 {
+		cfg.MemEvery = DefaultMemEvery
+	}
 	switch {
 	case cfg.Hosts < 2 || cfg.Hosts > lab.MaxHosts:
 		return nil, fmt.Errorf("--hosts: %d, want 2..%d", cfg.Hosts, lab.MaxHosts)
@@ -77,6 +87,10 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		return nil, errors.New("--backends: none given")
 	case cfg.Leases != LeasesEtcd && cfg.Leases != LeasesStatic:
 		return nil, fmt.Errorf("--leases: %q, want etcd or static", cfg.Leases)
+	case cfg.UDPRate < 0:
+		return nil, fmt.Errorf("--udp-rate: %d packets/s, want >= 0", cfg.UDPRate)
+	case cfg.MemEvery < 10*time.Millisecond:
+		return nil, fmt.Errorf("memory reading interval %v, want at least 10ms", cfg.MemEvery)
 	}
 	for i, b := range cfg.Backends {
 		if !slices.Contains(Backends, b) && b != BackendFlanneld {
@@ -109,7 +123,8 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 	rep = &report.Report{
 		Command: cfg.Command, Started: time.Now(), Machine: report.DescribeMachine(),
 		Params: report.Params{Hosts: cfg.Hosts, Backends: cfg.Backends, Workloads: cfg.Workloads,
-			DurationSec: cfg.Duration.Seconds(), Reps: cfg.Reps, Leases: cfg.Leases, UnderlayMTU: cfg.UnderlayMTU},
+			DurationSec: cfg.Duration.Seconds(), Reps: cfg.Reps, Leases: cfg.Leases, UnderlayMTU: cfg.UnderlayMTU,
+			UDPRate: cfg.UDPRate, MemEverySec: cfg.MemEvery.Seconds()},
 		Backends: map[string]report.BackendInfo{},
 	}
 	var labs []*benchLab
@@ -153,35 +168,88 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 	total := cfg.Reps * len(labs) * len(cfg.Workloads)
 	done := 0
 	start := time.Now()
+	run := func(r int, bl *benchLab, w string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		left := time.Duration(total-done) * (cfg.Duration + 500*time.Millisecond)
+		if done > 0 {
+			left = time.Since(start) / time.Duration(done) * time.Duration(total-done)
+		}
+		cfg.Progress(fmt.Sprintf("run %d/%d  %-13s %-11s  sample %d/%d, about %s left",
+			r, cfg.Reps, bl.backend, w, done+1, total, left.Round(time.Second)))
+		var s report.Sample
+		if w == report.WorkloadUDP64Paced {
+			s = bl.measurePaced(ctx, rep.Samples, r, cfg)
+		} else {
+			s = bl.measure(ctx, w, cfg.Duration, nil, cfg.MemEvery)
+		}
+		s.Rep = r
+		if s.Error != "" && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		rep.Samples = append(rep.Samples, s)
+		done++
+		return nil
+	}
 	for r := 1; r <= cfg.Reps; r++ {
 		for _, bl := range labs {
 			for _, w := range cfg.Workloads {
-				if err := ctx.Err(); err != nil {
+				if w == report.WorkloadUDP64Paced {
+					continue
+				}
+				if err := run(r, bl, w); err != nil {
 					return nil, err
 				}
-				left := time.Duration(total-done) * (cfg.Duration + 500*time.Millisecond)
-				if done > 0 {
-					left = time.Since(start) / time.Duration(done) * time.Duration(total-done)
+			}
+		}
+		// The paced workload goes last in the rep, so that kernel
+		// vxlan's flat-out rate of this rep is known for every backend,
+		// whatever the order of --backends.
+		if slices.Contains(cfg.Workloads, report.WorkloadUDP64Paced) {
+			for _, bl := range labs {
+				if err := run(r, bl, report.WorkloadUDP64Paced); err != nil {
+					return nil, err
 				}
-				cfg.Progress(fmt.Sprintf("run %d/%d  %-13s %-5s  sample %d/%d, about %s left",
-					r, cfg.Reps, bl.backend, w, done+1, total, left.Round(time.Second)))
-				s := bl.measure(ctx, w, cfg.Duration)
-				s.Rep = r
-				if s.Error != "" && ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				rep.Samples = append(rep.Samples, s)
-				done++
 			}
 		}
 	}
 	rep.Finished = time.Now()
 	rep.Summary = report.Summarize(rep.Samples, cfg.Backends, BackendLabel)
+	rep.MemoryTrends = report.MemTrends(rep.Samples)
 	return rep, nil
 }
 
-// measure runs one workload and the CPU accounting around it.
-func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duration) report.Sample {
+// pacedRate is the rate of rep r's paced workload: what kernel vxlan
+// delivered flat out in the same rep, else the configured rate; 0 with
+// the reason when there is neither.
+func pacedRate(samples []report.Sample, r, fallback int) (rate int, from, skip string) {
+	for _, s := range samples {
+		if s.Backend == BackendVXLAN && s.Workload == report.WorkloadUDP64 && s.Rep == r &&
+			s.Error == "" && s.Result != nil && s.Result.DeliveredPPS >= 1 {
+			return int(math.Round(s.Result.DeliveredPPS)), report.PacedFromVXLAN, ""
+		}
+	}
+	if fallback > 0 {
+		return fallback, report.PacedFromFlag, ""
+	}
+	return 0, "", "kernel vxlan's flat-out 64 B UDP rate is not known (add vxlan to --backends and udp64 to --workloads) and --udp-rate is 0"
+}
+
+// measurePaced runs the paced workload of rep r.
+func (bl *benchLab) measurePaced(ctx context.Context, samples []report.Sample, r int, cfg BenchConfig) report.Sample {
+	rate, from, skip := pacedRate(samples, r, cfg.UDPRate)
+	if rate == 0 {
+		return report.Sample{Backend: bl.backend, Workload: report.WorkloadUDP64Paced, Skipped: skip}
+	}
+	s := bl.measure(ctx, report.WorkloadUDP64Paced, cfg.Duration, []string{"--rate", strconv.Itoa(rate)}, cfg.MemEvery)
+	s.PacedFrom = from
+	return s
+}
+
+// measure runs one workload (extra: more flags for weft traffic) and the
+// CPU and memory accounting around it.
+func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duration, extra []string, memEvery time.Duration) report.Sample {
 	s := report.Sample{Backend: bl.backend, Workload: workload}
 	to := bl.path.ServerIP.String()
 	ds := d.String()
@@ -191,15 +259,17 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 		args = []string{"tcp", "--to", to, "--duration", ds, "--streams", "1"}
 	case report.WorkloadTCP4:
 		args = []string{"tcp", "--to", to, "--duration", ds, "--streams", "4"}
-	case report.WorkloadUDP64:
+	case report.WorkloadUDP64, report.WorkloadUDP64Paced:
 		args = []string{"udp", "--to", to, "--duration", ds, "--size", "64"}
 	case report.WorkloadRR:
 		args = []string{"rr", "--to", to, "--duration", ds, "--size", "64"}
 	}
+	args = append(args, extra...)
 	ctx, cancel := context.WithTimeout(ctx, d+60*time.Second)
 	defer cancel()
 	cpu0 := machineCPU()
 	eng0 := bl.engineCPU()
+	stopRSS := bl.watchRSS(memEvery)
 	var res *traffic.Result
 	var err error
 	if workload == report.WorkloadIperf3 {
@@ -209,6 +279,8 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 	}
 	s.CPUSeconds = machineCPU() - cpu0
 	s.EngineCPUSeconds = bl.engineCPU() - eng0
+	s.EngineRSS = stopRSS()
+	s.EngineMem = bl.engineMem()
 	if err != nil {
 		s.Error = err.Error()
 		return s

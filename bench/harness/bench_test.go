@@ -91,12 +91,19 @@ func TestBenchShort(t *testing.T) {
 	if haveIperf3 {
 		workloads = append(slices.Clone(workloads), report.WorkloadIperf3)
 	}
+	// Every backend's workloads in turn, then the paced one of every
+	// backend, once vxlan's flat-out rate of the rep is known.
 	var want []string
 	for range reps {
 		for _, b := range Backends {
 			for _, w := range workloads {
-				want = append(want, b+"/"+w)
+				if w != report.WorkloadUDP64Paced {
+					want = append(want, b+"/"+w)
+				}
 			}
+		}
+		for _, b := range Backends {
+			want = append(want, b+"/"+report.WorkloadUDP64Paced)
 		}
 	}
 	if !slices.Equal(order, want) {
@@ -111,15 +118,18 @@ func TestBenchShort(t *testing.T) {
 			if m.Key == "iperf3_tcp1_gbps" && !haveIperf3 {
 				continue
 			}
-			engineOnly := m.Key == "engine_cpu_s_per_gb"
-			weft := row.Backend == BackendUDP || row.Backend == BackendUDPUnbatched || row.Backend == BackendUVXLAN
-			if engineOnly && !weft {
+			engineOnly := m.Key == "engine_cpu_s_per_gb" || m.Key == "engine_rss_peak_mib"
+			if engineOnly && !isWeft(row.Backend) {
 				if ok {
-					t.Errorf("%s: engine CPU reported for a kernel backend", row.Backend)
+					t.Errorf("%s: %s reported for a kernel backend", row.Backend, m.Key)
 				}
 				continue
 			}
-			if !ok || s.N != reps || s.Min > s.Median || s.Median > s.Max {
+			n := reps
+			if m.Workload == "" {
+				n = reps * len(workloads) // memory: every sample
+			}
+			if !ok || s.N != n || s.Min > s.Median || s.Median > s.Max || (m.Peak && s.Max <= 0) {
 				t.Errorf("%s: metric %s = %+v, ok %v", row.Backend, m.Key, s, ok)
 			}
 		}
@@ -152,9 +162,26 @@ func TestBenchShort(t *testing.T) {
 			t.Errorf("%s: no weft stats (offload state) in the JSON", b)
 		}
 	}
+	vxlanRate := map[int]float64{}
 	for _, s := range back.Samples {
 		if s.Result == nil || s.Result.Mode == "" || s.CPUSeconds <= 0 {
 			t.Errorf("sample %+v incomplete", s)
+			continue
+		}
+		if s.Backend == BackendVXLAN && s.Workload == report.WorkloadUDP64 {
+			vxlanRate[s.Rep] = s.Result.DeliveredPPS
+		}
+		checkMem(t, s, 2)
+	}
+	for _, s := range back.Samples {
+		if s.Workload != report.WorkloadUDP64Paced || s.Result == nil {
+			continue
+		}
+		if want := int(vxlanRate[s.Rep] + 0.5); s.PacedFrom != report.PacedFromVXLAN || s.Result.TargetRate != want || want == 0 {
+			t.Errorf("%s rep %d paced at %d from %q, want vxlan's flat-out %d of the same rep", s.Backend, s.Rep, s.Result.TargetRate, s.PacedFrom, want)
+		}
+		if s.Result.Loss == nil || s.Result.Sent == 0 {
+			t.Errorf("%s rep %d paced: no loss figure: %+v", s.Backend, s.Rep, s.Result)
 		}
 	}
 
@@ -168,12 +195,46 @@ func TestBenchShort(t *testing.T) {
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range append([]string{"ratio to vxlan", "ratio to veth"}, Backends...) {
+	for _, s := range append([]string{"ratio to vxlan", "ratio to veth", "64 B UDP paced", "paced loss", "engine RSS peak",
+		"at kernel vxlan's flat-out delivered rate of the same repetition: rep 1 "}, Backends...) {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}
 	}
 	t.Logf("\n%s", table.String())
+}
+
+func isWeft(backend string) bool {
+	return backend == BackendUDP || backend == BackendUDPUnbatched || backend == BackendUVXLAN
+}
+
+// checkMem checks a sample's engine memory: for a weft backend every
+// engine's VmRSS and VmHWM after the run and a series of readings during
+// it; nothing for a kernel backend.
+func checkMem(t *testing.T, s report.Sample, hosts int) {
+	t.Helper()
+	if !isWeft(s.Backend) {
+		if s.EngineMem != nil || s.EngineRSS != nil {
+			t.Errorf("%s rep %d %s: engine memory for a kernel backend", s.Backend, s.Rep, s.Workload)
+		}
+		return
+	}
+	if len(s.EngineMem) != hosts {
+		t.Errorf("%s rep %d %s: memory of %d engines, want %d", s.Backend, s.Rep, s.Workload, len(s.EngineMem), hosts)
+	}
+	for i, m := range s.EngineMem {
+		if m.Host != i+1 || m.RSSKiB <= 0 || m.HWMKiB < m.RSSKiB {
+			t.Errorf("%s rep %d %s: engine memory %+v", s.Backend, s.Rep, s.Workload, m)
+		}
+	}
+	if len(s.EngineRSS) < 2 {
+		t.Errorf("%s rep %d %s: %d RSS readings, want at least the start and the end", s.Backend, s.Rep, s.Workload, len(s.EngineRSS))
+	}
+	for i, p := range s.EngineRSS {
+		if len(p.RSSKiB) != hosts || slices.Contains(p.RSSKiB, 0) || (i > 0 && p.Seconds <= s.EngineRSS[i-1].Seconds) {
+			t.Errorf("%s rep %d %s: RSS reading %d: %+v", s.Backend, s.Rep, s.Workload, i, p)
+		}
+	}
 }
 
 // checkSVG parses the whole document and counts the bars.
@@ -203,6 +264,60 @@ func checkSVG(t *testing.T, b []byte, backends int) {
 	}
 }
 
+// Without kernel vxlan in the run the paced workload takes --udp-rate,
+// or is skipped (not failed) when that is 0; the engines' memory is read
+// every MemEvery during a run.
+func TestBenchPacedFallbackAndMemSeries(t *testing.T) {
+	labtest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := RunBench(ctx, BenchConfig{
+		Binary: weftBin, Backends: []string{BackendUDP}, Workloads: []string{report.WorkloadTCP1, report.WorkloadUDP64Paced},
+		Duration: time.Second, Reps: 1, Leases: LeasesStatic, Iperf3: "off", UDPRate: 20000, MemEvery: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Samples) != 2 {
+		t.Fatalf("samples %+v", rep.Samples)
+	}
+	for _, s := range rep.Samples {
+		if s.Error != "" {
+			t.Fatalf("%s: %s", s.Workload, s.Error)
+		}
+		checkMem(t, s, 2)
+		// A reading every 100 ms over a second, give or take a late tick.
+		if len(s.EngineRSS) < 6 {
+			t.Errorf("%s: %d RSS readings over 1 s at 100 ms", s.Workload, len(s.EngineRSS))
+		}
+	}
+	paced := rep.Samples[1]
+	if paced.PacedFrom != report.PacedFromFlag || paced.Result == nil || paced.Result.TargetRate != 20000 {
+		t.Errorf("paced sample without vxlan: from %q, result %+v", paced.PacedFrom, paced.Result)
+	}
+	if s := rep.Summary[0].Metrics["engine_rss_peak_mib"]; s.N != 2 || s.Max <= 0 {
+		t.Errorf("engine RSS peak %+v", s)
+	}
+
+	rep, err = RunBench(ctx, BenchConfig{
+		Binary: weftBin, Backends: []string{BackendVeth}, Workloads: []string{report.WorkloadUDP64Paced},
+		Duration: 300 * time.Millisecond, Reps: 1, Iperf3: "off",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := rep.Samples[0]; s.Skipped == "" || s.Error != "" || s.Result != nil || rep.Summary[0].Errors != 0 {
+		t.Fatalf("paced with no rate: %+v", s)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "64 B UDP paced skipped: kernel vxlan's") {
+		t.Errorf("table does not say why the paced workload was skipped:\n%s", table.String())
+	}
+}
+
 func TestBenchBadConfig(t *testing.T) {
 	for _, cfg := range []BenchConfig{
 		{Hosts: 1, Backends: []string{"veth"}, Reps: 1, Duration: time.Second},
@@ -211,6 +326,8 @@ func TestBenchBadConfig(t *testing.T) {
 		{Hosts: 2, Backends: []string{"veth"}, Reps: 0, Duration: time.Second},
 		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, Leases: "consul"},
 		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, Workloads: []string{"sctp"}},
+		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, UDPRate: -1},
+		{Hosts: 2, Backends: []string{"veth"}, Reps: 1, Duration: time.Second, MemEvery: time.Millisecond},
 	} {
 		if _, err := RunBench(context.Background(), cfg); err == nil {
 			t.Errorf("RunBench(%+v) succeeded", cfg)

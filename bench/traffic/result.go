@@ -19,9 +19,12 @@ type Result struct {
 	// UDP and rr
 	PayloadSize int `json:"payload_size,omitempty"`
 	// UDP
-	TargetRate   int      `json:"target_rate,omitempty"` // 0: flat out
-	Sent         int64    `json:"sent,omitempty"`
-	SendErrors   int64    `json:"send_errors,omitempty"`
+	TargetRate int   `json:"target_rate,omitempty"` // 0: flat out
+	Sent       int64 `json:"sent,omitempty"`
+	SendErrors int64 `json:"send_errors,omitempty"`
+	// PaceSkipped is how many datagrams a paced run never sent because
+	// the sender fell behind by more than the pacer's bucket holds.
+	PaceSkipped  int64    `json:"pace_skipped,omitempty"`
 	Delivered    int64    `json:"delivered,omitempty"`
 	Reordered    int64    `json:"reordered,omitempty"`
 	SentPPS      float64  `json:"sent_pps,omitempty"`

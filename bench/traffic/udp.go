@@ -68,7 +68,7 @@ func RunUDP(ctx context.Context, o UDPOptions) (*Result, error) {
 	defer uc.Close()
 	_ = uc.(*net.UDPConn).SetWriteBuffer(4 << 20)
 
-	sent, sendErrs, elapsed, err := sendUDP(ctx, uc.(*net.UDPConn), session, o)
+	sent, sendErrs, skipped, elapsed, err := sendUDP(ctx, uc.(*net.UDPConn), session, o)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +89,7 @@ func RunUDP(ctx context.Context, o UDPOptions) (*Result, error) {
 		return nil, fmt.Errorf("traffic: server count: %v%s", err, rep.Error)
 	}
 	res := &Result{Mode: "udp", Target: o.Addr, PayloadSize: o.Size, TargetRate: o.Rate, Seconds: elapsed.Seconds(),
-		Sent: sent, SendErrors: sendErrs, Delivered: rep.Received, Reordered: rep.Reordered, Bytes: rep.Bytes}
+		Sent: sent, SendErrors: sendErrs, PaceSkipped: skipped, Delivered: rep.Received, Reordered: rep.Reordered, Bytes: rep.Bytes}
 	res.SentPPS = float64(sent) / elapsed.Seconds()
 	res.DeliveredPPS = float64(rep.Received) / elapsed.Seconds()
 	res.BitsPerSecond = float64(rep.Bytes) * 8 / elapsed.Seconds()
@@ -101,7 +101,7 @@ func RunUDP(ctx context.Context, o UDPOptions) (*Result, error) {
 	return res, nil
 }
 
-func sendUDP(ctx context.Context, uc *net.UDPConn, session uint32, o UDPOptions) (sent, errs int64, elapsed time.Duration, err error) {
+func sendUDP(ctx context.Context, uc *net.UDPConn, session uint32, o UDPOptions) (sent, errs, skipped int64, elapsed time.Duration, err error) {
 	pc := ipv4.NewPacketConn(uc)
 	msgs := make([]ipv4.Message, sendBatch)
 	for i := range msgs {
@@ -115,6 +115,10 @@ func sendUDP(ctx context.Context, uc *net.UDPConn, session uint32, o UDPOptions)
 	}
 	start := time.Now()
 	end := start.Add(o.Duration)
+	var pace *pacer
+	if o.Rate > 0 {
+		pace = newPacer(o.Rate, start)
+	}
 	var seq uint64
 	for {
 		now := time.Now()
@@ -122,37 +126,36 @@ func sendUDP(ctx context.Context, uc *net.UDPConn, session uint32, o UDPOptions)
 			break
 		}
 		n := sendBatch
-		if o.Rate > 0 {
-			// Pace: send what is due by now, then sleep until the next
-			// packet is due.
-			due := int64(now.Sub(start).Seconds()*float64(o.Rate)) + 1
-			if due <= int64(seq) {
-				next := start.Add(time.Duration(float64(seq) / float64(o.Rate) * float64(time.Second)))
-				time.Sleep(min(time.Until(next), time.Until(end)))
+		if pace != nil {
+			if n = pace.due(now, sendBatch); n == 0 {
+				time.Sleep(min(pace.wait(now), end.Sub(now)))
 				continue
 			}
-			n = int(min(int64(sendBatch), due-int64(seq)))
 		}
 		for i := range n {
 			binary.BigEndian.PutUint64(msgs[i].Buffers[0][8:], seq+uint64(i))
 		}
 		w, werr := pc.WriteBatch(msgs[:n], 0)
-		if w > 0 {
-			seq += uint64(w)
-			sent += int64(w)
-		}
+		sent += int64(max(w, 0))
 		if werr != nil {
 			// ENOBUFS from a full queue, ECONNREFUSED from an ICMP
 			// unreachable: the datagram is lost, count it and go on.
 			errs++
 			if w <= 0 {
-				seq++
+				w = 1
 			}
 			var ne net.Error
 			if errors.As(werr, &ne) && !ne.Timeout() && errs > 1e6 {
-				return 0, 0, 0, fmt.Errorf("traffic: UDP send: %w", werr)
+				return 0, 0, 0, 0, fmt.Errorf("traffic: UDP send: %w", werr)
 			}
 		}
+		seq += uint64(w)
+		if pace != nil {
+			pace.took(w)
+		}
 	}
-	return sent, errs, time.Since(start), nil
+	if pace != nil {
+		skipped = pace.skipped
+	}
+	return sent, errs, skipped, time.Since(start), nil
 }

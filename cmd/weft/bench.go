@@ -33,6 +33,7 @@ func runBench(args []string) error {
 	svgOut := fs.String("svg", "", "write bar charts of the summary to this SVG file")
 	leases := fs.String("leases", harness.LeasesEtcd, "where weft backends get peers: etcd (weft etcd in the lab) or static (--static-* flags)")
 	mtu := fs.Int("underlay-mtu", 1500, "MTU of the lab's underlay")
+	udpRate := fs.Int("udp-rate", 100000, "packets/s of the paced 64 B UDP workload (udp64-paced) when kernel vxlan's flat-out rate of the same rep is not known; 0 skips it then")
 	iperf := fs.String("iperf3", "auto", "also run iperf3 (TCP, 1 stream) as a cross-check: auto (when installed), on or off")
 	flanneld := fs.String("flanneld", "", "a flanneld binary: adds a row of real flanneld hosts (UDP backend) against the same etcd")
 	cleanup := fs.Bool("cleanup", false, "remove the namespaces, links and processes of crashed weft lab runs, then exit")
@@ -86,7 +87,7 @@ func runBench(args []string) error {
 	cfg := harness.BenchConfig{
 		Binary: bin, Flanneld: *flanneld, Hosts: *hosts, Backends: bs, Workloads: benchList(*workloads),
 		Duration: *dur, Reps: *reps, Leases: *leases, UnderlayMTU: *mtu, Iperf3: *iperf,
-		Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
+		UDPRate: *udpRate, Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
 	}
 	rep, err := harness.RunBench(ctx, cfg)
 	if tty {
