@@ -10,7 +10,6 @@ import (
 // memory no other core writes, and a reader sees consistent-enough sums.
 type loopCounters struct {
 	packets, bytes, batches, icmp, readErrs atomic.Uint64
-	ecnMarked                               atomic.Uint64
 	drops                                   [NumDropReasons]atomic.Uint64
 	// sizes counts reads by how many packets they returned, in powers of
 	// two: bucket i holds reads of 2^(i-1) .. 2^i - 1 packets.
@@ -29,7 +28,6 @@ func BatchSizeBucketMax(i int) int { return 1<<i - 1 }
 type batchCounters struct {
 	read           int // packets the read returned
 	packets, bytes uint64
-	ecnMarked      uint32
 	drops          [NumDropReasons]uint32
 	dropped        bool
 }
@@ -45,9 +43,6 @@ func (b *batchCounters) flush(c *loopCounters) {
 		c.bytes.Add(b.bytes)
 	}
 	c.batches.Add(1)
-	if b.ecnMarked != 0 {
-		c.ecnMarked.Add(uint64(b.ecnMarked))
-	}
 	if b.read > 0 {
 		c.sizes[min(bits.Len(uint(b.read)), BatchSizeBuckets-1)].Add(1)
 		c.read.Add(uint64(b.read))
@@ -74,7 +69,6 @@ func (c *loopCounters) addTo(s *Stats, tx bool) {
 		sizes[i] = c.sizes[i].Load()
 	}
 	s.ICMPErrors += c.icmp.Load()
-	s.ECNMarked += c.ecnMarked.Load()
 	s.ReadErrors += c.readErrs.Load()
 	for r := range c.drops {
 		s.Drops[r] += c.drops[r].Load()

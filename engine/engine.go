@@ -83,12 +83,6 @@ type Config struct {
 	// BusyPoll is how long the TUN loop polls for packets before a read
 	// that may park it (0: never).
 	BusyPoll time.Duration
-	// QueueTarget and QueueInterval are CoDel's target and interval for
-	// the queue in front of the receive loop (codel.go): a delay above
-	// target for a whole interval is a standing queue, drained by
-	// dropping or ECN-marking. Zero QueueTarget switches it off; it needs
-	// a Transport that is a ReceiveTimer. QueueInterval defaults to 100ms.
-	QueueTarget, QueueInterval time.Duration
 	// Encap is the wire format; nil means flannel's UDP format.
 	Encap Encap
 	// NoDrain makes each TUN read its own batch (one blocking read per
@@ -134,12 +128,6 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	}
 	if cfg.Encap == nil {
 		cfg.Encap = flannelUDP{}
-	}
-	if cfg.QueueInterval == 0 {
-		cfg.QueueInterval = 100 * time.Millisecond
-	}
-	if cfg.QueueTarget < 0 || cfg.QueueInterval < 0 {
-		return nil, fmt.Errorf("engine: queue target %v and interval %v must not be negative", cfg.QueueTarget, cfg.QueueInterval)
 	}
 	if oh := cfg.Encap.Overhead(); oh < 0 || oh > MaxEncapOverhead {
 		return nil, fmt.Errorf("engine: encapsulation overhead %d is outside 0..%d", oh, MaxEncapOverhead)
@@ -194,7 +182,6 @@ type Stats struct {
 	TxBatches          uint64 // TUN reads that returned packets
 	RxBatches          uint64 // transport reads that returned datagrams
 	ICMPErrors         uint64 // ICMP errors written back into the TUN
-	ECNMarked          uint64 // packets marked CE to drain the receive queue (codel.go)
 	ReadErrors         uint64 // failed reads, TUN or transport, not fatal
 	Drops              [NumDropReasons]uint64
 	// TxRead and RxRead are the packets the reads returned; the batch

@@ -124,22 +124,3 @@ func buildICMPError(out []byte, typ, code uint8, src uint32, offender []byte) in
 	binary.BigEndian.PutUint16(icmp[2:4], checksum(icmp))
 	return n
 }
-
-// markCE sets Congestion Experienced on a packet that is ECN-capable
-// (RFC 3168), patching the header checksum incrementally (RFC 1624), and
-// reports whether it did; a Not-ECT packet must be dropped instead.
-func markCE(pkt []byte) bool {
-	switch pkt[1] & 3 {
-	case 0:
-		return false
-	case 3:
-		return true
-	}
-	old := uint32(binary.BigEndian.Uint16(pkt[0:2]))
-	pkt[1] |= 3
-	sum := uint32(^binary.BigEndian.Uint16(pkt[10:12])) + (^old & 0xffff) + (old | 3)
-	sum = (sum & 0xffff) + sum>>16
-	sum = (sum & 0xffff) + sum>>16
-	binary.BigEndian.PutUint16(pkt[10:12], ^uint16(sum))
-	return true
-}

@@ -48,9 +48,6 @@ const (
 	// address, answered by the Encap itself (kernel vxlan peers send one
 	// only while their permanent neighbour entry is missing).
 	DropARPAnswered
-	// DropQueueDelay: dropped to drain a standing queue in front of the
-	// receive loop (codel.go); packets that carry ECN are marked instead.
-	DropQueueDelay
 	// NumDropReasons is the number of reasons; valid reasons are below it.
 	NumDropReasons
 )
@@ -74,7 +71,6 @@ var dropReasonNames = [NumDropReasons]string{
 	DropNotIPv4Frame:  "not-ipv4-frame",
 	DropWrongMAC:      "wrong-mac",
 	DropARPAnswered:   "arp-answered",
-	DropQueueDelay:    "queue-delay",
 }
 
 // String returns the reason's stable name, as used in stats and captures.

@@ -27,18 +27,6 @@ type rxLoop struct {
 	// bigTCP: the device cuts TCP packets longer than its MTU itself, so
 	// a peer's unsegmented TSO packet is not oversize (LargeTCPWriter).
 	bigTCP bool
-
-	// times is the transport's ReceiveTimer, when the queue is managed.
-	times ReceiveTimer
-	queue codel
-}
-
-// ReceiveTimer is a Transport that knows when the kernel received each
-// datagram, so the engine can tell how long it waited in the socket.
-type ReceiveTimer interface {
-	// ReceiveTimes returns the receive time (unix nanoseconds, 0 if
-	// unknown) of each slot the last ReadBatch filled, or nil.
-	ReceiveTimes() []int64
 }
 
 // LargeTCPWriter is a Device that accepts TCP packets longer than its MTU
@@ -64,10 +52,6 @@ func newRxLoop(e *Engine) *rxLoop {
 	l.ttl = e.cfg.Encap.DecrementsTTL()
 	if w, ok := e.dev.(LargeTCPWriter); ok {
 		l.bigTCP = w.SegmentsLargeTCP()
-	}
-	if rt, ok := e.tr.(ReceiveTimer); ok && e.cfg.QueueTarget > 0 {
-		l.times = rt
-		l.queue = newCodel(int64(e.cfg.QueueTarget), int64(e.cfg.QueueInterval))
 	}
 	return l
 }
@@ -128,15 +112,6 @@ func (l *rxLoop) classify(t *Table, n int) int {
 	}
 	l.tap.load(l.e)
 	enc, oh := l.e.cfg.Encap, l.off-Headroom
-	var times []int64
-	var now int64
-	if l.times != nil {
-		if times = l.times.ReceiveTimes(); len(times) >= n {
-			now = time.Now().UnixNano()
-		} else {
-			times = nil
-		}
-	}
 	for i := 0; i < n; i++ {
 		dgram := l.bufs[i][Headroom : Headroom+l.sizes[i]]
 		var p *Peer
@@ -187,13 +162,6 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		if l.ttl && !decrementTTL(pkt) {
 			l.drop(DropTTLExpired, i, pkt)
 			continue
-		}
-		if times != nil && times[i] != 0 && l.queue.drop(now, now-times[i]) {
-			if !markCE(pkt) {
-				l.drop(DropQueueDelay, i, pkt)
-				continue
-			}
-			l.bc.ecnMarked++
 		}
 		if p != nil && p == last {
 			runPkts++

@@ -90,8 +90,6 @@ func (b *udpBackend) Start(_ context.Context, own lease.Lease) (int, error) {
 		NoGSO:     b.f.noGSO,
 		NoGRO:     b.f.noGRO,
 		BusyPoll:  b.f.busyPoll,
-		// The engine's queue management needs each datagram's receive time.
-		RxTimestamps: b.f.queueTarget > 0,
 	})
 	if err != nil {
 		dev.Close()
@@ -131,15 +129,13 @@ func openTUN(f *runFlags, name string, mtu int, own lease.Lease, network netip.P
 // first lease snapshot). enc nil is flannel's UDP format.
 func newEngine(f *runFlags, dev engine.Device, tr engine.Transport, mtu int, own lease.Lease, cfg *lease.Config, enc engine.Encap, log *slog.Logger) (*engine.Engine, error) {
 	eng, err := engine.New(dev, tr, engine.Config{
-		BatchSize:     f.batchSize,
-		MTU:           mtu,
-		AntiSpoof:     f.antiSpoof,
-		BusyPoll:      f.busyPoll,
-		ICMPSource:    own.Subnet.Addr(),
-		QueueTarget:   f.queueTarget,
-		QueueInterval: f.queueInterval,
-		Encap:         enc,
-		Logger:        log,
+		BatchSize:  f.batchSize,
+		MTU:        mtu,
+		AntiSpoof:  f.antiSpoof,
+		BusyPoll:   f.busyPoll,
+		ICMPSource: own.Subnet.Addr(),
+		Encap:      enc,
+		Logger:     log,
 	})
 	if err != nil {
 		return nil, err

@@ -45,7 +45,6 @@ type runFlags struct {
 	noTUNOffload, noGSO, noGRO  bool
 	tunPackageWrite             bool
 	tunTxQueueLen               int
-	queueTarget, queueInterval  time.Duration
 	busyPoll                    time.Duration
 	antiSpoof                   bool
 	noKernelVXLAN               bool
@@ -87,8 +86,6 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.noTUNOffload, "no-tun-offload", false, "open the TUN without virtio-net offloads (no TSO/USO/GRO)")
 	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
 	fs.IntVar(&f.tunTxQueueLen, "tun-txqueuelen", 5000, "packets the kernel queues on the TUN for the engine to read (0: the kernel's 500); more absorbs bursts while the engine is off its CPU")
-	fs.DurationVar(&f.queueTarget, "queue-target", 0, "CoDel target for the queue of datagrams waiting for the engine: a delay above it for a whole --queue-interval is drained by dropping or ECN-marking (0: off)")
-	fs.DurationVar(&f.queueInterval, "queue-interval", 100*time.Millisecond, "CoDel interval for --queue-target")
 	fs.BoolVar(&f.tunPackageWrite, "tun-package-write", false, "coalesce TUN writes with the tun package's GRO (verifies every checksum) instead of weft's, for comparison")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
@@ -136,7 +133,7 @@ func runRun(args []string) error {
 
 // envPrefix: flanneld's flags come from FLANNELD_*, weft's own from WEFT_*.
 func envPrefix(name string) string {
-	for _, p := range []string{"tun-name", "tun-package-write", "tun-txqueuelen", "queue-", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-", "metrics-addr", "log-format", "static-"} {
+	for _, p := range []string{"tun-name", "tun-package-write", "tun-txqueuelen", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-", "metrics-addr", "log-format", "static-"} {
 		if strings.HasPrefix(name, p) {
 			return "WEFT_"
 		}

@@ -31,10 +31,6 @@ type Options struct {
 	// BusyPoll is how long a receive keeps polling the socket before it
 	// parks the goroutine (0: park at once).
 	BusyPoll time.Duration
-	// RxTimestamps asks the kernel for each datagram's receive time
-	// (SO_TIMESTAMPNS), so the engine can tell how long it queued
-	// (ReceiveTimes).
-	RxTimestamps bool
 }
 
 // Stats are a Conn's own counters, beside the engine's.

@@ -41,10 +41,8 @@ type Conn struct {
 	batch int
 	gso   atomic.Bool
 	gro   bool
-	// stamps: the kernel adds each datagram's receive time (SO_TIMESTAMPNS).
-	stamps bool
-	spin   time.Duration
-	c      counters
+	spin  time.Duration
+	c     counters
 
 	rx rxState
 	tx txState
@@ -58,7 +56,6 @@ type rxState struct {
 	names []unix.RawSockaddrInet4
 	oob   []byte
 	bufs  [][]byte // the Conn's own buffers, exchanged with the caller's
-	times []int64  // receive time of each slot ReadBatch last filled (unix ns)
 
 	n, next, seg int // messages received, next to hand out, byte offset in it
 
@@ -104,7 +101,7 @@ func Listen(o Options) (*Conn, error) {
 		return nil, err
 	}
 	c := &Conn{uc: uc, rc: rc, batch: o.BatchSize, spin: o.BusyPoll}
-	var gsoOK, groOK, stampOK bool
+	var gsoOK, groOK bool
 	err = rc.Control(func(fd uintptr) {
 		s := int(fd)
 		setBuffer(s, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, o.SocketBuffer)
@@ -119,12 +116,6 @@ func Listen(o Options) (*Conn, error) {
 		if !o.NoGRO {
 			groOK = unix.SetsockoptInt(s, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
 		}
-		if o.RxTimestamps {
-			// Every skb is stamped when it enters the host's stack
-			// (net_timestamp_check in netif_rx/__netif_receive_skb, once a
-			// socket asks), before it waits in this socket's queue.
-			stampOK = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) == nil
-		}
 	})
 	if err != nil {
 		uc.Close()
@@ -132,7 +123,6 @@ func Listen(o Options) (*Conn, error) {
 	}
 	c.gso.Store(gsoOK)
 	c.gro = groOK
-	c.stamps = stampOK
 	if !o.SendOnly {
 		c.initRx()
 	}
@@ -154,7 +144,6 @@ func (c *Conn) initRx() {
 	r.names = make([]unix.RawSockaddrInet4, n)
 	r.oob = make([]byte, n*oobSize)
 	r.bufs = make([][]byte, n)
-	r.times = make([]int64, n)
 	for i := range r.bufs {
 		r.bufs[i] = make([]byte, engine.BufferSize)
 	}
@@ -260,14 +249,14 @@ func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offs
 			r.next++
 			continue
 		}
-		gso, stamp := 0, int64(0)
-		if c.gro || c.stamps {
-			gso, stamp = parseControl(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
+		gso := 0
+		if c.gro {
+			gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
 		}
 		if gso == 0 || size <= gso {
 			// One packet: hand over the buffer itself, take the caller's.
 			bufs[out], r.bufs[r.next] = r.bufs[r.next], bufs[out]
-			sizes[out], srcs[out], r.times[out] = size, src, stamp
+			sizes[out], srcs[out] = size, src
 			out++
 			r.next++
 			continue
@@ -275,7 +264,7 @@ func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offs
 		for r.seg < size && out < len(bufs) {
 			end := min(r.seg+gso, size)
 			copy(bufs[out][offset:], r.bufs[r.next][offset+r.seg:offset+end])
-			sizes[out], srcs[out], r.times[out] = end-r.seg, src, stamp
+			sizes[out], srcs[out] = end-r.seg, src
 			out++
 			r.seg = end
 		}
@@ -299,7 +288,7 @@ func (c *Conn) receive(offset int) error {
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
 		h.Flags = 0
-		if c.gro || c.stamps {
+		if c.gro {
 			h.Control = &r.oob[i*oobSize]
 			h.SetControllen(oobSize)
 		} else {
@@ -324,35 +313,20 @@ func (c *Conn) receive(offset int) error {
 	return nil
 }
 
-// ReceiveTimes implements engine.ReceiveTimer: the kernel's receive time
-// (unix nanoseconds, 0 if unknown) of each slot the last ReadBatch filled.
-// The slice is the Conn's and changes with the next ReadBatch.
-func (c *Conn) ReceiveTimes() []int64 {
-	if !c.stamps {
-		return nil
-	}
-	return c.rx.times
-}
-
-// parseControl returns the segment size of a UDP_GRO control message (0:
-// none) and the receive time of an SCM_TIMESTAMPNS one (0: none).
-func parseControl(oob []byte) (gso int, stamp int64) {
+// groSize returns the segment size of a UDP_GRO control message, or 0.
+func groSize(oob []byte) int {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		l := int(h.Len)
 		if l < unix.SizeofCmsghdr || l > len(oob) {
-			return gso, stamp
+			return 0
 		}
-		switch {
-		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(2):
-			gso = int(*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
-		case h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && l >= unix.CmsgLen(int(unsafe.Sizeof(unix.Timespec{}))):
-			ts := (*unix.Timespec)(unsafe.Pointer(&oob[unix.CmsgLen(0)]))
-			stamp = ts.Nano()
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(2) {
+			return int(*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
 		}
 		oob = oob[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(oob)):]
 	}
-	return gso, stamp
+	return 0
 }
 
 func addrPort(sa *unix.RawSockaddrInet4) netip.AddrPort {
