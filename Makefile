@@ -35,7 +35,7 @@ fuzz:
 # Micro-benchmarks (for benchstat: run twice, compare), then the namespace
 # bench of every backend.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine/... ./encap/... | tee bench-micro.txt
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine/... ./encap/... ./bench/wakeup/ | tee bench-micro.txt
 	./$(BIN) bench
 
 # The long fault tests (issue 9): restarts, etcd outage and partition,
