@@ -261,7 +261,7 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 		args = []string{"tcp", "--to", to, "--duration", ds, "--streams", "4"}
 	case report.WorkloadUDP64, report.WorkloadUDP64Paced:
 		args = []string{"udp", "--to", to, "--duration", ds, "--size", "64"}
-	case report.WorkloadRR:
+	case report.WorkloadRR, report.WorkloadRRLoaded:
 		args = []string{"rr", "--to", to, "--duration", ds, "--size", "64"}
 	}
 	args = append(args, extra...)
@@ -272,9 +272,12 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 	stopRSS := bl.watchRSS(memEvery)
 	var res *traffic.Result
 	var err error
-	if workload == report.WorkloadIperf3 {
+	switch workload {
+	case report.WorkloadIperf3:
 		res, err = bl.iperf3(ctx, d)
-	} else {
+	case report.WorkloadRRLoaded:
+		res, err = bl.loadedRR(ctx, to, d, args)
+	default:
 		res, err = bl.c.Traffic(ctx, bl.path.ClientNS, args...)
 	}
 	s.CPUSeconds = machineCPU() - cpu0

@@ -24,6 +24,11 @@ const (
 	WorkloadTCP4  = "tcp4"  // TCP, 4 streams
 	WorkloadUDP64 = "udp64" // 64-byte UDP payloads, flat out
 	WorkloadRR    = "rr"    // 64-byte request/response
+	// WorkloadRRLoaded is the same request/response beside four bulk TCP
+	// streams on the same path: what a short exchange waits behind
+	// bulk data in the tunnel's queues (docs/performance.md, "Latency
+	// under load").
+	WorkloadRRLoaded = "rr-loaded"
 	// WorkloadUDP64Paced is 64-byte UDP paced at the rate kernel vxlan
 	// delivered flat out in the same repetition: issue #7's goal is loss
 	// under 1 % at that rate, which the flat-out figure cannot show (the
@@ -39,7 +44,7 @@ const WorkloadIperf3 = "iperf3"
 // Workloads lists the built-in ones in run order. The paced workload runs
 // for every backend after the others of its repetition, once kernel
 // vxlan's flat-out rate is known.
-var Workloads = []string{WorkloadTCP1, WorkloadTCP4, WorkloadUDP64, WorkloadRR, WorkloadUDP64Paced}
+var Workloads = []string{WorkloadTCP1, WorkloadTCP4, WorkloadUDP64, WorkloadRR, WorkloadRRLoaded, WorkloadUDP64Paced}
 
 // Sample is one workload run on one backend in one repetition.
 type Sample struct {
@@ -179,6 +184,10 @@ var Metrics = []Metric{
 	{Key: "rr_p50_us", Title: "RR median", Unit: "µs", Workload: WorkloadRR,
 		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
 	{Key: "rr_p99_us", Title: "RR p99", Unit: "µs", Workload: WorkloadRR,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
+	{Key: "rr_loaded_p50_us", Title: "RR loaded median", Unit: "µs", Workload: WorkloadRRLoaded,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
+	{Key: "rr_loaded_p99_us", Title: "RR loaded p99", Unit: "µs", Workload: WorkloadRRLoaded,
 		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
 	{Key: "iperf3_tcp1_gbps", Title: "iperf3 TCP 1 stream", Unit: "Gbit/s", HigherBetter: true, Workload: WorkloadIperf3,
 		value: func(s Sample) (float64, bool) { return s.Result.BitsPerSecond / 1e9, true }},

@@ -31,7 +31,7 @@ type ratioCol struct {
 // own paced figure would be no reference, its sender being at its limit.
 var ratioCols = []ratioCol{{key: "tcp1_gbps"}, {key: "tcp4_gbps"}, {key: "udp64_kpps"},
 	{key: "udp64_paced_kpps", refKey: "udp64_kpps", onlyRef: "vxlan"},
-	{key: "rr_p50_us"}, {key: "rr_p99_us"}, {key: "cpu_s_per_gb"}}
+	{key: "rr_p50_us"}, {key: "rr_p99_us"}, {key: "rr_loaded_p50_us"}, {key: "cpu_s_per_gb"}}
 
 // costMetrics go in a second table, so that neither is too wide for a
 // terminal: what the traffic figures cost in CPU and memory.
