@@ -3,7 +3,9 @@ GO      ?= go
 BIN     := bin/weft
 PKGS    := ./...
 # Packages whose tests exercise concurrency directly (run again under -race).
-RACE    := ./engine/... ./encap/... ./lease/... ./capture/...
+RACE    := ./engine/... ./encap/... ./lease/... ./capture/... ./daemon/...
+# staticcheck, pinned; .ci/run installs it into a cache outside the repo.
+STATICCHECK ?= $(shell command -v staticcheck || echo $(HOME)/go/bin/staticcheck)
 FUZZTIME ?= 10s
 
 .PHONY: all build test unit race fuzz bench demo lint clean soak
@@ -50,6 +52,7 @@ demo: build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(STATICCHECK) $(PKGS)
 
 clean:
 	rm -rf bin bench-micro.txt

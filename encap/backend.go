@@ -4,7 +4,10 @@ import (
 	"context"
 	"net/netip"
 
+	"github.com/weft-net/weft/encap/udp"
+	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/tunio"
 )
 
 // Host is what a backend needs to know of the machine it runs on.
@@ -22,8 +25,12 @@ type Host struct {
 //	attrs, _ := b.Attrs()          // before the lease: what peers need to reach us
 //	own := acquire(attrs)
 //	mtu, _ := b.Start(ctx, own)    // data path up for own subnet
-//	b.SetPeers(snapshot)           // on every lease snapshot, from one goroutine
+//	b.SetPeers(admitted)           // on every lease snapshot, from one goroutine
 //	b.Run(ctx)                     // until ctx ends
+//
+// SetPeers never sees a lease that package admission refused: the daemon
+// applies one rule (admission.Rule, with the backend's Accept) to every
+// snapshot, so no backend checks subnets, lengths or public IPs itself.
 //
 // On return from Run the backend stops without undoing kernel state that
 // lets traffic keep flowing through a restart (flanneld leaves its vxlan
@@ -38,14 +45,35 @@ type Backend interface {
 	// Start brings the data path up for this host's lease and returns the
 	// MTU pods should use (FLANNEL_MTU).
 	Start(ctx context.Context, own lease.Lease) (mtu int, err error)
-	// SetPeers applies a snapshot of every lease of the cluster (this
-	// host's included). Calls come from one goroutine.
-	SetPeers(leases []lease.Lease)
+	// Accept is the backend's part of admission: it returns nil when a
+	// peer with these attributes (BackendType, BackendData) can be reached
+	// by this backend, else an *admission.Refused naming why.
+	Accept(a lease.Attrs) error
+	// SetPeers applies the admitted peers of a snapshot (this host's lease
+	// left out), sorted by subnet. Calls come from one goroutine.
+	SetPeers(peers []lease.Lease)
 	// Run forwards or reconciles until ctx ends.
 	Run(ctx context.Context) error
 }
 
-// Status is what a backend reports for `weft status` and the debug socket.
+// Status is the optional interface of a backend with details of its own
+// for `weft status --json` and the debug socket's /status.
 type Status interface {
 	Status() any
+}
+
+// Datapath is the optional interface of a backend whose packets pass
+// through weft's engine (udp, vxlan from userspace): status, metrics and
+// captures reach the engine, its TUN and its socket through it. A backend
+// returns nil before Start.
+type Datapath interface {
+	Datapath() *DatapathInfo
+}
+
+// DatapathInfo is what Datapath returns.
+type DatapathInfo struct {
+	Engine *engine.Engine
+	TUN    *tunio.Device
+	// Socket reads the underlay socket's counters (both directions).
+	Socket func() udp.Stats
 }

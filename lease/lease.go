@@ -24,6 +24,9 @@ type Lease struct {
 	// Revision is the store's revision of the lease's last change (0 for
 	// the static store). It lets a watcher resume.
 	Revision int64
+	// CreateRevision is the store's revision of the lease's creation (0
+	// for the static store): of two leases that collide, the older wins.
+	CreateRevision int64
 }
 
 // Key returns flanneld's name for the subnet: "10.5.42.0-24".

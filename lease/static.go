@@ -70,6 +70,9 @@ func NewStatic(network, own netip.Prefix, peers []StaticPeer) (*Static, error) {
 	return s, nil
 }
 
+// Own is this host's subnet (--static-subnet).
+func (s *Static) Own() netip.Prefix { return s.own }
+
 func (s *Static) Config(context.Context) (*Config, error) { c := s.cfg; return &c, nil }
 
 func (s *Static) Acquire(_ context.Context, attrs Attrs) (Lease, error) {

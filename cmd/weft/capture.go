@@ -18,6 +18,7 @@ import (
 
 	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/capture/decode"
+	"github.com/weft-net/weft/daemon"
 )
 
 func init() {
@@ -44,8 +45,7 @@ data path never waits; the count is printed at the end.
 
 func runCapture(args []string) error {
 	fs := flag.NewFlagSet("weft capture", flag.ContinueOnError)
-	var df debugFlags
-	df.register(fs)
+	df := debugFlags(fs)
 	out := fs.String("w", "", "write pcapng to this file (- for stdout) instead of printing packets")
 	count := fs.Int("c", 0, "stop after this many packets (0: no limit)")
 	dur := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
@@ -58,9 +58,6 @@ func runCapture(args []string) error {
 		fmt.Fprintf(fs.Output(), "\n%s\n", capture.FilterSyntax)
 	}
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil // -h: the usage was the answer
-		}
 		return err
 	}
 	p := capture.Params{Filter: strings.Join(fs.Args(), " "), Points: *points, Snap: *snap, Count: *count, Duration: *dur, Queue: *queue}
@@ -91,10 +88,10 @@ func runCapture(args []string) error {
 		return err
 	}
 
-	client, base, where := df.client(0)
+	client, base, where := df.HTTP(0)
 	resp, err := client.Get(base + "/capture?" + p.Query())
 	if err != nil {
-		return failed(reachError(where, err))
+		return failed(daemon.ReachError(where, err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -109,7 +106,7 @@ func runCapture(args []string) error {
 	defer signal.Stop(sigs)
 	go func() {
 		<-sigs
-		stopper, _, _ := df.client(5 * time.Second)
+		stopper, _, _ := df.HTTP(5 * time.Second)
 		r, err := stopper.Post(base+"/capture/stop?id="+resp.Header.Get(capture.HeaderID), "", nil)
 		if err == nil {
 			r.Body.Close()

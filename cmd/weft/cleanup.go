@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/weft-net/weft/daemon"
 	"github.com/weft-net/weft/encap/kernel"
 	"github.com/weft-net/weft/firewall"
 )
@@ -23,7 +24,7 @@ func init() {
 func runCleanup(args []string) error {
 	fs := flag.NewFlagSet("weft cleanup", flag.ContinueOnError)
 	tunName := fs.String("tun-name", "flannel0", "name of the udp backend's TUN device")
-	socket := fs.String("debug-socket", "/run/weft/debug.sock", "the debug socket of a weft that may be running on this host")
+	socket := fs.String("debug-socket", daemon.DefaultDebugSocket, "the debug socket of a weft that may be running on this host")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -32,7 +33,7 @@ func runCleanup(args []string) error {
 	}
 	// A running weft would put everything back within seconds.
 	if *socket != "" {
-		if _, err := debugGet(*socket, "/stats"); err == nil {
+		if _, err := (daemon.Client{Socket: *socket}).Get("/status"); err == nil {
 			return fmt.Errorf("a weft is running here (it answers on %s): stop it first", *socket)
 		}
 	}

@@ -126,7 +126,7 @@ func checkEnvFile(t *testing.T, env []byte) {
 	f.register(fs)
 	known := map[string]bool{}
 	fs.VisitAll(func(fl *flag.Flag) {
-		known[envPrefix(fl.Name)+strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))] = true
+		known[envName(fl.Name)] = true
 	})
 	for _, l := range lines(string(env)) {
 		if strings.HasPrefix(l, "#") {
@@ -274,4 +274,15 @@ func TestDaemonSet(t *testing.T) {
 	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.LivenessProbe.HTTPGet.Port != port {
 		t.Errorf("liveness probe %+v, want /healthz on --healthz-port %d", c.LivenessProbe, port)
 	}
+}
+
+// lines are the non-empty lines of s, trimmed.
+func lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
 }

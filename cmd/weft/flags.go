@@ -21,10 +21,35 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
+// flanneldFlags are flanneld v0.28.9's own flag names: each is read from
+// FLANNELD_<NAME> as flanneld reads it. Every other flag of `weft run` is
+// weft's own and is read from WEFT_<NAME>. The list is explicit so that a
+// new weft flag can never take a FLANNELD_ variable by accident
+// (TestEnvNames checks it against the flag set).
+var flanneldFlags = map[string]bool{
+	"etcd-endpoints": true, "etcd-prefix": true, "etcd-keyfile": true, "etcd-certfile": true, "etcd-cafile": true,
+	"etcd-username": true, "etcd-password": true,
+	"iface": true, "iface-regex": true, "iface-can-reach": true, "public-ip": true, "public-ipv6": true,
+	"subnet-file": true, "subnet-lease-renew-margin": true,
+	"ip-masq": true, "ip-masq-fully-random-disable": true, "iptables-resync": true, "iptables-forward-rules": true,
+	"iptables-nft-rules": true, "ip-blackhole-route": true, "healthz-ip": true, "healthz-port": true, "v": true,
+	"kube-subnet-mgr": true, "kube-api-url": true, "kubeconfig-file": true, "kube-annotation-prefix": true,
+	"net-config-path": true, "set-node-network-unavailable": true, "use-multicluster-cidr": true,
+}
+
+// envName is the environment variable of flag name: FLANNELD_ETCD_ENDPOINTS
+// for --etcd-endpoints, WEFT_BATCH_SIZE for --batch-size.
+func envName(name string) string {
+	prefix := "WEFT_"
+	if flanneldFlags[name] {
+		prefix = "FLANNELD_"
+	}
+	return prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
 // applyEnv sets every flag not given on the command line from its
-// environment variable (when set and not empty), as flanneld does: FLANNELD_ETCD_ENDPOINTS for
-// --etcd-endpoints. weft's own flags use the WEFT_ prefix.
-func applyEnv(fs *flag.FlagSet, prefixFor func(name string) string) error {
+// environment variable (when set and not empty), as flanneld does.
+func applyEnv(fs *flag.FlagSet, nameFor func(flag string) string) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error
@@ -32,7 +57,7 @@ func applyEnv(fs *flag.FlagSet, prefixFor func(name string) string) error {
 		if given[f.Name] || err != nil {
 			return
 		}
-		key := prefixFor(f.Name) + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		key := nameFor(f.Name)
 		// An empty variable counts as unset, as in flanneld.
 		if v := os.Getenv(key); v != "" {
 			if e := fs.Set(f.Name, v); e != nil {
@@ -45,7 +70,7 @@ func applyEnv(fs *flag.FlagSet, prefixFor func(name string) string) error {
 
 // refusedFlags are flanneld flags of modes weft does not have. They are
 // accepted by the parser only to be refused with a clear message, never
-// silently ignored.
+// silently ignored (also when they come from FLANNELD_* variables).
 var refusedFlags = map[string]string{
 	"kube-subnet-mgr":              "the Kubernetes subnet manager is not supported; use etcd (--etcd-endpoints)",
 	"kube-api-url":                 "the Kubernetes subnet manager is not supported; use etcd (--etcd-endpoints)",
@@ -55,6 +80,12 @@ var refusedFlags = map[string]string{
 	"set-node-network-unavailable": "the Kubernetes subnet manager is not supported",
 	"use-multicluster-cidr":        "multi-cluster CIDRs are not supported",
 	"iptables-nft-rules":           "not supported yet",
+	"public-ipv6":                  "IPv6 and dual-stack are not supported yet",
+}
+
+// refusedBool are the refused flags that take no value in flanneld.
+var refusedBool = map[string]bool{
+	"kube-subnet-mgr": true, "set-node-network-unavailable": true, "use-multicluster-cidr": true, "iptables-nft-rules": true,
 }
 
 type refusedFlag struct {
@@ -67,4 +98,8 @@ func (r refusedFlag) Set(string) error {
 	*r.set = append(*r.set, r.name)
 	return nil
 }
-func (r refusedFlag) IsBoolFlag() bool { return true }
+
+// boolRefusedFlag is a refused flag that takes no value.
+type boolRefusedFlag struct{ refusedFlag }
+
+func (boolRefusedFlag) IsBoolFlag() bool { return true }

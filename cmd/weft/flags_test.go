@@ -15,6 +15,9 @@ func TestRunFlagErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr"},
+		{[]string{"--public-ipv6", "2001:db8::1"}, nil, "--public-ipv6"},
+		{[]string{"--kube-api-url", "https://example.invalid"}, nil, "--kube-api-url"},
+		{nil, map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::1"}, "--public-ipv6"},
 		{[]string{"--subnet-lease-renew-margin", "0"}, nil, "--subnet-lease-renew-margin"},
 		{[]string{"--subnet-lease-renew-margin", "1440"}, nil, "--subnet-lease-renew-margin"},
 		{[]string{"--batch-size", "0"}, nil, "--batch-size"},
@@ -50,7 +53,7 @@ func TestEnvFillsFlagsNotGiven(t *testing.T) {
 	if err := fs.Parse([]string{"--etcd-prefix", "/from/flag"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyEnv(fs, envPrefix); err != nil {
+	if err := applyEnv(fs, envName); err != nil {
 		t.Fatal(err)
 	}
 	if f.etcdPrefix != "/from/flag" {
@@ -58,5 +61,29 @@ func TestEnvFillsFlagsNotGiven(t *testing.T) {
 	}
 	if strings.Join(f.ifaces, " ") != "eth1 eth2" || f.batchSize != 7 {
 		t.Errorf("iface %v, batch %d: the environment was not applied", f.ifaces, f.batchSize)
+	}
+}
+
+// TestEnvNames: flanneld's flags read FLANNELD_*, weft's own WEFT_*, and
+// the list of flanneld's flags names only flags `weft run` has.
+func TestEnvNames(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var f runFlags
+	f.register(fs)
+	registered := map[string]bool{}
+	fs.VisitAll(func(fl *flag.Flag) { registered[fl.Name] = true })
+	for name := range flanneldFlags {
+		if !registered[name] {
+			t.Errorf("flanneld's --%s is neither implemented nor refused by weft run", name)
+		}
+	}
+	for name, want := range map[string]string{
+		"etcd-endpoints": "FLANNELD_ETCD_ENDPOINTS", "iface": "FLANNELD_IFACE", "v": "FLANNELD_V",
+		"batch-size": "WEFT_BATCH_SIZE", "no-udp-gso": "WEFT_NO_UDP_GSO", "debug-socket": "WEFT_DEBUG_SOCKET",
+		"static-peer": "WEFT_STATIC_PEER", "tun-name": "WEFT_TUN_NAME",
+	} {
+		if got := envName(name); got != want {
+			t.Errorf("--%s reads %s, want %s", name, got, want)
+		}
 	}
 }

@@ -1,13 +1,20 @@
-// Command weft is the single binary of the weft overlay network: the
-// forwarding daemon (run), its companions (etcd, status, capture, decode,
-// bench, cleanup) and small tools.
+// Command weft is the single binary of the weft overlay network. This
+// package only turns flags (and flanneld's FLANNELD_* variables) into
+// options and dispatches subcommands: the daemon is package daemon, the
+// backends live under encap/, the lab tools under bench/.
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 )
+
+// version is set at build time (-ldflags "-X main.version=v1.2.3").
+var version = "dev"
 
 // A command is one subcommand. Each lives in its own file and registers
 // itself in init, so adding one touches no other file.
@@ -25,6 +32,13 @@ func register(name, summary string, run func(args []string) error) {
 	commands[name] = command{summary: summary, run: run}
 }
 
+func init() {
+	register("version", "print weft's version", func([]string) error {
+		fmt.Println(version)
+		return nil
+	})
+}
+
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: weft <command> [flags]\n\ncommands:\n")
 	names := make([]string, 0, len(commands))
@@ -38,19 +52,44 @@ func usage() {
 	fmt.Fprintf(os.Stderr, "\nRun 'weft <command> -h' for a command's flags.\n")
 }
 
-func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage()
-		os.Exit(2)
+func main() { os.Exit(dispatch(os.Args)) }
+
+// dispatch runs argv and returns the exit code. Invoked as flanneld (the
+// kube-flannel.yml image swap: /opt/bin/flanneld), weft is `weft run`.
+func dispatch(argv []string) int {
+	args := argv[1:]
+	name := "run"
+	if filepath.Base(argv[0]) != "flanneld" {
+		if len(args) == 0 {
+			usage()
+			return 2
+		}
+		name, args = args[0], args[1:]
 	}
-	cmd, ok := commands[os.Args[1]]
+	switch name {
+	case "-h", "--help", "help":
+		usage()
+		return 0
+	case "--version", "-version":
+		fmt.Println(version)
+		return 0
+	}
+	if name == "run" && len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		fmt.Println(version) // flanneld --version
+		return 0
+	}
+	cmd, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "weft: unknown command %q\n\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "weft: unknown command %q\n\n", name)
 		usage()
-		os.Exit(2)
+		return 2
 	}
-	if err := cmd.run(os.Args[2:]); err != nil {
-		fmt.Fprintf(os.Stderr, "weft %s: %v\n", os.Args[1], err)
-		os.Exit(1)
+	if err := cmd.run(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // -h: the usage was the answer
+		}
+		fmt.Fprintf(os.Stderr, "weft %s: %v\n", name, err)
+		return 1
 	}
+	return 0
 }

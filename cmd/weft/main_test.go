@@ -1,110 +1,30 @@
 package main
 
 import (
-	"bytes"
-	"encoding/binary"
-	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"testing"
-	"time"
 )
 
-// The test binary doubles as the weft binary: the namespace tests start it
-// inside the lab with WEFT_TEST_MAIN=1, so they exercise exactly this
-// build with nothing installed. WEFT_TEST_HELPER selects a small tool the
-// tests need inside a namespace instead.
-func TestMain(m *testing.M) {
-	switch os.Getenv("WEFT_TEST_HELPER") {
-	case "":
-	case "send-udp": // send-udp DST:PORT SRC-PORT HEX-PAYLOAD
-		os.Exit(helperSendUDP(os.Args[1:]))
-	case "udp-echo": // udp-echo LISTEN
-		os.Exit(helperUDPEcho(os.Args[1:]))
-	case "udp-check": // udp-check DST SIZE...
-		os.Exit(helperUDPCheck(os.Args[1:]))
-	}
-	if os.Getenv("WEFT_TEST_MAIN") == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-func helperSendUDP(args []string) int {
-	var srcPort int
-	fmt.Sscan(args[1], &srcPort)
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: srcPort})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	dst, err := net.ResolveUDPAddr("udp4", args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	var payload []byte
-	fmt.Sscanf(args[2], "%x", &payload)
-	if _, err := c.WriteToUDP(payload, dst); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
-}
-
-func helperUDPEcho(args []string) int {
-	c, err := net.ListenPacket("udp4", args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	buf := make([]byte, 65536)
-	for {
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			return 1
-		}
-		c.WriteTo(buf[:n], from)
-	}
-}
-
-// helperUDPCheck sends one datagram of each size with random content and
-// checks that the echo comes back byte for byte.
-func helperUDPCheck(args []string) int {
-	c, err := net.Dial("udp4", args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	for _, s := range args[1:] {
-		var size int
-		fmt.Sscan(s, &size)
-		want := make([]byte, size)
-		for i := range want {
-			want[i] = byte(rand.Uint32())
-		}
-		if size >= 4 {
-			binary.BigEndian.PutUint32(want, uint32(size))
-		}
-		got := make([]byte, 65536)
-		// Retry for a while: the echo server may still be starting (its
-		// port unreachable errors fail our reads at once).
-		ok := false
-		for deadline := time.Now().Add(10 * time.Second); !ok && time.Now().Before(deadline); {
-			c.Write(want)
-			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			n, err := c.Read(got)
-			ok = err == nil && bytes.Equal(got[:n], want)
-			if !ok {
-				time.Sleep(100 * time.Millisecond)
+// TestHelpExitsZero: every command answers -h and --help with its usage
+// and exit code 0, as does weft itself; --version and version print it.
+func TestHelpExitsZero(t *testing.T) {
+	stderr := os.Stderr
+	os.Stderr, _ = os.Open(os.DevNull)
+	defer func() { os.Stderr = stderr }()
+	for name := range commands {
+		for _, h := range []string{"-h", "--help"} {
+			if code := dispatch([]string{"weft", name, h}); code != 0 {
+				t.Errorf("weft %s %s: exit %d", name, h, code)
 			}
 		}
-		if !ok {
-			fmt.Fprintf(os.Stderr, "datagram of %d bytes did not come back intact\n", size)
-			return 1
+	}
+	for _, argv := range [][]string{{"weft", "-h"}, {"weft", "--help"}, {"weft", "--version"}, {"weft", "version"},
+		{"/opt/bin/flanneld", "--version"}, {"/opt/bin/flanneld", "-h"}} {
+		if code := dispatch(argv); code != 0 {
+			t.Errorf("%v: exit %d", argv, code)
 		}
 	}
-	return 0
+	if code := dispatch([]string{"weft", "no-such-command"}); code != 2 {
+		t.Errorf("unknown command: exit %d", code)
+	}
 }

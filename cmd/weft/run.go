@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weft-net/weft/daemon"
+	"github.com/weft-net/weft/encap/userspace"
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
 )
@@ -91,7 +93,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
 	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
 	fs.BoolVar(&f.noKernelVXLAN, "no-kernel-vxlan", false, "behave as if the kernel had no vxlan: Backend.Type vxlan (and auto, for an all-vxlan cluster) speaks VXLAN from userspace")
-	fs.StringVar(&f.debugSocket, "debug-socket", "/run/weft/debug.sock", "Unix socket for 'weft stats' and other local debugging (empty to disable)")
+	fs.StringVar(&f.debugSocket, "debug-socket", daemon.DefaultDebugSocket, "Unix socket for 'weft stats' and other local debugging (empty to disable)")
 	fs.StringVar(&f.debugAddr, "debug-addr", "", "also serve the debug endpoints (status, capture) on this TCP HOST:PORT, loopback if only a port; captures show tenant traffic, so keep it local (empty: off)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this TCP HOST:PORT, loopback if only a port (empty: off)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -100,7 +102,11 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.staticPeers, "static-peer", "use no etcd: a peer as SUBNET=PUBLIC-IP; repeatable")
 	fs.StringVar(&f.staticPeersFile, "static-peers", "", "use no etcd: a JSON file with a list of {\"Subnet\":..., \"PublicIP\":...}")
 	for name := range refusedFlags {
-		fs.Var(refusedFlag{name: name, set: &f.refused}, name, "not supported by weft")
+		var v flag.Value = refusedFlag{name: name, set: &f.refused}
+		if refusedBool[name] {
+			v = boolRefusedFlag{refusedFlag{name: name, set: &f.refused}}
+		}
+		fs.Var(v, name, "not supported by weft")
 	}
 }
 
@@ -111,36 +117,66 @@ func runRun(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if err := applyEnv(fs, envPrefix); err != nil {
+	if err := applyEnv(fs, envName); err != nil {
 		return err
 	}
-	fs.Visit(func(fl *flag.Flag) { f.forwardExplicit = f.forwardExplicit || fl.Name == "iptables-forward-rules" })
 	if len(f.refused) > 0 {
 		return fmt.Errorf("--%s: %s", f.refused[0], refusedFlags[f.refused[0]])
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	fs.Visit(func(fl *flag.Flag) { f.forwardExplicit = f.forwardExplicit || fl.Name == "iptables-forward-rules" })
 	log := newLogger(f.logFormat, f.verbosity)
 	slog.SetDefault(log)
-	if err := f.validate(); err != nil {
+	o, err := f.options(log)
+	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return runDaemon(ctx, &f, log)
+	return daemon.Run(ctx, o)
 }
 
-// envPrefix: flanneld's flags come from FLANNELD_*, weft's own from WEFT_*.
-func envPrefix(name string) string {
-	for _, p := range []string{"tun-name", "tun-package-write", "tun-txqueuelen", "busy-poll", "batch-size", "no-", "anti-spoof", "debug-", "metrics-addr", "log-format", "static-"} {
-		if strings.HasPrefix(name, p) {
-			return "WEFT_"
-		}
+// options turns the flags into the daemon's options, building the lease
+// store they name.
+func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
+	if err := f.validate(); err != nil {
+		return daemon.Options{}, err
 	}
-	return "FLANNELD_"
+	o := daemon.Options{
+		Interface:  daemon.InterfaceOptions{Ifaces: f.ifaces, IfaceRegex: f.ifaceRegex, IfaceCanReach: f.ifaceCanReach},
+		SubnetFile: f.subnetFile,
+		IPMasq:     f.ipMasq, IPMasqNoRandom: f.ipMasqNoRandom, IPTablesResync: time.Duration(f.iptablesResync) * time.Second,
+		IPTablesForward: f.iptablesForward, ForwardExplicit: f.forwardExplicit, Blackhole: f.blackhole,
+		HealthzIP: f.healthzIP, HealthzPort: f.healthzPort,
+		Datapath: userspace.Options{
+			TUNName: f.tunName, BatchSize: f.batchSize, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite,
+			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, AntiSpoof: f.antiSpoof,
+		},
+		NoKernelVXLAN: f.noKernelVXLAN,
+		DebugSocket:   f.debugSocket, DebugAddr: f.debugAddr, MetricsAddr: f.metricsAddr,
+		Log: log,
+	}
+	if f.publicIP != "" {
+		o.Interface.PublicIP = netip.MustParseAddr(f.publicIP) // validated
+	}
+	var err error
+	if f.staticNetwork != "" {
+		o.StoreName = "static"
+		o.Store, err = f.staticManager()
+	} else {
+		o.StoreName = "etcd"
+		o.Store, err = f.etcdManager(log)
+	}
+	if err != nil {
+		return daemon.Options{}, err
+	}
+	return o, o.Validate()
 }
 
+// validate checks the flags that the daemon's options do not carry as
+// given (and names each flag).
 func (f *runFlags) validate() error {
 	if f.renewMargin < 1 || f.renewMargin > 1439 {
 		return fmt.Errorf("--subnet-lease-renew-margin: %d is outside 1..1439 minutes", f.renewMargin)
@@ -151,7 +187,10 @@ func (f *runFlags) validate() error {
 	if f.tunTxQueueLen < 0 || f.tunTxQueueLen > 1<<20 {
 		return fmt.Errorf("--tun-txqueuelen: %d is outside 0..%d packets", f.tunTxQueueLen, 1<<20)
 	}
-	if err := f.validateObs(); err != nil {
+	if err := daemon.CheckListenAddr("debug-addr", f.debugAddr); err != nil {
+		return err
+	}
+	if err := daemon.CheckListenAddr("metrics-addr", f.metricsAddr); err != nil {
 		return err
 	}
 	if f.logFormat != "text" && f.logFormat != "json" {

@@ -31,9 +31,13 @@ Clients print one JSON result on stdout. Run inside a lab namespace with
 'ip netns exec NS weft traffic ...'.`
 
 func runTraffic(args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, trafficUsage)
 		return errors.New("missing mode")
+	}
+	if args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(os.Stderr, trafficUsage)
+		return flag.ErrHelp
 	}
 	mode, args := args[0], args[1:]
 	fs := flag.NewFlagSet("traffic "+mode, flag.ContinueOnError)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/encap/kernel"
 	"github.com/weft-net/weft/lease"
 )
@@ -85,7 +86,10 @@ func (b *Backend) Start(_ context.Context, own lease.Lease) (int, error) {
 	return b.host.IfaceMTU, nil
 }
 
-// SetPeers records the snapshot and asks the loop to program it.
+// Accept admits host-gw leases (see admission).
+func (b *Backend) Accept(a lease.Attrs) error { return admission.AcceptType("host-gw")(a) }
+
+// SetPeers records the admitted peers and asks the loop to program them.
 func (b *Backend) SetPeers(leases []lease.Lease) {
 	b.mu.Lock()
 	b.leases, b.ready = slices.Clone(leases), true
@@ -109,9 +113,6 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	var peers []Peer
 	refused := map[netip.Prefix]string{}
 	for _, l := range b.leases {
-		if l.Subnet == b.own.Subnet {
-			continue
-		}
 		why := Refuse(l, connected)
 		if why != "" {
 			refused[l.Subnet] = why
@@ -123,7 +124,6 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 		peers = append(peers, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP})
 		s.Routes = append(s.Routes, kernel.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.host.IfaceIndex})
 	}
-	logChanges(b.log, b.peers, peers)
 	b.peers, b.refused = peers, refused
 	return s, true, nil
 }
@@ -133,32 +133,10 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 // refused by the kernel (ENETUNREACH), or, made onlink, black-hole the
 // subnet; so such a peer is left out and named.
 func Refuse(l lease.Lease, connected []netip.Prefix) string {
-	switch {
-	case l.Attrs.BackendType != "host-gw":
-		bt := l.Attrs.BackendType
-		if bt == "" {
-			bt = "udp"
-		}
-		return "its backend is " + bt + ", not host-gw"
-	case !l.Attrs.PublicIP.Is4() || !l.Subnet.Addr().Is4():
-		return "it has no IPv4 public address"
-	case !kernel.OnSegment(connected, l.Attrs.PublicIP):
+	if !kernel.OnSegment(connected, l.Attrs.PublicIP) {
 		return fmt.Sprintf("its public IP %s is not on this host's segment %v: host-gw cannot route across a router (use vxlan or auto)", l.Attrs.PublicIP, connected)
 	}
 	return ""
-}
-
-func logChanges(log *slog.Logger, before, now []Peer) {
-	for _, p := range now {
-		if !slices.Contains(before, p) {
-			log.Info("subnet added", "subnet", p.Subnet, "public-ip", p.PublicIP)
-		}
-	}
-	for _, p := range before {
-		if !slices.Contains(now, p) {
-			log.Info("subnet removed", "subnet", p.Subnet, "public-ip", p.PublicIP)
-		}
-	}
 }
 
 // Reconcile runs one pass now (tests; the loop runs them on its own).

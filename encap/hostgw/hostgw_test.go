@@ -45,8 +45,8 @@ func TestRefuse(t *testing.T) {
 	if why := Refuse(l("198.51.100.7", "host-gw"), seg); !strings.Contains(why, "198.51.100.7") || !strings.Contains(why, "router") {
 		t.Errorf("off-segment peer: %q", why)
 	}
-	if why := Refuse(l("192.0.2.7", ""), seg); !strings.Contains(why, "udp") {
-		t.Errorf("udp peer: %q", why)
+	if err := (&Backend{}).Accept(l("192.0.2.7", "").Attrs); err == nil || !strings.Contains(err.Error(), "udp") {
+		t.Errorf("udp peer: %v", err)
 	}
 }
 
@@ -68,7 +68,7 @@ func TestRoutes(t *testing.T) {
 	}
 	peer := lease.Lease{Subnet: netip.MustParsePrefix("10.5.51.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "host-gw"}}
 	far := lease.Lease{Subnet: netip.MustParsePrefix("10.5.52.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("198.51.100.2"), BackendType: "host-gw"}}
-	b.SetPeers([]lease.Lease{own, peer, far})
+	b.SetPeers([]lease.Lease{peer, far})
 	if err := b.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestRoutes(t *testing.T) {
 	if got := routes(); len(got) != 1 || b.Status().(Status).Reconcile.Repairs != 1 {
 		t.Fatalf("after deletion: routes %v, stats %+v", got, b.Status().(Status).Reconcile)
 	}
-	b.SetPeers([]lease.Lease{own})
+	b.SetPeers(nil)
 	if err := b.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestRunLoop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx) }()
-	b.SetPeers([]lease.Lease{own, {Subnet: netip.MustParsePrefix("10.5.51.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "host-gw"}}})
+	b.SetPeers([]lease.Lease{{Subnet: netip.MustParsePrefix("10.5.51.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "host-gw"}}})
 	tagged := func() []netlink.Route {
 		var out []netlink.Route
 		for _, r := range ns.Routes(t) {

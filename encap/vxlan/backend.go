@@ -51,7 +51,6 @@ type Backend struct {
 	started bool
 	peers   []peer // nil until the first snapshot
 	ready   bool
-	skipped map[netip.Prefix]string // peers left out, and why (logged once)
 }
 
 type peer struct {
@@ -78,23 +77,13 @@ func New(o Options) (*Backend, error) {
 	if !o.Host.IfaceAddr.Is4() {
 		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address", o.Host.Iface)
 	}
-	mtu := o.Host.IfaceMTU - Overhead
-	if o.Config.MTU != 0 {
-		if o.Config.MTU > mtu {
-			// The kernel clamps it too (vxlan_config_apply), silently.
-			o.Log.Warn("network config: Backend.MTU is larger than the underlay allows; using the largest that fits",
-				"mtu", o.Config.MTU, "underlay-mtu", o.Host.IfaceMTU, "using", mtu)
-		} else {
-			mtu = o.Config.MTU
-		}
-	}
+	mtu := DeviceMTU(o.Host, o.Config, o.Log)
 	b := &Backend{
 		cfg: o.Config, host: o.Host, nl: o.NL, log: o.Log, sysctl: o.Sysctl,
 		spec: deviceSpec{
 			name: DeviceName(o.Config.VNI), vni: o.Config.VNI, port: o.Config.Port, gbp: o.Config.GBP,
 			learning: o.Config.Learning, vtepIndex: o.Host.IfaceIndex, vtepAddr: o.Host.IfaceAddr, mtu: mtu,
 		},
-		skipped: map[netip.Prefix]string{},
 	}
 	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "vxlan"), Interval: o.Interval, Desired: b.desired}
 	b.log.Info("vxlan config", "vni", o.Config.VNI, "port", o.Config.Port, "gbp", o.Config.GBP,
@@ -152,76 +141,28 @@ func (b *Backend) Start(_ context.Context, own lease.Lease) (int, error) {
 	return dev.MTU, nil
 }
 
-// SetPeers records the wanted peers and asks the loop to program them.
+// Accept admits vxlan leases of this VNI (see admission).
+func (b *Backend) Accept(a lease.Attrs) error { return AcceptLease(b.cfg.VNI)(a) }
+
+// SetPeers records the admitted peers and asks the loop to program them.
 func (b *Backend) SetPeers(leases []lease.Lease) {
 	connected, err := b.nl.Connected(b.host.IfaceIndex)
 	if err != nil && b.cfg.DirectRouting {
 		b.log.Warn("cannot read the underlay's subnets; DirectRouting off for this snapshot", "err", err)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var peers []peer
-	skipped := map[netip.Prefix]string{}
+	peers := make([]peer, 0, len(leases))
 	for _, l := range leases {
-		if l.Subnet == b.own.Subnet {
-			continue
+		_, mac, err := ParseLeaseData(l.Attrs.BackendData)
+		if err != nil {
+			continue // admission checked it; never program a peer without a MAC
 		}
-		var why string
-		var p peer
-		switch {
-		case l.Attrs.BackendType != "vxlan":
-			bt := l.Attrs.BackendType
-			if bt == "" {
-				bt = "udp"
-			}
-			why = "its backend is " + bt + ", not vxlan"
-		case !l.Attrs.PublicIP.Is4() || !l.Subnet.Addr().Is4():
-			why = "it has no IPv4 public address"
-		default:
-			d, mac, err := ParseLeaseData(l.Attrs.BackendData)
-			if err != nil {
-				why = err.Error()
-				break
-			}
-			if d.VNI != b.cfg.VNI {
-				why = fmt.Sprintf("its VNI is %d, not %d", d.VNI, b.cfg.VNI)
-				break
-			}
-			p = peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
-				Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)}
-		}
-		if why != "" {
-			skipped[l.Subnet] = why
-			if b.skipped[l.Subnet] != why {
-				b.log.Warn("skipping peer lease", "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP, "why", why)
-			}
-			continue
-		}
-		peers = append(peers, p)
+		peers = append(peers, peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
+			Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)})
 	}
-	logChanges(b.log, b.peers, peers)
-	b.peers, b.skipped, b.ready = peers, skipped, true
+	b.mu.Lock()
+	b.peers, b.ready = peers, true
+	b.mu.Unlock()
 	b.rec.Trigger()
-}
-
-func logChanges(log *slog.Logger, before, now []peer) {
-	key := func(p peer) string { return fmt.Sprintf("%s %s %s %v", p.Subnet, p.PublicIP, p.VtepMAC, p.Direct) }
-	was := map[string]bool{}
-	for _, p := range before {
-		was[key(p)] = true
-	}
-	is := map[string]bool{}
-	for _, p := range now {
-		is[key(p)] = true
-		if !was[key(p)] {
-			log.Info("subnet added", "subnet", p.Subnet, "public-ip", p.PublicIP, "vtep-mac", p.VtepMAC, "direct", p.Direct)
-		}
-	}
-	for _, p := range before {
-		if !is[key(p)] {
-			log.Info("subnet removed", "subnet", p.Subnet, "public-ip", p.PublicIP, "vtep-mac", p.VtepMAC)
-		}
-	}
 }
 
 // desired is the reconcile loop's view of what the kernel should hold. It
@@ -272,16 +213,15 @@ func (b *Backend) Run(ctx context.Context) error { return b.rec.Run(ctx) }
 
 // Status is the vxlan backend's part of `weft stats`.
 type Status struct {
-	Device    string            `json:"device"`
-	VNI       int               `json:"vni"`
-	Port      int               `json:"port"`
-	MAC       string            `json:"mac"`
-	MTU       int               `json:"mtu"`
-	GBP       bool              `json:"gbp"`
-	Direct    bool              `json:"direct_routing"`
-	Peers     []peer            `json:"peers"`
-	Skipped   map[string]string `json:"skipped,omitempty"`
-	Reconcile kernel.Stats      `json:"reconcile"`
+	Device    string       `json:"device"`
+	VNI       int          `json:"vni"`
+	Port      int          `json:"port"`
+	MAC       string       `json:"mac"`
+	MTU       int          `json:"mtu"`
+	GBP       bool         `json:"gbp"`
+	Direct    bool         `json:"direct_routing"`
+	Peers     []peer       `json:"peers"`
+	Reconcile kernel.Stats `json:"reconcile"`
 }
 
 func (b *Backend) Status() any {
@@ -289,11 +229,5 @@ func (b *Backend) Status() any {
 	defer b.mu.Unlock()
 	s := Status{Device: b.spec.name, VNI: b.cfg.VNI, Port: b.cfg.Port, MAC: b.mac.String(), MTU: b.spec.mtu,
 		GBP: b.cfg.GBP, Direct: b.cfg.DirectRouting, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
-	for sn, why := range b.skipped {
-		if s.Skipped == nil {
-			s.Skipped = map[string]string{}
-		}
-		s.Skipped[sn.String()] = why
-	}
 	return s
 }

@@ -4,7 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
+
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/lease"
 )
 
 // Flannel's defaults: VNI 1; port 0 lets the kernel pick its default 8472
@@ -98,4 +103,43 @@ func ParseLeaseData(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
 		return d, nil, fmt.Errorf("BackendData: VtepMAC %q is not an Ethernet address", d.VtepMAC)
 	}
 	return d, mac, nil
+}
+
+// AcceptLease is the admission check (see package admission) of a vxlan
+// peer: BackendType vxlan, BackendData with a unicast VtepMAC and this
+// cluster's VNI. The kernel and the userspace vxlan backends share it.
+func AcceptLease(vni int) func(lease.Attrs) error {
+	return func(a lease.Attrs) error {
+		if a.BackendType != "vxlan" {
+			return admission.Refuse(admission.BackendType, "its backend is %s, not vxlan", admission.BackendName(a))
+		}
+		d, mac, err := ParseLeaseData(a.BackendData)
+		if err != nil {
+			return admission.Refuse(admission.BackendData, "%v", err)
+		}
+		if mac[0]&1 != 0 {
+			return admission.Refuse(admission.BackendData, "VtepMAC %s is not a unicast address", mac)
+		}
+		if d.VNI != vni {
+			return admission.Refuse(admission.BackendData, "its VNI is %d, not %d", d.VNI, vni)
+		}
+		return nil
+	}
+}
+
+// DeviceMTU is the MTU of flannel.<VNI>, kernel or userspace: the
+// underlay's minus Overhead, or Backend.MTU when that is smaller. A larger
+// Backend.MTU is logged and not used (the kernel clamps it too, silently:
+// vxlan_config_apply).
+func DeviceMTU(host encap.Host, c Config, log *slog.Logger) int {
+	mtu := host.IfaceMTU - Overhead
+	if c.MTU == 0 {
+		return mtu
+	}
+	if c.MTU > mtu {
+		log.Warn("network config: Backend.MTU is larger than the underlay allows; using the largest that fits",
+			"mtu", c.MTU, "underlay-mtu", host.IfaceMTU, "using", mtu)
+		return mtu
+	}
+	return c.MTU
 }

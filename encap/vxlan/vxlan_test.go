@@ -116,15 +116,20 @@ func TestBackendKernelState(t *testing.T) {
 		t.Fatalf("addresses %v, want 10.5.92.0/32", addrs)
 	}
 
-	b.SetPeers([]lease.Lease{own,
+	if err := b.Accept(peerLease("10.5.66.0/24", "192.0.2.3", "host-gw", ``).Attrs); err == nil || !strings.Contains(err.Error(), "host-gw") {
+		t.Fatalf("Accept of a host-gw lease: %v", err)
+	}
+	if err := b.Accept(peerLease("10.5.66.0/24", "192.0.2.3", "vxlan", `{"VNI":2,"VtepMAC":"d6:61:c5:27:4e:01"}`).Attrs); err == nil || !strings.Contains(err.Error(), "VNI") {
+		t.Fatalf("Accept of another VNI: %v", err)
+	}
+	b.SetPeers([]lease.Lease{
 		peerLease("10.5.55.0/24", "192.0.2.2", "vxlan", `{"VNI":1,"VtepMAC":"d6:61:c5:27:4e:01"}`),
-		peerLease("10.5.66.0/24", "192.0.2.3", "host-gw", ``),
 	})
 	if err := b.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
 	checkPeer(t, ns, v.Index, true)
-	if s := b.Status().(Status); len(s.Peers) != 1 || s.Skipped["10.5.66.0/24"] == "" || s.Reconcile.Programmed != 3 {
+	if s := b.Status().(Status); len(s.Peers) != 1 || s.Reconcile.Programmed != 3 {
 		t.Fatalf("status %+v", s)
 	}
 
@@ -138,7 +143,7 @@ func TestBackendKernelState(t *testing.T) {
 	if _, err := b2.Start(context.Background(), own); err != nil {
 		t.Fatal(err)
 	}
-	b2.SetPeers([]lease.Lease{own, peerLease("10.5.55.0/24", "192.0.2.2", "vxlan", `{"VNI":1,"VtepMAC":"d6:61:c5:27:4e:01"}`)})
+	b2.SetPeers([]lease.Lease{peerLease("10.5.55.0/24", "192.0.2.2", "vxlan", `{"VNI":1,"VtepMAC":"d6:61:c5:27:4e:01"}`)})
 	if err := b2.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +152,7 @@ func TestBackendKernelState(t *testing.T) {
 	}
 	checkPeer(t, ns, v.Index, true)
 
-	b2.SetPeers([]lease.Lease{own})
+	b2.SetPeers(nil)
 	if err := b2.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +203,7 @@ func TestDirectRouting(t *testing.T) {
 	if _, err := b.Start(context.Background(), own); err != nil {
 		t.Fatal(err)
 	}
-	b.SetPeers([]lease.Lease{own,
+	b.SetPeers([]lease.Lease{
 		peerLease("10.5.2.0/24", "192.0.2.2", "vxlan", `{"VNI":5,"VtepMAC":"02:00:00:00:00:02"}`),
 		peerLease("10.5.3.0/24", "198.51.100.3", "vxlan", `{"VNI":5,"VtepMAC":"02:00:00:00:00:03"}`),
 	})

@@ -1,0 +1,158 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/auto"
+	"github.com/weft-net/weft/encap/hostgw"
+	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/encap/userspace"
+	"github.com/weft-net/weft/encap/vxlan"
+	"github.com/weft-net/weft/lease"
+)
+
+// selectBackend builds the backend the network config asks for, and says
+// why it was chosen (for the log and `weft status`). Whatever it picks, it
+// first removes what another backend of an earlier run left in the kernel,
+// so switching Backend.Type between runs converges.
+func selectBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.Config, log *slog.Logger) (encap.Backend, string, error) {
+	nl, err := kernel.Current()
+	if err != nil {
+		return nil, "", err
+	}
+	typ, why := cfg.BackendType, "the network config's Backend.Type is "+cfg.BackendType
+	if typ == "auto" {
+		typ, why = chooseAuto(ctx, o, host, nl)
+		log.Info("auto: backend chosen", "backend", typ, "why", why)
+	}
+	switch typ {
+	case "udp":
+		removeOtherBackends(nl, "", true, log)
+		b, err := userspace.NewUDP(host, cfg, o.Datapath)
+		return b, why, err
+	case "vxlan":
+		if noKernel := kernelVXLANMissing(o, nl); noKernel != "" {
+			// A kernel flannel.<VNI> of an earlier run would hold the TUN's
+			// name, and host-gw's routes would shadow the TUN's route.
+			removeOtherBackends(nl, "", true, log)
+			b, err := userspace.NewVXLAN(host, cfg, o.Datapath)
+			return b, why + "; VXLAN from userspace, since " + noKernel, err
+		}
+		c, err := vxlan.ParseConfig(cfg.Backend)
+		if err != nil {
+			return nil, "", err
+		}
+		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log})
+		if err != nil {
+			return nil, "", err
+		}
+		removeOtherBackends(nl, b.Device(), false, log)
+		return b, why, nil
+	case "host-gw":
+		removeOtherBackends(nl, "", false, log)
+		b, err := hostgw.New(hostgw.Options{Host: host, NL: nl, Log: log})
+		return b, why, err
+	default:
+		return nil, "", fmt.Errorf("network config: \"Backend.Type\": %q is not one of udp, vxlan, host-gw, auto", cfg.BackendType)
+	}
+}
+
+// removeOtherBackends deletes vxlan devices other than keep and, when
+// routes is set, every route weft tagged (the udp backend has no kernel
+// routes of its own; vxlan and host-gw remove stale tagged routes in their
+// first reconcile pass, once they know the peers). Failures are logged: a
+// leftover of another backend is worth a warning, not a refusal to start.
+func removeOtherBackends(nl *kernel.Netlink, keep string, routes bool, log *slog.Logger) {
+	var r kernel.Removed
+	if err := nl.RemoveVXLANDevices(keep, &r); err != nil {
+		log.Warn("cannot remove a vxlan device of an earlier run", "err", err)
+	}
+	if routes {
+		if err := nl.RemoveTaggedRoutes(&r); err != nil {
+			log.Warn("cannot remove routes of an earlier run", "err", err)
+		}
+	}
+	for _, l := range r.Links {
+		log.Info("removed device of an earlier run's backend", "device", l)
+	}
+	if len(r.Routes) > 0 {
+		log.Info("removed routes of an earlier run's backend", "routes", r.Routes)
+	}
+}
+
+// kernelVXLANMissing says why the kernel's vxlan cannot be used ("" when
+// it can): --no-kernel-vxlan, or a kernel that refuses to create a vxlan
+// device (no module, a minimal or hardened kernel, some sandboxes).
+func kernelVXLANMissing(o *Options, nl *kernel.Netlink) string {
+	if err := probeVXLAN(o, nl)(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+func probeVXLAN(o *Options, nl *kernel.Netlink) func() error {
+	if o.NoKernelVXLAN {
+		return func() error { return errors.New("--no-kernel-vxlan rules out the kernel's vxlan") }
+	}
+	return func() error {
+		if err := nl.ProbeVXLAN(fmt.Sprintf("weftprobe%d", os.Getpid()%100000)); err != nil {
+			return fmt.Errorf("the kernel cannot create a vxlan device (%v)", err)
+		}
+		return nil
+	}
+}
+
+// autoPeersTimeout bounds how long auto waits for the current leases.
+const autoPeersTimeout = 15 * time.Second
+
+// chooseAuto gathers auto's facts from the store and the kernel.
+func chooseAuto(ctx context.Context, o *Options, host encap.Host, nl *kernel.Netlink) (string, string) {
+	f := auto.Facts{Probe: probeVXLAN(o, nl)}
+	peers, err := currentPeers(ctx, o.Store, host)
+	if err != nil {
+		f.Unknown = "the current leases could not be read (" + err.Error() + ")"
+		return auto.Choose(f)
+	}
+	connected, err := nl.Connected(host.IfaceIndex)
+	if err != nil {
+		f.Unknown = "the subnets of " + host.Iface + " could not be read (" + err.Error() + ")"
+		return auto.Choose(f)
+	}
+	f.Peers, f.Connected = peers, connected
+	return auto.Choose(f)
+}
+
+// currentPeers reads the cluster's leases once, from the daemon's own
+// store (a watch of its own, ended as soon as the first snapshot is in),
+// leaving out this host's own (by its public IP, or the static store's
+// own subnet).
+func currentPeers(ctx context.Context, store lease.Manager, host encap.Host) ([]lease.Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, autoPeersTimeout)
+	defer cancel()
+	snaps := make(chan []lease.Lease, 1)
+	go store.Watch(ctx, snaps)
+	var own netip.Prefix
+	if s, ok := store.(interface{ Own() netip.Prefix }); ok {
+		own = s.Own()
+	}
+	select {
+	case snap := <-snaps:
+		var peers []lease.Lease
+		for _, l := range snap {
+			if l.Subnet == own || !l.Attrs.PublicIP.IsValid() || l.Attrs.PublicIP == host.PublicIP {
+				continue
+			}
+			peers = append(peers, l)
+		}
+		return peers, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no lease snapshot within %s", autoPeersTimeout)
+	}
+}

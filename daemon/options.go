@@ -1,0 +1,91 @@
+// Package daemon is `weft run`: one host of the overlay. It chooses the
+// interface, builds the backend the network config asks for, takes this
+// host's lease, brings the data path up, and then keeps it in step with
+// the cluster: every lease snapshot passes admission and reaches the
+// backend; the firewall rules are kept; health, status, captures and
+// metrics are served. Options come in as a plain struct (cmd/weft turns
+// flanneld's flags into it); nothing here reads flags.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/weft-net/weft/encap/userspace"
+	"github.com/weft-net/weft/engine"
+	"github.com/weft-net/weft/lease"
+)
+
+// Options configure Run. Field comments name the flag each comes from.
+type Options struct {
+	// Store is where the network config and the leases live.
+	Store lease.Manager
+	// StoreName says which store, for status ("etcd", "static").
+	StoreName string
+
+	Interface InterfaceOptions
+
+	SubnetFile string // --subnet-file
+
+	IPMasq          bool          // --ip-masq
+	IPMasqNoRandom  bool          // --ip-masq-fully-random-disable
+	IPTablesResync  time.Duration // --iptables-resync
+	IPTablesForward bool          // --iptables-forward-rules
+	// ForwardExplicit: --iptables-forward-rules was given, not defaulted,
+	// so a host without iptables is refused rather than warned about.
+	ForwardExplicit bool
+	Blackhole       bool   // --ip-blackhole-route
+	HealthzIP       string // --healthz-ip
+	HealthzPort     int    // --healthz-port (0: off)
+
+	// Datapath tunes the userspace backends (udp, vxlan from userspace).
+	// Its StateDir and Log are filled in by Run.
+	Datapath      userspace.Options
+	NoKernelVXLAN bool // --no-kernel-vxlan
+
+	DebugSocket string // --debug-socket ("": off)
+	DebugAddr   string // --debug-addr ("": off)
+	MetricsAddr string // --metrics-addr ("": off)
+
+	Log *slog.Logger
+}
+
+// InterfaceOptions choose the interface that carries inter-host traffic.
+type InterfaceOptions struct {
+	Ifaces        []string   // --iface, names or addresses, in order
+	IfaceRegex    []string   // --iface-regex
+	IfaceCanReach []string   // --iface-can-reach
+	PublicIP      netip.Addr // --public-ip (invalid: the interface's address)
+}
+
+// Validate checks what does not need the host.
+func (o *Options) Validate() error {
+	if o.Store == nil {
+		return errors.New("no lease store")
+	}
+	if o.SubnetFile == "" {
+		return errors.New("--subnet-file: empty")
+	}
+	if o.Datapath.BatchSize < 1 || o.Datapath.BatchSize > engine.MaxBatch {
+		return fmt.Errorf("--batch-size: %d is outside 1..%d", o.Datapath.BatchSize, engine.MaxBatch)
+	}
+	if o.Datapath.TxQueueLen < 0 || o.Datapath.TxQueueLen > 1<<20 {
+		return fmt.Errorf("--tun-txqueuelen: %d is outside 0..%d packets", o.Datapath.TxQueueLen, 1<<20)
+	}
+	if p := o.Interface.PublicIP; p.IsValid() && !p.Is4() {
+		return fmt.Errorf("--public-ip: %s is not an IPv4 address", p)
+	}
+	if err := CheckListenAddr("debug-addr", o.DebugAddr); err != nil {
+		return err
+	}
+	if err := CheckListenAddr("metrics-addr", o.MetricsAddr); err != nil {
+		return err
+	}
+	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
+		return fmt.Errorf("--healthz-port: %d is not a port", o.HealthzPort)
+	}
+	return nil
+}

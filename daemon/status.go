@@ -1,0 +1,259 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/capture"
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/encap/udp"
+	"github.com/weft-net/weft/engine"
+	"github.com/weft-net/weft/lease"
+)
+
+// observability is the daemon's part that serves status, captures and
+// metrics: it remembers when each peer's lease was first seen and owns the
+// capture hub.
+type observability struct {
+	mu        sync.Mutex
+	firstSeen map[netip.Prefix]time.Time
+	peers     []lease.Lease // the admitted peers of the last snapshot
+	snapshots uint64
+	lastSnap  time.Time
+	hub       *capture.Hub // nil for backends with a kernel data path
+	started   time.Time
+}
+
+// sawPeers records a lease snapshot (called before the backend applies it).
+func (o *observability) sawPeers(snap []lease.Lease) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	if o.firstSeen == nil {
+		o.firstSeen = map[netip.Prefix]time.Time{}
+	}
+	seen := make(map[netip.Prefix]time.Time, len(snap))
+	for _, l := range snap {
+		t, ok := o.firstSeen[l.Subnet]
+		if !ok {
+			t = now
+		}
+		seen[l.Subnet] = t
+	}
+	o.firstSeen, o.peers = seen, snap
+	o.snapshots++
+	o.lastSnap = now
+}
+
+// datapath returns the engine, TUN and socket of a backend whose packets
+// pass through weft, or nil for a kernel data path.
+func (d *daemon) datapath() *encap.DatapathInfo {
+	if dp, ok := d.backend.(encap.Datapath); ok {
+		return dp.Datapath()
+	}
+	return nil
+}
+
+// start brings up what the daemon serves: the capture hub, the debug
+// socket, the TCP debug address and the metrics endpoint, all from one
+// mux. Captures end (with their trailers) when ctx does.
+func (o *observability) start(ctx context.Context, d *daemon) (stop func(), err error) {
+	o.started = time.Now()
+	if dp := d.datapath(); dp != nil {
+		o.hub = capture.NewHub(dp.Engine)
+	}
+	var stops []func()
+	stop = func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		if o.hub != nil {
+			o.hub.Close()
+		}
+	}()
+	mux := d.mux()
+	if d.o.DebugSocket != "" {
+		s, err := serveUnix(d.o.DebugSocket, mux, d.log)
+		if err != nil {
+			return nil, err
+		}
+		stops = append(stops, s)
+	}
+	if d.o.DebugAddr != "" {
+		s, err := serveTCP("debug-addr", d.o.DebugAddr, mux, d.log)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		stops = append(stops, s)
+	}
+	if d.o.MetricsAddr != "" {
+		m := http.NewServeMux()
+		m.Handle("GET /metrics", metricsHandler(d))
+		s, err := serveTCP("metrics-addr", d.o.MetricsAddr, m, d.log)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		stops = append(stops, s)
+	}
+	return stop, nil
+}
+
+// mux is the one debug API, served on the debug socket and --debug-addr:
+// /status (/stats, its old name, for scripts), /capture, /capture/stop and
+// /metrics.
+func (d *daemon) mux() *http.ServeMux {
+	mux := http.NewServeMux()
+	status := func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		writeJSON(w, d.status())
+	}
+	mux.HandleFunc("GET /status", status)
+	mux.HandleFunc("GET /stats", status)
+	if h := d.obs.hub; h != nil {
+		h.Register(mux)
+	} else {
+		mux.HandleFunc("GET /capture", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, kernelPathNote(d.backend.Type()), http.StatusConflict)
+		})
+		mux.HandleFunc("POST /capture/stop", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "no capture is running", http.StatusNotFound)
+		})
+	}
+	mux.Handle("GET /metrics", metricsHandler(d))
+	return mux
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func kernelPathNote(backend string) string {
+	dev := "the underlay interface"
+	if backend == "vxlan" {
+		dev = "flannel.<VNI> or the underlay interface (UDP port 8472)"
+	}
+	return fmt.Sprintf("the %s backend forwards in the kernel: no packet passes through weft, so weft can neither capture nor count them; "+
+		"capture with tcpdump on %s instead (and decode it with weft decode)", backend, dev)
+}
+
+// StatusReport is what /status returns and `weft status --json` prints.
+type StatusReport struct {
+	Store           string             `json:"store"`
+	Backend         string             `json:"backend"`
+	Why             string             `json:"why"`
+	Subnet          netip.Prefix       `json:"subnet"`
+	PublicIP        netip.Addr         `json:"public_ip"`
+	MTU             int                `json:"mtu"`
+	Ready           bool               `json:"ready"`
+	Uptime          string             `json:"uptime"`
+	LeaseExpiration *time.Time         `json:"lease_expiration_at_acquire,omitempty"`
+	DataPath        string             `json:"data_path"`
+	Peers           []PeerStatus       `json:"peers"`
+	Refused         map[string]string  `json:"refused,omitempty"`  // leases of the last snapshot admission refused
+	Refusals        map[string]uint64  `json:"refusals_by_reason"` // since start
+	Snapshots       uint64             `json:"lease_snapshots"`
+	LastSnapshot    *time.Time         `json:"last_lease_snapshot,omitempty"`
+	Engine          *EngineStats       `json:"engine,omitempty"`
+	Offloads        *Offloads          `json:"offloads,omitempty"`
+	Transport       *udp.Stats         `json:"transport,omitempty"`
+	PerCall         map[string]float64 `json:"packets_per_call,omitempty"`
+	Captures        int                `json:"captures_running"`
+	// BackendStatus is the backend's own details (encap.Status).
+	BackendStatus json.RawMessage `json:"backend_status,omitempty"`
+}
+
+// PeerStatus is one admitted peer.
+type PeerStatus struct {
+	Subnet    netip.Prefix `json:"subnet"`
+	PublicIP  netip.Addr   `json:"public_ip"`
+	Backend   string       `json:"backend"`
+	FirstSeen time.Time    `json:"first_seen"`
+	TxPackets uint64       `json:"tx_packets"`
+	TxBytes   uint64       `json:"tx_bytes"`
+	RxPackets uint64       `json:"rx_packets"`
+	RxBytes   uint64       `json:"rx_bytes"`
+}
+
+// EngineStats are the engine's counters, with drops by reason name.
+type EngineStats struct {
+	engine.Stats
+	DropsByReason map[string]uint64 `json:"drops_by_reason"`
+}
+
+// Offloads says which offloads are in use.
+type Offloads struct {
+	TSO, USO, GSO, GRO bool
+}
+
+func ratio(a, b uint64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func (d *daemon) status() StatusReport {
+	o := &d.obs
+	r := StatusReport{
+		Store: d.o.StoreName, Backend: d.backend.Type(), Why: d.why, Subnet: d.own.Subnet, PublicIP: d.own.Attrs.PublicIP, MTU: d.mtu,
+		Ready: d.ready.Load(), Uptime: time.Since(o.started).Round(time.Second).String(),
+		DataPath: kernelPathNote(d.backend.Type()), Refused: d.gate.Refused(), Refusals: d.gate.Counts(),
+	}
+	if !d.own.Expiration.IsZero() {
+		e := d.own.Expiration
+		r.LeaseExpiration = &e
+	}
+	if s, ok := d.backend.(encap.Status); ok {
+		r.BackendStatus, _ = json.Marshal(s.Status())
+	}
+	counters := map[netip.Prefix]engine.PeerStats{}
+	if dp := d.datapath(); dp != nil {
+		r.DataPath = "userspace: every packet passes through weft (capture with weft capture)"
+		s := dp.Engine.Stats()
+		ts := dp.Socket()
+		r.Engine = &EngineStats{Stats: s, DropsByReason: s.DropsByName()}
+		r.Offloads = &Offloads{TSO: dp.TUN.TSO, USO: dp.TUN.USO, GSO: ts.GSO, GRO: ts.GRO}
+		r.Transport = &ts
+		r.PerCall = map[string]float64{
+			"tun_read":  ratio(s.TxPackets, s.TxBatches),
+			"recvmmsg":  ratio(ts.RecvSegments, ts.RecvCalls),
+			"sendmmsg":  ratio(ts.SendSegments, ts.SendCalls),
+			"gro_train": ratio(ts.RecvSegments, ts.RecvDatagrams),
+		}
+		if t := dp.Engine.Table(); t != nil {
+			for _, p := range t.Peers() {
+				counters[p.Subnet] = p.Stats()
+			}
+		}
+	}
+	if o.hub != nil {
+		r.Captures = o.hub.Active()
+	}
+	o.mu.Lock()
+	for _, l := range o.peers {
+		c := counters[l.Subnet]
+		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Backend: admission.BackendName(l.Attrs), FirstSeen: o.firstSeen[l.Subnet],
+			TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
+	}
+	r.Snapshots = o.snapshots
+	if !o.lastSnap.IsZero() {
+		t := o.lastSnap
+		r.LastSnapshot = &t
+	}
+	o.mu.Unlock()
+	return r
+}

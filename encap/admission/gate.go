@@ -1,0 +1,86 @@
+package admission
+
+import (
+	"log/slog"
+	"maps"
+	"net/netip"
+	"sync"
+
+	"github.com/weft-net/weft/lease"
+)
+
+// Gate applies a Rule to each snapshot, logs each refusal once (and again
+// only when its reason changes), counts refusals by reason, and keeps the
+// current ones for status. Admit is called from one goroutine; the
+// readers may be called from any.
+type Gate struct {
+	rule Rule
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	refused map[netip.Prefix]*Refused
+	peers   map[netip.Prefix]lease.Lease
+	counts  map[string]uint64
+}
+
+// NewGate returns a gate for rule.
+func NewGate(rule Rule, log *slog.Logger) *Gate {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Gate{rule: rule, log: log, refused: map[netip.Prefix]*Refused{}, peers: map[netip.Prefix]lease.Lease{}, counts: map[string]uint64{}}
+}
+
+// Admit returns the admitted peers of snap (this host's lease left out),
+// sorted by subnet.
+func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
+	ds := Admit(g.rule, snap)
+	peers := make([]lease.Lease, 0, len(ds))
+	refused := make(map[netip.Prefix]*Refused)
+	now := make(map[netip.Prefix]lease.Lease, len(ds))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, d := range ds {
+		s := d.Lease.Subnet
+		if d.Refused == nil {
+			peers = append(peers, d.Lease)
+			now[s] = d.Lease
+			if old, ok := g.peers[s]; !ok || old.Attrs.PublicIP != d.Lease.Attrs.PublicIP {
+				g.log.Info("subnet added", "subnet", s, "public-ip", d.Lease.Attrs.PublicIP, "backend", BackendName(d.Lease.Attrs))
+			}
+			continue
+		}
+		refused[s] = d.Refused
+		if old := g.refused[s]; old == nil || old.Reason != d.Refused.Reason {
+			g.counts[d.Refused.Reason]++
+			g.log.Warn("peer lease refused", "subnet", s, "public-ip", d.Lease.Attrs.PublicIP, "reason", d.Refused.Reason, "why", d.Refused.Detail)
+		}
+	}
+	for s, l := range g.peers {
+		if _, ok := now[s]; !ok {
+			g.log.Info("subnet removed", "subnet", s, "public-ip", l.Attrs.PublicIP)
+		}
+	}
+	g.refused, g.peers = refused, now
+	return peers
+}
+
+// Refused returns the leases of the last snapshot that were refused, by
+// subnet, as "reason: detail".
+func (g *Gate) Refused() map[string]string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]string, len(g.refused))
+	for s, r := range g.refused {
+		out[s.String()] = r.Error()
+	}
+	return out
+}
+
+// Counts returns how many refusals each reason has seen since start (a
+// lease refused in many snapshots for one reason counts once).
+func (g *Gate) Counts() map[string]uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return maps.Clone(g.counts)
+}
