@@ -60,13 +60,16 @@ func (m *Rules) Run(ctx context.Context, period time.Duration) {
 	}
 }
 
-// Cleanup removes every rule and chain of flanneld's, whatever network
-// they were made for (`weft cleanup`). It returns ErrNoIPTables when
-// iptables is not installed.
+// Cleanup removes every rule, chain and table of flanneld's, both modes,
+// whatever network they were made for (`weft cleanup`). It returns
+// ErrNoIPTables only when neither iptables nor nft is installed.
 //
 // Deprecated: use CleanupAll.
 func Cleanup() error {
 	if _, err := newIPT(iptables.ProtocolIPv4); err != nil {
+		if nerr := cleanupNFT(context.Background()); nerr != nil {
+			return nerr
+		}
 		return err
 	}
 	return CleanupAll(context.Background())

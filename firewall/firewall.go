@@ -20,9 +20,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
+	"sigs.k8s.io/knftables"
 )
 
 // Mode is flanneld's traffic manager: iptables, or nftables when the
@@ -118,9 +120,22 @@ func NewManager(mode Mode, log *slog.Logger) (Manager, error) {
 			return nil, err
 		}
 		return &iptManager{v4: v4, log: log}, nil
+	case NFTables:
+		v4, err := newNFTTable(knftables.IPv4Family, NFTableIPv4)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrNoNFTables, err)
+		}
+		v6, err := newNFTTable(knftables.IPv6Family, NFTableIPv6)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrNoNFTables, err)
+		}
+		return &nftManager{v4: v4, v6: v6, log: log}, nil
 	}
 	return nil, fmt.Errorf("firewall: unknown mode %q", mode)
 }
+
+// ErrNoNFTables says nft is missing or cannot be used.
+var ErrNoNFTables = errors.New("nftables cannot be used (install nftables; it needs nft 1.0.1 or later)")
 
 // run is the resync loop both managers share.
 func run(ctx context.Context, m Manager, period time.Duration, log *slog.Logger) {
@@ -152,7 +167,7 @@ func logPrevious(log *slog.Logger, network, subnet, prevNetwork, prevSubnet neti
 	}
 }
 
-// CleanupAll removes the rules of both families, whatever
+// CleanupAll removes the rules of both modes and both families, whatever
 // network they were made for (`weft cleanup`). Tools that are missing are
 // skipped: without iptables there are no iptables rules of ours either.
 func CleanupAll(ctx context.Context) error {
@@ -167,6 +182,28 @@ func CleanupAll(ctx context.Context) error {
 			continue
 		}
 		errs = append(errs, t.remove())
+	}
+	errs = append(errs, cleanupNFT(ctx))
+	return errors.Join(errs...)
+}
+
+// cleanupNFT deletes flanneld's two nftables tables if nft is there.
+func cleanupNFT(ctx context.Context) error {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil
+	}
+	var errs []error
+	for _, t := range []struct {
+		family knftables.Family
+		name   string
+	}{{knftables.IPv4Family, NFTableIPv4}, {knftables.IPv6Family, NFTableIPv6}} {
+		nft, err := knftables.New(t.family, t.name)
+		if err != nil {
+			// nft too old or no nf_tables in the kernel: then there is
+			// no table of ours either.
+			continue
+		}
+		errs = append(errs, deleteNFTable(ctx, nft))
 	}
 	return errors.Join(errs...)
 }

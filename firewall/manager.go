@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
+	"sigs.k8s.io/knftables"
 )
 
 // iptManager is the iptables mode (flannel v0.28.9
@@ -26,9 +27,13 @@ var _ Manager = (*iptManager)(nil)
 
 func (m *iptManager) Mode() Mode { return IPTables }
 
-func (m *iptManager) Setup(_ context.Context, cfg Config) error {
+func (m *iptManager) Setup(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
+	}
+	// flanneld: "Cleaning-up unused traffic manager rules".
+	if err := cleanupNFT(ctx); err != nil {
+		m.log.Warn("could not remove flanneld's nftables tables (nftables mode)", "err", err)
 	}
 	var v6 *ipt
 	if cfg.IPv6Network.IsValid() {
@@ -96,3 +101,68 @@ func (m *iptManager) Resync(context.Context) (bool, error) {
 func (m *iptManager) Run(ctx context.Context, period time.Duration) { run(ctx, m, period, m.log) }
 
 func (m *iptManager) Cleanup(context.Context) error { return cleanupIPT() }
+
+// nftManager is the nftables mode (flannel v0.28.9
+// pkg/trafficmngr/nftables/nftables.go).
+type nftManager struct {
+	log    *slog.Logger
+	v4, v6 *nftTable
+}
+
+var _ Manager = (*nftManager)(nil)
+
+func (m *nftManager) Mode() Mode { return NFTables }
+
+func (m *nftManager) Setup(ctx context.Context, cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	// flanneld: "Cleaning-up unused traffic manager rules" (weft also
+	// deletes the jumps, which flanneld's iptables CleanUp leaves).
+	if err := cleanupIPT(); err != nil {
+		m.log.Warn("could not remove flanneld's iptables rules (iptables mode)", "err", err)
+	}
+	logPrevious(m.log, cfg.Network, cfg.Subnet, cfg.PrevNetwork, cfg.PrevSubnet)
+	logPrevious(m.log, cfg.IPv6Network, cfg.IPv6Subnet, cfg.PrevIPv6Network, cfg.PrevIPv6Subnet)
+	// flanneld checks fully-random in the IPv4 table, for both families.
+	randomFully := cfg.Masquerade && !cfg.NoRandomFully && m.v4.randomFully(ctx)
+	// flanneld creates both tables, also for one family.
+	for _, f := range []struct {
+		t               *nftTable
+		network, subnet netip.Prefix
+	}{{m.v4, cfg.Network, cfg.Subnet}, {m.v6, cfg.IPv6Network, cfg.IPv6Subnet}} {
+		network, subnet := f.network.Masked(), f.subnet.Masked()
+		f.t.set(func(tx *knftables.Transaction) {
+			if !network.IsValid() {
+				return
+			}
+			if cfg.Masquerade {
+				nftMasq(tx, network, subnet, randomFully)
+			}
+			if cfg.Forward {
+				nftForwardRules(tx, network)
+			}
+		})
+		if _, err := f.t.ensure(ctx, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *nftManager) Resync(ctx context.Context) (bool, error) {
+	var repaired bool
+	var errs []error
+	for _, t := range []*nftTable{m.v4, m.v6} {
+		r, err := t.ensure(ctx, false)
+		repaired = repaired || r
+		errs = append(errs, err)
+	}
+	return repaired, errors.Join(errs...)
+}
+
+func (m *nftManager) Run(ctx context.Context, period time.Duration) { run(ctx, m, period, m.log) }
+
+func (m *nftManager) Cleanup(ctx context.Context) error {
+	return errors.Join(m.v4.remove(ctx), m.v6.remove(ctx))
+}
