@@ -139,7 +139,7 @@ var ErrNoNFTables = errors.New("nftables cannot be used (install nftables; it ne
 
 // run is the resync loop both managers share.
 func run(ctx context.Context, m Manager, period time.Duration, log *slog.Logger) {
-	t := time.NewTicker(period)
+	t := time.NewTicker(max(period, time.Second))
 	defer t.Stop()
 	for {
 		select {
