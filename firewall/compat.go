@@ -61,8 +61,9 @@ func (m *Rules) Run(ctx context.Context, period time.Duration) {
 }
 
 // Cleanup removes every rule, chain and table of flanneld's, both modes,
-// whatever network they were made for (`weft cleanup`). It returns
-// ErrNoIPTables only when neither iptables nor nft is installed.
+// whatever network they were made for (`weft cleanup`). When iptables is
+// missing it still removes the nftables tables, then returns
+// ErrNoIPTables.
 //
 // Deprecated: use CleanupAll.
 func Cleanup() error {
