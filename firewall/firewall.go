@@ -1,14 +1,17 @@
-// Package firewall installs flanneld's iptables rules: masquerading of pod
-// traffic that leaves the cluster network (--ip-masq, chain
-// FLANNEL-POSTRTG in the nat table) and acceptance of forwarded cluster
-// traffic (--iptables-forward-rules, chain FLANNEL-FWD in the filter
-// table). The rules are flanneld v0.28's, rule for rule, so a host moved
-// from flanneld to weft keeps its firewall, and they are re-checked every
-// resync period in case something else flushed them.
+// Package firewall installs flanneld's host firewall rules: masquerading of
+// pod traffic that leaves the cluster network (--ip-masq) and acceptance of
+// forwarded cluster traffic (--iptables-forward-rules), in either of
+// flanneld's two modes: iptables (chains FLANNEL-POSTRTG and FLANNEL-FWD,
+// through the iptables binary, as flanneld does with
+// github.com/coreos/go-iptables) or nftables (tables flannel-ipv4 and
+// flannel-ipv6, through sigs.k8s.io/knftables, flanneld's choice too), the
+// latter when the network config has "EnableNFTables": true.
 //
-// It drives the iptables binary through github.com/coreos/go-iptables, as
-// flanneld does, so the rules land in whichever backend (nft or legacy)
-// the host's iptables uses.
+// The rules are flanneld v0.28.9's, rule for rule and in its order, so a
+// host moved from flanneld to weft or back keeps a working firewall and
+// either daemon cleans up after the other. A Manager re-checks them every
+// resync period and, when anything is missing or out of order, rebuilds
+// the whole set at once. See docs/firewall.md.
 package firewall
 
 import (
@@ -17,133 +20,126 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
+	"sigs.k8s.io/knftables"
 )
+
+// Mode is flanneld's traffic manager: iptables, or nftables when the
+// network config says "EnableNFTables": true.
+type Mode string
 
 const (
-	// Chain names and comments are flanneld's.
-	MasqChain    = "FLANNEL-POSTRTG"
-	ForwardChain = "FLANNEL-FWD"
-	masqComment  = "flanneld masq"
-	fwdComment   = "flanneld forward"
-	// kubeProxyMark is kube-proxy's masquerade mark: such traffic is NATed
-	// by kube-proxy already and must not be twice.
-	kubeProxyMark = "0x4000/0x4000"
+	IPTables Mode = "iptables"
+	NFTables Mode = "nftables"
 )
 
-// Rule is one iptables rule.
-type Rule struct {
-	Table, Chain string
-	Spec         []string
-}
-
-// spec is match, then flanneld's comment, then target.
-func spec(comment string, match []string, target ...string) []string {
-	out := append([]string{}, match...)
-	out = append(out, "-m", "comment", "--comment", comment)
-	return append(out, target...)
-}
-
-// MasqRules are flanneld's masquerade rules for a cluster network and this
-// host's lease, in flanneld's order.
-func MasqRules(network, subnet netip.Prefix, randomFully bool) []Rule {
-	cluster, pod := network.String(), subnet.String()
-	masq := []string{"-j", "MASQUERADE"}
-	if randomFully {
-		masq = append(masq, "--random-fully")
+// ModeFor is the mode of a network config's EnableNFTables.
+func ModeFor(enableNFTables bool) Mode {
+	if enableNFTables {
+		return NFTables
 	}
-	ret := []string{"-j", "RETURN"}
-	r := func(match []string, target ...string) Rule {
-		return Rule{"nat", MasqChain, spec(masqComment, match, target...)}
-	}
-	return []Rule{
-		{"nat", "POSTROUTING", spec(masqComment, nil, "-j", MasqChain)},
-		r([]string{"-m", "mark", "--mark", kubeProxyMark}, ret...),
-		// No NAT inside the overlay.
-		r([]string{"-s", pod, "-d", cluster}, ret...),
-		r([]string{"-s", cluster, "-d", pod}, ret...),
-		// Traffic from outside to a local pod keeps its source.
-		r([]string{"!", "-s", cluster, "-d", pod}, ret...),
-		// Pods to the world (not multicast): masquerade.
-		r([]string{"-s", cluster, "!", "-d", "224.0.0.0/4"}, masq...),
-		// The host to the overlay: masquerade, so replies come back.
-		r([]string{"!", "-s", cluster, "-d", cluster}, masq...),
-	}
+	return IPTables
 }
 
-// ForwardRules are flanneld's forward rules for a cluster network.
-func ForwardRules(network netip.Prefix) []Rule {
-	n := network.String()
-	return []Rule{
-		{"filter", "FORWARD", spec(fwdComment, nil, "-j", ForwardChain)},
-		{"filter", ForwardChain, spec(fwdComment, []string{"-s", n}, "-j", "ACCEPT")},
-		{"filter", ForwardChain, spec(fwdComment, []string{"-d", n}, "-j", "ACCEPT")},
-	}
+// Config is what a Manager installs. A zero IPv4 or IPv6 network means no
+// rules for that family.
+type Config struct {
+	// Network and Subnet are the cluster network and this host's lease
+	// (FLANNEL_NETWORK, FLANNEL_SUBNET masked); IPv6Network and
+	// IPv6Subnet their IPv6 counterparts.
+	Network, Subnet         netip.Prefix
+	IPv6Network, IPv6Subnet netip.Prefix
+	// PrevNetwork and PrevSubnet (and IPv6) are the values of the subnet
+	// file an earlier run left, zero if none. Setup removes every rule of
+	// flanneld's anyway; these only name what was replaced in the log, as
+	// flanneld does.
+	PrevNetwork, PrevSubnet         netip.Prefix
+	PrevIPv6Network, PrevIPv6Subnet netip.Prefix
+	// Masquerade is --ip-masq; NoRandomFully is
+	// --ip-masq-fully-random-disable (the kernel's support is checked
+	// too); Forward is --iptables-forward-rules.
+	Masquerade, NoRandomFully, Forward bool
 }
 
-// Manager keeps a set of rules installed.
-type Manager struct {
-	ipt   *iptables.IPTables
-	rules []Rule
-	log   *slog.Logger
-}
-
-// ErrNoIPTables says the iptables binary is missing.
-var ErrNoIPTables = errors.New("the iptables binary was not found (install iptables)")
-
-// New returns a manager for rules; it fails if iptables is missing.
-func New(log *slog.Logger) (*Manager, error) {
-	ipt, err := iptables.New()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoIPTables, err)
-	}
-	return &Manager{ipt: ipt, log: log}, nil
-}
-
-// HasRandomFully reports whether iptables supports --random-fully.
-func (m *Manager) HasRandomFully() bool { return m.ipt.HasRandomFully() }
-
-// Add adds rules to the set Ensure keeps installed.
-func (m *Manager) Add(rules []Rule) { m.rules = append(m.rules, rules...) }
-
-// Ensure installs every rule that is missing, in order: a jump rule's
-// chain is created before it. It reports whether anything was missing.
-func (m *Manager) Ensure() (repaired bool, err error) {
-	for _, r := range m.rules {
-		// A chain of ours must exist before a rule in it or a jump to it.
-		for _, c := range []string{r.Chain, r.Spec[len(r.Spec)-1]} {
-			if c != MasqChain && c != ForwardChain {
-				continue
-			}
-			ok, err := m.ipt.ChainExists(r.Table, c)
-			if err != nil {
-				return repaired, err
-			}
-			if !ok {
-				if err := m.ipt.NewChain(r.Table, c); err != nil {
-					return repaired, fmt.Errorf("iptables: create chain %s/%s: %w", r.Table, c, err)
-				}
-			}
+func (c Config) validate() error {
+	for _, p := range []struct {
+		name            string
+		network, subnet netip.Prefix
+		v6              bool
+	}{{"IPv4", c.Network, c.Subnet, false}, {"IPv6", c.IPv6Network, c.IPv6Subnet, true}} {
+		if !p.network.IsValid() {
+			continue
 		}
-		ok, err := m.ipt.Exists(r.Table, r.Chain, r.Spec...)
+		if p.network.Addr().Is6() != p.v6 {
+			return fmt.Errorf("firewall: %s network %s is of the other family", p.name, p.network)
+		}
+		if c.Masquerade && (!p.subnet.IsValid() || !p.network.Contains(p.subnet.Addr())) {
+			return fmt.Errorf("firewall: %s subnet %v is not inside network %s", p.name, p.subnet, p.network)
+		}
+	}
+	if !c.Network.IsValid() && !c.IPv6Network.IsValid() {
+		return errors.New("firewall: no network")
+	}
+	return nil
+}
+
+// Manager keeps flanneld's rules of one mode installed.
+type Manager interface {
+	// Mode is the manager's mode.
+	Mode() Mode
+	// Setup is the start of a run. It removes the other mode's rules
+	// (as flanneld does with its "unused traffic manager"), then builds
+	// this mode's from scratch: every rule of flanneld's is removed,
+	// whatever network it was for, and cfg's are installed in order.
+	// Features cfg leaves off end up with no rules at all.
+	Setup(ctx context.Context, cfg Config) error
+	// Resync checks the rules once and, when anything is missing,
+	// added or out of order, rebuilds the whole set in order in one
+	// transaction per table. It reports whether it rebuilt.
+	Resync(ctx context.Context) (repaired bool, err error)
+	// Run calls Resync every period until ctx ends, logging repairs.
+	Run(ctx context.Context, period time.Duration)
+	// Cleanup removes all of this mode's rules, chains and tables.
+	Cleanup(ctx context.Context) error
+}
+
+// NewManager returns the manager of a mode. In iptables mode it fails with
+// ErrNoIPTables when the iptables binary is missing, in nftables mode
+// with ErrNoNFTables when nft is missing or unusable.
+func NewManager(mode Mode, log *slog.Logger) (Manager, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	switch mode {
+	case IPTables:
+		v4, err := newIPT(iptables.ProtocolIPv4)
 		if err != nil {
-			return repaired, fmt.Errorf("iptables: check %s/%s %v: %w", r.Table, r.Chain, r.Spec, err)
+			return nil, err
 		}
-		if !ok {
-			repaired = true
-			if err := m.ipt.Append(r.Table, r.Chain, r.Spec...); err != nil {
-				return repaired, fmt.Errorf("iptables: add %s/%s %v: %w", r.Table, r.Chain, r.Spec, err)
-			}
+		return &iptManager{v4: v4, log: log}, nil
+	case NFTables:
+		v4, err := newNFTTable(knftables.IPv4Family, NFTableIPv4)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrNoNFTables, err)
 		}
+		v6, err := newNFTTable(knftables.IPv6Family, NFTableIPv6)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrNoNFTables, err)
+		}
+		return &nftManager{v4: v4, v6: v6, log: log}, nil
 	}
-	return repaired, nil
+	return nil, fmt.Errorf("firewall: unknown mode %q", mode)
 }
 
-// Run re-ensures the rules every period until ctx ends.
-func (m *Manager) Run(ctx context.Context, period time.Duration) {
-	t := time.NewTicker(period)
+// ErrNoNFTables says nft is missing or cannot be used.
+var ErrNoNFTables = errors.New("nftables cannot be used (install nftables; it needs nft 1.0.1 or later)")
+
+// run is the resync loop both managers share.
+func run(ctx context.Context, m Manager, period time.Duration, log *slog.Logger) {
+	t := time.NewTicker(max(period, time.Second))
 	defer t.Stop()
 	for {
 		select {
@@ -151,46 +147,76 @@ func (m *Manager) Run(ctx context.Context, period time.Duration) {
 			return
 		case <-t.C:
 		}
-		if repaired, err := m.Ensure(); err != nil {
-			m.log.Error("iptables rules could not be restored", "err", err)
+		if repaired, err := m.Resync(ctx); err != nil {
+			log.Error("firewall rules could not be restored", "mode", m.Mode(), "err", err)
 		} else if repaired {
-			m.log.Warn("iptables rules were missing and have been restored")
+			log.Warn("firewall rules were missing or out of order; rebuilt them in order", "mode", m.Mode())
 		}
 	}
 }
 
-// Cleanup removes every rule and chain flanneld's rules use, whatever
-// network they were made for (`weft cleanup`).
-func Cleanup() error {
-	ipt, err := iptables.New()
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNoIPTables, err)
+// logPrevious says, as flanneld does, that the rules of a previous network
+// or subnet are being replaced.
+func logPrevious(log *slog.Logger, network, subnet, prevNetwork, prevSubnet netip.Prefix) {
+	if !network.IsValid() || !prevNetwork.IsValid() && !prevSubnet.IsValid() {
+		return
 	}
+	if prevNetwork.Masked() != network.Masked() || prevSubnet.Masked() != subnet.Masked() {
+		log.Info("current network or subnet differs from the previous one; removing the old rules",
+			"network", network, "subnet", subnet, "previous_network", prevNetwork, "previous_subnet", prevSubnet)
+	}
+}
+
+// CleanupAll removes the rules of both modes and both families, whatever
+// network they were made for (`weft cleanup`). Tools that are missing are
+// skipped: without iptables there are no iptables rules of ours either.
+func CleanupAll(ctx context.Context) error {
 	var errs []error
-	// A jump can only exist while its target chain does, and iptables -C
-	// of a jump to a missing chain fails (exit 2) instead of answering
-	// "no such rule": look at the chain first, so a host that had only
-	// one of the two chains (the default: forward rules, no masquerade)
-	// is cleaned without error.
-	for _, j := range []Rule{
-		{"nat", "POSTROUTING", spec(masqComment, nil, "-j", MasqChain)},
-		{"filter", "FORWARD", spec(fwdComment, nil, "-j", ForwardChain)},
-	} {
-		target := j.Spec[len(j.Spec)-1]
-		ok, err := ipt.ChainExists(j.Table, target)
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		t, err := newIPT(proto)
+		if errors.Is(err, ErrNoIPTables) {
+			continue
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if !ok {
+		errs = append(errs, t.remove())
+	}
+	errs = append(errs, cleanupNFT(ctx))
+	return errors.Join(errs...)
+}
+
+// cleanupNFT deletes flanneld's two nftables tables if nft is there.
+func cleanupNFT(ctx context.Context) error {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return nil
+	}
+	var errs []error
+	for _, t := range []struct {
+		family knftables.Family
+		name   string
+	}{{knftables.IPv4Family, NFTableIPv4}, {knftables.IPv6Family, NFTableIPv6}} {
+		nft, err := knftables.New(t.family, t.name)
+		if err != nil {
+			// nft too old or no nf_tables in the kernel: then there is
+			// no table of ours either.
 			continue
 		}
-		if err := ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
-			errs = append(errs, err)
+		errs = append(errs, deleteNFTable(ctx, nft))
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupIPT removes iptables and ip6tables rules where those tools exist.
+func cleanupIPT() error {
+	var errs []error
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		t, err := newIPT(proto)
+		if err != nil {
+			continue // no binary, so no rules
 		}
-		if err := ipt.ClearAndDeleteChain(j.Table, target); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, t.remove())
 	}
 	return errors.Join(errs...)
 }

@@ -7,22 +7,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/coreos/go-iptables/iptables"
-
-	"github.com/weft-net/weft/bench/lab"
-	"github.com/weft-net/weft/bench/lab/labtest"
 )
 
-var (
-	network = netip.MustParsePrefix("10.5.0.0/16")
-	subnet  = netip.MustParsePrefix("10.5.42.0/24")
-)
-
-// TestMasqRulesAreFlanneld's pins the rules to flanneld v0.28's text.
+// TestMasqRulesAreFlanneld pins the rules to flanneld v0.28's text.
 func TestMasqRulesAreFlanneld(t *testing.T) {
 	var got []string
-	for _, r := range MasqRules(network, subnet, true) {
+	for _, r := range MasqRules(netip.MustParsePrefix("10.5.0.0/16"), netip.MustParsePrefix("10.5.42.0/24"), true) {
 		got = append(got, r.Table+" "+r.Chain+" "+strings.Join(r.Spec, " "))
 	}
 	want := []string{
@@ -39,55 +29,170 @@ func TestMasqRulesAreFlanneld(t *testing.T) {
 	}
 }
 
-// TestEnsureRepairsAndCleanupRemoves runs in a fresh namespace: install,
-// delete a rule by hand, see it restored, clean up, see nothing left.
-func TestEnsureRepairsAndCleanupRemoves(t *testing.T) {
-	l := labtest.New(t, lab.Options{Hosts: 1})
-	// fn runs on another goroutine (locked to a thread in the namespace):
-	// it reports failures by returning them, never with t.Fatal.
-	err := lab.InNamespace(l.Hosts[0].Name, func() error {
-		m, err := New(slog.New(slog.DiscardHandler))
+// TestIPTablesResyncRestoresOrder: whatever rule goes missing (or comes
+// back in the wrong place, as the kube-proxy-mark RETURN did when it was
+// re-appended after MASQUERADE), one Resync leaves exactly what flanneld
+// v0.28.9 wrote (kube/vxlan/iptables-save-h1.txt of the fixtures).
+func TestIPTablesResyncRestoresOrder(t *testing.T) {
+	needTool(t, "iptables", "iptables")
+	ns := netnsHosts(t, 1)[0]
+	want := stripComments(golden(t, "flannel-v0.28.9-kube-vxlan-iptables-save-h1.txt"))
+	var m Manager
+	in(t, ns, func() (err error) {
+		if m, err = newManager(IPTables); err != nil {
+			return err
+		}
+		return m.Setup(bg, Config{Network: kubeNetwork, Subnet: kubeSubnet, Masquerade: true, Forward: true})
+	})
+	if got := save(t, ns, "iptables-save"); got != want {
+		t.Fatalf("after Setup:\n%s\nwant (flanneld's):\n%s", got, want)
+	}
+	resync := func(wantRepair bool) {
+		t.Helper()
+		in(t, ns, func() error {
+			repaired, err := m.Resync(bg)
+			if err != nil || repaired != wantRepair {
+				return fmt.Errorf("Resync: repaired %v, %v; want repaired %v", repaired, err, wantRepair)
+			}
+			return nil
+		})
+		if got := save(t, ns, "iptables-save"); got != want {
+			t.Fatalf("after Resync:\n%s\nwant (flanneld's):\n%s", got, want)
+		}
+	}
+	resync(false)
+
+	all := append(MasqRules(kubeNetwork, kubeSubnet, true), ForwardRules(kubeNetwork)...)
+	for i, r := range all {
+		t.Logf("deleting rule %d: %s %s", i, r.Chain, strings.Join(r.Spec, " "))
+		sh(t, ns, append([]string{"iptables", "-t", r.Table, "-D", r.Chain}, r.Spec...)...)
+		resync(true)
+	}
+
+	// What the old repair did: the mark rule deleted and appended again,
+	// so every rule exists but MASQUERADE comes first.
+	mark := all[1]
+	sh(t, ns, append([]string{"iptables", "-t", "nat", "-D", mark.Chain}, mark.Spec...)...)
+	sh(t, ns, append([]string{"iptables", "-t", "nat", "-A", mark.Chain}, mark.Spec...)...)
+	resync(true)
+
+	// A foreign rule in flanneld's chain; a duplicate jump; the chain
+	// flushed and deleted by hand.
+	sh(t, ns, "iptables", "-t", "nat", "-I", MasqChain, "1", "-s", "192.0.2.0/24", "-j", "ACCEPT")
+	resync(true)
+	sh(t, ns, append([]string{"iptables", "-t", "nat", "-A", "POSTROUTING"}, all[0].Spec...)...)
+	resync(true)
+	sh(t, ns, append([]string{"iptables", "-t", "nat", "-D", "POSTROUTING"}, all[0].Spec...)...)
+	sh(t, ns, "iptables", "-t", "nat", "-F", MasqChain)
+	sh(t, ns, "iptables", "-t", "nat", "-X", MasqChain)
+	resync(true)
+}
+
+// TestIPTablesSetupRemovesPreviousNetwork starts on a host that holds
+// flanneld's rules for another network and subnet (those of the fixtures'
+// dualstack/vxlan run, 10.5.0.0/16 and 10.5.77.0/24), an older flanneld's
+// rule written straight into POSTROUTING, and a rule of someone else's:
+// after Setup only the new network's rules and the foreign one are left.
+// With masquerading then switched off, its chain goes too.
+func TestIPTablesSetupRemovesPreviousNetwork(t *testing.T) {
+	needTool(t, "iptables", "iptables")
+	ns := netnsHosts(t, 1)[0]
+	shIn(t, ns, golden(t, "flannel-v0.28.9-dualstack-vxlan-iptables-save-h1.txt"), "iptables-restore")
+	foreign := "-A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE"
+	sh(t, ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.5.0.0/16", "-d", "10.5.0.0/16", "-m", "comment", "--comment", masqComment, "-j", "RETURN")
+	sh(t, ns, append([]string{"iptables", "-t", "nat"}, strings.Fields(foreign)...)...)
+
+	var m Manager
+	in(t, ns, func() (err error) {
+		if m, err = newManager(IPTables); err != nil {
+			return err
+		}
+		return m.Setup(bg, Config{
+			Network: kubeNetwork, Subnet: kubeSubnet,
+			PrevNetwork: netip.MustParsePrefix("10.5.0.0/16"), PrevSubnet: netip.MustParsePrefix("10.5.77.0/24"),
+			Masquerade: true, Forward: true,
+		})
+	})
+	// The foreign rule keeps its place; flanneld's jump is appended
+	// after it, as flanneld appends it.
+	jump := `-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG`
+	want := strings.Replace(stripComments(golden(t, "flannel-v0.28.9-kube-vxlan-iptables-save-h1.txt")), jump, foreign+"\n"+jump, 1)
+	if got := save(t, ns, "iptables-save"); got != want {
+		t.Fatalf("after Setup:\n%s\nwant:\n%s", got, want)
+	}
+
+	in(t, ns, func() error {
+		return m.Setup(bg, Config{Network: kubeNetwork, Subnet: kubeSubnet, Forward: true})
+	})
+	got := save(t, ns, "iptables-save")
+	if strings.Contains(got, masqComment) || strings.Contains(got, MasqChain) || !strings.Contains(got, foreign) || !strings.Contains(got, ForwardChain) {
+		t.Fatalf("after Setup without --ip-masq:\n%s\nwant the forward rules and the foreign rule only", got)
+	}
+}
+
+// TestIPTablesIPv6 installs a dual-stack host's rules and compares both
+// families with flanneld's (dualstack/vxlan of the fixtures).
+func TestIPTablesIPv6(t *testing.T) {
+	needTool(t, "ip6tables", "iptables")
+	ns := netnsHosts(t, 1)[0]
+	in(t, ns, func() error {
+		m, err := newManager(IPTables)
 		if err != nil {
 			return err
 		}
-		m.Add(MasqRules(network, subnet, m.HasRandomFully()))
-		m.Add(ForwardRules(network))
-		if repaired, err := m.Ensure(); err != nil || !repaired {
-			return fmt.Errorf("first Ensure: repaired %v, %v", repaired, err)
+		return m.Setup(bg, Config{
+			Network: netip.MustParsePrefix("10.5.0.0/16"), Subnet: netip.MustParsePrefix("10.5.77.0/24"),
+			IPv6Network: netip.MustParsePrefix("fd00:10:5::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:21::/64"),
+			Masquerade: true, Forward: true,
+		})
+	})
+	for _, c := range []struct{ cmd, file string }{
+		{"iptables-save", "flannel-v0.28.9-dualstack-vxlan-iptables-save-h1.txt"},
+		{"ip6tables-save", "flannel-v0.28.9-dualstack-vxlan-ip6tables-save-h1.txt"},
+	} {
+		if got, want := save(t, ns, c.cmd), stripComments(golden(t, c.file)); got != want {
+			t.Errorf("%s:\n%s\nwant (flanneld's):\n%s", c.cmd, got, want)
 		}
-		if repaired, err := m.Ensure(); err != nil || repaired {
-			return fmt.Errorf("second Ensure: repaired %v, %v; want nothing to do", repaired, err)
+	}
+}
+
+// TestRulesCompat runs the interface weft's daemon used before Manager:
+// it too restores the order, and Cleanup leaves nothing.
+func TestRulesCompat(t *testing.T) {
+	needTool(t, "iptables", "iptables")
+	ns := netnsHosts(t, 1)[0]
+	want := stripComments(golden(t, "flannel-v0.28.9-kube-vxlan-iptables-save-h1.txt"))
+	var m *Rules
+	ensure := func(wantRepair bool) {
+		t.Helper()
+		in(t, ns, func() error {
+			if repaired, err := m.Ensure(); err != nil || repaired != wantRepair {
+				return fmt.Errorf("Ensure: repaired %v, %v; want %v", repaired, err, wantRepair)
+			}
+			return nil
+		})
+		if got := save(t, ns, "iptables-save"); got != want {
+			t.Fatalf("after Ensure:\n%s\nwant:\n%s", got, want)
 		}
-		ipt, _ := iptables.New()
-		victim := m.rules[3]
-		if err := ipt.Delete(victim.Table, victim.Chain, victim.Spec...); err != nil {
+	}
+	in(t, ns, func() (err error) {
+		m, err = New(slog.New(slog.DiscardHandler))
+		if err != nil {
 			return err
 		}
-		if repaired, err := m.Ensure(); err != nil || !repaired {
-			return fmt.Errorf("Ensure after a deletion: repaired %v, %v", repaired, err)
-		}
-		if ok, _ := ipt.Exists(victim.Table, victim.Chain, victim.Spec...); !ok {
-			return fmt.Errorf("deleted rule not restored")
-		}
-		if err := Cleanup(); err != nil {
-			return err
-		}
-		for _, c := range [][2]string{{"nat", MasqChain}, {"filter", ForwardChain}} {
-			if ok, _ := ipt.ChainExists(c[0], c[1]); ok {
-				t.Errorf("chain %s/%s left after Cleanup", c[0], c[1])
-			}
-		}
-		for _, c := range [][2]string{{"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
-			rules, _ := ipt.List(c[0], c[1])
-			for _, r := range rules {
-				if strings.Contains(r, "flanneld") {
-					t.Errorf("rule left after Cleanup: %s", r)
-				}
-			}
-		}
+		m.Add(ForwardRules(kubeNetwork))
+		m.Add(MasqRules(kubeNetwork, kubeSubnet, m.HasRandomFully()))
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
+	// The daemon added forward before masquerade; tables are separate,
+	// so the dump is the same.
+	ensure(true)
+	ensure(false)
+	mark := MasqRules(kubeNetwork, kubeSubnet, true)[1]
+	sh(t, ns, append([]string{"iptables", "-t", "nat", "-D", mark.Chain}, mark.Spec...)...)
+	ensure(true)
+	in(t, ns, Cleanup)
+	if got := save(t, ns, "iptables-save"); strings.Contains(got, "FLANNEL") || strings.Contains(got, "flanneld") {
+		t.Errorf("left after Cleanup:\n%s", got)
 	}
 }
