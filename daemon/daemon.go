@@ -47,7 +47,12 @@ func Run(ctx context.Context, o Options) error {
 	}
 	d := &daemon{o: o, log: o.Log}
 	log := d.log
-	var err error
+	// The previous run's subnet, before this run rewrites the file: the
+	// firewall names what it replaces.
+	prevSubnet, err := lease.ReadSubnetFile(o.SubnetFile)
+	if err != nil {
+		log.Warn("cannot read the previous subnet file", "path", o.SubnetFile, "err", err)
+	}
 	if err := serveHealthz(ctx, o.HealthzIP, o.HealthzPort, &d.ready, log); err != nil {
 		return err
 	}
@@ -84,11 +89,11 @@ func Run(ctx context.Context, o Options) error {
 	runDone := make(chan error, 1)
 	go func() { runDone <- d.backend.Run(ctx) }()
 
-	if err := setupFirewall(ctx, &o, d.cfg.Network, d.own.Subnet, log); err != nil {
+	if err := setupFirewall(ctx, &o, d.cfg, d.own.Subnet, prevSubnet, log); err != nil {
 		cancel(err)
 	}
 	if o.Blackhole {
-		if err := setupBlackhole(d.own.Subnet); err != nil {
+		if err := keepBlackhole(ctx, d.own.Subnet, o.IPTablesResync, log); err != nil {
 			cancel(err)
 		}
 	}

@@ -15,48 +15,54 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/lease"
 )
 
 // setupFirewall installs flanneld's masquerade (--ip-masq) and forward
-// (--iptables-forward-rules) rules and keeps them in place every
-// --iptables-resync seconds. Masquerading the user asked for is required:
-// without iptables the host is refused. The forward rules are on by
-// default, so their absence only warns, as in flanneld.
-func setupFirewall(ctx context.Context, f *Options, network, subnet netip.Prefix, log *slog.Logger) error {
-	fwdExplicit := f.ForwardExplicit
-	if !f.IPMasq && !f.IPTablesForward {
-		return nil
+// (--iptables-forward-rules) rules, with iptables or, when the network
+// config says EnableNFTables, nftables, and keeps them in place every
+// --iptables-resync seconds. Setup runs even with both off: it removes
+// the rules of an earlier run (another network or subnet). Masquerading
+// the user asked for is required: without the firewall tool the host is
+// refused. The forward rules are on by default, so their absence only
+// warns, as in flanneld.
+func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, subnet, prevSubnet netip.Prefix, log *slog.Logger) error {
+	mode := firewall.ModeFor(cfg.EnableNFTables)
+	if mode == firewall.IPTables {
+		// flanneld refuses to start in iptables mode without
+		// br_netfilter (main.go); weft warns, since a host whose pods
+		// do not sit behind a Linux bridge works without it.
+		if err := firewall.CheckBridgeNetfilter("/proc", true, false); err != nil {
+			log.Warn("br_netfilter is not loaded: traffic between pods on one bridge bypasses iptables, so --ip-masq and network policies do not see it (flanneld refuses to start here; modprobe br_netfilter)", "err", err)
+		}
 	}
-	m, err := firewall.New(log)
+	m, err := firewall.NewManager(mode, log)
 	if err != nil {
-		if f.IPMasq {
+		switch {
+		case f.IPMasq:
 			return fmt.Errorf("--ip-masq: %v", err)
-		}
-		if fwdExplicit {
+		case f.ForwardExplicit:
 			return fmt.Errorf("--iptables-forward-rules: %v", err)
+		case f.IPTablesForward:
+			log.Warn("no FORWARD accept rules installed (--iptables-forward-rules)", "err", err)
 		}
-		log.Warn("no FORWARD accept rules installed (--iptables-forward-rules)", "err", err)
 		return nil
 	}
-	if f.IPMasq {
-		m.Add(firewall.MasqRules(network, subnet, m.HasRandomFully() && !f.IPMasqNoRandom))
-	}
-	if f.IPTablesForward {
-		m.Add(firewall.ForwardRules(network))
-	}
-	if _, err := m.Ensure(); err != nil {
+	err = m.Setup(ctx, firewall.Config{Network: cfg.Network, Subnet: subnet, PrevSubnet: prevSubnet,
+		Masquerade: f.IPMasq, NoRandomFully: f.IPMasqNoRandom, Forward: f.IPTablesForward})
+	if err != nil {
 		return err
 	}
-	log.Info("iptables rules in place", "masquerade", f.IPMasq, "forward", f.IPTablesForward, "resync", f.IPTablesResync)
-	period := max(f.IPTablesResync, time.Second)
-	go m.Run(ctx, period)
+	log.Info("firewall rules in place", "mode", mode, "masquerade", f.IPMasq, "forward", f.IPTablesForward, "resync", f.IPTablesResync)
+	go m.Run(ctx, max(f.IPTablesResync, time.Second))
 	return nil
 }
 
-// setupBlackhole adds flanneld's --ip-blackhole-route: a blackhole route
-// for this host's whole subnet, so packets to its unassigned addresses are
-// dropped here instead of following the default route out.
-func setupBlackhole(subnet netip.Prefix) error {
+// keepBlackhole adds flanneld's --ip-blackhole-route, a blackhole route
+// for this host's whole subnet (packets to its unassigned addresses are
+// dropped here instead of following the default route out), and puts it
+// back every period, as flanneld's resync does.
+func keepBlackhole(ctx context.Context, subnet netip.Prefix, period time.Duration, log *slog.Logger) error {
 	r := &netlink.Route{
 		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
 		Type:     unix.RTN_BLACKHOLE,
@@ -65,6 +71,20 @@ func setupBlackhole(subnet netip.Prefix) error {
 	if err := netlink.RouteReplace(r); err != nil {
 		return fmt.Errorf("--ip-blackhole-route: %v", err)
 	}
+	go func() {
+		t := time.NewTicker(max(period, time.Second))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := netlink.RouteReplace(r); err != nil {
+					log.Warn("cannot put the blackhole route back", "subnet", subnet, "err", err)
+				}
+			}
+		}
+	}()
 	return nil
 }
 

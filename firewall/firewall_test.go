@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -153,46 +152,5 @@ func TestIPTablesIPv6(t *testing.T) {
 		if got, want := save(t, ns, c.cmd), stripComments(golden(t, c.file)); got != want {
 			t.Errorf("%s:\n%s\nwant (flanneld's):\n%s", c.cmd, got, want)
 		}
-	}
-}
-
-// TestRulesCompat runs the interface weft's daemon used before Manager:
-// it too restores the order, and Cleanup leaves nothing.
-func TestRulesCompat(t *testing.T) {
-	needTool(t, "iptables", "iptables")
-	ns := netnsHosts(t, 1)[0]
-	want := stripComments(golden(t, "flannel-v0.28.9-kube-vxlan-iptables-save-h1.txt"))
-	var m *Rules
-	ensure := func(wantRepair bool) {
-		t.Helper()
-		in(t, ns, func() error {
-			if repaired, err := m.Ensure(); err != nil || repaired != wantRepair {
-				return fmt.Errorf("Ensure: repaired %v, %v; want %v", repaired, err, wantRepair)
-			}
-			return nil
-		})
-		if got := save(t, ns, "iptables-save"); got != want {
-			t.Fatalf("after Ensure:\n%s\nwant:\n%s", got, want)
-		}
-	}
-	in(t, ns, func() (err error) {
-		m, err = New(slog.New(slog.DiscardHandler))
-		if err != nil {
-			return err
-		}
-		m.Add(ForwardRules(kubeNetwork))
-		m.Add(MasqRules(kubeNetwork, kubeSubnet, m.HasRandomFully()))
-		return nil
-	})
-	// The daemon added forward before masquerade; tables are separate,
-	// so the dump is the same.
-	ensure(true)
-	ensure(false)
-	mark := MasqRules(kubeNetwork, kubeSubnet, true)[1]
-	sh(t, ns, append([]string{"iptables", "-t", "nat", "-D", mark.Chain}, mark.Spec...)...)
-	ensure(true)
-	in(t, ns, Cleanup)
-	if got := save(t, ns, "iptables-save"); strings.Contains(got, "FLANNEL") || strings.Contains(got, "flanneld") {
-		t.Errorf("left after Cleanup:\n%s", got)
 	}
 }

@@ -18,6 +18,9 @@ type Config struct {
 	SubnetMin  netip.Addr
 	SubnetMax  netip.Addr
 	EnableIPv4 bool
+	// EnableNFTables selects flanneld's nftables rules instead of its
+	// iptables rules.
+	EnableNFTables bool
 	// BackendType is Backend.Type, lower-cased; "udp" when Backend is absent.
 	BackendType string
 	// Backend is the raw Backend object, for the backend's own fields.
@@ -45,6 +48,8 @@ type rawConfig struct {
 	SubnetLen     *strictNumber
 	IPv6SubnetLen *strictNumber
 	Backend       json.RawMessage
+	// EnableNFTables is flanneld's; a bool, refused as anything else.
+	EnableNFTables *bool
 }
 
 // strictNumber is a json.Number that refuses a quoted number ("24"), as
@@ -145,7 +150,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, cfgErr("Networks", "multiple networks are not supported; use \"Network\"")
 	}
 
-	cfg := &Config{EnableIPv4: true}
+	cfg := &Config{EnableIPv4: true, EnableNFTables: raw.EnableNFTables != nil && *raw.EnableNFTables}
 	if raw.Network == nil || *raw.Network == "" {
 		return nil, cfgErr("Network", "missing: the cluster network CIDR is required, e.g. \"10.5.0.0/16\"")
 	}

@@ -150,3 +150,22 @@ func TestConfigContains(t *testing.T) {
 		}
 	}
 }
+
+// EnableNFTables is read, not ignored: the daemon picks the firewall's
+// mode from it.
+func TestConfigEnableNFTables(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{"Network":"10.244.0.0/16"}`:                        false,
+		`{"Network":"10.244.0.0/16","EnableNFTables":false}`: false,
+		`{"Network":"10.244.0.0/16","EnableNFTables":true}`:  true,
+		`{"Network":"10.244.0.0/16","enablenftables":true}`:  true,
+	} {
+		c, err := ParseConfig([]byte(in))
+		if err != nil || c.EnableNFTables != want {
+			t.Errorf("%s: %v, %v", in, c, err)
+		}
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"10.244.0.0/16","EnableNFTables":"yes"}`)); err == nil || !strings.Contains(err.Error(), "EnableNFTables") {
+		t.Errorf("a string EnableNFTables: %v", err)
+	}
+}

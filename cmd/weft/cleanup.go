@@ -1,7 +1,7 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -46,10 +46,8 @@ func runCleanup(args []string) error {
 	errR := nl.RemoveTaggedRoutes(&r)
 	errT := nl.RemoveTUN(*tunName, &r)
 	// flanneld's iptables chains (--ip-masq, --iptables-forward-rules).
-	errF := firewall.Cleanup()
-	if errors.Is(errF, firewall.ErrNoIPTables) {
-		errF = nil // no iptables, so no rules of ours either
-	}
+	// flanneld's iptables chains and nftables tables, both modes.
+	errF := firewall.CleanupAll(context.Background())
 	for _, l := range r.Links {
 		fmt.Fprintf(os.Stdout, "removed device %s\n", l)
 	}

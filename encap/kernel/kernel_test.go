@@ -164,3 +164,45 @@ func TestProbeAndCleanup(t *testing.T) {
 		t.Fatal("cleanup removed the underlay")
 	}
 }
+
+// TestReconcileRefusesForeignRoute: a peer's route whose destination a
+// route weft did not make already holds (the host's own, or a default
+// route a hostile lease aims at) is refused and reported, and the other
+// route stays exactly as it was; an untagged route identical to weft's
+// (flanneld's, on a host moved from flanneld) is taken over.
+func TestReconcileRefusesForeignRoute(t *testing.T) {
+	ns := kerneltest.New(t)
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	host := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 5, 9, 0).To4(), Mask: net.CIDRMask(24, 32)},
+		Gw: net.IPv4(192, 0, 2, 254).To4(), LinkIndex: under, Protocol: unix.RTPROT_STATIC}
+	flanneld := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 5, 10, 0).To4(), Mask: net.CIDRMask(24, 32)},
+		Gw: net.IPv4(192, 0, 2, 10).To4(), LinkIndex: under, Protocol: unix.RTPROT_BOOT}
+	for _, r := range []*netlink.Route{host, flanneld} {
+		if err := ns.H.RouteAdd(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clash := kernel.Route{Dst: netip.MustParsePrefix("10.5.9.0/24"), Gw: netip.MustParseAddr("192.0.2.66"), LinkIndex: under}
+	adopt := kernel.Route{Dst: netip.MustParsePrefix("10.5.10.0/24"), Gw: netip.MustParseAddr("192.0.2.10"), LinkIndex: under}
+	for pass := range 2 {
+		c, err := ns.Reconcile(kernel.State{Routes: []kernel.Route{clash, adopt}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := c.Conflicts["route "+clash.String()]; !ok || len(c.Conflicts) != 1 {
+			t.Fatalf("pass %d: conflicts %v", pass, c.Conflicts)
+		}
+	}
+	for _, r := range ns.Routes(t) {
+		switch r.Dst.String() {
+		case "10.5.9.0/24":
+			if r.Gw.String() != "192.0.2.254" || r.Protocol != unix.RTPROT_STATIC {
+				t.Errorf("the host's route was changed: %v", r)
+			}
+		case "10.5.10.0/24":
+			if r.Protocol != kernel.RouteProtocol {
+				t.Errorf("flanneld's identical route was not taken over: %v", r)
+			}
+		}
+	}
+}

@@ -38,11 +38,12 @@ type Reconciler struct {
 	once    sync.Once
 
 	mu        sync.Mutex
-	installed map[string]bool // keys of the last state fully programmed
-	dev       atomic.Int64    // the device of the last state, for event filtering
+	installed map[string]bool   // keys of the last state fully programmed
+	conflicts map[string]string // wanted routes refused, for logging once
+	dev       atomic.Int64      // the device of the last state, for event filtering
 
-	passes, programmed, repairs, stale, failures atomic.Uint64
-	lastErr                                      atomic.Value // string
+	passes, programmed, repairs, stale, failures, refusedRoutes atomic.Uint64
+	lastErr                                                     atomic.Value // string
 }
 
 // Stats are the reconcile loop's counters.
@@ -56,7 +57,12 @@ type Stats struct {
 	Repairs      uint64 `json:"repairs"`
 	StaleRemoved uint64 `json:"stale_removed"`
 	Failures     uint64 `json:"failures"`
-	LastError    string `json:"last_error,omitempty"`
+	// Conflicts counts wanted routes refused because a route weft did
+	// not make holds the destination (each counted once while it lasts);
+	// Refused lists those of the last pass.
+	Conflicts uint64            `json:"conflicts"`
+	Refused   map[string]string `json:"refused_routes,omitempty"`
+	LastError string            `json:"last_error,omitempty"`
 }
 
 func (r *Reconciler) init() {
@@ -80,7 +86,15 @@ func (r *Reconciler) Trigger() {
 // Stats returns the counters.
 func (r *Reconciler) Stats() Stats {
 	s := Stats{Passes: r.passes.Load(), Programmed: r.programmed.Load(), Repairs: r.repairs.Load(),
-		StaleRemoved: r.stale.Load(), Failures: r.failures.Load()}
+		StaleRemoved: r.stale.Load(), Failures: r.failures.Load(), Conflicts: r.refusedRoutes.Load()}
+	r.mu.Lock()
+	if len(r.conflicts) > 0 {
+		s.Refused = make(map[string]string, len(r.conflicts))
+		for k, v := range r.conflicts {
+			s.Refused[k] = v
+		}
+	}
+	r.mu.Unlock()
 	s.LastError, _ = r.lastErr.Load().(string)
 	return s
 }
@@ -110,6 +124,14 @@ func (r *Reconciler) Pass() error {
 			r.Log.Debug("programmed", "entry", k)
 		}
 	}
+	for k, other := range c.Conflicts {
+		if _, known := r.conflicts[k]; !known {
+			r.refusedRoutes.Add(1)
+			r.Log.Warn("refusing a peer's route: a route weft did not make holds its destination", "want", k, "existing", other)
+		}
+		delete(keys, k) // not installed
+	}
+	r.conflicts = c.Conflicts
 	for _, k := range c.Removed {
 		if keys[k] {
 			continue // a duplicate or altered copy of a wanted entry

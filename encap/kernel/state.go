@@ -82,9 +82,12 @@ func (s State) Keys() map[string]bool {
 	return k
 }
 
-// Change is what one reconcile pass did, as State keys.
+// Change is what one reconcile pass did, as State keys. Conflicts are
+// wanted routes left out because a route weft did not make holds their
+// destination (State key, then the route in the way).
 type Change struct {
 	Added, Removed []string
+	Conflicts      map[string]string
 }
 
 // Reconcile makes the kernel hold exactly want: it adds or replaces what is
@@ -134,8 +137,20 @@ func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
 		if seen[w.Dst] {
 			continue
 		}
-		// Replace: a route to the same destination that is not tagged
-		// (flanneld's, or one restored by hand) becomes ours.
+		// weft never replaces a route it did not make: one that is not
+		// tagged but goes exactly where weft's would (flanneld's own, on a
+		// host moved from flanneld) is taken over; any other holder of the
+		// destination is left alone and the peer's route refused.
+		if other, err := n.untaggedRoute(w); err != nil {
+			errs = append(errs, err)
+			continue
+		} else if other != "" {
+			if c.Conflicts == nil {
+				c.Conflicts = map[string]string{}
+			}
+			c.Conflicts["route "+w.String()] = other
+			continue
+		}
 		if err := n.H.RouteReplace(w.netlink()); err != nil {
 			errs = append(errs, fmt.Errorf("adding route %s: %w", w, err))
 			continue
@@ -143,6 +158,28 @@ func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
 		c.Added = append(c.Added, "route "+w.String())
 	}
 	return errors.Join(errs...)
+}
+
+// untaggedRoute describes a route of the main table to w's destination that
+// weft did not tag and that differs from w, or returns "".
+func (n *Netlink) untaggedRoute(w Route) (string, error) {
+	filter := &netlink.Route{Dst: ipnet(w.Dst), Table: unix.RT_TABLE_MAIN}
+	have, err := Dump(func() ([]netlink.Route, error) {
+		return n.H.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return "", fmt.Errorf("listing routes to %s: %w", w.Dst, err)
+	}
+	for _, h := range have {
+		if h.Protocol == RouteProtocol {
+			continue
+		}
+		if got, ok := routeFromKernel(h); ok && got == w && h.Type == unix.RTN_UNICAST {
+			continue // the same route, untagged: take it over
+		}
+		return h.String(), nil
+	}
+	return "", nil
 }
 
 func routeFromKernel(r netlink.Route) (Route, bool) {
