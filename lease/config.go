@@ -250,6 +250,17 @@ func jsonKind(k string) string {
 // SubnetSize is the number of addresses in one subnet of the network.
 func (c *Config) SubnetSize() uint32 { return uint32(1) << (32 - c.SubnetLen) }
 
+// SubnetCount is the number of subnets between SubnetMin and SubnetMax.
+func (c *Config) SubnetCount() uint64 {
+	return uint64(addrU32(c.SubnetMax)-addrU32(c.SubnetMin))/uint64(c.SubnetSize()) + 1
+}
+
+// Subnet returns the i-th leasable subnet, counting from SubnetMin (0) to
+// SubnetCount()-1.
+func (c *Config) Subnet(i uint64) netip.Prefix {
+	return netip.PrefixFrom(u32Addr(addrU32(c.SubnetMin)+uint32(i)*c.SubnetSize()), c.SubnetLen)
+}
+
 // Contains reports whether p is a subnet this config can lease: the right
 // length, aligned, and between SubnetMin and SubnetMax.
 func (c *Config) Contains(p netip.Prefix) bool {

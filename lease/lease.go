@@ -3,7 +3,10 @@ package lease
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -33,6 +36,30 @@ func (l Lease) Key() string { return SubnetKey(l.Subnet) }
 // replaced by "-".
 func SubnetKey(p netip.Prefix) string {
 	return p.Addr().String() + "-" + itoa(p.Bits())
+}
+
+// ParseSubnetKey reads flanneld's key suffix "10.5.42.0-24" back into a
+// prefix. A dual-stack flanneld's "10.5.42.0-24&fd00::-64" gives its IPv4
+// part.
+func ParseSubnetKey(s string) (netip.Prefix, error) {
+	s, _, _ = strings.Cut(s, "&")
+	a, l, ok := strings.Cut(s, "-")
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: no '-' between address and length", s)
+	}
+	addr, err := netip.ParseAddr(a)
+	if err != nil || !addr.Is4() {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an IPv4 address", s, a)
+	}
+	n, err := strconv.Atoi(l)
+	if err != nil || n < 0 || n > 32 {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: bad prefix length %q", s, l)
+	}
+	p := netip.PrefixFrom(addr, n)
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: host bits set", s)
+	}
+	return p, nil
 }
 
 func itoa(n int) string {

@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -9,13 +9,15 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
 )
 
 // watchState is what Watch knows: the leases as of revision rev.
 type watchState struct {
-	rev    int64            // 0: nothing listed yet
-	leases map[string]Lease // by key suffix, e.g. "10.5.42.0-24"
-	bad    map[string]int64 // keys with unreadable values, by mod revision (logged once)
+	rev    int64                  // 0: nothing listed yet
+	leases map[string]lease.Lease // by key suffix, e.g. "10.5.42.0-24"
+	bad    map[string]int64       // keys with unreadable values, by mod revision (logged once)
 }
 
 // Watch sends a snapshot of all leases under <prefix>/subnets/ (this
@@ -27,11 +29,11 @@ type watchState struct {
 // lease JSON is left out and logged; the rest stand. Snapshots carry each
 // lease's mod revision but no Expiration. Watch returns ctx.Err() when ctx
 // ends.
-func (m *Etcd) Watch(ctx context.Context, out chan<- []Lease) error {
+func (m *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
 	return m.watch(ctx, out, &watchState{})
 }
 
-func (m *Etcd) watch(ctx context.Context, out chan<- []Lease, st *watchState) error {
+func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchState) error {
 	wait := m.firstRetry()
 	for {
 		if st.rev == 0 {
@@ -73,7 +75,7 @@ func (m *Etcd) watch(ctx context.Context, out chan<- []Lease, st *watchState) er
 
 // follow applies watch responses until the watch ends. It reports whether
 // any arrived, to reset the backoff.
-func (m *Etcd) follow(ctx context.Context, out chan<- []Lease, st *watchState, wch clientv3.WatchChan) bool {
+func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchState, wch clientv3.WatchChan) bool {
 	progressed := false
 	for wr := range wch {
 		if wr.CompactRevision != 0 {
@@ -102,14 +104,14 @@ func (m *Etcd) follow(ctx context.Context, out chan<- []Lease, st *watchState, w
 }
 
 // list replaces st with the leases in etcd now, retrying until it can.
-func (m *Etcd) list(ctx context.Context, st *watchState) error {
+func (m *Store) list(ctx context.Context, st *watchState) error {
 	return m.retry(ctx, "listing leases", func(ctx context.Context, cli *clientv3.Client) error {
 		r, err := cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
 		old := st.leases
-		st.leases = make(map[string]Lease, len(r.Kvs))
+		st.leases = make(map[string]lease.Lease, len(r.Kvs))
 		if st.bad == nil {
 			st.bad = map[string]int64{}
 		}
@@ -131,7 +133,7 @@ func (m *Etcd) list(ctx context.Context, st *watchState) error {
 }
 
 // apply records one key's new state.
-func (m *Etcd) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
+func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 	name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
 	if deleted {
 		if l, ok := st.leases[name]; ok {
@@ -141,8 +143,8 @@ func (m *Etcd) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		delete(st.bad, name)
 		return
 	}
-	sn, err := ParseSubnetKey(name)
-	var a Attrs
+	sn, err := lease.ParseSubnetKey(name)
+	var a lease.Attrs
 	if err == nil {
 		err = json.Unmarshal(kv.Value, &a)
 	}
@@ -158,15 +160,15 @@ func (m *Etcd) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 	if old, ok := st.leases[name]; !ok || old.Attrs.PublicIP != a.PublicIP {
 		m.log.Info("subnet added", "subnet", sn, "publicIP", a.PublicIP, "backend", a.BackendType)
 	}
-	st.leases[name] = Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision}
+	st.leases[name] = lease.Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision}
 }
 
-func send(ctx context.Context, out chan<- []Lease, st *watchState) bool {
-	snap := make([]Lease, 0, len(st.leases))
+func send(ctx context.Context, out chan<- []lease.Lease, st *watchState) bool {
+	snap := make([]lease.Lease, 0, len(st.leases))
 	for _, l := range st.leases {
 		snap = append(snap, l)
 	}
-	slices.SortFunc(snap, func(a, b Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortFunc(snap, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	select {
 	case out <- snap:
 		return true
