@@ -120,8 +120,9 @@ type Manager interface {
 	Acquire(ctx context.Context, attrs Attrs) (Lease, error)
 	// Watch sends a full snapshot of all leases (this host's included) each
 	// time the set changes, starting with the current set. It returns when
-	// ctx ends. Snapshots are never partial: a lease whose value cannot be
-	// parsed is left out and logged.
+	// ctx ends. Snapshots are never partial: a lease whose key or value
+	// cannot be parsed is left out and logged, and the rest stand. Each
+	// subnet appears at most once.
 	Watch(ctx context.Context, snapshots chan<- []Lease) error
 	// Keep renews own until ctx ends, reclaiming it if it was deleted. It
 	// returns an error only when the lease is lost for good.

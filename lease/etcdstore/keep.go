@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // keepState is what Keep knows of its own lease.
@@ -221,7 +222,7 @@ func (m *Store) checkHolder(st *keepState, val []byte) error {
 	}
 	var a lease.Attrs
 	if err := json.Unmarshal(val, &a); err != nil || a.PublicIP != st.own.Attrs.PublicIP {
-		return fmt.Errorf("%w: %s is now held by another host (%q)", ErrLeaseLost, st.own.Subnet, val)
+		return fmt.Errorf("%w: %s is now held by another host (%s)", ErrLeaseLost, st.own.Subnet, excerpt.Quote(val, logValueMax))
 	}
 	return nil
 }
@@ -256,7 +257,7 @@ func (m *Store) reclaim(ctx context.Context, st *keepState, why string) error {
 	})
 	if err != nil {
 		if errors.Is(err, ErrLeaseLost) {
-			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "subnet", st.own.Subnet, "holder", string(holder))
+			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "subnet", st.own.Subnet, "holder", excerpt.Quote(holder, logValueMax))
 		}
 		return err
 	}

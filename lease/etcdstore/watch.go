@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,22 +12,44 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // watchState is what Watch knows: the leases as of revision rev.
 type watchState struct {
 	rev    int64                  // 0: nothing listed yet
 	leases map[string]lease.Lease // by key suffix, e.g. "10.5.42.0-24"
-	bad    map[string]int64       // keys with unreadable values, by mod revision (logged once)
+	// bad holds the keys whose name or value is unreadable: each is
+	// logged once, when first seen, however often it changes.
+	bad map[string]*badKey
+	// dup holds keys left out of snapshots because another key claims
+	// the same subnet (a dual-stack flanneld's "a-24&v6-64" beside
+	// "a-24"); each is logged once.
+	dup map[string]bool
 }
+
+// badKey counts the unreadable revisions of one key.
+type badKey struct {
+	rev  int64 // last mod revision seen
+	revs int   // unreadable revisions seen
+}
+
+// Log bounds: a value (or key) can be as large as etcd's request limit,
+// ~1.5 MiB, and is written by whoever can write to the prefix.
+const (
+	logValueMax = excerpt.Max
+	logKeyMax   = 128
+)
 
 // Watch sends a snapshot of all leases under <prefix>/subnets/ (this
 // host's included), sorted by subnet: first the current set, then a new
 // one after each batch of changes. It follows a prefix watch, resuming
 // from the last revision seen after a disconnect and listing anew when
 // etcd compacted that revision away. While etcd is unreachable nothing is
-// sent, so the last snapshot stands. A lease whose value is not flanneld's
-// lease JSON is left out and logged; the rest stand. Snapshots carry each
+// sent, so the last snapshot stands. A key that is not SubnetKey's
+// spelling, or a value that is not flanneld's lease JSON with a usable
+// PublicIP, is left out and logged once (a bounded excerpt); the rest
+// stand. Each subnet appears once. Snapshots carry each
 // lease's mod revision but no Expiration. Watch returns ctx.Err() when ctx
 // ends.
 func (m *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
@@ -40,7 +63,7 @@ func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchSt
 			if err := m.list(ctx, st); err != nil {
 				return err
 			}
-			if !send(ctx, out, st) {
+			if !m.send(ctx, out, st) {
 				return ctx.Err()
 			}
 		}
@@ -96,7 +119,7 @@ func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchS
 			m.apply(st, ev.Kv, ev.Type == clientv3.EventTypeDelete)
 		}
 		st.rev = wr.Header.Revision
-		if !send(ctx, out, st) {
+		if !m.send(ctx, out, st) {
 			return progressed
 		}
 	}
@@ -113,14 +136,26 @@ func (m *Store) list(ctx context.Context, st *watchState) error {
 		old := st.leases
 		st.leases = make(map[string]lease.Lease, len(r.Kvs))
 		if st.bad == nil {
-			st.bad = map[string]int64{}
+			st.bad = map[string]*badKey{}
 		}
+		present := make(map[string]bool, len(r.Kvs))
 		for _, kv := range r.Kvs {
 			name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+			present[name] = true
 			if l, ok := old[name]; ok {
 				st.leases[name] = l // so apply logs only what changed
 			}
 			m.apply(st, kv, false)
+		}
+		for name := range st.bad {
+			if !present[name] {
+				delete(st.bad, name) // deleted while the watch was away
+			}
+		}
+		for name := range st.dup {
+			if !present[name] {
+				delete(st.dup, name)
+			}
 		}
 		for name, l := range old {
 			if _, ok := st.leases[name]; !ok {
@@ -132,15 +167,21 @@ func (m *Store) list(ctx context.Context, st *watchState) error {
 	})
 }
 
-// apply records one key's new state.
+// apply records one key's new state. A key or value that cannot be read
+// leaves that key out of the snapshots and is logged once (a bounded
+// excerpt of it); the other leases stand.
 func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 	name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
 	if deleted {
 		if l, ok := st.leases[name]; ok {
 			m.log.Info("subnet removed", "subnet", l.Subnet, "publicIP", l.Attrs.PublicIP)
 		}
+		if b, ok := st.bad[name]; ok {
+			m.log.Info("unreadable subnet lease removed", "key", excerpt.Quote(kv.Key, logKeyMax), "unreadableRevisions", b.revs)
+		}
 		delete(st.leases, name)
 		delete(st.bad, name)
+		delete(st.dup, name)
 		return
 	}
 	sn, err := lease.ParseSubnetKey(name)
@@ -149,26 +190,69 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		err = json.Unmarshal(kv.Value, &a)
 	}
 	if err != nil {
-		if st.bad[name] != kv.ModRevision {
-			m.log.Error("ignoring unreadable subnet lease", "key", string(kv.Key), "value", string(kv.Value), "err", err)
-			st.bad[name] = kv.ModRevision
+		if st.bad == nil {
+			st.bad = map[string]*badKey{}
+		}
+		b := st.bad[name]
+		if b == nil {
+			b = &badKey{}
+			st.bad[name] = b
+			m.log.Error("ignoring unreadable subnet lease", "key", excerpt.Quote(kv.Key, logKeyMax),
+				"value", excerpt.Quote(kv.Value, logValueMax), "valueBytes", len(kv.Value), "err", err,
+				"unreadableKeys", len(st.bad))
+		}
+		if b.rev != kv.ModRevision {
+			b.rev = kv.ModRevision
+			b.revs++
 		}
 		delete(st.leases, name)
 		return
 	}
-	delete(st.bad, name)
+	if b, ok := st.bad[name]; ok {
+		m.log.Info("subnet lease readable again", "subnet", sn, "unreadableRevisions", b.revs)
+		delete(st.bad, name)
+	}
 	if old, ok := st.leases[name]; !ok || old.Attrs.PublicIP != a.PublicIP {
 		m.log.Info("subnet added", "subnet", sn, "publicIP", a.PublicIP, "backend", a.BackendType)
 	}
 	st.leases[name] = lease.Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision}
 }
 
-func send(ctx context.Context, out chan<- []lease.Lease, st *watchState) bool {
-	snap := make([]lease.Lease, 0, len(st.leases))
-	for _, l := range st.leases {
+// send sends the snapshot: the leases sorted by subnet, each subnet once.
+// Two keys can name one subnet only as "a-24" and a dual-stack
+// "a-24&v6-64"; the key claimed first (lowest mod revision, then name)
+// stands, as etcd's create-if-absent would have had it with one key.
+func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchState) bool {
+	names := make([]string, 0, len(st.leases))
+	for name := range st.leases {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		la, lb := st.leases[a], st.leases[b]
+		if c := la.Subnet.Addr().Compare(lb.Subnet.Addr()); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(la.Revision, lb.Revision); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	snap := make([]lease.Lease, 0, len(names))
+	for _, name := range names {
+		l := st.leases[name]
+		if n := len(snap); n > 0 && snap[n-1].Subnet == l.Subnet {
+			if st.dup == nil {
+				st.dup = map[string]bool{}
+			}
+			if !st.dup[name] {
+				st.dup[name] = true
+				m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
+					"subnet", l.Subnet, "publicIP", l.Attrs.PublicIP, "heldBy", snap[n-1].Attrs.PublicIP)
+			}
+			continue
+		}
 		snap = append(snap, l)
 	}
-	slices.SortFunc(snap, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	select {
 	case out <- snap:
 		return true

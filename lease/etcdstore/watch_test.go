@@ -106,6 +106,13 @@ func TestEtcdWatchSkipsGarbage(t *testing.T) {
 	if _, err := cli.Put(ctx, testPrefix+"/subnets/not-a-subnet", `{"PublicIP":"192.0.2.4"}`); err != nil {
 		t.Fatal(err)
 	}
+	// Other spellings of a held subnet's key (issue 14, item 3): left
+	// out, so the snapshot has each subnet once.
+	for _, k := range []string{"10.5.92.0-024", "10.5.92.0-+24", "10.5.92.1-24"} {
+		if _, err := cli.Put(ctx, testPrefix+"/subnets/"+k, `{"PublicIP":"192.0.2.9"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	m, logs := newTestEtcd(t, e, nil)
 	snaps := make(chan []lease.Lease)
@@ -117,7 +124,7 @@ func TestEtcdWatchSkipsGarbage(t *testing.T) {
 	if s[1].Attrs.BackendType != "vxlan" || string(s[1].Attrs.BackendData) != `{"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}` {
 		t.Errorf("vxlan attrs %+v", s[1].Attrs)
 	}
-	for _, k := range []string{"10.5.66.0-24", "not-a-subnet"} {
+	for _, k := range []string{"10.5.66.0-24", "not-a-subnet", "10.5.92.0-024", "10.5.92.0-+24", "10.5.92.1-24"} {
 		if !strings.Contains(logs.String(), "ignoring unreadable subnet lease") || !strings.Contains(logs.String(), k) {
 			t.Errorf("%s not logged:\n%s", k, logs)
 		}
