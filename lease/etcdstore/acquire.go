@@ -36,11 +36,13 @@ const maxRaces = 1000
 // When the network is full the error wraps ErrNetworkFull and nothing is
 // left behind in etcd. etcd being unreachable is retried until ctx ends.
 func (m *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, error) {
-	cfg, err := m.config(ctx)
+	// Attrs no host can use (a loopback PublicIP, say) are refused
+	// before waiting on etcd.
+	val, err := attrs.MarshalJSON()
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	val, err := json.Marshal(attrs)
+	cfg, err := m.config(ctx)
 	if err != nil {
 		return lease.Lease{}, err
 	}

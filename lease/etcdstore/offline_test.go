@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -112,5 +113,19 @@ func TestCheckHolderBounded(t *testing.T) {
 	}
 	if m.checkHolder(st, []byte(`{"PublicIP":"192.0.2.1"}`)) != nil {
 		t.Error("own PublicIP refused")
+	}
+}
+
+// Acquire refuses a PublicIP no host can send to at once, naming it,
+// rather than waiting for etcd (issue 14, item 4).
+func TestAcquireRefusesUnusablePublicIP(t *testing.T) {
+	m, _ := offlineStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, ip := range []string{"0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"} {
+		_, err := m.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr(ip)})
+		if err == nil || !strings.Contains(err.Error(), "PublicIP "+ip) || ctx.Err() != nil {
+			t.Errorf("%s: %v", ip, err)
+		}
 	}
 }
