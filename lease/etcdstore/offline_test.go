@@ -129,3 +129,52 @@ func TestAcquireRefusesUnusablePublicIP(t *testing.T) {
 		}
 	}
 }
+
+// TLS files with a plain endpoint are refused, naming the flags and the
+// endpoint: etcd's client would drop TLS for it silently (issue 14,
+// item 6).
+func TestNewRefusesTLSFilesWithPlainEndpoint(t *testing.T) {
+	for name, c := range map[string]struct {
+		o    Options
+		want []string
+	}{
+		"cafile, http":        {Options{Endpoints: []string{"http://192.0.2.10:2379"}, CAFile: "/x/ca.pem"}, []string{"--etcd-cafile given", "http://192.0.2.10:2379"}},
+		"certfile, HTTP":      {Options{Endpoints: []string{"HTTP://192.0.2.10:2379"}, CertFile: "/x/c.pem", KeyFile: "/x/k.pem"}, []string{"--etcd-certfile, --etcd-keyfile given", "http://192.0.2.10:2379"}},
+		"mixed endpoints":     {Options{Endpoints: []string{"https://192.0.2.10:2379,http://192.0.2.11:2379"}, CAFile: "/x/ca.pem"}, []string{"http://192.0.2.11:2379", "without TLS"}},
+		"unix":                {Options{Endpoints: []string{"unix://etcd.sock:0"}, CAFile: "/x/ca.pem"}, []string{"unix://etcd.sock:0"}},
+		"default endpoints":   {Options{CAFile: "/x/ca.pem"}, []string{"the default --etcd-endpoints", "http://127.0.0.1:2379"}},
+		"loopback is no pass": {Options{Endpoints: []string{"http://127.0.0.1:2379"}, CAFile: "/x/ca.pem"}, []string{"http://127.0.0.1:2379"}},
+	} {
+		_, err := New(c.o)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v, want it to say %q", name, err, w)
+			}
+		}
+	}
+}
+
+// Plain http to another host is warned about, also beside https
+// endpoints, which used to hide the warning.
+func TestNewWarnsPlainHTTP(t *testing.T) {
+	for eps, warn := range map[string]bool{
+		"http://192.0.2.10:2379":                         true,
+		"https://192.0.2.10:2379,http://192.0.2.11:2379": true,
+		"https://192.0.2.10:2379":                        false,
+		"http://127.0.0.1:2379,http://localhost:2379":    false,
+	} {
+		logs := &logBuf{}
+		m, err := New(Options{Endpoints: []string{eps}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err != nil {
+			t.Fatalf("%s: %v", eps, err)
+		}
+		m.Close()
+		if got := strings.Contains(logs.String(), "This is insecure"); got != warn {
+			t.Errorf("%s: warned %v, want %v:\n%s", eps, got, warn, logs)
+		}
+	}
+}

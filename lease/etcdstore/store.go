@@ -98,7 +98,9 @@ func New(opts Options) (*Store, error) {
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" && u.Scheme != "unixs") || u.Host == "" {
 				return nil, fmt.Errorf("--etcd-endpoints: %q is not a URL such as http://127.0.0.1:2379", e)
 			}
-			eps = append(eps, e)
+			// url.Parse lower-cases the scheme; so does etcd's client.
+			// Spell it so here too, so "HTTP://" is seen as plain.
+			eps = append(eps, u.Scheme+e[len(u.Scheme):])
 		}
 	}
 	if len(opts.Endpoints) == 0 {
@@ -107,6 +109,7 @@ func New(opts Options) (*Store, error) {
 	if len(eps) == 0 {
 		return nil, errors.New("--etcd-endpoints: no endpoint given")
 	}
+	defaulted := len(opts.Endpoints) == 0
 	opts.Endpoints = eps
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
@@ -139,6 +142,9 @@ func New(opts Options) (*Store, error) {
 	if (opts.Username == "") != (opts.Password == "") {
 		return nil, errors.New("--etcd-username and --etcd-password must be given together")
 	}
+	if err := checkTLSEndpoints(opts, defaulted); err != nil {
+		return nil, err
+	}
 	m := &Store{opts: opts, log: opts.Logger, owned: map[netip.Prefix]clientv3.LeaseID{}}
 	if m.log == nil {
 		m.log = slog.Default()
@@ -158,14 +164,50 @@ func New(opts Options) (*Store, error) {
 			}
 		}
 	}
-	if m.tls == nil && !allLoopback(eps) {
-		m.log.Warn("no certificate provided: connecting to etcd with http. This is insecure")
+	if plain := plaintext(eps); !allLoopback(plain) {
+		// Also with https endpoints beside: the http ones stay plain.
+		m.log.Warn("no certificate provided: connecting to etcd with http. This is insecure", "endpoints", strings.Join(plain, ","))
 	}
 	return m, nil
 }
 
 // ErrClosed is returned by a store's methods after Close.
 var ErrClosed = errors.New("lease store closed")
+
+// plaintext returns the endpoints etcd's client talks to without TLS:
+// http:// and unix://. It drops TLS for them silently even when given a
+// TLS config.
+func plaintext(eps []string) []string {
+	var out []string
+	for _, e := range eps {
+		if strings.HasPrefix(e, "http://") || strings.HasPrefix(e, "unix://") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// checkTLSEndpoints refuses TLS files with a plain endpoint: etcd's
+// client would talk to it in plaintext while the user believes the
+// connection is TLS, and say nothing.
+func checkTLSEndpoints(opts Options, defaulted bool) error {
+	var flags []string
+	for _, f := range []struct{ flag, v string }{{"--etcd-cafile", opts.CAFile}, {"--etcd-certfile", opts.CertFile}, {"--etcd-keyfile", opts.KeyFile}} {
+		if f.v != "" {
+			flags = append(flags, f.flag)
+		}
+	}
+	plain := plaintext(opts.Endpoints)
+	if len(flags) == 0 || len(plain) == 0 {
+		return nil
+	}
+	what := "--etcd-endpoints"
+	if defaulted {
+		what = "the default --etcd-endpoints"
+	}
+	return fmt.Errorf("%s given, but %s has %s, which etcd's client would use without TLS: use https:// (or unixs://) endpoints",
+		strings.Join(flags, ", "), what, strings.Join(plain, ", "))
+}
 
 // allLoopback reports whether every endpoint is on this host, where plain
 // http is not exposed.
