@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,6 +70,27 @@ func (m *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 	return got, nil
 }
 
+// looseSubnetKey reads a key as flanneld's regular expression
+// (\d+\.\d+\.\d+\.\d+)-(\d+) and strconv.ParseUint do: "10.5.2.0-024" or
+// "10.5.2.1-24" name subnet 10.5.2.0/24 for a flanneld host, though
+// ParseSubnetKey refuses them.
+func looseSubnetKey(name string) (netip.Prefix, bool) {
+	v4, _, _ := strings.Cut(name, "&")
+	a, l, ok := strings.Cut(v4, "-")
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	addr, err := netip.ParseAddr(a)
+	if err != nil || !addr.Is4() {
+		return netip.Prefix{}, false
+	}
+	n, err := strconv.ParseUint(l, 10, 8)
+	if err != nil || n > 32 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(addr, int(n)).Masked(), true
+}
+
 // tryAcquire makes one attempt; won is false when another host changed the
 // chosen key first.
 func (m *Store) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *lease.Config, attrs lease.Attrs, val []byte) (l lease.Lease, won bool, err error) {
@@ -80,8 +102,14 @@ func (m *Store) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *lease
 	var mine *mvccpb.KeyValue
 	var mineSubnet netip.Prefix
 	for _, kv := range r.Kvs {
-		sn, err := lease.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), m.subnetsDir()))
+		name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+		sn, err := lease.ParseSubnetKey(name)
 		if err != nil {
+			// Not a key weft reads, but flanneld may: leave its
+			// subnet alone rather than lease it a second time.
+			if p, ok := looseSubnetKey(name); ok {
+				taken[p] = true
+			}
 			continue
 		}
 		taken[sn] = true

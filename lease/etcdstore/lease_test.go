@@ -350,3 +350,27 @@ func TestEtcdKeepLostWhenTakenAfterDelete(t *testing.T) {
 		t.Fatalf("Keep: %v", err)
 	}
 }
+
+// A key weft does not read but flanneld does ("10.5.2.0-024" is
+// 10.5.2.0/24 to flanneld's parser) still keeps its subnet from being
+// leased a second time.
+func TestEtcdAcquireLeavesLooseKeysSubnet(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	putConfig(t, cli, `{"Network": "10.5.0.0/16", "SubnetMin": "10.5.2.0", "SubnetMax": "10.5.2.0"}`)
+	ctx := testCtx(t, 20*time.Second)
+	for _, k := range []string{"10.5.2.0-024", "10.5.2.1-24", "10.5.2.0-24&fd00::-064"} {
+		key := testPrefix + "/subnets/" + k
+		if _, err := cli.Put(ctx, key, `{"PublicIP":"192.0.2.9","PublicIPv6":null}`); err != nil {
+			t.Fatal(err)
+		}
+		m, _ := newTestEtcd(t, e, nil)
+		l, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)})
+		if !errors.Is(err, ErrNetworkFull) {
+			t.Errorf("with key %s: leased %v (%v), want ErrNetworkFull", k, l.Subnet, err)
+		}
+		if _, err := cli.Delete(ctx, testPrefix+"/subnets/", clientv3.WithPrefix()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
