@@ -31,6 +31,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRxClassify$$' -fuzztime $(FUZZTIME) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzAttrsJSON$$' -fuzztime $(FUZZTIME) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./lease/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSubnetKey$$' -fuzztime 100000x ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzVXLANDecap$$' -fuzztime $(FUZZTIME) ./encap/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(FUZZTIME) ./capture/
 

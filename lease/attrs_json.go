@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // MarshalJSON writes flanneld's LeaseAttrs bytes: compact, keys in the
@@ -18,8 +21,8 @@ import (
 // BackendData is compacted, as encoding/json does for flanneld's
 // json.RawMessage.
 func (a Attrs) MarshalJSON() ([]byte, error) {
-	if !a.PublicIP.Is4() {
-		return nil, fmt.Errorf("lease attrs: PublicIP %q is not an IPv4 address", a.PublicIP)
+	if err := a.check(); err != nil {
+		return nil, err
 	}
 	b := make([]byte, 0, 64+len(a.BackendData))
 	b = append(b, `{"PublicIP":"`...)
@@ -67,16 +70,50 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 	}
 	ip, err := netip.ParseAddr(*j.PublicIP)
 	if err != nil || !ip.Is4() {
-		return fmt.Errorf("lease attrs: PublicIP %q is not an IPv4 address", *j.PublicIP)
+		return fmt.Errorf("lease attrs: PublicIP %s is not an IPv4 address", excerpt.Quote(*j.PublicIP, 64))
 	}
 	if j.PublicIPv6 != nil {
 		if v6, err := netip.ParseAddr(*j.PublicIPv6); err != nil || !v6.Is6() {
-			return fmt.Errorf("lease attrs: PublicIPv6 %q is not an IPv6 address", *j.PublicIPv6)
+			return fmt.Errorf("lease attrs: PublicIPv6 %s is not an IPv6 address", excerpt.Quote(*j.PublicIPv6, 64))
 		}
 	}
-	*a = Attrs{PublicIP: ip, BackendType: j.BackendType}
+	v := Attrs{PublicIP: ip, BackendType: j.BackendType, BackendData: j.BackendData}
+	if err := v.check(); err != nil {
+		return err
+	}
+	*a = v
 	if len(j.BackendData) > 0 {
 		a.BackendData = append(json.RawMessage(nil), j.BackendData...)
+	} else {
+		a.BackendData = nil
+	}
+	return nil
+}
+
+// MaxBackendData bounds a lease's BackendData. flanneld's backends write
+// well under 1 KiB (vxlan: VNI and VtepMAC; wireguard: a public key); the
+// bound keeps a hostile lease from making every host hold and log
+// megabytes.
+const MaxBackendData = 64 << 10
+
+// maxBackendType bounds BackendType, a backend's name ("vxlan",
+// "host-gw", "wireguard", ...), which hosts log.
+const maxBackendType = 32
+
+// check refuses Attrs no host can use: a PublicIP CheckPublicIP refuses,
+// a BackendType that is not a short name, an oversized BackendData.
+func (a Attrs) check() error {
+	if err := CheckPublicIP(a.PublicIP); err != nil {
+		return fmt.Errorf("lease attrs: %w", err)
+	}
+	if len(a.BackendType) > maxBackendType || strings.IndexFunc(a.BackendType, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_' || r == '.')
+	}) >= 0 {
+		return fmt.Errorf("lease attrs: BackendType %s is not a backend name (letters, digits, '-', '_', '.'; at most %d bytes)",
+			excerpt.Quote(a.BackendType, maxBackendType+8), maxBackendType)
+	}
+	if len(a.BackendData) > MaxBackendData {
+		return fmt.Errorf("lease attrs: BackendData is %d bytes, more than the %d a backend needs", len(a.BackendData), MaxBackendData)
 	}
 	return nil
 }

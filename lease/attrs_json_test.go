@@ -3,9 +3,11 @@ package lease
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -59,10 +61,24 @@ func TestAttrsJSONAccepts(t *testing.T) {
 		`{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1"}`,           // dual-stack flanneld host
 		`{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendV6Data":{}}`, // dropped
 		`{"PublicIP":"192.0.2.1","PublicIPv6":null,"Unknown":[1,2,3]}`,  // future fields
+		`{"PublicIP":"192.0.2.1","BackendType":"wireguard"}`,            // another flanneld backend
+		`{"PublicIP":"192.0.2.1","BackendData":{"VNI":1,"VtepMAC":"` + strings.Repeat("a", 60000) + `"}}`,
 	} {
 		var a Attrs
 		if err := json.Unmarshal([]byte(in), &a); err != nil || a.PublicIP != netip.MustParseAddr("192.0.2.1") {
+			t.Errorf("%.100s: %+v, %v", in, a, err)
+		}
+	}
+	// Link-local and class E unicast: usable on some networks (see
+	// CheckPublicIP).
+	for _, ip := range []string{"169.254.1.1", "240.0.0.1", "255.255.255.254", "1.0.0.0", "223.255.255.255"} {
+		var a Attrs
+		in := `{"PublicIP":"` + ip + `"}`
+		if err := json.Unmarshal([]byte(in), &a); err != nil || a.PublicIP.String() != ip {
 			t.Errorf("%s: %+v, %v", in, a, err)
+		}
+		if _, err := json.Marshal(a); err != nil {
+			t.Errorf("%s: Marshal: %v", ip, err)
 		}
 	}
 }
@@ -83,6 +99,47 @@ func TestAttrsJSONRefuses(t *testing.T) {
 		if err := json.Unmarshal([]byte(in), &a); err == nil {
 			t.Errorf("%q: accepted as %+v", in, a)
 		}
+	}
+	for _, in := range []string{
+		// No host can be sent to at these (issue 14, item 4).
+		`{"PublicIP":"0.0.0.0"}`,
+		`{"PublicIP":"0.1.2.3"}`,
+		`{"PublicIP":"127.0.0.1"}`,
+		`{"PublicIP":"127.255.0.9"}`,
+		`{"PublicIP":"224.0.0.1"}`,
+		`{"PublicIP":"239.255.255.250"}`,
+		`{"PublicIP":"255.255.255.255"}`,
+		`{"PublicIP":"::ffff:192.0.2.1"}`,
+		// Values no host should hold and log.
+		`{"PublicIP":"192.0.2.1","BackendType":"vxlan\nlevel=ERROR msg=forged"}`,
+		`{"PublicIP":"192.0.2.1","BackendType":"` + strings.Repeat("x", 33) + `"}`,
+		`{"PublicIP":"192.0.2.1","BackendData":"` + strings.Repeat("x", MaxBackendData) + `"}`,
+	} {
+		var a Attrs
+		if err := json.Unmarshal([]byte(in), &a); err == nil {
+			t.Errorf("%.100q: accepted as %+v", in, a)
+		} else if !strings.Contains(err.Error(), "lease attrs: ") {
+			t.Errorf("%.100q: error %v does not say what it is about", in, err)
+		}
+	}
+	// What an IPv6-only flanneld writes (PublicIP 0.0.0.0).
+	v6only, err := os.ReadFile(filepath.Join("testdata", "lease-ipv6only-vxlan-h2.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a Attrs
+	if err := json.Unmarshal(v6only, &a); err == nil || !strings.Contains(err.Error(), "PublicIP 0.0.0.0") {
+		t.Errorf("IPv6-only flanneld lease: %+v, %v", a, err)
+	}
+	for _, ip := range []string{"0.0.0.0", "127.0.0.1", "224.0.0.5", "255.255.255.255"} {
+		if _, err := json.Marshal(Attrs{PublicIP: netip.MustParseAddr(ip)}); err == nil || !strings.Contains(err.Error(), "PublicIP") {
+			t.Errorf("Marshal with PublicIP %s: %v", ip, err)
+		}
+	}
+	// A huge PublicIP is quoted bounded.
+	err = json.Unmarshal([]byte(`{"PublicIP":"`+strings.Repeat("1", 1<<20)+`"}`), &a)
+	if err == nil || len(err.Error()) > 256 {
+		t.Errorf("huge PublicIP: error of %d bytes", len(fmt.Sprint(err)))
 	}
 	if _, err := json.Marshal(Attrs{}); err == nil {
 		t.Error("Marshal of Attrs without PublicIP succeeded")

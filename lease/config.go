@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strconv"
 	"strings"
+
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // Config is the cluster network configuration stored at <prefix>/config, in
@@ -72,6 +75,9 @@ func jsonValueKind(b []byte) string {
 	case len(b) == 0:
 		return "nothing"
 	case b[0] == '"':
+		if len(b) > configExcerpt {
+			return "a string of " + strconv.Itoa(len(b)) + " bytes"
+		}
 		return "string " + string(b)
 	case b[0] == 't' || b[0] == 'f':
 		return "bool"
@@ -110,7 +116,11 @@ func cfgErr(key, format string, args ...any) error {
 // at least Network's length + 2 (flannel wants room for four subnets);
 // SubnetMin and SubnetMax inside Network, on a SubnetLen boundary, and
 // SubnetMin <= SubnetMax. A Network with host bits set is masked, as
-// flanneld does.
+// flanneld does. Unlike flanneld, weft refuses a Network larger than a /8
+// or overlapping 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4 or 240.0.0.0/4 (no
+// pod can have such addresses, and with 0.0.0.0/0 the TUN route would
+// replace the default route); SubnetMin and SubnetMax, inside Network,
+// are then unicast too. Errors quote at most 64 bytes of a value.
 func ParseConfig(data []byte) (*Config, error) {
 	var raw rawConfig
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -134,14 +144,14 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	for key, v := range map[string]*string{"IPv6Network": raw.IPv6Network, "IPv6SubnetMin": raw.IPv6SubnetMin, "IPv6SubnetMax": raw.IPv6SubnetMax} {
 		if v != nil && *v != "" {
-			return nil, cfgErr(key, "%q: IPv6 is not supported yet", *v)
+			return nil, cfgErr(key, "%s: IPv6 is not supported yet", quote(*v))
 		}
 	}
 	if len(raw.IPv6Networks) > 0 {
 		return nil, cfgErr("IPv6Networks", "IPv6 is not supported yet")
 	}
 	if raw.IPv6SubnetLen != nil && raw.IPv6SubnetLen.String() != "0" {
-		return nil, cfgErr("IPv6SubnetLen", "%s: IPv6 is not supported yet", raw.IPv6SubnetLen)
+		return nil, cfgErr("IPv6SubnetLen", "%s: IPv6 is not supported yet", shortNum(raw.IPv6SubnetLen))
 	}
 	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
 		return nil, cfgErr("EnableIPv4", "false: an IPv6-only network needs IPv6, which is not supported yet")
@@ -156,15 +166,18 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	network, err := netip.ParsePrefix(*raw.Network)
 	if err != nil || !network.Addr().Is4() {
-		return nil, cfgErr("Network", "%q is not an IPv4 CIDR such as \"10.5.0.0/16\"", *raw.Network)
+		return nil, cfgErr("Network", "%s is not an IPv4 CIDR such as \"10.5.0.0/16\"", quote(*raw.Network))
 	}
 	cfg.Network = network.Masked()
+	if err := checkNetwork(cfg.Network); err != nil {
+		return nil, cfgErr("Network", "%v", err)
+	}
 	nbits := cfg.Network.Bits()
 
 	if raw.SubnetLen != nil && raw.SubnetLen.String() != "0" {
 		n, err := raw.SubnetLen.Int64()
 		if err != nil || n < 0 || n > 30 {
-			return nil, cfgErr("SubnetLen", "%s is out of range: it must be a whole number from %d to 30 (each host needs at least a /30)", raw.SubnetLen, min(nbits+2, 30))
+			return nil, cfgErr("SubnetLen", "%s is out of range: it must be a whole number from %d to 30 (each host needs at least a /30)", shortNum(raw.SubnetLen), min(nbits+2, 30))
 		}
 		if int(n) < nbits+2 {
 			return nil, cfgErr("SubnetLen", "%d is out of range for Network %s: it must be at least %d so the network holds at least four subnets", n, cfg.Network, nbits+2)
@@ -197,7 +210,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 		a, err := netip.ParseAddr(*b.v)
 		if err != nil || !a.Is4() {
-			return nil, cfgErr(b.key, "%q is not an IPv4 address", *b.v)
+			return nil, cfgErr(b.key, "%s is not an IPv4 address", quote(*b.v))
 		}
 		if !cfg.Network.Contains(a) {
 			return nil, cfgErr(b.key, "%s is not inside Network %s", a, cfg.Network)
@@ -232,10 +245,23 @@ func ParseConfig(data []byte) (*Config, error) {
 			known = known || t == cfg.BackendType
 		}
 		if !known {
-			return nil, cfgErr("Backend", "\"Type\": %q is not a backend weft has (known: %s)", *be.Type, strings.Join(BackendTypes, ", "))
+			return nil, cfgErr("Backend", "\"Type\": %s is not a backend weft has (known: %s)", quote(*be.Type), strings.Join(BackendTypes, ", "))
 		}
 	}
 	return cfg, nil
+}
+
+// configExcerpt bounds how much of a config value an error quotes.
+const configExcerpt = 64
+
+func quote(s string) string { return excerpt.Quote(s, configExcerpt) }
+
+// shortNum is a JSON number for an error message, cut if absurdly long.
+func shortNum(n *strictNumber) string {
+	if s := n.String(); len(s) <= 24 {
+		return s
+	}
+	return n.String()[:24] + "..."
 }
 
 func jsonKind(k string) string {
@@ -254,6 +280,17 @@ func jsonKind(k string) string {
 
 // SubnetSize is the number of addresses in one subnet of the network.
 func (c *Config) SubnetSize() uint32 { return uint32(1) << (32 - c.SubnetLen) }
+
+// SubnetCount is the number of subnets between SubnetMin and SubnetMax.
+func (c *Config) SubnetCount() uint64 {
+	return uint64(addrU32(c.SubnetMax)-addrU32(c.SubnetMin))/uint64(c.SubnetSize()) + 1
+}
+
+// Subnet returns the i-th leasable subnet, counting from SubnetMin (0) to
+// SubnetCount()-1.
+func (c *Config) Subnet(i uint64) netip.Prefix {
+	return netip.PrefixFrom(u32Addr(addrU32(c.SubnetMin)+uint32(i)*c.SubnetSize()), c.SubnetLen)
+}
 
 // Contains reports whether p is a subnet this config can lease: the right
 // length, aligned, and between SubnetMin and SubnetMax.

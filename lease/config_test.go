@@ -2,6 +2,7 @@ package lease
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -122,6 +123,23 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"Network": "10.5.0.0/16", "IPv6Network": "fd00::/56"}`, "IPv6Network", "IPv6 is not supported yet"},
 		{`{"EnableIPv4": false, "EnableIPv6": false}`, "EnableIPv4", "not supported yet"},
 		{`{"Networks": ["10.5.0.0/16", "10.6.0.0/16"]}`, "Networks", "not supported"},
+		// Not unicast address space a pod can have (issue 14, item 4);
+		// 0/0 would make the TUN route replace the default route.
+		{`{"Network": "0.0.0.0/0"}`, "Network", "too large"},
+		{`{"Network": "0.0.0.0/0", "SubnetLen": 24}`, "Network", "too large"},
+		{`{"Network": "10.0.0.0/7"}`, "Network", "too large"},
+		{`{"Network": "0.0.0.0/8"}`, "Network", "overlaps 0.0.0.0/8"},
+		{`{"Network": "0.5.0.0/16"}`, "Network", "overlaps 0.0.0.0/8"},
+		{`{"Network": "127.0.0.0/8"}`, "Network", "overlaps 127.0.0.0/8"},
+		{`{"Network": "127.5.0.0/16"}`, "Network", "overlaps 127.0.0.0/8"},
+		{`{"Network": "224.0.0.0/4"}`, "Network", "too large"},
+		{`{"Network": "224.0.0.0/8"}`, "Network", "overlaps 224.0.0.0/4"},
+		{`{"Network": "239.5.0.0/16"}`, "Network", "overlaps 224.0.0.0/4"},
+		{`{"Network": "240.0.0.0/4"}`, "Network", "too large"},
+		{`{"Network": "240.0.0.0/8"}`, "Network", "overlaps 240.0.0.0/4"},
+		{`{"Network": "255.255.255.0/24"}`, "Network", "overlaps 240.0.0.0/4"},
+		{`{"Network": "10.5.0.0/16", "SubnetMin": "127.0.0.0"}`, "SubnetMin", "not inside Network"},
+		{`{"Network": "10.5.0.0/16", "SubnetMax": "224.0.0.0"}`, "SubnetMax", "not inside Network"},
 	}
 	for _, tt := range tests {
 		_, err := ParseConfig([]byte(tt.json))
@@ -132,6 +150,33 @@ func TestParseConfigErrors(t *testing.T) {
 		}
 		if ce.Key != tt.key || !strings.Contains(err.Error(), tt.msg) || !strings.HasPrefix(err.Error(), "network config: ") {
 			t.Errorf("%s:\n got key %q: %v\nwant key %q, message containing %q", tt.json, ce.Key, err, tt.key, tt.msg)
+		}
+	}
+}
+
+// Networks at the edges of what is allowed still parse.
+func TestParseConfigUnicastEdges(t *testing.T) {
+	for _, n := range []string{"1.0.0.0/8", "126.0.0.0/8", "128.0.0.0/8", "223.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10"} {
+		if _, err := ParseConfig([]byte(`{"Network": "` + n + `"}`)); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+}
+
+// A config value of any size is quoted bounded in errors.
+func TestParseConfigErrorsBounded(t *testing.T) {
+	big := strings.Repeat("1", 1<<20)
+	for _, in := range []string{
+		`{"Network": "` + big + `"}`,
+		`{"Network": "10.5.0.0/16", "SubnetMin": "` + big + `"}`,
+		`{"Network": "10.5.0.0/16", "SubnetLen": ` + big + `}`,
+		`{"Network": "10.5.0.0/16", "SubnetLen": "` + big + `"}`,
+		`{"Network": "10.5.0.0/16", "IPv6Network": "` + big + `"}`,
+		`{"Network": "10.5.0.0/16", "Backend": {"Type": "` + big + `"}}`,
+	} {
+		_, err := ParseConfig([]byte(in))
+		if err == nil || len(err.Error()) > 512 {
+			t.Errorf("%.60s...: error of %d bytes: %.300v", in, len(fmt.Sprint(err)), err)
 		}
 	}
 }

@@ -33,6 +33,9 @@ func NewStatic(network, own netip.Prefix, peers []StaticPeer) (*Static, error) {
 		return nil, fmt.Errorf("--static-network: %q is not an IPv4 CIDR", network)
 	}
 	network = network.Masked()
+	if err := checkNetwork(network); err != nil {
+		return nil, fmt.Errorf("--static-network: %w", err)
+	}
 	check := func(flag string, p netip.Prefix) error {
 		switch {
 		case !p.IsValid() || !p.Addr().Is4():
@@ -61,8 +64,8 @@ func NewStatic(network, own netip.Prefix, peers []StaticPeer) (*Static, error) {
 		if seen[p.Subnet] {
 			return nil, fmt.Errorf("--static-peer: subnet %s is given twice (or is this host's own)", p.Subnet)
 		}
-		if !p.PublicIP.IsValid() || !p.PublicIP.Is4() {
-			return nil, fmt.Errorf("--static-peer: %s has no valid IPv4 public IP", p.Subnet)
+		if err := CheckPublicIP(p.PublicIP); err != nil {
+			return nil, fmt.Errorf("--static-peer: %s: %w", p.Subnet, err)
 		}
 		seen[p.Subnet] = true
 		s.peers = append(s.peers, Lease{Subnet: p.Subnet, Attrs: Attrs{PublicIP: p.PublicIP}})

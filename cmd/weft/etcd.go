@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/etcdserver"
+	"github.com/weft-net/weft/lease/etcdstore"
 )
 
 func init() {
@@ -26,7 +28,7 @@ func runEtcd(args []string) error {
 	advertise := fs.String("advertise-client-urls", "", "comma-separated client URLs told to clients (default: the listen URLs)")
 	netconf := fs.String("network-config", "", "network config JSON, @FILE or @-, stored at <prefix>/config once etcd is ready if none is there")
 	force := fs.Bool("force-config", false, "store --network-config even over an existing config")
-	prefix := fs.String("etcd-prefix", lease.DefaultEtcdPrefix, "etcd prefix, for --network-config")
+	prefix := fs.String("etcd-prefix", etcdstore.DefaultPrefix, "etcd prefix, for --network-config")
 	logLevel := fs.String("log-level", "warn", "etcd's own log level: debug, info, warn or error")
 	certFile := fs.String("cert-file", "", "TLS certificate for clients (then the client URLs are https)")
 	keyFile := fs.String("key-file", "", "TLS key of --cert-file")
@@ -67,12 +69,12 @@ func runEtcd(args []string) error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 
-	opts := lease.EmbeddedOptions{Dir: *dataDir, ListenClientURLs: []string{*listen}, LogLevel: *logLevel,
+	opts := etcdserver.Options{Dir: *dataDir, ListenClientURLs: []string{*listen}, LogLevel: *logLevel,
 		CertFile: *certFile, KeyFile: *keyFile, TrustedCAFile: *caFile, ClientCertAuth: *clientCertAuth}
 	if *advertise != "" {
 		opts.AdvertiseClientURLs = []string{*advertise} // split at commas by StartEmbedded
 	}
-	srv, err := lease.StartEmbedded(opts)
+	srv, err := etcdserver.Start(opts)
 	if err != nil {
 		return err
 	}
@@ -86,11 +88,11 @@ func runEtcd(args []string) error {
 		// Seeding connects as a client of this very server: over TLS it
 		// trusts --trusted-ca-file and, when client certificates are
 		// required, presents the server's own (it must allow client auth).
-		so := lease.EtcdOptions{Endpoints: eps, Prefix: *prefix, Logger: log, CAFile: *caFile}
+		so := etcdstore.Options{Endpoints: eps, Prefix: *prefix, Logger: log, CAFile: *caFile}
 		if *clientCertAuth {
 			so.CertFile, so.KeyFile = *certFile, *keyFile
 		}
-		store, err := lease.NewEtcd(so)
+		store, err := etcdstore.New(so)
 		if err != nil {
 			return err
 		}

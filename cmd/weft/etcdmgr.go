@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/etcdstore"
 )
 
 // etcdManager builds the etcd store from flanneld's flags. The previous
@@ -26,7 +27,7 @@ func (f *runFlags) etcdManager(log *slog.Logger) (lease.Manager, error) {
 			return nil, fmt.Errorf("WEFT_TEST_LEASE_TTL: %v", err)
 		}
 	}
-	return lease.NewEtcd(lease.EtcdOptions{
+	return etcdstore.New(etcdstore.Options{
 		TTL:            ttl,
 		Endpoints:      strings.Split(f.etcdEndpoints, ","),
 		Prefix:         f.etcdPrefix,

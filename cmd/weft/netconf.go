@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/etcdstore"
 )
 
 func init() {
@@ -36,8 +37,8 @@ type etcdClientFlags struct {
 }
 
 func (f *etcdClientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.endpoints, "etcd-endpoints", strings.Join(lease.DefaultEtcdEndpoints, ","), "a comma-delimited list of etcd endpoints")
-	fs.StringVar(&f.prefix, "etcd-prefix", lease.DefaultEtcdPrefix, "etcd prefix")
+	fs.StringVar(&f.endpoints, "etcd-endpoints", strings.Join(etcdstore.DefaultEndpoints, ","), "a comma-delimited list of etcd endpoints")
+	fs.StringVar(&f.prefix, "etcd-prefix", etcdstore.DefaultPrefix, "etcd prefix")
 	fs.StringVar(&f.cafile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
 	fs.StringVar(&f.certfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
 	fs.StringVar(&f.keyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
@@ -46,8 +47,8 @@ func (f *etcdClientFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.timeout, "timeout", 15*time.Second, "give up when etcd has not answered within this time")
 }
 
-func (f *etcdClientFlags) store(log *slog.Logger) (*lease.Etcd, error) {
-	return lease.NewEtcd(lease.EtcdOptions{
+func (f *etcdClientFlags) store(log *slog.Logger) (*etcdstore.Store, error) {
+	return etcdstore.New(etcdstore.Options{
 		Endpoints: strings.Split(f.endpoints, ","),
 		Prefix:    f.prefix,
 		CAFile:    f.cafile, CertFile: f.certfile, KeyFile: f.keyfile,

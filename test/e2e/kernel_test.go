@@ -21,6 +21,7 @@ import (
 	"github.com/weft-net/weft/bench/traffic"
 	"github.com/weft-net/weft/daemon"
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/etcdserver"
 )
 
 // kcluster is weft on every host of a lab, leasing through one embedded
@@ -37,10 +38,10 @@ func newKCluster(t *testing.T, hosts int, netconf string, prep func(*lab.Lab)) *
 	if prep != nil {
 		prep(l)
 	}
-	var etcd *lease.Embedded
+	var etcd *etcdserver.Server
 	err := lab.InNamespace(l.Switch, func() error {
 		var err error
-		etcd, err = lease.StartEmbedded(lease.EmbeddedOptions{Dir: filepath.Join(l.Dir, "etcd"), ListenClientURLs: []string{harness.EtcdEndpoint()}})
+		etcd, err = etcdserver.Start(etcdserver.Options{Dir: filepath.Join(l.Dir, "etcd"), ListenClientURLs: []string{harness.EtcdEndpoint()}})
 		return err
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
 )
 
 // putLeases writes n leases 10.7.x.y/28 directly, 100 per transaction.
@@ -23,7 +25,7 @@ func putLeases(t testing.TB, cli *clientv3.Client, from, n int) {
 		ops = ops[:0]
 	}
 	for i := from; i < from+n; i++ {
-		ops = append(ops, clientv3.OpPut(testPrefix+"/subnets/"+SubnetKey(leaseSubnet(i)),
+		ops = append(ops, clientv3.OpPut(testPrefix+"/subnets/"+lease.SubnetKey(leaseSubnet(i)),
 			fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, ip(i))))
 		if len(ops) == 100 {
 			flush()
@@ -39,7 +41,7 @@ func leaseSubnet(i int) netip.Prefix {
 }
 
 // checkSnapshot verifies a snapshot holds exactly leases [from, to).
-func checkSnapshot(t testing.TB, s []Lease, from, to int) {
+func checkSnapshot(t testing.TB, s []lease.Lease, from, to int) {
 	t.Helper()
 	if len(s) != to-from {
 		t.Fatalf("snapshot has %d leases, want %d", len(s), to-from)
@@ -59,21 +61,21 @@ func TestEtcdWatch1000(t *testing.T) {
 	putLeases(t, cli, 0, 300) // some exist before the watch
 
 	m, _ := newTestEtcd(t, e, nil)
-	snaps := make(chan []Lease)
+	snaps := make(chan []lease.Lease)
 	go m.Watch(ctx, snaps)
 	checkSnapshot(t, receive(t, snaps, 10*time.Second), 0, 300)
 
 	putLeases(t, cli, 300, 700)
-	s := waitFor(t, snaps, 20*time.Second, "1000 leases", func(s []Lease) bool { return len(s) == 1000 })
+	s := waitFor(t, snaps, 20*time.Second, "1000 leases", func(s []lease.Lease) bool { return len(s) == 1000 })
 	checkSnapshot(t, s, 0, 1000)
 
 	// 500 go away in one batch.
-	if _, err := cli.Delete(ctx, testPrefix+"/subnets/"+SubnetKey(leaseSubnet(500)),
-		clientv3.WithRange(testPrefix+"/subnets/"+SubnetKey(leaseSubnet(999))+"\x00")); err != nil {
+	if _, err := cli.Delete(ctx, testPrefix+"/subnets/"+lease.SubnetKey(leaseSubnet(500)),
+		clientv3.WithRange(testPrefix+"/subnets/"+lease.SubnetKey(leaseSubnet(999))+"\x00")); err != nil {
 		t.Fatal(err)
 	}
 	// (lexical key order is not subnet order: check by content)
-	s = waitFor(t, snaps, 10*time.Second, "deletes", func(s []Lease) bool { return len(s) < 1000 })
+	s = waitFor(t, snaps, 10*time.Second, "deletes", func(s []lease.Lease) bool { return len(s) < 1000 })
 	r, err := cli.Get(ctx, testPrefix+"/subnets/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +91,7 @@ func TestEtcdWatchSkipsGarbage(t *testing.T) {
 	ctx := testCtx(t, 20*time.Second)
 	// flanneld's own values, byte for byte from the fixtures.
 	for _, f := range []string{"lease-vxlan-10.5.92.0-24.json", "lease-vxlan-10.5.55.0-24.json"} {
-		v, err := os.ReadFile("testdata/" + f)
+		v, err := os.ReadFile("../testdata/" + f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,9 +106,16 @@ func TestEtcdWatchSkipsGarbage(t *testing.T) {
 	if _, err := cli.Put(ctx, testPrefix+"/subnets/not-a-subnet", `{"PublicIP":"192.0.2.4"}`); err != nil {
 		t.Fatal(err)
 	}
+	// Other spellings of a held subnet's key (issue 14, item 3): left
+	// out, so the snapshot has each subnet once.
+	for _, k := range []string{"10.5.92.0-024", "10.5.92.0-+24", "10.5.92.1-24"} {
+		if _, err := cli.Put(ctx, testPrefix+"/subnets/"+k, `{"PublicIP":"192.0.2.9"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	m, logs := newTestEtcd(t, e, nil)
-	snaps := make(chan []Lease)
+	snaps := make(chan []lease.Lease)
 	go m.Watch(ctx, snaps)
 	s := receive(t, snaps, 10*time.Second)
 	if len(s) != 2 || s[0].Subnet.String() != "10.5.55.0/24" || s[1].Subnet.String() != "10.5.92.0/24" {
@@ -115,7 +124,7 @@ func TestEtcdWatchSkipsGarbage(t *testing.T) {
 	if s[1].Attrs.BackendType != "vxlan" || string(s[1].Attrs.BackendData) != `{"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}` {
 		t.Errorf("vxlan attrs %+v", s[1].Attrs)
 	}
-	for _, k := range []string{"10.5.66.0-24", "not-a-subnet"} {
+	for _, k := range []string{"10.5.66.0-24", "not-a-subnet", "10.5.92.0-024", "10.5.92.0-+24", "10.5.92.1-24"} {
 		if !strings.Contains(logs.String(), "ignoring unreadable subnet lease") || !strings.Contains(logs.String(), k) {
 			t.Errorf("%s not logged:\n%s", k, logs)
 		}
@@ -154,12 +163,12 @@ func TestEtcdWatchResumesAfterCompaction(t *testing.T) {
 	stale := st.rev
 	// While "away": 3 deleted, 5 added, 1 changed, then compaction.
 	for i := range 3 {
-		if _, err := cli.Delete(ctx, testPrefix+"/subnets/"+SubnetKey(leaseSubnet(i))); err != nil {
+		if _, err := cli.Delete(ctx, testPrefix+"/subnets/"+lease.SubnetKey(leaseSubnet(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	putLeases(t, cli, 10, 5)
-	if _, err := cli.Put(ctx, testPrefix+"/subnets/"+SubnetKey(leaseSubnet(5)), `{"PublicIP":"192.0.2.55","PublicIPv6":null}`); err != nil {
+	if _, err := cli.Put(ctx, testPrefix+"/subnets/"+lease.SubnetKey(leaseSubnet(5)), `{"PublicIP":"192.0.2.55","PublicIPv6":null}`); err != nil {
 		t.Fatal(err)
 	}
 	r, err := cli.Get(ctx, "x")
@@ -170,7 +179,7 @@ func TestEtcdWatchResumesAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	snaps := make(chan []Lease)
+	snaps := make(chan []lease.Lease)
 	go m.watch(ctx, snaps, st) // resumes from the stale revision
 	s := receive(t, snaps, 10*time.Second)
 	if len(s) != 12 || hasSubnet(s, leaseSubnet(0)) || !hasSubnet(s, leaseSubnet(14)) {
@@ -203,19 +212,19 @@ func TestEtcdServerRestartUnderWatchAndKeep(t *testing.T) {
 	putLeases(t, cli, 0, 5)
 	ctx := testCtx(t, 40*time.Second)
 
-	m, logs := newTestEtcd(t, e, func(o *EtcdOptions) {
+	m, logs := newTestEtcd(t, e, func(o *Options) {
 		o.TTL = 6 * time.Second
 		o.RenewMargin = 3 * time.Second // renewal every 3 s
 		o.RequestTimeout = time.Second
 	})
-	own, err := m.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
+	own, err := m.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close() // before e2's cleanup, which would wait for its streams
 	keepErr := make(chan error, 1)
 	go func() { keepErr <- m.Keep(ctx, own) }()
-	snaps := make(chan []Lease, 100)
+	snaps := make(chan []lease.Lease, 100)
 	go m.Watch(ctx, snaps)
 	if s := receive(t, snaps, 10*time.Second); len(s) != 6 {
 		t.Fatalf("first snapshot %v", s)
@@ -232,7 +241,7 @@ func TestEtcdServerRestartUnderWatchAndKeep(t *testing.T) {
 	cli2 := testClient(t, e2)
 	renewals := strings.Count(logs.String(), "renewed lease") + strings.Count(logs.String(), "reclaimed subnet lease")
 	putLeases(t, cli2, 5, 1)
-	s := waitFor(t, snaps, 20*time.Second, "watch resumes", func(s []Lease) bool { return len(s) == 7 })
+	s := waitFor(t, snaps, 20*time.Second, "watch resumes", func(s []lease.Lease) bool { return len(s) == 7 })
 	if !hasSubnet(s, own.Subnet) {
 		t.Errorf("own lease missing: %v", s)
 	}

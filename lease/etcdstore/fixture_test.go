@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
 )
 
 type etcdDump struct {
@@ -54,16 +56,16 @@ func TestFlanneldRestartFixture(t *testing.T) {
 		}
 	}
 
-	prev, err := ReadSubnetFile("testdata/subnet-udp-h1.env")
+	prev, err := lease.ReadSubnetFile("../testdata/subnet-udp-h1.env")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.PreviousSubnet = prev })
+	m, _ := newTestEtcd(t, e, func(o *Options) { o.PreviousSubnet = prev })
 	cfg, err := m.Config(ctx)
 	if err != nil || cfg.BackendType != "udp" {
 		t.Fatalf("fixture config: %+v, %v", cfg, err)
 	}
-	own, err := m.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
+	own, err := m.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +90,7 @@ func TestFlanneldRestartFixture(t *testing.T) {
 	}
 
 	// Watching that cluster gives both hosts, as flanneld's h2 saw them.
-	snaps := make(chan []Lease)
+	snaps := make(chan []lease.Lease)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go m.Watch(wctx, snaps)

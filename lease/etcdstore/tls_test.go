@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -15,6 +15,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/etcdserver"
 )
 
 // writeCert writes a PEM certificate and key signed by parent (self-signed
@@ -69,24 +72,24 @@ func TestEtcdTLS(t *testing.T) {
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}, ca, caKey)
 
-	e, err := StartEmbedded(EmbeddedOptions{Dir: filepath.Join(dir, "data"), ListenClientURLs: []string{"https://127.0.0.1:0"},
+	e, err := etcdserver.Start(etcdserver.Options{Dir: filepath.Join(dir, "data"), ListenClientURLs: []string{"https://127.0.0.1:0"},
 		CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: caFile, ClientCertAuth: true, LogLevel: "error"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
 
-	m, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.CAFile, o.CertFile, o.KeyFile = caFile, cliCert, cliKey })
+	m, _ := newTestEtcd(t, e, func(o *Options) { o.CAFile, o.CertFile, o.KeyFile = caFile, cliCert, cliKey })
 	ctx := testCtx(t, 20*time.Second)
 	if _, err := m.PutConfig(ctx, []byte(`{"Network": "10.5.0.0/16"}`), true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Acquire(ctx, Attrs{PublicIP: ip(1)}); err != nil {
+	if _, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)}); err != nil {
 		t.Fatal(err)
 	}
 
 	// Without a client certificate the server refuses.
-	anon, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.CAFile = caFile })
+	anon, _ := newTestEtcd(t, e, func(o *Options) { o.CAFile = caFile })
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, _, err := anon.RawConfig(sctx); !errors.Is(err, context.DeadlineExceeded) {

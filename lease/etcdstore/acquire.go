@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
 )
 
 // ErrNetworkFull: every subnet between SubnetMin and SubnetMax is leased.
@@ -33,16 +36,18 @@ const maxRaces = 1000
 // transactions on the key's absence, so two hosts never hold one subnet.
 // When the network is full the error wraps ErrNetworkFull and nothing is
 // left behind in etcd. etcd being unreachable is retried until ctx ends.
-func (m *Etcd) Acquire(ctx context.Context, attrs Attrs) (Lease, error) {
+func (m *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, error) {
+	// Attrs no host can use (a loopback PublicIP, say) are refused
+	// before waiting on etcd.
+	val, err := attrs.MarshalJSON()
+	if err != nil {
+		return lease.Lease{}, err
+	}
 	cfg, err := m.config(ctx)
 	if err != nil {
-		return Lease{}, err
+		return lease.Lease{}, err
 	}
-	val, err := json.Marshal(attrs)
-	if err != nil {
-		return Lease{}, err
-	}
-	var got Lease
+	var got lease.Lease
 	races := 0
 	err = m.retry(ctx, "acquiring a subnet lease", func(ctx context.Context, cli *clientv3.Client) error {
 		for {
@@ -60,28 +65,55 @@ func (m *Etcd) Acquire(ctx context.Context, attrs Attrs) (Lease, error) {
 		}
 	})
 	if err != nil {
-		return Lease{}, err
+		return lease.Lease{}, err
 	}
 	return got, nil
 }
 
+// looseSubnetKey reads a key as flanneld's regular expression
+// (\d+\.\d+\.\d+\.\d+)-(\d+) and strconv.ParseUint do: "10.5.2.0-024" or
+// "10.5.2.1-24" name subnet 10.5.2.0/24 for a flanneld host, though
+// ParseSubnetKey refuses them.
+func looseSubnetKey(name string) (netip.Prefix, bool) {
+	v4, _, _ := strings.Cut(name, "&")
+	a, l, ok := strings.Cut(v4, "-")
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	addr, err := netip.ParseAddr(a)
+	if err != nil || !addr.Is4() {
+		return netip.Prefix{}, false
+	}
+	n, err := strconv.ParseUint(l, 10, 8)
+	if err != nil || n > 32 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(addr, int(n)).Masked(), true
+}
+
 // tryAcquire makes one attempt; won is false when another host changed the
 // chosen key first.
-func (m *Etcd) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *Config, attrs Attrs, val []byte) (l Lease, won bool, err error) {
+func (m *Store) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *lease.Config, attrs lease.Attrs, val []byte) (l lease.Lease, won bool, err error) {
 	r, err := cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return Lease{}, false, err
+		return lease.Lease{}, false, err
 	}
 	taken := make(map[netip.Prefix]bool, len(r.Kvs))
 	var mine *mvccpb.KeyValue
 	var mineSubnet netip.Prefix
 	for _, kv := range r.Kvs {
-		sn, err := ParseSubnetKey(strings.TrimPrefix(string(kv.Key), m.subnetsDir()))
+		name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+		sn, err := lease.ParseSubnetKey(name)
 		if err != nil {
+			// Not a key weft reads, but flanneld may: leave its
+			// subnet alone rather than lease it a second time.
+			if p, ok := looseSubnetKey(name); ok {
+				taken[p] = true
+			}
 			continue
 		}
 		taken[sn] = true
-		var a Attrs
+		var a lease.Attrs
 		if mine == nil && json.Unmarshal(kv.Value, &a) == nil && a.PublicIP == attrs.PublicIP {
 			mine, mineSubnet = kv, sn
 		}
@@ -107,9 +139,9 @@ func (m *Etcd) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *Config
 		m.log.Info("found lease for current IP, but it does not fit the network config, deleting it", "subnet", mineSubnet, "publicIP", attrs.PublicIP)
 		if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(mine.Key)), "=", mine.ModRevision)).
 			Then(clientv3.OpDelete(string(mine.Key))).Commit(); err != nil {
-			return Lease{}, false, err
+			return lease.Lease{}, false, err
 		}
-		return Lease{}, false, nil
+		return lease.Lease{}, false, nil
 	}
 
 	// (b) The subnet of the subnet file, if free.
@@ -129,8 +161,8 @@ func (m *Etcd) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *Config
 	// (c) A random free subnet.
 	sn, ok := pickFree(cfg, taken)
 	if !ok {
-		return Lease{}, false, fmt.Errorf("%w: all %d subnets /%d between %s and %s of %s are leased",
-			ErrNetworkFull, subnetCount(cfg), cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.Network)
+		return lease.Lease{}, false, fmt.Errorf("%w: all %d subnets /%d between %s and %s of %s are leased",
+			ErrNetworkFull, cfg.SubnetCount(), cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.Network)
 	}
 	m.log.Debug("picking subnet", "range", cfg.SubnetMin.String()+" ... "+cfg.SubnetMax.String(), "subnet", sn)
 	return m.claim(ctx, cli, sn, val, attrs, clientv3.Compare(clientv3.Version(m.subnetKey(sn)), "=", 0), true)
@@ -139,7 +171,7 @@ func (m *Etcd) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *Config
 // claim puts val at sn's key if cond holds, attached to a fresh etcd lease
 // when withTTL. A granted etcd lease that ends up unused is revoked, so a
 // failed claim leaves nothing behind.
-func (m *Etcd) claim(ctx context.Context, cli *clientv3.Client, sn netip.Prefix, val []byte, attrs Attrs, cond clientv3.Cmp, withTTL bool) (Lease, bool, error) {
+func (m *Store) claim(ctx context.Context, cli *clientv3.Client, sn netip.Prefix, val []byte, attrs lease.Attrs, cond clientv3.Cmp, withTTL bool) (lease.Lease, bool, error) {
 	key := m.subnetKey(sn)
 	var id clientv3.LeaseID
 	var exp time.Time
@@ -147,7 +179,7 @@ func (m *Etcd) claim(ctx context.Context, cli *clientv3.Client, sn netip.Prefix,
 	if withTTL {
 		g, err := cli.Grant(ctx, int64(m.opts.TTL/time.Second))
 		if err != nil {
-			return Lease{}, false, err
+			return lease.Lease{}, false, err
 		}
 		id, exp = g.ID, time.Now().Add(time.Duration(g.TTL)*time.Second)
 		put = clientv3.OpPut(key, string(val), clientv3.WithLease(id))
@@ -163,28 +195,21 @@ func (m *Etcd) claim(ctx context.Context, cli *clientv3.Client, sn netip.Prefix,
 		if err == nil {
 			m.log.Info("subnet was claimed by another host first, retrying", "subnet", sn)
 		}
-		return Lease{}, false, err
+		return lease.Lease{}, false, err
 	}
 	m.mu.Lock()
 	m.owned[sn] = id
 	m.mu.Unlock()
 	m.log.Info("allocated lease to current node", "subnet", sn, "publicIP", attrs.PublicIP, "ttl", m.opts.TTL)
-	return Lease{Subnet: sn, Attrs: attrs, Expiration: exp, Revision: r.Header.Revision}, true, nil
-}
-
-func subnetCount(cfg *Config) uint64 {
-	return uint64(addrU32(cfg.SubnetMax)-addrU32(cfg.SubnetMin))/uint64(cfg.SubnetSize()) + 1
+	return lease.Lease{Subnet: sn, Attrs: attrs, Expiration: exp, Revision: r.Header.Revision}, true, nil
 }
 
 // pickFree returns a random subnet between SubnetMin and SubnetMax that is
 // not taken. Random probes find one quickly unless the range is nearly
 // full; then the free ones are listed.
-func pickFree(cfg *Config, taken map[netip.Prefix]bool) (netip.Prefix, bool) {
-	n := subnetCount(cfg)
-	size := cfg.SubnetSize()
-	at := func(i uint64) netip.Prefix {
-		return netip.PrefixFrom(u32Addr(addrU32(cfg.SubnetMin)+uint32(i)*size), cfg.SubnetLen)
-	}
+func pickFree(cfg *lease.Config, taken map[netip.Prefix]bool) (netip.Prefix, bool) {
+	n := cfg.SubnetCount()
+	at := cfg.Subnet
 	for range 64 {
 		if p := at(rand.Uint64N(n)); !taken[p] {
 			return p, true

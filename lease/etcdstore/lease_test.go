@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
 )
 
 func TestEtcdRestartReusesLease(t *testing.T) {
@@ -17,7 +19,7 @@ func TestEtcdRestartReusesLease(t *testing.T) {
 	cli := testClient(t, e)
 	putConfig(t, cli, `{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}`)
 	ctx := testCtx(t, 20*time.Second)
-	attrs := Attrs{PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "vxlan",
+	attrs := lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "vxlan",
 		BackendData: []byte(`{"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}`)}
 
 	m1, _ := newTestEtcd(t, e, nil)
@@ -34,7 +36,7 @@ func TestEtcdRestartReusesLease(t *testing.T) {
 
 	// Another host in between must not disturb it.
 	other, _ := newTestEtcd(t, e, nil)
-	lo, err := other.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.2")})
+	lo, err := other.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2")})
 	if err != nil || lo.Subnet == l1.Subnet {
 		t.Fatalf("other host: %v, %v", lo, err)
 	}
@@ -79,7 +81,7 @@ func TestEtcdReuseNeedsConfigFit(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, _ := newTestEtcd(t, e, nil)
-	l, err := m.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
+	l, err := m.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,15 +101,15 @@ func TestEtcdPreviousSubnetFile(t *testing.T) {
 	ctx := testCtx(t, 20*time.Second)
 
 	path := filepath.Join(t.TempDir(), "subnet.env")
-	if err := WriteSubnetFile(path, SubnetEnv{Network: netip.MustParsePrefix("10.5.0.0/16"), Subnet: netip.MustParsePrefix("10.5.77.0/24"), MTU: 1472}); err != nil {
+	if err := lease.WriteSubnetFile(path, lease.SubnetEnv{Network: netip.MustParsePrefix("10.5.0.0/16"), Subnet: netip.MustParsePrefix("10.5.77.0/24"), MTU: 1472}); err != nil {
 		t.Fatal(err)
 	}
-	prev, err := ReadSubnetFile(path)
+	prev, err := lease.ReadSubnetFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, logs := newTestEtcd(t, e, func(o *EtcdOptions) { o.PreviousSubnet = prev })
-	l, err := m.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
+	m, logs := newTestEtcd(t, e, func(o *Options) { o.PreviousSubnet = prev })
+	l, err := m.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,8 +121,8 @@ func TestEtcdPreviousSubnetFile(t *testing.T) {
 	}
 
 	// Held by another host now: never taken from it.
-	m2, logs2 := newTestEtcd(t, e, func(o *EtcdOptions) { o.PreviousSubnet = prev })
-	l2, err := m2.Acquire(ctx, Attrs{PublicIP: netip.MustParseAddr("192.0.2.2")})
+	m2, logs2 := newTestEtcd(t, e, func(o *Options) { o.PreviousSubnet = prev })
+	l2, err := m2.Acquire(ctx, lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +146,7 @@ func TestEtcdNetworkFull(t *testing.T) {
 	got := map[string]bool{}
 	for i := range 3 {
 		m, _ := newTestEtcd(t, e, nil)
-		l, err := m.Acquire(ctx, Attrs{PublicIP: ip(i)})
+		l, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(i)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +158,7 @@ func TestEtcdNetworkFull(t *testing.T) {
 	before := listKeys(t, cli)
 
 	m, _ := newTestEtcd(t, e, nil)
-	_, err := m.Acquire(ctx, Attrs{PublicIP: ip(3)})
+	_, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(3)})
 	if !errors.Is(err, ErrNetworkFull) || !strings.Contains(err.Error(), "10.9.0.4 and 10.9.0.12") {
 		t.Fatalf("4th host: %v", err)
 	}
@@ -171,7 +173,7 @@ func TestEtcdNetworkFull(t *testing.T) {
 }
 
 // receive returns the next snapshot, failing the test on timeout.
-func receive(t testing.TB, ch <-chan []Lease, d time.Duration) []Lease {
+func receive(t testing.TB, ch <-chan []lease.Lease, d time.Duration) []lease.Lease {
 	t.Helper()
 	select {
 	case s := <-ch:
@@ -183,10 +185,10 @@ func receive(t testing.TB, ch <-chan []Lease, d time.Duration) []Lease {
 }
 
 // waitFor reads snapshots until ok accepts one.
-func waitFor(t testing.TB, ch <-chan []Lease, d time.Duration, what string, ok func([]Lease) bool) []Lease {
+func waitFor(t testing.TB, ch <-chan []lease.Lease, d time.Duration, what string, ok func([]lease.Lease) bool) []lease.Lease {
 	t.Helper()
 	deadline := time.After(d)
-	var last []Lease
+	var last []lease.Lease
 	for {
 		select {
 		case s := <-ch:
@@ -200,7 +202,7 @@ func waitFor(t testing.TB, ch <-chan []Lease, d time.Duration, what string, ok f
 	}
 }
 
-func hasSubnet(s []Lease, p netip.Prefix) bool {
+func hasSubnet(s []lease.Lease, p netip.Prefix) bool {
 	for _, l := range s {
 		if l.Subnet == p {
 			return true
@@ -214,10 +216,10 @@ func TestEtcdExpiryAndRenewal(t *testing.T) {
 	cli := testClient(t, e)
 	putConfig(t, cli, `{"Network": "10.5.0.0/16"}`)
 	ctx := testCtx(t, 30*time.Second)
-	short := func(o *EtcdOptions) { o.TTL = 3 * time.Second; o.RenewMargin = 2 * time.Second }
+	short := func(o *Options) { o.TTL = 3 * time.Second; o.RenewMargin = 2 * time.Second }
 
 	kept, keptLogs := newTestEtcd(t, e, short)
-	lk, err := kept.Acquire(ctx, Attrs{PublicIP: ip(1)})
+	lk, err := kept.Acquire(ctx, lease.Attrs{PublicIP: ip(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,21 +228,21 @@ func TestEtcdExpiryAndRenewal(t *testing.T) {
 
 	dropped, _ := newTestEtcd(t, e, short)
 	acquired := time.Now()
-	ld, err := dropped.Acquire(ctx, Attrs{PublicIP: ip(2)})
+	ld, err := dropped.Acquire(ctx, lease.Attrs{PublicIP: ip(2)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// No Keep for ld: it must expire after its 3 s TTL.
 
 	w, _ := newTestEtcd(t, e, nil)
-	snaps := make(chan []Lease)
+	snaps := make(chan []lease.Lease)
 	go w.Watch(ctx, snaps)
 	first := receive(t, snaps, 10*time.Second)
 	if !hasSubnet(first, lk.Subnet) || !hasSubnet(first, ld.Subnet) {
 		t.Fatalf("first snapshot %v", first)
 	}
 	start := time.Now()
-	s := waitFor(t, snaps, 10*time.Second, "expired lease leaves", func(s []Lease) bool { return !hasSubnet(s, ld.Subnet) })
+	s := waitFor(t, snaps, 10*time.Second, "expired lease leaves", func(s []lease.Lease) bool { return !hasSubnet(s, ld.Subnet) })
 	if !hasSubnet(s, lk.Subnet) {
 		t.Errorf("the renewed lease left too: %v", s)
 	}
@@ -278,7 +280,7 @@ func TestEtcdKeepReclaimsDeletedLease(t *testing.T) {
 	defer cancel()
 
 	m, logs := newTestEtcd(t, e, nil)
-	own, err := m.Acquire(ctx, Attrs{PublicIP: ip(1)})
+	own, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +332,7 @@ func TestEtcdKeepLostWhenTakenAfterDelete(t *testing.T) {
 	putConfig(t, cli, `{"Network": "10.5.0.0/16"}`)
 	ctx := testCtx(t, 20*time.Second)
 	m, _ := newTestEtcd(t, e, nil)
-	own, err := m.Acquire(ctx, Attrs{PublicIP: ip(1)})
+	own, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,5 +348,29 @@ func TestEtcdKeepLostWhenTakenAfterDelete(t *testing.T) {
 	err = m.Keep(ctx, own)
 	if !errors.Is(err, ErrLeaseLost) || !strings.Contains(err.Error(), own.Subnet.String()) {
 		t.Fatalf("Keep: %v", err)
+	}
+}
+
+// A key weft does not read but flanneld does ("10.5.2.0-024" is
+// 10.5.2.0/24 to flanneld's parser) still keeps its subnet from being
+// leased a second time.
+func TestEtcdAcquireLeavesLooseKeysSubnet(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	putConfig(t, cli, `{"Network": "10.5.0.0/16", "SubnetMin": "10.5.2.0", "SubnetMax": "10.5.2.0"}`)
+	ctx := testCtx(t, 20*time.Second)
+	for _, k := range []string{"10.5.2.0-024", "10.5.2.1-24", "10.5.2.0-24&fd00::-064"} {
+		key := testPrefix + "/subnets/" + k
+		if _, err := cli.Put(ctx, key, `{"PublicIP":"192.0.2.9","PublicIPv6":null}`); err != nil {
+			t.Fatal(err)
+		}
+		m, _ := newTestEtcd(t, e, nil)
+		l, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)})
+		if !errors.Is(err, ErrNetworkFull) {
+			t.Errorf("with key %s: leased %v (%v), want ErrNetworkFull", k, l.Subnet, err)
+		}
+		if _, err := cli.Delete(ctx, testPrefix+"/subnets/", clientv3.WithPrefix()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"io"
@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/lease"
 )
 
 // cutProxy forwards TCP to etcd until Cut, which drops every connection
@@ -93,20 +95,20 @@ func TestEtcdKeepAcrossPartitionPastTTL(t *testing.T) {
 	putConfig(t, cli, `{"Network": "10.5.0.0/16"}`)
 	ctx := testCtx(t, 60*time.Second)
 	proxy := newCutProxy(t, e.Endpoints()[0])
-	m, logs := newTestEtcd(t, e, func(o *EtcdOptions) {
+	m, logs := newTestEtcd(t, e, func(o *Options) {
 		o.Endpoints = []string{proxy.URL()}
 		o.TTL, o.RenewMargin = 3*time.Second, 2*time.Second
 		o.RequestTimeout = time.Second
 	})
-	own, err := m.Acquire(ctx, Attrs{PublicIP: ip(1)})
+	own, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	keepErr := make(chan error, 1)
 	go func() { keepErr <- m.Keep(ctx, own) }()
-	snaps := make(chan []Lease, 1)
+	snaps := make(chan []lease.Lease, 1)
 	go m.Watch(ctx, snaps)
-	waitFor(t, snaps, 10*time.Second, "own lease in the watch", func(s []Lease) bool { return hasSubnet(s, own.Subnet) })
+	waitFor(t, snaps, 10*time.Second, "own lease in the watch", func(s []lease.Lease) bool { return hasSubnet(s, own.Subnet) })
 
 	key := testPrefix + "/subnets/" + own.Key()
 	held := func() (string, bool) {
@@ -138,7 +140,7 @@ func TestEtcdKeepAcrossPartitionPastTTL(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if v, ok := held(); ok {
-			var a Attrs
+			var a lease.Attrs
 			if err := a.UnmarshalJSON([]byte(v)); err != nil || a.PublicIP != ip(1) {
 				t.Fatalf("after the partition %s holds %q (%v), want this host's lease", key, v, err)
 			}
@@ -155,10 +157,10 @@ func TestEtcdKeepAcrossPartitionPastTTL(t *testing.T) {
 	// The watch follows the cluster again: another host's new lease
 	// shows up.
 	other := netip.MustParsePrefix("10.5.77.0/24")
-	if _, err := cli.Put(ctx, testPrefix+"/subnets/"+SubnetKey(other), `{"PublicIP":"`+ip(2).String()+`"}`); err != nil {
+	if _, err := cli.Put(ctx, testPrefix+"/subnets/"+lease.SubnetKey(other), `{"PublicIP":"`+ip(2).String()+`"}`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, snaps, 20*time.Second, "the watch resumed", func(s []Lease) bool { return hasSubnet(s, other) && hasSubnet(s, own.Subnet) })
+	waitFor(t, snaps, 20*time.Second, "the watch resumed", func(s []lease.Lease) bool { return hasSubnet(s, other) && hasSubnet(s, own.Subnet) })
 	// Renewed from then on: two TTLs later it is still there.
 	time.Sleep(6 * time.Second)
 	if _, ok := held(); !ok {

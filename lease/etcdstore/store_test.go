@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/etcdserver"
 )
 
 const testPrefix = "/coreos.com/network"
@@ -37,10 +41,10 @@ func (l *logBuf) String() string {
 	return l.b.String()
 }
 
-func newTestEtcd(t testing.TB, e *Embedded, set func(*EtcdOptions)) (*Etcd, *logBuf) {
+func newTestEtcd(t testing.TB, e *etcdserver.Server, set func(*Options)) (*Store, *logBuf) {
 	t.Helper()
 	logs := &logBuf{}
-	opts := EtcdOptions{
+	opts := Options{
 		Endpoints: e.Endpoints(),
 		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		RetryMax:  200 * time.Millisecond,
@@ -48,7 +52,7 @@ func newTestEtcd(t testing.TB, e *Embedded, set func(*EtcdOptions)) (*Etcd, *log
 	if set != nil {
 		set(&opts)
 	}
-	m, err := NewEtcd(opts)
+	m, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +98,7 @@ func TestEtcdConfigWaitsForKey(t *testing.T) {
 	ctx := testCtx(t, 20*time.Second)
 
 	done := make(chan error, 1)
-	var cfg *Config
+	var cfg *lease.Config
 	go func() {
 		var err error
 		cfg, err = m.Config(ctx)
@@ -109,7 +113,7 @@ func TestEtcdConfigWaitsForKey(t *testing.T) {
 	if !strings.Contains(logs.String(), "fetching network config failed, retrying") {
 		t.Errorf("no retry logged:\n%s", logs)
 	}
-	fixture, err := os.ReadFile("testdata/config-vxlan.json")
+	fixture, err := os.ReadFile("../testdata/config-vxlan.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,13 +128,13 @@ func TestEtcdConfigWaitsForKey(t *testing.T) {
 	// A config that does not parse is refused at once, naming the key.
 	putConfig(t, cli, `{"Network": "10.5.0.0/16", "SubnetLen": 33}`)
 	_, err = m.Config(ctx)
-	var ce *ConfigError
+	var ce *lease.ConfigError
 	if !errors.As(err, &ce) || ce.Key != "SubnetLen" {
 		t.Errorf("bad config: %v", err)
 	}
 
 	// Canceling ctx ends the wait.
-	m2, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Prefix = "/nothing/here" })
+	m2, _ := newTestEtcd(t, e, func(o *Options) { o.Prefix = "/nothing/here" })
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if _, err := m2.Config(cctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -142,7 +146,7 @@ func TestEtcdUnreachableAtStart(t *testing.T) {
 	// A port nobody listens on: Config keeps retrying, logging, until ctx ends.
 	l := freeLoopbackURLMust(t)
 	logs := &logBuf{}
-	m, err := NewEtcd(EtcdOptions{Endpoints: []string{l}, RetryMax: 100 * time.Millisecond, RequestTimeout: 200 * time.Millisecond,
+	m, err := New(Options{Endpoints: []string{l}, RetryMax: 100 * time.Millisecond, RequestTimeout: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -166,15 +170,16 @@ func TestEtcdUnreachableAtStart(t *testing.T) {
 }
 
 func freeLoopbackURLMust(t testing.TB) string {
-	u, err := freeLoopbackURL()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return u.String()
+	defer l.Close()
+	return "http://" + l.Addr().String()
 }
 
 func TestNewEtcdRefuses(t *testing.T) {
-	for name, o := range map[string]EtcdOptions{
+	for name, o := range map[string]Options{
 		"bad endpoint":       {Endpoints: []string{"127.0.0.1:2379"}},
 		"empty endpoints":    {Endpoints: []string{" , "}},
 		"relative prefix":    {Prefix: "coreos.com/network"},
@@ -184,11 +189,11 @@ func TestNewEtcdRefuses(t *testing.T) {
 		"negative margin":    {RenewMargin: -time.Minute},
 		"TTL below etcd min": {TTL: time.Second},
 	} {
-		if _, err := NewEtcd(o); err == nil {
+		if _, err := New(o); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	m, err := NewEtcd(EtcdOptions{})
+	m, err := New(Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,26 +205,6 @@ func TestNewEtcdRefuses(t *testing.T) {
 	}
 }
 
-func TestParseSubnetKey(t *testing.T) {
-	for in, want := range map[string]string{
-		"10.5.42.0-24":           "10.5.42.0/24",
-		"10.5.42.0-24&fd00::-64": "10.5.42.0/24",
-		"10.5.42.0/24":           "",
-		"10.5.42.1-24":           "",
-		"10.5.42.0-33":           "",
-		"fd00::-64":              "",
-		"10.5.42.0-x":            "",
-	} {
-		p, err := ParseSubnetKey(in)
-		if (want == "") != (err != nil) || (err == nil && p.String() != want) {
-			t.Errorf("%q: %v, %v; want %q", in, p, err, want)
-		}
-		if err == nil && SubnetKey(p) != strings.Split(in, "&")[0] {
-			t.Errorf("%q: SubnetKey gives %q", in, SubnetKey(p))
-		}
-	}
-}
-
 func TestEtcdAcquire64Concurrent(t *testing.T) {
 	e := startEtcd(t)
 	cli := testClient(t, e)
@@ -227,7 +212,7 @@ func TestEtcdAcquire64Concurrent(t *testing.T) {
 	ctx := testCtx(t, 40*time.Second)
 
 	const n = 64
-	leases := make([]Lease, n)
+	leases := make([]lease.Lease, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	start := make(chan struct{})
@@ -238,13 +223,13 @@ func TestEtcdAcquire64Concurrent(t *testing.T) {
 		}
 		wg.Go(func() {
 			<-start
-			leases[i], errs[i] = m.Acquire(ctx, Attrs{PublicIP: ip(i)})
+			leases[i], errs[i] = m.Acquire(ctx, lease.Attrs{PublicIP: ip(i)})
 		})
 	}
 	close(start)
 	wg.Wait()
 
-	cfg, _ := ParseConfig([]byte(`{"Network": "10.5.0.0/16"}`))
+	cfg, _ := lease.ParseConfig([]byte(`{"Network": "10.5.0.0/16"}`))
 	seen := map[netip.Prefix]int{}
 	for i, l := range leases {
 		if errs[i] != nil {
@@ -268,7 +253,7 @@ func TestEtcdAcquire64Concurrent(t *testing.T) {
 		t.Fatalf("%d keys in etcd, want %d", len(r.Kvs), n)
 	}
 	for _, kv := range r.Kvs {
-		sn, _ := ParseSubnetKey(strings.TrimPrefix(string(kv.Key), testPrefix+"/subnets/"))
+		sn, _ := lease.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), testPrefix+"/subnets/"))
 		i, ok := seen[sn]
 		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, ip(i))
 		if !ok || string(kv.Value) != want {
@@ -315,7 +300,7 @@ func TestEtcdPutConfig(t *testing.T) {
 		t.Fatalf("Config after forced put: %+v, %v", c, err)
 	}
 	// Invalid configs never reach etcd.
-	var ce *ConfigError
+	var ce *lease.ConfigError
 	if _, err := m.PutConfig(ctx, []byte(`{"Network": "10.6.0.0/16", "SubnetLen": 8}`), false); !errors.As(err, &ce) {
 		t.Fatalf("invalid config: %v", err)
 	}
@@ -340,13 +325,13 @@ func TestEtcdAuth(t *testing.T) {
 		}
 	}
 
-	m, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Username, o.Password = "root", "s3cret" })
-	if _, err := m.Acquire(ctx, Attrs{PublicIP: ip(1)}); err != nil {
+	m, _ := newTestEtcd(t, e, func(o *Options) { o.Username, o.Password = "root", "s3cret" })
+	if _, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip(1)}); err != nil {
 		t.Fatalf("with the right password: %v", err)
 	}
 
 	// A wrong password is not worth retrying: it is returned at once.
-	bad, _ := newTestEtcd(t, e, func(o *EtcdOptions) { o.Username, o.Password = "root", "wrong" })
+	bad, _ := newTestEtcd(t, e, func(o *Options) { o.Username, o.Password = "root", "wrong" })
 	// (Were it retried, Config would run into ctx's deadline instead.)
 	if _, err := bad.Config(ctx); err == nil || !strings.Contains(err.Error(), "authentication failed") || ctx.Err() != nil {
 		t.Fatalf("wrong password: %v", err)
@@ -366,7 +351,7 @@ func TestEtcdClosed(t *testing.T) {
 	if _, err := m.Config(ctx); !errors.Is(err, ErrClosed) {
 		t.Errorf("Config after Close: %v", err)
 	}
-	if err := m.Watch(ctx, make(chan []Lease)); !errors.Is(err, ErrClosed) {
+	if err := m.Watch(ctx, make(chan []lease.Lease)); !errors.Is(err, ErrClosed) {
 		t.Errorf("Watch after Close: %v", err)
 	}
 }
@@ -382,7 +367,7 @@ func TestRenewAt(t *testing.T) {
 		{3 * time.Second, 60 * time.Minute, 1500 * time.Millisecond},
 		{3 * time.Second, 2 * time.Second, 2 * time.Second},
 	} {
-		m, err := NewEtcd(EtcdOptions{TTL: tt.ttl, RenewMargin: tt.margin})
+		m, err := New(Options{TTL: tt.ttl, RenewMargin: tt.margin})
 		if err != nil {
 			t.Fatal(err)
 		}

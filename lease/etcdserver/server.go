@@ -1,4 +1,4 @@
-package lease
+package etcdserver
 
 import (
 	"errors"
@@ -17,8 +17,8 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// EmbeddedOptions configures an in-process etcd server.
-type EmbeddedOptions struct {
+// Options configures an in-process etcd server.
+type Options struct {
 	// Dir is the data directory; it is created if missing and reused
 	// across restarts (the leases survive).
 	Dir string
@@ -45,18 +45,18 @@ type EmbeddedOptions struct {
 	ClientCertAuth                   bool
 }
 
-// Embedded is a single-member etcd server running in this process: a real
+// Server is a single-member etcd server running in this process: a real
 // etcd (go.etcd.io/etcd/server/v3/embed), for one-machine setups, the demo
 // and tests. Its peer port listens on loopback only.
-type Embedded struct {
+type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
 	closing   *atomic.Bool
 	closeOnce sync.Once
 }
 
-// StartEmbedded starts the server and returns once it serves clients.
-func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
+// Start starts the server and returns once it serves clients.
+func Start(opts Options) (*Server, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("embedded etcd: no data directory")
 	}
@@ -149,7 +149,7 @@ func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd: not ready after %s", opts.StartTimeout)
 	}
-	m := &Embedded{etcd: e, closing: closing}
+	m := &Server{etcd: e, closing: closing}
 	for i, l := range e.Clients {
 		u := listen[min(i, len(listen)-1)]
 		m.endpoints = append(m.endpoints, u.Scheme+"://"+l.Addr().String())
@@ -158,16 +158,16 @@ func StartEmbedded(opts EmbeddedOptions) (*Embedded, error) {
 }
 
 // Endpoints are the client URLs the server listens on, with real ports.
-func (m *Embedded) Endpoints() []string { return append([]string(nil), m.endpoints...) }
+func (m *Server) Endpoints() []string { return append([]string(nil), m.endpoints...) }
 
 // Err reports a fatal server error after start.
-func (m *Embedded) Err() <-chan error { return m.etcd.Err() }
+func (m *Server) Err() <-chan error { return m.etcd.Err() }
 
 // Close stops the server; the data directory stays. Calling it again does
 // nothing. etcd stops gracefully: while clients still hold watches (every
 // running host does) it waits up to its request timeout, about 7 s, before
 // cutting them off; close clients first where that matters.
-func (m *Embedded) Close() {
+func (m *Server) Close() {
 	m.closeOnce.Do(func() {
 		m.closing.Store(true)
 		m.etcd.Close()

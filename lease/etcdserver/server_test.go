@@ -1,4 +1,4 @@
-package lease
+package etcdserver
 
 import (
 	"context"
@@ -7,17 +7,18 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // startEtcd runs a real embedded etcd in a fresh directory for one test.
-func startEtcd(t testing.TB) *Embedded {
+func startEtcd(t testing.TB) *Server {
 	t.Helper()
 	return startEtcdAt(t, t.TempDir(), "http://127.0.0.1:0")
 }
 
-func startEtcdAt(t testing.TB, dir, listen string) *Embedded {
+func startEtcdAt(t testing.TB, dir, listen string) *Server {
 	t.Helper()
-	e, err := StartEmbedded(EmbeddedOptions{Dir: dir, ListenClientURLs: []string{listen}, LogLevel: "error"})
+	e, err := Start(Options{Dir: dir, ListenClientURLs: []string{listen}, LogLevel: "error"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,9 +26,9 @@ func startEtcdAt(t testing.TB, dir, listen string) *Embedded {
 	return e
 }
 
-func testClient(t testing.TB, e *Embedded) *clientv3.Client {
+func testClient(t testing.TB, e *Server) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 5 * time.Second, Logger: quietZap()})
+	c, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestEmbeddedRestartKeepsData(t *testing.T) {
 
 func TestEmbeddedRefusesBadURL(t *testing.T) {
 	for _, u := range []string{"127.0.0.1:2379", "https://127.0.0.1:2379", "http://127.0.0.1", "unix:///x"} {
-		if e, err := StartEmbedded(EmbeddedOptions{Dir: t.TempDir(), ListenClientURLs: []string{u}}); err == nil {
+		if e, err := Start(Options{Dir: t.TempDir(), ListenClientURLs: []string{u}}); err == nil {
 			e.Close()
 			t.Errorf("%s accepted", u)
 		}

@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,21 +19,23 @@ import (
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/weft-net/weft/lease"
 )
 
 // Defaults of flanneld v0.28.
 const (
-	DefaultEtcdPrefix  = "/coreos.com/network"
+	DefaultPrefix      = "/coreos.com/network"
 	DefaultLeaseTTL    = 24 * time.Hour
 	DefaultRenewMargin = 60 * time.Minute
 )
 
-// DefaultEtcdEndpoints is flanneld's --etcd-endpoints default.
-var DefaultEtcdEndpoints = []string{"http://127.0.0.1:4001", "http://127.0.0.1:2379"}
+// DefaultEndpoints is flanneld's --etcd-endpoints default.
+var DefaultEndpoints = []string{"http://127.0.0.1:4001", "http://127.0.0.1:2379"}
 
-// EtcdOptions configures the etcd store. Zero values take flanneld's
+// Options configures the etcd store. Zero values take flanneld's
 // defaults.
-type EtcdOptions struct {
+type Options struct {
 	Endpoints []string // --etcd-endpoints; entries may hold comma-separated lists
 	Prefix    string   // --etcd-prefix, default /coreos.com/network
 
@@ -66,27 +67,27 @@ type EtcdOptions struct {
 	RequestTimeout time.Duration
 }
 
-// Etcd is a Manager on etcd's v3 API, in flanneld's layout: the config at
+// Store is a lease.Manager on etcd's v3 API, in flanneld's layout: the config at
 // <prefix>/config, one key per lease at <prefix>/subnets/<a.b.c.d>-<len>
 // attached to an etcd lease. It is safe for concurrent use.
-type Etcd struct {
-	opts EtcdOptions
+type Store struct {
+	opts Options
 	log  *slog.Logger
 	tls  *tls.Config
 
 	mu     sync.Mutex
 	cli    *clientv3.Client
 	closed bool
-	cfg    *Config
+	cfg    *lease.Config
 	owned  map[netip.Prefix]clientv3.LeaseID // etcd lease of each subnet Acquire got
 }
 
-var _ Manager = (*Etcd)(nil)
+var _ lease.Manager = (*Store)(nil)
 
-// NewEtcd checks opts and returns a store. It does not contact etcd: every
+// New checks opts and returns a store. It does not contact etcd: every
 // method retries, with backoff and a log line, until etcd answers or its
 // context ends, so a host may start before etcd does.
-func NewEtcd(opts EtcdOptions) (*Etcd, error) {
+func New(opts Options) (*Store, error) {
 	var eps []string
 	for _, e := range opts.Endpoints {
 		for _, e := range strings.Split(e, ",") {
@@ -97,18 +98,21 @@ func NewEtcd(opts EtcdOptions) (*Etcd, error) {
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" && u.Scheme != "unixs") || u.Host == "" {
 				return nil, fmt.Errorf("--etcd-endpoints: %q is not a URL such as http://127.0.0.1:2379", e)
 			}
-			eps = append(eps, e)
+			// url.Parse lower-cases the scheme; so does etcd's client.
+			// Spell it so here too, so "HTTP://" is seen as plain.
+			eps = append(eps, u.Scheme+e[len(u.Scheme):])
 		}
 	}
 	if len(opts.Endpoints) == 0 {
-		eps = DefaultEtcdEndpoints
+		eps = DefaultEndpoints
 	}
 	if len(eps) == 0 {
 		return nil, errors.New("--etcd-endpoints: no endpoint given")
 	}
+	defaulted := len(opts.Endpoints) == 0
 	opts.Endpoints = eps
 	if opts.Prefix == "" {
-		opts.Prefix = DefaultEtcdPrefix
+		opts.Prefix = DefaultPrefix
 	}
 	if !strings.HasPrefix(opts.Prefix, "/") {
 		return nil, fmt.Errorf("--etcd-prefix: %q must start with /", opts.Prefix)
@@ -138,7 +142,10 @@ func NewEtcd(opts EtcdOptions) (*Etcd, error) {
 	if (opts.Username == "") != (opts.Password == "") {
 		return nil, errors.New("--etcd-username and --etcd-password must be given together")
 	}
-	m := &Etcd{opts: opts, log: opts.Logger, owned: map[netip.Prefix]clientv3.LeaseID{}}
+	if err := checkTLSEndpoints(opts, defaulted); err != nil {
+		return nil, err
+	}
+	m := &Store{opts: opts, log: opts.Logger, owned: map[netip.Prefix]clientv3.LeaseID{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -157,14 +164,50 @@ func NewEtcd(opts EtcdOptions) (*Etcd, error) {
 			}
 		}
 	}
-	if m.tls == nil && !allLoopback(eps) {
-		m.log.Warn("no certificate provided: connecting to etcd with http. This is insecure")
+	if plain := plaintext(eps); !allLoopback(plain) {
+		// Also with https endpoints beside: the http ones stay plain.
+		m.log.Warn("no certificate provided: connecting to etcd with http. This is insecure", "endpoints", strings.Join(plain, ","))
 	}
 	return m, nil
 }
 
 // ErrClosed is returned by a store's methods after Close.
 var ErrClosed = errors.New("lease store closed")
+
+// plaintext returns the endpoints etcd's client talks to without TLS:
+// http:// and unix://. It drops TLS for them silently even when given a
+// TLS config.
+func plaintext(eps []string) []string {
+	var out []string
+	for _, e := range eps {
+		if strings.HasPrefix(e, "http://") || strings.HasPrefix(e, "unix://") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// checkTLSEndpoints refuses TLS files with a plain endpoint: etcd's
+// client would talk to it in plaintext while the user believes the
+// connection is TLS, and say nothing.
+func checkTLSEndpoints(opts Options, defaulted bool) error {
+	var flags []string
+	for _, f := range []struct{ flag, v string }{{"--etcd-cafile", opts.CAFile}, {"--etcd-certfile", opts.CertFile}, {"--etcd-keyfile", opts.KeyFile}} {
+		if f.v != "" {
+			flags = append(flags, f.flag)
+		}
+	}
+	plain := plaintext(opts.Endpoints)
+	if len(flags) == 0 || len(plain) == 0 {
+		return nil
+	}
+	what := "--etcd-endpoints"
+	if defaulted {
+		what = "the default --etcd-endpoints"
+	}
+	return fmt.Errorf("%s given, but %s has %s, which etcd's client would use without TLS: use https:// (or unixs://) endpoints",
+		strings.Join(flags, ", "), what, strings.Join(plain, ", "))
+}
 
 // allLoopback reports whether every endpoint is on this host, where plain
 // http is not exposed.
@@ -187,7 +230,7 @@ func allLoopback(eps []string) bool {
 
 // Close releases the connection to etcd. Leases stay in etcd (as
 // flanneld leaves them), so a restart gets the same subnet.
-func (m *Etcd) Close() error {
+func (m *Store) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true
@@ -202,7 +245,7 @@ func (m *Etcd) Close() error {
 // client returns the connection, making it on first use. Making it fails
 // while etcd is unreachable only with username/password (the token is
 // fetched at once); callers retry.
-func (m *Etcd) client() (*clientv3.Client, error) {
+func (m *Store) client() (*clientv3.Client, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -253,7 +296,7 @@ func quietZap() *zap.Logger {
 
 // permanent reports errors retrying cannot fix.
 func permanent(err error) bool {
-	var ce *ConfigError
+	var ce *lease.ConfigError
 	return errors.As(err, &ce) || errors.Is(err, ErrNetworkFull) || errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed) ||
 		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed) ||
 		errors.Is(err, rpctypes.ErrGRPCPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) ||
@@ -262,7 +305,7 @@ func permanent(err error) bool {
 
 // retry runs op until it succeeds, fails permanently or ctx ends, waiting
 // 1 s, 2 s, 4 s ... up to RetryMax between tries and logging each failure.
-func (m *Etcd) retry(ctx context.Context, what string, op func(ctx context.Context, cli *clientv3.Client) error) error {
+func (m *Store) retry(ctx context.Context, what string, op func(ctx context.Context, cli *clientv3.Client) error) error {
 	wait := m.firstRetry()
 	for attempt := 1; ; attempt++ {
 		cli, err := m.client()
@@ -289,7 +332,7 @@ func (m *Etcd) retry(ctx context.Context, what string, op func(ctx context.Conte
 }
 
 // firstRetry is the first wait between retries: 1 s, as flanneld.
-func (m *Etcd) firstRetry() time.Duration { return min(time.Second, m.opts.RetryMax) }
+func (m *Store) firstRetry() time.Duration { return min(time.Second, m.opts.RetryMax) }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -303,19 +346,19 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // ConfigKey is where the network config lives: <prefix>/config.
-func (m *Etcd) ConfigKey() string { return m.configKey() }
+func (m *Store) ConfigKey() string { return m.configKey() }
 
-func (m *Etcd) configKey() string  { return m.opts.Prefix + "/config" }
-func (m *Etcd) subnetsDir() string { return m.opts.Prefix + "/subnets/" }
-func (m *Etcd) subnetKey(p netip.Prefix) string {
-	return m.subnetsDir() + SubnetKey(p)
+func (m *Store) configKey() string  { return m.opts.Prefix + "/config" }
+func (m *Store) subnetsDir() string { return m.opts.Prefix + "/subnets/" }
+func (m *Store) subnetKey(p netip.Prefix) string {
+	return m.subnetsDir() + lease.SubnetKey(p)
 }
 
 // Config reads <prefix>/config. While the key is missing or etcd is
 // unreachable it logs and retries (as flanneld does) until ctx ends; a
 // config that does not parse is returned as a *ConfigError at once.
-func (m *Etcd) Config(ctx context.Context) (*Config, error) {
-	var cfg *Config
+func (m *Store) Config(ctx context.Context) (*lease.Config, error) {
+	var cfg *lease.Config
 	err := m.retry(ctx, "fetching network config", func(ctx context.Context, cli *clientv3.Client) error {
 		r, err := cli.Get(ctx, m.configKey())
 		if err != nil {
@@ -324,7 +367,7 @@ func (m *Etcd) Config(ctx context.Context) (*Config, error) {
 		if len(r.Kvs) == 0 {
 			return fmt.Errorf("network config key %s does not exist (set it with 'weft netconf set')", m.configKey())
 		}
-		cfg, err = ParseConfig(r.Kvs[0].Value)
+		cfg, err = lease.ParseConfig(r.Kvs[0].Value)
 		return err
 	})
 	if err != nil {
@@ -342,8 +385,8 @@ func (m *Etcd) Config(ctx context.Context) (*Config, error) {
 // exactly as given (flanneld only reads the config: what the user wrote
 // stays). With onlyIfAbsent an existing config is left alone and stored is
 // false. Unreachable etcd is retried until ctx ends.
-func (m *Etcd) PutConfig(ctx context.Context, data []byte, onlyIfAbsent bool) (stored bool, err error) {
-	if _, err := ParseConfig(data); err != nil {
+func (m *Store) PutConfig(ctx context.Context, data []byte, onlyIfAbsent bool) (stored bool, err error) {
+	if _, err := lease.ParseConfig(data); err != nil {
 		return false, err
 	}
 	err = m.retry(ctx, "storing network config", func(ctx context.Context, cli *clientv3.Client) error {
@@ -365,7 +408,7 @@ func (m *Etcd) PutConfig(ctx context.Context, data []byte, onlyIfAbsent bool) (s
 
 // RawConfig returns the bytes stored at <prefix>/config; ok is false when
 // the key does not exist. Unlike Config it does not wait for the key.
-func (m *Etcd) RawConfig(ctx context.Context) (data []byte, ok bool, err error) {
+func (m *Store) RawConfig(ctx context.Context) (data []byte, ok bool, err error) {
 	err = m.retry(ctx, "fetching network config", func(ctx context.Context, cli *clientv3.Client) error {
 		r, err := cli.Get(ctx, m.configKey())
 		if err != nil {
@@ -380,7 +423,7 @@ func (m *Etcd) RawConfig(ctx context.Context) (data []byte, ok bool, err error) 
 }
 
 // config returns the config Config last read, reading it if needed.
-func (m *Etcd) config(ctx context.Context) (*Config, error) {
+func (m *Store) config(ctx context.Context) (*lease.Config, error) {
 	m.mu.Lock()
 	cfg := m.cfg
 	m.mu.Unlock()
@@ -388,28 +431,4 @@ func (m *Etcd) config(ctx context.Context) (*Config, error) {
 		return cfg, nil
 	}
 	return m.Config(ctx)
-}
-
-// ParseSubnetKey reads flanneld's key suffix "10.5.42.0-24" back into a
-// prefix. A dual-stack flanneld's "10.5.42.0-24&fd00::-64" gives its IPv4
-// part.
-func ParseSubnetKey(s string) (netip.Prefix, error) {
-	s, _, _ = strings.Cut(s, "&")
-	a, l, ok := strings.Cut(s, "-")
-	if !ok {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: no '-' between address and length", s)
-	}
-	addr, err := netip.ParseAddr(a)
-	if err != nil || !addr.Is4() {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an IPv4 address", s, a)
-	}
-	n, err := strconv.Atoi(l)
-	if err != nil || n < 0 || n > 32 {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: bad prefix length %q", s, l)
-	}
-	p := netip.PrefixFrom(addr, n)
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: host bits set", s)
-	}
-	return p, nil
 }

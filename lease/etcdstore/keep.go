@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"bytes"
@@ -11,11 +11,14 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // keepState is what Keep knows of its own lease.
 type keepState struct {
-	own Lease
+	own lease.Lease
 	key string
 	val []byte
 	id  clientv3.LeaseID // 0 for a reservation (no TTL)
@@ -31,7 +34,7 @@ type keepState struct {
 // restart leases a fresh subnet. While etcd is unreachable Keep retries,
 // with backoff and logging. It returns nil when ctx ends, leaving the
 // lease in etcd.
-func (m *Etcd) Keep(ctx context.Context, own Lease) error {
+func (m *Store) Keep(ctx context.Context, own lease.Lease) error {
 	val, err := json.Marshal(own.Attrs)
 	if err != nil {
 		return err
@@ -88,7 +91,7 @@ func watchAsync(ctx context.Context, cli *clientv3.Client, key string, rev int64
 
 // adopt finds the etcd lease of a key this Manager did not acquire (own
 // came from elsewhere) and renews it at once.
-func (m *Etcd) adopt(ctx context.Context, st *keepState) error {
+func (m *Store) adopt(ctx context.Context, st *keepState) error {
 	var kv *mvccpb.KeyValue
 	err := m.retry(ctx, "reading own lease", func(ctx context.Context, cli *clientv3.Client) error {
 		r, err := cli.Get(ctx, st.key)
@@ -117,7 +120,7 @@ func (m *Etcd) adopt(ctx context.Context, st *keepState) error {
 // renewAt is when to renew: RenewMargin before expiry, as flanneld; half
 // the TTL early when the margin is not below the TTL (a short test TTL
 // with the default margin), so renewals never spin.
-func (m *Etcd) renewAt(st *keepState) time.Time {
+func (m *Store) renewAt(st *keepState) time.Time {
 	margin := m.opts.RenewMargin
 	if margin >= m.opts.TTL {
 		margin = m.opts.TTL / 2
@@ -127,7 +130,7 @@ func (m *Etcd) renewAt(st *keepState) time.Time {
 
 // keepLoop renews and follows one watch of the own key. It returns nil to
 // have the watch made again, or an error when the lease is lost.
-func (m *Etcd) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepState, wch <-chan clientv3.WatchResponse) error {
+func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepState, wch <-chan clientv3.WatchResponse) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	arm := func(at time.Time) {
@@ -213,21 +216,21 @@ func (m *Etcd) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepState
 }
 
 // checkHolder accepts a value as ours when it names our PublicIP.
-func (m *Etcd) checkHolder(st *keepState, val []byte) error {
+func (m *Store) checkHolder(st *keepState, val []byte) error {
 	if bytes.Equal(val, st.val) {
 		return nil
 	}
-	var a Attrs
+	var a lease.Attrs
 	if err := json.Unmarshal(val, &a); err != nil || a.PublicIP != st.own.Attrs.PublicIP {
-		return fmt.Errorf("%w: %s is now held by another host (%q)", ErrLeaseLost, st.own.Subnet, val)
+		return fmt.Errorf("%w: %s is now held by another host (%s)", ErrLeaseLost, st.own.Subnet, excerpt.Quote(val, logValueMax))
 	}
 	return nil
 }
 
 // reclaim claims the own subnet again after its key went away.
-func (m *Etcd) reclaim(ctx context.Context, st *keepState, why string) error {
+func (m *Store) reclaim(ctx context.Context, st *keepState, why string) error {
 	m.log.Warn("reclaiming subnet lease", "subnet", st.own.Subnet, "reason", why)
-	var l Lease
+	var l lease.Lease
 	var won bool
 	var holder []byte
 	err := m.retry(ctx, "reclaiming subnet lease", func(ctx context.Context, cli *clientv3.Client) error {
@@ -254,7 +257,7 @@ func (m *Etcd) reclaim(ctx context.Context, st *keepState, why string) error {
 	})
 	if err != nil {
 		if errors.Is(err, ErrLeaseLost) {
-			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "subnet", st.own.Subnet, "holder", string(holder))
+			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "subnet", st.own.Subnet, "holder", excerpt.Quote(holder, logValueMax))
 		}
 		return err
 	}

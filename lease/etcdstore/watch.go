@@ -1,0 +1,262 @@
+package etcdstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/excerpt"
+)
+
+// watchState is what Watch knows: the leases as of revision rev.
+type watchState struct {
+	rev    int64                  // 0: nothing listed yet
+	leases map[string]lease.Lease // by key suffix, e.g. "10.5.42.0-24"
+	// bad holds the keys whose name or value is unreadable: each is
+	// logged once, when first seen, however often it changes.
+	bad map[string]*badKey
+	// dup holds keys left out of snapshots because another key claims
+	// the same subnet (a dual-stack flanneld's "a-24&v6-64" beside
+	// "a-24"); each is logged once.
+	dup map[string]bool
+}
+
+// badKey counts the unreadable revisions of one key.
+type badKey struct {
+	rev  int64 // last mod revision seen
+	revs int   // unreadable revisions seen
+}
+
+// Log bounds: a value (or key) can be as large as etcd's request limit,
+// ~1.5 MiB, and is written by whoever can write to the prefix.
+const (
+	logValueMax = excerpt.Max
+	logKeyMax   = 128
+)
+
+// Watch sends a snapshot of all leases under <prefix>/subnets/ (this
+// host's included), sorted by subnet: first the current set, then a new
+// one after each batch of changes. It follows a prefix watch, resuming
+// from the last revision seen after a disconnect and listing anew when
+// etcd compacted that revision away. While etcd is unreachable nothing is
+// sent, so the last snapshot stands. A key that is not SubnetKey's
+// spelling, or a value that is not flanneld's lease JSON with a usable
+// PublicIP, is left out and logged once (a bounded excerpt); the rest
+// stand. Each subnet appears once. Snapshots carry each
+// lease's mod revision but no Expiration. Watch returns ctx.Err() when ctx
+// ends.
+func (m *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
+	return m.watch(ctx, out, &watchState{})
+}
+
+func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchState) error {
+	wait := m.firstRetry()
+	for {
+		if st.rev == 0 {
+			if err := m.list(ctx, st); err != nil {
+				return err
+			}
+			if !m.send(ctx, out, st) {
+				return ctx.Err()
+			}
+		}
+		cli, err := m.client()
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err != nil {
+			m.log.Warn("etcd: watching leases: no connection, retrying", "err", err, "in", wait)
+			if !sleep(ctx, wait) {
+				return ctx.Err()
+			}
+			wait = min(2*wait, m.opts.RetryMax)
+			continue
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		wch := cli.Watch(clientv3.WithRequireLeader(wctx), m.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(st.rev+1))
+		progressed := m.follow(ctx, out, st, wch)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if progressed {
+			wait = m.firstRetry()
+		}
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+		wait = min(2*wait, m.opts.RetryMax)
+	}
+}
+
+// follow applies watch responses until the watch ends. It reports whether
+// any arrived, to reset the backoff.
+func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchState, wch clientv3.WatchChan) bool {
+	progressed := false
+	for wr := range wch {
+		if wr.CompactRevision != 0 {
+			m.log.Warn("etcd: missed lease changes (revision compacted), listing all leases again",
+				"resumeFrom", st.rev+1, "compacted", wr.CompactRevision)
+			st.rev = 0
+			return true
+		}
+		if err := wr.Err(); err != nil {
+			m.log.Warn("etcd: lease watch ended, resuming", "fromRevision", st.rev+1, "err", err)
+			return progressed
+		}
+		progressed = true
+		if len(wr.Events) == 0 {
+			continue // progress notification
+		}
+		for _, ev := range wr.Events {
+			m.apply(st, ev.Kv, ev.Type == clientv3.EventTypeDelete)
+		}
+		st.rev = wr.Header.Revision
+		if !m.send(ctx, out, st) {
+			return progressed
+		}
+	}
+	return progressed
+}
+
+// list replaces st with the leases in etcd now, retrying until it can.
+func (m *Store) list(ctx context.Context, st *watchState) error {
+	return m.retry(ctx, "listing leases", func(ctx context.Context, cli *clientv3.Client) error {
+		r, err := cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		old := st.leases
+		st.leases = make(map[string]lease.Lease, len(r.Kvs))
+		if st.bad == nil {
+			st.bad = map[string]*badKey{}
+		}
+		present := make(map[string]bool, len(r.Kvs))
+		for _, kv := range r.Kvs {
+			name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+			present[name] = true
+			if l, ok := old[name]; ok {
+				st.leases[name] = l // so apply logs only what changed
+			}
+			m.apply(st, kv, false)
+		}
+		for name := range st.bad {
+			if !present[name] {
+				delete(st.bad, name) // deleted while the watch was away
+			}
+		}
+		for name := range st.dup {
+			if !present[name] {
+				delete(st.dup, name)
+			}
+		}
+		for name, l := range old {
+			if _, ok := st.leases[name]; !ok {
+				m.log.Info("subnet removed", "subnet", l.Subnet, "publicIP", l.Attrs.PublicIP)
+			}
+		}
+		st.rev = r.Header.Revision
+		return nil
+	})
+}
+
+// apply records one key's new state. A key or value that cannot be read
+// leaves that key out of the snapshots and is logged once (a bounded
+// excerpt of it); the other leases stand.
+func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
+	name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+	if deleted {
+		if l, ok := st.leases[name]; ok {
+			m.log.Info("subnet removed", "subnet", l.Subnet, "publicIP", l.Attrs.PublicIP)
+		}
+		if b, ok := st.bad[name]; ok {
+			m.log.Info("unreadable subnet lease removed", "key", excerpt.Quote(kv.Key, logKeyMax), "unreadableRevisions", b.revs)
+		}
+		delete(st.leases, name)
+		delete(st.bad, name)
+		delete(st.dup, name)
+		return
+	}
+	sn, err := lease.ParseSubnetKey(name)
+	var a lease.Attrs
+	if err == nil {
+		err = json.Unmarshal(kv.Value, &a)
+	}
+	if err != nil {
+		if st.bad == nil {
+			st.bad = map[string]*badKey{}
+		}
+		b := st.bad[name]
+		if b == nil {
+			b = &badKey{}
+			st.bad[name] = b
+			m.log.Error("ignoring unreadable subnet lease", "key", excerpt.Quote(kv.Key, logKeyMax),
+				"value", excerpt.Quote(kv.Value, logValueMax), "valueBytes", len(kv.Value), "err", err,
+				"unreadableKeys", len(st.bad))
+		}
+		if b.rev != kv.ModRevision {
+			b.rev = kv.ModRevision
+			b.revs++
+		}
+		delete(st.leases, name)
+		return
+	}
+	if b, ok := st.bad[name]; ok {
+		m.log.Info("subnet lease readable again", "subnet", sn, "unreadableRevisions", b.revs)
+		delete(st.bad, name)
+	}
+	if old, ok := st.leases[name]; !ok || old.Attrs.PublicIP != a.PublicIP {
+		m.log.Info("subnet added", "subnet", sn, "publicIP", a.PublicIP, "backend", a.BackendType)
+	}
+	st.leases[name] = lease.Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision}
+}
+
+// send sends the snapshot: the leases sorted by subnet, each subnet once.
+// Two keys can name one subnet only as "a-24" and a dual-stack
+// "a-24&v6-64"; the key claimed first (lowest mod revision, then name)
+// stands, as etcd's create-if-absent would have had it with one key.
+func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchState) bool {
+	names := make([]string, 0, len(st.leases))
+	for name := range st.leases {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		la, lb := st.leases[a], st.leases[b]
+		if c := la.Subnet.Addr().Compare(lb.Subnet.Addr()); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(la.Revision, lb.Revision); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	snap := make([]lease.Lease, 0, len(names))
+	for _, name := range names {
+		l := st.leases[name]
+		if n := len(snap); n > 0 && snap[n-1].Subnet == l.Subnet {
+			if st.dup == nil {
+				st.dup = map[string]bool{}
+			}
+			if !st.dup[name] {
+				st.dup[name] = true
+				m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
+					"subnet", l.Subnet, "publicIP", l.Attrs.PublicIP, "heldBy", snap[n-1].Attrs.PublicIP)
+			}
+			continue
+		}
+		snap = append(snap, l)
+	}
+	select {
+	case out <- snap:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,93 @@
+package lease
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseSubnetKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.5.42.0-24":           "10.5.42.0/24",
+		"10.5.42.0-24&fd00::-64": "10.5.42.0/24",
+		"0.0.0.0-0":              "0.0.0.0/0",
+		// Keys of dual-stack and IPv6-only flanneld (the fixtures' README).
+		"10.5.83.0-24&fd00:10:5:62::-64": "10.5.83.0/24",
+		"0.0.0.0-0&fd00:10:5:12::-64":    "0.0.0.0/0",
+		"10.5.42.0/24":                   "",
+		"10.5.42.1-24":                   "",
+		"10.5.42.0-33":                   "",
+		"fd00::-64":                      "",
+		"10.5.42.0-x":                    "",
+		// Other spellings of 10.5.2.0-24: each would be a second key
+		// for one subnet (issue 14, item 3).
+		"10.5.2.0-024":                    "",
+		"10.5.2.0-+24":                    "",
+		"10.5.2.0- 24":                    "",
+		"10.5.2.0-24 ":                    "",
+		" 10.5.2.0-24":                    "",
+		"10.5.2.0 -24":                    "",
+		"010.5.2.0-24":                    "",
+		"10.5.2.1-24":                     "",
+		"::ffff:10.5.2.0-24":              "",
+		"::ffff:10.5.2.0-120":             "",
+		"10.5.2.0-0x18":                   "",
+		"10.5.2.0--24":                    "",
+		"10.5.2.0-24-24":                  "",
+		"10.5.2.0-":                       "",
+		"-24":                             "",
+		"10.5.2.0-24\n":                   "",
+		"10.5.2.0-24&":                    "",
+		"10.5.2.0-24&fd00::-064":          "",
+		"10.5.2.0-24&fd00:0::-64":         "",
+		"10.5.2.0-24&FD00::-64":           "",
+		"10.5.2.0-24&fd00::1-64":          "",
+		"10.5.2.0-24&fd00::%eth0-64":      "",
+		"10.5.2.0-24&::ffff:10.5.2.0-120": "",
+		"10.5.2.0-24&10.5.2.0-24":         "",
+		"10.5.2.0-24&fd00::-64&x":         "",
+	} {
+		p, err := ParseSubnetKey(in)
+		if (want == "") != (err != nil) || (err == nil && p.String() != want) {
+			t.Errorf("%q: %v, %v; want %q", in, p, err, want)
+		}
+		if err == nil && SubnetKey(p) != strings.Split(in, "&")[0] {
+			t.Errorf("%q: SubnetKey gives %q", in, SubnetKey(p))
+		}
+	}
+}
+
+// A key parses only if it is exactly what SubnetKey (and, after "&",
+// flanneld's IPv6 spelling) writes; every prefix SubnetKey writes parses
+// back to itself.
+func FuzzParseSubnetKey(f *testing.F) {
+	for _, s := range []string{"10.5.42.0-24", "10.5.42.0-24&fd00::-64", "10.5.2.0-024", "10.5.2.0-+24",
+		"::ffff:10.5.2.0-24", "10.5.2.1-24", "0.0.0.0-0", "255.255.255.255-32", "10.5.2.0-24&fd00::%x-64"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		p, err := ParseSubnetKey(in)
+		if err == nil {
+			v4, v6, dual := strings.Cut(in, "&")
+			if got := SubnetKey(p); got != v4 {
+				t.Fatalf("%q parses as %s, whose key is %q", in, p, got)
+			}
+			if dual {
+				p6, err := netip.ParsePrefix(strings.Replace(v6, "-", "/", 1))
+				if err != nil || !p6.Addr().Is6() || p6.Addr().Is4In6() || p6.Masked() != p6 ||
+					strings.Replace(p6.String(), "/", "-", 1) != v6 {
+					t.Fatalf("%q: IPv6 part %q is not canonical, yet accepted", in, v6)
+				}
+			}
+		}
+		// The other way: a masked IPv4 prefix spelled any way netip
+		// accepts has one key, which parses back to it.
+		if q, err := netip.ParsePrefix(in); err == nil && q.Addr().Is4() {
+			q = q.Masked()
+			back, err := ParseSubnetKey(SubnetKey(q))
+			if err != nil || back != q {
+				t.Fatalf("%s: key %q parses as %v, %v", q, SubnetKey(q), back, err)
+			}
+		}
+	})
+}
