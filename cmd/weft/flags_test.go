@@ -25,6 +25,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--log-format", "xml"}, nil, "--log-format"},
 		{[]string{"--public-ip", "not-an-ip"}, nil, "--public-ip"},
 		{[]string{"--public-ip", "2001:db8::1"}, nil, "--public-ip"},
+		{[]string{"--public-ip", "127.0.0.1"}, nil, "--public-ip"},
+		{[]string{"--public-ip", "224.0.0.9"}, nil, "--public-ip"},
 		{[]string{"--static-subnet", "10.6.1.0/24"}, nil, "--static-network"},
 		{nil, map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "9999"}, "--subnet-lease-renew-margin"},
 		{nil, map[string]string{"FLANNELD_IP_MASQ": "perhaps"}, "FLANNELD_IP_MASQ"},

@@ -197,8 +197,12 @@ func (f *runFlags) validate() error {
 		return fmt.Errorf("--log-format: %q is neither text nor json", f.logFormat)
 	}
 	if f.publicIP != "" {
-		if a, err := netip.ParseAddr(f.publicIP); err != nil || !a.Is4() {
+		a, err := netip.ParseAddr(f.publicIP)
+		if err != nil || !a.Is4() {
 			return fmt.Errorf("--public-ip: %q is not an IPv4 address", f.publicIP)
+		}
+		if err := lease.CheckPublicIP(a); err != nil {
+			return fmt.Errorf("--public-ip: %v", err)
 		}
 	}
 	static := f.staticNetwork != "" || f.staticSubnet != "" || len(f.staticPeers) > 0 || f.staticPeersFile != ""

@@ -3,7 +3,7 @@
 // untrusted input: any host that can write to the store can write one, so
 // a lease is admitted only when it is exactly one subnet of the cluster
 // network, is not this host's, overlaps no admitted lease, names a usable
-// unicast public IP that no other admitted lease names, and carries the
+// unicast public IP (lease.CheckPublicIP) that no other admitted lease names, and carries the
 // backend type and data this host's backend speaks. Everything else is
 // refused under one of the reason names below, which logs, `weft status`
 // and metrics share.
@@ -62,17 +62,6 @@ type Rule struct {
 type Decision struct {
 	Lease   lease.Lease
 	Refused *Refused // nil: admitted
-}
-
-// UsablePublicIP says whether a is an address a peer can be sent to: a
-// unicast IPv4 address, not unspecified, loopback, link-local, multicast,
-// broadcast or reserved (240/4), and not in 0/8 ("this network").
-func UsablePublicIP(a netip.Addr) bool {
-	if !a.Is4() {
-		return false
-	}
-	b := a.As4()
-	return a.IsGlobalUnicast() && b[0] != 0 && b[0] < 224
 }
 
 // Admit decides every lease of snap except this host's own. It is pure:
@@ -136,8 +125,9 @@ func check(r Rule, l lease.Lease) *Refused {
 		return &Refused{OutsideNetwork, fmt.Sprintf("%s is outside the network %s", s, r.Network)}
 	case r.Own.Subnet.IsValid() && s.Overlaps(r.Own.Subnet):
 		return &Refused{OwnSubnet, fmt.Sprintf("%s overlaps this host's subnet %s", s, r.Own.Subnet)}
-	case !UsablePublicIP(l.Attrs.PublicIP):
-		return &Refused{PublicIP, fmt.Sprintf("public IP %v is not a usable unicast IPv4 address", l.Attrs.PublicIP)}
+	}
+	if err := lease.CheckPublicIP(l.Attrs.PublicIP); err != nil {
+		return &Refused{PublicIP, err.Error()}
 	}
 	if r.Accept != nil {
 		if err := r.Accept(l.Attrs); err != nil {

@@ -39,7 +39,6 @@ func TestAdmitHostile(t *testing.T) {
 		{l("10.5.4.0/24", "127.0.0.1", 6), PublicIP},                           // loopback
 		{l("10.5.5.0/24", "224.0.0.1", 6), PublicIP},                           // multicast
 		{l("10.5.6.0/24", "255.255.255.255", 6), PublicIP},                     // broadcast
-		{l("10.5.7.0/24", "240.0.0.1", 6), PublicIP},                           // reserved
 		{l("10.5.8.0/24", "192.0.2.2", 7), PublicIPTaken},                      // 10.5.2.0's address, younger
 		{l("10.5.10.0/24", "192.0.2.1", 1), PublicIPTaken},                     // this host's address
 		{hostGW, BackendType},                                                  // another backend

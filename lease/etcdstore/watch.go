@@ -213,9 +213,9 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		delete(st.bad, name)
 	}
 	if old, ok := st.leases[name]; !ok || old.Attrs.PublicIP != a.PublicIP {
-		m.log.Info("subnet added", "subnet", sn, "publicIP", a.PublicIP, "backend", a.BackendType)
+		m.log.Debug("subnet lease seen", "subnet", sn, "publicIP", a.PublicIP, "backend", a.BackendType)
 	}
-	st.leases[name] = lease.Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision}
+	st.leases[name] = lease.Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision}
 }
 
 // send sends the snapshot: the leases sorted by subnet, each subnet once.

@@ -274,3 +274,27 @@ func TestEtcdServerRestartUnderWatchAndKeep(t *testing.T) {
 	default:
 	}
 }
+
+// TestEtcdWatchCreateRevision: a lease carries the revision of its
+// creation, which a renewal does not move, so admission can let the older
+// of two colliding leases win.
+func TestEtcdWatchCreateRevision(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	ctx := testCtx(t, 20*time.Second)
+	putLeases(t, cli, 0, 1)
+	m, _ := newTestEtcd(t, e, nil)
+	snaps := make(chan []lease.Lease)
+	go m.Watch(ctx, snaps)
+	first := receive(t, snaps, 10*time.Second)
+	if len(first) != 1 || first[0].CreateRevision == 0 {
+		t.Fatalf("first snapshot %+v", first)
+	}
+	putLeases(t, cli, 0, 1) // a renewal
+	s := waitFor(t, snaps, 10*time.Second, "the renewal", func(s []lease.Lease) bool {
+		return len(s) == 1 && s[0].Revision > first[0].Revision
+	})
+	if s[0].CreateRevision != first[0].CreateRevision {
+		t.Errorf("create revision moved from %d to %d on a renewal", first[0].CreateRevision, s[0].CreateRevision)
+	}
+}
