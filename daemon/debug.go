@@ -20,12 +20,15 @@ import (
 // is closed after idleTimeout, a response (other than a capture stream,
 // which the capture hub bounds itself) must be written within
 // writeTimeout, and at most maxConns connections are served at once.
-const (
+var (
 	readTimeout  = 10 * time.Second
 	writeTimeout = 30 * time.Second
 	idleTimeout  = 60 * time.Second
-	maxConns     = 32
-	maxHeader    = 16 << 10
+)
+
+const (
+	maxConns  = 32
+	maxHeader = 16 << 10
 )
 
 // newServer returns an http.Server with those bounds. A capture stream
@@ -33,7 +36,7 @@ const (
 func newServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: min(5*time.Second, readTimeout),
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
