@@ -88,7 +88,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		exp = float64(d.own.Expiration.Unix())
 	}
 	gauge(mLeaseExpiry, exp)
-	counts := d.gate.Counts()
+	counts := d.refusals()
 	for _, r := range admission.Reasons {
 		counter(mRefusals, counts[r], r)
 	}

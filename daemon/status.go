@@ -211,7 +211,7 @@ func (d *daemon) status() StatusReport {
 	r := StatusReport{
 		Store: d.o.StoreName, Backend: d.backend.Type(), Why: d.why, Subnet: d.own.Subnet, PublicIP: d.own.Attrs.PublicIP, MTU: d.mtu,
 		Ready: d.ready.Load(), Uptime: time.Since(o.started).Round(time.Second).String(),
-		DataPath: kernelPathNote(d.backend.Type()), Refused: d.gate.Refused(), Refusals: d.gate.Counts(),
+		DataPath: kernelPathNote(d.backend.Type()), Refused: d.gate.Refused(), Refusals: d.refusals(),
 	}
 	if !d.own.Expiration.IsZero() {
 		e := d.own.Expiration
@@ -256,4 +256,16 @@ func (d *daemon) status() StatusReport {
 	}
 	o.mu.Unlock()
 	return r
+}
+
+// refusals counts refused leases by reason: admission's, and the store's
+// unreadable ones when the store counts them.
+func (d *daemon) refusals() map[string]uint64 {
+	c := d.gate.Counts()
+	if s, ok := d.o.Store.(interface{ Unreadable() uint64 }); ok {
+		if n := s.Unreadable(); n > 0 {
+			c[admission.Unreadable] = n
+		}
+	}
+	return c
 }

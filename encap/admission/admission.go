@@ -29,10 +29,13 @@ const (
 	BackendType    = "backend-type"       // another backend than this host's
 	BackendData    = "backend-data"       // the backend's data is unreadable or does not match
 	IPv6           = "ipv6-not-supported" // an IPv6 subnet (dual-stack is not supported yet)
+	// Unreadable is the store's refusal, before admission: a key or value
+	// it cannot read (a non-canonical key, bad JSON, an unusable PublicIP).
+	Unreadable = "unreadable"
 )
 
 // Reasons lists every reason, for metrics that report zero counts too.
-var Reasons = []string{OutsideNetwork, SubnetLength, OwnSubnet, Overlap, PublicIP, PublicIPTaken, BackendType, BackendData, IPv6}
+var Reasons = []string{OutsideNetwork, SubnetLength, OwnSubnet, Overlap, PublicIP, PublicIPTaken, BackendType, BackendData, IPv6, Unreadable}
 
 // Refused is a refusal: the reason's name and a sentence for the log.
 type Refused struct {

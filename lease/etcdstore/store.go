@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -73,7 +74,10 @@ type Options struct {
 type Store struct {
 	opts Options
 	log  *slog.Logger
-	tls  *tls.Config
+	// unreadable counts keys under subnets/ whose name or value could not
+	// be read, each once (Unreadable).
+	unreadable atomic.Uint64
+	tls        *tls.Config
 
 	mu     sync.Mutex
 	cli    *clientv3.Client
@@ -432,3 +436,8 @@ func (m *Store) config(ctx context.Context) (*lease.Config, error) {
 	}
 	return m.Config(ctx)
 }
+
+// Unreadable returns how many keys under <prefix>/subnets/ the watch
+// has left out because their name or value could not be read (each key
+// counted once, however often it changed).
+func (m *Store) Unreadable() uint64 { return m.unreadable.Load() }

@@ -197,6 +197,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		if b == nil {
 			b = &badKey{}
 			st.bad[name] = b
+			m.unreadable.Add(1)
 			m.log.Error("ignoring unreadable subnet lease", "key", excerpt.Quote(kv.Key, logKeyMax),
 				"value", excerpt.Quote(kv.Value, logValueMax), "valueBytes", len(kv.Value), "err", err,
 				"unreadableKeys", len(st.bad))

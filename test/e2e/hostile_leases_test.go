@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/bench/harness"
+	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/encap/admission"
+)
+
+// TestHostileLeases writes, while pods ping each other, leases a hostile
+// or broken host could put into etcd: the default route, a piece of a
+// host's own subnet, another host's public IP, another spelling of a key,
+// loopback and multicast public IPs, a subnet of another network, broken
+// backend data. Every host's routes, addresses, neighbours, FDB and
+// iptables stay exactly as they were but for the one valid lease among
+// them; traffic keeps flowing; nothing crashes; every refusal is counted.
+func TestHostileLeases(t *testing.T) {
+	for _, backend := range []string{"host-gw", "vxlan", "udp"} {
+		t.Run(backend, func(t *testing.T) { testHostileLeases(t, backend) })
+	}
+}
+
+func testHostileLeases(t *testing.T, backend string) {
+	k := newKCluster(t, 2, fmt.Sprintf(`{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":%q}}`, backend), func(l *lab.Lab) {
+		for _, h := range l.Hosts {
+			if out, err := l.Exec(h.Name, "ip", "route", "replace", "default", "via", "192.0.2.254"); err != nil {
+				t.Fatalf("default route: %v\n%s", err, out)
+			}
+		}
+	})
+	k.start(nil, 1, 2)
+	k.ping(1, 2)
+	k.ping(2, 1)
+	h1, h2 := k.Envs[0].Subnet, k.Envs[1].Subnet
+	h2IP := k.Lab.Host(2).IP
+	// The kernel backends' first passes are done once both see each other.
+	time.Sleep(500 * time.Millisecond)
+	before := []string{hostState(t, k.Lab, k.Lab.Host(1).Name), hostState(t, k.Lab, k.Lab.Host(2).Name)}
+
+	typ, data := backend, `null`
+	if backend == "vxlan" {
+		data = `{"VNI":1,"VtepMAC":"02:00:00:00:00:66"}`
+	}
+	if backend == "udp" {
+		typ = ""
+	}
+	val := func(ip, typ, data string) string {
+		return fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q,"BackendData":%s}`, ip, typ, data)
+	}
+	ownPart := h1.Addr().String() + "-25"
+	hostile := map[string]string{
+		"0.0.0.0-0":      val("192.0.2.66", typ, data),                           // the default route
+		ownPart:          val("192.0.2.66", typ, data),                           // half of h1's subnet
+		"10.5.200.0-24":  val(h2IP.String(), typ, data),                          // takes h2's public IP
+		"10.5.201.0-024": val("192.0.2.67", typ, data),                           // another spelling
+		"10.5.202.0-24":  val("127.0.0.1", typ, data),                            // loopback
+		"10.5.203.0-24":  val("224.0.0.5", typ, data),                            // multicast
+		"10.6.1.0-24":    val("192.0.2.68", typ, data),                           // another network
+		"10.5.204.0-24":  val("192.0.2.69", "vxlan", `{"VNI":1,"VtepMAC":"zz"}`), // broken backend data
+		"10.5.205.0-24":  `{"PublicIP":`,                                         // not JSON
+	}
+	if backend == "vxlan" {
+		hostile["10.5.206.0-24"] = val("192.0.2.70", "host-gw", `null`) // another backend
+	}
+	const validSubnet = "10.5.99.0/24"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for key, v := range hostile {
+		if _, err := k.cli.Put(ctx, harness.EtcdPrefix+"/subnets/"+key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := k.cli.Put(ctx, harness.EtcdPrefix+"/subnets/10.5.99.0-24", val("192.0.2.99", typ, data)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		k.eventually(fmt.Sprintf("h%d admits the valid lease", i), 10*time.Second, func() (bool, string) {
+			s := k.stats(i)
+			for _, p := range s.Peers {
+				if p.Subnet.String() == validSubnet {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%+v", s.Peers)
+		})
+	}
+	time.Sleep(time.Second) // reconcile passes and repairs, had anything been touched
+	k.ping(1, 2)
+	k.ping(2, 1)
+	for i := 1; i <= 2; i++ {
+		if p := k.Runs[i-1]; p.Exited() {
+			t.Fatalf("h%d's weft exited:\n%s", i, p.Log())
+		}
+		after := hostState(t, k.Lab, k.Lab.Host(i).Name)
+		if d := lineDiff(withoutLines(before[i-1], "10.5.99.0", "192.0.2.99", "02:00:00:00:00:66"), withoutLines(after, "10.5.99.0", "192.0.2.99", "02:00:00:00:00:66")); d != "" {
+			t.Errorf("h%d: host state changed by hostile leases:\n%s", i, d)
+		}
+		s := k.stats(i)
+		var refused uint64
+		for _, n := range s.Refusals {
+			refused += n
+		}
+		// h1 and h2 each see: 0/0 and the /25 (wrong lengths), h2's IP
+		// taken, another network, broken data (and vxlan: another
+		// backend); the store refuses the other spelling, the non-JSON
+		// value, loopback and multicast as unreadable.
+		want := uint64(5 + 4)
+		if backend == "vxlan" {
+			want++
+		}
+		if refused != want || s.Refusals[admission.SubnetLength] < 2 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Unreadable] != 4 {
+			t.Errorf("h%d: refusals %v (%d), want %d; refused now %v", i, s.Refusals, refused, want, s.Refused)
+		}
+		if _, ok := s.Refused[h2.String()]; ok {
+			t.Errorf("h%d: the real h2 was refused: %v", i, s.Refused)
+		}
+	}
+	k.stop(1, 2)
+}
+
+// withoutLines drops the lines of s that mention any of words.
+func withoutLines(s string, words ...string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(s, "\n") {
+		keep := true
+		for _, w := range words {
+			keep = keep && !strings.Contains(l, w)
+		}
+		if keep {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
