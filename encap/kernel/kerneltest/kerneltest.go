@@ -76,6 +76,13 @@ func onThread(fn func() error) error {
 
 // Sysctl writes /proc/sys/key inside the namespace.
 func (n *NS) Sysctl(key, value string) error {
+	return n.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) })
+}
+
+// Do runs fn on a thread inside the namespace: devices and sockets fn
+// creates belong to it. The thread goes back to the original namespace
+// after, or is never reused.
+func (n *NS) Do(fn func() error) error {
 	return onThread(func() error {
 		orig, err := netns.Get()
 		if err != nil {
@@ -85,11 +92,11 @@ func (n *NS) Sysctl(key, value string) error {
 		if err := netns.Set(n.Handle); err != nil {
 			return err
 		}
-		werr := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644)
+		ferr := fn()
 		if err := netns.Set(orig); err != nil {
 			return fmt.Errorf("back to the original namespace: %w", err)
 		}
-		return werr
+		return ferr
 	})
 }
 
