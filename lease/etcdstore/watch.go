@@ -7,6 +7,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -81,8 +82,7 @@ func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchSt
 		}
 		wctx, cancel := context.WithCancel(ctx)
 		wch := cli.Watch(clientv3.WithRequireLeader(wctx), m.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(st.rev+1))
-		progressed := m.follow(ctx, out, st, wch)
-		cancel()
+		progressed := m.follow(ctx, out, st, wch, cancel)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -97,33 +97,101 @@ func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchSt
 }
 
 // follow applies watch responses until the watch ends. It reports whether
-// any arrived, to reset the backoff.
-func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchState, wch clientv3.WatchChan) bool {
-	progressed := false
-	for wr := range wch {
-		if wr.CompactRevision != 0 {
-			m.log.Warn("etcd: missed lease changes (revision compacted), listing all leases again",
-				"resumeFrom", st.rev+1, "compacted", wr.CompactRevision)
-			st.rev = 0
+// any arrived, to reset the backoff. One goroutine applies responses as
+// they come while this one sends snapshots: while the receiver is busy
+// with a snapshot, a burst of changes (hosts joining one by one) keeps
+// being applied, and the next snapshot is the latest state, not one of a
+// backlog of stale ones each costing the receiver O(hosts). stop ends the
+// watch (wch closes); follow returns only once the reader is done with st.
+func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchState, wch clientv3.WatchChan, stop func()) bool {
+	var (
+		mu         sync.Mutex
+		progressed bool
+	)
+	dirty := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for wr := range wch {
+			mu.Lock()
+			end, changed, prog := m.take(st, wr)
+			progressed = progressed || prog
+			mu.Unlock()
+			if changed {
+				select {
+				case dirty <- struct{}{}:
+				default:
+				}
+			}
+			if end {
+				return
+			}
+		}
+	}()
+	finish := func() bool {
+		stop()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return progressed
+	}
+	sendLatest := func() bool {
+		mu.Lock()
+		if st.rev == 0 { // compacted: the caller lists anew
+			mu.Unlock()
 			return true
 		}
-		if err := wr.Err(); err != nil {
-			m.log.Warn("etcd: lease watch ended, resuming", "fromRevision", st.rev+1, "err", err)
-			return progressed
-		}
-		progressed = true
-		if len(wr.Events) == 0 {
-			continue // progress notification
-		}
-		for _, ev := range wr.Events {
-			m.apply(st, ev.Kv, ev.Type == clientv3.EventTypeDelete)
-		}
-		st.rev = wr.Header.Revision
-		if !m.send(ctx, out, st) {
-			return progressed
+		snap := m.snapshot(st)
+		mu.Unlock()
+		select {
+		case out <- snap:
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
-	return progressed
+	for {
+		select {
+		case <-dirty:
+			if !sendLatest() {
+				return finish()
+			}
+		case <-done:
+			select {
+			case <-dirty:
+				sendLatest()
+			default:
+			}
+			return finish()
+		case <-ctx.Done():
+			return finish()
+		}
+	}
+}
+
+// take applies one watch response. It reports whether the watch must end
+// (compaction, which also resets st.rev so the caller lists anew; an
+// error), whether the leases changed, and whether the response was
+// progress (anything but an error).
+func (m *Store) take(st *watchState, wr clientv3.WatchResponse) (end, changed, progress bool) {
+	if wr.CompactRevision != 0 {
+		m.log.Warn("etcd: missed lease changes (revision compacted), listing all leases again",
+			"resumeFrom", st.rev+1, "compacted", wr.CompactRevision)
+		st.rev = 0
+		return true, false, true
+	}
+	if err := wr.Err(); err != nil {
+		m.log.Warn("etcd: lease watch ended, resuming", "fromRevision", st.rev+1, "err", err)
+		return true, false, false
+	}
+	if len(wr.Events) == 0 {
+		return false, false, true // progress notification
+	}
+	for _, ev := range wr.Events {
+		m.apply(st, ev.Kv, ev.Type == clientv3.EventTypeDelete)
+	}
+	st.rev = wr.Header.Revision
+	return false, true, true
 }
 
 // list replaces st with the leases in etcd now, retrying until it can.
@@ -224,6 +292,16 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 // "a-24&v6-64"; the key claimed first (lowest mod revision, then name)
 // stands, as etcd's create-if-absent would have had it with one key.
 func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchState) bool {
+	select {
+	case out <- m.snapshot(st):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// snapshot is st's leases sorted by subnet, each subnet once.
+func (m *Store) snapshot(st *watchState) []lease.Lease {
 	names := make([]string, 0, len(st.leases))
 	for name := range st.leases {
 		names = append(names, name)
@@ -254,10 +332,5 @@ func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchSta
 		}
 		snap = append(snap, l)
 	}
-	select {
-	case out <- snap:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return snap
 }

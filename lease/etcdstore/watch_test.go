@@ -298,3 +298,27 @@ func TestEtcdWatchCreateRevision(t *testing.T) {
 		t.Errorf("create revision moved from %d to %d on a renewal", first[0].CreateRevision, s[0].CreateRevision)
 	}
 }
+
+// TestEtcdWatchCoalescesBursts: hosts joining one put at a time while the
+// receiver is busy become a few snapshots, the last with every lease, not
+// one stale snapshot per put.
+func TestEtcdWatchCoalescesBursts(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	ctx := testCtx(t, 30*time.Second)
+	m, _ := newTestEtcd(t, e, nil)
+	snaps := make(chan []lease.Lease)
+	go m.Watch(ctx, snaps)
+	receive(t, snaps, 10*time.Second)
+	const n = 400
+	for i := range n {
+		putLeases(t, cli, i, 1) // one put per host
+	}
+	time.Sleep(300 * time.Millisecond) // the receiver is busy meanwhile
+	got := 0
+	s := waitFor(t, snaps, 10*time.Second, "every lease", func(s []lease.Lease) bool { got++; return len(s) == n })
+	checkSnapshot(t, s, 0, n)
+	if got > 3 {
+		t.Errorf("%d snapshots for %d puts made while the receiver was busy; want the latest, not a backlog", got, n)
+	}
+}
