@@ -63,6 +63,16 @@ func New(o Options) (*Backend, error) {
 	if !o.Host.IfaceAddr.Is4() {
 		return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address", o.Host.Iface)
 	}
+	// Peers route this host's subnet via its public IP, so that must be
+	// the interface's own address: one that differs means a NAT between
+	// (or an address of another interface), where host-gw routes go
+	// nowhere. flanneld v0.28.9 refuses it the same way
+	// (pkg/backend/hostgw/hostgw.go, New: ExtAddr != IfaceAddr).
+	if o.Host.PublicIP.IsValid() && o.Host.PublicIP != o.Host.IfaceAddr {
+		return nil, fmt.Errorf("host-gw: the public IP %s (--public-ip) differs from %s's address %s: this host is probably behind NAT, "+
+			"which host-gw cannot route (flanneld refuses it too); use vxlan or udp, or a --public-ip/--iface that is the interface's own address",
+			o.Host.PublicIP, o.Host.Iface, o.Host.IfaceAddr)
+	}
 	b := &Backend{host: o.Host, nl: o.NL, log: o.Log, refused: map[netip.Prefix]string{}}
 	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "host-gw"), Interval: o.Interval, Desired: b.desired}
 	return b, nil
