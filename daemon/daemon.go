@@ -69,7 +69,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
-	host := encap.Host{Iface: d.ext.Name, IfaceIndex: d.ext.Index, IfaceAddr: d.ext.Addr, PublicIP: d.ext.PublicIP, IfaceMTU: d.ext.MTU}
+	host := d.ext.host()
 	if d.backend, d.why, err = selectBackend(ctx, &o, host, d.cfg, log); err != nil {
 		return err
 	}
