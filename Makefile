@@ -8,7 +8,7 @@ RACE    := ./engine/... ./encap/... ./lease/... ./capture/... ./daemon/...
 STATICCHECK ?= $(shell command -v staticcheck || echo $(HOME)/go/bin/staticcheck)
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit race fuzz bench demo lint clean soak
+.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs
 
 all: build
 
@@ -46,6 +46,18 @@ bench: build
 # bench/soak/latest.txt and docs/reliability.md. Needs root.
 soak:
 	GO=$(GO) ./bench/soak/soak.sh
+
+# The container image's root filesystem, laid out in DIR (the Dockerfile
+# copies exactly this): /opt/bin/weft, and /opt/bin/flanneld, a link to it,
+# where kube-flannel.yml runs flanneld (weft invoked as flanneld is weft
+# run). A static binary, so any base image with cp (kube-flannel.yml's
+# install-cni init container), iptables and nft will do.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+rootfs:
+	@test -n "$(DIR)" || { echo "usage: make rootfs DIR=/path/to/root"; exit 2; }
+	mkdir -p $(DIR)/opt/bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(DIR)/opt/bin/weft ./cmd/weft
+	ln -sfn weft $(DIR)/opt/bin/flanneld
 
 demo: build
 	./$(BIN) demo

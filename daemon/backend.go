@@ -126,6 +126,9 @@ func chooseAuto(ctx context.Context, o *Options, host encap.Host, nl *kernel.Net
 		return auto.Choose(f)
 	}
 	f.Peers, f.Connected = peers, connected
+	if err := hostgw.CheckPublicIP(host); err != nil {
+		f.Unknown = err.Error() // rules host-gw out
+	}
 	return auto.Choose(f)
 }
 

@@ -65,8 +65,11 @@ func Run(ctx context.Context, o Options) error {
 	if d.cfg, err = o.Store.Config(ctx); err != nil {
 		return err
 	}
+	if err := ValidateBackend(d.cfg); err != nil {
+		return err
+	}
 	log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
-	host := encap.Host{Iface: d.ext.Name, IfaceIndex: d.ext.Index, IfaceAddr: d.ext.Addr, PublicIP: d.ext.PublicIP, IfaceMTU: d.ext.MTU}
+	host := d.ext.host()
 	if d.backend, d.why, err = selectBackend(ctx, &o, host, d.cfg, log); err != nil {
 		return err
 	}

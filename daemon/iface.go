@@ -3,123 +3,280 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"regexp"
+	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/kernel"
 )
 
 // extIface is the interface that carries inter-host traffic and the
 // address peers reach this host at.
 type extIface struct {
-	Name     string
-	Index    int
-	Addr     netip.Addr // the interface's own IPv4 address
-	PublicIP netip.Addr // --public-ip, or Addr
+	Name  string
+	Index int
+	// Addr is the interface address weft binds its sockets to and the
+	// kernel vxlan device sends from (flanneld's IfaceAddr).
+	Addr netip.Addr
+	// PublicIP is what the lease advertises: --public-ip, or Addr
+	// (flanneld's ExtAddr).
+	PublicIP netip.Addr
 	MTU      int
 }
 
-// findExtIface resolves --iface, --iface-regex and --iface-can-reach as
-// flanneld does: the first --iface (name or IP) that exists, else the first
-// interface matching a regex, else the interface of the route to the
-// --iface-can-reach address, else the interface of the default route.
+// host is what the backends know of it: they bind to, and the kernel vxlan
+// device sends from, Addr; leases advertise PublicIP.
+func (e *extIface) host() encap.Host {
+	return encap.Host{Iface: e.Name, IfaceIndex: e.Index, IfaceAddr: e.Addr, PublicIP: e.PublicIP, IfaceMTU: e.MTU}
+}
+
+// findExtIface chooses the interface and its address as flanneld v0.28.9
+// does (main.go, pkg/ipmatch/match.go LookupExtIface, pkg/ip/iface.go),
+// in the current network namespace.
 func findExtIface(f InterfaceOptions) (*extIface, error) {
-	var link netlink.Link
-	var err error
-	switch {
-	case len(f.Ifaces) > 0:
-		for _, s := range f.Ifaces {
-			if link, err = linkByNameOrIP(s); err == nil {
-				break
+	return lookupExtIface(&netlink.Handle{}, f, slog.Default())
+}
+
+// lookupExtIface is findExtIface through h:
+//
+//   - With none of --iface, --iface-regex, --iface-can-reach: the interface
+//     that holds --public-ip, with that address; without --public-ip, the
+//     interface of the main table's first default route.
+//   - Else each --iface in order, a name (its first address) or an address
+//     (the interface holding it, with that address); then each
+//     --iface-regex in order, first against every interface's addresses
+//     (that address), then against their names (the first address); then
+//     --iface-can-reach (the route's interface and source address). A kind
+//     that matches nothing usable falls through to the next, logged.
+//
+// An interface's first address is its first global unicast IPv4 address,
+// else its first link-local one. --public-ip, when given, is advertised
+// whatever interface was chosen. Unlike flanneld, an --iface-regex that is
+// not a regular expression or an --iface-can-reach that is not an address
+// is refused rather than skipped.
+func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*extIface, error) {
+	regexes := make([]*regexp.Regexp, len(f.IfaceRegex))
+	for i, expr := range f.IfaceRegex {
+		re, err := regexp.Compile(expr)
+		if err != nil {
+			return nil, fmt.Errorf("--iface-regex: %q: %v", expr, err)
+		}
+		regexes[i] = re
+	}
+	var canReach netip.Addr
+	if n := len(f.IfaceCanReach); n > 0 {
+		// flanneld's --iface-can-reach is a single value: the last given wins.
+		a, err := netip.ParseAddr(f.IfaceCanReach[n-1])
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("--iface-can-reach: %q is not an IPv4 address", f.IfaceCanReach[n-1])
+		}
+		canReach = a
+	}
+	withPublic := func(e *extIface) *extIface {
+		e.PublicIP = e.Addr
+		if f.PublicIP.IsValid() {
+			e.PublicIP = f.PublicIP
+		}
+		return e
+	}
+
+	if len(f.Ifaces) == 0 && len(regexes) == 0 && !canReach.IsValid() {
+		if f.PublicIP.IsValid() {
+			e, err := byAddr(h, f.PublicIP)
+			if err != nil {
+				return nil, fmt.Errorf("--public-ip %s without --iface: %v (flanneld uses the interface that holds the public IP; "+
+					"for an address this host does not have, such as a NAT's, name the interface with --iface)", f.PublicIP, err)
 			}
+			return withPublic(e), nil
 		}
-		if link == nil {
-			return nil, fmt.Errorf("--iface: none of %v is usable: %v", []string(f.Ifaces), err)
+		e, err := byDefaultRoute(h)
+		if err != nil {
+			return nil, fmt.Errorf("no --iface given and %v", err)
 		}
-	case len(f.IfaceRegex) > 0:
-		links, lerr := netlink.LinkList()
-		if lerr != nil && !errors.Is(lerr, netlink.ErrDumpInterrupted) {
-			return nil, lerr
+		return withPublic(e), nil
+	}
+
+	var tried []string
+	skip := func(what string, err error) {
+		tried = append(tried, fmt.Sprintf("%s: %v", what, err))
+		log.Info("interface not usable, trying the next choice", "choice", what, "err", err)
+	}
+	for _, s := range f.Ifaces {
+		e, err := byNameOrAddr(h, s)
+		if err == nil {
+			return withPublic(e), nil
 		}
-		for _, expr := range f.IfaceRegex {
-			re, rerr := regexp.Compile(expr)
-			if rerr != nil {
-				return nil, fmt.Errorf("--iface-regex: %q: %v", expr, rerr)
-			}
-			for _, l := range links {
-				if re.MatchString(l.Attrs().Name) {
-					link = l
-					break
-				}
-				if a, _ := firstIPv4(l); a.IsValid() && re.MatchString(a.String()) {
-					link = l
-					break
-				}
-			}
-			if link != nil {
-				break
-			}
-		}
-		if link == nil {
-			return nil, fmt.Errorf("--iface-regex: no interface matches %v", []string(f.IfaceRegex))
-		}
-	default:
-		target := net.IPv4zero
-		if len(f.IfaceCanReach) > 0 {
-			a, perr := netip.ParseAddr(f.IfaceCanReach[0])
-			if perr != nil {
-				return nil, fmt.Errorf("--iface-can-reach: %v", perr)
-			}
-			target = a.AsSlice()
-		}
-		routes, rerr := netlink.RouteGet(target)
-		if rerr != nil || len(routes) == 0 {
-			return nil, fmt.Errorf("no --iface given and no route to %s to find one: %v", target, rerr)
-		}
-		if link, err = netlink.LinkByIndex(routes[0].LinkIndex); err != nil {
+		skip("--iface "+s, err)
+	}
+	if len(regexes) > 0 {
+		links, err := kernel.Dump(h.LinkList)
+		if err != nil {
 			return nil, err
 		}
+		for i, re := range regexes {
+			e, err := byRegex(h, links, re)
+			if err == nil {
+				return withPublic(e), nil
+			}
+			skip("--iface-regex "+f.IfaceRegex[i], err)
+		}
 	}
-	addr, err := firstIPv4(link)
+	if canReach.IsValid() {
+		e, err := byRoute(h, canReach)
+		if err == nil {
+			return withPublic(e), nil
+		}
+		skip("--iface-can-reach "+canReach.String(), err)
+	}
+	return nil, fmt.Errorf("no interface matches --iface, --iface-regex or --iface-can-reach (%s)", strings.Join(tried, "; "))
+}
+
+// newExt is link with addr, or its first address when addr is not valid.
+func newExt(h *netlink.Handle, l netlink.Link, addr netip.Addr) (*extIface, error) {
+	if !addr.IsValid() {
+		addrs, err := ipv4Addrs(h, l)
+		if err != nil {
+			return nil, err
+		}
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("interface %s has no IPv4 address", l.Attrs().Name)
+		}
+		addr = addrs[0]
+	}
+	a := l.Attrs()
+	if a.MTU == 0 {
+		return nil, fmt.Errorf("interface %s has no MTU", a.Name)
+	}
+	return &extIface{Name: a.Name, Index: a.Index, Addr: addr, MTU: a.MTU}, nil
+}
+
+// ipv4Addrs are l's IPv4 addresses as flanneld orders them
+// (GetInterfaceIP4Addrs): the global unicast ones, then the link-local
+// ones, each in the kernel's order; no loopback, multicast or broadcast.
+func ipv4Addrs(h *netlink.Handle, l netlink.Link) ([]netip.Addr, error) {
+	all, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V4) })
 	if err != nil {
-		return nil, fmt.Errorf("interface %s: %v", link.Attrs().Name, err)
+		return nil, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
 	}
-	e := &extIface{Name: link.Attrs().Name, Index: link.Attrs().Index, Addr: addr, PublicIP: addr, MTU: link.Attrs().MTU}
-	if f.PublicIP.IsValid() {
-		e.PublicIP = f.PublicIP
+	var global, local []netip.Addr
+	for _, x := range all {
+		a, ok := netip.AddrFromSlice(x.IP)
+		if !ok || !a.Unmap().Is4() {
+			continue
+		}
+		switch a = a.Unmap(); {
+		case a.IsGlobalUnicast():
+			global = append(global, a)
+		case a.IsLinkLocalUnicast():
+			local = append(local, a)
+		}
 	}
-	return e, nil
+	return append(global, local...), nil
 }
 
-func linkByNameOrIP(s string) (netlink.Link, error) {
+func byNameOrAddr(h *netlink.Handle, s string) (*extIface, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
-		links, err := netlink.LinkList()
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, err
+		if !a.Is4() {
+			return nil, errors.New("not an IPv4 address (IPv6 is not supported yet)")
 		}
-		for _, l := range links {
-			addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
-			for _, x := range addrs {
-				if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
-					return l, nil
-				}
+		return byAddr(h, a)
+	}
+	l, err := h.LinkByName(s)
+	if err != nil {
+		return nil, fmt.Errorf("no interface %s: %v", s, err)
+	}
+	return newExt(h, l, netip.Addr{})
+}
+
+// byAddr is the first interface (by index) holding a, with a.
+func byAddr(h *netlink.Handle, a netip.Addr) (*extIface, error) {
+	links, err := kernel.Dump(h.LinkList)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range links {
+		addrs, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V4) })
+		if err != nil {
+			continue
+		}
+		for _, x := range addrs {
+			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+				return newExt(h, l, a)
 			}
 		}
-		return nil, fmt.Errorf("no interface has address %s", a)
 	}
-	return netlink.LinkByName(s)
+	return nil, fmt.Errorf("no interface has the address %s", a)
 }
 
-func firstIPv4(l netlink.Link) (netip.Addr, error) {
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return netip.Addr{}, err
-	}
-	for _, a := range addrs {
-		if x, ok := netip.AddrFromSlice(a.IP); ok && !x.IsLoopback() {
-			return x.Unmap(), nil
+// byRegex matches re against every interface's addresses first (that
+// address), then against every name (the first address), as
+// ipmatch.LookupExtIface does.
+func byRegex(h *netlink.Handle, links []netlink.Link, re *regexp.Regexp) (*extIface, error) {
+	for _, l := range links {
+		addrs, err := ipv4Addrs(h, l)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if re.MatchString(a.String()) {
+				return newExt(h, l, a)
+			}
 		}
 	}
-	return netip.Addr{}, errors.New("has no IPv4 address")
+	for _, l := range links {
+		if re.MatchString(l.Attrs().Name) {
+			return newExt(h, l, netip.Addr{})
+		}
+	}
+	var have []string
+	for _, l := range links {
+		addrs, _ := ipv4Addrs(h, l)
+		have = append(have, fmt.Sprintf("%s:%v", l.Attrs().Name, addrs))
+	}
+	return nil, fmt.Errorf("matches none of the interfaces (%s)", strings.Join(have, ", "))
+}
+
+// byRoute is the interface of the route to dst, with the route's source
+// address (flanneld's GetInterfaceBySpecificIPRouting).
+func byRoute(h *netlink.Handle, dst netip.Addr) (*extIface, error) {
+	routes, err := h.RouteGet(net.IP(dst.AsSlice()))
+	if err != nil || len(routes) == 0 {
+		return nil, fmt.Errorf("no route to %s: %v", dst, err)
+	}
+	l, err := h.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return nil, err
+	}
+	var src netip.Addr
+	if a, ok := netip.AddrFromSlice(routes[0].Src); ok {
+		src = a.Unmap()
+	}
+	return newExt(h, l, src)
+}
+
+// byDefaultRoute is the interface of the main table's first IPv4 default
+// route (flanneld's GetDefaultGatewayInterface), with its first address.
+func byDefaultRoute(h *netlink.Handle) (*extIface, error) {
+	routes, err := kernel.Dump(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
+			if r.LinkIndex <= 0 {
+				return nil, errors.New("the default route has no interface (give --iface)")
+			}
+			l, err := h.LinkByIndex(r.LinkIndex)
+			if err != nil {
+				return nil, err
+			}
+			return newExt(h, l, netip.Addr{})
+		}
+	}
+	return nil, errors.New("there is no default route to find the interface by (give --iface)")
 }

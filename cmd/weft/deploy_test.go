@@ -238,7 +238,7 @@ func TestDaemonSet(t *testing.T) {
 		t.Fatalf("%d containers, want 1", len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if !slices.Equal(c.Command, []string{"/usr/bin/weft", "run"}) {
+	if !slices.Equal(c.Command, []string{"/opt/bin/flanneld"}) { // kube-flannel.yml's, laid out by make rootfs
 		t.Errorf("command %q", c.Command)
 	}
 	checkRunArgs(t, "DaemonSet args", c.Args)

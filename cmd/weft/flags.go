@@ -32,7 +32,8 @@ var flanneldFlags = map[string]bool{
 	"iface": true, "iface-regex": true, "iface-can-reach": true, "public-ip": true, "public-ipv6": true,
 	"subnet-file": true, "subnet-lease-renew-margin": true,
 	"ip-masq": true, "ip-masq-fully-random-disable": true, "iptables-resync": true, "iptables-forward-rules": true,
-	"iptables-nft-rules": true, "ip-blackhole-route": true, "healthz-ip": true, "healthz-port": true, "v": true,
+	"iptables-nft-rules": true, "ip-blackhole-route": true, "healthz-ip": true, "healthz-port": true,
+	"v": true, "vmodule": true, "log_backtrace_at": true, // klog's, copied onto flanneld's flag set
 	"kube-subnet-mgr": true, "kube-api-url": true, "kubeconfig-file": true, "kube-annotation-prefix": true,
 	"net-config-path": true, "set-node-network-unavailable": true, "use-multicluster-cidr": true,
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/daemon"
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/lease/etcdstore"
 )
@@ -96,8 +97,8 @@ func runNetconf(args []string) error {
 		if data, err = readConfigArg(fs.Arg(0)); err != nil {
 			return err
 		}
-		// Refuse before contacting etcd.
-		if _, err := lease.ParseConfig(data); err != nil {
+		// Refuse before contacting etcd, as weft run would refuse it.
+		if err := checkNetconf(data); err != nil {
 			return err
 		}
 	}
@@ -127,7 +128,7 @@ func runNetconf(args []string) error {
 		if len(got) == 0 || got[len(got)-1] != '\n' {
 			fmt.Println()
 		}
-		if _, err := lease.ParseConfig(got); err != nil {
+		if err := checkNetconf(got); err != nil {
 			fmt.Fprintf(os.Stderr, "weft netconf: warning: the stored config is invalid: %v\n", err)
 		}
 		return nil
@@ -139,6 +140,16 @@ func runNetconf(args []string) error {
 	fmt.Fprintf(os.Stderr, "stored network config at %s: Network %s, SubnetLen %d (SubnetMin %s, SubnetMax %s), backend %s\n",
 		store.ConfigKey(), cfg.Network, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.BackendType)
 	return nil
+}
+
+// checkNetconf is what weft run checks of a network config: flannel's
+// JSON, and the Backend fields with the backends' own parsers.
+func checkNetconf(data []byte) error {
+	cfg, err := lease.ParseConfig(data)
+	if err != nil {
+		return err
+	}
+	return daemon.ValidateBackend(cfg)
 }
 
 // readConfigArg reads a config given inline, as @FILE, or as @- (stdin).

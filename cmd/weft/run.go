@@ -40,6 +40,7 @@ type runFlags struct {
 	healthzIP                             string
 	healthzPort                           int
 	verbosity                             int
+	klog                                  klogFlags
 
 	// weft's own
 	tunName                     string
@@ -81,7 +82,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.blackhole, "ip-blackhole-route", false, "add a blackhole route for this host's subnet")
 	fs.StringVar(&f.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
 	fs.IntVar(&f.healthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
-	fs.IntVar(&f.verbosity, "v", 0, "log level for V logs (0: info, 1 or more: debug)")
+	fs.IntVar(&f.verbosity, "v", 0, "log level for V logs, as klog's -v (0: info, 1 or more: debug)")
+	f.klog.register(fs)
 
 	fs.StringVar(&f.tunName, "tun-name", "flannel0", "name of the TUN device (udp backend)")
 	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
@@ -129,6 +131,7 @@ func runRun(args []string) error {
 	fs.Visit(func(fl *flag.Flag) { f.forwardExplicit = f.forwardExplicit || fl.Name == "iptables-forward-rules" })
 	log := newLogger(f.logFormat, f.verbosity)
 	slog.SetDefault(log)
+	f.klog.warnUnused(log)
 	o, err := f.options(log)
 	if err != nil {
 		return err
@@ -213,10 +216,7 @@ func (f *runFlags) validate() error {
 }
 
 func newLogger(format string, v int) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if v > 0 {
-		opts.Level = slog.LevelDebug
-	}
+	opts := &slog.HandlerOptions{Level: logLevel(v)}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}

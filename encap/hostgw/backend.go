@@ -63,9 +63,27 @@ func New(o Options) (*Backend, error) {
 	if !o.Host.IfaceAddr.Is4() {
 		return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address", o.Host.Iface)
 	}
+	if err := CheckPublicIP(o.Host); err != nil {
+		return nil, err
+	}
 	b := &Backend{host: o.Host, nl: o.NL, log: o.Log, refused: map[netip.Prefix]string{}}
 	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "host-gw"), Interval: o.Interval, Desired: b.desired}
 	return b, nil
+}
+
+// CheckPublicIP refuses a public IP other than the interface's own
+// address. Peers route this host's subnet via its public IP, so one that
+// differs means a NAT between (or an address of another interface), where
+// host-gw routes go nowhere. flanneld v0.28.9 refuses it the same way
+// (pkg/backend/hostgw/hostgw.go, New: ExtAddr != IfaceAddr). auto asks it
+// too, so as not to pick host-gw on such a host.
+func CheckPublicIP(h encap.Host) error {
+	if h.PublicIP.IsValid() && h.PublicIP != h.IfaceAddr {
+		return fmt.Errorf("host-gw: the public IP %s (--public-ip) differs from %s's address %s: this host is probably behind NAT, "+
+			"which host-gw cannot route (flanneld refuses it too); use vxlan or udp, or a --public-ip/--iface that is the interface's own address",
+			h.PublicIP, h.Iface, h.IfaceAddr)
+	}
+	return nil
 }
 
 func (b *Backend) Type() string { return "host-gw" }

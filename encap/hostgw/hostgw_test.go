@@ -157,3 +157,18 @@ func TestRunLoop(t *testing.T) {
 		t.Fatal("ending Run removed the route; it must stay for a restart")
 	}
 }
+
+// A public IP that is not the interface's own address (a NAT'd host) is
+// refused, naming both, as flanneld v0.28.9's host-gw New refuses
+// ExtAddr != IfaceAddr; the interface's own address is not.
+func TestRefusesPublicIPOtherThanIfaceAddr(t *testing.T) {
+	host := encap.Host{Iface: "eth0", IfaceAddr: netip.MustParseAddr("192.0.2.1"), PublicIP: netip.MustParseAddr("203.0.113.9")}
+	_, err := New(Options{Host: host})
+	if err == nil || !strings.Contains(err.Error(), "203.0.113.9") || !strings.Contains(err.Error(), "192.0.2.1") || !strings.Contains(err.Error(), "NAT") {
+		t.Fatalf("NAT'd public IP: %v", err)
+	}
+	host.PublicIP = host.IfaceAddr
+	if _, err := New(Options{Host: host}); err != nil {
+		t.Fatalf("public IP = interface address: %v", err)
+	}
+}

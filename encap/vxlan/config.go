@@ -22,6 +22,7 @@ const (
 	// MTU is the underlay's minus 50 (the kernel's VXLAN_HEADROOM).
 	Overhead = 50
 	maxVNI   = 1<<24 - 1
+	minMTU   = 68 + Overhead
 )
 
 // Config is the vxlan part of the network config's Backend object, with
@@ -32,7 +33,7 @@ type Config struct {
 	GBP           bool
 	Learning      bool
 	DirectRouting bool
-	MTU           int // 0: the underlay's MTU minus Overhead
+	MTU           int // the underlay's MTU, as in flanneld; 0: the interface's
 }
 
 // ParseConfig reads Backend.VNI, Port, GBP, Learning, DirectRouting and
@@ -70,9 +71,10 @@ func ParseConfig(raw json.RawMessage) (Config, error) {
 	if c.Port < 1 || c.Port > 65535 {
 		return c, fmt.Errorf("network config: \"Backend.Port\": %d is not a UDP port", c.Port)
 	}
+	// Backend.MTU is the underlay's MTU; the device gets Overhead less, and
 	// 68 is the kernel's minimum for an IPv4 device (ETH_MIN_MTU).
-	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
-		return c, fmt.Errorf("network config: \"Backend.MTU\": %d is outside 68..65535", c.MTU)
+	if c.MTU != 0 && (c.MTU < minMTU || c.MTU > 65535) {
+		return c, fmt.Errorf("network config: \"Backend.MTU\": %d is outside %d..65535 (it is the underlay's MTU; the device gets %d less)", c.MTU, minMTU, Overhead)
 	}
 	return c, nil
 }
@@ -127,19 +129,26 @@ func AcceptLease(vni int) func(lease.Attrs) error {
 	}
 }
 
-// DeviceMTU is the MTU of flannel.<VNI>, kernel or userspace: the
-// underlay's minus Overhead, or Backend.MTU when that is smaller. A larger
-// Backend.MTU is logged and not used (the kernel clamps it too, silently:
-// vxlan_config_apply).
+// DeviceMTU is the MTU of flannel.<VNI>, kernel or userspace, and so
+// FLANNEL_MTU. As in flanneld, Backend.MTU is the underlay's MTU, not the
+// device's: it defaults to the interface's, and the device gets Overhead
+// less (flannel v0.28.9 pkg/backend/vxlan/vxlan.go: cfg.MTU defaults to
+// extIface.Iface.MTU; device.go: MTU: devAttrs.MTU - 50; vxlan_network.go:
+// MTU() is mtu - encapOverhead).
+//
+// A Backend.MTU larger than the interface's is clamped to it, with a
+// warning. flanneld leaves that to the kernel, which clamps the device
+// silently (vxlan_config_apply: dev->mtu is at most lowerdev->mtu -
+// VXLAN_HEADROOM), yet writes the unclamped value to FLANNEL_MTU, so pods
+// get an MTU their packets cannot cross the device with; weft writes the
+// device's MTU instead.
 func DeviceMTU(host encap.Host, c Config, log *slog.Logger) int {
-	mtu := host.IfaceMTU - Overhead
-	if c.MTU == 0 {
-		return mtu
+	underlay := host.IfaceMTU
+	if c.MTU != 0 && c.MTU <= underlay {
+		underlay = c.MTU
+	} else if c.MTU > underlay {
+		log.Warn("network config: Backend.MTU (the underlay's MTU) is larger than the interface's; using the interface's",
+			"mtu", c.MTU, "iface-mtu", host.IfaceMTU, "device-mtu", host.IfaceMTU-Overhead)
 	}
-	if c.MTU > mtu {
-		log.Warn("network config: Backend.MTU is larger than the underlay allows; using the largest that fits",
-			"mtu", c.MTU, "underlay-mtu", host.IfaceMTU, "using", mtu)
-		return mtu
-	}
-	return c.MTU
+	return underlay - Overhead
 }

@@ -3,6 +3,7 @@ package vxlan
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -224,5 +225,58 @@ func TestDirectRouting(t *testing.T) {
 	}
 	if got["10.5.2.0/24"] != "192.0.2.2" || got["10.5.3.0/24"] != "10.5.3.0" {
 		t.Fatalf("routes %v: want the on-segment peer direct, the other through vxlan", got)
+	}
+}
+
+// Backend.MTU is the underlay's MTU, as in flanneld v0.28.9 (vxlan.go,
+// device.go: device MTU = Backend.MTU - 50; vxlan_network.go: FLANNEL_MTU
+// the same): a 1400-byte underlay gives a 1350-byte device, never 1400. One
+// larger than the interface's is clamped to it, as the kernel clamps
+// flanneld's device.
+func TestDeviceMTUIsUnderlayMinusOverhead(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	host := encap.Host{IfaceMTU: 1500}
+	for _, c := range []struct{ backendMTU, want int }{
+		{0, 1450},    // the fixture's FLANNEL_MTU with a 1500 underlay
+		{1500, 1450}, // the interface's, given explicitly
+		{1400, 1350},
+		{118, 68},
+		{9000, 1450}, // larger than the interface's: clamped
+	} {
+		logged.Reset()
+		if got := DeviceMTU(host, Config{MTU: c.backendMTU}, log); got != c.want {
+			t.Errorf("Backend.MTU %d on a 1500 interface: device MTU %d, want %d", c.backendMTU, got, c.want)
+		}
+		if warned := strings.Contains(logged.String(), "Backend.MTU"); warned != (c.backendMTU > 1500) {
+			t.Errorf("Backend.MTU %d: warned %v; log %q", c.backendMTU, warned, logged.String())
+		}
+	}
+	// Below 68+50 the device could not exist: refused, naming the key.
+	if _, err := ParseConfig(json.RawMessage(`{"MTU":117}`)); err == nil || !strings.Contains(err.Error(), "Backend.MTU") {
+		t.Fatalf("MTU 117: %v", err)
+	}
+	if c, err := ParseConfig(json.RawMessage(`{"MTU":118}`)); err != nil || c.MTU != 118 {
+		t.Fatalf("MTU 118: %+v %v", c, err)
+	}
+}
+
+// The kernel device gets Backend.MTU - 50, and Start reports it (it becomes
+// FLANNEL_MTU).
+func TestBackendMTUKernelDevice(t *testing.T) {
+	ns := kerneltest.New(t)
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	b := newBackend(t, ns, under, Config{VNI: 1, Port: 8472, MTU: 1400})
+	attrs, err := b.Attrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtu, err := b.Start(context.Background(), lease.Lease{Subnet: netip.MustParsePrefix("10.5.92.0/24"), Attrs: attrs})
+	if err != nil || mtu != 1350 {
+		t.Fatalf("Start: mtu %d, %v; want 1350", mtu, err)
+	}
+	l, err := ns.H.LinkByName("flannel.1")
+	if err != nil || l.Attrs().MTU != 1350 {
+		t.Fatalf("flannel.1: %v, %v; want MTU 1350", l, err)
 	}
 }
