@@ -125,6 +125,15 @@ func TestCoalesceRuns(t *testing.T) {
 	b := func(seq uint32, n int) seg {
 		return seg{src: "10.5.1.3", dst: "10.5.2.2", sport: 2000, seq: seq, ack: 5, payload: n}
 	}
+	u := func(n int) seg {
+		return seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: n, proto: "udp"}
+	}
+	us := func(count, n int) (out []seg) {
+		for range count {
+			out = append(out, u(n))
+		}
+		return out
+	}
 	cases := []struct {
 		name string
 		segs []seg
@@ -139,6 +148,11 @@ func TestCoalesceRuns(t *testing.T) {
 		{"different ack", []seg{a(0, 1000, nil), a(1000, 1000, func(s *seg) { s.ack = 78 })}, []int{1, 1}},
 		{"different window", []seg{a(0, 1000, nil), a(1000, 1000, func(s *seg) { s.window = 9 })}, []int{1, 1}},
 		{"a FIN keeps its place", []seg{a(0, 1000, nil), a(1000, 0, func(s *seg) { s.fin = true }), a(1000, 1000, nil)}, []int{1, 1, 1}},
+		{"udp empty payloads stay apart", []seg{u(0), u(0), u(0)}, []int{1, 1, 1}},
+		{"udp empty after data", []seg{u(64), u(64), u(0), u(64)}, []int{2, 1, 1}},
+		{"udp empty before data", []seg{u(0), u(64), u(64)}, []int{1, 2}},
+		{"udp at most 64 segments", us(100, 16), []int{64, 36}},
+		{"tcp pure acks stay apart", []seg{a(0, 0, nil), a(0, 0, nil), a(0, 1000, nil), a(1000, 0, nil)}, []int{1, 1, 1, 1}},
 		{"udp same size", []seg{{src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: 64, proto: "udp"}, {src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: 64, proto: "udp"}, {src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: 10, proto: "udp"}}, []int{3}},
 	}
 	for _, c := range cases {
