@@ -112,12 +112,12 @@ func (h *Hub) Capture(p *engine.TapPacket) {
 		if !c.points.Has(p.Point) {
 			continue
 		}
-		if c.filter != nil && c.filter.root != nil {
+		if !c.filter.matchesAll() {
 			if !parsed {
 				v.parse(p)
 				parsed = true
 			}
-			if !c.filter.root.match(&v) {
+			if !c.filter.match(&v) {
 				continue
 			}
 		}
