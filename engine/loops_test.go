@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -345,5 +346,29 @@ func TestEncapHeadersInHeadroom(t *testing.T) {
 	}
 	if got := e.rx.out[0][e.rx.off:]; !bytes.Equal(got, back) || e.rx.off != Headroom+22 {
 		t.Errorf("inner packet not handed on unchanged at Headroom+22")
+	}
+}
+
+// TestNewRefusesBadConfig: values that would silently misbehave are
+// refused, naming the field: a negative ICMP rate meant no rate limit at
+// all, a negative MTU dropped every packet as oversize.
+func TestNewRefusesBadConfig(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{ICMPRate: -1}, "ICMP rate"},
+		{Config{MTU: -1}, "MTU"},
+		{Config{MTU: 20}, "MTU"},
+		{Config{MTU: MaxPacket + 1}, "MTU"},
+		{Config{BusyPoll: -1}, "busy-poll"},
+		{Config{BatchSize: MaxBatch + 1}, "batch size"},
+	} {
+		if _, err := New(nopDevice{}, nopTransport{}, c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %q", c.cfg, err, c.want)
+		}
+	}
+	if _, err := New(nopDevice{}, nopTransport{}, Config{}); err != nil {
+		t.Errorf("the zero Config: %v", err)
 	}
 }
