@@ -188,6 +188,26 @@ func checkVirtioWrite(t *testing.T, w []byte, uso bool) {
 	}
 }
 
+// arena hands out buffers from one block reused across fuzz inputs, so an
+// input costs no fresh megabytes (minimizing runs thousands of them).
+type arena struct {
+	buf  []byte
+	used int
+}
+
+var fuzzArena = arena{buf: make([]byte, 4<<20)}
+
+func (a *arena) reset() { a.used = 0 }
+
+func (a *arena) take(n int) []byte {
+	if a.used+n > len(a.buf) {
+		return make([]byte, n)
+	}
+	b := a.buf[a.used : a.used+n : a.used+n]
+	a.used += n
+	return b
+}
+
 // FuzzCoalesce pushes packet sequences through the write coalescer and
 // checks every write against the kernel's virtio-net rules, then cuts the
 // writes back into packets as the kernel would: each flow's datagrams
@@ -202,19 +222,29 @@ func FuzzCoalesce(f *testing.F) {
 		if len(in) < 1 {
 			return
 		}
+		fuzzArena.reset()
 		co := coalescer{uso: in[0]&1 != 0, mtu: [4]int{0, 1500, 576, 9000}[in[0]>>1&3]}
 		in = in[1:]
 		var fl fuzzFlows
 		var bufs, orig [][]byte
-		for len(in) >= 4 && len(bufs) < 200 {
+		// At most 130 packets (two UDP super-packets' worth of segments and
+		// more) and 256 KiB, so an input stays cheap to run and minimize.
+		bytesIn := 0
+		for len(in) >= 4 && len(bufs) < 130 && bytesIn < 256<<10 {
 			p := fl.packet(in[0], in[1], in[2], in[3])
-			slack := 16 << 10 // room to append into; sometimes tight
-			if in[3]&0x40 != 0 {
+			// Room to append into: mostly some, sometimes tight, sometimes
+			// enough for a 64 KiB super-packet.
+			slack := 4 << 10
+			switch in[3] & 0xc0 {
+			case 0x40:
 				slack = int(in[3]&0x3f) * 64
+			case 0x80:
+				slack = 64 << 10
 			}
-			b := make([]byte, off, off+len(p)+slack)
-			bufs = append(bufs, append(b, p...))
+			b := fuzzArena.take(off + len(p) + slack)
+			bufs = append(bufs, append(b[:off], p...))
 			orig = append(orig, p)
+			bytesIn += len(p)
 			in = in[4:]
 		}
 		co.plan(bufs, off)
