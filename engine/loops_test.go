@@ -372,3 +372,35 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Errorf("the zero Config: %v", err)
 	}
 }
+
+// TestNoICMPErrorAboutSubnetBroadcast: a packet to a subnet's directed
+// broadcast address gets no ICMP error (RFC 1122 3.2.2), whether no peer
+// holds the subnet or its TTL ran out; a unicast neighbour still does.
+func TestNoICMPErrorAboutSubnetBroadcast(t *testing.T) {
+	e := testEngine(t, 8)
+	l := e.tx
+	for i, dst := range []string{"10.5.99.255", "10.5.255.255", "10.5.99.254"} {
+		p := udpPacket(t, "10.5.1.2", dst, 64, []byte("x"))
+		l.sizes[i] = copy(l.bufs[i][Headroom:], p)
+	}
+	l.classify(e.Table(), 3)
+	if l.bc.drops[DropNoRoute] != 3 || len(l.icmp.out) != 1 {
+		t.Errorf("no-route drops %d, ICMP errors %d; want 3 and 1 (only for 10.5.99.254)", l.bc.drops[DropNoRoute], len(l.icmp.out))
+	}
+	tab := e.Table()
+	for _, c := range []struct {
+		ip   string
+		want bool
+	}{{"10.5.2.255", true}, {"10.5.2.254", false}, {"10.6.2.255", false}, {"10.5.255.255", true}} {
+		if got := tab.subnetBroadcast(u32(netip.MustParseAddr(c.ip))); got != c.want {
+			t.Errorf("subnetBroadcast(%s) = %v", c.ip, got)
+		}
+	}
+	n32, err := NewTable(netip.MustParsePrefix("10.7.0.0/24"), 32, netip.Prefix{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n32.subnetBroadcast(u32(netip.MustParseAddr("10.7.0.255"))) {
+		t.Error("a /32 subnet has no broadcast address")
+	}
+}

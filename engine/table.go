@@ -184,6 +184,18 @@ func (t *Table) Lookup(addr netip.Addr) *Peer {
 	return t.lookup(u32(addr))
 }
 
+// subnetBroadcast reports whether ip is the directed broadcast address of
+// a subnet of the network (all host bits set): RFC 1122 3.2.2 forbids an
+// ICMP error about a datagram sent to a broadcast address. /31 and /32
+// subnets have none (RFC 3021). A nil table knows no subnets.
+func (t *Table) subnetBroadcast(ip uint32) bool {
+	if t == nil || t.shift < 2 || ip&t.netMask != t.network {
+		return false
+	}
+	host := uint32(1)<<t.shift - 1
+	return ip&host == host
+}
+
 // peerByIP returns the peer with this public IPv4 address, or nil.
 func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP[ip] }
 
