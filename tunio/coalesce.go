@@ -89,6 +89,13 @@ func (c *coalescer) plan(bufs [][]byte, offset int) {
 				r.nextSeq = binary.BigEndian.Uint32(pkt[iph+4:]) + uint32(r.gsoSize)
 				r.closed = pkt[iph+13]&tcpFlagPSH != 0
 			}
+			// A packet above the MTU (a peer's whole TSO packet) stays
+			// alone: as a run's head it would set gso_size to its own
+			// length, and the kernel would cut the train at that, not at
+			// the MTU. Alone, finish cuts it at the MTU.
+			if c.mtu > 0 && len(pkt) > c.mtu {
+				r.closed = true
+			}
 		}
 		c.runs = append(c.runs, r)
 	}
@@ -161,6 +168,7 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, key flowKey, iph, l4
 			return false // the next run of the flow starts with this packet
 		}
 		if r.closed || payload == 0 || payload > r.gsoSize || iph != r.iphLen || l4h != r.l4hLen ||
+			(c.mtu > 0 && len(pkt) > c.mtu) ||
 			len(head)+payload > maxSuperPacket || cap(bufs[r.idx])-len(bufs[r.idx]) < payload {
 			return false
 		}

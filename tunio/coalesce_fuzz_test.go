@@ -121,7 +121,7 @@ func tcpPayload(p []byte) []byte { return p[20+int(p[32]>>4)*4:] }
 
 // checkVirtioWrite applies the kernel's rules for a TUN write with a
 // virtio-net header (virtio_net_hdr_to_skb, tun_get_user) to w.
-func checkVirtioWrite(t *testing.T, w []byte, uso bool) {
+func checkVirtioWrite(t *testing.T, w []byte, uso bool, mtu int) {
 	t.Helper()
 	if len(w) < virtioNetHdrLen+20 {
 		t.Fatalf("a %d-byte write", len(w))
@@ -182,6 +182,11 @@ func checkVirtioWrite(t *testing.T, w []byte, uso bool) {
 	payload := len(pkt) - hdrLen
 	if gsoSize == 0 || payload <= gsoSize {
 		t.Fatalf("gso_size %d for %d payload bytes: not a super-packet", gsoSize, payload)
+	}
+	// Segments of a train are MTU-sized at most: the kernel cuts TCP at
+	// gso_size, and a longer cut would not fit the pods' links.
+	if mtu > 0 && hdrLen+gsoSize > mtu {
+		t.Fatalf("segments of %d bytes for a %d-byte MTU", hdrLen+gsoSize, mtu)
 	}
 	if gsoType == virtioGSOUDPL4 && payload > gsoSize*maxUDPSegments {
 		t.Fatalf("%d payload bytes in segments of %d: more than %d segments", payload, gsoSize, maxUDPSegments)
@@ -252,7 +257,7 @@ func FuzzCoalesce(f *testing.F) {
 		total := 0
 		for i := range co.runs {
 			w := co.finish(bufs, off, &co.runs[i])
-			checkVirtioWrite(t, w, co.uso)
+			checkVirtioWrite(t, w, co.uso, co.mtu)
 			cut = append(cut, segment(t, w)...)
 			total += co.runs[i].n
 		}

@@ -264,3 +264,36 @@ func TestCoalesceCutsLargeTCP(t *testing.T) {
 		t.Fatal("payload not carried intact")
 	}
 }
+
+// TestCoalesceCutsConsecutiveLargeTCP: two TSO packets of one flow above
+// the MTU in a row must not merge into a super-packet cut at the first
+// one's length (9000 bytes, for a 1450-byte device): each is cut at the
+// MTU, and a train of MTU-sized packets after them still merges.
+func TestCoalesceCutsConsecutiveLargeTCP(t *testing.T) {
+	var bufs [][]byte
+	var payload []byte
+	seq := uint32(5)
+	for _, n := range []int{9000, 9000, 1398, 1398} {
+		p := build(t, seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 1000, seq: seq, ack: 1, payload: n})
+		payload = append(payload, p[off+52:]...)
+		bufs = append(bufs, p)
+		seq += uint32(n)
+	}
+	co := coalescer{mtu: 1450}
+	co.plan(bufs, off)
+	var got []byte
+	for i := range co.runs {
+		for _, s := range segment(t, co.finish(bufs, off, &co.runs[i])) {
+			if len(s) > 1450 {
+				t.Fatalf("run %d: a %d-byte segment for a 1450-byte MTU", i, len(s))
+			}
+			got = append(got, s[52:]...)
+		}
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("payload not carried intact")
+	}
+	if len(co.runs) != 3 {
+		t.Errorf("%d runs, want 3 (each large packet alone, then the train)", len(co.runs))
+	}
+}
