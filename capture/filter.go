@@ -25,6 +25,8 @@ where the engine saw it:
                     also !, &&, ||; "and" binds tighter than "or"; two
                     terms side by side are and-ed: "tcp port 80"
 
+At most 64 terms and 4 KiB.
+
 Examples: 'icmp and host 10.5.2.3'   'drop and not reason no-route'
           'tcp port 80 and net 10.5.1.0/24'   'peer 192.0.2.2 and to-tun'`
 
