@@ -139,8 +139,10 @@ func TestStalledReaderEndsCapture(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprintf(conn, "GET /capture?queue=%d HTTP/1.1\r\nHost: weft\r\n\r\n", minQueue)
-	for h.Active() == 0 {
-		time.Sleep(time.Millisecond)
+	for start := time.Now(); h.Active() == 0; time.Sleep(time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the capture did not start")
+		}
 	}
 	p := &engine.TapPacket{Point: engine.PointToTUN, Data: make([]byte, 1400)}
 	deadline := time.Now().Add(30 * time.Second)
