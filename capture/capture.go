@@ -37,15 +37,63 @@ type Hub struct {
 	nextID uint64
 	closed bool
 	active map[uint64]*Capture
+	queued int           // bytes of ring of the active captures
+	limits Limits        // guarded by mu
 	lost   atomic.Uint64 // overflow of every capture since the hub was made
+	stalls atomic.Uint64 // captures ended because their reader took nothing
 }
+
+// Limits bound what the captures of one hub may hold, so a debug client
+// (or many) cannot take the daemon's memory or CPU.
+type Limits struct {
+	// Captures is the most captures running at once; Start refuses more
+	// with ErrBusy.
+	Captures int
+	// QueueBytes is the most ring memory of all running captures together
+	// (each holds two rings of its Queue, rounded up to a power of two).
+	QueueBytes int
+	// Stall ends a capture whose reader accepted no bytes for this long
+	// (ServeCapture's stream): a client that stops reading must not hold
+	// a capture, its memory and a slot forever.
+	Stall time.Duration
+}
+
+// DefaultLimits are a new hub's limits.
+var DefaultLimits = Limits{Captures: 8, QueueBytes: 256 << 20, Stall: 30 * time.Second}
 
 var _ engine.Tap = (*Hub)(nil)
 
 // NewHub returns a hub for target; nothing is tapped until Start.
 func NewHub(target Target) *Hub {
-	return &Hub{target: target, active: map[uint64]*Capture{}}
+	return &Hub{target: target, active: map[uint64]*Capture{}, limits: DefaultLimits}
 }
+
+// SetLimits replaces the hub's limits; zero fields keep the defaults.
+// Running captures are not affected.
+func (h *Hub) SetLimits(l Limits) {
+	if l.Captures <= 0 {
+		l.Captures = DefaultLimits.Captures
+	}
+	if l.QueueBytes <= 0 {
+		l.QueueBytes = DefaultLimits.QueueBytes
+	}
+	if l.Stall <= 0 {
+		l.Stall = DefaultLimits.Stall
+	}
+	h.mu.Lock()
+	h.limits = l
+	h.mu.Unlock()
+}
+
+func (h *Hub) stallTimeout() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.limits.Stall
+}
+
+// Stalls is how many captures ended because their reader stopped taking
+// bytes, ever.
+func (h *Hub) Stalls() uint64 { return h.stalls.Load() }
 
 // Capture is called by the engine's loops for every packet while any
 // capture runs. It parses the headers once, and copies the packet into
@@ -64,12 +112,12 @@ func (h *Hub) Capture(p *engine.TapPacket) {
 		if !c.points.Has(p.Point) {
 			continue
 		}
-		if c.filter != nil && c.filter.root != nil {
+		if !c.filter.matchesAll() {
 			if !parsed {
 				v.parse(p)
 				parsed = true
 			}
-			if !c.filter.root.match(&v) {
+			if !c.filter.match(&v) {
 				continue
 			}
 		}
@@ -85,13 +133,18 @@ type Options struct {
 	Filter *Filter   // nil: every packet
 	Points PointSet  // 0: every point
 	Snap   int       // most bytes kept of each packet (default and most: engine.MaxPacket)
-	Queue  int       // bytes of queue per loop (default 4 MiB, at least 256 KiB)
+	Queue  int       // bytes of queue per loop (default 4 MiB, at least 256 KiB, at most MaxQueue)
 	Count  int       // stop after this many packets (0: no limit)
 	Until  time.Time // stop at this time (zero: no limit)
 }
 
 // DefaultQueue is the queue size per loop when Options.Queue is 0.
 const DefaultQueue = 4 << 20
+
+// MaxQueue is the largest queue per loop a capture may ask for (`weft
+// capture --buffer-size`); a capture holds two. It is a power of two, so
+// rounding a queue up never passes it.
+const MaxQueue = 64 << 20
 
 const minQueue = 256 << 10
 
@@ -117,6 +170,10 @@ type Capture struct {
 // ErrClosed is returned by Start once the hub is closed.
 var ErrClosed = errors.New("capture: the engine is shutting down")
 
+// ErrBusy is returned by Start when the hub's limits (Limits.Captures,
+// Limits.QueueBytes) leave no room for another capture.
+var ErrBusy = errors.New("capture: too many captures running")
+
 // Start begins a capture. The caller must Read it and Stop it.
 func (h *Hub) Start(o Options) (*Capture, error) {
 	if o.Points == 0 {
@@ -124,6 +181,9 @@ func (h *Hub) Start(o Options) (*Capture, error) {
 	}
 	if o.Snap <= 0 || o.Snap > engine.MaxPacket {
 		o.Snap = engine.MaxPacket
+	}
+	if o.Queue < 0 || o.Queue > MaxQueue {
+		return nil, fmt.Errorf("capture: a queue of %d bytes is outside 0..%d", o.Queue, MaxQueue)
 	}
 	if o.Queue == 0 {
 		o.Queue = DefaultQueue
@@ -133,6 +193,22 @@ func (h *Hub) Start(o Options) (*Capture, error) {
 	if min := max(minQueue, 4*(o.Snap+hdrLen)); o.Queue < min {
 		o.Queue = min
 	}
+	size := 2 * ringSize(o.Queue)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	if len(h.active) >= h.limits.Captures {
+		return nil, fmt.Errorf("%w: %d of %d; stop one first", ErrBusy, len(h.active), h.limits.Captures)
+	}
+	if h.queued+size > h.limits.QueueBytes {
+		return nil, fmt.Errorf("%w: their queues hold %d MiB and this one needs %d MiB more, over the %d MiB allowed; ask for a smaller queue",
+			ErrBusy, h.queued>>20, size>>20, h.limits.QueueBytes>>20)
+	}
+	// Allocated under the lock so that refused requests allocate nothing
+	// and concurrent ones cannot pass the budget together; Start is rare
+	// and the lock is never taken on the packet path.
 	c := &Capture{
 		hub: h, filter: o.Filter, points: o.Points, snap: o.Snap, opts: o,
 		rings:   [2]*ring{newRing(o.Queue), newRing(o.Queue)},
@@ -140,14 +216,10 @@ func (h *Hub) Start(o Options) (*Capture, error) {
 		stop:    make(chan struct{}),
 		started: time.Now(),
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return nil, ErrClosed
-	}
 	h.nextID++
 	c.ID = h.nextID
 	h.active[c.ID] = c
+	h.queued += size
 	h.publish()
 	return c, nil
 }
@@ -223,7 +295,10 @@ func (c *Capture) Stop() {
 	c.once.Do(func() {
 		h := c.hub
 		h.mu.Lock()
-		delete(h.active, c.ID)
+		if h.active[c.ID] == c {
+			delete(h.active, c.ID)
+			h.queued -= 2 * len(c.rings[0].buf)
+		}
 		h.publish()
 		h.mu.Unlock()
 		close(c.stop)

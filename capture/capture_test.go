@@ -332,3 +332,33 @@ func TestCountAndDurationEndTheStream(t *testing.T) {
 		t.Errorf("%d packets in the stream, want 3", n)
 	}
 }
+
+// TestWriterOptionsFit16Bits: a pcapng option's length is 16 bits; a
+// longer filter string must not make the file unreadable.
+func TestWriterOptionsFit16Bits(t *testing.T) {
+	for _, filter := range []string{strings.Repeat("x", 70000), strings.Repeat("é", 40000), strings.Repeat("y", 65535)} {
+		var buf bytes.Buffer
+		w, err := NewWriter(&buf, filter, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := ipv4(17, "10.5.1.2", "10.5.2.3", 1, 2)
+		if err := w.Write(&Record{Time: 1, Point: engine.PointToTUN, Length: len(data), Data: data}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(Stats{}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := pcapgo.NewNgReader(&buf, pcapgo.DefaultNgReaderOptions)
+		if err != nil {
+			t.Fatalf("%d-byte filter: %v", len(filter), err)
+		}
+		got, _, err := r.ReadPacketData()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d-byte filter: packet %x, %v", len(filter), got, err)
+		}
+	}
+	if s := fitOption(strings.Repeat("é", 10), 5); s != "éé" {
+		t.Errorf("fitOption cut a character: %q", s)
+	}
+}

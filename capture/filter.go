@@ -25,15 +25,44 @@ where the engine saw it:
                     also !, &&, ||; "and" binds tighter than "or"; two
                     terms side by side are and-ed: "tcp port 80"
 
+At most 64 terms and 4 KiB.
+
 Examples: 'icmp and host 10.5.2.3'   'drop and not reason no-route'
           'tcp port 80 and net 10.5.1.0/24'   'peer 192.0.2.2 and to-tun'`
+
+// MaxFilterLen is the longest filter expression accepted, in bytes (also
+// after tokenizing, which may add blanks): filters are typed by people, and
+// the expression is recorded in the pcapng's if_filter option, whose length
+// is 16 bits.
+const MaxFilterLen = 4 << 10
+
+// MaxFilterTerms is the most primitives (host, port, tcp, ...) one filter
+// may hold. A filter runs on both forwarding loops for every packet while
+// its capture runs; compiled, it is at most this many tests.
+const MaxFilterTerms = 64
 
 // Filter is a compiled filter expression. Its zero value (and nil) match
 // every packet.
 type Filter struct {
 	expr string
-	root *node
+	root *node // the parse tree, compiled into prog
+	prog []insn
 }
+
+// insn is one test of a compiled filter: a primitive, then where to go
+// when it holds (jt) and when it does not (jf), as in classic BPF. The
+// targets are later instructions or accept/reject, so evaluation runs
+// forward only, one step per primitive at most: and, or and not cost
+// nothing at run time.
+type insn struct {
+	node   // op is a primitive, never opAnd, opOr or opNot
+	jt, jf int16
+}
+
+const (
+	jAccept int16 = -1
+	jReject int16 = -2
+)
 
 // String returns the expression the filter was parsed from.
 func (f *Filter) String() string {
@@ -115,14 +144,9 @@ func (v *view) parse(p *engine.TapPacket) {
 	}
 }
 
-func (n *node) match(v *view) bool {
+// test evaluates a primitive.
+func (n *node) test(v *view) bool {
 	switch n.op {
-	case opAnd:
-		return n.a.match(v) && n.b.match(v)
-	case opOr:
-		return n.a.match(v) || n.b.match(v)
-	case opNot:
-		return !n.a.match(v)
 	case opHost, opNet:
 		if !v.ip {
 			return false
@@ -145,21 +169,87 @@ func (n *node) match(v *view) bool {
 	return false
 }
 
+// matchesAll reports whether the filter accepts every packet.
+func (f *Filter) matchesAll() bool { return f == nil || len(f.prog) == 0 }
+
+// match runs the compiled filter over a parsed packet.
+func (f *Filter) match(v *view) bool {
+	pc := int16(0)
+	for {
+		in := &f.prog[pc]
+		next := in.jf
+		if in.test(v) {
+			next = in.jt
+		}
+		switch next {
+		case jAccept:
+			return true
+		case jReject:
+			return false
+		}
+		pc = next
+	}
+}
+
 // Match reports whether the filter accepts p.
 func (f *Filter) Match(p *engine.TapPacket) bool {
-	if f == nil || f.root == nil {
+	if f.matchesAll() {
 		return true
 	}
 	var v view
 	v.parse(p)
-	return f.root.match(&v)
+	return f.match(&v)
+}
+
+// compile flattens the tree into f.prog. Code is emitted back to front
+// (rev), so that the targets of a test, which come after it, already
+// exist: for "a and b", b is emitted first and a jumps to it when true.
+func (f *Filter) compile() {
+	var rev []insn
+	var emit func(n *node, t, fl int16) int16
+	// Targets in rev are indices from the end; pos maps them to the final
+	// order once the length is known.
+	emit = func(n *node, t, fl int16) int16 {
+		switch n.op {
+		case opAnd:
+			b := emit(n.b, t, fl)
+			return emit(n.a, b, fl)
+		case opOr:
+			b := emit(n.b, t, fl)
+			return emit(n.a, t, b)
+		case opNot:
+			return emit(n.a, fl, t)
+		}
+		rev = append(rev, insn{node: *n, jt: t, jf: fl})
+		return int16(len(rev) - 1)
+	}
+	emit(f.root, jAccept, jReject)
+	last := int16(len(rev) - 1)
+	pos := func(k int16) int16 {
+		if k < 0 {
+			return k
+		}
+		return last - k
+	}
+	f.prog = make([]insn, len(rev))
+	for k, in := range rev {
+		in.a, in.b = nil, nil
+		in.jt, in.jf = pos(in.jt), pos(in.jf)
+		f.prog[last-int16(k)] = in
+	}
 }
 
 // ParseFilter compiles expr. An empty expression matches everything. A bad
 // expression is refused with an error naming the offending token.
 func ParseFilter(expr string) (*Filter, error) {
+	if len(expr) > MaxFilterLen {
+		return nil, fmt.Errorf("filter: %d bytes is longer than the most, %d", len(expr), MaxFilterLen)
+	}
 	toks := tokenize(expr)
 	f := &Filter{expr: strings.Join(toks, " ")}
+	if len(f.expr) > MaxFilterLen {
+		return nil, fmt.Errorf("filter: %d bytes (with blanks between tokens) is longer than the most, %d", len(f.expr), MaxFilterLen)
+	}
 	if len(toks) == 0 {
 		return f, nil
 	}
@@ -172,6 +262,7 @@ func ParseFilter(expr string) (*Filter, error) {
 		return nil, p.errorf("expected and, or or the end of the filter")
 	}
 	f.root = root
+	f.compile()
 	return f, nil
 }
 
@@ -209,8 +300,9 @@ func tokenize(s string) []string {
 }
 
 type parser struct {
-	toks []string
-	i    int
+	toks  []string
+	i     int
+	terms int // primitives so far
 }
 
 func (p *parser) peek() string {
@@ -317,6 +409,9 @@ func startsPrimitive(t string) bool {
 const primitives = "host, net, port, tcp, udp, icmp, proto, peer, from-tun, to-tun, drop, point, reason, not or ("
 
 func (p *parser) primitive() (*node, error) {
+	if p.terms++; p.terms > MaxFilterTerms {
+		return nil, p.errorf("more than %d terms", MaxFilterTerms)
+	}
 	sd := either
 	switch p.peek() {
 	case "src":

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -140,6 +141,7 @@ func FuzzFilter(f *testing.F) {
 		p := &engine.TapPacket{Point: engine.Point(point % uint8(engine.NumPoints)), Reason: engine.DropReason(point % uint8(engine.NumDropReasons)),
 			Peer: netip.MustParseAddrPort("192.0.2.2:8285"), Data: pkt}
 		got := flt.Match(p)
+		checkCompiled(t, flt, p)
 		again, err := ParseFilter(flt.String())
 		if err != nil {
 			t.Fatalf("canonical form %q of %q does not parse: %v", flt.String(), expr, err)
@@ -148,4 +150,120 @@ func FuzzFilter(f *testing.F) {
 			t.Fatalf("%q and its canonical form %q disagree", expr, flt.String())
 		}
 	})
+}
+
+// eval is the reference semantics: the parse tree, evaluated recursively.
+func (n *node) eval(v *view) bool {
+	switch n.op {
+	case opAnd:
+		return n.a.eval(v) && n.b.eval(v)
+	case opOr:
+		return n.a.eval(v) || n.b.eval(v)
+	case opNot:
+		return !n.a.eval(v)
+	}
+	return n.test(v)
+}
+
+// checkCompiled: the flat program agrees with the tree on p, holds at most
+// MaxFilterTerms tests, and only ever jumps forward.
+func checkCompiled(t *testing.T, f *Filter, p *engine.TapPacket) {
+	t.Helper()
+	if f.root == nil {
+		return
+	}
+	if len(f.prog) > MaxFilterTerms {
+		t.Fatalf("%q: %d instructions", f.expr, len(f.prog))
+	}
+	for i, in := range f.prog {
+		for _, j := range []int16{in.jt, in.jf} {
+			if j != jAccept && j != jReject && int(j) <= i {
+				t.Fatalf("%q: instruction %d jumps back to %d", f.expr, i, j)
+			}
+		}
+	}
+	var v view
+	v.parse(p)
+	if f.match(&v) != f.root.eval(&v) {
+		t.Fatalf("%q: the compiled filter says %v, the tree %v", f.expr, f.match(&v), f.root.eval(&v))
+	}
+}
+
+// TestFilterBounds: a filter's size and number of terms are bounded, so
+// no capture client can make the forwarding loops evaluate a 250,000-term
+// filter per packet (7 ms each), or write an if_filter option longer than
+// pcapng's 16-bit option length.
+func TestFilterBounds(t *testing.T) {
+	chain := func(n int, op string) string {
+		terms := make([]string, n)
+		for i := range terms {
+			terms[i] = "port " + strconv.Itoa(i)
+		}
+		return strings.Join(terms, " "+op+" ")
+	}
+	for _, c := range []struct {
+		expr string
+		ok   bool
+		want string
+	}{
+		{chain(MaxFilterTerms, "or"), true, ""},
+		{chain(MaxFilterTerms+1, "or"), false, "more than 64 terms"},
+		{chain(MaxFilterTerms+1, "and"), false, "more than 64 terms"},
+		{chain(MaxFilterTerms+1, ""), false, "more than 64 terms"},
+		{strings.Repeat("tcp or ", 250000) + "tcp", false, "longer than"},
+		{"tcp" + strings.Repeat(" ", MaxFilterLen), false, "longer than"},
+		{strings.Repeat("(", 1500) + "tcp" + strings.Repeat(")", 1500), false, "longer than"}, // 3003 bytes, 6005 tokenized
+	} {
+		f, err := ParseFilter(c.expr)
+		if c.ok != (err == nil) || (err != nil && (!strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "filter: "))) {
+			t.Errorf("%.40q... (%d bytes): %v, want ok %v or an error with %q", c.expr, len(c.expr), err, c.ok, c.want)
+		}
+		if err == nil {
+			checkCompiled(t, f, &engine.TapPacket{Data: ipv4(17, "10.5.1.2", "10.5.2.3", 63, 5)})
+		}
+	}
+}
+
+// TestFilterCompiledAgreesWithTree over the grammar's corners.
+func TestFilterCompiledAgreesWithTree(t *testing.T) {
+	exprs := []string{"tcp", "not tcp", "not not udp", "tcp and port 80", "tcp or udp", "not (tcp or udp)",
+		"(tcp and port 80) or (udp and not port 53) or icmp", "not (tcp and not (port 80 or port 443))",
+		"host 10.5.1.2 and (drop or to-tun) and not reason no-route", "udp port 53 or tcp port 80 and host 10.5.2.3"}
+	var pkts []*engine.TapPacket
+	for _, proto := range []uint8{1, 6, 17} {
+		for _, port := range []uint16{53, 80, 443, 1} {
+			for pt := engine.Point(0); pt < engine.NumPoints; pt++ {
+				pkts = append(pkts, &engine.TapPacket{Point: pt, Reason: engine.DropReason(port % 3), Data: ipv4(proto, "10.5.1.2", "10.5.2.3", 40000, port)})
+			}
+		}
+	}
+	for _, e := range exprs {
+		f, err := ParseFilter(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pkts {
+			checkCompiled(t, f, p)
+		}
+	}
+}
+
+// BenchmarkFilterMatchLargest: the most expensive filter a client may ask
+// for, per packet.
+func BenchmarkFilterMatchLargest(b *testing.B) {
+	terms := make([]string, MaxFilterTerms)
+	for i := range terms {
+		terms[i] = "port " + strconv.Itoa(i+1000)
+	}
+	f, err := ParseFilter(strings.Join(terms, " or "))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &engine.TapPacket{Data: ipv4(17, "10.5.1.2", "10.5.2.3", 63, 5)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if f.Match(p) {
+			b.Fatal("matched")
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -79,6 +80,9 @@ func (p Params) Options() (Options, error) {
 	if p.Snap < 0 || p.Count < 0 || p.Duration < 0 || p.Queue < 0 {
 		return o, errors.New("snap, count, duration and queue must not be negative")
 	}
+	if p.Queue > MaxQueue {
+		return o, fmt.Errorf("queue: %d bytes is more than the most, %d (%d MiB)", p.Queue, MaxQueue, MaxQueue>>20)
+	}
 	o = Options{Filter: f, Points: pts, Snap: p.Snap, Count: p.Count, Queue: p.Queue}
 	if p.Duration > 0 {
 		o.Until = time.Now().Add(p.Duration)
@@ -123,45 +127,97 @@ func (h *Hub) ServeCapture(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := h.Start(o)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		code := http.StatusBadRequest
+		if errors.Is(err, ErrBusy) || errors.Is(err, ErrClosed) {
+			code = http.StatusServiceUnavailable
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	defer c.Stop()
-	fl, _ := w.(http.Flusher)
+	// Every write must make progress within the stall timeout, or the
+	// stream fails and the capture ends: a client that stops reading
+	// would otherwise hold the capture, its queues and a slot for good.
+	stall := h.stallTimeout()
+	rc := http.NewResponseController(w)
+	sw := &stallWriter{w: w, rc: rc, timeout: stall}
+	defer func() {
+		if sw.stalled {
+			h.stalls.Add(1)
+		}
+	}()
 	w.Header().Set("Content-Type", ContentType)
 	w.Header().Set(HeaderID, strconv.FormatUint(c.ID, 10))
 	w.Header().Set("Trailer", strings.Join([]string{TrailerCount, TrailerLost, TrailerSummary}, ", "))
 	w.Header().Set("Cache-Control", "no-store")
-	pw, err := NewWriter(w, o.Filter.String(), c.snap)
-	if err == nil {
-		err = pw.Flush()
-	}
-	if err != nil {
-		return
-	}
-	if fl != nil {
-		fl.Flush()
-	}
+	pw, err := NewWriter(sw, o.Filter.String(), c.snap)
 	flush := func() error {
 		if err := pw.Flush(); err != nil {
 			return err
 		}
-		if fl != nil {
-			fl.Flush()
-		}
-		return nil
+		return sw.flush()
+	}
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return
 	}
 	err = c.Read(r.Context(), pw.Write, flush)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return // the client is gone or its connection broke
 	}
 	s := c.Stats()
-	if pw.Close(s) != nil {
+	if pw.Close(s) != nil || sw.flush() != nil {
 		return
 	}
 	w.Header().Set(TrailerCount, strconv.FormatUint(s.TotalCaptured(), 10))
 	w.Header().Set(TrailerLost, strconv.FormatUint(s.TotalOverflow(), 10))
 	w.Header().Set(TrailerSummary, s.Summary())
+}
+
+// stallWriter gives every write to (and flush of) a capture stream a
+// deadline: timeout from the moment it starts. A write that cannot finish
+// by then fails, with stalled set. Between writes there is no deadline,
+// so a capture that sees no packets for long stays open.
+type stallWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	stalled bool
+}
+
+// arm and disarm set and clear the deadline. Not every ResponseWriter takes
+// deadlines (http.ErrNotSupported); then the stream runs without one.
+func (s *stallWriter) arm()    { _ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }
+func (s *stallWriter) disarm() { _ = s.rc.SetWriteDeadline(time.Time{}) }
+
+func (s *stallWriter) check(err error) error {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		s.stalled = true
+	}
+	return err
+}
+
+func (s *stallWriter) Write(b []byte) (int, error) {
+	s.arm()
+	n, err := s.w.Write(b)
+	if err == nil {
+		s.disarm()
+	}
+	return n, s.check(err)
+}
+
+func (s *stallWriter) flush() error {
+	s.arm()
+	err := s.rc.Flush()
+	if errors.Is(err, http.ErrNotSupported) {
+		err = nil
+	}
+	if err == nil {
+		s.disarm()
+	}
+	return s.check(err)
 }
 
 // ServeStop handles POST /capture/stop?id=ID.

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -57,9 +58,11 @@ func InterfaceDescription(p engine.Point) string {
 // NewWriter writes the section header and the three interfaces. filter
 // and snap are recorded in the interfaces (if_filter, if_snaplen).
 func NewWriter(w io.Writer, filter string, snap int) (*Writer, error) {
+	// pcapgo writes if_filter as a type byte then the string.
+	filter = fitOption(filter, maxOptionLen-1)
 	intf := func(p engine.Point) pcapgo.NgInterface {
 		return pcapgo.NgInterface{
-			Name: p.String(), Description: InterfaceDescription(p), Filter: filter,
+			Name: p.String(), Description: fitOption(InterfaceDescription(p), maxOptionLen), Filter: filter,
 			OS: runtime.GOOS, LinkType: layers.LinkTypeIPv4, SnapLength: uint32(snap),
 			TimestampResolution: 9,
 		}
@@ -76,6 +79,23 @@ func NewWriter(w io.Writer, filter string, snap int) (*Writer, error) {
 		}
 	}
 	return &Writer{ng: ng}, nil
+}
+
+// maxOptionLen is the longest value of a pcapng option: its length field
+// is 16 bits. pcapgo writes the whole value but only the low 16 bits of
+// its length, so a longer value corrupts the file; every option weft
+// writes goes through fitOption.
+const maxOptionLen = 0xffff
+
+// fitOption cuts s to at most n bytes, at a UTF-8 character boundary.
+func fitOption(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // Comment is the packet comment weft writes for a record:
@@ -119,7 +139,7 @@ func (w *Writer) Write(r *Record) error {
 	key := commentKey{r.Point, r.Reason, r.Peer}
 	if w.comments == nil || key != w.lastKey {
 		w.buf = Comment(w.buf, r)
-		w.comments = []string{string(w.buf)}
+		w.comments = []string{fitOption(string(w.buf), maxOptionLen)}
 		w.lastKey = key
 	}
 	ci := gopacket.CaptureInfo{

@@ -41,11 +41,21 @@ type Record struct {
 }
 
 func newRing(size int) *ring {
+	n := ringSize(size)
+	return &ring{buf: make([]byte, n), mask: uint64(n - 1)}
+}
+
+// ringSize is size rounded up to a power of two; callers bound size by
+// MaxQueue first, so the doubling can neither overflow nor run long.
+func ringSize(size int) int {
+	if size > MaxQueue {
+		panic("capture: ring larger than MaxQueue")
+	}
 	n := 1
 	for n < size {
 		n <<= 1
 	}
-	return &ring{buf: make([]byte, n), mask: uint64(n - 1)}
+	return n
 }
 
 // push copies one packet in; false if it does not fit (or another producer

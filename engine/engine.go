@@ -120,8 +120,19 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = MaxPacket
 	}
+	if cfg.MTU < 68 || cfg.MTU > MaxPacket { // 68: RFC 791's least MTU
+		return nil, fmt.Errorf("engine: MTU %d is outside 68..%d", cfg.MTU, MaxPacket)
+	}
 	if cfg.ICMPRate == 0 {
 		cfg.ICMPRate = 1000
+	}
+	// A negative rate would never bring the token count back to zero:
+	// ICMP errors without any limit.
+	if cfg.ICMPRate < 0 {
+		return nil, fmt.Errorf("engine: ICMP rate %d per second is negative", cfg.ICMPRate)
+	}
+	if cfg.BusyPoll < 0 {
+		return nil, fmt.Errorf("engine: busy-poll time %v is negative", cfg.BusyPoll)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

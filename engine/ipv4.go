@@ -73,15 +73,17 @@ const (
 )
 
 // icmpErrorAllowed applies RFC 1122 3.2.2: never answer an ICMP error, a
-// non-initial fragment, or a packet to or from a broadcast or multicast
-// address with an ICMP error.
+// non-initial fragment, a packet to a broadcast or multicast address, or
+// one whose source does not name a single host ("a zero address, a
+// loopback address, a broadcast address, a multicast address, or a Class E
+// address"), with an ICMP error. Such a source is forged or misrouted, and
+// an error sent to it goes nowhere useful or is a reflection.
 func icmpErrorAllowed(pkt []byte) bool {
 	ihl := int(pkt[0]&0x0f) * 4
 	if binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
 		return false
 	}
-	src, dst := srcIP(pkt), dstIP(pkt)
-	if src == 0 || src>>28 == 0xe || dst>>28 == 0xe || dst == 0xffffffff || src == 0xffffffff {
+	if !singleHost(srcIP(pkt)) || !singleHost(dstIP(pkt)) {
 		return false
 	}
 	if pkt[9] == protoICMP {
@@ -95,6 +97,17 @@ func icmpErrorAllowed(pkt []byte) bool {
 		}
 	}
 	return true
+}
+
+// singleHost reports whether a names one host: not in 0/8 (this network),
+// 127/8 (loopback), 224/4 (multicast) or 240/4 (class E, which holds the
+// limited broadcast 255.255.255.255).
+func singleHost(a uint32) bool {
+	switch a >> 24 {
+	case 0, 127:
+		return false
+	}
+	return a>>28 < 0xe
 }
 
 // icmpErrorLen is the largest ICMP error buildICMPError writes: IP header,

@@ -174,3 +174,38 @@ func TestBuildICMPError(t *testing.T) {
 		t.Error("a UDP packet may be answered with an ICMP error")
 	}
 }
+
+// TestICMPErrorAllowedAddresses: RFC 1122 3.2.2 forbids an ICMP error about
+// a datagram whose source does not name a single host (this network,
+// loopback, multicast, class E, broadcast) or whose destination is a
+// broadcast or multicast address.
+func TestICMPErrorAllowedAddresses(t *testing.T) {
+	cases := []struct {
+		src, dst string
+		want     bool
+	}{
+		{"10.5.1.2", "10.9.9.9", true},
+		{"192.0.2.1", "10.9.9.9", true},
+		{"0.0.0.0", "10.9.9.9", false},
+		{"0.1.2.3", "10.9.9.9", false},
+		{"127.0.0.1", "10.9.9.9", false},
+		{"127.255.0.9", "10.9.9.9", false},
+		{"224.0.0.1", "10.9.9.9", false},
+		{"239.255.255.255", "10.9.9.9", false},
+		{"240.0.0.1", "10.9.9.9", false},
+		{"254.1.2.3", "10.9.9.9", false},
+		{"255.255.255.255", "10.9.9.9", false},
+		{"10.5.1.2", "224.0.0.251", false},
+		{"10.5.1.2", "239.1.2.3", false},
+		{"10.5.1.2", "255.255.255.255", false},
+		{"10.5.1.2", "240.0.0.1", false},
+		{"10.5.1.2", "0.0.0.0", false},
+		{"10.5.1.2", "127.0.0.1", false},
+	}
+	for _, c := range cases {
+		pkt := udpPacket(t, c.src, c.dst, 64, []byte("x"))
+		if got := icmpErrorAllowed(pkt); got != c.want {
+			t.Errorf("%s -> %s: allowed %v, want %v", c.src, c.dst, got, c.want)
+		}
+	}
+}

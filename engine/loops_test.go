@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -345,5 +346,61 @@ func TestEncapHeadersInHeadroom(t *testing.T) {
 	}
 	if got := e.rx.out[0][e.rx.off:]; !bytes.Equal(got, back) || e.rx.off != Headroom+22 {
 		t.Errorf("inner packet not handed on unchanged at Headroom+22")
+	}
+}
+
+// TestNewRefusesBadConfig: values that would silently misbehave are
+// refused, naming the field: a negative ICMP rate meant no rate limit at
+// all, a negative MTU dropped every packet as oversize.
+func TestNewRefusesBadConfig(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{ICMPRate: -1}, "ICMP rate"},
+		{Config{MTU: -1}, "MTU"},
+		{Config{MTU: 20}, "MTU"},
+		{Config{MTU: MaxPacket + 1}, "MTU"},
+		{Config{BusyPoll: -1}, "busy-poll"},
+		{Config{BatchSize: MaxBatch + 1}, "batch size"},
+	} {
+		if _, err := New(nopDevice{}, nopTransport{}, c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %q", c.cfg, err, c.want)
+		}
+	}
+	if _, err := New(nopDevice{}, nopTransport{}, Config{}); err != nil {
+		t.Errorf("the zero Config: %v", err)
+	}
+}
+
+// TestNoICMPErrorAboutSubnetBroadcast: a packet to a subnet's directed
+// broadcast address gets no ICMP error (RFC 1122 3.2.2), whether no peer
+// holds the subnet or its TTL ran out; a unicast neighbour still does.
+func TestNoICMPErrorAboutSubnetBroadcast(t *testing.T) {
+	e := testEngine(t, 8)
+	l := e.tx
+	for i, dst := range []string{"10.5.99.255", "10.5.255.255", "10.5.99.254"} {
+		p := udpPacket(t, "10.5.1.2", dst, 64, []byte("x"))
+		l.sizes[i] = copy(l.bufs[i][Headroom:], p)
+	}
+	l.classify(e.Table(), 3)
+	if l.bc.drops[DropNoRoute] != 3 || len(l.icmp.out) != 1 {
+		t.Errorf("no-route drops %d, ICMP errors %d; want 3 and 1 (only for 10.5.99.254)", l.bc.drops[DropNoRoute], len(l.icmp.out))
+	}
+	tab := e.Table()
+	for _, c := range []struct {
+		ip   string
+		want bool
+	}{{"10.5.2.255", true}, {"10.5.2.254", false}, {"10.6.2.255", false}, {"10.5.255.255", true}} {
+		if got := tab.subnetBroadcast(u32(netip.MustParseAddr(c.ip))); got != c.want {
+			t.Errorf("subnetBroadcast(%s) = %v", c.ip, got)
+		}
+	}
+	n32, err := NewTable(netip.MustParsePrefix("10.7.0.0/24"), 32, netip.Prefix{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n32.subnetBroadcast(u32(netip.MustParseAddr("10.7.0.255"))) {
+		t.Error("a /32 subnet has no broadcast address")
 	}
 }

@@ -50,9 +50,12 @@ type PeerSpec struct {
 }
 
 // maxDirectSlots bounds the directly indexed part of a table: a /8 network
-// of /24 subnets (65,536 slots, 512 KiB of pointers) is indexed directly;
-// wider spans fall back to a map keyed by subnet number.
-const maxDirectSlots = 1 << 20
+// of /24 subnets (65,536 slots, 512 KiB of pointers, allocated and zeroed
+// on every snapshot) is indexed directly; wider spans (a /8 of /28s would
+// be 8 MiB per snapshot) fall back to a map keyed by subnet number, built
+// once per snapshot and only read afterwards, so lookups stay lock-free
+// and allocate nothing, and its size follows the peers, not the span.
+const maxDirectSlots = 1 << 16
 
 // Table is an immutable snapshot of the forwarding state: this host's
 // subnet and every peer's. Readers on the packet path never lock; a change
@@ -179,6 +182,18 @@ func (t *Table) Lookup(addr netip.Addr) *Peer {
 		return nil
 	}
 	return t.lookup(u32(addr))
+}
+
+// subnetBroadcast reports whether ip is the directed broadcast address of
+// a subnet of the network (all host bits set): RFC 1122 3.2.2 forbids an
+// ICMP error about a datagram sent to a broadcast address. /31 and /32
+// subnets have none (RFC 3021). A nil table knows no subnets.
+func (t *Table) subnetBroadcast(ip uint32) bool {
+	if t == nil || t.shift < 2 || ip&t.netMask != t.network {
+		return false
+	}
+	host := uint32(1)<<t.shift - 1
+	return ip&host == host
 }
 
 // peerByIP returns the peer with this public IPv4 address, or nil.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,7 +57,9 @@ func TestTableMatchesReference(t *testing.T) {
 		{"10.0.0.0/8", 24, 500},
 		{"10.5.0.0/22", 24, 3},
 		{"10.5.0.0/28", 30, 3},
-		{"100.64.0.0/10", 30, 300}, // 2^20 slots: direct
+		{"10.0.0.0/8", 24, 300},    // 2^16 slots: direct, the limit
+		{"10.0.0.0/8", 25, 300},    // 2^17 slots: map fallback
+		{"100.64.0.0/10", 30, 300}, // 2^20 slots: map fallback
 		{"10.0.0.0/8", 30, 300},    // 2^22 slots: map fallback
 	}
 	for _, s := range shapes {
@@ -67,7 +70,7 @@ func TestTableMatchesReference(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (tab.slots == nil) != (s.sub-network.Bits() > 20) {
+		if (tab.slots == nil) != (s.sub-network.Bits() > 16) {
 			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.slots != nil)
 		}
 		probe := func(a netip.Addr) {
@@ -93,6 +96,53 @@ func TestTableMatchesReference(t *testing.T) {
 		if len(tab.Peers()) != len(peers)-1 {
 			t.Errorf("%d peers, want %d", len(tab.Peers()), len(peers)-1)
 		}
+	}
+}
+
+// TestTableSnapshotMemory: a snapshot's size follows its peers, not the
+// span of subnet numbers, once that span is above maxDirectSlots: a /8
+// split into /28s (2^20 subnet numbers) with a few peers must not cost
+// megabytes on every lease change.
+func TestTableSnapshotMemory(t *testing.T) {
+	network := netip.MustParsePrefix("10.0.0.0/8")
+	peers := randomPeers(rand.New(rand.NewPCG(7, 8)), network, 28, 10)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := NewTable(network, 28, peers[0].Subnet, peers, nil); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<10 {
+		t.Errorf("a snapshot of %d peers allocated %d bytes", len(peers), n)
+	}
+	// At the limit the direct slots are 8 bytes each and no more.
+	if maxDirectSlots*8 > 512<<10 {
+		t.Errorf("maxDirectSlots %d: more than 512 KiB of slots per snapshot", maxDirectSlots)
+	}
+}
+
+// BenchmarkTableSnapshot measures building a snapshot (what every lease
+// change costs) at the direct-slot limit and just above it, with 1000
+// peers reused from the previous snapshot as in steady state.
+func BenchmarkTableSnapshot(b *testing.B) {
+	for _, s := range []struct {
+		name string
+		sub  int
+	}{{"direct-2^16", 24}, {"map-2^17", 25}, {"map-2^20", 28}} {
+		b.Run(s.name, func(b *testing.B) {
+			network := netip.MustParsePrefix("10.0.0.0/8")
+			peers := randomPeers(rand.New(rand.NewPCG(9, 10)), network, s.sub, 1000)
+			prev, err := NewTable(network, s.sub, peers[0].Subnet, peers, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if prev, err = NewTable(network, s.sub, peers[0].Subnet, peers, prev); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -177,12 +227,17 @@ func TestTableConcurrentSwap(t *testing.T) {
 }
 
 func BenchmarkLookup(b *testing.B) {
-	for _, n := range []int{10, 1000, 65536} {
-		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+	for _, c := range []struct{ n, sub int }{{10, 24}, {1000, 24}, {65536, 24}, {1000, 28}} {
+		n, sub := c.n, c.sub
+		name := fmt.Sprintf("peers=%d", n)
+		if sub != 24 {
+			name += fmt.Sprintf("/map-fallback-%d", sub)
+		}
+		b.Run(name, func(b *testing.B) {
 			r := rand.New(rand.NewPCG(5, 6))
 			network := netip.MustParsePrefix("10.0.0.0/8")
-			peers := randomPeers(r, network, 24, n)
-			tab, err := NewTable(network, 24, netip.Prefix{}, peers, nil)
+			peers := randomPeers(r, network, sub, n)
+			tab, err := NewTable(network, sub, netip.Prefix{}, peers, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -145,12 +145,16 @@ func (l *txLoop) classify(t *Table, n int) int {
 		}
 		if p == nil {
 			l.drop(DropNoRoute, nil, pkt)
-			l.icmp.queue(pkt, icmpDestUnreachable, icmpCodeNetUnreach)
+			if !t.subnetBroadcast(dstIP(pkt)) {
+				l.icmp.queue(pkt, icmpDestUnreachable, icmpCodeNetUnreach)
+			}
 			continue
 		}
 		if l.ttl && !decrementTTL(pkt) {
 			l.drop(DropTTLExpired, p, pkt)
-			l.icmp.queue(pkt, icmpTimeExceeded, icmpCodeTTLExceeded)
+			if !t.subnetBroadcast(dstIP(pkt)) {
+				l.icmp.queue(pkt, icmpTimeExceeded, icmpCodeTTLExceeded)
+			}
 			continue
 		}
 		l.cand = append(l.cand, l.bufs[i][:Headroom+size])

@@ -35,6 +35,11 @@ const (
 	// maxSuperPacket is the IPv4 total-length limit a super-packet must
 	// respect.
 	maxSuperPacket = 65535
+	// maxUDPSegments is the most datagrams one UDP super-packet carries:
+	// virtio_net_hdr_to_skb refuses (EINVAL) a UDP_L4 write whose payload
+	// exceeds gso_size * UDP_MAX_SEGMENTS, which is 64 before Linux 6.15
+	// and 128 since.
+	maxUDPSegments = 64
 )
 
 type flowKey struct {
@@ -84,6 +89,13 @@ func (c *coalescer) plan(bufs [][]byte, offset int) {
 				r.nextSeq = binary.BigEndian.Uint32(pkt[iph+4:]) + uint32(r.gsoSize)
 				r.closed = pkt[iph+13]&tcpFlagPSH != 0
 			}
+			// A packet above the MTU (a peer's whole TSO packet) stays
+			// alone: as a run's head it would set gso_size to its own
+			// length, and the kernel would cut the train at that, not at
+			// the MTU. Alone, finish cuts it at the MTU.
+			if c.mtu > 0 && len(pkt) > c.mtu {
+				r.closed = true
+			}
 		}
 		c.runs = append(c.runs, r)
 	}
@@ -114,7 +126,15 @@ func candidate(pkt []byte, uso bool) (k flowKey, iph, l4h int, hasKey, ok bool) 
 		return k, 0, 0, false, false // its L4 checksum covers other fragments
 	}
 	if proto == protoUDP {
-		return k, iph, 8, true, uso
+		// A datagram with no payload cannot be a segment: the kernel
+		// refuses gso_size 0 (virtio_net_hdr_to_skb: EINVAL), and appended
+		// to a run it would add no bytes and vanish.
+		// A UDP length that disagrees with the IP length (padding, or a
+		// forgery) would be rewritten to cover the appended segments,
+		// turning the padding into payload; udp_gro_receive_segment refuses
+		// such packets too.
+		ulen := int(binary.BigEndian.Uint16(pkt[iph+4:]))
+		return k, iph, 8, true, uso && len(pkt) > iph+8 && ulen == len(pkt)-iph
 	}
 	if len(pkt) < iph+20 {
 		return k, 0, 0, false, false
@@ -144,7 +164,11 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, key flowKey, iph, l4
 		}
 		head := bufs[r.idx][offset:]
 		payload := len(pkt) - iph - l4h
-		if r.closed || payload > r.gsoSize || iph != r.iphLen || l4h != r.l4hLen ||
+		if key.proto == protoUDP && r.n >= maxUDPSegments {
+			return false // the next run of the flow starts with this packet
+		}
+		if r.closed || payload == 0 || payload > r.gsoSize || iph != r.iphLen || l4h != r.l4hLen ||
+			(c.mtu > 0 && len(pkt) > c.mtu) ||
 			len(head)+payload > maxSuperPacket || cap(bufs[r.idx])-len(bufs[r.idx]) < payload {
 			return false
 		}

@@ -85,7 +85,7 @@ func segment(t *testing.T, b []byte) [][]byte {
 			t.Fatalf("checksum field does not hold the pseudo-header sum")
 		}
 		binary.BigEndian.PutUint16(l4[coff:], 0)
-		binary.BigEndian.PutUint16(l4[coff:], ^foldedSum(l4, ps))
+		binary.BigEndian.PutUint16(l4[coff:], deviceSum(s[9], l4, ps))
 		return [][]byte{s}
 	}
 	for p := hlen; p < len(pkt); p += gso {
@@ -108,10 +108,22 @@ func segment(t *testing.T, b []byte) [][]byte {
 		ps := uint64(binary.BigEndian.Uint16(s[12:])) + uint64(binary.BigEndian.Uint16(s[14:])) +
 			uint64(binary.BigEndian.Uint16(s[16:])) + uint64(binary.BigEndian.Uint16(s[18:])) + uint64(s[9]) + uint64(len(l4))
 		binary.BigEndian.PutUint16(l4[coff:], 0)
-		binary.BigEndian.PutUint16(l4[coff:], ^foldedSum(l4, ps))
+		binary.BigEndian.PutUint16(l4[coff:], deviceSum(s[9], l4, ps))
 		out = append(out, s)
 	}
 	return out
+}
+
+// deviceSum completes a transport checksum as skb_checksum_help does:
+// csum_fold(csum) ?: CSUM_MANGLED_0, so a UDP checksum that sums to zero
+// is sent as 0xffff (RFC 768: zero means none). For TCP both are the same
+// number; the test's TCP senders never pick 0xffff, so keep theirs.
+func deviceSum(proto byte, l4 []byte, pseudo uint64) uint16 {
+	s := ^foldedSum(l4, pseudo)
+	if s == 0 && proto == protoUDP {
+		s = 0xffff
+	}
+	return s
 }
 
 func TestCoalesceRuns(t *testing.T) {
@@ -124,6 +136,15 @@ func TestCoalesceRuns(t *testing.T) {
 	}
 	b := func(seq uint32, n int) seg {
 		return seg{src: "10.5.1.3", dst: "10.5.2.2", sport: 2000, seq: seq, ack: 5, payload: n}
+	}
+	u := func(n int) seg {
+		return seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: n, proto: "udp"}
+	}
+	us := func(count, n int) (out []seg) {
+		for range count {
+			out = append(out, u(n))
+		}
+		return out
 	}
 	cases := []struct {
 		name string
@@ -139,6 +160,11 @@ func TestCoalesceRuns(t *testing.T) {
 		{"different ack", []seg{a(0, 1000, nil), a(1000, 1000, func(s *seg) { s.ack = 78 })}, []int{1, 1}},
 		{"different window", []seg{a(0, 1000, nil), a(1000, 1000, func(s *seg) { s.window = 9 })}, []int{1, 1}},
 		{"a FIN keeps its place", []seg{a(0, 1000, nil), a(1000, 0, func(s *seg) { s.fin = true }), a(1000, 1000, nil)}, []int{1, 1, 1}},
+		{"udp empty payloads stay apart", []seg{u(0), u(0), u(0)}, []int{1, 1, 1}},
+		{"udp empty after data", []seg{u(64), u(64), u(0), u(64)}, []int{2, 1, 1}},
+		{"udp empty before data", []seg{u(0), u(64), u(64)}, []int{1, 2}},
+		{"udp at most 64 segments", us(100, 16), []int{64, 36}},
+		{"tcp pure acks stay apart", []seg{a(0, 0, nil), a(0, 0, nil), a(0, 1000, nil), a(1000, 0, nil)}, []int{1, 1, 1, 1}},
 		{"udp same size", []seg{{src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: 64, proto: "udp"}, {src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: 64, proto: "udp"}, {src: "10.5.1.2", dst: "10.5.2.2", sport: 53, payload: 10, proto: "udp"}}, []int{3}},
 	}
 	for _, c := range cases {
@@ -236,5 +262,38 @@ func TestCoalesceCutsLargeTCP(t *testing.T) {
 	}
 	if !bytes.Equal(got, payload) {
 		t.Fatal("payload not carried intact")
+	}
+}
+
+// TestCoalesceCutsConsecutiveLargeTCP: two TSO packets of one flow above
+// the MTU in a row must not merge into a super-packet cut at the first
+// one's length (9000 bytes, for a 1450-byte device): each is cut at the
+// MTU, and a train of MTU-sized packets after them still merges.
+func TestCoalesceCutsConsecutiveLargeTCP(t *testing.T) {
+	var bufs [][]byte
+	var payload []byte
+	seq := uint32(5)
+	for _, n := range []int{9000, 9000, 1398, 1398} {
+		p := build(t, seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 1000, seq: seq, ack: 1, payload: n})
+		payload = append(payload, p[off+52:]...)
+		bufs = append(bufs, p)
+		seq += uint32(n)
+	}
+	co := coalescer{mtu: 1450}
+	co.plan(bufs, off)
+	var got []byte
+	for i := range co.runs {
+		for _, s := range segment(t, co.finish(bufs, off, &co.runs[i])) {
+			if len(s) > 1450 {
+				t.Fatalf("run %d: a %d-byte segment for a 1450-byte MTU", i, len(s))
+			}
+			got = append(got, s[52:]...)
+		}
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("payload not carried intact")
+	}
+	if len(co.runs) != 3 {
+		t.Errorf("%d runs, want 3 (each large packet alone, then the train)", len(co.runs))
 	}
 }
