@@ -3,7 +3,9 @@ GO      ?= go
 BIN     := bin/weft
 PKGS    := ./...
 # Packages whose tests exercise concurrency directly (run again under -race).
-RACE    := ./engine/... ./encap/... ./lease/... ./capture/...
+RACE    := ./engine/... ./encap/... ./lease/... ./capture/... ./daemon/...
+# staticcheck, pinned; .ci/run installs it into a cache outside the repo.
+STATICCHECK ?= $(shell command -v staticcheck || echo $(HOME)/go/bin/staticcheck)
 # Fuzz budgets are counts of inputs, not wall-clock time: under load, Go's
 # fuzz coordinator can fail a time budget with "context deadline exceeded"
 # (golang/go#75804). Each target's count is sized to take about 10s on an
