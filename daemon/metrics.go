@@ -55,6 +55,7 @@ var (
 	mSendErrors   = desc("udp_send_errors_total", "Messages the kernel refused to send.")
 	mCaptures     = desc("captures_running", "Live captures attached to the engine.")
 	mCaptureLost  = desc("capture_overflow_total", "Packets lost by captures whose queue was full, since start.")
+	mCaptureStall = desc("capture_stalled_total", "Captures ended because their reader made no progress.")
 	mRefusals     = desc("peer_refusals_total", "Peer leases admission refused, by reason (a lease refused in many snapshots counts once).", "reason")
 	mRefused      = desc("peers_refused", "Leases of the last snapshot that admission refused.")
 )
@@ -62,7 +63,7 @@ var (
 func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mBackend, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
 		mBatches, mPerBatch, mBatchSize, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
-		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mRefusals, mRefused} {
+		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused} {
 		ch <- d
 	}
 }
@@ -157,6 +158,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	if h := d.obs.hub; h != nil {
 		gauge(mCaptures, float64(h.Active()))
 		counter(mCaptureLost, h.Overflow())
+		counter(mCaptureStall, h.Stalls())
 	}
 }
 

@@ -51,7 +51,7 @@ func runCapture(args []string) error {
 	dur := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
 	points := fs.String("points", "all", "capture points: all, or a comma-separated list of from-tun, to-tun, drop")
 	snap := fs.Int("s", 0, "keep at most this many bytes of each packet (0: all)")
-	queue := fs.Int("buffer-size", 0, "bytes of capture queue per engine loop, in the daemon (0: 4 MiB)")
+	queue := fs.Int("buffer-size", 0, "bytes of capture queue per engine loop, in the daemon (0: 4 MiB; at most 64 MiB)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), captureUsage)
 		fs.PrintDefaults()
@@ -61,6 +61,9 @@ func runCapture(args []string) error {
 		return err
 	}
 	p := capture.Params{Filter: strings.Join(fs.Args(), " "), Points: *points, Snap: *snap, Count: *count, Duration: *dur, Queue: *queue}
+	if *queue > capture.MaxQueue {
+		return fmt.Errorf("--buffer-size: %d is more than the %d bytes a capture may queue per loop", *queue, capture.MaxQueue)
+	}
 	if *count < 0 || *dur < 0 || *snap < 0 || *queue < 0 {
 		return errors.New("-c, --duration, -s and --buffer-size must not be negative")
 	}

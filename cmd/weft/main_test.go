@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +27,13 @@ func TestHelpExitsZero(t *testing.T) {
 	}
 	if code := dispatch([]string{"weft", "no-such-command"}); code != 2 {
 		t.Errorf("unknown command: exit %d", code)
+	}
+}
+
+// weft capture refuses a queue the daemon would refuse, before connecting.
+func TestCaptureBufferSizeBound(t *testing.T) {
+	err := runCapture([]string{"--debug-socket", t.TempDir() + "/none.sock", "--buffer-size", "1099511627776"})
+	if err == nil || !strings.Contains(err.Error(), "--buffer-size") {
+		t.Fatalf("%v", err)
 	}
 }
