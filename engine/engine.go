@@ -29,13 +29,28 @@ const (
 )
 
 // Device is the TUN side of the engine. golang.zx2c4.com/wireguard/tun's
-// Device satisfies it, and so does the fake in package enginetest.
+// Device satisfies it, and so do tunio.Device and the fake in package
+// enginetest.
+//
+// Who calls what: Read only from the engine's tx loop; Write from both
+// loops at once (the rx loop writes packets from peers, the tx loop writes
+// ICMP errors back), so Write must be safe for concurrent use. Close may
+// be called at any time, once; afterwards, and in a Read or Write it
+// interrupts, Read and Write return an error for which
+// errors.Is(err, os.ErrClosed) or errors.Is(err, net.ErrClosed) holds.
+// (The engine also stops on any error once it is closing, so a Device
+// that returns another error after Close cannot make Run hang.)
+//
+// Optional interfaces: ReadableDevice (the tx loop drains the queue
+// without sleeping) and LargeTCPWriter (the rx loop accepts TCP packets
+// longer than the MTU).
 type Device interface {
 	// Read reads packets into bufs[i][offset:], sets sizes[i] and returns
-	// how many it read.
+	// how many it read. It blocks until at least one packet is there.
 	Read(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Write writes bufs[i][offset:] as packets. It may use bufs[i][:offset]
-	// and the capacity past len(bufs[i]) as scratch space.
+	// and the capacity past len(bufs[i]) as scratch space, and may change
+	// the slice headers in bufs; the caller keeps its own copies.
 	Write(bufs [][]byte, offset int) (int, error)
 	// BatchSize is how many bufs Read may fill at once; fixed for the
 	// Device's life.
@@ -43,8 +58,21 @@ type Device interface {
 	io.Closer
 }
 
+// ReadableDevice is the optional interface of a Device that can tell,
+// without blocking, whether a Read would return at once: the tx loop then
+// reads a burst of small packets in one wakeup (tunio.Device).
+type ReadableDevice interface {
+	Readable() bool
+}
+
 // Transport is the underlay side: a socket that carries encapsulated
 // packets to peers in batches.
+//
+// Who calls what: ReadBatch only from the rx loop, WriteBatch only from
+// the tx loop; they may run at the same time. Close may be called at any
+// time, once; afterwards, and in a call it interrupts, ReadBatch and
+// WriteBatch return an error for which errors.Is(err, net.ErrClosed) (or
+// os.ErrClosed) holds.
 type Transport interface {
 	// ReadBatch receives datagrams: afterwards bufs[i][offset:offset+sizes[i]]
 	// holds the payload of datagram i, sent by srcs[i]. Every element of
@@ -53,8 +81,9 @@ type Transport interface {
 	// it, so callers must not keep references to the elements they passed.
 	ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error)
 	// WriteBatch sends pkts[i] to dsts[i]; packets for the same destination
-	// must be adjacent. It returns how many packets the kernel refused; err
-	// is only for a transport that can no longer send.
+	// must be adjacent (GSO sends a run as one message). It returns how
+	// many packets the kernel refused; err is only for a transport that
+	// can no longer send.
 	WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, err error)
 	// BatchSize is the most datagrams ReadBatch fills and WriteBatch takes.
 	BatchSize() int
@@ -104,6 +133,7 @@ type Engine struct {
 
 	lastReadLog atomic.Int64 // unix nanoseconds of the last read-error log line
 	tap         atomic.Pointer[tapBox]
+	closing     atomic.Bool // Run is closing the sides: any error ends a loop
 }
 
 // New returns an engine; it forwards nothing until Run and SetTable.
@@ -175,6 +205,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); fail(e.rx.run()) }()
 	<-ctx.Done()
 	// Closing is what unblocks a loop waiting in Read.
+	e.closing.Store(true)
 	e.dev.Close()
 	e.tr.Close()
 	wg.Wait()

@@ -60,7 +60,7 @@ func (l *rxLoop) run() error {
 	for {
 		n, err := l.e.tr.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
 		if err != nil {
-			if isClosed(err) {
+			if isClosed(err) || l.e.closing.Load() {
 				return errClosed
 			}
 			l.c.readErrs.Add(1)
@@ -78,7 +78,7 @@ func (l *rxLoop) run() error {
 			// full-length elements.
 			_, err := l.e.dev.Write(l.out[:k], l.off)
 			if err != nil {
-				if isClosed(err) {
+				if isClosed(err) || l.e.closing.Load() {
 					return errClosed
 				}
 				l.bc.drops[DropTUNWriteError] += uint32(countErrors(err))

@@ -25,7 +25,7 @@ type txLoop struct {
 	ttl bool // the encapsulation lowers the TTL
 
 	// readable is the Device's Readable, if it has one.
-	readable interface{ Readable() bool }
+	readable ReadableDevice
 
 	icmp icmpWriter
 	tap  tapper
@@ -50,7 +50,7 @@ func newTxLoop(e *Engine) *txLoop {
 	}
 	l.icmp.init(e)
 	l.ttl = e.cfg.Encap.DecrementsTTL()
-	if r, ok := e.dev.(interface{ Readable() bool }); ok && !e.cfg.NoDrain {
+	if r, ok := e.dev.(ReadableDevice); ok && !e.cfg.NoDrain {
 		l.readable = r
 	}
 	return l
@@ -60,7 +60,7 @@ func (l *txLoop) run() error {
 	for {
 		n, err := l.read()
 		if err != nil {
-			if isClosed(err) {
+			if isClosed(err) || l.e.closing.Load() {
 				return errClosed
 			}
 			// A malformed super-packet or a transient error: the packets of
@@ -77,6 +77,9 @@ func (l *txLoop) run() error {
 		if k > 0 {
 			refused, err := l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])
 			if err != nil {
+				if isClosed(err) || l.e.closing.Load() {
+					return errClosed
+				}
 				return err
 			}
 			l.bc.drops[DropSendError] += uint32(refused)

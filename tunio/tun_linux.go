@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/engine"
 )
 
 // Options describe the device to create.
@@ -30,6 +32,12 @@ type Options struct {
 	// host a reader can be off its CPU for milliseconds.
 	TxQueueLen int
 }
+
+var (
+	_ engine.Device         = (*Device)(nil)
+	_ engine.ReadableDevice = (*Device)(nil)
+	_ engine.LargeTCPWriter = (*Device)(nil)
+)
 
 // Device is an open TUN device and what is known of its offloads.
 type Device struct {

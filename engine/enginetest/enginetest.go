@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/weft-net/weft/engine"
@@ -78,9 +79,15 @@ type Network struct {
 
 func NewNetwork() *Network { return &Network{conns: map[netip.AddrPort]*Transport{}} }
 
+// A datagram's payload lies at the start of buf, a BufferSize buffer of
+// the network's own: ReadBatch moves it to the reader's offset and hands
+// buf over in exchange for the reader's element, as the real transports'
+// GRO path does, so a caller that kept a reference to an element it passed
+// sees it change.
 type datagram struct {
-	data []byte
-	src  netip.AddrPort
+	buf []byte
+	n   int
+	src netip.AddrPort
 }
 
 // Transport is a fake underlay socket bound to one address of a Network.
@@ -112,7 +119,11 @@ func (n *Network) Send(src, dst netip.AddrPort, payload []byte) error {
 	if t == nil {
 		return errors.New("enginetest: nobody listens on " + dst.String())
 	}
-	t.in <- datagram{append([]byte(nil), payload...), src}
+	if len(payload) > engine.MaxPacket {
+		return errors.New("enginetest: datagram longer than engine.MaxPacket")
+	}
+	buf := make([]byte, engine.BufferSize)
+	t.in <- datagram{buf: buf, n: copy(buf, payload), src: src}
 	return nil
 }
 
@@ -120,7 +131,7 @@ func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort,
 	n := 0
 	select {
 	case d := <-t.in:
-		sizes[0], srcs[0] = copy(bufs[0][offset:], d.data), d.src
+		t.swapIn(bufs, sizes, srcs, 0, offset, d)
 		n = 1
 	case <-t.closed:
 		return 0, net.ErrClosed
@@ -128,7 +139,7 @@ func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort,
 	for n < len(bufs) {
 		select {
 		case d := <-t.in:
-			sizes[n], srcs[n] = copy(bufs[n][offset:], d.data), d.src
+			t.swapIn(bufs, sizes, srcs, n, offset, d)
 			n++
 		default:
 			return n, nil
@@ -137,7 +148,37 @@ func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort,
 	return n, nil
 }
 
+// swapIn exchanges bufs[i] for the datagram's own buffer, its payload
+// moved to offset. The reader's old element is poisoned: it no longer
+// belongs to the reader.
+func (t *Transport) swapIn(bufs [][]byte, sizes []int, srcs []netip.AddrPort, i, offset int, d datagram) {
+	if len(bufs[i]) != engine.BufferSize {
+		panic("enginetest: ReadBatch element is not engine.BufferSize long")
+	}
+	if offset+d.n > len(d.buf) {
+		panic("enginetest: ReadBatch offset leaves no room for the datagram")
+	}
+	copy(d.buf[offset:], d.buf[:d.n])
+	old := bufs[i]
+	bufs[i], sizes[i], srcs[i] = d.buf, d.n, d.src
+	for j := range old {
+		old[j] = 0xdb
+	}
+}
+
+// WriteBatch delivers each packet; it panics when packets for one
+// destination are not adjacent, the engine's side of the contract.
 func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	select {
+	case <-t.closed:
+		return 0, net.ErrClosed
+	default:
+	}
+	for i := 1; i < len(dsts); i++ {
+		if dsts[i] != dsts[i-1] && slices.Contains(dsts[:i-1], dsts[i]) {
+			panic("enginetest: WriteBatch: packets for " + dsts[i].String() + " are not adjacent")
+		}
+	}
 	refused := 0
 	for i, p := range pkts {
 		if t.net.Send(t.addr, dsts[i], p) != nil {
