@@ -53,3 +53,28 @@ func TestRunEndsWhatEverCloseReturns(t *testing.T) {
 		t.Fatal("Run did not return after its context ended")
 	}
 }
+
+// With CheckSourcePort, a datagram from a peer's address but another port
+// (another process on that host) is dropped under its own reason; the
+// peer's own port passes; without the check both pass.
+func TestRxWrongSourcePort(t *testing.T) {
+	for _, check := range []bool{true, false} {
+		e, err := New(nopDevice{}, nopTransport{}, Config{BatchSize: 4, MTU: 1472, AntiSpoof: true, CheckSourcePort: check})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.SetTable(testTable(t))
+		l := e.rx
+		for i, port := range []uint16{8285, 40000} {
+			p := udpPacket(t, "10.5.2.7", "10.5.1.2", 64, make([]byte, 100))
+			l.sizes[i] = copy(l.bufs[i][Headroom:], p)
+			l.srcs[i] = netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port)
+		}
+		k := l.classify(e.Table(), 2)
+		l.bc.flush(&l.c)
+		s := e.Stats()
+		if want := map[bool]int{true: 1, false: 2}[check]; k != want || (check && s.Drops[DropWrongSourcePort] != 1) {
+			t.Errorf("check %v: forwarded %d, drops %v", check, k, s.DropsByName())
+		}
+	}
+}

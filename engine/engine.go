@@ -103,6 +103,13 @@ type Config struct {
 	// packets not addressed to this host's subnet. flanneld accepts them
 	// all; weft does not unless this is off.
 	AntiSpoof bool
+	// CheckSourcePort (with AntiSpoof) also drops a datagram from a peer's
+	// address whose source port is not the peer's Endpoint port. flannel's
+	// UDP format is sent from the cluster's port by every host, so only
+	// another process on the peer host (or a NAT that rewrites ports: turn
+	// it off there) sends from elsewhere. VXLAN picks source ports per flow:
+	// leave it off.
+	CheckSourcePort bool
 	// ICMPSource is the source address of ICMP errors the engine writes
 	// into the TUN (the TUN's own address). Invalid means no ICMP errors.
 	ICMPSource netip.Addr

@@ -48,29 +48,34 @@ const (
 	// address, answered by the Encap itself (kernel vxlan peers send one
 	// only while their permanent neighbour entry is missing).
 	DropARPAnswered
+	// DropWrongSourcePort: a datagram from a peer's address but not from
+	// the cluster's UDP port every flannel host sends from: another
+	// process on that host (Config.CheckSourcePort).
+	DropWrongSourcePort
 	// NumDropReasons is the number of reasons; valid reasons are below it.
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
-	DropNone:          "none",
-	DropNoRoute:       "no-route",
-	DropShort:         "short",
-	DropBadVersion:    "bad-version",
-	DropBadHeaderLen:  "bad-header-length",
-	DropBadLength:     "bad-length",
-	DropTTLExpired:    "ttl-expired",
-	DropUnknownPeer:   "unknown-peer",
-	DropSpoofedSource: "spoofed-source",
-	DropNotLocal:      "not-local",
-	DropOversize:      "oversize",
-	DropSendError:     "send-error",
-	DropTUNWriteError: "tun-write-error",
-	DropBadEncap:      "bad-encap-header",
-	DropWrongVNI:      "wrong-vni",
-	DropNotIPv4Frame:  "not-ipv4-frame",
-	DropWrongMAC:      "wrong-mac",
-	DropARPAnswered:   "arp-answered",
+	DropNone:            "none",
+	DropNoRoute:         "no-route",
+	DropShort:           "short",
+	DropBadVersion:      "bad-version",
+	DropBadHeaderLen:    "bad-header-length",
+	DropBadLength:       "bad-length",
+	DropTTLExpired:      "ttl-expired",
+	DropUnknownPeer:     "unknown-peer",
+	DropSpoofedSource:   "spoofed-source",
+	DropNotLocal:        "not-local",
+	DropOversize:        "oversize",
+	DropSendError:       "send-error",
+	DropTUNWriteError:   "tun-write-error",
+	DropBadEncap:        "bad-encap-header",
+	DropWrongVNI:        "wrong-vni",
+	DropNotIPv4Frame:    "not-ipv4-frame",
+	DropWrongMAC:        "wrong-mac",
+	DropARPAnswered:     "arp-answered",
+	DropWrongSourcePort: "wrong-source-port",
 }
 
 // String returns the reason's stable name, as used in stats and captures.

@@ -93,7 +93,7 @@ func (l *rxLoop) run() error {
 // TTL, and lays out l.out for the TUN write. It returns how many to write.
 func (l *rxLoop) classify(t *Table, n int) int {
 	l.out = l.out[:0]
-	antiSpoof := l.e.cfg.AntiSpoof
+	antiSpoof, checkPort := l.e.cfg.AntiSpoof, l.e.cfg.CheckSourcePort
 	mtu := l.e.cfg.MTU
 	// Datagrams arrive in runs from the same peer; remember the last one to
 	// skip the map lookup and to add the peer's counters once per run.
@@ -147,6 +147,9 @@ func (l *rxLoop) classify(t *Table, n int) int {
 			switch {
 			case p == nil:
 				l.drop(DropUnknownPeer, i, pkt)
+				continue
+			case checkPort && l.srcs[i].Port() != p.Endpoint.Port():
+				l.drop(DropWrongSourcePort, i, pkt)
 				continue
 			case !p.contains(srcIP(pkt)):
 				l.drop(DropSpoofedSource, i, pkt)

@@ -50,6 +50,7 @@ type runFlags struct {
 	tunTxQueueLen               int
 	busyPoll                    time.Duration
 	antiSpoof                   bool
+	sourcePortCheck             bool
 	noKernelVXLAN               bool
 	debugSocket                 string
 	debugAddr, metricsAddr      string
@@ -94,6 +95,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
 	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
+	fs.BoolVar(&f.sourcePortCheck, "udp-source-port-check", true, "udp backend, with --anti-spoof: drop datagrams from a peer's address that do not come from the cluster's UDP port (flanneld and weft send from it; false behind a NAT that rewrites ports)")
 	fs.BoolVar(&f.noKernelVXLAN, "no-kernel-vxlan", false, "behave as if the kernel had no vxlan: Backend.Type vxlan (and auto, for an all-vxlan cluster) speaks VXLAN from userspace")
 	fs.StringVar(&f.debugSocket, "debug-socket", daemon.DefaultDebugSocket, "Unix socket for 'weft stats' and other local debugging (empty to disable)")
 	fs.StringVar(&f.debugAddr, "debug-addr", "", "also serve the debug endpoints (status, capture) on this TCP HOST:PORT, loopback if only a port; captures show tenant traffic, so keep it local (empty: off)")
@@ -155,7 +157,7 @@ func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
 		HealthzIP: f.healthzIP, HealthzPort: f.healthzPort,
 		Datapath: userspace.Options{
 			TUNName: f.tunName, BatchSize: f.batchSize, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite,
-			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, AntiSpoof: f.antiSpoof,
+			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, AntiSpoof: f.antiSpoof, CheckSourcePort: f.sourcePortCheck,
 		},
 		NoKernelVXLAN: f.noKernelVXLAN,
 		DebugSocket:   f.debugSocket, DebugAddr: f.debugAddr, MetricsAddr: f.metricsAddr,

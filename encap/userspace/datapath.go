@@ -22,6 +22,9 @@ type Options struct {
 	NoGSO, NoGRO    bool          // switch UDP GSO / GRO off
 	BusyPoll        time.Duration // how long each loop polls before it sleeps
 	AntiSpoof       bool          // drop datagrams from non-peers and spoofed inner sources
+	// CheckSourcePort (udp flavour, with AntiSpoof) drops datagrams from a
+	// peer's address but not from the cluster's port.
+	CheckSourcePort bool
 	// StateDir keeps state across restarts (userspace vxlan's VtepMAC).
 	StateDir string
 	Log      *slog.Logger
@@ -60,16 +63,17 @@ func (d *datapath) openTUN(name string) error {
 // newEngine builds the engine with a first table holding only this host's
 // subnet (peers come with the first snapshot). enc nil is flannel's UDP
 // format.
-func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap) error {
+func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bool) error {
 	o := d.opts
 	eng, err := engine.New(d.tun, tr, engine.Config{
-		BatchSize:  o.BatchSize,
-		MTU:        d.mtu,
-		AntiSpoof:  o.AntiSpoof,
-		BusyPoll:   o.BusyPoll,
-		ICMPSource: d.own.Subnet.Addr(),
-		Encap:      enc,
-		Logger:     o.Log,
+		BatchSize:       o.BatchSize,
+		MTU:             d.mtu,
+		AntiSpoof:       o.AntiSpoof,
+		CheckSourcePort: checkPort,
+		BusyPoll:        o.BusyPoll,
+		ICMPSource:      d.own.Subnet.Addr(),
+		Encap:           enc,
+		Logger:          o.Log,
 	})
 	if err != nil {
 		return err

@@ -87,7 +87,8 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 		b.tun.Close()
 		return 0, err
 	}
-	if err := b.newEngine(conn, nil); err != nil {
+	// Every flannel host sends from the cluster's port.
+	if err := b.newEngine(conn, nil, b.opts.CheckSourcePort); err != nil {
 		b.tun.Close()
 		conn.Close()
 		return 0, err
@@ -95,7 +96,7 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.conn = conn
 	ts := conn.Stats()
 	b.opts.Log.Info("udp backend up", "tun", b.tun.Name, "mtu", b.mtu, "port", b.port, "tso", b.tun.TSO, "uso", b.tun.USO,
-		"udp-gso", ts.GSO, "udp-gro", ts.GRO, "batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof)
+		"udp-gso", ts.GSO, "udp-gro", ts.GRO, "batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof, "source-port-check", b.opts.AntiSpoof && b.opts.CheckSourcePort)
 	return b.mtu, nil
 }
 

@@ -94,7 +94,7 @@ func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 	enc, err := vxlan.NewEncap(vxlan.EncapOptions{VNI: b.vx.VNI, MAC: b.mac, GBP: b.vx.GBP,
 		Gateway: own.Subnet.Addr(), SendARP: tr.SendFrame})
 	if err == nil {
-		err = b.newEngine(tr, enc)
+		err = b.newEngine(tr, enc, false) // VXLAN source ports vary per flow
 	}
 	if err != nil {
 		b.tun.Close()

@@ -102,7 +102,7 @@ func TestCaptureStatusMetrics(t *testing.T) {
 	spoof := func() {
 		t.Helper()
 		payload := hex.EncodeToString(innerUDP(t, "10.6.9.9", h1.PodIP.String()))
-		if out, err := l.Exec(h2.Name, "env", "WEFT_TEST_HELPER=send-udp", helperBin, h1.IP.String()+":8285", "0", payload); err != nil {
+		if out, err := l.Exec(h2.Name, "env", "WEFT_TEST_HELPER=send-udp", helperBin, h1.IP.String()+":8285", "8285", payload); err != nil {
 			t.Fatalf("spoofed datagram: %v\n%s", err, out)
 		}
 	}

@@ -78,7 +78,10 @@ func TestHostileInput(t *testing.T) {
 			reached.Add(1)
 		}
 	}()
-	fromPeer := udpIn(t, h2.Name, h2.IP.String()+":0")
+	// The peer's own port (8285, as its flannel daemon sends from), and
+	// another process on the peer host.
+	fromPeer := rawUDPIn(t, h2.Name, 8285)
+	fromPeerProcess := udpIn(t, h2.Name, h2.IP.String()+":0")
 	fromStranger := udpIn(t, f.Lab.Switch, lab.SwitchIP.String()+":0")
 	target := &net.UDPAddr{IP: h1.IP.AsSlice(), Port: 8285}
 
@@ -91,7 +94,7 @@ func TestHostileInput(t *testing.T) {
 	badIHL[0] = 0x43
 	storm := []struct {
 		reason engine.DropReason
-		conn   *net.UDPConn
+		conn   udpSender
 		dgram  []byte
 	}{
 		{engine.DropShort, fromPeer, valid[:10]},
@@ -102,6 +105,7 @@ func TestHostileInput(t *testing.T) {
 		{engine.DropNotLocal, fromPeer, innerPacket(t, h2.PodIP, netip.MustParseAddr("10.8.252.1"), 100)},
 		{engine.DropOversize, fromPeer, innerPacket(t, h2.PodIP, h1.PodIP, f.Envs[0].MTU+8)},
 		{engine.DropUnknownPeer, fromStranger, valid},
+		{engine.DropWrongSourcePort, fromPeerProcess, valid},
 	}
 	n := int(soakDuration(1000, 50000)) // of each kind
 

@@ -56,9 +56,20 @@ var (
 )
 
 func helperSendUDP(args []string) int {
+	// SRC-PORT 0: an ordinary socket on a port of the kernel's choice;
+	// another port: a raw socket, sending as the host's flannel daemon
+	// does from the port it has bound.
 	var srcPort int
 	fmt.Sscan(args[1], &srcPort)
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: srcPort})
+	var c udpSender
+	var err error
+	if srcPort == 0 {
+		c, err = net.ListenUDP("udp4", &net.UDPAddr{})
+	} else {
+		var ipc *net.IPConn
+		ipc, err = net.ListenIP("ip4:udp", nil)
+		c = &rawUDP{c: ipc, src: uint16(srcPort)}
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -202,7 +202,7 @@ func testUDPBackendStatic(t *testing.T, h2flags []string) {
 		spoofed := innerUDP(t, "10.6.9.9", h1.PodIP.String())
 		fromPeer := innerUDP(t, h2.PodIP.String(), h1.PodIP.String())
 		send := func(ns string, payload []byte) {
-			out, err := l.Exec(ns, "env", "WEFT_TEST_HELPER=send-udp", helperBin, h1.IP.String()+":8285", "0", hex.EncodeToString(payload))
+			out, err := l.Exec(ns, "env", "WEFT_TEST_HELPER=send-udp", helperBin, h1.IP.String()+":8285", "8285", hex.EncodeToString(payload))
 			if err != nil {
 				t.Fatalf("send from %s: %v\n%s", ns, err, out)
 			}
