@@ -38,23 +38,14 @@ race:
 	$(GO) test -count=1 -race -timeout 10m $(RACE)
 
 fuzz:
-<<<<<<< HEAD
-	$(GO) test -run '^$$' -fuzz '^FuzzTxClassify$$' -fuzztime $(FUZZTIME) ./engine/
-	$(GO) test -run '^$$' -fuzz '^FuzzRxClassify$$' -fuzztime $(FUZZTIME) ./engine/
-	$(GO) test -run '^$$' -fuzz '^FuzzAttrsJSON$$' -fuzztime $(FUZZTIME) ./lease/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./lease/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseSubnetKey$$' -fuzztime 100000x ./lease/
-	$(GO) test -run '^$$' -fuzz '^FuzzVXLANDecap$$' -fuzztime $(FUZZTIME) ./encap/vxlan/
-	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(FUZZTIME) ./capture/
-=======
 	$(GO) test -run '^$$' -fuzz '^FuzzTxClassify$$' -fuzztime $(call fuzzcount,200000) -fuzzminimizetime $(FUZZMINIMIZE) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzRxClassify$$' -fuzztime $(call fuzzcount,200000) -fuzzminimizetime $(FUZZMINIMIZE) ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzAttrsJSON$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSubnetKey$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzVXLANDecap$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./encap/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./capture/
 	$(GO) test -run '^$$' -fuzz '^FuzzCoalesce$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./tunio/
->>>>>>> hostile-data
 
 # Micro-benchmarks (for benchstat: run twice, compare), then the namespace
 # bench of every backend.
