@@ -12,10 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
-
 	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/capture/decode"
 	"github.com/weft-net/weft/daemon"
@@ -142,28 +138,8 @@ func runCapture(args []string) error {
 
 // printCapture prints one line per packet, as tcpdump does without -w.
 func printCapture(resp *http.Response) (capture.Result, error) {
-	var res capture.Result
-	r, err := pcapgo.NewNgReader(resp.Body, pcapgo.NgReaderOptions{})
-	if err != nil {
-		return res, fmt.Errorf("the capture stream is not pcapng: %v", err)
-	}
-	for {
-		data, ci, opts, err := r.ReadPacketDataWithOptions()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return res, fmt.Errorf("the capture stream broke: %v", err)
-		}
-		fmt.Printf("%s %s %s\n", ci.Timestamp.Format("15:04:05.000000"), strings.Join(opts.Comments, " "), innerSummary(data))
+	if err := decode.Lines(resp.Body, os.Stdout); err != nil {
+		return capture.Result{}, err
 	}
 	return capture.Stream(resp, io.Discard) // the body is at EOF: only the trailers
-}
-
-// innerSummary is a one-line view of an inner IPv4 packet.
-func innerSummary(data []byte) string {
-	var b strings.Builder
-	d := &decode.Decoder{Out: &b}
-	d.Layers(gopacket.NewPacket(data, layers.LayerTypeIPv4, gopacket.NoCopy), "")
-	return strings.Join(strings.Split(strings.TrimSpace(b.String()), "\n"), " | ")
 }

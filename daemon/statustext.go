@@ -1,0 +1,122 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+)
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// WriteText writes the report as `weft status` shows it, ages taken
+// against now.
+func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "store:\t%s\n", r.Store)
+	fmt.Fprintf(w, "backend:\t%s (%s)\n", r.Backend, r.Why)
+	fmt.Fprintf(w, "data path:\t%s\n", r.DataPath)
+	ready := "yes"
+	if !r.Ready {
+		ready = "no (lease, data path or subnet file not up yet)"
+	}
+	fmt.Fprintf(w, "ready:\t%s, up %s\n", ready, r.Uptime)
+	fmt.Fprintf(w, "lease:\t%s, public IP %s, MTU %d\n", r.Subnet, r.PublicIP, r.MTU)
+	if r.LeaseExpiration != nil {
+		fmt.Fprintf(w, "lease expiry:\t%s when acquired (renewed before it by the lease keeper)\n", r.LeaseExpiration.Format(time.RFC3339))
+	}
+	if r.LastSnapshot != nil {
+		fmt.Fprintf(w, "lease snapshots:\t%d, last %s ago\n", r.Snapshots, now.Sub(*r.LastSnapshot).Round(time.Second))
+	}
+	if r.Offloads != nil {
+		o := r.Offloads
+		fmt.Fprintf(w, "offloads:\tTUN TSO %s, USO %s; UDP GSO %s, GRO %s", onOff(o.TSO), onOff(o.USO), onOff(o.GSO), onOff(o.GRO))
+		if r.Transport != nil && r.Transport.GSOFallbacks > 0 {
+			fmt.Fprintf(w, " (GSO fell back %d times)", r.Transport.GSOFallbacks)
+		}
+		fmt.Fprintln(w)
+	}
+	if r.PerCall != nil {
+		fmt.Fprintf(w, "packets per call:\tTUN read %.1f (forwarded), recvmmsg %.1f, sendmmsg %.1f; %.1f packets per GRO datagram\n",
+			r.PerCall["tun_read"], r.PerCall["recvmmsg"], r.PerCall["sendmmsg"], r.PerCall["gro_train"])
+	}
+	if e := r.Engine; e != nil {
+		fmt.Fprintf(w, "to peers (tx):\t%d packets, %s in %d TUN reads\n", e.TxPackets, humanBytes(e.TxBytes), e.TxBatches)
+		fmt.Fprintf(w, "from peers (rx):\t%d packets, %s in %d socket reads\n", e.RxPackets, humanBytes(e.RxBytes), e.RxBatches)
+		fmt.Fprintf(w, "ICMP errors sent:\t%d; read errors %d\n", e.ICMPErrors, e.ReadErrors)
+		names := make([]string, 0, len(e.DropsByReason))
+		for n := range e.DropsByReason {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		if len(names) == 0 {
+			fmt.Fprintf(w, "drops:\tnone\n")
+		}
+		for i, n := range names {
+			label := ""
+			if i == 0 {
+				label = "drops:"
+			}
+			fmt.Fprintf(w, "%s\t%s %d\n", label, n, e.DropsByReason[n])
+		}
+	}
+	if r.Engine != nil {
+		fmt.Fprintf(w, "captures running:\t%d\n", r.Captures)
+	}
+	if len(r.Refusals) > 0 {
+		names := make([]string, 0, len(r.Refusals))
+		for n := range r.Refusals {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for i, n := range names {
+			label := ""
+			if i == 0 {
+				label = "leases refused:"
+			}
+			fmt.Fprintf(w, "%s\t%s %d\n", label, n, r.Refusals[n])
+		}
+	}
+	w.Flush()
+	if len(r.Refused) > 0 {
+		fmt.Fprintf(out, "\nrefused now (%d):\n", len(r.Refused))
+		subnets := make([]string, 0, len(r.Refused))
+		for s := range r.Refused {
+			subnets = append(subnets, s)
+		}
+		sort.Strings(subnets)
+		for _, s := range subnets {
+			fmt.Fprintf(out, "  %s  %s\n", s, r.Refused[s])
+		}
+	}
+	fmt.Fprintf(out, "\npeers (%d):\n", len(r.Peers))
+	if len(r.Peers) == 0 {
+		return
+	}
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "  SUBNET\tPUBLIC IP\tBACKEND\tSEEN FOR\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES")
+	for _, p := range r.Peers {
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.Subnet, p.PublicIP, p.Backend,
+			now.Sub(p.FirstSeen).Round(time.Second), p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
+	}
+	w.Flush()
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
