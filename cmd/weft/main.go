@@ -75,7 +75,7 @@ func dispatch(argv []string) int {
 		return 0
 	}
 	if name == "run" && len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
-		fmt.Println(version) // flanneld --version
+		fmt.Fprintln(os.Stderr, version) // flanneld prints its version on stderr
 		return 0
 	}
 	cmd, ok := commands[name]
