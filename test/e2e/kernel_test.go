@@ -388,4 +388,3 @@ func TestKernelVXLAN(t *testing.T) {
 		}
 	}
 }
-
