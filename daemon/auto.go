@@ -15,9 +15,27 @@ import (
 
 // autoSettle is how long a new outcome of auto's rule must hold before
 // the host moves: a peer whose lease comes and goes faster than this does
-// not make the cluster thrash between backends. A move costs a second or
-// two of traffic; this bounds how often.
-const autoSettle = 2 * time.Second
+// not make the cluster thrash between backends. Each move within
+// autoFlapWindow of the last doubles it, up to autoSettleMax, so a peer
+// that flaps more slowly costs a move (a second or two of traffic) at
+// most every autoSettleMax.
+const (
+	autoSettle     = 2 * time.Second
+	autoSettleMax  = 2 * time.Minute
+	autoFlapWindow = 10 * time.Minute
+)
+
+// settleFor is how long an outcome must hold, given the moves so far:
+// recent counts the moves since the last quiet autoFlapWindow.
+func settleFor(recent int) time.Duration {
+	d := autoSettle
+	for range recent {
+		if d *= 2; d >= autoSettleMax {
+			return autoSettleMax
+		}
+	}
+	return d
+}
 
 // autoFirstTimeout bounds how long the first choice waits for the leases.
 const autoFirstTimeout = 15 * time.Second
@@ -32,7 +50,8 @@ type Move struct {
 
 // autoState is an auto host's bookkeeping of moves.
 type autoState struct {
-	pending string // the outcome waiting out autoSettle ("": none)
+	pending string // the outcome waiting out its settle time ("": none)
+	recent  int    // moves, each within autoFlapWindow of the one before
 	mu      sync.Mutex
 	moves   uint64
 	last    *Move
@@ -41,8 +60,24 @@ type autoState struct {
 func (a *autoState) record(m Move) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.last != nil && m.At.Sub(a.last.At) < autoFlapWindow {
+		a.recent++
+	} else {
+		a.recent = 0
+	}
 	a.moves++
 	a.last = &m
+}
+
+// settle is how long the next outcome must hold: longer after recent
+// moves, back to autoSettle once the last move is autoFlapWindow old.
+func (a *autoState) settle(now time.Time) time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.last == nil || now.Sub(a.last.At) >= autoFlapWindow {
+		return autoSettle
+	}
+	return settleFor(a.recent + 1)
 }
 
 // counts returns the moves so far and the last one (nil: none).
@@ -124,9 +159,10 @@ func (d *daemon) consider(snap []lease.Lease, settle *time.Timer) {
 		d.auto.pending = ""
 		settle.Stop()
 	case typ != d.auto.pending:
-		d.log.Info("auto: the cluster changed; moving unless it changes again", "from", cur, "to", typ, "why", why, "in", autoSettle)
+		wait := d.auto.settle(time.Now())
+		d.log.Info("auto: the cluster changed; moving unless it changes again", "from", cur, "to", typ, "why", why, "in", wait)
 		d.auto.pending = typ
-		settle.Reset(autoSettle)
+		settle.Reset(wait)
 	}
 }
 

@@ -177,6 +177,9 @@ func (d *daemon) follow(ctx context.Context, snapshots <-chan []lease.Lease, fai
 				continue
 			}
 			if err := d.move(ctx, typ, why, last, fail); err != nil {
+				if ctx.Err() != nil {
+					return nil // stopped mid-move: a clean stop
+				}
 				return err
 			}
 		}
