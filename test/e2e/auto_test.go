@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/traffic"
 )
 
 // autoNetconf is an auto cluster's network config.
@@ -49,6 +52,35 @@ func (k *kcluster) allPairs(hosts ...int) {
 			}
 		}
 	}
+}
+
+// tcpAcross starts a verified TCP stream of duration d from host a's pod
+// to host b's and returns where its outcome will come.
+func (k *kcluster) tcpAcross(a, b int, d time.Duration) <-chan error {
+	k.t.Helper()
+	hb := k.Lab.Host(b)
+	srv, err := k.Lab.Start(hb.Pod, fmt.Sprintf("traffic-across-h%d", b), k.Binary, "traffic", "server")
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	k.t.Cleanup(func() { srv.Stop() })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+		defer cancel()
+		out, err := k.Lab.ExecContext(ctx, k.Lab.Host(a).Pod, k.Binary, "traffic", "tcp", "--to", hb.PodIP.String(),
+			"--duration", d.String(), "--verify", "sha256")
+		var res traffic.Result
+		switch {
+		case err != nil:
+			done <- fmt.Errorf("h%d -> h%d: %v\n%s", a, b, err, out)
+		case json.Unmarshal(out, &res) != nil || res.Bytes == 0:
+			done <- fmt.Errorf("h%d -> h%d: nothing verified: %s", a, b, out)
+		default:
+			done <- nil
+		}
+	}()
+	return done
 }
 
 // cleanedUp stops every host, runs weft cleanup on each and checks that
@@ -101,8 +133,14 @@ func TestKernelAutoFlatFirstThenJoinAndLeave(t *testing.T) {
 	k.allPairs(1, 2)
 	subnets := []string{k.Envs[0].Subnet.String(), k.Envs[1].Subnet.String()}
 
+	// A TCP stream from h1's pod to h2's runs across the move: pods keep
+	// their addresses (and their host-gw MTU: PMTU discovery copes).
+	stream := k.tcpAcross(1, 2, 15*time.Second)
 	k.start(nil, 3)
 	k.converged("vxlan", 1, 2, 3)
+	if err := <-stream; err != nil {
+		t.Fatalf("TCP stream across the move: %v", err)
+	}
 	for _, i := range []int{1, 2} {
 		s := k.stats(i)
 		if s.Moves != 1 || s.LastMove == nil || s.LastMove.From != "host-gw" || s.LastMove.To != "vxlan" || !strings.Contains(s.Why, k.Lab.Host(3).IP.String()) {
