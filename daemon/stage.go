@@ -106,6 +106,13 @@ func (d *daemon) removeKernelState(st *stage) {
 	if err := nl.RemoveTaggedRoutes(&r); err != nil {
 		d.log.Warn("removing the previous backend's routes", "err", err)
 	}
+	if d.o.Blackhole {
+		// Tagged too, but not the backend's: put it back at once rather
+		// than at the next resync.
+		if err := nl.H.RouteReplace(blackholeRoute(st.own.Subnet)); err != nil {
+			d.log.Warn("cannot put the blackhole route back", "subnet", st.own.Subnet, "err", err)
+		}
+	}
 	if err := nl.RemoveVXLANDevices("", &r); err != nil {
 		d.log.Warn("removing the previous backend's vxlan device", "err", err)
 	}
