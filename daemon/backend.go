@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
-	"time"
 
 	"github.com/weft-net/weft/encap"
-	"github.com/weft-net/weft/encap/auto"
 	"github.com/weft-net/weft/encap/hostgw"
 	"github.com/weft-net/weft/encap/kernel"
 	"github.com/weft-net/weft/encap/userspace"
@@ -18,19 +15,21 @@ import (
 	"github.com/weft-net/weft/lease"
 )
 
-// selectBackend builds the backend the network config asks for, and says
-// why it was chosen (for the log and `weft status`). Whatever it picks, it
-// first removes what another backend of an earlier run left in the kernel,
-// so switching Backend.Type between runs converges.
+// selectBackend builds the backend the network config asks for (not
+// auto: the daemon decides auto's type, see auto.go), and says why.
 func selectBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.Config, log *slog.Logger) (encap.Backend, string, error) {
+	return buildBackend(o, host, cfg, cfg.BackendType, "the network config's Backend.Type is "+cfg.BackendType, log)
+}
+
+// buildBackend builds a backend of type typ (udp, vxlan or host-gw); why
+// is the reason it was chosen, completed with the vxlan flavour. Whatever
+// it builds, it first removes what another backend of an earlier run (or
+// of this run, before an auto move) left in the kernel, so switching
+// Backend.Type between runs converges.
+func buildBackend(o *Options, host encap.Host, cfg *lease.Config, typ, why string, log *slog.Logger) (encap.Backend, string, error) {
 	nl, err := kernel.Current()
 	if err != nil {
 		return nil, "", err
-	}
-	typ, why := cfg.BackendType, "the network config's Backend.Type is "+cfg.BackendType
-	if typ == "auto" {
-		typ, why = chooseAuto(ctx, o, host, nl)
-		log.Info("auto: backend chosen", "backend", typ, "why", why)
 	}
 	switch typ {
 	case "udp":
@@ -106,56 +105,5 @@ func probeVXLAN(o *Options, nl *kernel.Netlink) func() error {
 			return fmt.Errorf("the kernel cannot create a vxlan device (%v)", err)
 		}
 		return nil
-	}
-}
-
-// autoPeersTimeout bounds how long auto waits for the current leases.
-const autoPeersTimeout = 15 * time.Second
-
-// chooseAuto gathers auto's facts from the store and the kernel.
-func chooseAuto(ctx context.Context, o *Options, host encap.Host, nl *kernel.Netlink) (string, string) {
-	f := auto.Facts{Probe: probeVXLAN(o, nl)}
-	peers, err := currentPeers(ctx, o.Store, host)
-	if err != nil {
-		f.Unknown = "the current leases could not be read (" + err.Error() + ")"
-		return auto.Choose(f)
-	}
-	connected, err := nl.Connected(host.IfaceIndex)
-	if err != nil {
-		f.Unknown = "the subnets of " + host.Iface + " could not be read (" + err.Error() + ")"
-		return auto.Choose(f)
-	}
-	f.Peers, f.Connected = peers, connected
-	if err := hostgw.CheckPublicIP(host); err != nil {
-		f.Unknown = err.Error() // rules host-gw out
-	}
-	return auto.Choose(f)
-}
-
-// currentPeers reads the cluster's leases once, from the daemon's own
-// store (a watch of its own, ended as soon as the first snapshot is in),
-// leaving out this host's own (by its public IP, or the static store's
-// own subnet).
-func currentPeers(ctx context.Context, store lease.Manager, host encap.Host) ([]lease.Lease, error) {
-	ctx, cancel := context.WithTimeout(ctx, autoPeersTimeout)
-	defer cancel()
-	snaps := make(chan []lease.Lease, 1)
-	go store.Watch(ctx, snaps)
-	var own netip.Prefix
-	if s, ok := store.(interface{ Own() netip.Prefix }); ok {
-		own = s.Own()
-	}
-	select {
-	case snap := <-snaps:
-		var peers []lease.Lease
-		for _, l := range snap {
-			if l.Subnet == own || !l.Attrs.PublicIP.IsValid() || l.Attrs.PublicIP == host.PublicIP {
-				continue
-			}
-			peers = append(peers, l)
-		}
-		return peers, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("no lease snapshot within %s", autoPeersTimeout)
 	}
 }

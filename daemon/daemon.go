@@ -7,28 +7,25 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/weft-net/weft/encap"
-	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/lease"
 )
 
 // daemon is one running host: its lease, its backend and the goroutines
 // that keep them in step with the cluster.
 type daemon struct {
-	o       Options
-	log     *slog.Logger
-	ext     *extIface
-	cfg     *lease.Config
-	own     lease.Lease
-	backend encap.Backend
-	why     string // why this backend
-	mtu     int
-	gate    *admission.Gate
-	ready   atomic.Bool // lease held, data path up, subnet file written
-	obs     observability
+	o     Options
+	log   *slog.Logger
+	ext   *extIface
+	cfg   *lease.Config
+	cur   atomic.Pointer[stage] // the running backend, its lease and gate
+	auto  *autoState            // nil unless Backend.Type is auto
+	ready atomic.Bool           // lease held, data path up, subnet file written
+	obs   observability
 }
 
 // Run runs this host until ctx ends. On return the lease is kept (for the
@@ -70,41 +67,41 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
 	host := d.ext.host()
-	if d.backend, d.why, err = selectBackend(ctx, &o, host, d.cfg, log); err != nil {
-		return err
+	var b encap.Backend
+	var why string
+	if d.cfg.BackendType == "auto" {
+		d.auto = &autoState{}
+		typ, w := d.firstChoice(ctx)
+		log.Info("auto: backend chosen", "backend", typ, "why", w)
+		b, why, err = buildBackend(&o, host, d.cfg, typ, w, log)
+	} else {
+		b, why, err = selectBackend(ctx, &o, host, d.cfg, log)
 	}
-	log.Info("backend chosen", "backend", d.backend.Type(), "why", d.why)
-	attrs, err := d.backend.Attrs()
 	if err != nil {
 		return err
 	}
-	if d.own, err = o.Store.Acquire(ctx, attrs); err != nil {
-		return err
-	}
-	log.Info("lease acquired", "subnet", d.own.Subnet, "public-ip", d.own.Attrs.PublicIP)
-	d.gate = admission.NewGate(admission.Rule{Network: d.cfg.Network, SubnetLen: d.cfg.SubnetLen, Own: d.own, Accept: d.backend.Accept}, log)
-	if d.mtu, err = d.backend.Start(ctx, d.own); err != nil {
-		return err
-	}
+	log.Info("backend chosen", "backend", b.Type(), "why", why)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.backend.Run(ctx) }()
+	st, err := d.startStage(ctx, b, why, cancel)
+	if err != nil {
+		return err
+	}
+	d.cur.Store(st)
 
-	if err := setupFirewall(ctx, &o, d.cfg, d.own.Subnet, prevSubnet, log); err != nil {
+	if err := setupFirewall(ctx, &o, d.cfg, st.own.Subnet, prevSubnet, log); err != nil {
 		cancel(err)
 	}
 	if o.Blackhole {
-		if err := keepBlackhole(ctx, d.own.Subnet, o.IPTablesResync, log); err != nil {
+		if err := keepBlackhole(ctx, st.own.Subnet, o.IPTablesResync, log); err != nil {
 			cancel(err)
 		}
 	}
 	// The subnet file is the signal that this host is ready: it is written
 	// only once the data path is up, as flanneld does.
-	env := lease.SubnetEnv{Network: d.cfg.Network, Subnet: d.own.Subnet, MTU: d.mtu, IPMasq: o.IPMasq}
 	if ctx.Err() == nil {
-		if err := lease.WriteSubnetFile(o.SubnetFile, env); err != nil {
+		if err := d.writeSubnetFile(st); err != nil {
 			cancel(err)
 		} else {
 			d.ready.Store(true)
@@ -112,7 +109,6 @@ func Run(ctx context.Context, o Options) error {
 			if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 				log.Warn("telling systemd we are ready", "err", err)
 			}
-			log.Info("subnet file written", "path", o.SubnetFile)
 		}
 	}
 
@@ -122,19 +118,14 @@ func Run(ctx context.Context, o Options) error {
 			cancel(fmt.Errorf("watching leases: %w", err))
 		}
 	}()
-	go func() {
-		if err := o.Store.Keep(ctx, d.own); err != nil && ctx.Err() == nil {
-			cancel(fmt.Errorf("keeping lease %s: %w", d.own.Subnet, err))
-		}
-	}()
-	go d.follow(ctx, snapshots)
 	if stopObs, err := d.obs.start(ctx, d); err != nil {
 		cancel(err)
 	} else {
 		defer stopObs()
 	}
-	runErr := <-runDone
+	runErr := d.follow(ctx, snapshots, cancel)
 	cancel(nil)
+	runErr = errors.Join(runErr, d.cur.Load().stop())
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
@@ -142,20 +133,55 @@ func Run(ctx context.Context, o Options) error {
 	if runErr != nil {
 		return runErr
 	}
-	log.Info("stopped; the lease is kept for the next start", "subnet", d.own.Subnet)
+	log.Info("stopped; the lease is kept for the next start", "subnet", d.cur.Load().own.Subnet)
 	return nil
 }
 
-// follow hands each lease snapshot, through admission, to the backend.
-func (d *daemon) follow(ctx context.Context, snapshots <-chan []lease.Lease) {
+// writeSubnetFile writes the subnet file for the stage's lease and MTU.
+func (d *daemon) writeSubnetFile(st *stage) error {
+	env := lease.SubnetEnv{Network: d.cfg.Network, Subnet: st.own.Subnet, MTU: st.mtu, IPMasq: d.o.IPMasq}
+	if err := lease.WriteSubnetFile(d.o.SubnetFile, env); err != nil {
+		return err
+	}
+	d.log.Info("subnet file written", "path", d.o.SubnetFile, "mtu", st.mtu)
+	return nil
+}
+
+// follow hands each lease snapshot, through admission, to the backend,
+// and on an auto host moves the backend when the cluster asks for
+// another. It returns when ctx ends (nil) or when the backend's Run ends
+// by itself (its error).
+func (d *daemon) follow(ctx context.Context, snapshots <-chan []lease.Lease, fail context.CancelCauseFunc) error {
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	var last []lease.Lease
 	for {
+		st := d.cur.Load()
 		select {
 		case <-ctx.Done():
-			return
+			return nil
+		case err := <-st.runDone:
+			st.ran = true
+			return err
 		case snap := <-snapshots:
-			peers := d.gate.Admit(snap)
-			d.obs.sawPeers(peers)
-			d.backend.SetPeers(peers)
+			last = snap
+			d.apply(st, snap)
+			if d.auto != nil {
+				d.consider(snap, settle)
+			}
+		case <-settle.C:
+			d.auto.pending = ""
+			typ, why, ok := d.decide(last)
+			if !ok || typ == st.backend.Type() {
+				continue
+			}
+			if err := d.move(ctx, typ, why, last, fail); err != nil {
+				if ctx.Err() != nil {
+					return nil // stopped mid-move: a clean stop
+				}
+				return err
+			}
 		}
 	}
 }

@@ -37,9 +37,11 @@ var _ encap.Backend = kernelBackend{}
 // /stats is /status under its old name.
 func TestCaptureOnKernelBackendExplains(t *testing.T) {
 	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1")}}
-	d := &daemon{backend: kernelBackend{"vxlan"}, why: "test", own: own, o: Options{StoreName: "etcd"},
+	d := &daemon{o: Options{StoreName: "etcd"}}
+	st := &stage{backend: kernelBackend{"vxlan"}, why: "test", own: own,
 		gate: admission.NewGate(admission.Rule{Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, Own: own}, slog.New(slog.DiscardHandler))}
-	peers := d.gate.Admit([]lease.Lease{own,
+	d.cur.Store(st)
+	peers := st.gate.Admit([]lease.Lease{own,
 		{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "vxlan"}},
 		{Subnet: netip.MustParsePrefix("0.0.0.0/0"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.3"), BackendType: "vxlan"}},
 	})
@@ -63,7 +65,7 @@ func TestCaptureOnKernelBackendExplains(t *testing.T) {
 	}
 	_, body := get("/metrics")
 	if !strings.Contains(body, `weft_backend_info{backend="vxlan",why="test"} 1`) || !strings.Contains(body, "weft_peers 1") || strings.Contains(body, "weft_packets_total") ||
-		!strings.Contains(body, `weft_peer_refusals_total{reason="subnet-length"} 1`) {
+		!strings.Contains(body, `weft_peer_refusals_total{reason="subnet-length"} 1`) || !strings.Contains(body, "weft_backend_moves_total 0") {
 		t.Errorf("metrics:\n%s", body)
 	}
 }

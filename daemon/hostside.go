@@ -63,11 +63,7 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, subnet, p
 // dropped here instead of following the default route out), and puts it
 // back every period, as flanneld's resync does.
 func keepBlackhole(ctx context.Context, subnet netip.Prefix, period time.Duration, log *slog.Logger) error {
-	r := &netlink.Route{
-		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
-		Type:     unix.RTN_BLACKHOLE,
-		Protocol: 87, // weft's route tag (encap/kernel): weft cleanup removes it
-	}
+	r := blackholeRoute(subnet)
 	if err := netlink.RouteReplace(r); err != nil {
 		return fmt.Errorf("--ip-blackhole-route: %v", err)
 	}
@@ -118,4 +114,13 @@ func serveHealthz(ctx context.Context, ip string, port int, ready *atomic.Bool, 
 	}()
 	log.Info("healthz listening", "addr", ln.Addr())
 	return nil
+}
+
+// blackholeRoute is --ip-blackhole-route's route for subnet.
+func blackholeRoute(subnet netip.Prefix) *netlink.Route {
+	return &netlink.Route{
+		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
+		Type:     unix.RTN_BLACKHOLE,
+		Protocol: 87, // weft's route tag (encap/kernel): weft cleanup removes it
+	}
 }

@@ -32,6 +32,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 
 var (
 	mBackend      = desc("backend_info", "The backend in use (1), and why it was chosen.", "backend", "why")
+	mMoves        = desc("backend_moves_total", "Times Backend.Type auto moved this host to another backend (the cluster changed).")
 	mReady        = desc("ready", "1 once the lease is held, the data path is up and the subnet file written.")
 	mPeers        = desc("peers", "Leases of other hosts in the last lease snapshot.")
 	mSnapshots    = desc("lease_snapshots_total", "Lease snapshots received from the lease store's watch.")
@@ -61,7 +62,7 @@ var (
 )
 
 func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mBackend, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
+	for _, d := range []*prometheus.Desc{mBackend, mMoves, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
 		mBatches, mPerBatch, mBatchSize, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
 		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused} {
 		ch <- d
@@ -82,18 +83,21 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		return 0
 	}
-	gauge(mBackend, 1, d.backend.Type(), d.why)
+	st := d.cur.Load()
+	gauge(mBackend, 1, st.backend.Type(), st.why)
+	moves, _ := d.auto.counts()
+	counter(mMoves, moves)
 	gauge(mReady, b01(d.ready.Load()))
 	exp := 0.0
-	if !d.own.Expiration.IsZero() {
-		exp = float64(d.own.Expiration.Unix())
+	if !st.own.Expiration.IsZero() {
+		exp = float64(st.own.Expiration.Unix())
 	}
 	gauge(mLeaseExpiry, exp)
 	counts := d.refusals()
 	for _, r := range admission.Reasons {
 		counter(mRefusals, counts[r], r)
 	}
-	gauge(mRefused, float64(len(d.gate.Refused())))
+	gauge(mRefused, float64(len(st.gate.Refused())))
 	d.obs.mu.Lock()
 	peers := len(d.obs.peers)
 	counter(mSnapshots, d.obs.snapshots)
@@ -103,7 +107,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	d.obs.mu.Unlock()
 	gauge(mPeers, float64(peers))
 
-	b := d.datapath()
+	b := datapathOf(st)
 	if b == nil {
 		return // a kernel data path: no packet passes weft
 	}
@@ -155,7 +159,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mPerSyscall, ratio(ts.RecvSegments, ts.RecvCalls), "recvmmsg")
 	gauge(mPerSyscall, ratio(ts.SendSegments, ts.SendCalls), "sendmmsg")
 	counter(mSendErrors, ts.SendErrors)
-	if h := d.obs.hub; h != nil {
+	if h := st.hub; h != nil {
 		gauge(mCaptures, float64(h.Active()))
 		counter(mCaptureLost, h.Overflow())
 		counter(mCaptureStall, h.Stalls())

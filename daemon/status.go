@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/encap/udp"
@@ -27,7 +26,6 @@ type observability struct {
 	peers     []lease.Lease // the admitted peers of the last snapshot
 	snapshots uint64
 	lastSnap  time.Time
-	hub       *capture.Hub // nil for backends with a kernel data path
 	started   time.Time
 }
 
@@ -52,35 +50,27 @@ func (o *observability) sawPeers(snap []lease.Lease) {
 	o.lastSnap = now
 }
 
-// datapath returns the engine, TUN and socket of a backend whose packets
+// datapathOf returns the engine, TUN and socket of a backend whose packets
 // pass through weft, or nil for a kernel data path.
-func (d *daemon) datapath() *encap.DatapathInfo {
-	if dp, ok := d.backend.(encap.Datapath); ok {
+func datapathOf(st *stage) *encap.DatapathInfo {
+	if dp, ok := st.backend.(encap.Datapath); ok {
 		return dp.Datapath()
 	}
 	return nil
 }
 
-// start brings up what the daemon serves: the capture hub, the debug
-// socket, the TCP debug address and the metrics endpoint, all from one
-// mux. Captures end (with their trailers) when ctx does.
-func (o *observability) start(ctx context.Context, d *daemon) (stop func(), err error) {
+// start brings up what the daemon serves: the debug socket, the TCP
+// debug address and the metrics endpoint, all from one mux. Each stage
+// has its capture hub; its captures end (with their trailers) when the
+// stage does.
+func (o *observability) start(_ context.Context, d *daemon) (stop func(), err error) {
 	o.started = time.Now()
-	if dp := d.datapath(); dp != nil {
-		o.hub = capture.NewHub(dp.Engine)
-	}
 	var stops []func()
 	stop = func() {
 		for _, s := range stops {
 			s()
 		}
 	}
-	go func() {
-		<-ctx.Done()
-		if o.hub != nil {
-			o.hub.Close()
-		}
-	}()
 	mux := d.mux()
 	if d.o.DebugSocket != "" {
 		s, err := serveUnix(d.o.DebugSocket, mux, d.log)
@@ -121,16 +111,24 @@ func (d *daemon) mux() *http.ServeMux {
 	}
 	mux.HandleFunc("GET /status", status)
 	mux.HandleFunc("GET /stats", status)
-	if h := d.obs.hub; h != nil {
-		h.Register(mux)
-	} else {
-		mux.HandleFunc("GET /capture", func(w http.ResponseWriter, r *http.Request) {
-			http.Error(w, kernelPathNote(d.backend.Type()), http.StatusConflict)
-		})
-		mux.HandleFunc("POST /capture/stop", func(w http.ResponseWriter, r *http.Request) {
+	// The stage running when a request comes serves it: an auto host's
+	// backend, and with it its engine and hub, can change.
+	mux.HandleFunc("GET /capture", func(w http.ResponseWriter, r *http.Request) {
+		st := d.cur.Load()
+		if st.hub == nil {
+			http.Error(w, kernelPathNote(st.backend.Type()), http.StatusConflict)
+			return
+		}
+		st.hub.ServeCapture(w, r)
+	})
+	mux.HandleFunc("POST /capture/stop", func(w http.ResponseWriter, r *http.Request) {
+		st := d.cur.Load()
+		if st.hub == nil {
 			http.Error(w, "no capture is running", http.StatusNotFound)
-		})
-	}
+			return
+		}
+		st.hub.ServeStop(w, r)
+	})
 	mux.Handle("GET /metrics", metricsHandler(d))
 	return mux
 }
@@ -155,6 +153,8 @@ type StatusReport struct {
 	Store           string             `json:"store"`
 	Backend         string             `json:"backend"`
 	Why             string             `json:"why"`
+	Moves           uint64             `json:"backend_moves"`               // auto's moves since start
+	LastMove        *Move              `json:"last_backend_move,omitempty"` // auto's last move
 	Subnet          netip.Prefix       `json:"subnet"`
 	PublicIP        netip.Addr         `json:"public_ip"`
 	MTU             int                `json:"mtu"`
@@ -208,20 +208,22 @@ func ratio(a, b uint64) float64 {
 
 func (d *daemon) status() StatusReport {
 	o := &d.obs
+	st := d.cur.Load()
 	r := StatusReport{
-		Store: d.o.StoreName, Backend: d.backend.Type(), Why: d.why, Subnet: d.own.Subnet, PublicIP: d.own.Attrs.PublicIP, MTU: d.mtu,
+		Store: d.o.StoreName, Backend: st.backend.Type(), Why: st.why, Subnet: st.own.Subnet, PublicIP: st.own.Attrs.PublicIP, MTU: st.mtu,
 		Ready: d.ready.Load(), Uptime: time.Since(o.started).Round(time.Second).String(),
-		DataPath: kernelPathNote(d.backend.Type()), Refused: d.gate.Refused(), Refusals: d.refusals(),
+		DataPath: kernelPathNote(st.backend.Type()), Refused: st.gate.Refused(), Refusals: d.refusals(),
 	}
-	if !d.own.Expiration.IsZero() {
-		e := d.own.Expiration
+	r.Moves, r.LastMove = d.auto.counts()
+	if !st.own.Expiration.IsZero() {
+		e := st.own.Expiration
 		r.LeaseExpiration = &e
 	}
-	if s, ok := d.backend.(encap.Status); ok {
+	if s, ok := st.backend.(encap.Status); ok {
 		r.BackendStatus, _ = json.Marshal(s.Status())
 	}
 	counters := map[netip.Prefix]engine.PeerStats{}
-	if dp := d.datapath(); dp != nil {
+	if dp := datapathOf(st); dp != nil {
 		r.DataPath = "userspace: every packet passes through weft (capture with weft capture)"
 		s := dp.Engine.Stats()
 		ts := dp.Socket()
@@ -240,8 +242,8 @@ func (d *daemon) status() StatusReport {
 			}
 		}
 	}
-	if o.hub != nil {
-		r.Captures = o.hub.Active()
+	if st.hub != nil {
+		r.Captures = st.hub.Active()
 	}
 	o.mu.Lock()
 	for _, l := range o.peers {
@@ -261,7 +263,7 @@ func (d *daemon) status() StatusReport {
 // refusals counts refused leases by reason: admission's, and the store's
 // unreadable ones when the store counts them.
 func (d *daemon) refusals() map[string]uint64 {
-	c := d.gate.Counts()
+	c := d.cur.Load().gate.Counts()
 	if s, ok := d.o.Store.(interface{ Unreadable() uint64 }); ok {
 		if n := s.Unreadable(); n > 0 {
 			c[admission.Unreadable] = n

@@ -21,6 +21,9 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "store:\t%s\n", r.Store)
 	fmt.Fprintf(w, "backend:\t%s (%s)\n", r.Backend, r.Why)
+	if m := r.LastMove; m != nil {
+		fmt.Fprintf(w, "backend moves:\t%d; last %s ago: %s -> %s (%s)\n", r.Moves, now.Sub(m.At).Round(time.Second), m.From, m.To, m.Why)
+	}
 	fmt.Fprintf(w, "data path:\t%s\n", r.DataPath)
 	ready := "yes"
 	if !r.Ready {

@@ -19,7 +19,9 @@ func ValidateBackend(cfg *lease.Config) error {
 		_, err := userspace.ParseUDPPort(cfg.Backend)
 		return err
 	case "auto":
-		// auto may become udp or vxlan on any host: both must accept it.
+		// auto runs vxlan (or host-gw) on any host, so vxlan's fields must
+		// parse; a udp Port is still checked, so that a value weft would
+		// refuse with Type udp is not silently carried in the config.
 		if _, err := vxlan.ParseConfig(cfg.Backend); err != nil {
 			return err
 		}

@@ -31,7 +31,8 @@ type Config struct {
 }
 
 // BackendTypes are the values of Backend.Type weft accepts. "auto" is weft's
-// own: it picks the fastest backend the host supports.
+// own: host-gw while every host shares one segment, else vxlan, decided
+// again as hosts come and go (docs/auto.md).
 var BackendTypes = []string{"udp", "vxlan", "host-gw", "auto"}
 
 // rawConfig mirrors flanneld's Config for decoding. encoding/json matches

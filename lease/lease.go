@@ -119,7 +119,11 @@ type Manager interface {
 	// Config returns the cluster's network configuration, validated.
 	Config(ctx context.Context) (*Config, error)
 	// Acquire obtains this host's lease for attrs (reusing a previous one
-	// when possible) and returns it.
+	// when possible) and returns it. Called again with the same PublicIP
+	// while the lease is held (after its Keep has returned), it returns
+	// the same subnet with the lease's BackendType and BackendData
+	// replaced in place, so watchers (flanneld's too) see the change:
+	// that is how an auto host changes backend live.
 	Acquire(ctx context.Context, attrs Attrs) (Lease, error)
 	// Watch sends a full snapshot of all leases (this host's included) each
 	// time the set changes, starting with the current set. It returns when

@@ -1,8 +1,21 @@
-// Package auto is Backend.Type "auto"'s rule: which backend reaches every
-// current peer fastest. It is a pure function of what the host knows (the
-// peers' leases, the underlay's connected prefixes, whether the kernel
-// creates vxlan devices), so it is tested without a kernel; the daemon
-// gathers those facts.
+// Package auto is Backend.Type "auto"'s rule: which backend every host of
+// an auto cluster runs. It is a pure function of facts every host sees
+// alike (the public IPs of the cluster's leases) and of this host's
+// connected prefixes, so it is tested without a kernel; the daemon gathers
+// the facts and moves the backend live when the outcome changes.
+//
+// Why the rule converges: Backend.Type is in the cluster's one network
+// config, and flanneld cannot run "auto", so in an auto cluster every host
+// is a weft auto host. Every weft host speaks vxlan (in the kernel, or
+// from userspace where the kernel has none: one wire format), so vxlan
+// always works and udp is never needed. host-gw works only when every host
+// reaches every other on one L2 segment. The rule is "host-gw iff every
+// lease's public IP, this host's included, is on this host's connected
+// segment, else vxlan": hosts on one segment have the same connected
+// prefixes, so given the same leases they all decide alike; a host off
+// that segment decides vxlan, and so do all the others, since its public
+// IP is not on theirs. Whatever the start order, once the hosts see the
+// same leases they run the same backend.
 package auto
 
 import (
@@ -10,68 +23,44 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/encap/kernel"
 	"github.com/weft-net/weft/lease"
 )
 
 // Facts are what the choice rests on.
 type Facts struct {
-	// Peers are the other hosts' leases.
+	// Self is this host's public IP.
+	Self netip.Addr
+	// Peers are the other hosts' leases (admitted, whatever their
+	// backend: a lease admission refuses is no host to reach).
 	Peers []lease.Lease
 	// Connected are the underlay interface's connected prefixes.
 	Connected []netip.Prefix
-	// Unknown, when not empty, says why Peers or Connected could not be
-	// read; it rules host-gw out.
-	Unknown string
-	// Probe creates and deletes a kernel vxlan device: nil when the kernel
-	// can, else why not. It is called only when vxlan is a candidate.
-	Probe func() error
+	// NoHostGW, when not empty, says why this host cannot run host-gw
+	// at all (a public IP that is not its interface's address).
+	NoHostGW string
 }
 
-// Choose returns the backend type and why. Peers that all run one backend
-// this host can run too are joined on it: backends do not talk to each
-// other, so a cluster that is already vxlan (or udp) stays so. Otherwise:
-// host-gw when every peer is on a connected prefix, vxlan when Probe
-// succeeds, else udp. A host with no peers yet has nothing in the way of
-// host-gw.
+// Choose returns "host-gw" or "vxlan", and why.
 func Choose(f Facts) (typ, why string) {
-	peers, connected := f.Peers, f.Connected
+	seg := fmt.Sprint(f.Connected)
+	if f.NoHostGW != "" {
+		return "vxlan", "auto: " + f.NoHostGW
+	}
+	if !kernel.OnSegment(f.Connected, f.Self) {
+		return "vxlan", fmt.Sprintf("auto: this host's public IP %s is not on its segment %s, so host-gw cannot work", f.Self, seg)
+	}
 	var off []string
-	types := map[string]int{}
-	for _, p := range peers {
-		if !kernel.OnSegment(connected, p.Attrs.PublicIP) {
+	for _, p := range f.Peers {
+		if !kernel.OnSegment(f.Connected, p.Attrs.PublicIP) {
 			off = append(off, fmt.Sprintf("%s (%s)", p.Subnet, p.Attrs.PublicIP))
 		}
-		types[admission.BackendName(p.Attrs)]++
 	}
-	reason := f.Unknown
 	switch {
-	case f.Unknown != "":
 	case len(off) > 0:
-		reason = fmt.Sprintf("peer %s is not on this host's segment %v", strings.Join(off, ", "), connected)
-	case len(peers) == 0:
-		return "host-gw", fmt.Sprintf("auto: no peers yet, so none is behind a router (this host is on %v)", connected)
+		return "vxlan", fmt.Sprintf("auto: peer %s is not on this host's segment %s: only vxlan reaches every host", strings.Join(off, ", "), seg)
+	case len(f.Peers) == 0:
+		return "host-gw", fmt.Sprintf("auto: no peers yet, so none is behind a router (this host is on %s)", seg)
 	}
-	if len(types) == 1 {
-		switch {
-		case types["host-gw"] > 0 && reason == "":
-			return "host-gw", fmt.Sprintf("auto: all %d peers run host-gw on this host's segment %v", len(peers), connected)
-		case types["vxlan"] > 0:
-			if err := f.Probe(); err != nil {
-				// Userspace VXLAN joins them where the kernel cannot.
-				return "vxlan", fmt.Sprintf("auto: all %d peers run vxlan, and there is no kernel vxlan here: %v", len(peers), err)
-			}
-			return "vxlan", fmt.Sprintf("auto: all %d peers run vxlan, and the kernel creates vxlan devices", len(peers))
-		case types["udp"] > 0:
-			return "udp", fmt.Sprintf("auto: all %d peers run udp", len(peers))
-		}
-	}
-	if reason == "" {
-		return "host-gw", fmt.Sprintf("auto: all %d peers are on this host's segment %v", len(peers), connected)
-	}
-	if err := f.Probe(); err != nil {
-		return "udp", "auto: " + reason + ", and there is no kernel vxlan here: " + err.Error()
-	}
-	return "vxlan", "auto: " + reason + ", and the kernel creates vxlan devices"
+	return "host-gw", fmt.Sprintf("auto: all %d peers are on this host's segment %s", len(f.Peers), seg)
 }

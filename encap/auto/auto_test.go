@@ -1,7 +1,6 @@
 package auto
 
 import (
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,33 +8,67 @@ import (
 	"github.com/weft-net/weft/lease"
 )
 
-// TestChoose is auto's rule without a kernel.
+func peer(ip, typ string) lease.Lease {
+	return lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: typ}}
+}
+
+var seg = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+
+// TestChoose is auto's rule without a kernel. The peers' own backends do
+// not matter: during a move they are mid-change, and the rule must give
+// the same answer before and after.
 func TestChoose(t *testing.T) {
-	seg := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
-	peer := func(ip, typ string) lease.Lease {
-		return lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: typ}}
-	}
-	ok := func() error { return nil }
-	no := func() error { return errors.New("no vxlan") }
+	self := netip.MustParseAddr("192.0.2.1")
 	for _, c := range []struct {
-		name    string
-		peers   []lease.Lease
-		unknown string
-		probe   func() error
-		want    string
+		name     string
+		self     netip.Addr
+		peers    []lease.Lease
+		noHostGW string
+		want     string
+		whyHas   string
 	}{
-		{"no peers", nil, "", no, "host-gw"},
-		{"all on segment", []lease.Lease{peer("192.0.2.2", "host-gw"), peer("192.0.2.3", "host-gw")}, "", ok, "host-gw"},
-		{"one behind a router", []lease.Lease{peer("192.0.2.2", "host-gw"), peer("198.51.100.3", "host-gw")}, "", ok, "vxlan"},
-		{"behind a router, no vxlan", []lease.Lease{peer("198.51.100.3", "host-gw")}, "", no, "udp"},
-		{"join a vxlan cluster on one segment", []lease.Lease{peer("192.0.2.2", "vxlan")}, "", ok, "vxlan"},
-		{"join a udp cluster", []lease.Lease{peer("192.0.2.2", "")}, "", ok, "udp"},
-		{"vxlan cluster, no vxlan here", []lease.Lease{peer("192.0.2.2", "vxlan")}, "", no, "vxlan"}, // userspace
-		{"peers unknown", nil, "etcd down", ok, "vxlan"},
+		{"no peers", self, nil, "", "host-gw", "no peers"},
+		{"all on segment", self, []lease.Lease{peer("192.0.2.2", "host-gw"), peer("192.0.2.3", "vxlan")}, "", "host-gw", "all 2 peers"},
+		{"one behind a router", self, []lease.Lease{peer("192.0.2.2", "host-gw"), peer("198.51.100.3", "host-gw")}, "", "vxlan", "198.51.100.3"},
+		{"peers on vxlan still on segment", self, []lease.Lease{peer("192.0.2.2", "vxlan")}, "", "host-gw", "all 1 peers"},
+		{"self behind a router", netip.MustParseAddr("198.51.100.3"), []lease.Lease{peer("192.0.2.2", "host-gw")}, "", "vxlan", "this host's public IP"},
+		{"self behind a router, alone", netip.MustParseAddr("198.51.100.3"), nil, "", "vxlan", "this host's public IP"},
+		{"NAT'd public IP", self, nil, "public IP is not the interface's", "vxlan", "not the interface's"},
 	} {
-		got, why := Choose(Facts{Peers: c.peers, Connected: seg, Unknown: c.unknown, Probe: c.probe})
-		if got != c.want || !strings.HasPrefix(why, "auto: ") {
-			t.Errorf("%s: %s (%s), want %s", c.name, got, why, c.want)
+		got, why := Choose(Facts{Self: c.self, Peers: c.peers, Connected: seg, NoHostGW: c.noHostGW})
+		if got != c.want || !strings.HasPrefix(why, "auto: ") || !strings.Contains(why, c.whyHas) {
+			t.Errorf("%s: %s (%s), want %s naming %q", c.name, got, why, c.want, c.whyHas)
+		}
+	}
+}
+
+// TestChooseAgrees: hosts that see the same leases decide alike, whatever
+// order they started in, when hosts on one segment share its prefix.
+func TestChooseAgrees(t *testing.T) {
+	segB := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	hosts := []struct {
+		ip   string
+		conn []netip.Prefix
+	}{{"192.0.2.1", seg}, {"192.0.2.2", seg}, {"198.51.100.3", segB}}
+	for n := 1; n <= len(hosts); n++ {
+		// The first n hosts are up; each sees the others' leases.
+		var first string
+		for i := range n {
+			var peers []lease.Lease
+			for j := range n {
+				if j != i {
+					peers = append(peers, peer(hosts[j].ip, ""))
+				}
+			}
+			got, why := Choose(Facts{Self: netip.MustParseAddr(hosts[i].ip), Peers: peers, Connected: hosts[i].conn})
+			if i == 0 {
+				first = got
+			} else if got != first {
+				t.Errorf("%d hosts up: host %s chose %s (%s), host %s chose %s", n, hosts[i].ip, got, why, hosts[0].ip, first)
+			}
+		}
+		if want := map[bool]string{true: "vxlan", false: "host-gw"}[n == 3]; first != want {
+			t.Errorf("%d hosts up: %s, want %s", n, first, want)
 		}
 	}
 }

@@ -374,3 +374,45 @@ func TestEtcdAcquireLeavesLooseKeysSubnet(t *testing.T) {
 		}
 	}
 }
+
+// An auto host changing backend acquires again with new attributes while
+// it holds its lease: same subnet, the value replaced in place (watchers
+// see the new BackendType), the lease kept alive afterwards.
+func TestEtcdReacquireChangesBackendInPlace(t *testing.T) {
+	e := startEtcd(t)
+	cli := testClient(t, e)
+	putConfig(t, cli, `{"Network": "10.5.0.0/16", "Backend": {"Type": "auto"}}`)
+	ctx := testCtx(t, 20*time.Second)
+	ip := netip.MustParseAddr("192.0.2.1")
+	m, _ := newTestEtcd(t, e, nil)
+	l1, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip, BackendType: "host-gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kctx, stop := context.WithCancel(ctx)
+	kept := make(chan error, 1)
+	go func() { kept <- m.Keep(kctx, l1) }()
+	stop()
+	if err := <-kept; err != nil {
+		t.Fatal(err)
+	}
+	l2, err := m.Acquire(ctx, lease.Attrs{PublicIP: ip, BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}`)})
+	if err != nil || l2.Subnet != l1.Subnet {
+		t.Fatalf("re-acquire: %v %v, want %s", l2.Subnet, err, l1.Subnet)
+	}
+	r, err := cli.Get(ctx, testPrefix+"/subnets/"+l1.Key())
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatal(r, err)
+	}
+	if v := string(r.Kvs[0].Value); v != `{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}}` {
+		t.Fatalf("value after re-acquire: %s", v)
+	}
+	kctx, stop = context.WithCancel(ctx)
+	defer stop()
+	go func() { kept <- m.Keep(kctx, l2) }()
+	select {
+	case err := <-kept:
+		t.Fatalf("Keep of the re-acquired lease ended: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+}

@@ -388,37 +388,3 @@ func TestKernelVXLAN(t *testing.T) {
 		}
 	}
 }
-
-// TestKernelAuto: hosts on one segment pick host-gw; a host behind a
-// router picks vxlan (the probe really creates a device), or udp under
-// --no-kernel-vxlan, and its earlier vxlan device goes.
-func TestKernelAuto(t *testing.T) {
-	k := newKCluster(t, 3, `{"Network":"10.7.0.0/16","SubnetLen":24,"Backend":{"Type":"auto"}}`, func(l *lab.Lab) {
-		if err := l.MoveBehindRouter(l.Host(3)); err != nil {
-			t.Fatal(err)
-		}
-	})
-	k.start(nil, 1, 2)
-	for _, i := range []int{1, 2} {
-		if s := k.stats(i); s.Backend != "host-gw" || !strings.Contains(s.Why, "auto") {
-			t.Fatalf("h%d chose %s (%s), want host-gw", i, s.Backend, s.Why)
-		}
-	}
-	k.ping(1, 2)
-	k.start(nil, 3)
-	if s := k.stats(3); s.Backend != "vxlan" || !strings.Contains(s.Why, k.Lab.Host(1).IP.String()) || !strings.Contains(s.Why, "vxlan") {
-		t.Fatalf("h3 behind the router chose %s (%s), want vxlan naming the unreachable peers", s.Backend, s.Why)
-	}
-	if l := k.sh(3, "ip", "link"); !strings.Contains(l, "flannel.1") || strings.Contains(l, "weftprobe") {
-		t.Fatalf("h3 links:\n%s", l)
-	}
-	k.stop(3)
-	k.start([]string{"--no-kernel-vxlan"}, 3)
-	if s := k.stats(3); s.Backend != "udp" || !strings.Contains(s.Why, "--no-kernel-vxlan") {
-		t.Fatalf("h3 with --no-kernel-vxlan chose %s (%s), want udp", s.Backend, s.Why)
-	}
-	if l := k.sh(3, "ip", "link"); strings.Contains(l, "flannel.1") {
-		t.Fatalf("switching to udp left flannel.1:\n%s", l)
-	}
-	k.stop(1, 2, 3)
-}

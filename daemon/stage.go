@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/weft-net/weft/capture"
+	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/lease"
+)
+
+// stage is one backend's life in the daemon: built, its lease attributes
+// put in the lease, started, running and keeping the lease. A host runs
+// one stage at a time; an auto host replaces it when the cluster changes
+// (auto.go). Readers (status, metrics, the debug API) load the current
+// stage through daemon.cur and never see one half made.
+type stage struct {
+	backend  encap.Backend
+	why      string
+	own      lease.Lease
+	mtu      int
+	gate     *admission.Gate
+	hub      *capture.Hub // nil for backends with a kernel data path
+	cancel   context.CancelFunc
+	runDone  chan error    // Run's result, once
+	keepDone chan struct{} // closed when Keep has returned
+	ran      bool          // runDone has been read
+}
+
+// startStage takes the lease for b's attributes, starts b and runs it and
+// the lease keeper until ctx ends or the stage is stopped. fail ends the
+// daemon (a lease lost for good).
+func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fail context.CancelCauseFunc) (*stage, error) {
+	attrs, err := b.Attrs()
+	if err != nil {
+		return nil, err
+	}
+	// Acquire with this host's public IP finds the lease it holds and
+	// re-puts it with the new attributes, same subnet (lease.Manager).
+	own, err := d.o.Store.Acquire(ctx, attrs)
+	if err != nil {
+		return nil, err
+	}
+	if prev := d.cur.Load(); prev != nil && prev.own.Subnet != own.Subnet {
+		return nil, fmt.Errorf("the lease moved from %s to %s while changing backend; pods would lose their addresses, so exiting (a restart leases again)", prev.own.Subnet, own.Subnet)
+	}
+	d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP, "backend", b.Type())
+	st := &stage{backend: b, why: why, own: own, runDone: make(chan error, 1), keepDone: make(chan struct{})}
+	st.gate = admission.NewGate(admission.Rule{Network: d.cfg.Network, SubnetLen: d.cfg.SubnetLen, Own: own, Accept: b.Accept}, d.log)
+	sctx, cancel := context.WithCancel(ctx)
+	st.cancel = cancel
+	if st.mtu, err = b.Start(sctx, own); err != nil {
+		cancel()
+		return nil, err
+	}
+	if dp, ok := b.(encap.Datapath); ok && dp.Datapath() != nil {
+		st.hub = capture.NewHub(dp.Datapath().Engine)
+	}
+	go func() { st.runDone <- b.Run(sctx) }()
+	go func() {
+		defer close(st.keepDone)
+		if err := d.o.Store.Keep(sctx, own); err != nil && sctx.Err() == nil {
+			fail(fmt.Errorf("keeping lease %s: %w", own.Subnet, err))
+		}
+	}()
+	return st, nil
+}
+
+// apply hands a lease snapshot, through admission, to the stage's backend.
+func (d *daemon) apply(st *stage, snap []lease.Lease) {
+	peers := st.gate.Admit(snap)
+	d.obs.sawPeers(peers)
+	st.backend.SetPeers(peers)
+}
+
+// stop ends the stage's Run and lease keeper and waits for both; the
+// lease stays in the store. It returns Run's error.
+func (st *stage) stop() error {
+	st.cancel()
+	var err error
+	if !st.ran {
+		err = <-st.runDone
+		st.ran = true
+	}
+	<-st.keepDone
+	if st.hub != nil {
+		st.hub.Close()
+	}
+	return err
+}
+
+// removeKernelState deletes what a stopped stage's backend left in the
+// kernel so the next backend starts clean: host-gw's and vxlan's tagged
+// routes, the vxlan device (its neighbours and FDB entries go with it),
+// a userspace backend's TUN (it goes when the engine closes it; this makes
+// sure before the next backend wants the name or the route).
+func (d *daemon) removeKernelState(st *stage) {
+	nl, err := kernel.Current()
+	if err != nil {
+		d.log.Warn("cannot remove the previous backend's kernel state", "err", err)
+		return
+	}
+	var r kernel.Removed
+	if err := nl.RemoveTaggedRoutes(&r); err != nil {
+		d.log.Warn("removing the previous backend's routes", "err", err)
+	}
+	if d.o.Blackhole {
+		// Tagged too, but not the backend's: put it back at once rather
+		// than at the next resync.
+		if err := nl.H.RouteReplace(blackholeRoute(st.own.Subnet)); err != nil {
+			d.log.Warn("cannot put the blackhole route back", "subnet", st.own.Subnet, "err", err)
+		}
+	}
+	if err := nl.RemoveVXLANDevices("", &r); err != nil {
+		d.log.Warn("removing the previous backend's vxlan device", "err", err)
+	}
+	if dp, ok := st.backend.(encap.Datapath); ok {
+		if info := dp.Datapath(); info != nil && info.TUN != nil {
+			if err := nl.RemoveTUN(info.TUN.Name, &r); err != nil {
+				d.log.Warn("removing the previous backend's TUN", "err", err)
+			}
+		}
+	}
+	d.log.Info("removed the previous backend's kernel state", "backend", st.backend.Type(), "devices", r.Links, "routes", len(r.Routes))
+}
