@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -63,8 +64,7 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, subnet, p
 // dropped here instead of following the default route out), and puts it
 // back every period, as flanneld's resync does.
 func keepBlackhole(ctx context.Context, subnet netip.Prefix, period time.Duration, log *slog.Logger) error {
-	r := blackholeRoute(subnet)
-	if err := netlink.RouteReplace(r); err != nil {
+	if err := ensureBlackhole(netlink.RouteAdd, subnet); err != nil {
 		return fmt.Errorf("--ip-blackhole-route: %v", err)
 	}
 	go func() {
@@ -75,13 +75,26 @@ func keepBlackhole(ctx context.Context, subnet netip.Prefix, period time.Duratio
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := netlink.RouteReplace(r); err != nil {
+				if err := ensureBlackhole(netlink.RouteAdd, subnet); err != nil {
 					log.Warn("cannot put the blackhole route back", "subnet", subnet, "err", err)
 				}
 			}
 		}
 	}()
 	return nil
+}
+
+// ensureBlackhole adds the blackhole route unless it is there. It never
+// replaces a route: it is added with the highest metric, beside (and so
+// behind) any route to the subnet, such as the pods' bridge's connected
+// route, which a blackhole of metric 0 added first would shadow (the kernel
+// keeps the earlier of two routes of one metric first).
+func ensureBlackhole(add func(*netlink.Route) error, subnet netip.Prefix) error {
+	err := add(blackholeRoute(subnet))
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
 }
 
 // serveHealthz answers flanneld's /healthz on --healthz-ip:--healthz-port
@@ -116,11 +129,16 @@ func serveHealthz(ctx context.Context, ip string, port int, ready *atomic.Bool, 
 	return nil
 }
 
+// blackholeMetric puts the blackhole behind every other route to the
+// subnet.
+const blackholeMetric = 1<<32 - 1
+
 // blackholeRoute is --ip-blackhole-route's route for subnet.
 func blackholeRoute(subnet netip.Prefix) *netlink.Route {
 	return &netlink.Route{
 		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
 		Type:     unix.RTN_BLACKHOLE,
 		Protocol: 87, // weft's route tag (encap/kernel): weft cleanup removes it
+		Priority: blackholeMetric,
 	}
 }

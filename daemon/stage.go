@@ -109,7 +109,7 @@ func (d *daemon) removeKernelState(st *stage) {
 	if d.o.Blackhole {
 		// Tagged too, but not the backend's: put it back at once rather
 		// than at the next resync.
-		if err := nl.H.RouteReplace(blackholeRoute(st.own.Subnet)); err != nil {
+		if err := ensureBlackhole(nl.H.RouteAdd, st.own.Subnet); err != nil {
 			d.log.Warn("cannot put the blackhole route back", "subnet", st.own.Subnet, "err", err)
 		}
 	}

@@ -119,6 +119,9 @@ func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
 	seen := make(map[netip.Prefix]bool, len(have))
 	var errs []error
 	for _, h := range have {
+		if h.Type != unix.RTN_UNICAST {
+			continue // the daemon's --ip-blackhole-route, also tagged: not a backend's
+		}
 		got, ok := routeFromKernel(h)
 		w, wanted := byDst[got.Dst]
 		if ok && wanted && !seen[got.Dst] && got == w {
