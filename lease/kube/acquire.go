@@ -35,10 +35,10 @@ func (s *Store) PublicIPOverride(ctx context.Context) (netip.Addr, error) {
 		}
 		ip, err := netip.ParseAddr(v)
 		if err != nil || !ip.Is4() {
-			return netip.Addr{}, fmt.Errorf("Node %q: annotation %s: %q is not an IPv4 address", n.Name, k, v)
+			return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %q is not an IPv4 address", n.Name, k, v)
 		}
 		if err := lease.CheckPublicIP(ip); err != nil {
-			return netip.Addr{}, fmt.Errorf("Node %q: annotation %s: %v", n.Name, k, err)
+			return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %v", n.Name, k, err)
 		}
 		s.log.Info("public IP from the Node's annotation", "annotation", k, "public-ip", ip)
 		return ip, nil

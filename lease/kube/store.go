@@ -188,7 +188,7 @@ func (s *Store) doStart(ctx context.Context) error {
 	}
 	s.node = node
 	ictx, stop := context.WithCancel(context.Background())
-	s.informer = s.newInformer(ictx)
+	s.informer = s.newInformer()
 	s.stop = stop
 	go s.informer.RunWithContext(ictx)
 	s.log.Info("waiting for the Node informer to sync", "timeout", syncTimeout)

@@ -26,7 +26,7 @@ type nodeLease struct {
 
 // newInformer builds the Node informer: an unfiltered list and watch of
 // all Nodes, as flanneld's, whose cache keeps only what weft reads.
-func (s *Store) newInformer(ctx context.Context) cache.SharedIndexInformer {
+func (s *Store) newInformer() cache.SharedIndexInformer {
 	lw := cache.NewListWatchFromClient(s.cli.CoreV1().RESTClient(), "nodes", "", fields.Everything())
 	inf := cache.NewSharedIndexInformer(lw, &v1.Node{}, resyncPeriod, cache.Indexers{})
 	// Set before Run, as SetTransform requires.
@@ -41,7 +41,6 @@ func (s *Store) newInformer(ctx context.Context) cache.SharedIndexInformer {
 	if err != nil {
 		panic(err)
 	}
-	_ = ctx
 	return inf
 }
 
@@ -165,7 +164,7 @@ func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
 	rv, _ := strconv.ParseInt(n.ResourceVersion, 10, 64)
 	created := n.CreationTimestamp.Time
 	return nodeLease{
-		lease: lease.Lease{Subnet: subnet, Attrs: a, Revision: rv, CreateRevision: max(created.Unix(), 1)},
+		lease:   lease.Lease{Subnet: subnet, Attrs: a, Revision: rv, CreateRevision: max(created.Unix(), 1)},
 		created: created,
 	}, nil
 }
