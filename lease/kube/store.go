@@ -80,6 +80,7 @@ type Store struct {
 	mu       sync.Mutex
 	leases   map[string]nodeLease // by Node name: annotated Nodes with a valid lease
 	changed  chan struct{}        // closed and replaced on every change
+	refused  map[string]string    // by Node name: why its annotations make no lease (logged once)
 	ownAttrs lease.Attrs          // as Acquire wrote them
 	actedRV  string               // resourceVersion of the own Node Acquire patched
 }

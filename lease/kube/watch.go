@@ -95,13 +95,16 @@ func (s *Store) update(obj any, deleted bool) {
 	if s.leases == nil {
 		s.leases = map[string]nodeLease{}
 	}
+	// Waiters are woken when the lease set changes, and on every event of
+	// this host's own Node (Keep and Acquire watch it); not on the
+	// heartbeats of thousands of other Nodes.
+	notify := n.Name == s.node
 	old, had := s.leases[n.Name]
 	switch {
+	case have && had && sameLease(old.lease, nl.lease):
 	case have:
-		if had && sameLease(old.lease, nl.lease) {
-			return
-		}
 		s.leases[n.Name] = nl
+		notify = true
 		if !had {
 			s.log.Info("peer Node added", "node", n.Name, "subnet", nl.lease.Subnet, "public-ip", nl.lease.Attrs.PublicIP)
 		} else {
@@ -109,6 +112,7 @@ func (s *Store) update(obj any, deleted bool) {
 		}
 	case had:
 		delete(s.leases, n.Name)
+		notify = true
 		switch {
 		case deleted:
 			s.log.Info("peer Node deleted", "node", n.Name, "subnet", old.lease.Subnet)
@@ -117,15 +121,24 @@ func (s *Store) update(obj any, deleted bool) {
 		default:
 			s.log.Info("peer Node is no longer annotated by a kube subnet manager; removed", "node", n.Name)
 		}
-	default:
-		if why != nil {
+	case why != nil:
+		// Once per Node and reason, not on every update of the Node.
+		if s.refused[n.Name] != why.Error() {
 			s.log.Warn("Node has no valid lease; ignored", "node", n.Name, "err", why)
 		}
-		// Nothing changed for the lease set, but Acquire may wait for
-		// this host's own Node.
 	}
-	close(s.changed)
-	s.changed = make(chan struct{})
+	if why != nil {
+		if s.refused == nil {
+			s.refused = map[string]string{}
+		}
+		s.refused[n.Name] = why.Error()
+	} else {
+		delete(s.refused, n.Name)
+	}
+	if notify {
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
 }
 
 func sameLease(a, b lease.Lease) bool {
