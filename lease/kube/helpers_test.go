@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,44 +16,13 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/lease/kube/kubetest"
 )
 
-// deployRBAC reads the ClusterRole and ClusterRoleBinding of
-// deploy/kube-weft.yml.
 func deployRBAC(t *testing.T) (*rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding) {
-	t.Helper()
-	b, err := os.ReadFile("../../deploy/kube-weft.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var role *rbacv1.ClusterRole
-	var binding *rbacv1.ClusterRoleBinding
-	for _, doc := range strings.Split(string(b), "\n---\n") {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "ClusterRole":
-			role = &rbacv1.ClusterRole{}
-			if err := yaml.UnmarshalStrict([]byte(doc), role); err != nil {
-				t.Fatal(err)
-			}
-		case "ClusterRoleBinding":
-			binding = &rbacv1.ClusterRoleBinding{}
-			if err := yaml.UnmarshalStrict([]byte(doc), binding); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if role == nil || binding == nil {
-		t.Fatal("deploy/kube-weft.yml has no ClusterRole or ClusterRoleBinding")
-	}
-	return role, binding
+	return kubetest.DeployRBAC(t, "../../deploy/kube-weft.yml")
 }
 
 // grantDeployRBAC applies deploy/'s ClusterRole (with edit applied to it)

@@ -81,10 +81,14 @@ type Server struct {
 	Dir      string
 	tokens   map[string]string // user -> token
 	auditLog string
+	// Dial, when set, is how clients reach the server (from outside the
+	// network namespace it runs in).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// Start runs etcd and kube-apiserver for the test; both stop when it
-// ends. The server is ready (/readyz) when Start returns.
+// Start runs etcd (in process) and kube-apiserver on loopback for the
+// test; both stop when it ends. The server is ready (/readyz) when Start
+// returns.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := Binary(t)
@@ -94,7 +98,50 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(etcd.Close)
+	s := Prepare(t, dir)
+	port := freePort(t)
+	s.URL = "https://127.0.0.1:" + strconv.Itoa(port)
+	logPath := filepath.Join(dir, "kube-apiserver.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, s.Args(strings.Join(etcd.Endpoints(), ","), "127.0.0.1", port)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	if err := s.WaitReady(func() error {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited: %v", err)
+		default:
+			return nil
+		}
+	}); err != nil {
+		t.Fatalf("kube-apiserver: %v\n%s", err, tail(logPath, 30))
+	}
+	return s
+}
 
+// Prepare writes what the API server reads into dir: the static token
+// file (a token for Admin, Weft and Other), the service-account key and
+// the audit policy (writes logged with their request bodies).
+func Prepare(t testing.TB, dir string) *Server {
+	t.Helper()
 	s := &Server{Dir: dir, tokens: map[string]string{}, auditLog: filepath.Join(dir, "audit.log")}
 	var csv strings.Builder
 	for i, u := range []struct{ name, groups string }{
@@ -120,62 +167,47 @@ rules:
 		t.Fatal(err)
 	}
 	write(t, filepath.Join(dir, "sa.key"), string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})))
-
-	port := freePort(t)
-	s.URL = "https://127.0.0.1:" + strconv.Itoa(port)
-	logPath := filepath.Join(dir, "kube-apiserver.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin,
-		"--etcd-servers="+strings.Join(etcd.Endpoints(), ","),
-		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+filepath.Join(dir, "sa.key"),
-		"--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
-		"--authorization-mode=RBAC",
-		"--token-auth-file="+filepath.Join(dir, "tokens.csv"),
-		"--secure-port="+strconv.Itoa(port),
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		"--endpoint-reconciler-type=none",
-		"--cert-dir="+filepath.Join(dir, "certs"),
-		"--service-cluster-ip-range=10.96.0.0/12",
-		"--audit-policy-file="+filepath.Join(dir, "audit-policy.yaml"),
-		"--audit-log-path="+s.auditLog,
-		"--audit-log-mode=blocking",
-	)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	if err := s.waitReady(exited); err != nil {
-		t.Fatalf("kube-apiserver: %v\n%s", err, tail(logPath, 30))
-	}
 	return s
 }
 
-func (s *Server) waitReady(exited <-chan error) error {
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+// Args are kube-apiserver's flags for a server on etcd at etcdURL,
+// listening (and advertising, with no endpoint reconciler, which
+// refuses a loopback address) on addr:port; Prepare's files; RBAC; a
+// self-signed serving certificate made in Dir/certs.
+func (s *Server) Args(etcdURL, addr string, port int) []string {
+	s.URL = "https://" + net.JoinHostPort(addr, strconv.Itoa(port))
+	return []string{
+		"--etcd-servers=" + etcdURL,
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=" + filepath.Join(s.Dir, "sa.key"),
+		"--service-account-signing-key-file=" + filepath.Join(s.Dir, "sa.key"),
+		"--authorization-mode=RBAC",
+		"--token-auth-file=" + filepath.Join(s.Dir, "tokens.csv"),
+		"--secure-port=" + strconv.Itoa(port),
+		"--bind-address=" + addr,
+		"--advertise-address=" + addr,
+		"--endpoint-reconciler-type=none",
+		"--cert-dir=" + filepath.Join(s.Dir, "certs"),
+		"--service-cluster-ip-range=10.96.0.0/12",
+		"--audit-policy-file=" + filepath.Join(s.Dir, "audit-policy.yaml"),
+		"--audit-log-path=" + s.auditLog,
+		"--audit-log-mode=blocking",
+	}
+}
+
+// WaitReady waits (up to 90 s) for /readyz; dead reports the process
+// gone.
+func (s *Server) WaitReady(dead func() error) error {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	if s.Dial != nil {
+		tr.DialContext = s.Dial
+	}
+	c := &http.Client{Timeout: 2 * time.Second, Transport: tr}
+	defer tr.CloseIdleConnections()
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("exited: %v", err)
-		default:
+		if err := dead(); err != nil {
+			return err
 		}
 		req, _ := http.NewRequest("GET", s.URL+"/readyz", nil)
 		req.Header.Set("Authorization", "Bearer "+s.tokens[Admin])
@@ -198,6 +230,7 @@ func (s *Server) Config(user string) *rest.Config {
 		BearerToken:     s.tokens[user],
 		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
 		QPS:             -1, // no client-side rate limit in tests
+		Dial:            s.Dial,
 	}
 }
 
