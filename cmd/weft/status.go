@@ -5,8 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -59,9 +62,21 @@ func onOff(b bool) string {
 	return "off"
 }
 
+// storeDetails renders the store's details as " (k v, k v)", sorted.
+func storeDetails(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+" "+m[k])
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
 func printStatus(out io.Writer, r *daemon.StatusReport, now time.Time) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "store:\t%s\n", r.Store)
+	fmt.Fprintf(w, "store:\t%s%s\n", r.Store, storeDetails(r.StoreDetails))
 	fmt.Fprintf(w, "backend:\t%s (%s)\n", r.Backend, r.Why)
 	fmt.Fprintf(w, "data path:\t%s\n", r.DataPath)
 	ready := "yes"
@@ -144,7 +159,11 @@ func printStatus(out io.Writer, r *daemon.StatusReport, now time.Time) {
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "  SUBNET\tPUBLIC IP\tBACKEND\tSEEN FOR\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES")
 	for _, p := range r.Peers {
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.Subnet, p.PublicIP, p.Backend,
+		backend := p.Backend
+		if p.Origin != "" {
+			backend += " (" + p.Origin + ")"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.Subnet, p.PublicIP, backend,
 			now.Sub(p.FirstSeen).Round(time.Second), p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
 	}
 	w.Flush()

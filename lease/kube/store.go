@@ -78,11 +78,12 @@ type Store struct {
 	stop     context.CancelFunc
 
 	mu       sync.Mutex
-	leases   map[string]nodeLease // by Node name: annotated Nodes with a valid lease
-	changed  chan struct{}        // closed and replaced on every change
-	refused  map[string]string    // by Node name: why its annotations make no lease (logged once)
-	ownAttrs lease.Attrs          // as Acquire wrote them
-	actedRV  string               // resourceVersion of the own Node Acquire patched
+	leases   map[string]nodeLease    // by Node name: annotated Nodes with a valid lease
+	changed  chan struct{}           // closed and replaced on every change
+	refused  map[string]string       // by Node name: why its annotations make no lease (logged once)
+	origin   map[netip.Prefix]string // by subnet: the Node of the last snapshot's lease
+	ownAttrs lease.Attrs             // as Acquire wrote them
+	actedRV  string                  // resourceVersion of the own Node Acquire patched
 }
 
 var _ lease.Manager = (*Store)(nil)

@@ -264,14 +264,14 @@ func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 		}
 		return strings.Compare(a, b)
 	})
-	seen := make(map[netip.Prefix]bool, len(names))
+	s.origin = make(map[netip.Prefix]string, len(names))
 	out := make([]lease.Lease, 0, len(names))
 	for _, n := range names {
 		l := s.leases[n].lease
-		if seen[l.Subnet] {
+		if _, dup := s.origin[l.Subnet]; dup {
 			continue
 		}
-		seen[l.Subnet] = true
+		s.origin[l.Subnet] = n
 		out = append(out, l)
 	}
 	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
@@ -302,4 +302,19 @@ func (s *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Origin names the Node a subnet's lease comes from, for status.
+func (s *Store) Origin(subnet netip.Prefix) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n, ok := s.origin[subnet]; ok {
+		return "node/" + n
+	}
+	return ""
+}
+
+// StatusDetails are the store's own details for status.
+func (s *Store) StatusDetails() map[string]string {
+	return map[string]string{"node": s.NodeName(), "annotation-prefix": s.AnnotationPrefix()}
 }
