@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -49,7 +50,7 @@ func selectBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.
 		if err != nil {
 			return nil, "", err
 		}
-		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log})
+		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log, PrevMAC: previousVtepMAC(ctx, o.Store, log)})
 		if err != nil {
 			return nil, "", err
 		}
@@ -155,4 +156,29 @@ func currentPeers(ctx context.Context, store lease.Manager, host encap.Host) ([]
 	case <-ctx.Done():
 		return nil, fmt.Errorf("no lease snapshot within %s", autoPeersTimeout)
 	}
+}
+
+// previousAttrs is a lease.Manager that keeps this host's lease attributes
+// across restarts (the Kubernetes store: the Node's annotations).
+type previousAttrs interface {
+	PreviousAttrs(ctx context.Context) (lease.Attrs, bool, error)
+}
+
+// previousVtepMAC is the VtepMAC of this host's previous vxlan lease, if
+// the store has one.
+func previousVtepMAC(ctx context.Context, store lease.Manager, log *slog.Logger) net.HardwareAddr {
+	p, ok := store.(previousAttrs)
+	if !ok {
+		return nil
+	}
+	a, ok, err := p.PreviousAttrs(ctx)
+	if err != nil || !ok || a.BackendType != "vxlan" {
+		return nil
+	}
+	_, mac, err := vxlan.ParseLeaseData(a.BackendData)
+	if err != nil {
+		log.Warn("the previous lease's VtepMAC is not usable", "err", err)
+		return nil
+	}
+	return mac
 }
