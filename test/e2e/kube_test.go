@@ -28,11 +28,12 @@ import (
 // TestKubeSubnetManager is issue 16 end to end: a real kube-apiserver on
 // `weft etcd` in the lab's switch namespace, three hosts with Node
 // objects, `weft run --kube-subnet-mgr` on each under deploy/'s RBAC as
-// kube-flannel.yml runs flanneld. Pods ping and move verified TCP both
+// kube-flannel.yml runs flanneld, with each backend (auto picks host-gw:
+// the hosts share a segment). Pods ping and move verified TCP both
 // ways; subnet.env and the annotations are flanneld's; a deleted Node is
 // dropped by the others; a restart keeps the subnet (and the VtepMAC).
 func TestKubeSubnetManager(t *testing.T) {
-	for _, backend := range []string{"udp", "vxlan"} {
+	for _, backend := range []string{"udp", "vxlan", "host-gw", "auto"} {
 		t.Run(backend, func(t *testing.T) { testKube(t, backend) })
 	}
 }
@@ -109,7 +110,7 @@ func testKube(t *testing.T, backend string) {
 		env := waitFile(t, procs[i], filepath.Join(h.Dir, "subnet.env"))
 		if i == 0 {
 			// flanneld's subnet file for h1 (10.244.1.0/24, --ip-masq).
-			want, err := os.ReadFile("../../lease/kube/testdata/subnet-" + backend + "-h1.env")
+			want, err := os.ReadFile("../../lease/kube/testdata/subnet-" + strings.Replace(backend, "auto", "host-gw", 1) + "-h1.env")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,9 +134,12 @@ func testKube(t *testing.T, backend string) {
 		}
 		a := n.Annotations
 		wantType, wantData := "", "null"
-		if backend == "vxlan" {
+		switch backend {
+		case "vxlan":
 			wantType = "vxlan"
 			wantData = fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, linkMAC(t, h.Name, "flannel.1"))
+		case "host-gw", "auto":
+			wantType = "host-gw"
 		}
 		if a["flannel.alpha.coreos.com/public-ip"] != h.IP.String() || a["flannel.alpha.coreos.com/kube-subnet-manager"] != "true" ||
 			a["flannel.alpha.coreos.com/backend-type"] != wantType || a["flannel.alpha.coreos.com/backend-data"] != wantData {
