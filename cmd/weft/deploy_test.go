@@ -160,7 +160,6 @@ func checkEnvFile(t *testing.T, env []byte) {
 // goRuntimeEnv are variables the Go runtime reads, which weft.env may set.
 var goRuntimeEnv = map[string]bool{"GOMAXPROCS": true, "GOMEMLIMIT": true, "GOGC": true, "GODEBUG": true}
 
-//
 // kube-weft.yml runs the Kubernetes subnet manager with its net-conf
 // mounted where --net-config-path defaults; kube-weft-etcd.yml is the
 // etcd variant.

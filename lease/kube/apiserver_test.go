@@ -218,11 +218,11 @@ func TestPeersFollowNodes(t *testing.T) {
 		return slices.Equal(subnets(ls), []string{"10.244.3.0/24=192.0.2.3"})
 	})
 	// Only what a lease needs stays cached.
-	obj, ok, _ := s.informer.GetStore().GetByKey("other")
+	n, ok := s.nodes.get("other")
 	if !ok {
 		t.Fatal("Node other is not in the cache")
 	}
-	if n := obj.(*v1.Node); len(n.Labels) != 0 || n.ManagedFields != nil || len(n.Annotations) != 1 || n.Spec.PodCIDR == "" {
+	if len(n.Labels) != 0 || n.ManagedFields != nil || len(n.Annotations) != 1 || n.Spec.PodCIDR == "" {
 		t.Errorf("cached Node keeps %+v", n)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/weft-net/weft/lease"
@@ -39,10 +38,9 @@ func (s *Store) Keep(ctx context.Context, own lease.Lease) error {
 		ch := s.changed
 		s.mu.Unlock()
 		retry := false
-		obj, ok, _ := s.informer.GetStore().GetByKey(s.node)
+		n, ok := s.nodes.get(s.node)
 		switch {
 		case ok:
-			n := obj.(*v1.Node)
 			if missing {
 				s.log.Info("this host's Node is back", "node", s.node)
 				missing = false

@@ -23,8 +23,6 @@ import (
 // Defaults of flanneld v0.28.
 const (
 	DefaultNetConfPath = "/etc/kube-flannel/net-conf.json"
-	// resyncPeriod is the Node informer's resync, as flanneld's.
-	resyncPeriod = 5 * time.Minute
 	// syncTimeout bounds the wait for the informer's first list, as
 	// flanneld's nodeControllerSyncTimeout.
 	syncTimeout = 10 * time.Minute
@@ -74,7 +72,7 @@ type Store struct {
 	started  bool
 	startErr error
 	node     string // this host's Node
-	informer cache.SharedIndexInformer
+	nodes    *nodeCache
 	stop     context.CancelFunc
 
 	mu       sync.Mutex
@@ -90,7 +88,7 @@ var _ lease.Manager = (*Store)(nil)
 
 // New checks the options and reads the network config file. It makes no
 // request: the first Config, Acquire or Watch connects, finds this host's
-// Node and starts the informer.
+// Node and starts the Node watch.
 func New(o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -155,7 +153,7 @@ func (s *Store) NodeName() string {
 // AnnotationPrefix is the prefix of the annotations the store writes.
 func (s *Store) AnnotationPrefix() string { return s.ann.prefix() }
 
-// Close stops the informer.
+// Close stops the Node watch.
 func (s *Store) Close() {
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
@@ -165,7 +163,7 @@ func (s *Store) Close() {
 }
 
 // start, once: finds this host's Node name, checks the permissions,
-// starts the informer and waits for its first list.
+// starts the Node watch and waits for its first list.
 func (s *Store) start(ctx context.Context) error {
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
@@ -190,25 +188,25 @@ func (s *Store) doStart(ctx context.Context) error {
 	}
 	s.node = node
 	ictx, stop := context.WithCancel(context.Background())
-	s.informer = s.newInformer()
+	s.nodes = newNodeCache(s)
 	s.stop = stop
-	go s.informer.RunWithContext(ictx)
-	s.log.Info("waiting for the Node informer to sync", "timeout", syncTimeout)
+	go s.nodes.reflector().RunWithContext(ictx)
+	s.log.Info("waiting for the first list of Nodes", "timeout", syncTimeout)
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	if !cache.WaitForCacheSync(sctx.Done(), s.informer.HasSynced) {
+	if !cache.WaitForCacheSync(sctx.Done(), s.nodes.synced.Load) {
 		if ctx.Err() != nil {
 			stop()
-			s.informer, s.stop = nil, nil
+			s.nodes, s.stop = nil, nil
 			return ctx.Err()
 		}
 		if v, _ := strconv.ParseBool(s.o.Getenv("CONT_WHEN_CACHE_NOT_READY")); !v {
 			stop()
-			return fmt.Errorf("error waiting for the Node informer to sync within %s (set CONT_WHEN_CACHE_NOT_READY=true to go on without it)", syncTimeout)
+			return fmt.Errorf("error waiting for the list of Nodes within %s (set CONT_WHEN_CACHE_NOT_READY=true to go on without it)", syncTimeout)
 		}
-		s.log.Warn("the Node informer has not synced; going on (CONT_WHEN_CACHE_NOT_READY)")
+		s.log.Warn("no list of Nodes yet; going on (CONT_WHEN_CACHE_NOT_READY)")
 	} else {
-		s.log.Info("Node informer synced", "nodes", len(s.informer.GetStore().ListKeys()))
+		s.log.Info("Nodes listed", "nodes", s.nodes.len())
 	}
 	return nil
 }

@@ -12,7 +12,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weft-net/weft/lease"
@@ -22,26 +21,6 @@ import (
 type nodeLease struct {
 	lease   lease.Lease
 	created time.Time
-}
-
-// newInformer builds the Node informer: an unfiltered list and watch of
-// all Nodes, as flanneld's, whose cache keeps only what weft reads.
-func (s *Store) newInformer() cache.SharedIndexInformer {
-	lw := cache.NewListWatchFromClient(s.cli.CoreV1().RESTClient(), "nodes", "", fields.Everything())
-	inf := cache.NewSharedIndexInformer(lw, &v1.Node{}, resyncPeriod, cache.Indexers{})
-	// Set before Run, as SetTransform requires.
-	if err := inf.SetTransform(s.strip); err != nil {
-		panic(err) // only when already started
-	}
-	_, err := inf.AddEventHandlerWithOptions(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.update(obj, false) },
-		UpdateFunc: func(_, obj any) { s.update(obj, false) },
-		DeleteFunc: func(obj any) { s.update(obj, true) },
-	}, cache.HandlerOptions{})
-	if err != nil {
-		panic(err)
-	}
-	return inf
 }
 
 // strip keeps of a Node only its name, resourceVersion, creation time,
@@ -219,9 +198,8 @@ func (s *Store) ownNode(ctx context.Context) (*v1.Node, error) {
 		s.mu.Lock()
 		ch := s.changed
 		s.mu.Unlock()
-		obj, ok, err := s.informer.GetStore().GetByKey(s.node)
-		if err == nil && ok {
-			return obj.(*v1.Node), nil
+		if n, ok := s.nodes.get(s.node); ok {
+			return n, nil
 		}
 		if !logged {
 			s.log.Info("waiting for this host's Node", "node", s.node, "timeout", s.o.OwnNodeWait)

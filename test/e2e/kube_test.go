@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,11 +39,25 @@ func TestKubeSubnetManager(t *testing.T) {
 	}
 }
 
-func testKube(t *testing.T, backend string) {
+// kubeLab is the lab of the kube tests: three hosts, `weft etcd` and a
+// kube-apiserver in the switch namespace, a Node per host, deploy/'s
+// RBAC.
+type kubeLab struct {
+	l                   *lab.Lab
+	exe                 string
+	srv                 *kubetest.Server
+	admin               kubernetes.Interface
+	api                 *lab.Proc
+	apiArgv             []string
+	netConf, kubeconfig string
+}
+
+func newKubeLab(t *testing.T, backend string) *kubeLab {
+	t.Helper()
 	bin := kubetest.Binary(t)
 	l := labtest.New(t, lab.Options{Hosts: 3})
 	exe := self(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	// The control plane in the switch namespace: etcd on its loopback,
@@ -55,21 +70,12 @@ func testKube(t *testing.T, backend string) {
 	if err := os.MkdirAll(kdir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	srv := kubetest.Prepare(t, kdir)
-	srv.Dial = lab.DialContext(l.Switch)
-	api, err := l.Start(l.Switch, "kube-apiserver", append([]string{bin}, srv.Args("http://127.0.0.1:2379", lab.SwitchIP.String(), 6443)...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.WaitReady(func() error {
-		if api.Exited() {
-			return errors.New("exited:\n" + api.Log())
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("kube-apiserver: %v", err)
-	}
-	admin := srv.Client(t, kubetest.Admin)
+	k := &kubeLab{l: l, exe: exe, srv: kubetest.Prepare(t, kdir)}
+	k.srv.Dial = lab.DialContext(l.Switch)
+	k.apiArgv = append([]string{bin}, k.srv.Args("http://127.0.0.1:2379", lab.SwitchIP.String(), 6443)...)
+	k.startAPI(t)
+	admin := k.srv.Client(t, kubetest.Admin)
+	k.admin = admin
 	role, binding := kubetest.DeployRBAC(t, "../../deploy/kube-weft.yml")
 	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -77,11 +83,11 @@ func testKube(t *testing.T, backend string) {
 	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	netConf := filepath.Join(l.Dir, "net-conf.json")
-	if err := os.WriteFile(netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
+	k.netConf = filepath.Join(l.Dir, "net-conf.json")
+	if err := os.WriteFile(k.netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig := srv.Kubeconfig(t, kubetest.Weft)
+	k.kubeconfig = k.srv.Kubeconfig(t, kubetest.Weft)
 
 	// Nodes as kubelets register them, podCIDRs as the IPAM controller
 	// assigns them: host i gets 10.244.i.0/24.
@@ -93,17 +99,69 @@ func testKube(t *testing.T, backend string) {
 			t.Fatal(err)
 		}
 	}
-	start := func(i int) *lab.Proc {
-		h := l.Hosts[i]
-		os.Remove(filepath.Join(h.Dir, "subnet.env"))
-		p, err := l.Start(h.Name, "weft", "env", "NODE_NAME="+nodeName(i), exe, "run", "--kube-subnet-mgr",
-			"--kubeconfig-file", kubeconfig, "--net-config-path", netConf, "--iface", h.Underlay, "--ip-masq",
-			"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
+	return k
+}
+
+// startAPI (re)starts the API server and waits until it is ready.
+func (k *kubeLab) startAPI(t *testing.T) {
+	t.Helper()
+	api, err := k.l.Start(k.l.Switch, "kube-apiserver", k.apiArgv...)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := k.srv.WaitReady(func() error {
+		if api.Exited() {
+			return errors.New("exited:\n" + api.Log())
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("kube-apiserver: %v", err)
+	}
+	k.api = api
+}
+
+// start starts `weft run --kube-subnet-mgr` on host i as Node h<i+1>.
+func (k *kubeLab) start(t *testing.T, i int) *lab.Proc {
+	t.Helper()
+	h := k.l.Hosts[i]
+	os.Remove(filepath.Join(h.Dir, "subnet.env"))
+	p, err := k.l.Start(h.Name, "weft-"+nodeName(i), "env", "NODE_NAME="+nodeName(i), k.exe, "run", "--kube-subnet-mgr",
+		"--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf, "--iface", h.Underlay, "--ip-masq",
+		"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// pingAll waits until every pod reaches every other.
+func (k *kubeLab) pingAll(ctx context.Context, t *testing.T, hosts []*lab.Host) {
+	t.Helper()
+	for _, a := range hosts {
+		for _, b := range hosts {
+			if a == b {
+				continue
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				res, err := lab.Ping(ctx, a.Pod, b.PodIP, 1, 0, time.Second)
+				if err == nil && res.Received == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no path %s -> %s (%s -> %s) within 20 s", a.Name, b.Name, a.PodIP, b.PodIP)
+				}
+			}
+		}
+	}
+}
+
+func testKube(t *testing.T, backend string) {
+	k := newKubeLab(t, backend)
+	l, exe, admin := k.l, k.exe, k.admin
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	start := func(i int) *lab.Proc { return k.start(t, i) }
 	procs := make([]*lab.Proc, len(l.Hosts))
 	for i, h := range l.Hosts {
 		procs[i] = start(i)
@@ -150,26 +208,7 @@ func testKube(t *testing.T, backend string) {
 		}
 	}
 
-	pingAll := func(hosts []*lab.Host) {
-		t.Helper()
-		for _, a := range hosts {
-			for _, b := range hosts {
-				if a == b {
-					continue
-				}
-				deadline := time.Now().Add(20 * time.Second)
-				for {
-					res, err := lab.Ping(ctx, a.Pod, b.PodIP, 1, 0, time.Second)
-					if err == nil && res.Received == 1 {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("no path %s -> %s (%s -> %s) within 20 s", a.Name, b.Name, a.PodIP, b.PodIP)
-					}
-				}
-			}
-		}
-	}
+	pingAll := func(hosts []*lab.Host) { t.Helper(); k.pingAll(ctx, t, hosts) }
 	pingAll(l.Hosts)
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 	tcp := func(from, to *lab.Host) {
@@ -279,4 +318,57 @@ func waitPeers(t *testing.T, l *lab.Lab, h *lab.Host, exe string, ok func([]neti
 		}
 	}
 	t.Fatalf("%s: peers %v", h.Name, got)
+}
+
+// TestKubeAPIServerOutage: the API server killed for 30 s costs no
+// packet (the data path does not depend on it), no daemon exits, and
+// the watch resumes when it is back: a Node deleted then reaches every
+// host.
+func TestKubeAPIServerOutage(t *testing.T) {
+	k := newKubeLab(t, "vxlan")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	procs := make([]*lab.Proc, 3)
+	for i, h := range k.l.Hosts {
+		procs[i] = k.start(t, i)
+		waitFile(t, procs[i], filepath.Join(h.Dir, "subnet.env"))
+		if err := h.AttachPod(podCIDR(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1, h2, h3 := k.l.Hosts[0], k.l.Hosts[1], k.l.Hosts[2]
+	k.pingAll(ctx, t, k.l.Hosts)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("h1's weft:\n%s", procs[0].Log())
+		}
+	})
+
+	if err := k.api.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	k.api.WaitContext(ctx)
+	// 30 s of pings, 10 a second, while the API server is gone.
+	const n = 300
+	res, err := lab.Ping(ctx, h1.Pod, h3.PodIP, n, 100*time.Millisecond, time.Second)
+	if err != nil || res.Received != n {
+		t.Errorf("h1 -> h3 during the outage: %d of %d (%v)", res.Received, n, err)
+	}
+	for i, p := range procs {
+		if p.Exited() {
+			t.Fatalf("weft on %s exited during the outage:\n%s", k.l.Hosts[i].Name, p.Log())
+		}
+	}
+	k.startAPI(t)
+	if err := k.admin.CoreV1().Nodes().Delete(ctx, nodeName(2), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []*lab.Host{h1, h2} {
+		waitPeers(t, k.l, h, k.exe, func(p []netip.Prefix) bool { return len(p) == 1 && !slices.Contains(p, podCIDR(2)) })
+	}
+	k.pingAll(ctx, t, []*lab.Host{h1, h2})
+	// The outage and the recovery are in the log.
+	if log := procs[0].Log(); !strings.Contains(log, "Nodes; the data path keeps the last known peers") || !strings.Contains(log, "Kubernetes API reachable again") {
+		t.Errorf("h1's log does not tell of the outage and the recovery:\n%s", log)
+	}
 }
