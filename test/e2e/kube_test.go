@@ -54,6 +54,11 @@ type kubeLab struct {
 
 func newKubeLab(t *testing.T, backend string) *kubeLab {
 	t.Helper()
+	return newKubeLabNetwork(t, backend, "10.244.0.0/16")
+}
+
+func newKubeLabNetwork(t *testing.T, backend, network string) *kubeLab {
+	t.Helper()
 	bin := kubetest.Binary(t)
 	l := labtest.New(t, lab.Options{Hosts: 3})
 	exe := self(t)
@@ -84,7 +89,7 @@ func newKubeLab(t *testing.T, backend string) *kubeLab {
 		t.Fatal(err)
 	}
 	k.netConf = filepath.Join(l.Dir, "net-conf.json")
-	if err := os.WriteFile(k.netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
+	if err := os.WriteFile(k.netConf, []byte(`{"Network":"`+network+`","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	k.kubeconfig = k.srv.Kubeconfig(t, kubetest.Weft)
