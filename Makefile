@@ -8,7 +8,7 @@ RACE    := ./engine/... ./encap/... ./lease/... ./capture/... ./daemon/...
 STATICCHECK ?= $(shell command -v staticcheck || echo $(HOME)/go/bin/staticcheck)
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit race fuzz bench demo lint clean soak
+.PHONY: all build test unit race fuzz bench demo lint clean soak kube-apiserver kube-scale
 
 all: build
 
@@ -46,6 +46,17 @@ bench: build
 # bench/soak/latest.txt and docs/reliability.md. Needs root.
 soak:
 	GO=$(GO) ./bench/soak/soak.sh
+
+# The pinned kube-apiserver that lease/kube's and the e2e kube tests run
+# against, built once into a cache outside the repo (a no-op when there;
+# .ci/run calls it). docs/kubernetes.md.
+kube-apiserver:
+	./hack/kube-apiserver.sh
+
+# Kube mode at scale (issue 16): RSS and convergence with 5,000 Nodes on a
+# real API server; figures for docs/kubernetes.md. Needs root.
+kube-scale: kube-apiserver
+	WEFT_KUBE_SCALE=5000 $(GO) test -count=1 -v -run '^TestKubeScale$$' -timeout 40m ./test/e2e/ | grep -E 'FIGURE|^(ok|FAIL|---)'
 
 demo: build
 	./$(BIN) demo

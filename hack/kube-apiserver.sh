@@ -60,6 +60,11 @@ go get "k8s.io/kubernetes/cmd/kube-apiserver@$version" >&2
 
 tmp=$bin.tmp.$$
 trap 'rm -f "$tmp"' EXIT
-nice -n 10 env GOMAXPROCS="$jobs" go build -p "$jobs" -trimpath -ldflags '-s -w' -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver
+# The version stamp kubernetes' own build sets (the API server reports it,
+# and derives its default emulation version from it).
+minor=${version#v1.}
+minor=${minor%%.*}
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+nice -n 10 env GOMAXPROCS="$jobs" go build -p "$jobs" -trimpath -ldflags "$ldflags" -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver
 mv "$tmp" "$bin"
 echo "$bin"

@@ -46,7 +46,7 @@ func (c *nodeCache) reflector() *cache.Reflector {
 	nodes := c.s.cli.CoreV1().Nodes()
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			l, err := nodes.List(ctx, o)
+			l, err := c.list(ctx, o)
 			c.apiResult("list", err)
 			return l, err
 		},
@@ -60,6 +60,38 @@ func (c *nodeCache) reflector() *cache.Reflector {
 	return cache.NewReflectorWithOptions(lw, &v1.Node{}, c, cache.ReflectorOptions{
 		Name: "weft-nodes", TypeDescription: "*v1.Node", Backoff: &b,
 	})
+}
+
+// listPage is how many Nodes one list request returns.
+const listPage = 500
+
+// list lists all Nodes in pages, stripping each page before asking for
+// the next: a Node of a real cluster is ~10 KiB of JSON (mostly images),
+// so 5,000 Nodes decoded at once would be ~100 MiB of heap for a moment,
+// and the daemon's RSS would keep much of it. The pages are a
+// consistent read (resourceVersion ""): the API server's watch cache
+// answers resourceVersion "0" in one piece whatever the limit.
+func (c *nodeCache) list(ctx context.Context, o metav1.ListOptions) (*v1.NodeList, error) {
+	o.ResourceVersion, o.ResourceVersionMatch, o.Limit, o.Continue = "", "", listPage, ""
+	out := &v1.NodeList{}
+	for {
+		page, err := c.s.cli.CoreV1().Nodes().List(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		if out.ResourceVersion == "" {
+			out.ListMeta = page.ListMeta
+		}
+		for i := range page.Items {
+			st, _ := c.s.strip(&page.Items[i])
+			out.Items = append(out.Items, *st.(*v1.Node))
+		}
+		if page.Continue == "" {
+			out.Continue = ""
+			return out, nil
+		}
+		o.Continue = page.Continue
+	}
 }
 
 // Transformer strips Nodes also inside the reflector (a streaming list
