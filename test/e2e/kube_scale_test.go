@@ -67,11 +67,15 @@ func kubeScale(t *testing.T, backend string, n int) {
 	start := time.Now()
 	p := k.start(t, 0)
 	waitFile(t, p, filepath.Join(h.Dir, "subnet.env"))
+	// weft status may time out while the backend applies thousands of
+	// peers: a failed poll counts as "not yet".
+	failedPolls := 0
 	status := func() daemon.StatusReport {
 		out, err := k.l.Exec(h.Name, k.exe, "status", "--json", "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
 		var r daemon.StatusReport
 		if err != nil || json.Unmarshal(out, &r) != nil {
-			t.Fatalf("weft status: %v\n%.400s", err, out)
+			failedPolls++
+			return daemon.StatusReport{}
 		}
 		return r
 	}
@@ -108,7 +112,7 @@ func kubeScale(t *testing.T, backend string, n int) {
 		}
 	}
 	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including weft status polls of %d peers)", backend, n, time.Since(changed).Round(time.Millisecond), n)
-	figure(t, "%s: RSS after: %d KiB", backend, rssKiB(t, p.Pid()))
+	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
 }
 
 func fakeName(i int) string { return fmt.Sprintf("node-%05d", i) }
