@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
@@ -24,8 +25,32 @@ type nodeCache struct {
 	s      *Store
 	failed atomic.Int64 // unix time of the last logged failure; 0 while the API answers
 	mu     sync.Mutex
-	nodes  map[string]*v1.Node
+	nodes  map[string]cachedNode
 	synced atomic.Bool
+}
+
+// cachedNode is what is kept of a Node: a v1.Node, even stripped, is
+// ~1.5 KiB of mostly empty fields, three times this.
+type cachedNode struct {
+	uid, rv     string
+	created     time.Time
+	podCIDR     string
+	podCIDRs    []string
+	annotations map[string]string // only those under the prefix; nil if none
+}
+
+func compact(n *v1.Node) cachedNode {
+	return cachedNode{uid: string(n.UID), rv: n.ResourceVersion, created: n.CreationTimestamp.Time,
+		podCIDR: n.Spec.PodCIDR, podCIDRs: n.Spec.PodCIDRs, annotations: n.Annotations}
+}
+
+// node rebuilds the stripped Node.
+func (c cachedNode) node(name string) *v1.Node {
+	return &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID(c.uid), ResourceVersion: c.rv,
+			CreationTimestamp: metav1.NewTime(c.created), Annotations: c.annotations},
+		Spec: v1.NodeSpec{PodCIDR: c.podCIDR, PodCIDRs: c.podCIDRs},
+	}
 }
 
 // reflectorBackoff bounds the wait between list/watch attempts while the
@@ -39,7 +64,7 @@ var (
 	_ cache.TransformingStore = (*nodeCache)(nil)
 )
 
-func newNodeCache(s *Store) *nodeCache { return &nodeCache{s: s, nodes: map[string]*v1.Node{}} }
+func newNodeCache(s *Store) *nodeCache { return &nodeCache{s: s, nodes: map[string]cachedNode{}} }
 
 // reflector lists and watches all Nodes into c.
 func (c *nodeCache) reflector() *cache.Reflector {
@@ -112,7 +137,7 @@ func (c *nodeCache) put(obj any) error {
 		return nil
 	}
 	c.mu.Lock()
-	c.nodes[n.Name] = n
+	c.nodes[n.Name] = compact(n)
 	c.mu.Unlock()
 	c.s.update(n, false)
 	return nil
@@ -148,7 +173,7 @@ func (c *nodeCache) Replace(list []any, _ string) error {
 	var gone []*v1.Node
 	for name, n := range c.nodes {
 		if !keep[name] {
-			gone = append(gone, n)
+			gone = append(gone, n.node(name))
 			delete(c.nodes, name)
 		}
 	}
@@ -165,7 +190,10 @@ func (c *nodeCache) get(name string) (*v1.Node, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n, ok := c.nodes[name]
-	return n, ok
+	if !ok {
+		return nil, false
+	}
+	return n.node(name), true
 }
 
 func (c *nodeCache) len() int {
