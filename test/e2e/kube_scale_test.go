@@ -40,6 +40,7 @@ func TestKubeScale(t *testing.T) {
 
 func kubeScale(t *testing.T, backend string, n int) {
 	k := newKubeLabNetwork(t, backend, "10.0.0.0/8")
+	k.env = []string{"GODEBUG=gctrace=1"} // the heap at each GC, in the log
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	created := time.Now()
@@ -130,6 +131,13 @@ func kubeScale(t *testing.T, backend string, n int) {
 	}
 	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including polls of %d peers' state)", backend, n, time.Since(changed).Round(time.Millisecond), n)
 	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
+	var lastGC string
+	for _, l := range strings.Split(p.Log(), "\n") {
+		if strings.HasPrefix(l, "gc ") {
+			lastGC = l
+		}
+	}
+	figure(t, "%s: last GC: %s", backend, lastGC)
 }
 
 func fakeName(i int) string { return fmt.Sprintf("node-%05d", i) }

@@ -50,6 +50,7 @@ type kubeLab struct {
 	api                 *lab.Proc
 	apiArgv             []string
 	netConf, kubeconfig string
+	env                 []string // more environment for weft run
 }
 
 func newKubeLab(t *testing.T, backend string) *kubeLab {
@@ -130,9 +131,10 @@ func (k *kubeLab) start(t *testing.T, i int) *lab.Proc {
 	t.Helper()
 	h := k.l.Hosts[i]
 	os.Remove(filepath.Join(h.Dir, "subnet.env"))
-	p, err := k.l.Start(h.Name, "weft-"+nodeName(i), "env", "NODE_NAME="+nodeName(i), k.exe, "run", "--kube-subnet-mgr",
+	argv := append(append([]string{"env", "NODE_NAME=" + nodeName(i)}, k.env...), k.exe, "run", "--kube-subnet-mgr",
 		"--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf, "--iface", h.Underlay, "--ip-masq",
 		"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
+	p, err := k.l.Start(h.Name, "weft-"+nodeName(i), argv...)
 	if err != nil {
 		t.Fatal(err)
 	}
