@@ -131,6 +131,9 @@ func kubeScale(t *testing.T, backend string, n int) {
 	}
 	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including polls of %d peers' state)", backend, n, time.Since(changed).Round(time.Millisecond), n)
 	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
+	// Go gives freed heap back to the kernel over minutes, not at once.
+	time.Sleep(30 * time.Second)
+	figure(t, "%s: RSS 30 s later: %d KiB", backend, rssKiB(t, p.Pid()))
 	var lastGC string
 	for _, l := range strings.Split(p.Log(), "\n") {
 		if strings.HasPrefix(l, "gc ") {
