@@ -133,7 +133,7 @@ func kubeScale(t *testing.T, backend string, n int) {
 	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
 	// Go gives freed heap back to the kernel over minutes, not at once.
 	time.Sleep(30 * time.Second)
-	figure(t, "%s: RSS 30 s later: %d KiB", backend, rssKiB(t, p.Pid()))
+	figure(t, "%s: RSS 30 s later: %d KiB (%s)", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()))
 	var lastGC string
 	for _, l := range strings.Split(p.Log(), "\n") {
 		if strings.HasPrefix(l, "gc ") {
@@ -215,4 +215,22 @@ func logGap(log, a, b string) (string, string) {
 		}
 	}
 	return ta, tb
+}
+
+// rssSplit says how much of a process's RSS is anonymous (heap, stacks)
+// and how much file-backed (the binary's text and data).
+func rssSplit(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"Rss:", "Anonymous:", "Shared_Clean:", "Private_Clean:"} {
+			if v, ok := strings.CutPrefix(l, k); ok {
+				parts = append(parts, k+" "+strings.Join(strings.Fields(v), " "))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
 }
