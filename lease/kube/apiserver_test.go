@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -200,6 +201,13 @@ func TestPeersFollowNodes(t *testing.T) {
 	// The bare Node gets annotated: it becomes a peer.
 	patchAnnotations(t, admin, "bare", peerAnnotations("192.0.2.3", "host-gw", "null"))
 	watchUntil(t, snaps, "bare", func(ls []lease.Lease) bool { return len(ls) == 3 && ls[1].Attrs.BackendType == "host-gw" })
+	// Status names each peer's Node, and the store's own details.
+	if o := s.Origin(netip.MustParsePrefix("10.244.3.0/24")); o != "node/bare" {
+		t.Errorf("origin of 10.244.3.0/24: %q, want node/bare", o)
+	}
+	if d := s.StatusDetails(); d["node"] != "h1" || d["annotation-prefix"] != "flannel.alpha.coreos.com/" {
+		t.Errorf("status details %v", d)
+	}
 	// A changed public IP is a changed lease.
 	patchAnnotations(t, admin, "h2", map[string]string{"flannel.alpha.coreos.com/public-ip": "192.0.2.22"})
 	watchUntil(t, snaps, "h2's new IP", func(ls []lease.Lease) bool {
