@@ -179,7 +179,7 @@ func (d *daemon) move(ctx context.Context, typ, why string, snap []lease.Lease, 
 		d.log.Warn("the previous backend ended with an error", "backend", from, "err", err)
 	}
 	d.removeKernelState(old)
-	b, why, err := buildBackend(&d.o, d.ext.host(), d.cfg, typ, why, d.log)
+	b, why, err := buildBackend(ctx, &d.o, d.ext.host(), d.cfg, typ, why, d.log)
 	if err != nil {
 		return fmt.Errorf("auto: building %s: %w", typ, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 
 	"github.com/weft-net/weft/encap"
@@ -18,7 +19,7 @@ import (
 // selectBackend builds the backend the network config asks for (not
 // auto: the daemon decides auto's type, see auto.go), and says why.
 func selectBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.Config, log *slog.Logger) (encap.Backend, string, error) {
-	return buildBackend(o, host, cfg, cfg.BackendType, "the network config's Backend.Type is "+cfg.BackendType, log)
+	return buildBackend(ctx, o, host, cfg, cfg.BackendType, "the network config's Backend.Type is "+cfg.BackendType, log)
 }
 
 // buildBackend builds a backend of type typ (udp, vxlan or host-gw); why
@@ -26,7 +27,7 @@ func selectBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.
 // it builds, it first removes what another backend of an earlier run (or
 // of this run, before an auto move) left in the kernel, so switching
 // Backend.Type between runs converges.
-func buildBackend(o *Options, host encap.Host, cfg *lease.Config, typ, why string, log *slog.Logger) (encap.Backend, string, error) {
+func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.Config, typ, why string, log *slog.Logger) (encap.Backend, string, error) {
 	nl, err := kernel.Current()
 	if err != nil {
 		return nil, "", err
@@ -48,7 +49,7 @@ func buildBackend(o *Options, host encap.Host, cfg *lease.Config, typ, why strin
 		if err != nil {
 			return nil, "", err
 		}
-		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log})
+		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log, PrevMAC: previousVtepMAC(ctx, o.Store, log)})
 		if err != nil {
 			return nil, "", err
 		}
@@ -106,4 +107,29 @@ func probeVXLAN(o *Options, nl *kernel.Netlink) func() error {
 		}
 		return nil
 	}
+}
+
+// previousAttrs is a lease.Manager that keeps this host's lease attributes
+// across restarts (the Kubernetes store: the Node's annotations).
+type previousAttrs interface {
+	PreviousAttrs(ctx context.Context) (lease.Attrs, bool, error)
+}
+
+// previousVtepMAC is the VtepMAC of this host's previous vxlan lease, if
+// the store has one.
+func previousVtepMAC(ctx context.Context, store lease.Manager, log *slog.Logger) net.HardwareAddr {
+	p, ok := store.(previousAttrs)
+	if !ok {
+		return nil
+	}
+	a, ok, err := p.PreviousAttrs(ctx)
+	if err != nil || !ok || a.BackendType != "vxlan" {
+		return nil
+	}
+	_, mac, err := vxlan.ParseLeaseData(a.BackendData)
+	if err != nil {
+		log.Warn("the previous lease's VtepMAC is not usable", "err", err)
+		return nil
+	}
+	return mac
 }

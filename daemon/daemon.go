@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,11 @@ type daemon struct {
 	obs   observability
 }
 
+// publicIPSource is a lease.Manager that knows this host's public IP.
+type publicIPSource interface {
+	PublicIPOverride(ctx context.Context) (netip.Addr, error)
+}
+
 // Run runs this host until ctx ends. On return the lease is kept (for the
 // next start) and the kernel backends' state stays in place, as flanneld
 // leaves them on SIGTERM.
@@ -41,6 +47,19 @@ func Run(ctx context.Context, o Options) error {
 	o.Datapath.Log = o.Log
 	if o.Datapath.StateDir == "" {
 		o.Datapath.StateDir = filepath.Dir(o.SubnetFile)
+	}
+	// A store may know this host's public IP better than the flags (the
+	// Kubernetes store: the Node's public-ip-overwrite or node-public-ip
+	// annotation); as in flanneld it wins over --public-ip, before the
+	// interface is chosen.
+	if p, ok := o.Store.(publicIPSource); ok {
+		ip, err := p.PublicIPOverride(ctx)
+		if err != nil {
+			return err
+		}
+		if ip.IsValid() {
+			o.Interface.PublicIP = ip
+		}
 	}
 	d := &daemon{o: o, log: o.Log}
 	log := d.log
@@ -73,7 +92,7 @@ func Run(ctx context.Context, o Options) error {
 		d.auto = &autoState{}
 		typ, w := d.firstChoice(ctx)
 		log.Info("auto: backend chosen", "backend", typ, "why", w)
-		b, why, err = buildBackend(&o, host, d.cfg, typ, w, log)
+		b, why, err = buildBackend(ctx, &o, host, d.cfg, typ, w, log)
 	} else {
 		b, why, err = selectBackend(ctx, &o, host, d.cfg, log)
 	}

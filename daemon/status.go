@@ -151,6 +151,7 @@ func kernelPathNote(backend string) string {
 // StatusReport is what /status returns and `weft status --json` prints.
 type StatusReport struct {
 	Store           string             `json:"store"`
+	StoreDetails    map[string]string  `json:"store_details,omitempty"` // the store's own (kube: node, annotation prefix)
 	Backend         string             `json:"backend"`
 	Why             string             `json:"why"`
 	Moves           uint64             `json:"backend_moves"`               // auto's moves since start
@@ -181,6 +182,7 @@ type PeerStatus struct {
 	Subnet    netip.Prefix `json:"subnet"`
 	PublicIP  netip.Addr   `json:"public_ip"`
 	Backend   string       `json:"backend"`
+	Origin    string       `json:"origin,omitempty"` // where the store has it from (kube: "node/<name>")
 	FirstSeen time.Time    `json:"first_seen"`
 	TxPackets uint64       `json:"tx_packets"`
 	TxBytes   uint64       `json:"tx_bytes"`
@@ -204,6 +206,12 @@ func ratio(a, b uint64) float64 {
 		return 0
 	}
 	return float64(a) / float64(b)
+}
+
+// storeStatus is a lease.Manager with details for status.
+type storeStatus interface {
+	StatusDetails() map[string]string
+	Origin(subnet netip.Prefix) string
 }
 
 func (d *daemon) status() StatusReport {
@@ -245,11 +253,15 @@ func (d *daemon) status() StatusReport {
 	if st.hub != nil {
 		r.Captures = st.hub.Active()
 	}
+	origin := func(netip.Prefix) string { return "" }
+	if s, ok := d.o.Store.(storeStatus); ok {
+		r.StoreDetails, origin = s.StatusDetails(), s.Origin
+	}
 	o.mu.Lock()
 	for _, l := range o.peers {
 		c := counters[l.Subnet]
-		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Backend: admission.BackendName(l.Attrs), FirstSeen: o.firstSeen[l.Subnet],
-			TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
+		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Backend: admission.BackendName(l.Attrs), Origin: origin(l.Subnet),
+			FirstSeen: o.firstSeen[l.Subnet], TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
 	}
 	r.Snapshots = o.snapshots
 	if !o.lastSnap.IsZero() {

@@ -3,7 +3,10 @@ package daemon
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -19,7 +22,7 @@ func onOff(b bool) string {
 // against now.
 func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "store:\t%s\n", r.Store)
+	fmt.Fprintf(w, "store:\t%s%s\n", r.Store, storeDetails(r.StoreDetails))
 	fmt.Fprintf(w, "backend:\t%s (%s)\n", r.Backend, r.Why)
 	if m := r.LastMove; m != nil {
 		fmt.Fprintf(w, "backend moves:\t%d; last %s ago: %s -> %s (%s)\n", r.Moves, now.Sub(m.At).Round(time.Second), m.From, m.To, m.Why)
@@ -105,7 +108,11 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "  SUBNET\tPUBLIC IP\tBACKEND\tSEEN FOR\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES")
 	for _, p := range r.Peers {
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.Subnet, p.PublicIP, p.Backend,
+		backend := p.Backend
+		if p.Origin != "" {
+			backend += " (" + p.Origin + ")"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.Subnet, p.PublicIP, backend,
 			now.Sub(p.FirstSeen).Round(time.Second), p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
 	}
 	w.Flush()
@@ -122,4 +129,16 @@ func humanBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// storeDetails renders the store's details as " (k v, k v)", sorted.
+func storeDetails(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+" "+m[k])
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }

@@ -15,7 +15,7 @@ func TestDependencies(t *testing.T) {
 		forbidden []string
 	}{
 		{
-			pkgs:      []string{"./engine/...", "./encap/...", "./tunio/...", "./lease/etcdstore"},
+			pkgs:      []string{"./engine/...", "./encap/...", "./tunio/...", "./lease/etcdstore", "./lease/kube"},
 			forbidden: []string{"go.etcd.io/etcd/server", "go.etcd.io/bbolt"},
 		},
 		{

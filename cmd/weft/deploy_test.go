@@ -160,8 +160,17 @@ func checkEnvFile(t *testing.T, env []byte) {
 // goRuntimeEnv are variables the Go runtime reads, which weft.env may set.
 var goRuntimeEnv = map[string]bool{"GOMAXPROCS": true, "GOMEMLIMIT": true, "GOGC": true, "GODEBUG": true}
 
+// kube-weft.yml runs the Kubernetes subnet manager with its net-conf
+// mounted where --net-config-path defaults; kube-weft-etcd.yml is the
+// etcd variant.
 func TestDaemonSet(t *testing.T) {
-	b, err := os.ReadFile("../../deploy/kube-weft.yml")
+	for _, name := range []string{"kube-weft.yml", "kube-weft-etcd.yml"} {
+		t.Run(name, func(t *testing.T) { checkDaemonSet(t, "../../deploy/"+name, name == "kube-weft.yml") })
+	}
+}
+
+func checkDaemonSet(t *testing.T, path string, kubeMode bool) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +269,18 @@ func TestDaemonSet(t *testing.T) {
 	for _, p := range []string{"/run/flannel", "/dev/net/tun"} {
 		if mounted[p] != p {
 			t.Errorf("%s is not the host's %s (mounts %v)", p, p, mounted)
+		}
+	}
+	if kubeMode {
+		if !slices.Contains(c.Args, "--kube-subnet-mgr") || kinds["ClusterRole"] != 1 || kinds["ClusterRoleBinding"] != 1 {
+			t.Errorf("not in kube mode: args %q, kinds %v", c.Args, kinds)
+		}
+		netConf := false
+		for _, m := range c.VolumeMounts {
+			netConf = netConf || (m.Name == "weft-cfg" && m.MountPath == "/etc/kube-flannel/")
+		}
+		if !netConf {
+			t.Error("the ConfigMap's net-conf.json is not at --net-config-path's default /etc/kube-flannel/net-conf.json")
 		}
 	}
 	port := 0

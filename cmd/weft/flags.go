@@ -73,20 +73,14 @@ func applyEnv(fs *flag.FlagSet, nameFor func(flag string) string) error {
 // accepted by the parser only to be refused with a clear message, never
 // silently ignored (also when they come from FLANNELD_* variables).
 var refusedFlags = map[string]string{
-	"kube-subnet-mgr":              "the Kubernetes subnet manager is not supported; use etcd (--etcd-endpoints)",
-	"kube-api-url":                 "the Kubernetes subnet manager is not supported; use etcd (--etcd-endpoints)",
-	"kubeconfig-file":              "the Kubernetes subnet manager is not supported; use etcd (--etcd-endpoints)",
-	"kube-annotation-prefix":       "the Kubernetes subnet manager is not supported; use etcd (--etcd-endpoints)",
-	"net-config-path":              "network config from a file is for the Kubernetes subnet manager; store it in etcd (weft netconf set)",
-	"set-node-network-unavailable": "the Kubernetes subnet manager is not supported",
-	"use-multicluster-cidr":        "multi-cluster CIDRs are not supported",
-	"iptables-nft-rules":           "not supported yet",
-	"public-ipv6":                  "IPv6 and dual-stack are not supported yet",
+	"use-multicluster-cidr": "multi-cluster CIDRs are not supported",
+	"iptables-nft-rules":    "not supported yet",
+	"public-ipv6":           "IPv6 and dual-stack are not supported yet",
 }
 
 // refusedBool are the refused flags that take no value in flanneld.
 var refusedBool = map[string]bool{
-	"kube-subnet-mgr": true, "set-node-network-unavailable": true, "use-multicluster-cidr": true, "iptables-nft-rules": true,
+	"use-multicluster-cidr": true, "iptables-nft-rules": true,
 }
 
 type refusedFlag struct {

@@ -14,9 +14,13 @@ func TestRunFlagErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{[]string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr"},
+		{[]string{"--kube-subnet-mgr", "--etcd-endpoints", "http://127.0.0.1:2379"}, nil, "--etcd-endpoints"},
+		{[]string{"--kube-subnet-mgr"}, map[string]string{"FLANNELD_ETCD_PREFIX": "/x"}, "--etcd-prefix"},
+		{[]string{"--kube-subnet-mgr", "--static-network", "10.6.0.0/16", "--static-subnet", "10.6.1.0/24"}, nil, "--static-"},
+		{[]string{"--kube-subnet-mgr", "--net-config-path", "/nonexistent/net-conf.json"}, nil, "--net-config-path"},
+		{[]string{"--kube-annotation-prefix", "a/b/c"}, nil, "--kube-annotation-prefix"},
+		{nil, map[string]string{"FLANNELD_KUBE_ANNOTATION_PREFIX": "Not Valid"}, "--kube-annotation-prefix"},
 		{[]string{"--public-ipv6", "2001:db8::1"}, nil, "--public-ipv6"},
-		{[]string{"--kube-api-url", "https://example.invalid"}, nil, "--kube-api-url"},
 		{nil, map[string]string{"FLANNELD_PUBLIC_IPV6": "2001:db8::1"}, "--public-ipv6"},
 		{[]string{"--subnet-lease-renew-margin", "0"}, nil, "--subnet-lease-renew-margin"},
 		{[]string{"--subnet-lease-renew-margin", "1440"}, nil, "--subnet-lease-renew-margin"},

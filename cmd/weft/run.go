@@ -18,6 +18,7 @@ import (
 	"github.com/weft-net/weft/encap/userspace"
 	"github.com/weft-net/weft/engine"
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/kube"
 )
 
 func init() {
@@ -41,6 +42,9 @@ type runFlags struct {
 	healthzPort                           int
 	verbosity                             int
 	klog                                  klogFlags
+	kubeSubnetMgr, setNodeNetUnavailable  bool
+	kubeAPIURL, kubeconfigFile            string
+	kubeAnnotationPrefix, netConfigPath   string
 
 	// weft's own
 	tunName                     string
@@ -59,7 +63,8 @@ type runFlags struct {
 	staticPeers                 stringList
 	staticPeersFile             string
 	refused                     []string
-	forwardExplicit             bool // --iptables-forward-rules given, not defaulted
+	forwardExplicit             bool     // --iptables-forward-rules given, not defaulted
+	etcdExplicit                []string // --etcd-* flags given (or from FLANNELD_*)
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -85,6 +90,12 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.healthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
 	fs.IntVar(&f.verbosity, "v", 0, "log level for V logs, as klog's -v (0: info, 1 or more: debug)")
 	f.klog.register(fs)
+	fs.BoolVar(&f.kubeSubnetMgr, "kube-subnet-mgr", false, "contact the Kubernetes API for subnet assignment instead of etcd")
+	fs.StringVar(&f.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL; only with --kube-subnet-mgr (default: in-cluster config)")
+	fs.StringVar(&f.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file location; only with --kube-subnet-mgr (default: in-cluster config)")
+	fs.StringVar(&f.kubeAnnotationPrefix, "kube-annotation-prefix", kube.DefaultAnnotationPrefix, "Kubernetes annotation prefix of the Node annotations")
+	fs.StringVar(&f.netConfigPath, "net-config-path", kube.DefaultNetConfPath, "path to the network configuration file (with --kube-subnet-mgr)")
+	fs.BoolVar(&f.setNodeNetUnavailable, "set-node-network-unavailable", true, "set the Node's NetworkUnavailable condition to False once up (with --kube-subnet-mgr)")
 
 	fs.StringVar(&f.tunName, "tun-name", "flannel0", "name of the TUN device (udp backend)")
 	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
@@ -130,7 +141,12 @@ func runRun(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	fs.Visit(func(fl *flag.Flag) { f.forwardExplicit = f.forwardExplicit || fl.Name == "iptables-forward-rules" })
+	fs.Visit(func(fl *flag.Flag) {
+		f.forwardExplicit = f.forwardExplicit || fl.Name == "iptables-forward-rules"
+		if strings.HasPrefix(fl.Name, "etcd-") {
+			f.etcdExplicit = append(f.etcdExplicit, fl.Name)
+		}
+	})
 	log := newLogger(f.logFormat, f.verbosity)
 	slog.SetDefault(log)
 	f.klog.warnUnused(log)
@@ -167,7 +183,10 @@ func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
 		o.Interface.PublicIP = netip.MustParseAddr(f.publicIP) // validated
 	}
 	var err error
-	if f.staticNetwork != "" {
+	if f.kubeSubnetMgr {
+		o.StoreName = "kube"
+		o.Store, err = f.kubeManager(log)
+	} else if f.staticNetwork != "" {
 		o.StoreName = "static"
 		o.Store, err = f.staticManager()
 	} else {
@@ -213,6 +232,24 @@ func (f *runFlags) validate() error {
 	static := f.staticNetwork != "" || f.staticSubnet != "" || len(f.staticPeers) > 0 || f.staticPeersFile != ""
 	if static && (f.staticNetwork == "" || f.staticSubnet == "") {
 		return errors.New("--static-network and --static-subnet go together (with --static-peer or --static-peers)")
+	}
+	return f.validateKube(static)
+}
+
+// validateKube checks the Kubernetes subnet manager's flags: one store
+// at a time, and flanneld's rule for the annotation prefix.
+func (f *runFlags) validateKube(static bool) error {
+	if err := kube.CheckAnnotationPrefix(f.kubeAnnotationPrefix); err != nil {
+		return err
+	}
+	if !f.kubeSubnetMgr {
+		return nil
+	}
+	if len(f.etcdExplicit) > 0 {
+		return fmt.Errorf("--kube-subnet-mgr: the Kubernetes API is the store, so --%s (etcd) does not apply; give one or the other", f.etcdExplicit[0])
+	}
+	if static {
+		return errors.New("--kube-subnet-mgr: the Kubernetes API is the store, so --static-* do not apply; give one or the other")
 	}
 	return nil
 }

@@ -33,6 +33,10 @@ type Options struct {
 	// Sysctl writes a key under /proc/sys in the backend's namespace;
 	// default: the calling process's.
 	Sysctl func(key, value string) error
+	// PrevMAC is the VtepMAC of this host's previous lease, if the store
+	// kept it: a device created anew takes it, as flanneld does, so the
+	// peers' neighbour and FDB entries for this host stay right.
+	PrevMAC net.HardwareAddr
 }
 
 // Backend is the kernel vxlan backend.
@@ -44,6 +48,8 @@ type Backend struct {
 	sysctl func(key, value string) error
 	spec   deviceSpec
 	rec    *kernel.Reconciler
+
+	prevMAC net.HardwareAddr
 
 	mu      sync.Mutex
 	mac     net.HardwareAddr
@@ -79,7 +85,7 @@ func New(o Options) (*Backend, error) {
 	}
 	mtu := DeviceMTU(o.Host, o.Config, o.Log)
 	b := &Backend{
-		cfg: o.Config, host: o.Host, nl: o.NL, log: o.Log, sysctl: o.Sysctl,
+		cfg: o.Config, host: o.Host, nl: o.NL, log: o.Log, sysctl: o.Sysctl, prevMAC: o.PrevMAC,
 		spec: deviceSpec{
 			name: DeviceName(o.Config.VNI), vni: o.Config.VNI, port: o.Config.Port, gbp: o.Config.GBP,
 			learning: o.Config.Learning, vtepIndex: o.Host.IfaceIndex, vtepAddr: o.Host.IfaceAddr, mtu: mtu,

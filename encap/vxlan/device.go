@@ -111,6 +111,10 @@ func (b *Backend) ensureDevice() (*netlink.Vxlan, bool, error) {
 			return nil, false, fmt.Errorf("deleting %s: %w", d.name, err)
 		}
 	}
+	if mac == nil && len(b.prevMAC) == 6 {
+		mac = b.prevMAC
+		b.log.Info("creating the vxlan device with the previous lease's MAC", "device", d.name, "mac", mac.String())
+	}
 	if mac == nil {
 		if mac, err = randomMAC(); err != nil {
 			return nil, false, err

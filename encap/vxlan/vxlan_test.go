@@ -280,3 +280,31 @@ func TestBackendMTUKernelDevice(t *testing.T) {
 		t.Fatalf("flannel.1: %v, %v; want MTU 1350", l, err)
 	}
 }
+
+// A device created anew takes the previous lease's VtepMAC (the kube
+// store reads it back from the Node's backend-data, as flanneld does),
+// so peers' neighbour and FDB entries for this host stay right after a
+// reboot or a deleted device.
+func TestPrevMACReused(t *testing.T) {
+	ns := kerneltest.New(t)
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	prev, _ := net.ParseMAC("52:21:cc:9e:cb:54")
+	b, err := New(Options{
+		Host:   encap.Host{Iface: "under0", IfaceIndex: under, IfaceAddr: netip.MustParseAddr("192.0.2.1"), PublicIP: netip.MustParseAddr("192.0.2.1"), IfaceMTU: 1500},
+		Config: Config{VNI: 1, Port: 8472}, NL: ns.Netlink, Sysctl: ns.Sysctl, PrevMAC: prev,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, err := b.Attrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"VNI":1,"VtepMAC":"52:21:cc:9e:cb:54"}`; string(attrs.BackendData) != want {
+		t.Errorf("lease data %s, want %s", attrs.BackendData, want)
+	}
+	l, err := ns.H.LinkByName("flannel.1")
+	if err != nil || l.Attrs().HardwareAddr.String() != prev.String() {
+		t.Fatalf("device MAC %v (%v), want %s", l, err, prev)
+	}
+}

@@ -78,7 +78,7 @@ func TestConfigFaults(t *testing.T) {
 		{name: "log format", flags: []string{"--log-format=xml"}, want: "--log-format"},
 		{name: "public ip", flags: []string{"--public-ip=nope"}, want: "--public-ip"},
 		{name: "static half", flags: []string{"--static-subnet=10.8.1.0/24"}, want: "--static-network"},
-		{name: "kube subnet manager", flags: []string{"--kube-subnet-mgr"}, want: "--kube-subnet-mgr"},
+		{name: "kube subnet manager with etcd flags", flags: []string{"--kube-subnet-mgr"}, want: "--kube-subnet-mgr"}, // base has --etcd-endpoints
 		{name: "etcd endpoint", flags: []string{"--etcd-endpoints=ftp://x"}, want: "--etcd-endpoints"},
 		{name: "etcd prefix", flags: []string{"--etcd-prefix=coreos"}, want: "--etcd-prefix"},
 		{name: "etcd cert without key", flags: []string{"--etcd-certfile=/nonexistent.pem"}, want: "--etcd-certfile"},

@@ -1,0 +1,20 @@
+// Package kube is the lease.Manager of flanneld's Kubernetes subnet
+// manager (--kube-subnet-mgr, flannel v0.28's pkg/subnet/kube): no etcd of
+// its own; the network config comes from a file (kube-flannel.yml's
+// ConfigMap), this host's subnet is its Node's spec.podCIDR, and the
+// lease's attributes are annotations on the Node
+// (<prefix>/backend-type, backend-data, public-ip, kube-subnet-manager),
+// written with a strategic-merge patch of nodes/<name>/status in
+// flanneld's exact bytes. Peers are the Nodes annotated
+// kube-subnet-manager=true, read through one Node informer whose cache
+// keeps only what a lease needs (an informer transform drops images,
+// conditions, managedFields and the rest of a Node), so memory stays
+// small in large clusters.
+//
+// Unlike flanneld, a Node with no annotations, a Node re-created without
+// them, or this host's own Node losing them never stops the store: peers
+// are taken from the watch as they change, and Keep writes this host's
+// annotations back.
+//
+// IPv4 only: a Node's lease is the IPv4 entry of spec.podCIDRs.
+package kube

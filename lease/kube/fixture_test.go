@@ -1,0 +1,228 @@
+package kube
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/weft-net/weft/lease"
+)
+
+// patchBodies reads a fixture's patch-requests file: every body, in order.
+func patchBodies(t *testing.T, name string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		if !strings.Contains(lines[i], " PATCH /api/v1/nodes/h1/status -> 200") {
+			t.Fatalf("%s: line %d: %q", name, i+1, lines[i])
+		}
+		out = append(out, lines[i+1])
+	}
+	return out
+}
+
+// fixtureAttrs are h1's lease attributes in each recording.
+var fixtureAttrs = map[string]lease.Attrs{
+	"vxlan":   {PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"52:21:cc:9e:cb:54"}`)},
+	"udp":     {PublicIP: netip.MustParseAddr("192.0.2.1")},
+	"host-gw": {PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "host-gw"},
+}
+
+func testStore(t *testing.T) *Store {
+	t.Helper()
+	ann, err := newAnnotations(DefaultAnnotationPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Store{ann: ann, log: slog.New(slog.DiscardHandler)}
+}
+
+// The annotation patch of a fresh Node (the kubelet's annotation only) is
+// flanneld's first request body, byte for byte, for each backend: the
+// JSON-string backend-data of vxlan, the literal null of host-gw and udp,
+// udp's empty backend-type.
+func TestAnnotationPatchMatchesFlanneld(t *testing.T) {
+	s := testStore(t)
+	for backend, attrs := range fixtureAttrs {
+		t.Run(backend, func(t *testing.T) {
+			want := patchBodies(t, "patch-requests-"+backend+"-h1.txt")[0]
+			n := &v1.Node{}
+			n.Name = "h1"
+			n.Annotations = map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"}
+			ann, err := s.wantAnnotations(n.Annotations, attrs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := annotationPatch(n, ann)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != want {
+				t.Errorf("patch body\n got %s\nwant %s", got, want)
+			}
+			// The annotations it leaves are the recorded ones.
+			rec := fixtureAnnotations(t, backend, "h1")
+			for k, v := range rec {
+				if ann[k] != v {
+					t.Errorf("annotation %s = %q, flanneld wrote %q", k, ann[k], v)
+				}
+			}
+			// Applied, nothing is left to patch: a restart sends none.
+			if again, _ := s.wantAnnotations(ann, attrs); true {
+				n.Annotations = ann
+				if p, _ := annotationPatch(n, again); p != nil {
+					t.Errorf("a second Acquire patches %s", p)
+				}
+			}
+		})
+	}
+}
+
+func fixtureAnnotations(t *testing.T, backend, node string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "node-annotations-"+backend+".tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		f := strings.SplitN(l, "\t", 3)
+		if len(f) == 3 && f[0] == node {
+			out[f[1]] = f[2]
+		}
+	}
+	return out
+}
+
+// The condition patch is flanneld's second body, byte for byte, with its
+// time.
+func TestConditionPatchMatchesFlanneld(t *testing.T) {
+	for _, name := range []string{"patch-requests-vxlan-h1.txt", "patch-requests-udp-h1.txt", "patch-requests-host-gw-h1.txt", "patch-requests-vxlan-h1-restart.txt"} {
+		bodies := patchBodies(t, name)
+		want := bodies[len(bodies)-1]
+		ts := regexp.MustCompile(`"lastHeartbeatTime":"([^"]+)"`).FindStringSubmatch(want)
+		if ts == nil {
+			t.Fatalf("%s: no time in %s", name, want)
+		}
+		now, err := time.Parse(time.RFC3339, ts[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := conditionPatch(now.Add(300 * time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, []byte(want)) {
+			t.Errorf("%s:\n got %s\nwant %s", name, got, want)
+		}
+	}
+}
+
+// public-ip-overwrite wins over the interface's address, as in flanneld;
+// a changed overwrite is written again.
+func TestPublicIPOverwrite(t *testing.T) {
+	s := testStore(t)
+	attrs := fixtureAttrs["host-gw"]
+	have := map[string]string{"flannel.alpha.coreos.com/public-ip-overwrite": "198.51.100.7"}
+	want, err := s.wantAnnotations(have, attrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := want["flannel.alpha.coreos.com/public-ip"]; got != "198.51.100.7" {
+		t.Errorf("public-ip %q, want the overwrite 198.51.100.7", got)
+	}
+}
+
+func TestAnnotationPrefix(t *testing.T) {
+	for _, c := range []struct {
+		prefix, managed string // managed "": refused
+	}{
+		{"flannel.alpha.coreos.com", "flannel.alpha.coreos.com/kube-subnet-manager"},
+		{"flannel.alpha.coreos.com/", "flannel.alpha.coreos.com/kube-subnet-manager"},
+		{"example.com/net", "example.com/net-kube-subnet-manager"},
+		{"example.com/net-", "example.com/net-kube-subnet-manager"},
+		{"weft.example.org/a_b", "weft.example.org/a_b-kube-subnet-manager"},
+		{"example.com/a/b", ""},
+		{"Example.com", ""},
+		{"nodots", ""},
+		{"", ""},
+		{"example.com/a.b", ""},
+	} {
+		a, err := newAnnotations(c.prefix)
+		switch {
+		case c.managed == "" && err == nil:
+			t.Errorf("%q: accepted (%s), want refused", c.prefix, a.SubnetKubeManaged)
+		case c.managed != "" && err != nil:
+			t.Errorf("%q: %v", c.prefix, err)
+		case c.managed != "" && a.SubnetKubeManaged != c.managed:
+			t.Errorf("%q: %s, want %s", c.prefix, a.SubnetKubeManaged, c.managed)
+		}
+	}
+}
+
+func TestPodSubnet(t *testing.T) {
+	node := func(cidr string, cidrs ...string) *v1.Node {
+		n := &v1.Node{}
+		n.Name = "h1"
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = cidr, cidrs
+		return n
+	}
+	for _, c := range []struct {
+		n       *v1.Node
+		want    string
+		errLike string
+	}{
+		{node("10.244.1.0/24"), "10.244.1.0/24", ""},
+		{node("10.244.1.0/24", "10.244.1.0/24"), "10.244.1.0/24", ""},
+		{node("fd00:10:244:1::/64", "fd00:10:244:1::/64", "10.244.1.0/24"), "10.244.1.0/24", ""},
+		{node(""), "", "pod cidr not assigned"},
+		{node("fd00::/64", "fd00::/64"), "", "IPv6 is not supported yet"},
+		{node("10.244.1.0/24", "10.244.1.0/24", "fd00::/64", "10.244.9.0/24"), "", "dualstack"},
+		{node("10.244.1.0/33"), "", "pod CIDR"},
+	} {
+		p, err := podSubnet(c.n)
+		if c.errLike != "" {
+			if err == nil || !strings.Contains(err.Error(), c.errLike) {
+				t.Errorf("%v: err %v, want one saying %q", c.n.Spec, err, c.errLike)
+			}
+			continue
+		}
+		if err != nil || p.String() != c.want {
+			t.Errorf("%v: %v, %v; want %s", c.n.Spec, p, err, c.want)
+		}
+	}
+}
+
+// A Node with no annotations at all (nil map) is no peer and no crash
+// (flanneld panics on it).
+func TestNodeWithoutAnnotations(t *testing.T) {
+	s := testStore(t)
+	n := &v1.Node{}
+	n.Name = "bare"
+	n.Spec.PodCIDR = "10.244.3.0/24"
+	s.changed = make(chan struct{})
+	s.update(n, false)
+	if _, ok := s.leases["bare"]; ok {
+		t.Error("a Node without annotations became a peer")
+	}
+	if st, _ := s.strip(n); st.(*v1.Node).Annotations != nil {
+		t.Error("strip made annotations")
+	}
+	if _, err := s.wantAnnotations(nil, fixtureAttrs["vxlan"]); err != nil {
+		t.Error(err)
+	}
+}

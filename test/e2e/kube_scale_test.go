@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/weft-net/weft/daemon"
+)
+
+// TestKubeScale measures weft in kube mode against a real API server
+// holding WEFT_KUBE_SCALE Node objects shaped like a kubelet's (images,
+// conditions, labels, and the server's managedFields): the daemon's RSS
+// with each backend, how long the first list takes to reach the data
+// path, and how long one Node's annotation change takes to reach it. It
+// reports figures (docs/kubernetes.md), asserting none; it runs only when
+// WEFT_KUBE_SCALE is set (make kube-scale).
+func TestKubeScale(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("WEFT_KUBE_SCALE"))
+	if n <= 0 {
+		t.Skip("a measurement: WEFT_KUBE_SCALE=5000 (make kube-scale)")
+	}
+	for _, backend := range []string{"vxlan", "udp"} {
+		t.Run(backend, func(t *testing.T) { kubeScale(t, backend, n) })
+	}
+}
+
+func kubeScale(t *testing.T, backend string, n int) {
+	k := newKubeLabNetwork(t, backend, "10.0.0.0/8")
+	k.env = []string{"GODEBUG=gctrace=1"} // the heap at each GC, in the log
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	created := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				if _, err := k.admin.CoreV1().Nodes().Create(ctx, fakeKubeletNode(i, backend), metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	figure(t, "%d Nodes created in %v", n, time.Since(created).Round(time.Millisecond))
+
+	h := k.l.Hosts[0]
+	start := time.Now()
+	p := k.start(t, 0)
+	waitFile(t, p, filepath.Join(h.Dir, "subnet.env"))
+	// weft status may time out while the backend applies thousands of
+	// peers: a failed poll counts as "not yet".
+	failedPolls := 0
+	status := func() daemon.StatusReport {
+		out, err := k.l.Exec(h.Name, k.exe, "status", "--json", "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
+		var r daemon.StatusReport
+		if err != nil || json.Unmarshal(out, &r) != nil {
+			failedPolls++
+			return daemon.StatusReport{}
+		}
+		return r
+	}
+	// The data path's peers: for vxlan the kernel's FDB entries (weft
+	// status can time out while thousands are programmed), for udp the
+	// engine's table as status shows it.
+	peerIPs := func() map[string]bool {
+		ips := map[string]bool{}
+		if backend == "vxlan" {
+			out, _ := exec.Command("bridge", "-n", h.Name, "fdb", "show", "dev", "flannel.1").Output()
+			for _, l := range strings.Split(string(out), "\n") {
+				if _, rest, ok := strings.Cut(l, " dst "); ok {
+					ip, _, _ := strings.Cut(rest, " ")
+					ips[ip] = true
+				}
+			}
+			return ips
+		}
+		for _, pe := range status().Peers {
+			ips[pe.PublicIP.String()] = true
+		}
+		return ips
+	}
+	for deadline := time.Now().Add(5 * time.Minute); len(peerIPs()) < n; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d peers after 5 min, want %d", len(peerIPs()), n)
+		}
+	}
+	figure(t, "%s: weft run to all %d peers in the data path: %v", backend, n, time.Since(start).Round(time.Millisecond))
+	if synced, applied := logGap(p.Log(), "Nodes listed", "lease acquired"); synced != "" {
+		figure(t, "%s: log: Nodes listed at %s, lease acquired at %s", backend, synced, applied)
+	}
+	time.Sleep(2 * time.Second)
+	figure(t, "%s: RSS with %d Nodes: %d KiB", backend, n, rssKiB(t, p.Pid()))
+
+	// One Node's public IP changes: how long until h1's data path has it.
+	i := n / 2
+	ip := fmt.Sprintf("198.19.%d.%d", i/250, 1+i%250)
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{"flannel.alpha.coreos.com/public-ip":%q}}}`, ip)
+	changed := time.Now()
+	if _, err := k.admin.CoreV1().Nodes().Patch(ctx, fakeName(i), types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if peerIPs()[ip] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the changed public IP never reached the data path")
+		}
+	}
+	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including polls of %d peers' state)", backend, n, time.Since(changed).Round(time.Millisecond), n)
+	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
+	// Go gives freed heap back to the kernel over minutes, not at once.
+	time.Sleep(30 * time.Second)
+	figure(t, "%s: RSS 30 s later: %d KiB (%s)", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()))
+	var lastGC string
+	for _, l := range strings.Split(p.Log(), "\n") {
+		if strings.HasPrefix(l, "gc ") {
+			lastGC = l
+		}
+	}
+	figure(t, "%s: last GC: %s", backend, lastGC)
+}
+
+func fakeName(i int) string { return fmt.Sprintf("node-%05d", i) }
+
+// fakeKubeletNode is Node i as a kubelet registers and reports it, with
+// podCIDR 10.(1+i/256).(i%256).0/24 and the annotations of a kube-mode
+// daemon of backend (public IP in 198.18.0.0/15, no traffic goes there).
+func fakeKubeletNode(i int, backend string) *v1.Node {
+	name := fakeName(i)
+	backendType, backendData := "", "null" // udp, as flanneld writes it
+	if backend == "vxlan" {
+		backendType, backendData = "vxlan", fmt.Sprintf(`{"VNI":1,"VtepMAC":"0a:58:%02x:%02x:%02x:01"}`, i>>8, i&255, i%7)
+	}
+	n := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name,
+			Labels: map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+				"beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "m5.xlarge",
+				"topology.kubernetes.io/region": "eu-west-1", "topology.kubernetes.io/zone": "eu-west-1a"},
+			Annotations: map[string]string{
+				"volumes.kubernetes.io/controller-managed-attach-detach": "true",
+				"node.alpha.kubernetes.io/ttl":                           "0",
+				"flannel.alpha.coreos.com/kube-subnet-manager":           "true",
+				"flannel.alpha.coreos.com/backend-type":                  backendType,
+				"flannel.alpha.coreos.com/backend-data":                  backendData,
+				"flannel.alpha.coreos.com/public-ip":                     fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250),
+			}},
+		Spec: v1.NodeSpec{PodCIDR: fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256)},
+	}
+	n.Spec.PodCIDRs = []string{n.Spec.PodCIDR}
+	now := metav1.Now()
+	for _, c := range []v1.NodeConditionType{"MemoryPressure", "DiskPressure", "PIDPressure", "Ready"} {
+		n.Status.Conditions = append(n.Status.Conditions, v1.NodeCondition{Type: c, Status: "False", LastHeartbeatTime: now, LastTransitionTime: now,
+			Reason: "Kubelet" + string(c), Message: "kubelet has sufficient " + strings.ToLower(string(c))})
+	}
+	for j := range 30 {
+		n.Status.Images = append(n.Status.Images, v1.ContainerImage{
+			Names:     []string{fmt.Sprintf("registry.example.com/team%d/app%d@sha256:%064x", j%5, j, i*31+j), fmt.Sprintf("registry.example.com/team%d/app%d:v1.%d.0", j%5, j, j)},
+			SizeBytes: int64(50+j) << 20})
+	}
+	n.Status.Capacity = v1.ResourceList{v1.ResourceCPU: resource.MustParse("4"), v1.ResourceMemory: resource.MustParse("16Gi"), v1.ResourcePods: resource.MustParse("110")}
+	n.Status.Allocatable = n.Status.Capacity
+	n.Status.NodeInfo = v1.NodeSystemInfo{KernelVersion: "6.1.0-28-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", ContainerRuntimeVersion: "containerd://1.7.24",
+		KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: "amd64", MachineID: fmt.Sprintf("%032x", i), SystemUUID: fmt.Sprintf("%032x", i+1), BootID: fmt.Sprintf("%032x", i+2)}
+	n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250)}, {Type: v1.NodeHostName, Address: name}}
+	return n
+}
+
+func rssKiB(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb
+		}
+	}
+	return 0
+}
+
+// logGap finds the times of the first lines holding a and b.
+func logGap(log, a, b string) (string, string) {
+	var ta, tb string
+	for _, l := range strings.Split(log, "\n") {
+		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+		if ta == "" && strings.Contains(l, a) {
+			ta = ts
+		}
+		if tb == "" && strings.Contains(l, b) {
+			tb = ts
+		}
+	}
+	return ta, tb
+}
+
+// rssSplit says how much of a process's RSS is anonymous (heap, stacks)
+// and how much file-backed (the binary's text and data).
+func rssSplit(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"Rss:", "Anonymous:", "Shared_Clean:", "Private_Clean:"} {
+			if v, ok := strings.CutPrefix(l, k); ok {
+				parts = append(parts, k+" "+strings.Join(strings.Fields(v), " "))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
+}
