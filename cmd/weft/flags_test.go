@@ -62,8 +62,8 @@ func TestEnvFillsFlagsNotGiven(t *testing.T) {
 	if err := applyEnv(fs, envName); err != nil {
 		t.Fatal(err)
 	}
-	if f.etcdPrefix != "/from/flag" {
-		t.Errorf("the environment overrode a flag given on the command line: %q", f.etcdPrefix)
+	if f.etcd.prefix != "/from/flag" {
+		t.Errorf("the environment overrode a flag given on the command line: %q", f.etcd.prefix)
 	}
 	if strings.Join(f.ifaces, " ") != "eth1 eth2" || f.batchSize != 7 {
 		t.Errorf("iface %v, batch %d: the environment was not applied", f.ifaces, f.batchSize)

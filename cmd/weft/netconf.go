@@ -29,12 +29,12 @@ given, at <prefix>/config; get prints what is stored there.
 flags:
 `
 
-// etcdClientFlags are flanneld's etcd flags, for commands that talk to etcd.
+// etcdClientFlags are flanneld's etcd flags, declared once for every
+// command that talks to etcd (weft run, weft netconf).
 type etcdClientFlags struct {
 	endpoints, prefix         string
 	cafile, certfile, keyfile string
 	username, password        string
-	timeout                   time.Duration
 }
 
 func (f *etcdClientFlags) register(fs *flag.FlagSet) {
@@ -45,7 +45,6 @@ func (f *etcdClientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
 	fs.StringVar(&f.username, "etcd-username", "", "username for BasicAuth to etcd")
 	fs.StringVar(&f.password, "etcd-password", "", "password for BasicAuth to etcd")
-	fs.DurationVar(&f.timeout, "timeout", 15*time.Second, "give up when etcd has not answered within this time")
 }
 
 func (f *etcdClientFlags) store(log *slog.Logger) (*etcdstore.Store, error) {
@@ -68,6 +67,7 @@ func runNetconf(args []string) error {
 	fs := flag.NewFlagSet("netconf", flag.ContinueOnError)
 	var ef etcdClientFlags
 	ef.register(fs)
+	timeout := fs.Duration("timeout", 15*time.Second, "give up when etcd has not answered within this time")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), netconfUsage)
 		fs.PrintDefaults()
@@ -108,11 +108,11 @@ func runNetconf(args []string) error {
 		return err
 	}
 	defer store.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), ef.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	unreachable := func(err error) error {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("etcd at %s did not answer within %s (--timeout)", ef.endpoints, ef.timeout)
+			return fmt.Errorf("etcd at %s did not answer within %s (--timeout)", ef.endpoints, *timeout)
 		}
 		return err
 	}

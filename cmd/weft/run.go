@@ -28,23 +28,21 @@ func init() {
 // runFlags are flanneld v0.28's flags (names, meanings, defaults) plus
 // weft's own, which all have flanneld-free names.
 type runFlags struct {
-	etcdEndpoints, etcdPrefix             string
-	etcdKeyfile, etcdCertfile, etcdCAFile string
-	etcdUsername, etcdPassword            string
-	ifaces, ifaceRegex, ifaceCanReach     stringList
-	publicIP                              string
-	subnetFile                            string
-	renewMargin                           int
-	ipMasq, ipMasqNoRandom                bool
-	iptablesResync                        int
-	iptablesForward, blackhole            bool
-	healthzIP                             string
-	healthzPort                           int
-	verbosity                             int
-	klog                                  klogFlags
-	kubeSubnetMgr, setNodeNetUnavailable  bool
-	kubeAPIURL, kubeconfigFile            string
-	kubeAnnotationPrefix, netConfigPath   string
+	etcd                                 etcdClientFlags
+	ifaces, ifaceRegex, ifaceCanReach    stringList
+	publicIP                             string
+	subnetFile                           string
+	renewMargin                          int
+	ipMasq, ipMasqNoRandom               bool
+	iptablesResync                       int
+	iptablesForward, blackhole           bool
+	healthzIP                            string
+	healthzPort                          int
+	verbosity                            int
+	klog                                 klogFlags
+	kubeSubnetMgr, setNodeNetUnavailable bool
+	kubeAPIURL, kubeconfigFile           string
+	kubeAnnotationPrefix, netConfigPath  string
 
 	// weft's own
 	tunName                     string
@@ -68,13 +66,7 @@ type runFlags struct {
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
-	fs.StringVar(&f.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
-	fs.StringVar(&f.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
-	fs.StringVar(&f.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
-	fs.StringVar(&f.etcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
-	fs.StringVar(&f.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
-	fs.StringVar(&f.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	f.etcd.register(fs)
 	fs.Var(&f.ifaces, "iface", "interface to use (IP or name) for inter-host communication; repeatable")
 	fs.Var(&f.ifaceRegex, "iface-regex", "regex expression to match the first interface to use (IP or name); repeatable")
 	fs.Var(&f.ifaceCanReach, "iface-can-reach", "detect the interface to use by the route to this IP address")
