@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/weft-net/weft/bench/harness"
@@ -25,7 +26,10 @@ import (
 
 // Options configure Run.
 type Options struct {
-	Binary   string   // the weft binary
+	Binary string // set per run from Binaries
+	// Binaries are the weft binaries to measure, interleaved per backend
+	// (an old and a new build compare under the same load).
+	Binaries []string
 	Hosts    int      // N: the real host and N-1 simulated peers
 	Backends []string // udp, vxlan, host-gw
 	Events   int      // lease events per churn, half puts of new peers and half deletes
@@ -57,6 +61,7 @@ type Join struct {
 
 // Result is one backend at one N.
 type Result struct {
+	Binary    string        `json:"binary"`
 	Backend   string        `json:"backend"`
 	N         int           `json:"n"`
 	Start     time.Duration `json:"start_to_full_state_ns"`
@@ -77,6 +82,9 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	if o.Events%2 != 0 || o.Events < 2 {
 		return nil, fmt.Errorf("scale: --events %d: want an even number >= 2 (half puts, half deletes)", o.Events)
 	}
+	if len(o.Binaries) == 0 {
+		return nil, errors.New("scale: no weft binary")
+	}
 	if o.Timeout == 0 {
 		o.Timeout = 10 * time.Minute
 	}
@@ -85,25 +93,37 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	}
 	var out []Result
 	for _, b := range o.Backends {
-		r, err := runSteadyAndChurn(ctx, o, b)
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", b, err)
-		}
-		if o.JoinRate > 0 {
-			j, err := runJoin(ctx, o, b)
+		for _, bin := range o.Binaries {
+			r, err := runBinary(ctx, o, bin, b)
+			out = append(out, r)
 			if err != nil {
-				return out, fmt.Errorf("%s join: %w", b, err)
+				return out, err
 			}
-			r.Join = &j
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }
 
+func runBinary(ctx context.Context, o Options, bin, b string) (Result, error) {
+	o.Binary = bin
+	r, err := runSteadyAndChurn(ctx, o, b)
+	r.Binary = filepath.Base(bin)
+	if err != nil {
+		return r, fmt.Errorf("%s (%s): %w", b, bin, err)
+	}
+	if o.JoinRate > 0 {
+		j, err := runJoin(ctx, o, b)
+		if err != nil {
+			return r, fmt.Errorf("%s (%s) join: %w", b, bin, err)
+		}
+		r.Join = &j
+	}
+	return r, nil
+}
+
 // host is one lab with etcd and the real weft host, not yet started.
 type host struct {
-	o     Options
+	o     Options // o.Binary is the one to run
 	typ   string
 	lab   *lab.Lab
 	c     *harness.Cluster
@@ -355,16 +375,28 @@ func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
 	return j, nil
 }
 
-// Binary returns the weft binary to run: path, or this executable.
-func Binary(path string) (string, error) {
-	if path != "" {
-		return filepath.Abs(path)
+// Binaries returns the weft binaries to run: the comma-separated paths of
+// list, or this executable.
+func Binaries(list string) ([]string, error) {
+	if list == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, errors.New("finding the weft binary: " + err.Error())
+		}
+		return []string{exe}, nil
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return "", errors.New("finding the weft binary: " + err.Error())
+	var out []string
+	for _, p := range strings.Split(list, ",") {
+		abs, err := filepath.Abs(strings.TrimSpace(p))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, err
+		}
+		out = append(out, abs)
 	}
-	return exe, nil
+	return out, nil
 }
 
 // sampleRSS samples pid's RSS every 20 ms until the returned function is

@@ -10,11 +10,11 @@ import (
 // WriteTable prints results as issue 19's table (markdown), then the join
 // runs.
 func WriteTable(w io.Writer, rs []Result) {
-	fmt.Fprintln(w, "| backend | N | start → full state | RSS steady | churn rate | churn: CPU per event | churn: state correct after the last event | RSS during churn |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
 		for _, c := range r.Churn {
-			fmt.Fprintf(w, "| %s | %d | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Backend, r.N, secs(r.Start), mib(r.RSSSteady),
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, secs(r.Start), mib(r.RSSSteady),
 				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax))
 		}
 	}
@@ -28,11 +28,11 @@ func WriteTable(w io.Writer, rs []Result) {
 		return
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| backend | N | join: puts at rate | puts took | state correct after the last put | CPU | RSS max |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| binary | backend | N | join: puts at rate | puts took | state correct after the last put | CPU | RSS max |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range joins {
 		j := r.Join
-		fmt.Fprintf(w, "| %s | %d | %d at %d/s | %s | %s | %s | %s |\n", r.Backend, r.N, j.Puts, j.Rate, secs(j.PutTime), secs(j.After), secs(j.CPU), mib(j.RSSMax))
+		fmt.Fprintf(w, "| %s | %s | %d | %d at %d/s | %s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, j.Puts, j.Rate, secs(j.PutTime), secs(j.After), secs(j.CPU), mib(j.RSSMax))
 	}
 }
 

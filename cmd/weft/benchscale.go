@@ -17,6 +17,7 @@ import (
 type scaleOpts struct {
 	backends, rates *string
 	events, join    *int
+	binaries        *string
 }
 
 func scaleFlags(fs *flag.FlagSet) scaleOpts {
@@ -25,13 +26,14 @@ func scaleFlags(fs *flag.FlagSet) scaleOpts {
 		rates:    fs.String("scale-rates", "50,500", "with --scale: churn rates, lease events per second"),
 		events:   fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
 		join:     fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
+		binaries: fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
 	}
 }
 
 // runScale runs the scale benchmark with n hosts (--hosts; 1000 unless
 // given) and prints issue 19's table.
 func runScale(o scaleOpts, n int, jsonOut string) error {
-	bin, err := scale.Binary("")
+	bins, err := scale.Binaries(*o.binaries)
 	if err != nil {
 		return err
 	}
@@ -55,7 +57,7 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 	ctx, guard := lab.NewGuard(context.Background(), 20*time.Second)
 	defer guard.Stop()
 	rs, err := scale.Run(ctx, scale.Options{
-		Binary: bin, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join,
+		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join,
 		Progress: func(s string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), s) },
 	})
 	scale.WriteTable(os.Stdout, rs)
