@@ -42,11 +42,11 @@ type Reconciler struct {
 	installed map[entry]struct{} // entries weft programmed and believes in place
 	conflicts map[entry]string   // wanted routes refused, for logging once
 	dev       atomic.Int64       // the device of the last state, for event filtering
-	// base is the state the kernel held after the last pass that ended
-	// without error: an Update programs only its difference from the
-	// new state. Zero (nil entries) after a failure, until a full pass.
-	base    map[entry]struct{}
-	baseDev int
+	// base indexes the state the kernel held after the last pass that
+	// ended without error: an Update programs only its difference from
+	// the new state. nil after a failure, until a full pass. spare is the
+	// next index to fill.
+	base, spare *index
 
 	// own are deletions an Update made, whose netlink events must not
 	// wake a full pass (each would dump every table per lease event).
@@ -148,7 +148,7 @@ func (r *Reconciler) Pass() error {
 		delete(wanted, e) // not installed
 	}
 	r.installed = wanted
-	r.base, r.baseDev = want.entries(), want.Dev
+	r.setBase(want)
 	return nil
 }
 
@@ -336,4 +336,17 @@ func deletedNeigh(n netlink.Neigh) entry {
 		return entry{kind: kindFDB, ip: ip.Unmap(), mac: macOf(n.HardwareAddr)}
 	}
 	return entry{kind: kindNeigh, ip: ip.Unmap()}
+}
+
+// setBase indexes want as the base of the next Update.
+func (r *Reconciler) setBase(want State) {
+	x := r.spare
+	if x == nil || x == r.base {
+		x = new(index)
+	}
+	if !x.fill(want) {
+		r.base = nil
+		return
+	}
+	r.spare, r.base = r.base, x
 }

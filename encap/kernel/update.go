@@ -37,44 +37,41 @@ func (r *Reconciler) update() (bool, error) {
 	if !ready {
 		return true, nil
 	}
-	if want.Dev != r.baseDev {
+	x := r.spare
+	if x == nil {
+		x = new(index)
+	}
+	if want.Dev != r.base.dev || !x.fill(want) {
 		return false, nil
 	}
 	r.updates.Add(1)
-	wanted := want.entries()
 	var c change
 	var errs []error
 	// Removals first: a peer that moved (new public IP or MAC) is one
 	// entry removed and one added.
-	for e := range r.base {
-		if _, ok := wanted[e]; ok {
-			continue
-		}
+	gone := func(e entry) {
 		if _, refused := r.conflicts[e]; refused {
 			delete(r.conflicts, e) // never installed: nothing to remove
-			continue
+			return
 		}
 		r.expectOwn(e)
 		if gone, err := r.NL.remove(e); err != nil || !gone {
 			r.forgetOwn(&e)
 			if err != nil {
 				errs = append(errs, err)
-				continue
+				return
 			}
 		}
 		c.removed = append(c.removed, e)
 	}
-	for e := range wanted {
-		if _, ok := r.base[e]; ok {
-			continue
-		}
+	added := func(e entry) {
 		var err error
 		switch e.kind {
 		case kindRoute:
 			var other string
 			if other, err = r.NL.addRoute(e.route()); err == nil && other != "" {
 				c.conflict(e, other)
-				continue
+				return
 			}
 		case kindNeigh:
 			err = r.NL.setNeigh(Neigh{IP: e.ip, MAC: e.mac.hw()}, e.link)
@@ -83,11 +80,12 @@ func (r *Reconciler) update() (bool, error) {
 		}
 		if err != nil {
 			errs = append(errs, err)
-			continue
+			return
 		}
 		c.added = append(c.added, e)
 	}
-	r.record(c, wanted, true)
+	x.diff(r.base, gone, added)
+	r.record(c, nil, true)
 	if r.installed == nil {
 		r.installed = map[entry]struct{}{}
 	}
@@ -109,7 +107,7 @@ func (r *Reconciler) update() (bool, error) {
 		r.Trigger()
 		return true, err
 	}
-	r.base = wanted
+	r.spare, r.base = r.base, x
 	return true, nil
 }
 
