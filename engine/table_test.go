@@ -122,16 +122,18 @@ func TestTableSnapshotMemory(t *testing.T) {
 }
 
 // BenchmarkTableSnapshot measures building a snapshot (what every lease
-// change costs) at the direct-slot limit and just above it, with 1000
-// peers reused from the previous snapshot as in steady state.
+// change costs) at the direct-slot limit and just above it, with 1000 or
+// 5000 peers (issue 19's scale) reused from the previous snapshot as in
+// steady state.
 func BenchmarkTableSnapshot(b *testing.B) {
 	for _, s := range []struct {
-		name string
-		sub  int
-	}{{"direct-2^16", 24}, {"map-2^17", 25}, {"map-2^20", 28}} {
+		name  string
+		sub   int
+		peers int
+	}{{"direct-2^16", 24, 1000}, {"map-2^17", 25, 1000}, {"map-2^20", 28, 1000}, {"direct-2^16-5000peers", 24, 5000}, {"map-2^17-5000peers", 25, 5000}} {
 		b.Run(s.name, func(b *testing.B) {
 			network := netip.MustParsePrefix("10.0.0.0/8")
-			peers := randomPeers(rand.New(rand.NewPCG(9, 10)), network, s.sub, 1000)
+			peers := randomPeers(rand.New(rand.NewPCG(9, 10)), network, s.sub, s.peers)
 			prev, err := NewTable(network, s.sub, peers[0].Subnet, peers, nil)
 			if err != nil {
 				b.Fatal(err)
