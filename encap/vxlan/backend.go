@@ -174,7 +174,7 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 func (b *Backend) desired() (kernel.State, bool, error) {
 	b.mu.Lock()
 	ready, own, started, leaseMAC := b.ready, b.own, b.started, b.mac
-	peers := slices.Clone(b.peers)
+	peers := b.peers // SetPeers replaces the slice, never changes it
 	b.mu.Unlock()
 	if !ready || !started {
 		return kernel.State{}, false, nil
@@ -195,7 +195,8 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 			return kernel.State{}, false, err
 		}
 	}
-	s := kernel.State{Dev: dev.Index}
+	s := kernel.State{Dev: dev.Index, Routes: make([]kernel.Route, 0, len(peers)),
+		Neighs: make([]kernel.Neigh, 0, len(peers)), FDB: make([]kernel.FDB, 0, len(peers))}
 	for _, p := range peers {
 		if p.Direct {
 			s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})

@@ -14,8 +14,8 @@ import (
 // not 5,000. It holds exactly the last snapshot's values: memory follows
 // the cluster, not its history. The zero value is ready.
 type LeaseCache struct {
-	mu sync.Mutex
-	m  map[string]parsedData
+	mu       sync.Mutex
+	m, spare map[string]parsedData // spare: the map before, reused
 }
 
 type parsedData struct {
@@ -42,7 +42,11 @@ func (c *LeaseCache) Parse(raw json.RawMessage) (LeaseData, net.HardwareAddr, er
 func (c *LeaseCache) Snapshot(leases []lease.Lease) (macs []net.HardwareAddr) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	next := make(map[string]parsedData, len(leases))
+	next := c.spare
+	if next == nil {
+		next = make(map[string]parsedData, len(leases))
+	}
+	clear(next)
 	macs = make([]net.HardwareAddr, len(leases))
 	for i, l := range leases {
 		raw := l.Attrs.BackendData
@@ -55,6 +59,6 @@ func (c *LeaseCache) Snapshot(leases []lease.Lease) (macs []net.HardwareAddr) {
 			macs[i] = p.mac
 		}
 	}
-	c.m = next
+	c.m, c.spare = next, c.m
 	return macs
 }
