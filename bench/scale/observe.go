@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -187,4 +188,47 @@ func rss(pid int) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
+
+// deleteOne deletes the route to sn (and, for vxlan, its neighbour and
+// FDB entry) as someone might by hand.
+func (c *checker) deleteOne(sn netip.Prefix) error {
+	dst := &net.IPNet{IP: sn.Addr().AsSlice(), Mask: net.CIDRMask(sn.Bits(), 32)}
+	if err := c.h.RouteDel(&netlink.Route{Dst: dst, Table: unix.RT_TABLE_MAIN}); err != nil {
+		return fmt.Errorf("deleting the route to %s: %w", sn, err)
+	}
+	if c.typ != "vxlan" {
+		return nil
+	}
+	link, err := c.h.LinkByName("flannel.1")
+	if err != nil {
+		return err
+	}
+	nb := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, IP: sn.Addr().AsSlice()}
+	neighs, err := c.h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	var mac net.HardwareAddr
+	for _, n := range neighs {
+		if n.IP.Equal(nb.IP) {
+			mac = n.HardwareAddr
+		}
+	}
+	if err := c.h.NeighDel(nb); err != nil {
+		return fmt.Errorf("deleting the neighbour %s: %w", sn.Addr(), err)
+	}
+	fdb, err := c.h.NeighList(link.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		return err
+	}
+	for _, f := range fdb {
+		if mac != nil && f.HardwareAddr.String() == mac.String() {
+			f.Family, f.Flags = unix.AF_BRIDGE, f.Flags|netlink.NTF_SELF
+			if err := c.h.NeighDel(&f); err != nil {
+				return fmt.Errorf("deleting the fdb entry of %s: %w", mac, err)
+			}
+		}
+	}
+	return nil
 }

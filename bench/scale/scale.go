@@ -67,7 +67,11 @@ type Result struct {
 	Start     time.Duration `json:"start_to_full_state_ns"`
 	RSSSteady uint64        `json:"rss_steady_bytes"`
 	Churn     []Churn       `json:"churn"`
-	Join      *Join         `json:"join,omitempty"`
+	// Repair is the time from deleting one peer's kernel entries by hand
+	// (the route; for vxlan also the neighbour and FDB entry) until they
+	// are back (kernel backends).
+	Repair time.Duration `json:"repair_ns,omitempty"`
+	Join   *Join         `json:"join,omitempty"`
 }
 
 func netconf(backend string) string {
@@ -286,6 +290,18 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 		}
 		r.Churn = append(r.Churn, c)
 		time.Sleep(time.Second)
+	}
+	if typ != "udp" {
+		o.Progress(fmt.Sprintf("%s: deleting a peer's kernel entries by hand", typ))
+		t0 := time.Now()
+		if err := h.chk.deleteOne(subnet(h.peers[len(h.peers)/2])); err != nil {
+			return r, err
+		}
+		at, _, err := h.waitCorrect(ctx)
+		if err != nil {
+			return r, fmt.Errorf("repair: %w", err)
+		}
+		r.Repair = at.Sub(t0)
 	}
 	return r, nil
 }

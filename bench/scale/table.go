@@ -18,6 +18,13 @@ func WriteTable(w io.Writer, rs []Result) {
 				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax))
 		}
 	}
+	sep := "\n"
+	for _, r := range rs {
+		if r.Repair > 0 {
+			fmt.Fprintf(w, "%s%s %s N=%d: a peer's kernel entries deleted by hand were back after %s\n", sep, r.Binary, r.Backend, r.N, secs(r.Repair))
+			sep = ""
+		}
+	}
 	var joins []Result
 	for _, r := range rs {
 		if r.Join != nil {
