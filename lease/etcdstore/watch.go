@@ -302,9 +302,9 @@ func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchSta
 
 // snapshot is st's leases sorted by subnet, each subnet once.
 func (m *Store) snapshot(st *watchState) []lease.Lease {
-	// Sort (name, lease) pairs, not names looked up in the map on every
-	// comparison: at 5,000 leases those lookups were a fifth of a host's
-	// CPU per lease event.
+	// Sort positions in a slice of (name, lease) pairs: no map lookup per
+	// comparison (at 5,000 leases those were a fifth of a host's CPU per
+	// lease event) and no copying of leases per swap.
 	type named struct {
 		name string
 		l    lease.Lease
@@ -313,7 +313,12 @@ func (m *Store) snapshot(st *watchState) []lease.Lease {
 	for name, l := range st.leases {
 		all = append(all, named{name, l})
 	}
-	slices.SortFunc(all, func(a, b named) int {
+	order := make([]int32, len(all))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(i, j int32) int {
+		a, b := &all[i], &all[j]
 		if c := a.l.Subnet.Addr().Compare(b.l.Subnet.Addr()); c != 0 {
 			return c
 		}
@@ -323,8 +328,8 @@ func (m *Store) snapshot(st *watchState) []lease.Lease {
 		return strings.Compare(a.name, b.name)
 	})
 	snap := make([]lease.Lease, 0, len(all))
-	for _, nl := range all {
-		name, l := nl.name, nl.l
+	for _, i := range order {
+		name, l := all[i].name, all[i].l
 		if n := len(snap); n > 0 && snap[n-1].Subnet == l.Subnet {
 			if st.dup == nil {
 				st.dup = map[string]bool{}
