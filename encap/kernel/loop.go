@@ -229,8 +229,12 @@ func drain(c <-chan struct{}) {
 }
 
 // subscribe turns kernel notifications about weft's routes and about
-// neighbours and FDB entries of its device into wake-ups. A failed
-// subscription leaves the periodic pass, logged.
+// neighbours and FDB entries of its device into wake-ups. A subscription
+// that ends (the kernel drops a socket's messages when its buffer
+// overflows, ENOBUFS, and the netlink library then closes the channel:
+// 5,000 routes programmed in half a second do that) wakes a full pass,
+// since events were lost, and is made again; one that cannot be made
+// leaves the periodic pass, logged.
 func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
 	wake := make(chan struct{}, 1)
 	poke := func() {
@@ -239,42 +243,82 @@ func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
 		default:
 		}
 	}
-	onErr := func(err error) { r.Log.Debug("netlink subscription", "err", err) }
-	routes := make(chan netlink.RouteUpdate, 64)
-	if err := netlink.RouteSubscribeWithOptions(routes, ctx.Done(), netlink.RouteSubscribeOptions{
-		Namespace: r.NL.NS, ErrorCallback: onErr}); err != nil {
-		r.Log.Warn("cannot watch routes; repairing every interval only", "interval", r.Interval, "err", err)
-		routes = nil
-	}
-	neighs := make(chan netlink.NeighUpdate, 64)
-	if err := netlink.NeighSubscribeWithOptions(neighs, ctx.Done(), netlink.NeighSubscribeOptions{
-		Namespace: r.NL.NS, ErrorCallback: onErr}); err != nil {
-		r.Log.Warn("cannot watch neighbours; repairing every interval only", "interval", r.Interval, "err", err)
-		neighs = nil
-	}
 	go func() {
-		for routes != nil || neighs != nil {
+		warned := false
+		for ctx.Err() == nil {
+			err := r.watch(ctx, poke)
+			if err != nil && !warned {
+				r.Log.Warn("cannot watch routes and neighbours; repairing every interval until it can", "interval", r.Interval, "err", err)
+				warned = true
+			}
+			poke()
+			wait := time.Second
+			if err != nil {
+				wait = r.Interval
+			}
 			select {
-			case u, ok := <-routes:
-				if !ok {
-					routes = nil
-					continue
-				}
-				if u.Type == unix.RTM_DELROUTE && u.Protocol == RouteProtocol && !r.wasOwn(deletedRoute(u.Route)) {
-					poke()
-				}
-			case u, ok := <-neighs:
-				if !ok {
-					neighs = nil
-					continue
-				}
-				if dev := r.dev.Load(); dev != 0 && int64(u.LinkIndex) == dev && u.Type == unix.RTM_DELNEIGH && !r.wasOwn(deletedNeigh(u.Neigh)) {
-					poke()
-				}
+			case <-ctx.Done():
+			case <-time.After(wait):
 			}
 		}
 	}()
 	return wake
+}
+
+// subscribeBuffer is the receive buffer asked for each subscription, so
+// a burst of a few thousand route changes fits (SO_RCVBUFFORCE as root).
+const subscribeBuffer = 4 << 20
+
+// watch subscribes and pokes on the events that may need a repair, until
+// ctx ends or a subscription does.
+func (r *Reconciler) watch(ctx context.Context, poke func()) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	onErr := func(err error) { r.Log.Debug("netlink subscription", "err", err) }
+	routes := make(chan netlink.RouteUpdate, 64)
+	if err := netlink.RouteSubscribeWithOptions(routes, sctx.Done(), netlink.RouteSubscribeOptions{
+		Namespace: r.NL.NS, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}); err != nil {
+		return err
+	}
+	neighs := make(chan netlink.NeighUpdate, 64)
+	if err := netlink.NeighSubscribeWithOptions(neighs, sctx.Done(), netlink.NeighSubscribeOptions{
+		Namespace: r.NL.NS, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}); err != nil {
+		cancel()
+		for range routes { // the library sends without watching done
+		}
+		return err
+	}
+	defer func() {
+		cancel()
+		go func() {
+			for range routes {
+			}
+		}()
+		go func() {
+			for range neighs {
+			}
+		}()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u, ok := <-routes:
+			if !ok {
+				return nil // lost: the caller makes a full pass and subscribes again
+			}
+			if u.Type == unix.RTM_DELROUTE && u.Protocol == RouteProtocol && !r.wasOwn(deletedRoute(u.Route)) {
+				poke()
+			}
+		case u, ok := <-neighs:
+			if !ok {
+				return nil
+			}
+			if dev := r.dev.Load(); dev != 0 && int64(u.LinkIndex) == dev && u.Type == unix.RTM_DELNEIGH && !r.wasOwn(deletedNeigh(u.Neigh)) {
+				poke()
+			}
+		}
+	}
 }
 
 // expectOwn records a deletion an Update is about to make.
