@@ -1,10 +1,12 @@
 package kernel_test
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -151,4 +153,44 @@ func TestUpdateKeepsForeignRoutes(t *testing.T) {
 	if st := r.Stats(); st.Repairs != 1 {
 		t.Errorf("repairs %d after a hand-deleted route; want 1", st.Repairs)
 	}
+}
+
+// TestRunUpdatesWithoutFullPasses: in the loop, a lease change is an
+// update, and the netlink events of its own deletions wake no full pass;
+// a route deleted by hand does, and is repaired.
+func TestRunUpdatesWithoutFullPasses(t *testing.T) {
+	ns, r, p, _ := newReconciler(t, 50)
+	r.Interval = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, ok func(kernel.Stats) bool) kernel.Stats {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st := r.Stats()
+			if ok(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: stats %+v", what, st)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	base := waitFor("the loop's first pass", func(s kernel.Stats) bool { return s.Passes >= 2 }).Passes
+	for i := range 5 {
+		p.ids = append(p.ids[1:], 100+i) // one leaves, one joins
+		r.Trigger()
+		waitFor("update", func(s kernel.Stats) bool { return s.Updates == uint64(i+1) })
+	}
+	time.Sleep(300 * time.Millisecond) // past the events' debounce
+	if st := r.Stats(); st.Passes != base || st.StaleRemoved != 15 {
+		t.Fatalf("after 5 updates: %+v; want no full pass beyond the first %d, 15 entries removed", st, base)
+	}
+	sn := peerSubnet(p.ids[0])
+	ns.H.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: sn.Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}, Table: unix.RT_TABLE_MAIN})
+	waitFor("repair of a hand-deleted route", func(s kernel.Stats) bool { return s.Repairs == 1 && s.Passes > base })
 }
