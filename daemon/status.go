@@ -25,7 +25,7 @@ type observability struct {
 	mu        sync.Mutex
 	firstSeen map[netip.Prefix]time.Time
 	spare     map[netip.Prefix]time.Time // the map before firstSeen, reused (5,000 entries per lease event)
-	peers     []lease.Lease // the admitted peers of the last snapshot
+	peers     []lease.Lease              // the admitted peers of the last snapshot
 	snapshots uint64
 	lastSnap  time.Time
 	hub       *capture.Hub // nil for backends with a kernel data path
