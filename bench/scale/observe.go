@@ -19,6 +19,10 @@ import (
 	"github.com/weft-net/weft/encap/kernel"
 )
 
+// kernelBackend: vxlan and host-gw program the kernel; udp and uvxlan
+// (vxlan from userspace, --no-kernel-vxlan) program the engine's table.
+func kernelBackend(typ string) bool { return typ == "vxlan" || typ == "host-gw" }
+
 // checker tells whether a weft host holds exactly the wanted peers: the
 // kernel's tagged routes (and, for vxlan, the permanent neighbours and FDB
 // entries of flannel.1) for the kernel backends, the admitted peers of
@@ -32,7 +36,7 @@ type checker struct {
 
 func newChecker(typ, nsName, debugSocket string) (*checker, error) {
 	c := &checker{typ: typ, status: daemon.Client{Socket: debugSocket}}
-	if typ == "udp" {
+	if !kernelBackend(typ) {
 		return c, nil
 	}
 	ns, err := netns.GetFromName(nsName)
@@ -58,7 +62,7 @@ func (c *checker) close() {
 // correct reports whether the host holds exactly want, and if not, a short
 // account of what it holds.
 func (c *checker) correct(want map[netip.Prefix]bool) (bool, string, error) {
-	if c.typ == "udp" {
+	if !kernelBackend(c.typ) {
 		return c.udpCorrect(want)
 	}
 	routes, err := kernel.Dump(func() ([]netlink.Route, error) {

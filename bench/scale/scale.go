@@ -31,7 +31,7 @@ type Options struct {
 	// (an old and a new build compare under the same load).
 	Binaries []string
 	Hosts    int      // N: the real host and N-1 simulated peers
-	Backends []string // udp, vxlan, host-gw
+	Backends []string // udp, vxlan, host-gw, uvxlan (vxlan from userspace)
 	Events   int      // lease events per churn, half puts of new peers and half deletes
 	Rates    []int    // churn rates, events per second
 	JoinRate int      // puts per second of the join run; 0 skips it
@@ -74,7 +74,16 @@ type Result struct {
 	Join   *Join         `json:"join,omitempty"`
 }
 
+// leaseType is the Backend.Type of a benchmarked backend.
+func leaseType(backend string) string {
+	if backend == "uvxlan" {
+		return "vxlan"
+	}
+	return backend
+}
+
 func netconf(backend string) string {
+	backend = leaseType(backend)
 	return fmt.Sprintf(`{"Network":%q,"SubnetLen":%d,"Backend":{"Type":%q}}`, Network, SubnetLen, backend)
 }
 
@@ -162,7 +171,7 @@ func (h *host) setup(ctx context.Context) error {
 	if err := h.c.StartEtcd(ctx, netconf(h.typ)); err != nil {
 		return err
 	}
-	s, err := newSim(h.lab, h.typ)
+	s, err := newSim(h.lab, leaseType(h.typ))
 	if err != nil {
 		return err
 	}
@@ -199,7 +208,11 @@ func (h *host) add(n int) []int {
 // start starts weft run and returns when its subnet file is written.
 func (h *host) start(ctx context.Context) error {
 	hh := h.lab.Hosts[0]
-	if err := h.c.StartWeft(hh, "--public-ip="+hh.IP.String(), "--iptables-forward-rules=false"); err != nil {
+	flags := []string{"--public-ip=" + hh.IP.String(), "--iptables-forward-rules=false"}
+	if h.typ == "uvxlan" {
+		flags = append(flags, "--no-kernel-vxlan")
+	}
+	if err := h.c.StartWeft(hh, flags...); err != nil {
 		return err
 	}
 	h.run = h.c.Runs[0]
@@ -291,7 +304,7 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 		r.Churn = append(r.Churn, c)
 		time.Sleep(time.Second)
 	}
-	if typ != "udp" {
+	if kernelBackend(typ) {
 		o.Progress(fmt.Sprintf("%s: deleting a peer's kernel entries by hand", typ))
 		t0 := time.Now()
 		if err := h.chk.deleteOne(subnet(h.peers[len(h.peers)/2])); err != nil {

@@ -22,7 +22,7 @@ type scaleOpts struct {
 
 func scaleFlags(fs *flag.FlagSet) scaleOpts {
 	return scaleOpts{
-		backends: fs.String("scale-backends", "udp,vxlan,host-gw", "with --scale: backends to measure"),
+		backends: fs.String("scale-backends", "udp,vxlan,host-gw", "with --scale: backends to measure: udp, vxlan, host-gw, uvxlan (vxlan from userspace)"),
 		rates:    fs.String("scale-rates", "50,500", "with --scale: churn rates, lease events per second"),
 		events:   fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
 		join:     fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
@@ -48,10 +48,10 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 	var backends []string
 	for _, b := range strings.Split(*o.backends, ",") {
 		switch b = strings.TrimSpace(b); b {
-		case "udp", "vxlan", "host-gw":
+		case "udp", "vxlan", "host-gw", "uvxlan":
 			backends = append(backends, b)
 		default:
-			return fmt.Errorf("--scale-backends: %q: want udp, vxlan or host-gw", b)
+			return fmt.Errorf("--scale-backends: %q: want udp, vxlan, host-gw or uvxlan", b)
 		}
 	}
 	ctx, guard := lab.NewGuard(context.Background(), 20*time.Second)
