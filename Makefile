@@ -19,7 +19,7 @@ FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 5000x
 fuzzcount = $(shell echo $$(( $(1) * $(FUZZCOUNT_SCALE) )))x
 
-.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs kube-apiserver kube-scale
+.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs kube-apiserver kube-scale scale
 
 all: build
 
@@ -52,6 +52,13 @@ fuzz:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine/... ./encap/... ./bench/wakeup/ | tee bench-micro.txt
 	./$(BIN) bench
+
+# The scale benchmark (issue 19): one real host and SCALE_HOSTS-1 simulated
+# peers in etcd, per backend; start time, CPU per lease event, convergence
+# and RSS. Figures in docs/scale.md. Needs root. make scale SCALE_HOSTS=5000
+SCALE_HOSTS ?= 1000
+scale: build
+	./$(BIN) bench --scale --hosts $(SCALE_HOSTS)
 
 # The long fault tests (issue 9): restarts, etcd outage and partition,
 # lease churn, overload, hostile input, for minutes. Figures go to

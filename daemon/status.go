@@ -23,7 +23,8 @@ import (
 type observability struct {
 	mu        sync.Mutex
 	firstSeen map[netip.Prefix]time.Time
-	peers     []lease.Lease // the admitted peers of the last snapshot
+	spare     map[netip.Prefix]time.Time // the map before firstSeen, reused (5,000 entries per lease event)
+	peers     []lease.Lease              // the admitted peers of the last snapshot
 	snapshots uint64
 	lastSnap  time.Time
 	started   time.Time
@@ -37,7 +38,11 @@ func (o *observability) sawPeers(snap []lease.Lease) {
 	if o.firstSeen == nil {
 		o.firstSeen = map[netip.Prefix]time.Time{}
 	}
-	seen := make(map[netip.Prefix]time.Time, len(snap))
+	seen := o.spare
+	if seen == nil {
+		seen = make(map[netip.Prefix]time.Time, len(snap))
+	}
+	clear(seen)
 	for _, l := range snap {
 		t, ok := o.firstSeen[l.Subnet]
 		if !ok {
@@ -45,7 +50,7 @@ func (o *observability) sawPeers(snap []lease.Lease) {
 		}
 		seen[l.Subnet] = t
 	}
-	o.firstSeen, o.peers = seen, snap
+	o.firstSeen, o.spare, o.peers = seen, o.firstSeen, snap
 	o.snapshots++
 	o.lastSnap = now
 }

@@ -40,13 +40,10 @@ func newRxLoop(e *Engine) *rxLoop {
 	n := e.cfg.BatchSize
 	l := &rxLoop{
 		e:     e,
-		bufs:  make([][]byte, n),
+		bufs:  NewBuffers(n),
 		sizes: make([]int, n),
 		srcs:  make([]netip.AddrPort, n),
 		out:   make([][]byte, 0, n),
-	}
-	for i := range l.bufs {
-		l.bufs[i] = make([]byte, BufferSize)
 	}
 	l.off = Headroom + e.cfg.Encap.Overhead()
 	l.ttl = e.cfg.Encap.DecrementsTTL()

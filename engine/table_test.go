@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -70,8 +71,8 @@ func TestTableMatchesReference(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (tab.slots == nil) != (s.sub-network.Bits() > 16) {
-			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.slots != nil)
+		if (tab.chunks == nil) != (s.sub-network.Bits() > 16) {
+			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.chunks != nil)
 		}
 		probe := func(a netip.Addr) {
 			want, ok := slowLookup(peers, own, a)
@@ -99,6 +100,84 @@ func TestTableMatchesReference(t *testing.T) {
 	}
 }
 
+// TestTableSnapshotsShareChunks: successive snapshots under churn (peers
+// added, removed, moved, kept) share the direct slots' unchanged chunks
+// and still answer exactly as the linear scan; duplicates are refused
+// whether or not the peer was in the previous snapshot.
+func TestTableSnapshotsShareChunks(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	network := netip.MustParsePrefix("10.0.0.0/8")
+	peers := randomPeers(r, network, 24, 1000)
+	own := peers[0].Subnet
+	tab, err := NewTable(network, 24, own, peers, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 60 {
+		prevPeers, prev := peers, tab
+		peers = slices.Clone(peers)
+		switch round % 3 {
+		case 0: // a peer leaves
+			i := 1 + r.IntN(len(peers)-1)
+			peers = slices.Delete(peers, i, i+1)
+		case 1: // a peer joins
+			more := randomPeers(r, network, 24, 1)
+			if _, ok := slowLookup(peers, netip.Prefix{}, more[0].Subnet.Addr()); !ok {
+				peers = append(peers, more[0])
+			}
+		case 2: // a peer moves
+			i := 1 + r.IntN(len(peers)-1)
+			peers[i].Endpoint = netip.AddrPortFrom(addrFrom(r.Uint32()|1), 8285)
+		}
+		if tab, err = NewTable(network, 24, own, peers, prev); err != nil {
+			t.Fatal(err)
+		}
+		shared := 0
+		for c := range tab.chunks {
+			if tab.chunks[c] != nil && tab.chunks[c] == prev.chunks[c] {
+				shared++
+			}
+		}
+		if used := countChunks(tab); shared < used-2 {
+			t.Fatalf("round %d: %d of %d chunks shared with the previous snapshot; want all but the changed one", round, shared, used)
+		}
+		for _, p := range append(slices.Clone(prevPeers), peers...) {
+			a := p.Subnet.Addr()
+			want, ok := slowLookup(peers, own, a)
+			if got := tab.Lookup(a); ok != (got != nil) || (ok && (got.Subnet != want || got.Endpoint != endpointOf(peers, want))) {
+				t.Fatalf("round %d: Lookup(%s) = %v, want %v (%v)", round, a, got, want, ok)
+			}
+		}
+	}
+	dup := append(slices.Clone(peers), peers[len(peers)-1])
+	if _, err := NewTable(network, 24, own, dup, tab); err == nil {
+		t.Error("a peer of the previous snapshot listed twice was accepted")
+	}
+	fresh := randomPeers(r, network, 24, 1)[0]
+	if _, err := NewTable(network, 24, own, append(slices.Clone(peers), fresh, fresh), tab); err == nil {
+		t.Error("a new peer listed twice was accepted")
+	}
+}
+
+func countChunks(t *Table) int {
+	n := 0
+	for _, c := range t.chunks {
+		if c != nil {
+			n++
+		}
+	}
+	return n
+}
+
+func endpointOf(peers []PeerSpec, sn netip.Prefix) netip.AddrPort {
+	for _, p := range peers {
+		if p.Subnet == sn {
+			return p.Endpoint
+		}
+	}
+	return netip.AddrPort{}
+}
+
 // TestTableSnapshotMemory: a snapshot's size follows its peers, not the
 // span of subnet numbers, once that span is above maxDirectSlots: a /8
 // split into /28s (2^20 subnet numbers) with a few peers must not cost
@@ -119,19 +198,35 @@ func TestTableSnapshotMemory(t *testing.T) {
 	if maxDirectSlots*8 > 512<<10 {
 		t.Errorf("maxDirectSlots %d: more than 512 KiB of slots per snapshot", maxDirectSlots)
 	}
+	// One peer more on a /8 of /24s: the chunks of the others are shared.
+	peers = randomPeers(rand.New(rand.NewPCG(7, 9)), network, 24, 1000)
+	prev, err := NewTable(network, 24, peers[0].Subnet, peers[:999], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&before)
+	if _, err := NewTable(network, 24, peers[0].Subnet, peers, prev); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 160<<10 {
+		t.Errorf("a snapshot of 1,000 peers after one change allocated %d bytes", n)
+	}
 }
 
 // BenchmarkTableSnapshot measures building a snapshot (what every lease
-// change costs) at the direct-slot limit and just above it, with 1000
-// peers reused from the previous snapshot as in steady state.
+// change costs) at the direct-slot limit and just above it, with 1000 or
+// 5000 peers (issue 19's scale) reused from the previous snapshot as in
+// steady state.
 func BenchmarkTableSnapshot(b *testing.B) {
 	for _, s := range []struct {
-		name string
-		sub  int
-	}{{"direct-2^16", 24}, {"map-2^17", 25}, {"map-2^20", 28}} {
+		name  string
+		sub   int
+		peers int
+	}{{"direct-2^16", 24, 1000}, {"map-2^17", 25, 1000}, {"map-2^20", 28, 1000}, {"direct-2^16-5000peers", 24, 5000}, {"map-2^17-5000peers", 25, 5000}} {
 		b.Run(s.name, func(b *testing.B) {
 			network := netip.MustParsePrefix("10.0.0.0/8")
-			peers := randomPeers(rand.New(rand.NewPCG(9, 10)), network, s.sub, 1000)
+			peers := randomPeers(rand.New(rand.NewPCG(9, 10)), network, s.sub, s.peers)
 			prev, err := NewTable(network, s.sub, peers[0].Subnet, peers, nil)
 			if err != nil {
 				b.Fatal(err)

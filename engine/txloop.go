@@ -37,16 +37,13 @@ func newTxLoop(e *Engine) *txLoop {
 	n := max(e.cfg.BatchSize, e.dev.BatchSize())
 	l := &txLoop{
 		e:        e,
-		bufs:     make([][]byte, n),
+		bufs:     NewBuffers(n),
 		sizes:    make([]int, n),
 		cand:     make([][]byte, 0, n),
 		candPeer: make([]*Peer, 0, n),
 		out:      make([][]byte, 0, n),
 		outDst:   make([]netip.AddrPort, 0, n),
 		groups:   make([]*Peer, 0, n),
-	}
-	for i := range l.bufs {
-		l.bufs[i] = make([]byte, BufferSize)
 	}
 	l.icmp.init(e)
 	l.ttl = e.cfg.Encap.DecrementsTTL()

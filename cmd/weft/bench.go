@@ -38,6 +38,8 @@ func runBench(args []string) error {
 	flanneld := fs.String("flanneld", "", "a flanneld binary: adds a row of real flanneld hosts (UDP backend) against the same etcd")
 	cleanup := fs.Bool("cleanup", false, "remove the namespaces, links and processes of crashed weft lab runs, then exit")
 	prefix := fs.String("prefix", "", "with --cleanup: remove only the lab with this prefix, even if its owner is alive")
+	scaleRun := fs.Bool("scale", false, "run the scale benchmark instead (issue 19): one real host, --hosts minus one simulated peers in etcd")
+	sc := scaleFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -56,6 +58,14 @@ func runBench(args []string) error {
 			fmt.Println("nothing to clean up")
 		}
 		return err
+	}
+	if *scaleRun {
+		hostsGiven := false
+		fs.Visit(func(f *flag.Flag) { hostsGiven = hostsGiven || f.Name == "hosts" })
+		if !hostsGiven {
+			*hosts = 1000
+		}
+		return runScale(sc, *hosts, *jsonOut)
 	}
 	bin, err := os.Executable()
 	if err != nil {

@@ -19,7 +19,7 @@ type Gate struct {
 
 	mu      sync.Mutex
 	refused map[netip.Prefix]*Refused
-	peers   map[netip.Prefix]lease.Lease
+	peers   []lease.Lease // admitted, by subnet: every subnet once (they do not overlap)
 	counts  map[string]uint64
 }
 
@@ -28,7 +28,7 @@ func NewGate(rule Rule, log *slog.Logger) *Gate {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Gate{rule: rule, log: log, refused: map[netip.Prefix]*Refused{}, peers: map[netip.Prefix]lease.Lease{}, counts: map[string]uint64{}}
+	return &Gate{rule: rule, log: log, refused: map[netip.Prefix]*Refused{}, counts: map[string]uint64{}}
 }
 
 // Admit returns the admitted peers of snap (this host's lease left out),
@@ -37,17 +37,12 @@ func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
 	ds := Admit(g.rule, snap)
 	peers := make([]lease.Lease, 0, len(ds))
 	refused := make(map[netip.Prefix]*Refused)
-	now := make(map[netip.Prefix]lease.Lease, len(ds))
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, d := range ds {
 		s := d.Lease.Subnet
 		if d.Refused == nil {
 			peers = append(peers, d.Lease)
-			now[s] = d.Lease
-			if old, ok := g.peers[s]; !ok || old.Attrs.PublicIP != d.Lease.Attrs.PublicIP {
-				g.log.Info("subnet added", "subnet", s, "public-ip", d.Lease.Attrs.PublicIP, "backend", BackendName(d.Lease.Attrs))
-			}
 			continue
 		}
 		refused[s] = d.Refused
@@ -56,12 +51,27 @@ func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
 			g.log.Warn("peer lease refused", "subnet", s, "public-ip", d.Lease.Attrs.PublicIP, "reason", d.Refused.Reason, "why", d.Refused.Detail)
 		}
 	}
-	for s, l := range g.peers {
-		if _, ok := now[s]; !ok {
-			g.log.Info("subnet removed", "subnet", s, "public-ip", l.Attrs.PublicIP)
+	// Both lists are in subnet order with every subnet once: a merge
+	// finds what came and went without a map of 5,000 leases per snapshot.
+	old := g.peers
+	i, j := 0, 0
+	for i < len(old) || j < len(peers) {
+		switch {
+		case j == len(peers) || i < len(old) && old[i].Subnet.Addr().Less(peers[j].Subnet.Addr()):
+			g.log.Info("subnet removed", "subnet", old[i].Subnet, "public-ip", old[i].Attrs.PublicIP)
+			i++
+		case i == len(old) || peers[j].Subnet.Addr().Less(old[i].Subnet.Addr()):
+			g.log.Info("subnet added", "subnet", peers[j].Subnet, "public-ip", peers[j].Attrs.PublicIP, "backend", BackendName(peers[j].Attrs))
+			j++
+		default:
+			if old[i].Attrs.PublicIP != peers[j].Attrs.PublicIP {
+				g.log.Info("subnet added", "subnet", peers[j].Subnet, "public-ip", peers[j].Attrs.PublicIP, "backend", BackendName(peers[j].Attrs))
+			}
+			i++
+			j++
 		}
 	}
-	g.refused, g.peers = refused, now
+	g.refused, g.peers = refused, peers
 	return peers
 }
 

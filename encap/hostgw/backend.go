@@ -127,8 +127,8 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	if err != nil {
 		return kernel.State{}, false, fmt.Errorf("reading %s's subnets: %w", b.host.Iface, err)
 	}
-	var s kernel.State
-	var peers []Peer
+	s := kernel.State{Routes: make([]kernel.Route, 0, len(b.leases))}
+	peers := make([]Peer, 0, len(b.leases))
 	refused := map[netip.Prefix]string{}
 	for _, l := range b.leases {
 		why := Refuse(l, connected)

@@ -3,6 +3,7 @@ package kernel
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,17 +39,30 @@ type Reconciler struct {
 	once    sync.Once
 
 	mu        sync.Mutex
-	installed map[string]bool   // keys of the last state fully programmed
-	conflicts map[string]string // wanted routes refused, for logging once
-	dev       atomic.Int64      // the device of the last state, for event filtering
+	installed map[entry]struct{} // entries weft programmed and believes in place
+	conflicts map[entry]string   // wanted routes refused, for logging once
+	dev       atomic.Int64       // the device of the last state, for event filtering
+	// base indexes the state the kernel held after the last pass that
+	// ended without error: an Update programs only its difference from
+	// the new state. nil after a failure, until a full pass. spare is the
+	// next index to fill.
+	base, spare *index
 
-	passes, programmed, repairs, stale, failures, refusedRoutes atomic.Uint64
-	lastErr                                                     atomic.Value // string
+	// own are deletions an Update made, whose netlink events must not
+	// wake a full pass (each would dump every table per lease event).
+	ownMu sync.Mutex
+	own   map[entry]struct{}
+
+	passes, updates, programmed, repairs, stale, failures, refusedRoutes atomic.Uint64
+	lastErr                                                              atomic.Value // string
 }
 
 // Stats are the reconcile loop's counters.
 type Stats struct {
-	Passes uint64 `json:"passes"`
+	// Passes counts full passes (dumps of the kernel's tables); Updates
+	// passes that programmed only a change of the leases.
+	Passes  uint64 `json:"passes"`
+	Updates uint64 `json:"updates"`
 	// Programmed counts entries added because the leases changed;
 	// Repairs entries weft had programmed that were found missing or
 	// altered and were put back; StaleRemoved tagged entries no lease
@@ -85,13 +99,13 @@ func (r *Reconciler) Trigger() {
 
 // Stats returns the counters.
 func (r *Reconciler) Stats() Stats {
-	s := Stats{Passes: r.passes.Load(), Programmed: r.programmed.Load(), Repairs: r.repairs.Load(),
+	s := Stats{Passes: r.passes.Load(), Updates: r.updates.Load(), Programmed: r.programmed.Load(), Repairs: r.repairs.Load(),
 		StaleRemoved: r.stale.Load(), Failures: r.failures.Load(), Conflicts: r.refusedRoutes.Load()}
 	r.mu.Lock()
 	if len(r.conflicts) > 0 {
 		s.Refused = make(map[string]string, len(r.conflicts))
-		for k, v := range r.conflicts {
-			s.Refused[k] = v
+		for e, v := range r.conflicts {
+			s.Refused[e.String()] = v
 		}
 	}
 	r.mu.Unlock()
@@ -99,7 +113,8 @@ func (r *Reconciler) Stats() Stats {
 	return s
 }
 
-// Pass runs one reconcile pass now. Passes are serialized.
+// Pass runs one full reconcile pass now: it dumps the kernel's tables and
+// repairs whatever differs from the wanted state. Passes are serialized.
 func (r *Reconciler) Pass() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -113,44 +128,55 @@ func (r *Reconciler) Pass() error {
 	}
 	r.dev.Store(int64(want.Dev))
 	r.passes.Add(1)
-	c, err := r.NL.Reconcile(want)
-	keys := want.Keys()
-	for _, k := range c.Added {
-		if r.installed[k] {
-			r.repairs.Add(1)
-			r.Log.Warn("repaired kernel state someone removed or changed", "entry", k)
-		} else {
-			r.programmed.Add(1)
-			r.Log.Debug("programmed", "entry", k)
-		}
-	}
-	for k, other := range c.Conflicts {
-		if _, known := r.conflicts[k]; !known {
-			r.refusedRoutes.Add(1)
-			r.Log.Warn("refusing a peer's route: a route weft did not make holds its destination", "want", k, "existing", other)
-		}
-		delete(keys, k) // not installed
-	}
-	r.conflicts = c.Conflicts
-	for _, k := range c.Removed {
-		if keys[k] {
-			continue // a duplicate or altered copy of a wanted entry
-		}
-		r.stale.Add(1)
-		r.Log.Info("removed stale kernel state", "entry", k)
-	}
+	r.forgetOwn(nil)
+	c, err := r.NL.reconcile(want)
+	wanted := want.entries()
+	r.record(c, wanted, false)
+	r.conflicts = c.conflicts
 	if err != nil {
 		r.fail(err)
 		// Keep what is known to be in place; a later pass retries the rest.
-		for k := range r.installed {
-			if !keys[k] {
-				delete(r.installed, k)
+		for e := range r.installed {
+			if _, ok := wanted[e]; !ok {
+				delete(r.installed, e)
 			}
 		}
+		r.base = nil
 		return err
 	}
-	r.installed = keys
+	for e := range c.conflicts {
+		delete(wanted, e) // not installed
+	}
+	r.installed = wanted
+	r.setBase(want)
 	return nil
+}
+
+// record counts and logs what a pass did. wanted is the pass's state; an
+// update counts its removals as stale whatever they were.
+func (r *Reconciler) record(c change, wanted map[entry]struct{}, update bool) {
+	for _, e := range c.added {
+		if _, ok := r.installed[e]; ok && !update {
+			r.repairs.Add(1)
+			r.Log.Warn("repaired kernel state someone removed or changed", "entry", e)
+		} else {
+			r.programmed.Add(1)
+			r.Log.Debug("programmed", "entry", e)
+		}
+	}
+	for e, other := range c.conflicts {
+		if _, known := r.conflicts[e]; !known {
+			r.refusedRoutes.Add(1)
+			r.Log.Warn("refusing a peer's route: a route weft did not make holds its destination", "want", e, "existing", other)
+		}
+	}
+	for _, e := range c.removed {
+		if _, ok := wanted[e]; ok {
+			continue // a duplicate or altered copy of a wanted entry
+		}
+		r.stale.Add(1)
+		r.Log.Info("removed stale kernel state", "entry", e)
+	}
 }
 
 func (r *Reconciler) fail(err error) {
@@ -168,11 +194,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer tick.Stop()
 	r.Pass()
 	for {
+		full := true
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		case <-r.trigger:
+			full = false // the leases changed: program the difference
 		case <-events:
 			select {
 			case <-ctx.Done():
@@ -182,7 +210,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			drain(events)
 		}
 		drain(r.trigger)
-		r.Pass()
+		if full {
+			r.Pass()
+		} else {
+			r.Update()
+		}
 	}
 }
 
@@ -197,8 +229,12 @@ func drain(c <-chan struct{}) {
 }
 
 // subscribe turns kernel notifications about weft's routes and about
-// neighbours and FDB entries of its device into wake-ups. A failed
-// subscription leaves the periodic pass, logged.
+// neighbours and FDB entries of its device into wake-ups. A subscription
+// that ends (the kernel drops a socket's messages when its buffer
+// overflows, ENOBUFS, and the netlink library then closes the channel:
+// 5,000 routes programmed in half a second do that) wakes a full pass,
+// since events were lost, and is made again; one that cannot be made
+// leaves the periodic pass, logged.
 func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
 	wake := make(chan struct{}, 1)
 	poke := func() {
@@ -207,40 +243,154 @@ func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
 		default:
 		}
 	}
-	onErr := func(err error) { r.Log.Debug("netlink subscription", "err", err) }
-	routes := make(chan netlink.RouteUpdate, 64)
-	if err := netlink.RouteSubscribeWithOptions(routes, ctx.Done(), netlink.RouteSubscribeOptions{
-		Namespace: r.NL.NS, ErrorCallback: onErr}); err != nil {
-		r.Log.Warn("cannot watch routes; repairing every interval only", "interval", r.Interval, "err", err)
-		routes = nil
-	}
-	neighs := make(chan netlink.NeighUpdate, 64)
-	if err := netlink.NeighSubscribeWithOptions(neighs, ctx.Done(), netlink.NeighSubscribeOptions{
-		Namespace: r.NL.NS, ErrorCallback: onErr}); err != nil {
-		r.Log.Warn("cannot watch neighbours; repairing every interval only", "interval", r.Interval, "err", err)
-		neighs = nil
-	}
 	go func() {
-		for routes != nil || neighs != nil {
+		warned := false
+		for ctx.Err() == nil {
+			err := r.watch(ctx, poke)
+			if err != nil && !warned {
+				r.Log.Warn("cannot watch routes and neighbours; repairing every interval until it can", "interval", r.Interval, "err", err)
+				warned = true
+			}
+			poke()
+			wait := time.Second
+			if err != nil {
+				wait = r.Interval
+			}
 			select {
-			case u, ok := <-routes:
-				if !ok {
-					routes = nil
-					continue
-				}
-				if u.Type == unix.RTM_DELROUTE && u.Protocol == RouteProtocol {
-					poke()
-				}
-			case u, ok := <-neighs:
-				if !ok {
-					neighs = nil
-					continue
-				}
-				if dev := r.dev.Load(); dev != 0 && int64(u.LinkIndex) == dev && u.Type == unix.RTM_DELNEIGH {
-					poke()
-				}
+			case <-ctx.Done():
+			case <-time.After(wait):
 			}
 		}
 	}()
 	return wake
+}
+
+// subscribeBuffer is the receive buffer asked for each subscription, so
+// a burst of a few thousand route changes fits (SO_RCVBUFFORCE as root).
+const subscribeBuffer = 4 << 20
+
+// watch subscribes and pokes on the events that may need a repair, until
+// ctx ends or a subscription does.
+func (r *Reconciler) watch(ctx context.Context, poke func()) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	onErr := func(err error) { r.Log.Debug("netlink subscription", "err", err) }
+	routes := make(chan netlink.RouteUpdate, 64)
+	if err := netlink.RouteSubscribeWithOptions(routes, sctx.Done(), netlink.RouteSubscribeOptions{
+		Namespace: r.NL.NS, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}); err != nil {
+		return err
+	}
+	neighs := make(chan netlink.NeighUpdate, 64)
+	if err := netlink.NeighSubscribeWithOptions(neighs, sctx.Done(), netlink.NeighSubscribeOptions{
+		Namespace: r.NL.NS, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}); err != nil {
+		cancel()
+		for range routes { // the library sends without watching done
+		}
+		return err
+	}
+	defer func() {
+		cancel()
+		go func() {
+			for range routes {
+			}
+		}()
+		go func() {
+			for range neighs {
+			}
+		}()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u, ok := <-routes:
+			if !ok {
+				return nil // lost: the caller makes a full pass and subscribes again
+			}
+			if u.Type == unix.RTM_DELROUTE && u.Protocol == RouteProtocol && !r.wasOwn(deletedRoute(u.Route)) {
+				poke()
+			}
+		case u, ok := <-neighs:
+			if !ok {
+				return nil
+			}
+			if dev := r.dev.Load(); dev != 0 && int64(u.LinkIndex) == dev && u.Type == unix.RTM_DELNEIGH && !r.wasOwn(deletedNeigh(u.Neigh)) {
+				poke()
+			}
+		}
+	}
+}
+
+// expectOwn records a deletion an Update is about to make.
+func (r *Reconciler) expectOwn(e entry) {
+	r.ownMu.Lock()
+	if r.own == nil {
+		r.own = map[entry]struct{}{}
+	}
+	r.own[ownKey(e)] = struct{}{}
+	r.ownMu.Unlock()
+}
+
+// forgetOwn drops expected deletions: one that failed (no event comes),
+// or all of them (k nil) when a full pass starts, which repairs anyway.
+func (r *Reconciler) forgetOwn(e *entry) {
+	r.ownMu.Lock()
+	if e == nil {
+		r.own = nil
+	} else {
+		delete(r.own, ownKey(*e))
+	}
+	r.ownMu.Unlock()
+}
+
+// wasOwn reports (once) whether a deletion event is one an Update made.
+func (r *Reconciler) wasOwn(k entry) bool {
+	r.ownMu.Lock()
+	defer r.ownMu.Unlock()
+	if _, ok := r.own[k]; ok {
+		delete(r.own, k)
+		return true
+	}
+	return false
+}
+
+// ownKey is what a deletion event tells of an entry: a route's
+// destination, a neighbour's address, an FDB entry's MAC and remote.
+func ownKey(e entry) entry {
+	switch e.kind {
+	case kindRoute:
+		return entry{kind: kindRoute, dst: e.dst}
+	case kindNeigh:
+		return entry{kind: kindNeigh, ip: e.ip}
+	}
+	return entry{kind: kindFDB, ip: e.ip, mac: e.mac}
+}
+
+func deletedRoute(r netlink.Route) entry {
+	if r.Dst == nil {
+		return entry{kind: kindRoute}
+	}
+	got, _ := routeFromKernel(r)
+	return entry{kind: kindRoute, dst: got.Dst}
+}
+
+func deletedNeigh(n netlink.Neigh) entry {
+	ip, _ := netip.AddrFromSlice(n.IP)
+	if n.Family == unix.AF_BRIDGE {
+		return entry{kind: kindFDB, ip: ip.Unmap(), mac: macOf(n.HardwareAddr)}
+	}
+	return entry{kind: kindNeigh, ip: ip.Unmap()}
+}
+
+// setBase indexes want as the base of the next Update.
+func (r *Reconciler) setBase(want State) {
+	x := r.spare
+	if x == nil || x == r.base {
+		x = new(index)
+	}
+	if !x.fill(want) {
+		r.base = nil
+		return
+	}
+	r.spare, r.base = r.base, x
 }

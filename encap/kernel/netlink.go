@@ -35,6 +35,8 @@ var VXLANDevicePattern = regexp.MustCompile(`^flannel\.[0-9]+$`)
 type Netlink struct {
 	H  *netlink.Handle
 	NS *netns.NsHandle // nil: the caller's namespace (for subscriptions)
+
+	ops opCounter
 }
 
 // Current returns a Netlink for the calling process's namespace.
@@ -200,7 +202,7 @@ func (n *Netlink) RemoveTaggedRoutes(out *Removed) error {
 }
 
 func (n *Netlink) taggedRoutes() ([]netlink.Route, error) {
-	return Dump(func() ([]netlink.Route, error) {
+	return dump(n, func() ([]netlink.Route, error) {
 		return n.H.RouteListFiltered(netlink.FAMILY_V4,
 			&netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol},
 			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)

@@ -70,14 +70,8 @@ type State struct {
 // content: two states program the same kernel entries iff their keys match.
 func (s State) Keys() map[string]bool {
 	k := make(map[string]bool, len(s.Routes)+len(s.Neighs)+len(s.FDB))
-	for _, r := range s.Routes {
-		k["route "+r.String()] = true
-	}
-	for _, n := range s.Neighs {
-		k[fmt.Sprintf("neigh %s lladdr %s dev #%d", n.IP, n.MAC, s.Dev)] = true
-	}
-	for _, f := range s.FDB {
-		k[fmt.Sprintf("fdb %s dst %s dev #%d", f.MAC, f.Dst, s.Dev)] = true
+	for e := range s.entries() {
+		k[e.String()] = true
 	}
 	return k
 }
@@ -95,22 +89,45 @@ type Change struct {
 // on want.Dev. It carries on past individual failures and returns them
 // joined.
 func (n *Netlink) Reconcile(want State) (Change, error) {
-	var c Change
+	c, err := n.reconcile(want)
+	out := c.exported()
+	sort.Strings(out.Added)
+	sort.Strings(out.Removed)
+	return out, err
+}
+
+// reconcile is Reconcile by entry: one dump per table, then map lookups,
+// so a pass costs O(N) in the entries of the kernel and of want.
+func (n *Netlink) reconcile(want State) (change, error) {
+	var c change
 	errR := n.reconcileRoutes(want.Routes, &c)
 	var errN, errF error
 	if want.Dev != 0 {
 		errN = n.reconcileNeighs(want, &c)
 		errF = n.reconcileFDB(want, &c)
 	}
-	sort.Strings(c.Added)
-	sort.Strings(c.Removed)
 	return c, errors.Join(errR, errN, errF)
 }
 
-func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
-	have, err := n.taggedRoutes()
+func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
+	// One dump of the main table serves both the tagged routes and the
+	// conflict check of every missing one (a dump per missing route made
+	// a start with 5,000 peers quadratic).
+	all, err := dump(n, func() ([]netlink.Route, error) {
+		return n.H.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return fmt.Errorf("listing routes: %w", err)
+	}
+	var have []netlink.Route
+	untagged := map[netip.Prefix][]netlink.Route{}
+	for _, h := range all {
+		if h.Protocol == RouteProtocol {
+			have = append(have, h)
+		} else {
+			got, _ := routeFromKernel(h) // a nil Dst (default route) is 0.0.0.0/0
+			untagged[got.Dst] = append(untagged[got.Dst], h)
+		}
 	}
 	byDst := make(map[netip.Prefix]Route, len(want))
 	for _, r := range want {
@@ -130,11 +147,11 @@ func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
 		}
 		// Stale, or the same destination with other content (a second
 		// metric, another gateway): delete exactly that route.
-		if err := n.H.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := n.routeDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("deleting route %s: %w", h.Dst, err))
 			continue
 		}
-		c.Removed = append(c.Removed, "route "+got.String())
+		c.removed = append(c.removed, routeEntry(got))
 	}
 	for _, w := range want {
 		if seen[w.Dst] {
@@ -144,21 +161,15 @@ func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
 		// tagged but goes exactly where weft's would (flanneld's own, on a
 		// host moved from flanneld) is taken over; any other holder of the
 		// destination is left alone and the peer's route refused.
-		if other, err := n.untaggedRoute(w); err != nil {
-			errs = append(errs, err)
-			continue
-		} else if other != "" {
-			if c.Conflicts == nil {
-				c.Conflicts = map[string]string{}
-			}
-			c.Conflicts["route "+w.String()] = other
+		if other := holder(w, untagged[w.Dst]); other != "" {
+			c.conflict(routeEntry(w), other)
 			continue
 		}
-		if err := n.H.RouteReplace(w.netlink()); err != nil {
+		if err := n.routeReplace(w.netlink()); err != nil {
 			errs = append(errs, fmt.Errorf("adding route %s: %w", w, err))
 			continue
 		}
-		c.Added = append(c.Added, "route "+w.String())
+		c.added = append(c.added, routeEntry(w))
 	}
 	return errors.Join(errs...)
 }
@@ -167,22 +178,29 @@ func (n *Netlink) reconcileRoutes(want []Route, c *Change) error {
 // weft did not tag and that differs from w, or returns "".
 func (n *Netlink) untaggedRoute(w Route) (string, error) {
 	filter := &netlink.Route{Dst: ipnet(w.Dst), Table: unix.RT_TABLE_MAIN}
-	have, err := Dump(func() ([]netlink.Route, error) {
+	have, err := dump(n, func() ([]netlink.Route, error) {
 		return n.H.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return "", fmt.Errorf("listing routes to %s: %w", w.Dst, err)
 	}
-	for _, h := range have {
+	return holder(w, have), nil
+}
+
+// holder describes the first of routes (the main table's to w's
+// destination) that weft did not tag and that differs from w, or returns
+// "".
+func holder(w Route, routes []netlink.Route) string {
+	for _, h := range routes {
 		if h.Protocol == RouteProtocol {
 			continue
 		}
 		if got, ok := routeFromKernel(h); ok && got == w && h.Type == unix.RTN_UNICAST {
 			continue // the same route, untagged: take it over
 		}
-		return h.String(), nil
+		return h.String()
 	}
-	return "", nil
+	return ""
 }
 
 func routeFromKernel(r netlink.Route) (Route, bool) {
@@ -198,8 +216,8 @@ func routeFromKernel(r netlink.Route) (Route, bool) {
 	return out, len(r.MultiPath) == 0 && r.Priority == 0
 }
 
-func (n *Netlink) reconcileNeighs(want State, c *Change) error {
-	have, err := Dump(func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, netlink.FAMILY_V4) })
+func (n *Netlink) reconcileNeighs(want State, c *change) error {
+	have, err := dump(n, func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("listing neighbours: %w", err)
 	}
@@ -220,48 +238,46 @@ func (n *Netlink) reconcileNeighs(want State, c *Change) error {
 		if wanted || h.State&netlink.NUD_PERMANENT == 0 {
 			continue // replaced below, or the kernel's own (never ours)
 		}
-		if err := n.H.NeighDel(&h); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := n.neighDel(&h); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("deleting neighbour %s: %w", ip, err))
 			continue
 		}
-		c.Removed = append(c.Removed, fmt.Sprintf("neigh %s lladdr %s dev #%d", ip, h.HardwareAddr, want.Dev))
+		c.removed = append(c.removed, neighEntry(Neigh{IP: ip, MAC: h.HardwareAddr}, want.Dev))
 	}
 	for _, w := range want.Neighs {
 		if ok[w.IP] {
 			continue
 		}
-		nb := &netlink.Neigh{LinkIndex: want.Dev, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-			Type: unix.RTN_UNICAST, IP: w.IP.AsSlice(), HardwareAddr: w.MAC}
-		if err := n.H.NeighSet(nb); err != nil {
-			errs = append(errs, fmt.Errorf("adding neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
+		if err := n.setNeigh(w, want.Dev); err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		c.Added = append(c.Added, fmt.Sprintf("neigh %s lladdr %s dev #%d", w.IP, w.MAC, want.Dev))
+		c.added = append(c.added, neighEntry(w, want.Dev))
 	}
 	return errors.Join(errs...)
 }
 
-func (n *Netlink) reconcileFDB(want State, c *Change) error {
-	have, err := Dump(func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, unix.AF_BRIDGE) })
+func (n *Netlink) reconcileFDB(want State, c *change) error {
+	have, err := dump(n, func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, unix.AF_BRIDGE) })
 	if err != nil {
 		return fmt.Errorf("listing fdb: %w", err)
 	}
 	type key struct {
-		mac string
+		mac mac
 		dst netip.Addr
 	}
 	wanted := make(map[key]bool, len(want.FDB))
 	for _, w := range want.FDB {
-		wanted[key{w.MAC.String(), w.Dst}] = true
+		wanted[key{macOf(w.MAC), w.Dst}] = true
 	}
-	ok := make(map[key]bool)
+	ok := make(map[key]bool, len(want.FDB))
 	var errs []error
 	for _, h := range have {
 		if h.LinkIndex != want.Dev {
 			continue
 		}
 		dst, _ := netip.AddrFromSlice(h.IP)
-		k := key{h.HardwareAddr.String(), dst.Unmap()}
+		k := key{macOf(h.HardwareAddr), dst.Unmap()}
 		if wanted[k] && !ok[k] {
 			ok[k] = true
 			continue
@@ -272,26 +288,49 @@ func (n *Netlink) reconcileFDB(want State, c *Change) error {
 		del := h
 		del.Family = unix.AF_BRIDGE
 		del.Flags |= netlink.NTF_SELF
-		if err := n.H.NeighDel(&del); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("deleting fdb %s dst %s: %w", k.mac, k.dst, err))
+		if err := n.neighDel(&del); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("deleting fdb %s dst %s: %w", h.HardwareAddr, k.dst, err))
 			continue
 		}
-		c.Removed = append(c.Removed, fmt.Sprintf("fdb %s dst %s dev #%d", k.mac, k.dst, want.Dev))
+		c.removed = append(c.removed, fdbEntry(FDB{MAC: h.HardwareAddr, Dst: k.dst}, want.Dev))
 	}
 	for _, w := range want.FDB {
-		if ok[key{w.MAC.String(), w.Dst}] {
+		if ok[key{macOf(w.MAC), w.Dst}] {
 			continue
 		}
-		// NeighSet is RTM_NEWNEIGH with NLM_F_REPLACE: for a MAC the
-		// device already knows, vxlan_fdb_update replaces its first
-		// remote, so a peer that moved gets its new address in place.
-		nb := &netlink.Neigh{LinkIndex: want.Dev, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: w.Dst.AsSlice(), HardwareAddr: w.MAC}
-		if err := n.H.NeighSet(nb); err != nil {
-			errs = append(errs, fmt.Errorf("adding fdb %s dst %s: %w", w.MAC, w.Dst, err))
+		if err := n.setFDB(w, want.Dev); err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		c.Added = append(c.Added, fmt.Sprintf("fdb %s dst %s dev #%d", w.MAC, w.Dst, want.Dev))
+		c.added = append(c.added, fdbEntry(w, want.Dev))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *change) conflict(e entry, other string) {
+	if c.conflicts == nil {
+		c.conflicts = map[entry]string{}
+	}
+	c.conflicts[e] = other
+}
+
+func (n *Netlink) setNeigh(w Neigh, dev int) error {
+	nb := &netlink.Neigh{LinkIndex: dev, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		Type: unix.RTN_UNICAST, IP: w.IP.AsSlice(), HardwareAddr: w.MAC}
+	if err := n.neighSet(nb); err != nil {
+		return fmt.Errorf("adding neighbour %s lladdr %s: %w", w.IP, w.MAC, err)
+	}
+	return nil
+}
+
+// setFDB: NeighSet is RTM_NEWNEIGH with NLM_F_REPLACE: for a MAC the
+// device already knows, vxlan_fdb_update replaces its first remote, so a
+// peer that moved gets its new address in place.
+func (n *Netlink) setFDB(w FDB, dev int) error {
+	nb := &netlink.Neigh{LinkIndex: dev, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+		Flags: netlink.NTF_SELF, IP: w.Dst.AsSlice(), HardwareAddr: w.MAC}
+	if err := n.neighSet(nb); err != nil {
+		return fmt.Errorf("adding fdb %s dst %s: %w", w.MAC, w.Dst, err)
+	}
+	return nil
 }

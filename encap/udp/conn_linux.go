@@ -143,10 +143,7 @@ func (c *Conn) initRx() {
 	r.iovs = make([]unix.Iovec, n)
 	r.names = make([]unix.RawSockaddrInet4, n)
 	r.oob = make([]byte, n*oobSize)
-	r.bufs = make([][]byte, n)
-	for i := range r.bufs {
-		r.bufs[i] = make([]byte, engine.BufferSize)
-	}
+	r.bufs = engine.NewBuffers(n)
 	r.fn = c.recvmmsg
 }
 

@@ -26,6 +26,7 @@ type VXLAN struct {
 	mac     net.HardwareAddr
 	tr      *vxlan.Transport
 	enc     *vxlan.Encap
+	leases  vxlan.LeaseCache // parsed BackendData of the last snapshot
 }
 
 var (
@@ -73,7 +74,7 @@ func (b *VXLAN) Attrs() (lease.Attrs, error) {
 }
 
 // Accept admits vxlan leases of this VNI, as the kernel backend does.
-func (b *VXLAN) Accept(a lease.Attrs) error { return vxlan.AcceptLease(b.vx.VNI)(a) }
+func (b *VXLAN) Accept(a lease.Attrs) error { return vxlan.AcceptLeaseCached(b.vx.VNI, &b.leases)(a) }
 
 // Start creates flannel.<VNI> as a TUN with the kernel backend's MTU and
 // address, and the engine with VXLAN encapsulation.
@@ -115,9 +116,10 @@ func (b *VXLAN) Run(ctx context.Context) error { return b.eng.Run(ctx) }
 // flannel vxlan host listens on the cluster's one port.
 func (b *VXLAN) SetPeers(peers []lease.Lease) {
 	specs := make([]engine.PeerSpec, 0, len(peers))
-	for _, l := range peers {
-		_, mac, err := vxlan.ParseLeaseData(l.Attrs.BackendData)
-		if err != nil {
+	macs := b.leases.Snapshot(peers)
+	for i, l := range peers {
+		mac := macs[i]
+		if len(mac) != 6 {
 			continue // admission checked it
 		}
 		specs = append(specs, engine.PeerSpec{Subnet: l.Subnet, Endpoint: endpoint(l, uint16(b.vx.Port)), HWAddr: [6]byte(mac)})

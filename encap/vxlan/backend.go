@@ -48,6 +48,8 @@ type Backend struct {
 	sysctl func(key, value string) error
 	spec   deviceSpec
 	rec    *kernel.Reconciler
+	leases LeaseCache
+	accept func(lease.Attrs) error
 
 	prevMAC net.HardwareAddr
 
@@ -91,6 +93,7 @@ func New(o Options) (*Backend, error) {
 			learning: o.Config.Learning, vtepIndex: o.Host.IfaceIndex, vtepAddr: o.Host.IfaceAddr, mtu: mtu,
 		},
 	}
+	b.accept = AcceptLeaseCached(o.Config.VNI, &b.leases)
 	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "vxlan"), Interval: o.Interval, Desired: b.desired}
 	b.log.Info("vxlan config", "vni", o.Config.VNI, "port", o.Config.Port, "gbp", o.Config.GBP,
 		"learning", o.Config.Learning, "direct-routing", o.Config.DirectRouting, "mtu", mtu)
@@ -148,7 +151,7 @@ func (b *Backend) Start(_ context.Context, own lease.Lease) (int, error) {
 }
 
 // Accept admits vxlan leases of this VNI (see admission).
-func (b *Backend) Accept(a lease.Attrs) error { return AcceptLease(b.cfg.VNI)(a) }
+func (b *Backend) Accept(a lease.Attrs) error { return b.accept(a) }
 
 // SetPeers records the admitted peers and asks the loop to program them.
 func (b *Backend) SetPeers(leases []lease.Lease) {
@@ -157,9 +160,10 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 		b.log.Warn("cannot read the underlay's subnets; DirectRouting off for this snapshot", "err", err)
 	}
 	peers := make([]peer, 0, len(leases))
-	for _, l := range leases {
-		_, mac, err := ParseLeaseData(l.Attrs.BackendData)
-		if err != nil {
+	macs := b.leases.Snapshot(leases)
+	for i, l := range leases {
+		mac := macs[i]
+		if mac == nil {
 			continue // admission checked it; never program a peer without a MAC
 		}
 		peers = append(peers, peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
@@ -176,7 +180,7 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 func (b *Backend) desired() (kernel.State, bool, error) {
 	b.mu.Lock()
 	ready, own, started, leaseMAC := b.ready, b.own, b.started, b.mac
-	peers := slices.Clone(b.peers)
+	peers := b.peers // SetPeers replaces the slice, never changes it
 	b.mu.Unlock()
 	if !ready || !started {
 		return kernel.State{}, false, nil
@@ -197,7 +201,8 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 			return kernel.State{}, false, err
 		}
 	}
-	s := kernel.State{Dev: dev.Index}
+	s := kernel.State{Dev: dev.Index, Routes: make([]kernel.Route, 0, len(peers)),
+		Neighs: make([]kernel.Neigh, 0, len(peers)), FDB: make([]kernel.FDB, 0, len(peers))}
 	for _, p := range peers {
 		if p.Direct {
 			s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})

@@ -110,12 +110,19 @@ func ParseLeaseData(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
 // AcceptLease is the admission check (see package admission) of a vxlan
 // peer: BackendType vxlan, BackendData with a unicast VtepMAC and this
 // cluster's VNI. The kernel and the userspace vxlan backends share it.
-func AcceptLease(vni int) func(lease.Attrs) error {
+func AcceptLease(vni int) func(lease.Attrs) error { return acceptLease(vni, ParseLeaseData) }
+
+// AcceptLeaseCached is AcceptLease parsing through c.
+func AcceptLeaseCached(vni int, c *LeaseCache) func(lease.Attrs) error {
+	return acceptLease(vni, c.Parse)
+}
+
+func acceptLease(vni int, parse func(json.RawMessage) (LeaseData, net.HardwareAddr, error)) func(lease.Attrs) error {
 	return func(a lease.Attrs) error {
 		if a.BackendType != "vxlan" {
 			return admission.Refuse(admission.BackendType, "its backend is %s, not vxlan", admission.BackendName(a))
 		}
-		d, mac, err := ParseLeaseData(a.BackendData)
+		d, mac, err := parse(a.BackendData)
 		if err != nil {
 			return admission.Refuse(admission.BackendData, "%v", err)
 		}

@@ -302,23 +302,34 @@ func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchSta
 
 // snapshot is st's leases sorted by subnet, each subnet once.
 func (m *Store) snapshot(st *watchState) []lease.Lease {
-	names := make([]string, 0, len(st.leases))
-	for name := range st.leases {
-		names = append(names, name)
+	// Sort positions in a slice of (name, lease) pairs: no map lookup per
+	// comparison (at 5,000 leases those were a fifth of a host's CPU per
+	// lease event) and no copying of leases per swap.
+	type named struct {
+		name string
+		l    lease.Lease
 	}
-	slices.SortFunc(names, func(a, b string) int {
-		la, lb := st.leases[a], st.leases[b]
-		if c := la.Subnet.Addr().Compare(lb.Subnet.Addr()); c != 0 {
+	all := make([]named, 0, len(st.leases))
+	for name, l := range st.leases {
+		all = append(all, named{name, l})
+	}
+	order := make([]int32, len(all))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(i, j int32) int {
+		a, b := &all[i], &all[j]
+		if c := a.l.Subnet.Addr().Compare(b.l.Subnet.Addr()); c != 0 {
 			return c
 		}
-		if c := cmp.Compare(la.Revision, lb.Revision); c != 0 {
+		if c := cmp.Compare(a.l.Revision, b.l.Revision); c != 0 {
 			return c
 		}
-		return strings.Compare(a, b)
+		return strings.Compare(a.name, b.name)
 	})
-	snap := make([]lease.Lease, 0, len(names))
-	for _, name := range names {
-		l := st.leases[name]
+	snap := make([]lease.Lease, 0, len(all))
+	for _, i := range order {
+		name, l := all[i].name, all[i].l
 		if n := len(snap); n > 0 && snap[n-1].Subnet == l.Subnet {
 			if st.dup == nil {
 				st.dup = map[string]bool{}

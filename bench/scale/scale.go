@@ -1,0 +1,453 @@
+// Package scale is weft's scale benchmark (issue 19): one real weft host in
+// a namespace lab and N-1 simulated peers written into the lab's `weft etcd`
+// as flanneld writes them, per backend. It measures the time from start to
+// the full state, the weft process's CPU per lease event and the time until
+// its state is correct after the last event of a churn (puts and deletes at
+// a given rate), its RSS, and N-1 hosts joining one lease at a time.
+//
+// "Correct" is read where it takes effect: the kernel's tagged routes (and,
+// for vxlan, neighbours and FDB entries) through netlink for the kernel
+// backends, the admitted peers of `weft status` for udp.
+package scale
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/bench/harness"
+	"github.com/weft-net/weft/bench/lab"
+)
+
+// Options configure Run.
+type Options struct {
+	Binary string // set per run from Binaries
+	// Binaries are the weft binaries to measure, interleaved per backend
+	// (an old and a new build compare under the same load).
+	Binaries []string
+	Hosts    int      // N: the real host and N-1 simulated peers
+	Backends []string // udp, vxlan, host-gw, uvxlan (vxlan from userspace)
+	Events   int      // lease events per churn, half puts of new peers and half deletes
+	Rates    []int    // churn rates, events per second
+	JoinRate int      // puts per second of the join run; 0 skips it
+	// Timeout bounds each wait for a correct state.
+	Timeout  time.Duration
+	Progress func(string)
+}
+
+// Churn is one churn run's figures.
+type Churn struct {
+	Rate        int           `json:"rate"`
+	Events      int           `json:"events"`
+	CPUPerEvent time.Duration `json:"cpu_per_event_ns"`
+	After       time.Duration `json:"correct_after_last_event_ns"`
+	RSSMax      uint64        `json:"rss_max_bytes"`
+}
+
+// Join is the run where N-1 peers join one put at a time.
+type Join struct {
+	Rate    int           `json:"rate"`
+	Puts    int           `json:"puts"`
+	PutTime time.Duration `json:"put_time_ns"`
+	After   time.Duration `json:"correct_after_last_put_ns"`
+	CPU     time.Duration `json:"cpu_ns"`
+	RSSMax  uint64        `json:"rss_max_bytes"`
+}
+
+// Result is one backend at one N.
+type Result struct {
+	Binary    string        `json:"binary"`
+	Backend   string        `json:"backend"`
+	N         int           `json:"n"`
+	Start     time.Duration `json:"start_to_full_state_ns"`
+	RSSSteady uint64        `json:"rss_steady_bytes"`
+	Churn     []Churn       `json:"churn"`
+	// Repair is the time from deleting one peer's kernel entries by hand
+	// (the route; for vxlan also the neighbour and FDB entry) until they
+	// are back (kernel backends).
+	Repair time.Duration `json:"repair_ns,omitempty"`
+	Join   *Join         `json:"join,omitempty"`
+}
+
+// leaseType is the Backend.Type of a benchmarked backend.
+func leaseType(backend string) string {
+	if backend == "uvxlan" {
+		return "vxlan"
+	}
+	return backend
+}
+
+func netconf(backend string) string {
+	backend = leaseType(backend)
+	return fmt.Sprintf(`{"Network":%q,"SubnetLen":%d,"Backend":{"Type":%q}}`, Network, SubnetLen, backend)
+}
+
+// Run measures every backend of o in turn, each in labs of its own.
+func Run(ctx context.Context, o Options) ([]Result, error) {
+	if o.Hosts < 2 || o.Hosts > 60000 {
+		return nil, fmt.Errorf("scale: --hosts %d: want 2..60000 (a /8 holds 65,536 /24s, and churn needs spare ones)", o.Hosts)
+	}
+	if o.Events%2 != 0 || o.Events < 2 {
+		return nil, fmt.Errorf("scale: --events %d: want an even number >= 2 (half puts, half deletes)", o.Events)
+	}
+	if len(o.Binaries) == 0 {
+		return nil, errors.New("scale: no weft binary")
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	if o.Progress == nil {
+		o.Progress = func(string) {}
+	}
+	var out []Result
+	for _, b := range o.Backends {
+		for _, bin := range o.Binaries {
+			r, err := runBinary(ctx, o, bin, b)
+			out = append(out, r)
+			if err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+func runBinary(ctx context.Context, o Options, bin, b string) (Result, error) {
+	o.Binary = bin
+	r, err := runSteadyAndChurn(ctx, o, b)
+	r.Binary = filepath.Base(bin)
+	if err != nil {
+		return r, fmt.Errorf("%s (%s): %w", b, bin, err)
+	}
+	if o.JoinRate > 0 {
+		j, err := runJoin(ctx, o, b)
+		if err != nil {
+			return r, fmt.Errorf("%s (%s) join: %w", b, bin, err)
+		}
+		r.Join = &j
+	}
+	return r, nil
+}
+
+// host is one lab with etcd and the real weft host, not yet started.
+type host struct {
+	o     Options // o.Binary is the one to run
+	typ   string
+	lab   *lab.Lab
+	c     *harness.Cluster
+	sim   *sim
+	chk   *checker
+	run   *lab.Proc
+	own   netip.Prefix
+	want  map[netip.Prefix]bool
+	peers []int // simulated peers in the store, oldest first
+	next  int   // the next unused simulated id
+}
+
+func newHost(ctx context.Context, o Options, typ string) (*host, error) {
+	l, err := lab.New(lab.Options{Hosts: 1})
+	if err != nil {
+		return nil, err
+	}
+	h := &host{o: o, typ: typ, lab: l, c: harness.New(l, o.Binary), want: map[netip.Prefix]bool{}, next: 1}
+	if err := h.setup(ctx); err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *host) setup(ctx context.Context) error {
+	hh := h.lab.Hosts[0]
+	own := netip.PrefixFrom(PeerNet.Addr().Next(), PeerNet.Bits())
+	if out, err := h.lab.Exec(hh.Name, "ip", "addr", "add", own.String(), "dev", hh.Underlay); err != nil {
+		return fmt.Errorf("adding %s to the underlay: %v: %s", own, err, out)
+	}
+	if err := h.c.StartEtcd(ctx, netconf(h.typ)); err != nil {
+		return err
+	}
+	s, err := newSim(h.lab, leaseType(h.typ))
+	if err != nil {
+		return err
+	}
+	h.sim = s
+	return nil
+}
+
+func (h *host) close() {
+	if h.chk != nil {
+		h.chk.close()
+	}
+	if h.sim != nil {
+		h.sim.close()
+	}
+	h.lab.Close()
+}
+
+// add registers n new simulated peers (not yet written).
+func (h *host) add(n int) []int {
+	ids := make([]int, 0, n)
+	for len(ids) < n {
+		i := h.next
+		h.next++
+		if subnet(i) == h.own {
+			continue
+		}
+		ids = append(ids, i)
+		h.peers = append(h.peers, i)
+		h.want[subnet(i)] = true
+	}
+	return ids
+}
+
+// start starts weft run and returns when its subnet file is written.
+func (h *host) start(ctx context.Context) error {
+	hh := h.lab.Hosts[0]
+	flags := []string{"--public-ip=" + hh.IP.String(), "--iptables-forward-rules=false"}
+	if h.typ == "uvxlan" {
+		flags = append(flags, "--no-kernel-vxlan")
+	}
+	if err := h.c.StartWeft(hh, flags...); err != nil {
+		return err
+	}
+	h.run = h.c.Runs[0]
+	if err := h.c.WaitSubnets(ctx); err != nil {
+		return err
+	}
+	h.own = h.c.Envs[0].Subnet
+	chk, err := newChecker(h.typ, hh.Name, harness.DebugSocket(hh))
+	if err != nil {
+		return err
+	}
+	h.chk = chk
+	return nil
+}
+
+// waitCorrect polls the host's state every 50 ms until it holds exactly
+// h.want, sampling the weft process's RSS. It returns when that was first
+// seen and the largest RSS.
+func (h *host) waitCorrect(ctx context.Context) (time.Time, uint64, error) {
+	deadline := time.Now().Add(h.o.Timeout)
+	var maxRSS uint64
+	var last string
+	for {
+		if h.run.Exited() {
+			return time.Time{}, 0, fmt.Errorf("weft run exited: %v\n%s", h.run.Wait(), h.run.Log())
+		}
+		if r, err := rss(h.run.Pid()); err == nil {
+			maxRSS = max(maxRSS, r)
+		}
+		ok, why, err := h.chk.correct(h.want)
+		now := time.Now()
+		if err == nil && ok {
+			return now, maxRSS, nil
+		}
+		if err != nil {
+			why = err.Error()
+		}
+		if why != last {
+			h.o.Progress(fmt.Sprintf("%s: waiting: %s", h.typ, why))
+			last = why
+		}
+		if now.After(deadline) {
+			return time.Time{}, maxRSS, fmt.Errorf("state not correct after %v: %s", h.o.Timeout, why)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, maxRSS, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// runSteadyAndChurn writes N-1 peers, starts weft, measures the time to the
+// full state, then each churn rate.
+func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, error) {
+	r := Result{Backend: typ, N: o.Hosts}
+	h, err := newHost(ctx, o, typ)
+	if err != nil {
+		return r, err
+	}
+	defer h.close()
+	o.Progress(fmt.Sprintf("%s: writing %d simulated peers", typ, o.Hosts-1))
+	// The real host's subnet is not known before it starts: it takes a
+	// free one, so none of these.
+	if err := h.sim.putAll(ctx, h.add(o.Hosts-1)); err != nil {
+		return r, err
+	}
+	o.Progress(fmt.Sprintf("%s: starting weft", typ))
+	t0 := time.Now()
+	if err := h.start(ctx); err != nil {
+		return r, err
+	}
+	at, _, err := h.waitCorrect(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.Start = at.Sub(t0)
+	// Settle: the first periodic pass, then read the steady RSS.
+	time.Sleep(6 * time.Second)
+	if r.RSSSteady, err = rss(h.run.Pid()); err != nil {
+		return r, err
+	}
+	for _, rate := range o.Rates {
+		o.Progress(fmt.Sprintf("%s: churn of %d events at %d/s", typ, o.Events, rate))
+		c, err := h.churn(ctx, rate)
+		if err != nil {
+			return r, err
+		}
+		r.Churn = append(r.Churn, c)
+		time.Sleep(time.Second)
+	}
+	if kernelBackend(typ) {
+		o.Progress(fmt.Sprintf("%s: deleting a peer's kernel entries by hand", typ))
+		t0 := time.Now()
+		if err := h.chk.deleteOne(subnet(h.peers[len(h.peers)/2])); err != nil {
+			return r, err
+		}
+		at, _, err := h.waitCorrect(ctx)
+		if err != nil {
+			return r, fmt.Errorf("repair: %w", err)
+		}
+		r.Repair = at.Sub(t0)
+	}
+	return r, nil
+}
+
+// churn alternates a put of a new peer with a delete of the oldest.
+func (h *host) churn(ctx context.Context, rate int) (Churn, error) {
+	c := Churn{Rate: rate, Events: h.o.Events}
+	evs := make([]event, 0, h.o.Events)
+	for len(evs) < h.o.Events {
+		id := h.add(1)[0]
+		evs = append(evs, event{id: id})
+		old := h.peers[0]
+		h.peers = h.peers[1:]
+		delete(h.want, subnet(old))
+		evs = append(evs, event{id: old, del: true})
+	}
+	pid := h.run.Pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return c, err
+	}
+	stop := sampleRSS(pid)
+	err = h.sim.paced(ctx, evs, rate)
+	last := time.Now()
+	maxRSS := stop()
+	if err != nil {
+		return c, err
+	}
+	at, m, err := h.waitCorrect(ctx)
+	if err != nil {
+		return c, err
+	}
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return c, err
+	}
+	c.After = at.Sub(last)
+	c.CPUPerEvent = (cpu1 - cpu0) / time.Duration(len(evs))
+	c.RSSMax = max(maxRSS, m)
+	return c, nil
+}
+
+// runJoin starts weft alone, then writes N-1 peers one put each at
+// o.JoinRate.
+func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
+	j := Join{Rate: o.JoinRate, Puts: o.Hosts - 1}
+	h, err := newHost(ctx, o, typ)
+	if err != nil {
+		return j, err
+	}
+	defer h.close()
+	if err := h.start(ctx); err != nil {
+		return j, err
+	}
+	if _, _, err := h.waitCorrect(ctx); err != nil {
+		return j, err
+	}
+	o.Progress(fmt.Sprintf("%s: %d hosts join, %d/s", typ, o.Hosts-1, o.JoinRate))
+	ids := h.add(o.Hosts - 1)
+	evs := make([]event, len(ids))
+	for k, id := range ids {
+		evs[k] = event{id: id}
+	}
+	pid := h.run.Pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return j, err
+	}
+	t0 := time.Now()
+	stop := sampleRSS(pid)
+	err = h.sim.paced(ctx, evs, o.JoinRate)
+	last := time.Now()
+	maxRSS := stop()
+	if err != nil {
+		return j, err
+	}
+	j.PutTime = last.Sub(t0)
+	at, m, err := h.waitCorrect(ctx)
+	if err != nil {
+		return j, err
+	}
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return j, err
+	}
+	j.After, j.CPU, j.RSSMax = at.Sub(last), cpu1-cpu0, max(maxRSS, m)
+	return j, nil
+}
+
+// Binaries returns the weft binaries to run: the comma-separated paths of
+// list, or this executable.
+func Binaries(list string) ([]string, error) {
+	if list == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, errors.New("finding the weft binary: " + err.Error())
+		}
+		return []string{exe}, nil
+	}
+	var out []string
+	for _, p := range strings.Split(list, ",") {
+		abs, err := filepath.Abs(strings.TrimSpace(p))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, err
+		}
+		out = append(out, abs)
+	}
+	return out, nil
+}
+
+// sampleRSS samples pid's RSS every 20 ms until the returned function is
+// called, which returns the largest.
+func sampleRSS(pid int) func() uint64 {
+	stop := make(chan struct{})
+	sampled := make(chan uint64)
+	go func() {
+		var m uint64
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if r, err := rss(pid); err == nil {
+				m = max(m, r)
+			}
+			select {
+			case <-stop:
+				sampled <- m
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 { close(stop); return <-sampled }
+}

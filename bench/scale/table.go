@@ -1,0 +1,52 @@
+package scale
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// WriteTable prints results as issue 19's table (markdown), then the join
+// runs.
+func WriteTable(w io.Writer, rs []Result) {
+	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	for _, r := range rs {
+		for _, c := range r.Churn {
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, secs(r.Start), mib(r.RSSSteady),
+				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax))
+		}
+	}
+	sep := "\n"
+	for _, r := range rs {
+		if r.Repair > 0 {
+			fmt.Fprintf(w, "%s%s %s N=%d: a peer's kernel entries deleted by hand were back after %s\n", sep, r.Binary, r.Backend, r.N, secs(r.Repair))
+			sep = ""
+		}
+	}
+	var joins []Result
+	for _, r := range rs {
+		if r.Join != nil {
+			joins = append(joins, r)
+		}
+	}
+	if len(joins) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| binary | backend | N | join: puts at rate | puts took | state correct after the last put | CPU | RSS max |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range joins {
+		j := r.Join
+		fmt.Fprintf(w, "| %s | %s | %d | %d at %d/s | %s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, j.Puts, j.Rate, secs(j.PutTime), secs(j.After), secs(j.CPU), mib(j.RSSMax))
+	}
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+func ms(d time.Duration) string {
+	return strings.TrimSuffix(fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)), "0") + " ms"
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
