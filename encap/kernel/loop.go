@@ -41,6 +41,10 @@ type Reconciler struct {
 	mu        sync.Mutex
 	installed map[entry]struct{} // entries weft programmed and believes in place
 	conflicts map[entry]string   // wanted routes refused, for logging once
+	// refusedView is conflicts as Stats shows them, published after each
+	// pass or update: Stats must not wait for a pass (a full pass at
+	// thousands of peers holds mu for seconds; `weft status` timed out).
+	refusedView atomic.Pointer[map[string]string]
 	dev       atomic.Int64       // the device of the last state, for event filtering
 	// base indexes the state the kernel held after the last pass that
 	// ended without error: an Update programs only its difference from
@@ -101,14 +105,9 @@ func (r *Reconciler) Trigger() {
 func (r *Reconciler) Stats() Stats {
 	s := Stats{Passes: r.passes.Load(), Updates: r.updates.Load(), Programmed: r.programmed.Load(), Repairs: r.repairs.Load(),
 		StaleRemoved: r.stale.Load(), Failures: r.failures.Load(), Conflicts: r.refusedRoutes.Load()}
-	r.mu.Lock()
-	if len(r.conflicts) > 0 {
-		s.Refused = make(map[string]string, len(r.conflicts))
-		for e, v := range r.conflicts {
-			s.Refused[e.String()] = v
-		}
+	if v := r.refusedView.Load(); v != nil && len(*v) > 0 {
+		s.Refused = *v
 	}
-	r.mu.Unlock()
 	s.LastError, _ = r.lastErr.Load().(string)
 	return s
 }
@@ -133,6 +132,7 @@ func (r *Reconciler) Pass() error {
 	wanted := want.entries()
 	r.record(c, wanted, false)
 	r.conflicts = c.conflicts
+	r.publishRefused()
 	if err != nil {
 		r.fail(err)
 		// Keep what is known to be in place; a later pass retries the rest.
@@ -393,4 +393,13 @@ func (r *Reconciler) setBase(want State) {
 		return
 	}
 	r.spare, r.base = r.base, x
+}
+
+// publishRefused publishes conflicts for Stats. Called with mu held.
+func (r *Reconciler) publishRefused() {
+	v := make(map[string]string, len(r.conflicts))
+	for e, other := range r.conflicts {
+		v[e.String()] = other
+	}
+	r.refusedView.Store(&v)
 }

@@ -101,6 +101,7 @@ func (r *Reconciler) update() (bool, error) {
 		}
 		r.conflicts[e] = other
 	}
+	r.publishRefused()
 	if err := errors.Join(errs...); err != nil {
 		r.fail(err)
 		r.base = nil // the next pass is a full one
