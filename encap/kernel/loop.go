@@ -45,7 +45,7 @@ type Reconciler struct {
 	// pass or update: Stats must not wait for a pass (a full pass at
 	// thousands of peers holds mu for seconds; `weft status` timed out).
 	refusedView atomic.Pointer[map[string]string]
-	dev       atomic.Int64       // the device of the last state, for event filtering
+	dev         atomic.Int64 // the device of the last state, for event filtering
 	// base indexes the state the kernel held after the last pass that
 	// ended without error: an Update programs only its difference from
 	// the new state. nil after a failure, until a full pass. spare is the
