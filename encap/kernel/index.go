@@ -69,34 +69,26 @@ func (x *index) fill(s State) bool {
 // diff calls gone for every entry of old that x lacks (or holds with other
 // content), then added for every entry of x that old lacks.
 func (x *index) diff(old *index, gone, added func(entry)) {
-	for k, r := range old.routes {
-		if w, ok := x.routes[k]; !ok || w != r {
-			gone(routeEntry(r))
-		}
-	}
-	for ip, m := range old.neighs {
-		if w, ok := x.neighs[ip]; !ok || w != m {
-			gone(entry{kind: kindNeigh, ip: fromV4(ip), mac: macOf(m[:]), link: old.dev})
-		}
-	}
-	for k := range old.fdb {
-		if _, ok := x.fdb[k]; !ok {
-			gone(entry{kind: kindFDB, ip: fromV4(k.dst), mac: macOf(k.mac[:]), link: old.dev})
-		}
-	}
+	old.notIn(x, gone)
+	x.notIn(old, added)
+}
+
+// notIn calls fn for every entry of x that y lacks or holds with other
+// content.
+func (x *index) notIn(y *index, fn func(entry)) {
 	for k, r := range x.routes {
-		if o, ok := old.routes[k]; !ok || o != r {
-			added(routeEntry(r))
+		if w, ok := y.routes[k]; !ok || w != r {
+			fn(routeEntry(r))
 		}
 	}
 	for ip, m := range x.neighs {
-		if o, ok := old.neighs[ip]; !ok || o != m {
-			added(entry{kind: kindNeigh, ip: fromV4(ip), mac: macOf(m[:]), link: x.dev})
+		if w, ok := y.neighs[ip]; !ok || w != m {
+			fn(entry{kind: kindNeigh, ip: fromV4(ip), mac: macOf(m[:]), link: x.dev})
 		}
 	}
 	for k := range x.fdb {
-		if _, ok := old.fdb[k]; !ok {
-			added(entry{kind: kindFDB, ip: fromV4(k.dst), mac: macOf(k.mac[:]), link: x.dev})
+		if _, ok := y.fdb[k]; !ok {
+			fn(entry{kind: kindFDB, ip: fromV4(k.dst), mac: macOf(k.mac[:]), link: x.dev})
 		}
 	}
 }
