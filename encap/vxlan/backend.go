@@ -192,9 +192,15 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	if created {
 		b.log.Warn("vxlan device was missing; recreated it", "device", dev.Name, "mac", dev.HardwareAddr.String())
 	}
-	if !slices.Equal(dev.HardwareAddr, leaseMAC) {
-		b.log.Warn("the vxlan device's MAC no longer matches the lease; peers reach this host only after a restart re-publishes it",
-			"device", dev.Name, "mac", dev.HardwareAddr.String(), "lease", leaseMAC.String())
+	if len(leaseMAC) == 6 && !slices.Equal(dev.HardwareAddr, leaseMAC) {
+		// Someone changed it: put the lease's back, as peers know it.
+		if err := b.nl.H.LinkSetHardwareAddr(dev, leaseMAC); err != nil {
+			b.log.Warn("the vxlan device's MAC no longer matches the lease, and cannot be set back; peers reach this host only after a restart re-publishes it",
+				"device", dev.Name, "mac", dev.HardwareAddr.String(), "lease", leaseMAC.String(), "err", err)
+		} else {
+			b.log.Warn("the vxlan device's MAC was changed; set the lease's back", "device", dev.Name, "was", dev.HardwareAddr.String(), "lease", leaseMAC.String())
+			dev.HardwareAddr = leaseMAC
+		}
 	}
 	if created || dev.Flags&net.FlagUp == 0 {
 		if err := b.configure(dev, own.Subnet.Addr()); err != nil {

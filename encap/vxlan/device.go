@@ -111,6 +111,17 @@ func (b *Backend) ensureDevice() (*netlink.Vxlan, bool, error) {
 			return nil, false, fmt.Errorf("deleting %s: %w", d.name, err)
 		}
 	}
+	// Recreated under a running backend (someone deleted it): the MAC the
+	// lease publishes, so peers' neighbour and FDB entries for this host
+	// stay right (flanneld v0.28.9 makes a new one, and traffic to this
+	// host stays broken until it restarts).
+	b.mu.Lock()
+	leaseMAC := b.mac
+	b.mu.Unlock()
+	if mac == nil && len(leaseMAC) == 6 {
+		mac = leaseMAC
+		b.log.Info("recreating the vxlan device with the lease's MAC", "device", d.name, "mac", mac.String())
+	}
 	if mac == nil && len(b.prevMAC) == 6 {
 		mac = b.prevMAC
 		b.log.Info("creating the vxlan device with the previous lease's MAC", "device", d.name, "mac", mac.String())

@@ -308,3 +308,42 @@ func TestPrevMACReused(t *testing.T) {
 		t.Fatalf("device MAC %v (%v), want %s", l, err, prev)
 	}
 }
+
+// flannel.1 deleted, or its MAC changed, under a running backend comes back
+// with the MAC the lease publishes: peers' neighbour and FDB entries for
+// this host stay right (flanneld makes a new MAC and stays unreachable).
+func TestDeviceRecreatedWithLeaseMAC(t *testing.T) {
+	ns := kerneltest.New(t)
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	b := newBackend(t, ns, under, Config{VNI: 1, Port: 8472})
+	attrs, err := b.Attrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, mac, _ := ParseLeaseData(attrs.BackendData)
+	if _, err := b.Start(context.Background(), lease.Lease{Subnet: netip.MustParsePrefix("10.5.92.0/24"), Attrs: attrs}); err != nil {
+		t.Fatal(err)
+	}
+	b.SetPeers(nil)
+	check := func(what string) {
+		t.Helper()
+		if err := b.Reconcile(); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ns.H.LinkByName("flannel.1")
+		if err != nil || l.Attrs().HardwareAddr.String() != mac.String() {
+			t.Fatalf("%s: device %v (%v), want MAC %s", what, l, err, mac)
+		}
+	}
+	l, _ := ns.H.LinkByName("flannel.1")
+	if err := ns.H.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	check("after deletion")
+	l, _ = ns.H.LinkByName("flannel.1")
+	other, _ := net.ParseMAC("02:00:00:00:00:99")
+	if err := ns.H.LinkSetHardwareAddr(l, other); err != nil {
+		t.Fatal(err)
+	}
+	check("after a MAC change")
+}
