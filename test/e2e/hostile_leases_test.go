@@ -53,21 +53,36 @@ func testHostileLeases(t *testing.T, backend string) {
 		return fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q,"BackendData":%s}`, ip, typ, data)
 	}
 	ownPart := h1.Addr().String() + "-25"
+	// Subnets are allocated at random: the hostile and the valid leases
+	// take third octets neither host holds, or the test would hijack a
+	// real host's lease (which makes that host exit, as flanneld does).
+	next := 199
+	free := func() string {
+		for {
+			next++
+			s := fmt.Sprintf("10.5.%d.0", next)
+			if s != h1.Addr().String() && s != h2.Addr().String() {
+				return s
+			}
+		}
+	}
+	taken, spelling, loop, multi, broken, notJSON, other := free(), free(), free(), free(), free(), free(), free()
 	hostile := map[string]string{
-		"0.0.0.0-0":      val("192.0.2.66", typ, data),                           // the default route
-		ownPart:          val("192.0.2.66", typ, data),                           // half of h1's subnet
-		"10.5.200.0-24":  val(h2IP.String(), typ, data),                          // takes h2's public IP
-		"10.5.201.0-024": val("192.0.2.67", typ, data),                           // another spelling
-		"10.5.202.0-24":  val("127.0.0.1", typ, data),                            // loopback
-		"10.5.203.0-24":  val("224.0.0.5", typ, data),                            // multicast
-		"10.6.1.0-24":    val("192.0.2.68", typ, data),                           // another network
-		"10.5.204.0-24":  val("192.0.2.69", "vxlan", `{"VNI":1,"VtepMAC":"zz"}`), // broken backend data
-		"10.5.205.0-24":  `{"PublicIP":`,                                         // not JSON
+		"0.0.0.0-0":       val("192.0.2.66", typ, data),                           // the default route
+		ownPart:           val("192.0.2.66", typ, data),                           // half of h1's subnet
+		taken + "-24":     val(h2IP.String(), typ, data),                          // takes h2's public IP
+		spelling + "-024": val("192.0.2.67", typ, data),                           // another spelling
+		loop + "-24":      val("127.0.0.1", typ, data),                            // loopback
+		multi + "-24":     val("224.0.0.5", typ, data),                            // multicast
+		"10.6.1.0-24":     val("192.0.2.68", typ, data),                           // another network
+		broken + "-24":    val("192.0.2.69", "vxlan", `{"VNI":1,"VtepMAC":"zz"}`), // broken backend data
+		notJSON + "-24":   `{"PublicIP":`,                                         // not JSON
 	}
 	if backend == "vxlan" {
-		hostile["10.5.206.0-24"] = val("192.0.2.70", "host-gw", `null`) // another backend
+		hostile[other+"-24"] = val("192.0.2.70", "host-gw", `null`) // another backend
 	}
-	const validSubnet = "10.5.99.0/24"
+	validAddr := free()
+	validSubnet := validAddr + "/24"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for key, v := range hostile {
@@ -75,7 +90,7 @@ func testHostileLeases(t *testing.T, backend string) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := k.cli.Put(ctx, harness.EtcdPrefix+"/subnets/10.5.99.0-24", val("192.0.2.99", typ, data)); err != nil {
+	if _, err := k.cli.Put(ctx, harness.EtcdPrefix+"/subnets/"+validAddr+"-24", val("192.0.2.99", typ, data)); err != nil {
 		t.Fatal(err)
 	}
 	for i := 1; i <= 2; i++ {
@@ -97,7 +112,7 @@ func testHostileLeases(t *testing.T, backend string) {
 			t.Fatalf("h%d's weft exited:\n%s", i, p.Log())
 		}
 		after := hostState(t, k.Lab, k.Lab.Host(i).Name)
-		if d := lineDiff(withoutLines(before[i-1], "10.5.99.0", "192.0.2.99", "02:00:00:00:00:66"), withoutLines(after, "10.5.99.0", "192.0.2.99", "02:00:00:00:00:66")); d != "" {
+		if d := lineDiff(withoutLines(before[i-1], validAddr, "192.0.2.99", "02:00:00:00:00:66"), withoutLines(after, validAddr, "192.0.2.99", "02:00:00:00:00:66")); d != "" {
 			t.Errorf("h%d: host state changed by hostile leases:\n%s", i, d)
 		}
 		s := k.stats(i)
