@@ -65,7 +65,7 @@ func Run(ctx context.Context, o Options) error {
 	log := d.log
 	// The previous run's subnet, before this run rewrites the file: the
 	// firewall names what it replaces.
-	prevSubnet, err := lease.ReadSubnetFile(o.SubnetFile)
+	prevSubnet, _, err := lease.ReadSubnetFile(o.SubnetFile)
 	if err != nil {
 		log.Warn("cannot read the previous subnet file", "path", o.SubnetFile, "err", err)
 	}
@@ -83,6 +83,12 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if err := ValidateBackend(d.cfg); err != nil {
 		return err
+	}
+	if d.cfg.EnableIPv6 {
+		// The lease layer reads IPv6 configs and leases (issue #17);
+		// until the backends and the firewall carry IPv6, refuse rather
+		// than run a dual-stack network as IPv4 alone.
+		return fmt.Errorf("network config: \"EnableIPv6\": true: this weft does not carry IPv6 pod traffic yet")
 	}
 	log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
 	host := d.ext.host()

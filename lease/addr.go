@@ -59,3 +59,47 @@ func checkNetwork(p netip.Prefix) error {
 	}
 	return nil
 }
+
+// IPv6 blocks no host or cluster network can be in (RFC 6890, RFC 4291).
+var (
+	v6Reserved  = netip.MustParsePrefix("::/8")      // unspecified, loopback, v4-mapped and -compatible
+	v6LinkLocal = netip.MustParsePrefix("fe80::/10") // needs a zone: not an address another host routes to
+	v6Multicast = netip.MustParsePrefix("ff00::/8")
+)
+
+// CheckPublicIPv6 reports why ip cannot be a host's PublicIPv6: it must be
+// an IPv6 unicast address other hosts route to, so not in ::/8
+// (unspecified, loopback, IPv4-mapped), fe80::/10 (link-local, which
+// needs an interface to mean anything) or ff00::/8 (multicast).
+func CheckPublicIPv6(ip netip.Addr) error {
+	switch {
+	case !ip.Is6() || ip.Is4In6():
+		return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", ip)
+	case ip.Zone() != "":
+		return fmt.Errorf("PublicIPv6 %s has a zone: other hosts cannot send to it", ip)
+	case v6Reserved.Contains(ip):
+		return fmt.Errorf("PublicIPv6 %s is in ::/8 (unspecified, loopback or IPv4-mapped): other hosts cannot send to it", ip)
+	case v6LinkLocal.Contains(ip):
+		return fmt.Errorf("PublicIPv6 %s is link-local (fe80::/10): other hosts cannot route to it", ip)
+	case v6Multicast.Contains(ip):
+		return fmt.Errorf("PublicIPv6 %s is a multicast address (ff00::/8), not one host's", ip)
+	}
+	return nil
+}
+
+// checkNetwork6 reports why p cannot be an IPv6 cluster network: it must
+// be a /8 or longer and not overlap ::/8, fe80::/10 or ff00::/8.
+func checkNetwork6(p netip.Prefix) error {
+	if p.Bits() < 8 {
+		return fmt.Errorf("%s is too large: a cluster network is at most a /8", p)
+	}
+	for _, b := range []struct {
+		p    netip.Prefix
+		what string
+	}{{v6Reserved, "reserved (unspecified, loopback, IPv4-mapped)"}, {v6LinkLocal, "link-local"}, {v6Multicast, "multicast"}} {
+		if p.Overlaps(b.p) {
+			return fmt.Errorf("%s overlaps %s, the %s block: pods cannot have those addresses", p, b.p, b.what)
+		}
+	}
+	return nil
+}

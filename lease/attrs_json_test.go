@@ -128,8 +128,16 @@ func TestAttrsJSONRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	var a Attrs
-	if err := json.Unmarshal(v6only, &a); err == nil || !strings.Contains(err.Error(), "PublicIP 0.0.0.0") {
+	if err := json.Unmarshal(v6only, &a); err != nil || a.PublicIP.IsValid() || a.PublicIPv6 != netip.MustParseAddr("2001:db8::2") ||
+		len(a.BackendData) != 0 || string(a.BackendV6Data) != `{"VNI":1,"VtepMAC":"16:3a:6e:17:9c:3a"}` {
 		t.Errorf("IPv6-only flanneld lease: %+v, %v", a, err)
+	}
+	if b, err := json.Marshal(a); err != nil || !bytes.Equal(b, v6only) {
+		t.Errorf("IPv6-only flanneld lease written back as %s, %v; want %s", b, err, v6only)
+	}
+	// 0.0.0.0 without a PublicIPv6 names no host.
+	if err := json.Unmarshal([]byte(`{"PublicIP":"0.0.0.0","PublicIPv6":null}`), &a); err == nil || !strings.Contains(err.Error(), "PublicIP 0.0.0.0") {
+		t.Errorf("PublicIP 0.0.0.0 alone: %+v, %v", a, err)
 	}
 	for _, ip := range []string{"0.0.0.0", "127.0.0.1", "224.0.0.5", "255.255.255.255"} {
 		if _, err := json.Marshal(Attrs{PublicIP: netip.MustParseAddr(ip)}); err == nil || !strings.Contains(err.Error(), "PublicIP") {

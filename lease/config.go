@@ -21,6 +21,14 @@ type Config struct {
 	SubnetMin  netip.Addr
 	SubnetMax  netip.Addr
 	EnableIPv4 bool
+	// EnableIPv6 gives each host an IPv6 subnet of IPv6Network as well
+	// (dual-stack), or alone when EnableIPv4 is false (IPv6-only). The
+	// IPv6 fields are zero when it is false.
+	EnableIPv6    bool
+	IPv6Network   netip.Prefix
+	IPv6SubnetLen int
+	IPv6SubnetMin netip.Addr
+	IPv6SubnetMax netip.Addr
 	// EnableNFTables selects flanneld's nftables rules instead of its
 	// iptables rules.
 	EnableNFTables bool
@@ -140,54 +148,70 @@ func ParseConfig(data []byte) (*Config, error) {
 	if dec.More() {
 		return nil, cfgErr("", "trailing data after the JSON object")
 	}
-	if raw.EnableIPv6 != nil && *raw.EnableIPv6 {
-		return nil, cfgErr("EnableIPv6", "true: IPv6 is not supported yet")
-	}
-	for key, v := range map[string]*string{"IPv6Network": raw.IPv6Network, "IPv6SubnetMin": raw.IPv6SubnetMin, "IPv6SubnetMax": raw.IPv6SubnetMax} {
-		if v != nil && *v != "" {
-			return nil, cfgErr(key, "%s: IPv6 is not supported yet", quote(*v))
-		}
-	}
 	if len(raw.IPv6Networks) > 0 {
-		return nil, cfgErr("IPv6Networks", "IPv6 is not supported yet")
-	}
-	if raw.IPv6SubnetLen != nil && raw.IPv6SubnetLen.String() != "0" {
-		return nil, cfgErr("IPv6SubnetLen", "%s: IPv6 is not supported yet", shortNum(raw.IPv6SubnetLen))
-	}
-	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
-		return nil, cfgErr("EnableIPv4", "false: an IPv6-only network needs IPv6, which is not supported yet")
+		return nil, cfgErr("IPv6Networks", "multiple networks are not supported; use \"IPv6Network\"")
 	}
 	if len(raw.Networks) > 0 {
 		return nil, cfgErr("Networks", "multiple networks are not supported; use \"Network\"")
 	}
+	cfg := &Config{
+		EnableIPv4:     raw.EnableIPv4 == nil || *raw.EnableIPv4,
+		EnableIPv6:     raw.EnableIPv6 != nil && *raw.EnableIPv6,
+		EnableNFTables: raw.EnableNFTables != nil && *raw.EnableNFTables,
+	}
+	if !cfg.EnableIPv4 && !cfg.EnableIPv6 {
+		return nil, cfgErr("EnableIPv4", "false, and EnableIPv6 is not true: the network has no addresses at all")
+	}
+	if cfg.EnableIPv4 {
+		if err := parseIPv4(cfg, &raw); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.EnableIPv6 {
+		if err := parseIPv6(cfg, &raw); err != nil {
+			return nil, err
+		}
+	} else if raw.IPv6Network != nil && *raw.IPv6Network != "" {
+		// flanneld ignores IPv6Network without EnableIPv6, but its JSON
+		// decoding refuses one that is not a CIDR; so does weft.
+		if p, err := netip.ParsePrefix(*raw.IPv6Network); err != nil || !p.Addr().Is6() {
+			return nil, cfgErr("IPv6Network", "%s is not an IPv6 CIDR such as \"fd00:10:5::/56\"", quote(*raw.IPv6Network))
+		}
+	}
+	if err := parseBackend(cfg, raw.Backend); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
 
-	cfg := &Config{EnableIPv4: true, EnableNFTables: raw.EnableNFTables != nil && *raw.EnableNFTables}
+// parseIPv4 reads Network, SubnetLen, SubnetMin and SubnetMax.
+func parseIPv4(cfg *Config, raw *rawConfig) error {
 	if raw.Network == nil || *raw.Network == "" {
-		return nil, cfgErr("Network", "missing: the cluster network CIDR is required, e.g. \"10.5.0.0/16\"")
+		return cfgErr("Network", "missing: the cluster network CIDR is required, e.g. \"10.5.0.0/16\" (or \"EnableIPv4\": false for an IPv6-only network)")
 	}
 	network, err := netip.ParsePrefix(*raw.Network)
 	if err != nil || !network.Addr().Is4() {
-		return nil, cfgErr("Network", "%s is not an IPv4 CIDR such as \"10.5.0.0/16\"", quote(*raw.Network))
+		return cfgErr("Network", "%s is not an IPv4 CIDR such as \"10.5.0.0/16\"", quote(*raw.Network))
 	}
 	cfg.Network = network.Masked()
 	if err := checkNetwork(cfg.Network); err != nil {
-		return nil, cfgErr("Network", "%v", err)
+		return cfgErr("Network", "%v", err)
 	}
 	nbits := cfg.Network.Bits()
 
 	if raw.SubnetLen != nil && raw.SubnetLen.String() != "0" {
 		n, err := raw.SubnetLen.Int64()
 		if err != nil || n < 0 || n > 30 {
-			return nil, cfgErr("SubnetLen", "%s is out of range: it must be a whole number from %d to 30 (each host needs at least a /30)", shortNum(raw.SubnetLen), min(nbits+2, 30))
+			return cfgErr("SubnetLen", "%s is out of range: it must be a whole number from %d to 30 (each host needs at least a /30)", shortNum(raw.SubnetLen), min(nbits+2, 30))
 		}
 		if int(n) < nbits+2 {
-			return nil, cfgErr("SubnetLen", "%d is out of range for Network %s: it must be at least %d so the network holds at least four subnets", n, cfg.Network, nbits+2)
+			return cfgErr("SubnetLen", "%d is out of range for Network %s: it must be at least %d so the network holds at least four subnets", n, cfg.Network, nbits+2)
 		}
 		cfg.SubnetLen = int(n)
 	} else {
 		switch {
 		case nbits > 28:
-			return nil, cfgErr("Network", "%s is too small: the smallest usable network is a /28", cfg.Network)
+			return cfgErr("Network", "%s is too small: the smallest usable network is a /28", cfg.Network)
 		case nbits <= 22:
 			cfg.SubnetLen = 24
 		default:
@@ -211,27 +235,32 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 		a, err := netip.ParseAddr(*b.v)
 		if err != nil || !a.Is4() {
-			return nil, cfgErr(b.key, "%s is not an IPv4 address", quote(*b.v))
+			return cfgErr(b.key, "%s is not an IPv4 address", quote(*b.v))
 		}
 		if !cfg.Network.Contains(a) {
-			return nil, cfgErr(b.key, "%s is not inside Network %s", a, cfg.Network)
+			return cfgErr(b.key, "%s is not inside Network %s", a, cfg.Network)
 		}
 		if addrU32(a)&mask != addrU32(a) {
-			return nil, cfgErr(b.key, "%s is not on a SubnetLen (/%d) boundary (did you mean %s?)", a, cfg.SubnetLen, u32Addr(addrU32(a)&mask))
+			return cfgErr(b.key, "%s is not on a SubnetLen (/%d) boundary (did you mean %s?)", a, cfg.SubnetLen, u32Addr(addrU32(a)&mask))
 		}
 		*b.dst = a
 	}
 	if cfg.SubnetMin.Compare(cfg.SubnetMax) > 0 {
-		return nil, cfgErr("SubnetMin", "%s is above SubnetMax %s: no subnet can be leased", cfg.SubnetMin, cfg.SubnetMax)
+		return cfgErr("SubnetMin", "%s is above SubnetMax %s: no subnet can be leased", cfg.SubnetMin, cfg.SubnetMax)
 	}
 
+	return nil
+}
+
+// parseBackend reads Backend and its Type.
+func parseBackend(cfg *Config, backend json.RawMessage) error {
 	cfg.BackendType = "udp"
-	if len(raw.Backend) > 0 && string(raw.Backend) != "null" {
+	if len(backend) > 0 && string(backend) != "null" {
 		var be struct{ Type *string }
-		if err := json.Unmarshal(raw.Backend, &be); err != nil {
-			return nil, cfgErr("Backend", "must be a JSON object with a string \"Type\" such as {\"Type\": \"vxlan\"}: %v", err)
+		if err := json.Unmarshal(backend, &be); err != nil {
+			return cfgErr("Backend", "must be a JSON object with a string \"Type\" such as {\"Type\": \"vxlan\"}: %v", err)
 		}
-		cfg.Backend = append(json.RawMessage(nil), raw.Backend...)
+		cfg.Backend = append(json.RawMessage(nil), backend...)
 		if be.Type != nil {
 			cfg.BackendType = strings.ToLower(*be.Type)
 		}
@@ -246,10 +275,10 @@ func ParseConfig(data []byte) (*Config, error) {
 			known = known || t == cfg.BackendType
 		}
 		if !known {
-			return nil, cfgErr("Backend", "\"Type\": %s is not a backend weft has (known: %s)", quote(*be.Type), strings.Join(BackendTypes, ", "))
+			return cfgErr("Backend", "\"Type\": %s is not a backend weft has (known: %s)", quote(*be.Type), strings.Join(BackendTypes, ", "))
 		}
 	}
-	return cfg, nil
+	return nil
 }
 
 // configExcerpt bounds how much of a config value an error quotes.

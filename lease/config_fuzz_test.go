@@ -2,6 +2,7 @@ package lease
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,6 +41,21 @@ func FuzzParseConfig(f *testing.F) {
 			}
 			return
 		}
+		if !c.EnableIPv4 && !c.EnableIPv6 {
+			t.Fatalf("%q: neither IPv4 nor IPv6", data)
+		}
+		if c.EnableIPv6 {
+			checkIPv6Config(t, data, c)
+		}
+		if !slices.Contains(BackendTypes, c.BackendType) {
+			t.Fatalf("%q: backend %q", data, c.BackendType)
+		}
+		if !c.EnableIPv4 {
+			if c.Network.IsValid() {
+				t.Fatalf("%q: IPv4 disabled but Network %v", data, c.Network)
+			}
+			return
+		}
 		if !c.Network.IsValid() || !c.Network.Addr().Is4() || c.Network != c.Network.Masked() {
 			t.Fatalf("%q: Network %v", data, c.Network)
 		}
@@ -55,4 +71,25 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("%q: backend %q", data, c.BackendType)
 		}
 	})
+}
+
+// checkIPv6Config: an IPv6 network, a subnet length in range, at most 2^63
+// subnets, IPv6SubnetMin <= IPv6SubnetMax both inside it on subnet
+// boundaries, and Subnet/Contains agreeing at both ends.
+func checkIPv6Config(t *testing.T, data []byte, c *Config) {
+	n := c.IPv6Network
+	if !n.IsValid() || !n.Addr().Is6() || n.Addr().Is4In6() || n != n.Masked() {
+		t.Fatalf("%q: IPv6Network %v", data, n)
+	}
+	if c.IPv6SubnetLen < n.Bits()+2 || c.IPv6SubnetLen > 126 || c.IPv6SubnetLen-n.Bits() > 63 {
+		t.Fatalf("%q: IPv6SubnetLen %d for %v", data, c.IPv6SubnetLen, n)
+	}
+	lo, hi := netip.PrefixFrom(c.IPv6SubnetMin, c.IPv6SubnetLen), netip.PrefixFrom(c.IPv6SubnetMax, c.IPv6SubnetLen)
+	if c.IPv6SubnetMin.Compare(c.IPv6SubnetMax) > 0 || lo.Masked() != lo || hi.Masked() != hi || !n.Contains(lo.Addr()) || !n.Contains(hi.Addr()) {
+		t.Fatalf("%q: IPv6SubnetMin %v IPv6SubnetMax %v for %v/%d", data, c.IPv6SubnetMin, c.IPv6SubnetMax, n, c.IPv6SubnetLen)
+	}
+	cnt := c.IPv6SubnetCount()
+	if cnt == 0 || c.IPv6Subnet(0) != lo || c.IPv6Subnet(cnt-1) != hi || !c.ContainsIPv6(lo) || !c.ContainsIPv6(hi) {
+		t.Fatalf("%q: %d subnets from %v to %v", data, cnt, c.IPv6Subnet(0), c.IPv6Subnet(cnt-1))
+	}
 }

@@ -16,14 +16,28 @@ import (
 // Field order and JSON names are flanneld's; MarshalJSON reproduces its
 // bytes exactly (see attrs_json.go).
 type Attrs struct {
-	PublicIP    netip.Addr
+	// PublicIP is the IPv4 address other hosts send this host's pod
+	// traffic to; the zero Addr on an IPv6-only host (flanneld writes
+	// "0.0.0.0").
+	PublicIP netip.Addr
+	// PublicIPv6 is the IPv6 underlay address of a host with IPv6 pod
+	// subnets; the zero Addr when the host has none (JSON null).
+	PublicIPv6  netip.Addr
 	BackendType string          // "" for udp, as flanneld writes it
 	BackendData json.RawMessage // nil when flanneld writes none
+	// BackendV6Data is the backend's data for the IPv6 subnet (vxlan: the
+	// VNI and the MAC of flannel-v6.<VNI>); nil when there is none.
+	BackendV6Data json.RawMessage
 }
 
 // Lease is one host's claim on one subnet of the cluster network.
 type Lease struct {
-	Subnet     netip.Prefix
+	// Subnet is the host's IPv4 pod subnet; the zero Prefix on an
+	// IPv6-only network.
+	Subnet netip.Prefix
+	// IPv6Subnet is the host's IPv6 pod subnet; the zero Prefix when the
+	// network has no IPv6.
+	IPv6Subnet netip.Prefix
 	Attrs      Attrs
 	Expiration time.Time // zero for leases that never expire (static store)
 	// Revision is the store's revision of the lease's last change (0 for
@@ -34,8 +48,22 @@ type Lease struct {
 	CreateRevision int64
 }
 
-// Key returns flanneld's name for the subnet: "10.5.42.0-24".
-func (l Lease) Key() string { return SubnetKey(l.Subnet) }
+// Key returns flanneld's name for the lease (pkg/subnet MakeSubnetKey):
+// "10.5.42.0-24", "10.5.77.0-24&fd00:10:5:21::-64" with an IPv6 subnet,
+// "0.0.0.0-0&fd00:10:5:12::-64" on an IPv6-only network.
+func (l Lease) Key() string { return LeaseKey(l.Subnet, l.IPv6Subnet) }
+
+// LeaseKey is Key for a pair of subnets, either of which may be the zero
+// Prefix (not both).
+func LeaseKey(v4, v6 netip.Prefix) string {
+	if !v6.IsValid() {
+		return SubnetKey(v4)
+	}
+	if !v4.IsValid() {
+		v4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return SubnetKey(v4) + "&" + SubnetKey(v6)
+}
 
 // SubnetKey renders a subnet as flanneld's key suffix, the "/" of the CIDR
 // replaced by "-".
@@ -43,27 +71,46 @@ func SubnetKey(p netip.Prefix) string {
 	return p.Addr().String() + "-" + itoa(p.Bits())
 }
 
-// ParseSubnetKey reads flanneld's key suffix "10.5.42.0-24" back into a
-// prefix. A dual-stack flanneld's "10.5.42.0-24&fd00::-64" gives its IPv4
-// part.
+// String names the lease's subnets for logs: "10.5.42.0/24",
+// "10.5.42.0/24+fd00:10:5:21::/64" or "fd00:10:5:12::/64".
+func (l Lease) String() string {
+	switch {
+	case !l.IPv6Subnet.IsValid():
+		return l.Subnet.String()
+	case !l.Subnet.IsValid():
+		return l.IPv6Subnet.String()
+	}
+	return l.Subnet.String() + "+" + l.IPv6Subnet.String()
+}
+
+// ParseSubnetKey reads flanneld's key suffix back into the lease's
+// subnets: "10.5.42.0-24" gives an IPv4 subnet alone, a dual-stack
+// "10.5.42.0-24&fd00::-64" both, and an IPv6-only "0.0.0.0-0&fd00::-64"
+// the IPv6 subnet alone (v4 is the zero Prefix). "0.0.0.0-0" without an
+// IPv6 part is 0.0.0.0/0, which no config can lease.
 //
-// Only the spelling SubnetKey produces is accepted (and, after "&", the
-// one flanneld gives the IPv6 subnet): "10.5.2.0-024", "10.5.2.0-+24",
-// "10.5.2.1-24" or "::ffff:10.5.2.0-24" are refused. Each subnet has one
-// key, so two keys in etcd can never claim one subnet between them and
-// make every host's table refuse the snapshot.
-func ParseSubnetKey(s string) (netip.Prefix, error) {
-	v4, v6, dual := strings.Cut(s, "&")
-	p, err := parseKeyPart(v4, false)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("subnet key %s: %w", excerpt.Quote(s, keyExcerpt), err)
+// Only the spelling LeaseKey produces is accepted: "10.5.2.0-024",
+// "10.5.2.0-+24", "10.5.2.1-24" or "::ffff:10.5.2.0-24" are refused. Each
+// subnet has one key, so two keys in etcd can never claim one subnet
+// between them and make every host's table refuse the snapshot.
+func ParseSubnetKey(s string) (v4, v6 netip.Prefix, err error) {
+	a, b, dual := strings.Cut(s, "&")
+	if v4, err = parseKeyPart(a, false); err != nil {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("subnet key %s: %w", excerpt.Quote(s, keyExcerpt), err)
 	}
-	if dual {
-		if _, err := parseKeyPart(v6, true); err != nil {
-			return netip.Prefix{}, fmt.Errorf("subnet key %s: IPv6 part: %w", excerpt.Quote(s, keyExcerpt), err)
+	if !dual {
+		return v4, netip.Prefix{}, nil
+	}
+	if v6, err = parseKeyPart(b, true); err != nil {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("subnet key %s: IPv6 part: %w", excerpt.Quote(s, keyExcerpt), err)
+	}
+	if v4.Bits() == 0 {
+		if v4.Addr() != netip.IPv4Unspecified() {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("subnet key %s: an IPv6-only key starts with 0.0.0.0-0", excerpt.Quote(s, keyExcerpt))
 		}
+		v4 = netip.Prefix{}
 	}
-	return p, nil
+	return v4, v6, nil
 }
 
 // keyExcerpt bounds how much of a key an error quotes: a key comes from

@@ -9,11 +9,13 @@ import (
 func TestParseSubnetKey(t *testing.T) {
 	for in, want := range map[string]string{
 		"10.5.42.0-24":           "10.5.42.0/24",
-		"10.5.42.0-24&fd00::-64": "10.5.42.0/24",
+		"10.5.42.0-24&fd00::-64": "10.5.42.0/24+fd00::/64",
 		"0.0.0.0-0":              "0.0.0.0/0",
 		// Keys of dual-stack and IPv6-only flanneld (the fixtures' README).
-		"10.5.83.0-24&fd00:10:5:62::-64": "10.5.83.0/24",
-		"0.0.0.0-0&fd00:10:5:12::-64":    "0.0.0.0/0",
+		"10.5.83.0-24&fd00:10:5:62::-64": "10.5.83.0/24+fd00:10:5:62::/64",
+		"0.0.0.0-0&fd00:10:5:12::-64":    "fd00:10:5:12::/64",
+		"10.0.0.0-0&fd00:10:5:12::-64":   "",
+		"0.0.0.0-8&fd00:10:5:12::-64":    "0.0.0.0/8+fd00:10:5:12::/64",
 		"10.5.42.0/24":                   "",
 		"10.5.42.1-24":                   "",
 		"10.5.42.0-33":                   "",
@@ -47,12 +49,13 @@ func TestParseSubnetKey(t *testing.T) {
 		"10.5.2.0-24&10.5.2.0-24":         "",
 		"10.5.2.0-24&fd00::-64&x":         "",
 	} {
-		p, err := ParseSubnetKey(in)
-		if (want == "") != (err != nil) || (err == nil && p.String() != want) {
-			t.Errorf("%q: %v, %v; want %q", in, p, err, want)
+		v4, v6, err := ParseSubnetKey(in)
+		l := Lease{Subnet: v4, IPv6Subnet: v6}
+		if (want == "") != (err != nil) || (err == nil && l.String() != want) {
+			t.Errorf("%q: %v, %v; want %q", in, l, err, want)
 		}
-		if err == nil && SubnetKey(p) != strings.Split(in, "&")[0] {
-			t.Errorf("%q: SubnetKey gives %q", in, SubnetKey(p))
+		if err == nil && l.Key() != in {
+			t.Errorf("%q: Key gives %q", in, l.Key())
 		}
 	}
 }
@@ -66,12 +69,12 @@ func FuzzParseSubnetKey(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		p, err := ParseSubnetKey(in)
+		p, p6, err := ParseSubnetKey(in)
 		if err == nil {
-			v4, v6, dual := strings.Cut(in, "&")
-			if got := SubnetKey(p); got != v4 {
-				t.Fatalf("%q parses as %s, whose key is %q", in, p, got)
+			if got := LeaseKey(p, p6); got != in {
+				t.Fatalf("%q parses as %s %s, whose key is %q", in, p, p6, got)
 			}
+			_, v6, dual := strings.Cut(in, "&")
 			if dual {
 				p6, err := netip.ParsePrefix(strings.Replace(v6, "-", "/", 1))
 				if err != nil || !p6.Addr().Is6() || p6.Addr().Is4In6() || p6.Masked() != p6 ||
@@ -84,7 +87,7 @@ func FuzzParseSubnetKey(f *testing.F) {
 		// accepts has one key, which parses back to it.
 		if q, err := netip.ParsePrefix(in); err == nil && q.Addr().Is4() {
 			q = q.Masked()
-			back, err := ParseSubnetKey(SubnetKey(q))
+			back, _, err := ParseSubnetKey(SubnetKey(q))
 			if err != nil || back != q {
 				t.Fatalf("%s: key %q parses as %v, %v", q, SubnetKey(q), back, err)
 			}

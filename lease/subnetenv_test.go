@@ -35,7 +35,7 @@ func TestWriteSubnetFileFixtures(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Errorf("%s:\n got %q\nwant %q", tt.backend, got, want)
 		}
-		prev, err := ReadSubnetFile(path)
+		prev, _, err := ReadSubnetFile(path)
 		if err != nil || prev != netip.MustParsePrefix(tt.subnet) {
 			t.Errorf("%s: ReadSubnetFile = %v, %v; want %s", tt.backend, prev, err, tt.subnet)
 		}
@@ -55,7 +55,7 @@ func TestWriteSubnetFileFixtures(t *testing.T) {
 
 func TestReadSubnetFile(t *testing.T) {
 	dir := t.TempDir()
-	if p, err := ReadSubnetFile(filepath.Join(dir, "missing.env")); err != nil || p.IsValid() {
+	if p, _, err := ReadSubnetFile(filepath.Join(dir, "missing.env")); err != nil || p.IsValid() {
 		t.Errorf("missing file: %v, %v", p, err)
 	}
 	for content, want := range map[string]string{
@@ -68,14 +68,14 @@ func TestReadSubnetFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		p, err := ReadSubnetFile(path)
+		p, _, err := ReadSubnetFile(path)
 		if err != nil || p.String() != want {
 			t.Errorf("%q: %v, %v; want %s", content, p, err, want)
 		}
 	}
 	path := filepath.Join(dir, "bad.env")
 	os.WriteFile(path, []byte("FLANNEL_SUBNET=banana\n"), 0o644)
-	if _, err := ReadSubnetFile(path); err == nil {
+	if _, _, err := ReadSubnetFile(path); err == nil {
 		t.Error("garbage FLANNEL_SUBNET accepted")
 	}
 }

@@ -14,7 +14,7 @@ import (
 // etcdManager builds the etcd store from flanneld's flags. The previous
 // subnet comes from the subnet file, as flanneld reads it.
 func (f *runFlags) etcdManager(log *slog.Logger) (lease.Manager, error) {
-	prev, err := lease.ReadSubnetFile(f.subnetFile)
+	prev, _, err := lease.ReadSubnetFile(f.subnetFile)
 	if err != nil {
 		return nil, err
 	}

@@ -103,7 +103,7 @@ func (m *Store) tryAcquire(ctx context.Context, cli *clientv3.Client, cfg *lease
 	var mineSubnet netip.Prefix
 	for _, kv := range r.Kvs {
 		name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
-		sn, err := lease.ParseSubnetKey(name)
+		sn, _, err := lease.ParseSubnetKey(name)
 		if err != nil {
 			// Not a key weft reads, but flanneld may: leave its
 			// subnet alone rather than lease it a second time.

@@ -56,7 +56,7 @@ func TestFlanneldRestartFixture(t *testing.T) {
 		}
 	}
 
-	prev, err := lease.ReadSubnetFile("../testdata/subnet-udp-h1.env")
+	prev, _, err := lease.ReadSubnetFile("../testdata/subnet-udp-h1.env")
 	if err != nil {
 		t.Fatal(err)
 	}

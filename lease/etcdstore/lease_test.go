@@ -104,7 +104,7 @@ func TestEtcdPreviousSubnetFile(t *testing.T) {
 	if err := lease.WriteSubnetFile(path, lease.SubnetEnv{Network: netip.MustParsePrefix("10.5.0.0/16"), Subnet: netip.MustParsePrefix("10.5.77.0/24"), MTU: 1472}); err != nil {
 		t.Fatal(err)
 	}
-	prev, err := lease.ReadSubnetFile(path)
+	prev, _, err := lease.ReadSubnetFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

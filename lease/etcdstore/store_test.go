@@ -253,7 +253,7 @@ func TestEtcdAcquire64Concurrent(t *testing.T) {
 		t.Fatalf("%d keys in etcd, want %d", len(r.Kvs), n)
 	}
 	for _, kv := range r.Kvs {
-		sn, _ := lease.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), testPrefix+"/subnets/"))
+		sn, _, _ := lease.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), testPrefix+"/subnets/"))
 		i, ok := seen[sn]
 		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, ip(i))
 		if !ok || string(kv.Value) != want {

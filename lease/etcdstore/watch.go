@@ -252,7 +252,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		delete(st.dup, name)
 		return
 	}
-	sn, err := lease.ParseSubnetKey(name)
+	sn, _, err := lease.ParseSubnetKey(name)
 	var a lease.Attrs
 	if err == nil {
 		err = json.Unmarshal(kv.Value, &a)
