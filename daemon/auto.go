@@ -111,7 +111,7 @@ func (d *daemon) decide(snap []lease.Lease) (typ, why string, ok bool) {
 		own = st.own
 	}
 	f := auto.Facts{Self: host.PublicIP, Connected: connected}
-	for _, dec := range admission.Admit(admission.Rule{Network: d.cfg.Network, SubnetLen: d.cfg.SubnetLen, Own: own}, snap) {
+	for _, dec := range admission.Admit(admission.FromConfig(d.cfg, own, nil, nil), snap) {
 		if dec.Refused == nil && dec.Lease.Attrs.PublicIP != host.PublicIP {
 			f.Peers = append(f.Peers, dec.Lease)
 		}

@@ -84,6 +84,9 @@ func Run(ctx context.Context, o Options) error {
 	if err := ValidateBackend(d.cfg); err != nil {
 		return err
 	}
+	if !d.cfg.EnableIPv4 {
+		return fmt.Errorf("network config: \"EnableIPv4\": false: IPv6-only networks are not supported yet (dual-stack ones are)")
+	}
 	if d.cfg.EnableIPv6 {
 		// The lease layer reads IPv6 configs and leases (issue #17);
 		// until the backends and the firewall carry IPv6, refuse rather

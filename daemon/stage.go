@@ -48,7 +48,7 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	}
 	d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP, "backend", b.Type())
 	st := &stage{backend: b, why: why, own: own, runDone: make(chan error, 1), keepDone: make(chan struct{})}
-	st.gate = admission.NewGate(admission.Rule{Network: d.cfg.Network, SubnetLen: d.cfg.SubnetLen, Own: own, Accept: b.Accept}, d.log)
+	st.gate = admission.NewGate(admission.FromConfig(d.cfg, own, b.Accept, acceptIPv6(b)), d.log)
 	sctx, cancel := context.WithCancel(ctx)
 	st.cancel = cancel
 	if st.mtu, err = b.Start(sctx, own); err != nil {
@@ -124,4 +124,12 @@ func (d *daemon) removeKernelState(st *stage) {
 		}
 	}
 	d.log.Info("removed the previous backend's kernel state", "backend", st.backend.Type(), "devices", r.Links, "routes", len(r.Routes))
+}
+
+// acceptIPv6 is b's check of a lease's IPv6 part, nil when it has none.
+func acceptIPv6(b encap.Backend) func(lease.Attrs) error {
+	if a, ok := b.(encap.IPv6Acceptor); ok {
+		return a.AcceptIPv6
+	}
+	return nil
 }

@@ -77,3 +77,11 @@ type DatapathInfo struct {
 	// Socket reads the underlay socket's counters (both directions).
 	Socket func() udp.Stats
 }
+
+// IPv6Acceptor is the optional interface of a backend whose leases carry
+// IPv6 data (vxlan: BackendV6Data). AcceptIPv6 is Accept for the IPv6
+// part of a peer's lease; admission calls it only for leases with an
+// IPv6 subnet on a dual-stack network.
+type IPv6Acceptor interface {
+	AcceptIPv6(a lease.Attrs) error
+}

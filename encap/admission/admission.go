@@ -3,10 +3,14 @@
 // untrusted input: any host that can write to the store can write one, so
 // a lease is admitted only when it is exactly one subnet of the cluster
 // network, is not this host's, overlaps no admitted lease, names a usable
-// unicast public IP (lease.CheckPublicIP) that no other admitted lease names, and carries the
-// backend type and data this host's backend speaks. Everything else is
-// refused under one of the reason names below, which logs, `weft status`
-// and metrics share.
+// unicast public IP (lease.CheckPublicIP) that no other admitted lease
+// names, and carries the backend type and data this host's backend
+// speaks. On a dual-stack network the same holds for a lease's IPv6
+// subnet, PublicIPv6 and BackendV6Data, when it has them (a host without
+// IPv6 is still a peer over IPv4, as with flanneld); a lease's IPv6 part
+// on a network without IPv6 is dropped, as flanneld ignores it.
+// Everything else is refused, the whole lease, under one of the reason
+// names below, which logs, `weft status` and metrics share.
 package admission
 
 import (
@@ -20,15 +24,18 @@ import (
 
 // Refusal reasons. The names are stable: metrics and scripts use them.
 const (
-	OutsideNetwork = "outside-network"    // not inside the cluster network
-	SubnetLength   = "subnet-length"      // not exactly the network's SubnetLen
-	OwnSubnet      = "own-subnet"         // overlaps this host's subnet under another key
-	Overlap        = "overlap"            // the same subnet as an older admitted lease
-	PublicIP       = "public-ip"          // not a usable unicast IPv4 address
-	PublicIPTaken  = "public-ip-taken"    // an older lease (or this host) has that public IP
-	BackendType    = "backend-type"       // another backend than this host's
-	BackendData    = "backend-data"       // the backend's data is unreadable or does not match
-	IPv6           = "ipv6-not-supported" // an IPv6 subnet (dual-stack is not supported yet)
+	OutsideNetwork = "outside-network" // not inside the cluster network
+	SubnetLength   = "subnet-length"   // not exactly the network's SubnetLen
+	OwnSubnet      = "own-subnet"      // overlaps this host's subnet under another key
+	Overlap        = "overlap"         // the same subnet as an older admitted lease
+	PublicIP       = "public-ip"       // not a usable unicast IPv4 address
+	PublicIPTaken  = "public-ip-taken" // an older lease (or this host) has that public IP
+	BackendType    = "backend-type"    // another backend than this host's
+	BackendData    = "backend-data"    // the backend's data is unreadable or does not match
+	// IPv6 is the reason a lease without an IPv4 subnet (an IPv6-only
+	// host's) is refused: weft runs dual-stack networks, not IPv6-only
+	// ones yet.
+	IPv6 = "ipv6-not-supported"
 	// Unreadable is the store's refusal, before admission: a key or value
 	// it cannot read (a non-canonical key, bad JSON, an unusable PublicIP).
 	Unreadable = "unreadable"
@@ -54,11 +61,28 @@ func Refuse(reason, format string, args ...any) error {
 type Rule struct {
 	Network   netip.Prefix
 	SubnetLen int
-	Own       lease.Lease // this host's lease: its subnet and public IP are taken
+	// IPv6Network and IPv6SubnetLen are the network's IPv6 part; zero
+	// when it has none.
+	IPv6Network   netip.Prefix
+	IPv6SubnetLen int
+	Own           lease.Lease // this host's lease: its subnets and public IPs are taken
 	// Accept checks the backend type and data of a peer's lease for the
 	// backend this host runs; nil accepts any. An error that is not a
 	// *Refused counts as BackendData.
 	Accept func(lease.Attrs) error
+	// AcceptIPv6 checks, for a lease with an IPv6 subnet, the backend's
+	// IPv6 data (BackendV6Data); nil accepts any.
+	AcceptIPv6 func(lease.Attrs) error
+}
+
+// FromConfig is the Rule for a network config, this host's lease and the
+// backend's checks.
+func FromConfig(cfg *lease.Config, own lease.Lease, accept, acceptIPv6 func(lease.Attrs) error) Rule {
+	r := Rule{Network: cfg.Network, SubnetLen: cfg.SubnetLen, Own: own, Accept: accept, AcceptIPv6: acceptIPv6}
+	if cfg.EnableIPv6 {
+		r.IPv6Network, r.IPv6SubnetLen = cfg.IPv6Network, cfg.IPv6SubnetLen
+	}
+	return r
 }
 
 // Decision is one lease of a snapshot and what admission made of it.
@@ -94,30 +118,37 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 	own := make([]bool, len(snap))
 	subnets := make(map[netip.Prefix]bool, len(snap))
 	ips := make(map[netip.Addr]bool, len(snap))
-	if r.Own.Attrs.PublicIP.IsValid() {
-		ips[r.Own.Attrs.PublicIP] = true
+	for _, ip := range []netip.Addr{r.Own.Attrs.PublicIP, r.Own.Attrs.PublicIPv6} {
+		if ip.IsValid() {
+			ips[ip] = true
+		}
+	}
+	leases := snap
+	if !r.IPv6Network.IsValid() {
+		leases = withoutIPv6(snap)
 	}
 	for _, i := range order {
-		l := &snap[i]
+		l := &leases[i]
 		if l.Subnet == r.Own.Subnet {
 			own[i] = true // this host's own lease
 			continue
 		}
 		ref := check(r, *l)
-		if ref == nil && subnets[l.Subnet] {
-			ref = &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", l.Subnet)}
-		}
-		if ref == nil && ips[l.Attrs.PublicIP] {
-			ref = &Refused{PublicIPTaken, fmt.Sprintf("public IP %s is already held by this host or an older lease", l.Attrs.PublicIP)}
+		if ref == nil {
+			ref = collides(l, subnets, ips)
 		}
 		if ref == nil {
 			subnets[l.Subnet] = true
 			ips[l.Attrs.PublicIP] = true
+			if l.IPv6Subnet.IsValid() {
+				subnets[l.IPv6Subnet] = true
+				ips[l.Attrs.PublicIPv6] = true
+			}
 		}
 		decided[i] = ref
 	}
 	out := make([]Decision, 0, len(snap))
-	for i, l := range snap {
+	for i, l := range leases {
 		if !own[i] {
 			out = append(out, Decision{Lease: l, Refused: decided[i]})
 		}
@@ -125,6 +156,41 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 	bySubnet := func(a, b Decision) int { return a.Lease.Subnet.Addr().Compare(b.Lease.Subnet.Addr()) }
 	if !slices.IsSortedFunc(out, bySubnet) {
 		slices.SortStableFunc(out, bySubnet)
+	}
+	return out
+}
+
+// collides refuses l when an older admitted lease (or this host) holds
+// one of its subnets or public IPs.
+func collides(l *lease.Lease, subnets map[netip.Prefix]bool, ips map[netip.Addr]bool) *Refused {
+	switch {
+	case subnets[l.Subnet]:
+		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", l.Subnet)}
+	case l.IPv6Subnet.IsValid() && subnets[l.IPv6Subnet]:
+		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", l.IPv6Subnet)}
+	case ips[l.Attrs.PublicIP]:
+		return &Refused{PublicIPTaken, fmt.Sprintf("public IP %s is already held by this host or an older lease", l.Attrs.PublicIP)}
+	case l.IPv6Subnet.IsValid() && ips[l.Attrs.PublicIPv6]:
+		return &Refused{PublicIPTaken, fmt.Sprintf("public IPv6 %s is already held by this host or an older lease", l.Attrs.PublicIPv6)}
+	}
+	return nil
+}
+
+// withoutIPv6 returns snap with every lease's IPv6 part dropped, copying
+// only when some lease has one: on a network without IPv6, flanneld
+// ignores it, and no backend should see it.
+func withoutIPv6(snap []lease.Lease) []lease.Lease {
+	out := snap
+	for i, l := range snap {
+		if !l.IPv6Subnet.IsValid() && !l.Attrs.PublicIPv6.IsValid() && l.Attrs.BackendV6Data == nil {
+			continue
+		}
+		if &out[0] == &snap[0] {
+			out = slices.Clone(snap)
+		}
+		out[i].IPv6Subnet = netip.Prefix{}
+		out[i].Attrs.PublicIPv6 = netip.Addr{}
+		out[i].Attrs.BackendV6Data = nil
 	}
 	return out
 }
@@ -139,6 +205,8 @@ func created(l lease.Lease) int64 {
 func check(r Rule, l lease.Lease) *Refused {
 	s := l.Subnet
 	switch {
+	case !s.IsValid() && l.IPv6Subnet.IsValid():
+		return &Refused{IPv6, fmt.Sprintf("%s has no IPv4 subnet: IPv6-only hosts are not supported yet", l.IPv6Subnet)}
 	case !s.IsValid():
 		return &Refused{OutsideNetwork, "no subnet"}
 	case s.Addr().Is6():
@@ -155,13 +223,47 @@ func check(r Rule, l lease.Lease) *Refused {
 	if err := lease.CheckPublicIP(l.Attrs.PublicIP); err != nil {
 		return &Refused{PublicIP, err.Error()}
 	}
-	if r.Accept != nil {
-		if err := r.Accept(l.Attrs); err != nil {
-			if ref, ok := err.(*Refused); ok {
-				return ref
-			}
-			return &Refused{BackendData, err.Error()}
+	if ref := accept(r.Accept, l.Attrs); ref != nil {
+		return ref
+	}
+	if l.IPv6Subnet.IsValid() {
+		return checkIPv6(r, l)
+	}
+	return nil
+}
+
+// checkIPv6 is check for a lease's IPv6 part.
+func checkIPv6(r Rule, l lease.Lease) *Refused {
+	s := l.IPv6Subnet
+	switch {
+	case !s.Addr().Is6() || s.Addr().Is4In6():
+		return &Refused{OutsideNetwork, fmt.Sprintf("%s is not an IPv6 subnet", s)}
+	case s != s.Masked():
+		return &Refused{OutsideNetwork, fmt.Sprintf("%s is not a network address", s)}
+	case s.Bits() != r.IPv6SubnetLen:
+		return &Refused{SubnetLength, fmt.Sprintf("%s is not a /%d", s, r.IPv6SubnetLen)}
+	case !r.IPv6Network.Contains(s.Addr()) || s.Bits() < r.IPv6Network.Bits():
+		return &Refused{OutsideNetwork, fmt.Sprintf("%s is outside the IPv6 network %s", s, r.IPv6Network)}
+	case r.Own.IPv6Subnet.IsValid() && s.Overlaps(r.Own.IPv6Subnet):
+		return &Refused{OwnSubnet, fmt.Sprintf("%s overlaps this host's IPv6 subnet %s", s, r.Own.IPv6Subnet)}
+	}
+	if err := lease.CheckPublicIPv6(l.Attrs.PublicIPv6); err != nil {
+		return &Refused{PublicIP, fmt.Sprintf("IPv6 subnet %s: %v", s, err)}
+	}
+	return accept(r.AcceptIPv6, l.Attrs)
+}
+
+// accept runs a backend's check; an error that is not a *Refused counts
+// as BackendData.
+func accept(f func(lease.Attrs) error, a lease.Attrs) *Refused {
+	if f == nil {
+		return nil
+	}
+	if err := f(a); err != nil {
+		if ref, ok := err.(*Refused); ok {
+			return ref
 		}
+		return &Refused{BackendData, err.Error()}
 	}
 	return nil
 }
