@@ -17,6 +17,11 @@ type Host struct {
 	IfaceAddr  netip.Addr // its IPv4 address
 	PublicIP   netip.Addr // the address peers reach this host at (--public-ip)
 	IfaceMTU   int        // its MTU
+	// IfaceAddr6 and PublicIPv6 are the interface's IPv6 address and the
+	// one peers reach this host at over IPv6 (--public-ipv6); zero unless
+	// the network is dual-stack.
+	IfaceAddr6 netip.Addr
+	PublicIPv6 netip.Addr
 }
 
 // Backend carries traffic between this host's subnet and its peers'. The
