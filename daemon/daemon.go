@@ -12,6 +12,7 @@ import (
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/vishvananda/netlink"
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/lease"
 )
@@ -93,7 +94,19 @@ func Run(ctx context.Context, o Options) error {
 		// than run a dual-stack network as IPv4 alone.
 		return fmt.Errorf("network config: \"EnableIPv6\": true: this weft does not carry IPv6 pod traffic yet")
 	}
-	log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
+	if d.cfg.EnableIPv6 {
+		if err := d.ext.withIPv6(&netlink.Handle{}, o.Interface.PublicIPv6); err != nil {
+			return err
+		}
+		log.Info("using interface for IPv6", "iface", d.ext.Name, "addr", d.ext.Addr6, "public-ipv6", d.ext.PublicIPv6)
+		log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen,
+			"ipv6-network", d.cfg.IPv6Network, "ipv6-subnet-len", d.cfg.IPv6SubnetLen, "backend", d.cfg.BackendType)
+	} else {
+		if o.Interface.PublicIPv6.IsValid() {
+			log.Warn("--public-ipv6 is ignored: the network config has no IPv6 (EnableIPv6)", "public-ipv6", o.Interface.PublicIPv6)
+		}
+		log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen, "backend", d.cfg.BackendType)
+	}
 	host := d.ext.host()
 	var b encap.Backend
 	var why string
@@ -168,6 +181,9 @@ func Run(ctx context.Context, o Options) error {
 // writeSubnetFile writes the subnet file for the stage's lease and MTU.
 func (d *daemon) writeSubnetFile(st *stage) error {
 	env := lease.SubnetEnv{Network: d.cfg.Network, Subnet: st.own.Subnet, MTU: st.mtu, IPMasq: d.o.IPMasq}
+	if d.cfg.EnableIPv6 {
+		env.IPv6Network, env.IPv6Subnet = d.cfg.IPv6Network, st.own.IPv6Subnet
+	}
 	if err := lease.WriteSubnetFile(d.o.SubnetFile, env); err != nil {
 		return err
 	}

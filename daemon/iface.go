@@ -10,9 +10,11 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/kernel"
+	"github.com/weft-net/weft/lease"
 )
 
 // extIface is the interface that carries inter-host traffic and the
@@ -27,12 +29,17 @@ type extIface struct {
 	// (flanneld's ExtAddr).
 	PublicIP netip.Addr
 	MTU      int
+	// Addr6 and PublicIPv6 are Addr and PublicIP for IPv6, set on a
+	// dual-stack network only (withIPv6).
+	Addr6      netip.Addr
+	PublicIPv6 netip.Addr
 }
 
 // host is what the backends know of it: they bind to, and the kernel vxlan
 // device sends from, Addr; leases advertise PublicIP.
 func (e *extIface) host() encap.Host {
-	return encap.Host{Iface: e.Name, IfaceIndex: e.Index, IfaceAddr: e.Addr, PublicIP: e.PublicIP, IfaceMTU: e.MTU}
+	return encap.Host{Iface: e.Name, IfaceIndex: e.Index, IfaceAddr: e.Addr, PublicIP: e.PublicIP, IfaceMTU: e.MTU,
+		IfaceAddr6: e.Addr6, PublicIPv6: e.PublicIPv6}
 }
 
 // findExtIface chooses the interface and its address as flanneld v0.28.9
@@ -279,4 +286,39 @@ func byDefaultRoute(h *netlink.Handle) (*extIface, error) {
 		}
 	}
 	return nil, errors.New("there is no default route to find the interface by (give --iface)")
+}
+
+// withIPv6 finds the chosen interface's IPv6 address for a dual-stack
+// network, as flanneld does (pkg/ipmatch LookupExtIface with the dual
+// stack): the interface chosen for IPv4 carries IPv6 too, its first
+// global unicast IPv6 address is the one the vxlan device sends from,
+// and --public-ipv6, when given, is what the lease advertises (else that
+// address: "Defaulting external v6 address to interface address").
+// Unlike flanneld, a link-local address is never chosen: other hosts
+// cannot route to it.
+func (e *extIface) withIPv6(h *netlink.Handle, publicIPv6 netip.Addr) error {
+	l, err := h.LinkByIndex(e.Index)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", e.Name, err)
+	}
+	all, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V6) })
+	if err != nil {
+		return fmt.Errorf("IPv6 addresses of %s: %w", e.Name, err)
+	}
+	for _, x := range all {
+		a, ok := netip.AddrFromSlice(x.IP)
+		if ok && a.Is6() && !a.Is4In6() && a.IsGlobalUnicast() && x.Flags&unix.IFA_F_DEPRECATED == 0 {
+			e.Addr6 = a
+			break
+		}
+	}
+	if !e.Addr6.IsValid() {
+		return fmt.Errorf("interface %s has no usable global IPv6 address, and the network config has EnableIPv6: "+
+			"a dual-stack host needs one on the interface that carries inter-host traffic", e.Name)
+	}
+	e.PublicIPv6 = e.Addr6
+	if publicIPv6.IsValid() {
+		e.PublicIPv6 = publicIPv6
+	}
+	return lease.CheckPublicIPv6(e.PublicIPv6)
 }

@@ -59,6 +59,9 @@ type InterfaceOptions struct {
 	IfaceRegex    []string   // --iface-regex
 	IfaceCanReach []string   // --iface-can-reach
 	PublicIP      netip.Addr // --public-ip (invalid: the interface's address)
+	// PublicIPv6 is --public-ipv6 (invalid: the interface's IPv6
+	// address); used on a dual-stack network only.
+	PublicIPv6 netip.Addr
 }
 
 // Validate checks what does not need the host.
@@ -77,6 +80,9 @@ func (o *Options) Validate() error {
 	}
 	if p := o.Interface.PublicIP; p.IsValid() && !p.Is4() {
 		return fmt.Errorf("--public-ip: %s is not an IPv4 address", p)
+	}
+	if p := o.Interface.PublicIPv6; p.IsValid() && !p.Is6() {
+		return fmt.Errorf("--public-ipv6: %s is not an IPv6 address", p)
 	}
 	if err := CheckListenAddr("debug-addr", o.DebugAddr); err != nil {
 		return err

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/encap"
@@ -37,6 +38,13 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	if err != nil {
 		return nil, err
 	}
+	if d.cfg.EnableIPv6 {
+		// Every backend's lease advertises the IPv6 underlay address on a
+		// dual-stack network (host-gw routes to it; vxlan sends to it).
+		attrs.PublicIPv6 = d.ext.PublicIPv6
+	} else {
+		attrs.PublicIPv6, attrs.BackendV6Data = netip.Addr{}, nil
+	}
 	// Acquire with this host's public IP finds the lease it holds and
 	// re-puts it with the new attributes, same subnet (lease.Manager).
 	own, err := d.o.Store.Acquire(ctx, attrs)
@@ -46,7 +54,18 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	if prev := d.cur.Load(); prev != nil && prev.own.Subnet != own.Subnet {
 		return nil, fmt.Errorf("the lease moved from %s to %s while changing backend; pods would lose their addresses, so exiting (a restart leases again)", prev.own.Subnet, own.Subnet)
 	}
-	d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP, "backend", b.Type())
+	if d.cfg.EnableIPv6 && !own.IPv6Subnet.IsValid() {
+		return nil, fmt.Errorf("the %s lease store gave this host no IPv6 subnet, but the network config has EnableIPv6", d.o.StoreName)
+	}
+	if prev := d.cur.Load(); prev != nil && prev.own.IPv6Subnet != own.IPv6Subnet {
+		return nil, fmt.Errorf("the lease's IPv6 subnet moved from %s to %s while changing backend; pods would lose their addresses, so exiting (a restart leases again)", prev.own.IPv6Subnet, own.IPv6Subnet)
+	}
+	if own.IPv6Subnet.IsValid() {
+		d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP,
+			"ipv6-subnet", own.IPv6Subnet, "public-ipv6", own.Attrs.PublicIPv6, "backend", b.Type())
+	} else {
+		d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP, "backend", b.Type())
+	}
 	st := &stage{backend: b, why: why, own: own, runDone: make(chan error, 1), keepDone: make(chan struct{})}
 	st.gate = admission.NewGate(admission.FromConfig(d.cfg, own, b.Accept, acceptIPv6(b)), d.log)
 	sctx, cancel := context.WithCancel(ctx)

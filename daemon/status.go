@@ -163,6 +163,8 @@ type StatusReport struct {
 	LastMove        *Move              `json:"last_backend_move,omitempty"` // auto's last move
 	Subnet          netip.Prefix       `json:"subnet"`
 	PublicIP        netip.Addr         `json:"public_ip"`
+	IPv6Subnet      *netip.Prefix      `json:"ipv6_subnet,omitempty"` // dual-stack only
+	PublicIPv6      *netip.Addr        `json:"public_ipv6,omitempty"`
 	MTU             int                `json:"mtu"`
 	Ready           bool               `json:"ready"`
 	Uptime          string             `json:"uptime"`
@@ -184,15 +186,17 @@ type StatusReport struct {
 
 // PeerStatus is one admitted peer.
 type PeerStatus struct {
-	Subnet    netip.Prefix `json:"subnet"`
-	PublicIP  netip.Addr   `json:"public_ip"`
-	Backend   string       `json:"backend"`
-	Origin    string       `json:"origin,omitempty"` // where the store has it from (kube: "node/<name>")
-	FirstSeen time.Time    `json:"first_seen"`
-	TxPackets uint64       `json:"tx_packets"`
-	TxBytes   uint64       `json:"tx_bytes"`
-	RxPackets uint64       `json:"rx_packets"`
-	RxBytes   uint64       `json:"rx_bytes"`
+	Subnet     netip.Prefix  `json:"subnet"`
+	PublicIP   netip.Addr    `json:"public_ip"`
+	IPv6Subnet *netip.Prefix `json:"ipv6_subnet,omitempty"` // a dual-stack peer's
+	PublicIPv6 *netip.Addr   `json:"public_ipv6,omitempty"`
+	Backend    string        `json:"backend"`
+	Origin     string        `json:"origin,omitempty"` // where the store has it from (kube: "node/<name>")
+	FirstSeen  time.Time     `json:"first_seen"`
+	TxPackets  uint64        `json:"tx_packets"`
+	TxBytes    uint64        `json:"tx_bytes"`
+	RxPackets  uint64        `json:"rx_packets"`
+	RxBytes    uint64        `json:"rx_bytes"`
 }
 
 // EngineStats are the engine's counters, with drops by reason name.
@@ -224,6 +228,7 @@ func (d *daemon) status() StatusReport {
 	st := d.cur.Load()
 	r := StatusReport{
 		Store: d.o.StoreName, Backend: st.backend.Type(), Why: st.why, Subnet: st.own.Subnet, PublicIP: st.own.Attrs.PublicIP, MTU: st.mtu,
+		IPv6Subnet: prefixPtr(st.own.IPv6Subnet), PublicIPv6: addrPtr(st.own.Attrs.PublicIPv6),
 		Ready: d.ready.Load(), Uptime: time.Since(o.started).Round(time.Second).String(),
 		DataPath: kernelPathNote(st.backend.Type()), Refused: st.gate.Refused(), Refusals: d.refusals(),
 	}
@@ -265,7 +270,8 @@ func (d *daemon) status() StatusReport {
 	o.mu.Lock()
 	for _, l := range o.peers {
 		c := counters[l.Subnet]
-		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Backend: admission.BackendName(l.Attrs), Origin: origin(l.Subnet),
+		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, IPv6Subnet: prefixPtr(l.IPv6Subnet), PublicIPv6: addrPtr(l.Attrs.PublicIPv6),
+			Backend: admission.BackendName(l.Attrs), Origin: origin(l.Subnet),
 			FirstSeen: o.firstSeen[l.Subnet], TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
 	}
 	r.Snapshots = o.snapshots
@@ -287,4 +293,19 @@ func (d *daemon) refusals() map[string]uint64 {
 		}
 	}
 	return c
+}
+
+// prefixPtr and addrPtr leave a missing IPv6 part out of the JSON.
+func prefixPtr(p netip.Prefix) *netip.Prefix {
+	if !p.IsValid() {
+		return nil
+	}
+	return &p
+}
+
+func addrPtr(a netip.Addr) *netip.Addr {
+	if !a.IsValid() {
+		return nil
+	}
+	return &a
 }

@@ -75,7 +75,6 @@ func applyEnv(fs *flag.FlagSet, nameFor func(flag string) string) error {
 var refusedFlags = map[string]string{
 	"use-multicluster-cidr": "multi-cluster CIDRs are not supported",
 	"iptables-nft-rules":    "not supported yet",
-	"public-ipv6":           "IPv6 and dual-stack are not supported yet",
 }
 
 // refusedBool are the refused flags that take no value in flanneld.

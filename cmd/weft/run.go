@@ -31,6 +31,7 @@ type runFlags struct {
 	etcd                                 etcdClientFlags
 	ifaces, ifaceRegex, ifaceCanReach    stringList
 	publicIP                             string
+	publicIPv6                           string
 	subnetFile                           string
 	renewMargin                          int
 	ipMasq, ipMasqNoRandom               bool
@@ -71,6 +72,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.ifaceRegex, "iface-regex", "regex expression to match the first interface to use (IP or name); repeatable")
 	fs.Var(&f.ifaceCanReach, "iface-can-reach", "detect the interface to use by the route to this IP address")
 	fs.StringVar(&f.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication (default: the interface's address)")
+	fs.StringVar(&f.publicIPv6, "public-ipv6", "", "IPv6 accessible by other nodes for inter-host communication on a dual-stack network (default: the interface's IPv6 address)")
 	fs.StringVar(&f.subnetFile, "subnet-file", lease.DefaultSubnetFile, "filename where env variables (subnet, MTU, ...) will be written to")
 	fs.IntVar(&f.renewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
 	fs.BoolVar(&f.ipMasq, "ip-masq", false, "setup IP masquerade rule for traffic destined outside of overlay network")
@@ -174,6 +176,9 @@ func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
 	if f.publicIP != "" {
 		o.Interface.PublicIP = netip.MustParseAddr(f.publicIP) // validated
 	}
+	if f.publicIPv6 != "" {
+		o.Interface.PublicIPv6 = netip.MustParseAddr(f.publicIPv6) // validated
+	}
 	var err error
 	if f.kubeSubnetMgr {
 		o.StoreName = "kube"
@@ -219,6 +224,15 @@ func (f *runFlags) validate() error {
 		}
 		if err := lease.CheckPublicIP(a); err != nil {
 			return fmt.Errorf("--public-ip: %v", err)
+		}
+	}
+	if f.publicIPv6 != "" {
+		a, err := netip.ParseAddr(f.publicIPv6)
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return fmt.Errorf("--public-ipv6: %q is not an IPv6 address", f.publicIPv6)
+		}
+		if err := lease.CheckPublicIPv6(a); err != nil {
+			return fmt.Errorf("--public-ipv6: %v", err)
 		}
 	}
 	static := f.staticNetwork != "" || f.staticSubnet != "" || len(f.staticPeers) > 0 || f.staticPeersFile != ""
