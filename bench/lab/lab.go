@@ -37,6 +37,13 @@ var (
 	SwitchIP = netip.MustParseAddr("192.0.2.254")
 )
 
+// IPv6 underlay addressing of a lab with Options.IPv6: 2001:db8::/32 is
+// reserved for documentation (RFC 3849).
+var (
+	UnderlayNet6 = netip.MustParsePrefix("2001:db8::/64")
+	SwitchIP6    = netip.MustParseAddr("2001:db8::fe")
+)
+
 // MaxHosts is the largest lab: host i gets 192.0.2.(i+1), below SwitchIP.
 const MaxHosts = 200
 
@@ -65,6 +72,11 @@ type Options struct {
 	Dir string
 	// KeepDir keeps a generated Dir after Close (for reading logs).
 	KeepDir bool
+	// IPv6 gives the underlay IPv6 addresses too (host i: 2001:db8::(i+1),
+	// the bridge SwitchIP6, without duplicate address detection), and
+	// lets AttachPod6 give pods IPv6. Without it IPv6 is off in every
+	// namespace, so router solicitations and DAD stay out of captures.
+	IPv6 bool
 }
 
 // Lab is a running lab. Its fields are read-only.
@@ -77,6 +89,7 @@ type Lab struct {
 	Bridge string
 	MTU    int
 	Hosts  []*Host
+	IPv6   bool // Options.IPv6
 
 	mu         sync.Mutex
 	closed     bool
@@ -93,14 +106,18 @@ type Host struct {
 	Name     string // host namespace
 	Underlay string // underlay veth, inside Name
 	IP       netip.Addr
+	IP6      netip.Addr // the underlay IPv6 address (Options.IPv6)
 	// Pod is the pod namespace; PodVeth the host side of its veth (in Name),
 	// PodPeer the pod side (in Pod).
 	Pod     string
 	PodVeth string
 	PodPeer string
-	// PodSubnet and PodIP are set by AttachPod.
-	PodSubnet netip.Prefix
-	PodIP     netip.Addr
+	// PodSubnet and PodIP are set by AttachPod; PodSubnet6 and PodIP6 by
+	// AttachPod6.
+	PodSubnet  netip.Prefix
+	PodIP      netip.Addr
+	PodSubnet6 netip.Prefix
+	PodIP6     netip.Addr
 	// Dir is the host's own state directory (subnet file, sockets, logs).
 	Dir string
 
@@ -142,6 +159,7 @@ func New(opts Options) (*Lab, error) {
 		Switch:  opts.Prefix + "-sw",
 		Bridge:  opts.Prefix + "br",
 		MTU:     opts.UnderlayMTU,
+		IPv6:    opts.IPv6,
 		keepDir: opts.KeepDir,
 	}
 	if opts.Dir == "" {
@@ -172,6 +190,11 @@ func New(opts Options) (*Lab, error) {
 			PodPeer:  l.Prefix + "p" + n,
 			Dir:      filepath.Join(l.Dir, "h"+n),
 			lab:      l,
+		}
+		if opts.IPv6 {
+			b := SwitchIP6.As16()
+			b[15] = byte(i + 1)
+			h.IP6 = netip.AddrFrom16(b)
 		}
 		l.Hosts = append(l.Hosts, h)
 	}
@@ -257,6 +280,24 @@ func (h *Host) AttachPod(subnet netip.Prefix) error {
 		return fmt.Errorf("lab: AttachPod(%s) on %s: %w", subnet, h.Name, err)
 	}
 	h.PodSubnet, h.PodIP = subnet, pod
+	return nil
+}
+
+// AttachPod6 gives the pod of h an IPv6 subnet as AttachPod gives an
+// IPv4 one: ::1 on the host side, ::2 in the pod with a default route
+// through ::1, IPv6 forwarding on in the host namespace. The lab must
+// have Options.IPv6.
+func (h *Host) AttachPod6(subnet netip.Prefix) error {
+	subnet = subnet.Masked()
+	if !h.lab.IPv6 || !subnet.Addr().Is6() || subnet.Bits() > 126 {
+		return fmt.Errorf("lab: AttachPod6(%s): want an IPv6 subnet of /126 or larger in a lab with Options.IPv6", subnet)
+	}
+	gw := subnet.Addr().Next()
+	pod := gw.Next()
+	if err := attachPod(h, netip.PrefixFrom(gw, subnet.Bits()), netip.PrefixFrom(pod, subnet.Bits())); err != nil {
+		return fmt.Errorf("lab: AttachPod6(%s) on %s: %w", subnet, h.Name, err)
+	}
+	h.PodSubnet6, h.PodIP6 = subnet, pod
 	return nil
 }
 

@@ -260,3 +260,27 @@ func TestBadOptions(t *testing.T) {
 	}
 	ping(t, l.Host(1).Name, lab.SwitchIP)
 }
+
+// TestIPv6 builds a lab with IPv6: hosts reach each other and the switch
+// over the IPv6 underlay, a pod reaches its host over IPv6.
+func TestIPv6(t *testing.T) {
+	l, err := lab.New(lab.Options{Hosts: 2, IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	h1, h2 := l.Host(1), l.Host(2)
+	if h1.IP6 != netip.MustParseAddr("2001:db8::2") || h2.IP6 != netip.MustParseAddr("2001:db8::3") {
+		t.Fatalf("IPv6 underlay addresses %s %s", h1.IP6, h2.IP6)
+	}
+	ping(t, h1.Name, h2.IP6)
+	ping(t, h2.Name, lab.SwitchIP6)
+	ping(t, h1.Name, h2.IP) // IPv4 still works
+	if err := h1.AttachPod6(netip.MustParsePrefix("fd00:10:5:1::/64")); err != nil {
+		t.Fatal(err)
+	}
+	ping(t, h1.Pod, netip.MustParseAddr("fd00:10:5:1::1"))
+	if err := h1.AttachPod6(netip.MustParsePrefix("10.5.1.0/24")); err == nil {
+		t.Error("AttachPod6 took an IPv4 subnet")
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // netnsDir is where iproute2 (and `ip netns exec`) keeps named namespaces.
@@ -175,7 +176,10 @@ func addAddr(h *netlink.Handle, ns, name string, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("lab: %s in %s: %w", name, ns, err)
 	}
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // usable at once, as the recordings' `nodad`
+	}
 	if err := h.AddrReplace(link, a); err != nil {
 		return fmt.Errorf("lab: address %s on %s in %s: %w", p, name, ns, err)
 	}
@@ -190,8 +194,28 @@ func quietIPv6(ns string) {
 	_ = WriteSysctl(ns, "net/ipv6/conf/default/disable_ipv6", "1")
 }
 
+// labIPv6 sets a namespace up for a lab with IPv6: on, but without router
+// advertisements or duplicate address detection, so addresses are usable
+// at once and nothing but the test's traffic is sent.
+func labIPv6(ns string) {
+	for _, k := range []string{"all", "default"} {
+		_ = WriteSysctl(ns, "net/ipv6/conf/"+k+"/accept_ra", "0")
+		_ = WriteSysctl(ns, "net/ipv6/conf/"+k+"/accept_dad", "0")
+		_ = WriteSysctl(ns, "net/ipv6/conf/"+k+"/router_solicitations", "0")
+	}
+}
+
+// ipv6Setup is quietIPv6 or, in a lab with IPv6, labIPv6.
+func (l *Lab) ipv6Setup(ns string) {
+	if l.IPv6 {
+		labIPv6(ns)
+	} else {
+		quietIPv6(ns)
+	}
+}
+
 func setupSwitch(l *Lab) error {
-	quietIPv6(l.Switch)
+	l.ipv6Setup(l.Switch)
 	h, ns, err := handle(l.Switch)
 	if err != nil {
 		return err
@@ -209,6 +233,11 @@ func setupSwitch(l *Lab) error {
 	if err := addAddr(h, l.Switch, l.Bridge, netip.PrefixFrom(SwitchIP, UnderlayNet.Bits())); err != nil {
 		return err
 	}
+	if l.IPv6 {
+		if err := addAddr(h, l.Switch, l.Bridge, netip.PrefixFrom(SwitchIP6, UnderlayNet6.Bits())); err != nil {
+			return err
+		}
+	}
 	return linkUp(h, l.Switch, l.Bridge)
 }
 
@@ -222,8 +251,8 @@ func newVeth(h *netlink.Handle, name, peer string, peerNs netns.NsHandle, mtu in
 }
 
 func setupHost(l *Lab, host *Host) error {
-	quietIPv6(host.Name)
-	quietIPv6(host.Pod)
+	l.ipv6Setup(host.Name)
+	l.ipv6Setup(host.Pod)
 	sw, swNs, err := handle(l.Switch)
 	if err != nil {
 		return err
@@ -270,6 +299,11 @@ func setupHost(l *Lab, host *Host) error {
 	if err := addAddr(h, host.Name, host.Underlay, netip.PrefixFrom(host.IP, UnderlayNet.Bits())); err != nil {
 		return err
 	}
+	if l.IPv6 {
+		if err := addAddr(h, host.Name, host.Underlay, netip.PrefixFrom(host.IP6, UnderlayNet6.Bits())); err != nil {
+			return err
+		}
+	}
 
 	// Pod: host <-> pod, addressed later by AttachPod.
 	if err := newVeth(h, host.PodVeth, host.PodPeer, pNs, 1500); err != nil {
@@ -311,8 +345,14 @@ func attachPod(host *Host, gw, pod netip.Prefix) error {
 	}
 	def := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.Addr().AsSlice(),
 		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}
+	if gw.Addr().Is6() {
+		def.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
 	if err := p.RouteReplace(def); err != nil {
 		return fmt.Errorf("default route via %s: %w", gw.Addr(), err)
+	}
+	if gw.Addr().Is6() {
+		return WriteSysctl(host.Name, "net/ipv6/conf/all/forwarding", "1")
 	}
 	return WriteSysctl(host.Name, "net/ipv4/ip_forward", "1")
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // PingResult is the outcome of Ping.
@@ -37,17 +38,23 @@ func (r PingResult) Quantile(q float64) time.Duration {
 
 // Ping sends count ICMP echo requests from namespace ns to dst, one every
 // interval, each waiting at most timeout for its reply, and returns what
-// came back. It needs no ping binary: the raw ICMP socket is opened inside
+// came back; dst may be IPv4 or IPv6. It needs no ping binary: the raw ICMP socket is opened inside
 // the namespace and used from here. The error is non-nil if no reply came.
 func Ping(ctx context.Context, ns string, dst netip.Addr, count int, interval, timeout time.Duration) (PingResult, error) {
 	var res PingResult
-	if !dst.Is4() {
-		return res, fmt.Errorf("lab: Ping: %s is not IPv4", dst)
+	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
+	var echo, reply icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	switch {
+	case dst.Is6() && !dst.Is4In6():
+		network, listen, proto = "ip6:ipv6-icmp", "::", 58
+		echo, reply = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	case !dst.Is4():
+		return res, fmt.Errorf("lab: Ping: %s is neither IPv4 nor IPv6", dst)
 	}
 	var conn *icmp.PacketConn
 	err := InNamespace(ns, func() error {
 		var err error
-		conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		conn, err = icmp.ListenPacket(network, listen)
 		return err
 	})
 	if err != nil {
@@ -67,7 +74,9 @@ func Ping(ctx context.Context, ns string, dst netip.Addr, count int, interval, t
 			case <-time.After(interval):
 			}
 		}
-		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("weft-lab-ping")}}
+		// The kernel fills in the ICMPv6 checksum (it needs the
+		// pseudo-header); Marshal without one leaves it zero.
+		msg := icmp.Message{Type: echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("weft-lab-ping")}}
 		b, _ := msg.Marshal(nil)
 		sent := time.Now()
 		if _, err := conn.WriteTo(b, to); err != nil {
@@ -91,8 +100,8 @@ func Ping(ctx context.Context, ns string, dst netip.Addr, count int, interval, t
 			if a, ok := from.(*net.IPAddr); !ok || !a.IP.Equal(to.IP) {
 				continue
 			}
-			m, err := icmp.ParseMessage(1, buf[:n])
-			if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+			m, err := icmp.ParseMessage(proto, buf[:n])
+			if err != nil || m.Type != reply {
 				continue
 			}
 			if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq {
