@@ -147,6 +147,11 @@ func (c *Cluster) WaitSubnets(ctx context.Context) error {
 		if err := h.AttachPod(env.Subnet); err != nil {
 			return err
 		}
+		if env.IPv6Subnet.IsValid() && c.Lab.IPv6 {
+			if err := h.AttachPod6(env.IPv6Subnet); err != nil {
+				return err
+			}
+		}
 		if env.MTU > 0 {
 			if err := h.SetPodMTU(env.MTU); err != nil {
 				return err
@@ -160,8 +165,11 @@ func (c *Cluster) WaitSubnets(ctx context.Context) error {
 type SubnetEnv struct {
 	Network netip.Prefix
 	Subnet  netip.Prefix // masked: FLANNEL_SUBNET is the host's .1 address
-	MTU     int
-	IPMasq  bool
+	// IPv6Network and IPv6Subnet (masked) are a dual-stack host's.
+	IPv6Network netip.Prefix
+	IPv6Subnet  netip.Prefix
+	MTU         int
+	IPMasq      bool
 }
 
 func waitSubnetFile(ctx context.Context, path string, p *lab.Proc) (SubnetEnv, error) {
@@ -198,6 +206,11 @@ func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 		case "FLANNEL_SUBNET":
 			env.Subnet, err = netip.ParsePrefix(v)
 			env.Subnet = env.Subnet.Masked()
+		case "FLANNEL_IPV6_NETWORK":
+			env.IPv6Network, err = netip.ParsePrefix(v)
+		case "FLANNEL_IPV6_SUBNET":
+			env.IPv6Subnet, err = netip.ParsePrefix(v)
+			env.IPv6Subnet = env.IPv6Subnet.Masked()
 		case "FLANNEL_MTU":
 			env.MTU, err = strconv.Atoi(v)
 		case "FLANNEL_IPMASQ":

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,12 +73,12 @@ func Listen(addr string) (*Server, error) {
 		return nil, fmt.Errorf("traffic: listen address %q: %w", addr, err)
 	}
 	for range 10 {
-		tl, err := net.Listen("tcp4", net.JoinHostPort(host, port))
+		tl, err := net.Listen(Network("tcp", host), net.JoinHostPort(host, port))
 		if err != nil {
 			return nil, fmt.Errorf("traffic: %w", err)
 		}
 		p := strconv.Itoa(tl.Addr().(*net.TCPAddr).Port)
-		uc, err := net.ListenPacket("udp4", net.JoinHostPort(host, p))
+		uc, err := net.ListenPacket(Network("udp", host), net.JoinHostPort(host, p))
 		if err != nil {
 			tl.Close()
 			if port == "0" {
@@ -281,7 +282,7 @@ func dial(ctx context.Context, addr string, h hello) (*net.TCPConn, *bufio.Reade
 	deadline := time.Now().Add(5 * time.Second)
 	var d net.Dialer
 	for {
-		c, err := d.DialContext(ctx, "tcp4", addr)
+		c, err := d.DialContext(ctx, Network("tcp", hostOf(addr)), addr)
 		if err == nil {
 			tc := c.(*net.TCPConn)
 			if err := writeJSON(tc, h); err != nil {
@@ -298,4 +299,22 @@ func dial(ctx context.Context, addr string, h hello) (*net.TCPConn, *bufio.Reade
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Network is "tcp4" or "udp4" for an IPv4 host (or a name), "tcp6" or
+// "udp6" for an IPv6 literal: each address family on its own, so a test
+// of one family never passes over the other.
+func Network(proto, host string) string {
+	if a, err := netip.ParseAddr(host); err == nil && a.Is6() && !a.Is4In6() {
+		return proto + "6"
+	}
+	return proto + "4"
+}
+
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return h
 }

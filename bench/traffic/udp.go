@@ -61,7 +61,7 @@ func RunUDP(ctx context.Context, o UDPOptions) (*Result, error) {
 	} else if err := json.Unmarshal(line, &rep); err != nil || rep.Error != "" {
 		return nil, fmt.Errorf("traffic: UDP session refused: %v%s", err, rep.Error)
 	}
-	uc, err := net.Dial("udp4", o.Addr)
+	uc, err := net.Dial(Network("udp", hostOf(o.Addr)), o.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("traffic: %w", err)
 	}

@@ -111,7 +111,7 @@ func serverAddr(to string) (string, error) {
 		return "", errors.New("--to: give the server's address")
 	}
 	if _, _, err := net.SplitHostPort(to); err != nil {
-		return to + ":" + strconv.Itoa(traffic.DefaultPort), nil
+		return net.JoinHostPort(to, strconv.Itoa(traffic.DefaultPort)), nil
 	}
 	return to, nil
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +36,13 @@ type kcluster struct {
 
 func newKCluster(t *testing.T, hosts int, netconf string, prep func(*lab.Lab)) *kcluster {
 	t.Helper()
-	l := labtest.New(t, lab.Options{Hosts: hosts})
+	return newKClusterOpts(t, lab.Options{Hosts: hosts}, netconf, prep)
+}
+
+// newKClusterOpts is newKCluster for a lab of opts (IPv6, say).
+func newKClusterOpts(t *testing.T, opts lab.Options, netconf string, prep func(*lab.Lab)) *kcluster {
+	t.Helper()
+	l := labtest.New(t, opts)
 	if prep != nil {
 		prep(l)
 	}
@@ -155,15 +163,25 @@ func (k *kcluster) ping(a, b int) {
 // tcp sends a verified stream from host a's pod to host b's pod.
 func (k *kcluster) tcp(a, b int, n int) {
 	k.t.Helper()
+	k.tcpTo(a, b, k.Lab.Host(b).PodIP, n)
+}
+
+// tcpTo is tcp to dst, one of host b's pod addresses (IPv4 or IPv6).
+func (k *kcluster) tcpTo(a, b int, dst netip.Addr, n int) {
+	k.t.Helper()
 	hb := k.Lab.Host(b)
-	srv, err := k.Lab.Start(hb.Pod, fmt.Sprintf("traffic-h%d", b), k.Binary, "traffic", "server")
+	listen := "0.0.0.0:" + strconv.Itoa(traffic.DefaultPort)
+	if dst.Is6() {
+		listen = "[::]:" + strconv.Itoa(traffic.DefaultPort)
+	}
+	srv, err := k.Lab.Start(hb.Pod, fmt.Sprintf("traffic-h%d", b), k.Binary, "traffic", "server", "--listen", listen)
 	if err != nil {
 		k.t.Fatal(err)
 	}
 	defer srv.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := k.Lab.ExecContext(ctx, k.Lab.Host(a).Pod, k.Binary, "traffic", "tcp", "--to", hb.PodIP.String(),
+	out, err := k.Lab.ExecContext(ctx, k.Lab.Host(a).Pod, k.Binary, "traffic", "tcp", "--to", dst.String(),
 		"--bytes", fmt.Sprint(n), "--verify", "sha256")
 	if err != nil {
 		k.t.Fatalf("tcp h%d -> h%d: %v\n%s", a, b, err, out)
@@ -179,7 +197,7 @@ func (k *kcluster) leaseValue(i int) string {
 	k.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	key := harness.EtcdPrefix + "/subnets/" + lease.SubnetKey(k.Envs[i-1].Subnet)
+	key := harness.EtcdPrefix + "/subnets/" + lease.LeaseKey(k.Envs[i-1].Subnet, k.Envs[i-1].IPv6Subnet)
 	resp, err := k.cli.Get(ctx, key)
 	if err != nil || len(resp.Kvs) != 1 {
 		k.t.Fatalf("lease %s: %v", key, err)
@@ -191,7 +209,7 @@ func (k *kcluster) deleteLease(i int) {
 	k.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := k.cli.Delete(ctx, harness.EtcdPrefix+"/subnets/"+lease.SubnetKey(k.Envs[i-1].Subnet)); err != nil {
+	if _, err := k.cli.Delete(ctx, harness.EtcdPrefix+"/subnets/"+lease.LeaseKey(k.Envs[i-1].Subnet, k.Envs[i-1].IPv6Subnet)); err != nil {
 		k.t.Fatal(err)
 	}
 }
