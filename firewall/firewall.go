@@ -45,11 +45,15 @@ func ModeFor(enableNFTables bool) Mode {
 }
 
 // Config is what a Manager installs. A zero IPv4 or IPv6 network means no
-// rules for that family.
+// rules for that family: an IPv4-only config leaves ip6tables untouched
+// (but for removing an earlier run's IPv6 rules), an IPv6-only one
+// iptables. At least one network must be set.
 type Config struct {
 	// Network and Subnet are the cluster network and this host's lease
-	// (FLANNEL_NETWORK, FLANNEL_SUBNET masked); IPv6Network and
-	// IPv6Subnet their IPv6 counterparts.
+	// (FLANNEL_NETWORK, FLANNEL_SUBNET; the subnet is masked, so the
+	// subnet file's first address will do); IPv6Network and IPv6Subnet
+	// their IPv6 counterparts (FLANNEL_IPV6_NETWORK,
+	// FLANNEL_IPV6_SUBNET), set when the network config has EnableIPv6.
 	Network, Subnet         netip.Prefix
 	IPv6Network, IPv6Subnet netip.Prefix
 	// PrevNetwork and PrevSubnet (and IPv6) are the values of the subnet
@@ -107,8 +111,10 @@ type Manager interface {
 }
 
 // NewManager returns the manager of a mode. In iptables mode it fails with
-// ErrNoIPTables when the iptables binary is missing, in nftables mode
-// with ErrNoNFTables when nft is missing or unusable.
+// ErrNoIPTables when iptables or iptables-restore is missing or the kernel
+// has no IPv4 nat or filter table (ip6tables is checked by Setup, when the
+// config has IPv6: ErrNoIP6Tables); in nftables mode with ErrNoNFTables
+// when nft is missing or unusable, for either table.
 func NewManager(mode Mode, log *slog.Logger) (Manager, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -125,9 +131,11 @@ func NewManager(mode Mode, log *slog.Logger) (Manager, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrNoNFTables, err)
 		}
+		// flanneld creates both tables whatever the families (its Init
+		// fails without either), and so does weft.
 		v6, err := newNFTTable(knftables.IPv6Family, NFTableIPv6)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrNoNFTables, err)
+			return nil, fmt.Errorf("%w: table ip6 %s (the ip table works: is IPv6 disabled in the kernel, as by ipv6.disable=1?): %v", ErrNoNFTables, NFTableIPv6, err)
 		}
 		return &nftManager{v4: v4, v6: v6, log: log}, nil
 	}

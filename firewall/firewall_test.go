@@ -128,29 +128,3 @@ func TestIPTablesSetupRemovesPreviousNetwork(t *testing.T) {
 		t.Fatalf("after Setup without --ip-masq:\n%s\nwant the forward rules and the foreign rule only", got)
 	}
 }
-
-// TestIPTablesIPv6 installs a dual-stack host's rules and compares both
-// families with flanneld's (dualstack/vxlan of the fixtures).
-func TestIPTablesIPv6(t *testing.T) {
-	needTool(t, "ip6tables", "iptables")
-	ns := netnsHosts(t, 1)[0]
-	in(t, ns, func() error {
-		m, err := newManager(IPTables)
-		if err != nil {
-			return err
-		}
-		return m.Setup(bg, Config{
-			Network: netip.MustParsePrefix("10.5.0.0/16"), Subnet: netip.MustParsePrefix("10.5.77.0/24"),
-			IPv6Network: netip.MustParsePrefix("fd00:10:5::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:21::/64"),
-			Masquerade: true, Forward: true,
-		})
-	})
-	for _, c := range []struct{ cmd, file string }{
-		{"iptables-save", "flannel-v0.28.9-dualstack-vxlan-iptables-save-h1.txt"},
-		{"ip6tables-save", "flannel-v0.28.9-dualstack-vxlan-ip6tables-save-h1.txt"},
-	} {
-		if got, want := save(t, ns, c.cmd), stripComments(golden(t, c.file)); got != want {
-			t.Errorf("%s:\n%s\nwant (flanneld's):\n%s", c.cmd, got, want)
-		}
-	}
-}

@@ -42,21 +42,48 @@ type ipt struct {
 	listed map[string][]string
 }
 
-// ErrNoIPTables says the iptables binary is missing.
-var ErrNoIPTables = errors.New("the iptables binary was not found (install iptables)")
+// ErrNoIPTables says iptables cannot be used: a binary is missing
+// (iptables and iptables-restore, or for IPv6 ip6tables and
+// ip6tables-restore), or the kernel has no netfilter tables of that
+// family. The error says which.
+var ErrNoIPTables = errors.New("iptables cannot be used")
 
+// ErrNoIP6Tables is ErrNoIPTables for IPv6 rules; errors.Is matches
+// either with it. A host may have iptables and not ip6tables (a
+// distribution's split packages, a kernel booted with ipv6.disable=1).
+var ErrNoIP6Tables error = noIP6Tables{}
+
+type noIP6Tables struct{}
+
+func (noIP6Tables) Error() string        { return "ip6tables cannot be used" }
+func (noIP6Tables) Is(target error) bool { return target == ErrNoIPTables }
+
+// newIPT finds a family's two binaries and checks that the kernel has
+// the family's nat and filter tables, so that a missing piece is named
+// before any rule is touched.
 func newIPT(proto iptables.Protocol) (*ipt, error) {
+	sentinel, tool, family, pkg := ErrNoIPTables, "iptables", "IPv4", "iptables"
+	if proto == iptables.ProtocolIPv6 {
+		sentinel, tool, family, pkg = ErrNoIP6Tables, "ip6tables", "IPv6", "iptables; Alpine's is ip6tables"
+	}
 	t, err := iptables.NewWithProtocol(proto)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoIPTables, err)
+		return nil, fmt.Errorf("%w: %s not found (install %s): %v", sentinel, tool, pkg, err)
 	}
-	name := "iptables-restore"
-	if proto == iptables.ProtocolIPv6 {
-		name = "ip6tables-restore"
-	}
-	path, err := exec.LookPath(name)
+	path, err := exec.LookPath(tool + "-restore")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoIPTables, err)
+		return nil, fmt.Errorf("%w: %s-restore not found (install %s): %v", sentinel, tool, pkg, err)
+	}
+	for _, table := range []string{"nat", "filter"} {
+		chain := map[string]string{"nat": "POSTROUTING", "filter": "FORWARD"}[table]
+		// Listing a built-in chain creates nothing (iptables-nft adds
+		// no table for it), so a family the config does not use is left
+		// as it was.
+		if _, err := t.List(table, chain); err != nil {
+			module := strings.TrimSuffix(tool, "s") + "_" + table
+			return nil, fmt.Errorf("%w: the kernel gives %s no %s %s table (%s disabled, as by ipv6.disable=1, or no %s or nf_tables module?): %v",
+				sentinel, tool, family, table, family, module, err)
+		}
 	}
 	// --wait arrived in iptables-restore 1.6.2, as flannel's
 	// iptables_restore.go checks.

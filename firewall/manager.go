@@ -31,21 +31,27 @@ func (m *iptManager) Setup(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	// flanneld: "Cleaning-up unused traffic manager rules".
-	if err := cleanupNFT(ctx); err != nil {
-		m.log.Warn("could not remove flanneld's nftables tables (nftables mode)", "err", err)
-	}
+	// ip6tables is checked before anything changes, so a host without
+	// it keeps what it had and the error names what is missing.
+	// (flanneld logs the failure and runs on without IPv6 rules.)
 	var v6 *ipt
 	if cfg.IPv6Network.IsValid() {
 		t, err := newIPT(iptables.ProtocolIPv6)
 		if err != nil {
-			return fmt.Errorf("IPv6 rules: %w", err)
+			return fmt.Errorf("firewall: IPv6 network %s: %w", cfg.IPv6Network, err)
 		}
 		v6 = t
-	} else if t, err := newIPT(iptables.ProtocolIPv6); err == nil {
-		// A previous dual-stack run's rules.
-		if err := t.remove(); err != nil {
-			m.log.Warn("could not remove stale ip6tables rules", "err", err)
+	}
+	// flanneld: "Cleaning-up unused traffic manager rules".
+	if err := cleanupNFT(ctx); err != nil {
+		m.log.Warn("could not remove flanneld's nftables tables (nftables mode)", "err", err)
+	}
+	if v6 == nil {
+		if t, err := newIPT(iptables.ProtocolIPv6); err == nil {
+			// A previous dual-stack run's rules.
+			if err := t.remove(); err != nil {
+				m.log.Warn("could not remove stale ip6tables rules", "err", err)
+			}
 		}
 	}
 	m.mu.Lock()
