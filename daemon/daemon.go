@@ -66,7 +66,7 @@ func Run(ctx context.Context, o Options) error {
 	log := d.log
 	// The previous run's subnet, before this run rewrites the file: the
 	// firewall names what it replaces.
-	prevSubnet, _, err := lease.ReadSubnetFile(o.SubnetFile)
+	prevSubnet, prevSubnet6, err := lease.ReadSubnetFile(o.SubnetFile)
 	if err != nil {
 		log.Warn("cannot read the previous subnet file", "path", o.SubnetFile, "err", err)
 	}
@@ -131,7 +131,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	d.cur.Store(st)
 
-	if err := setupFirewall(ctx, &o, d.cfg, st.own.Subnet, prevSubnet, log); err != nil {
+	if err := setupFirewall(ctx, &o, d.cfg, st.own, prevSubnet, prevSubnet6, log); err != nil {
 		cancel(err)
 	}
 	if o.Blackhole {

@@ -27,13 +27,18 @@ import (
 // the user asked for is required: without the firewall tool the host is
 // refused. The forward rules are on by default, so their absence only
 // warns, as in flanneld.
-func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, subnet, prevSubnet netip.Prefix, log *slog.Logger) error {
+//
+// On a dual-stack network the same rules are installed for IPv6
+// (ip6tables, or nftables' ip6 table). Without usable ip6tables, a host
+// that asked for --ip-masq is refused; one with only the default forward
+// rules warns and keeps its IPv4 rules, as flanneld runs on then.
+func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease.Lease, prev, prev6 netip.Prefix, log *slog.Logger) error {
 	mode := firewall.ModeFor(cfg.EnableNFTables)
 	if mode == firewall.IPTables {
 		// flanneld refuses to start in iptables mode without
 		// br_netfilter (main.go); weft warns, since a host whose pods
 		// do not sit behind a Linux bridge works without it.
-		if err := firewall.CheckBridgeNetfilter("/proc", true, false); err != nil {
+		if err := firewall.CheckBridgeNetfilter("/proc", cfg.EnableIPv4, cfg.EnableIPv6); err != nil {
 			log.Warn("br_netfilter is not loaded: traffic between pods on one bridge bypasses iptables, so --ip-masq and network policies do not see it (flanneld refuses to start here; modprobe br_netfilter)", "err", err)
 		}
 	}
@@ -49,8 +54,17 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, subnet, p
 		}
 		return nil
 	}
-	err = m.Setup(ctx, firewall.Config{Network: cfg.Network, Subnet: subnet, PrevSubnet: prevSubnet,
-		Masquerade: f.IPMasq, NoRandomFully: f.IPMasqNoRandom, Forward: f.IPTablesForward})
+	fc := firewall.Config{Network: cfg.Network, Subnet: own.Subnet, PrevSubnet: prev, PrevIPv6Subnet: prev6,
+		Masquerade: f.IPMasq, NoRandomFully: f.IPMasqNoRandom, Forward: f.IPTablesForward}
+	if cfg.EnableIPv6 {
+		fc.IPv6Network, fc.IPv6Subnet = cfg.IPv6Network, own.IPv6Subnet
+	}
+	err = m.Setup(ctx, fc)
+	if errors.Is(err, firewall.ErrNoIP6Tables) && !f.IPMasq && !f.ForwardExplicit {
+		log.Warn("no IPv6 FORWARD accept rules installed (--iptables-forward-rules); the IPv4 rules are in place", "err", err)
+		fc.IPv6Network, fc.IPv6Subnet = netip.Prefix{}, netip.Prefix{}
+		err = m.Setup(ctx, fc)
+	}
 	if err != nil {
 		return err
 	}
