@@ -71,8 +71,8 @@ func TestTableMatchesReference(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (tab.chunks == nil) != (s.sub-network.Bits() > 16) {
-			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.chunks != nil)
+		if (tab.v4.chunks == nil) != (s.sub-network.Bits() > 16) {
+			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.v4.chunks != nil)
 		}
 		probe := func(a netip.Addr) {
 			want, ok := slowLookup(peers, own, a)
@@ -133,8 +133,8 @@ func TestTableSnapshotsShareChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 		shared := 0
-		for c := range tab.chunks {
-			if tab.chunks[c] != nil && tab.chunks[c] == prev.chunks[c] {
+		for c := range tab.v4.chunks {
+			if tab.v4.chunks[c] != nil && tab.v4.chunks[c] == prev.v4.chunks[c] {
 				shared++
 			}
 		}
@@ -161,7 +161,7 @@ func TestTableSnapshotsShareChunks(t *testing.T) {
 
 func countChunks(t *Table) int {
 	n := 0
-	for _, c := range t.chunks {
+	for _, c := range t.v4.chunks {
 		if c != nil {
 			n++
 		}
