@@ -96,11 +96,14 @@ type Config struct {
 	// direction (default 128).
 	BatchSize int
 	// MTU is the TUN device's MTU: packets from peers longer than this are
-	// dropped as oversize (when AntiSpoof is on).
+	// dropped as oversize (when AntiSpoof is on), and IPv6 packets from the
+	// TUN longer than this are answered with Packet Too Big. IPv6 needs at
+	// least 1280 (RFC 8200); the kernel turns IPv6 off on a smaller link.
 	MTU int
 	// AntiSpoof drops datagrams from addresses that hold no lease, inner
 	// packets whose source is outside the sender's subnet and inner
-	// packets not addressed to this host's subnet. flanneld accepts them
+	// packets not addressed to this host's subnet (of the packet's
+	// family: an IPv6 packet against the IPv6 subnets). flanneld accepts them
 	// all; weft does not unless this is off.
 	AntiSpoof bool
 	// CheckSourcePort (with AntiSpoof) also drops a datagram from a peer's
@@ -113,8 +116,13 @@ type Config struct {
 	// ICMPSource is the source address of ICMP errors the engine writes
 	// into the TUN (the TUN's own address). Invalid means no ICMP errors.
 	ICMPSource netip.Addr
-	// ICMPRate is the most ICMP errors per second written back into the
-	// TUN (default 1000), like the kernel's icmp_ratelimit.
+	// ICMPSource6 is the source address of ICMPv6 errors about IPv6
+	// packets (the TUN's own IPv6 address). Invalid means no ICMPv6
+	// errors.
+	ICMPSource6 netip.Addr
+	// ICMPRate is the most ICMP and ICMPv6 errors per second, together,
+	// written back into the TUN (default 1000), like the kernel's
+	// icmp_ratelimit.
 	ICMPRate int
 	// BusyPoll is how long the TUN loop polls for packets before a read
 	// that may park it (0: never).

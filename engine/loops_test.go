@@ -28,20 +28,30 @@ func (nopTransport) BatchSize() int                                         { re
 func (nopTransport) Close() error                                           { return nil }
 
 var (
-	testNetwork = netip.MustParsePrefix("10.5.0.0/16")
-	testOwn     = netip.MustParsePrefix("10.5.1.0/24")
+	testNetwork  = netip.MustParsePrefix("10.5.0.0/16")
+	testOwn      = netip.MustParsePrefix("10.5.1.0/24")
+	testNetwork6 = netip.MustParsePrefix("fd00:10:5::/56")
+	testOwn6     = netip.MustParsePrefix("fd00:10:5:1::/64")
 )
 
-// testTable: this host is 10.5.1.0/24; peers 10.5.2-4.0/24 at 192.0.2.2-4.
+// testSubnet6 is the IPv6 lease of host i: fd00:10:5:i::/64.
+func testSubnet6(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0, 5, 0, byte(i)}), 64)
+}
+
+// testTable: a dual-stack cluster. This host is 10.5.1.0/24 and
+// fd00:10:5:1::/64; peers 2-4 hold 10.5.i.0/24 and fd00:10:5:i::/64, at
+// 192.0.2.i.
 func testTable(t testing.TB) *Table {
 	var peers []PeerSpec
 	for i := 2; i <= 4; i++ {
 		peers = append(peers, PeerSpec{
 			Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24),
+			Subnet6:  testSubnet6(i),
 			Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 8285),
 		})
 	}
-	tab, err := NewTable(testNetwork, 24, testOwn, peers, nil)
+	tab, err := NewTableFor(Networks{Network: testNetwork, SubnetLen: 24, Own: testOwn, Network6: testNetwork6, SubnetLen6: 64, Own6: testOwn6}, peers, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +59,7 @@ func testTable(t testing.TB) *Table {
 }
 
 func testEngine(t testing.TB, batch int) *Engine {
-	e, err := New(nopDevice{}, nopTransport{}, Config{BatchSize: batch, MTU: 1472, AntiSpoof: true, ICMPSource: testOwn.Addr()})
+	e, err := New(nopDevice{}, nopTransport{}, Config{BatchSize: batch, MTU: 1472, AntiSpoof: true, ICMPSource: testOwn.Addr(), ICMPSource6: testOwn6.Addr().Next()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,25 +1,29 @@
 package engine
 
 // DropReason says why a packet was not forwarded. Every packet the engine
-// does not forward is counted under exactly one reason.
+// does not forward is counted under exactly one reason. IPv4 and IPv6
+// packets share the reasons: a packet's version shows in captures.
 type DropReason uint8
 
 const (
 	// DropNone: not dropped.
 	DropNone DropReason = iota
 	// DropNoRoute: the destination is in no peer's subnet (an ICMP network
-	// unreachable goes back into the TUN).
+	// unreachable, or an ICMPv6 destination unreachable "no route", goes
+	// back into the TUN).
 	DropNoRoute
-	// DropShort: shorter than an IPv4 header.
+	// DropShort: shorter than an IPv4 header (with version 6: shorter than
+	// the 40-byte IPv6 header).
 	DropShort
-	// DropBadVersion: not IPv4.
+	// DropBadVersion: neither IPv4 nor IPv6.
 	DropBadVersion
 	// DropBadHeaderLen: IHL below 5 words or beyond the packet.
 	DropBadHeaderLen
 	// DropBadLength: the IPv4 total length is larger than the datagram, or
-	// smaller than its own header.
+	// smaller than its own header; the IPv6 payload length runs past the
+	// datagram, or is zero before a hop-by-hop header (a jumbogram).
 	DropBadLength
-	// DropTTLExpired: the TTL would reach zero.
+	// DropTTLExpired: the TTL (IPv6: the hop limit) would reach zero.
 	DropTTLExpired
 	// DropUnknownPeer: a datagram from an address that holds no lease.
 	DropUnknownPeer
@@ -28,7 +32,8 @@ const (
 	// DropNotLocal: the inner destination is outside this host's subnet.
 	DropNotLocal
 	// DropOversize: the inner packet is longer than the TUN's MTU, or the
-	// datagram was truncated by the socket.
+	// datagram was truncated by the socket; or an IPv6 packet read from the
+	// TUN is longer than its MTU (answered with ICMPv6 Packet Too Big).
 	DropOversize
 	// DropSendError: the kernel refused to send the datagram.
 	DropSendError

@@ -27,13 +27,21 @@ type rxLoop struct {
 	// bigTCP: the device cuts TCP packets longer than its MTU itself, so
 	// a peer's unsegmented TSO packet is not oversize (LargeTCPWriter).
 	bigTCP bool
+	// bigTCP6: the same for TCP over IPv6 (LargeTCP6Writer).
+	bigTCP6 bool
 }
 
 // LargeTCPWriter is a Device that accepts TCP packets longer than its MTU
 // and has the kernel segment them (a TSO super-packet a kernel vxlan peer
-// delivered whole).
+// delivered whole). It speaks for TCP over IPv4 only.
 type LargeTCPWriter interface {
 	SegmentsLargeTCP() bool
+}
+
+// LargeTCP6Writer is LargeTCPWriter for TCP over IPv6: without it, an IPv6
+// packet from a peer longer than the MTU is dropped as oversize.
+type LargeTCP6Writer interface {
+	SegmentsLargeTCP6() bool
 }
 
 func newRxLoop(e *Engine) *rxLoop {
@@ -49,6 +57,9 @@ func newRxLoop(e *Engine) *rxLoop {
 	l.ttl = e.cfg.Encap.DecrementsTTL()
 	if w, ok := e.dev.(LargeTCPWriter); ok {
 		l.bigTCP = w.SegmentsLargeTCP()
+	}
+	if w, ok := e.dev.(LargeTCP6Writer); ok {
+		l.bigTCP6 = w.SegmentsLargeTCP6()
 	}
 	return l
 }
@@ -134,7 +145,16 @@ func (l *rxLoop) classify(t *Table, n int) int {
 			}
 		}
 		pkt := dgram[oh:]
-		size, r := checkIPv4(pkt)
+		v6 := isIPv6(pkt)
+		var (
+			size int
+			r    DropReason
+		)
+		if v6 {
+			size, r = checkIPv6(pkt)
+		} else {
+			size, r = checkIPv4(pkt)
+		}
 		if r != DropNone {
 			l.drop(r, i, pkt)
 			continue
@@ -143,25 +163,30 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		if antiSpoof {
 			switch {
 			case p == nil:
-				l.drop(DropUnknownPeer, i, pkt)
-				continue
+				r = DropUnknownPeer
 			case checkPort && l.srcs[i].Port() != p.Endpoint.Port():
-				l.drop(DropWrongSourcePort, i, pkt)
-				continue
-			case !p.contains(srcIP(pkt)):
-				l.drop(DropSpoofedSource, i, pkt)
-				continue
-			case !t.isLocal(dstIP(pkt)):
-				l.drop(DropNotLocal, i, pkt)
-				continue
-			case size > mtu && !(l.bigTCP && pkt[9] == protoTCP):
-				l.drop(DropOversize, i, pkt)
+				r = DropWrongSourcePort
+			case v6:
+				r = l.admit6(t, p, pkt, mtu)
+			default:
+				r = l.admit4(t, p, pkt, mtu)
+			}
+			if r != DropNone {
+				l.drop(r, i, pkt)
 				continue
 			}
 		}
-		if l.ttl && !decrementTTL(pkt) {
-			l.drop(DropTTLExpired, i, pkt)
-			continue
+		if l.ttl {
+			var ok bool
+			if v6 {
+				ok = decrementHopLimit(pkt)
+			} else {
+				ok = decrementTTL(pkt)
+			}
+			if !ok {
+				l.drop(DropTTLExpired, i, pkt)
+				continue
+			}
 		}
 		if p != nil && p == last {
 			runPkts++
@@ -176,6 +201,38 @@ func (l *rxLoop) classify(t *Table, n int) int {
 	}
 	flushRun()
 	return len(l.out)
+}
+
+// admit4 is the anti-spoofing check of an IPv4 packet from peer p: its
+// source in p's subnet, its destination in this host's, and no longer
+// than the TUN's MTU unless the device cuts large TCP packets itself.
+func (l *rxLoop) admit4(t *Table, p *Peer, pkt []byte, mtu int) DropReason {
+	switch {
+	case !p.contains(srcIP(pkt)):
+		return DropSpoofedSource
+	case !t.isLocal(dstIP(pkt)):
+		return DropNotLocal
+	case len(pkt) > mtu && !(l.bigTCP && pkt[9] == protoTCP):
+		return DropOversize
+	}
+	return DropNone
+}
+
+// admit6 is admit4 for IPv6, against the peer's and this host's IPv6
+// subnets. A peer without an IPv6 subnet sends no valid IPv6 source. The
+// large-TCP exemption needs a device that cuts TCPv6 packets
+// (LargeTCP6Writer); the TCP header counts only right after the fixed
+// header, since an extension header in between is not parsed.
+func (l *rxLoop) admit6(t *Table, p *Peer, pkt []byte, mtu int) DropReason {
+	switch {
+	case !p.contains6(src6(pkt)):
+		return DropSpoofedSource
+	case !t.isLocal6(dst6(pkt)):
+		return DropNotLocal
+	case len(pkt) > mtu && !(l.bigTCP6 && pkt[6] == protoTCP):
+		return DropOversize
+	}
+	return DropNone
 }
 
 func (l *rxLoop) drop(r DropReason, i int, pkt []byte) {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -71,8 +72,8 @@ func TestTableMatchesReference(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (tab.chunks == nil) != (s.sub-network.Bits() > 16) {
-			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.chunks != nil)
+		if (tab.v4.chunks == nil) != (s.sub-network.Bits() > 16) {
+			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.v4.chunks != nil)
 		}
 		probe := func(a netip.Addr) {
 			want, ok := slowLookup(peers, own, a)
@@ -133,8 +134,8 @@ func TestTableSnapshotsShareChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 		shared := 0
-		for c := range tab.chunks {
-			if tab.chunks[c] != nil && tab.chunks[c] == prev.chunks[c] {
+		for c := range tab.v4.chunks {
+			if tab.v4.chunks[c] != nil && tab.v4.chunks[c] == prev.v4.chunks[c] {
 				shared++
 			}
 		}
@@ -161,7 +162,7 @@ func TestTableSnapshotsShareChunks(t *testing.T) {
 
 func countChunks(t *Table) int {
 	n := 0
-	for _, c := range t.chunks {
+	for _, c := range t.v4.chunks {
 		if c != nil {
 			n++
 		}
@@ -353,4 +354,325 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		})
 	}
+}
+
+// randomPeers6 returns n peers with distinct random IPv6 subnets of
+// network, every third one dual-stack with an IPv4 subnet of 10.0.0.0/8's
+// /24s (i-th), the others IPv6-only.
+func randomPeers6(r *rand.Rand, network netip.Prefix, subnetLen, n int) []PeerSpec {
+	bits := subnetLen - network.Bits()
+	seen := map[uint64]bool{}
+	base := addr6Of(network.Masked().Addr())
+	var out []PeerSpec
+	for len(out) < n && (bits >= 63 || uint64(len(seen)) < uint64(1)<<bits) {
+		num := r.Uint64()
+		if bits < 64 {
+			num &= uint64(1)<<bits - 1
+		}
+		if seen[num] {
+			continue
+		}
+		seen[num] = true
+		// place num at bits [network.Bits(), subnetLen)
+		s := uint(128 - subnetLen)
+		a := addr6{base.hi | hiPart(num, s), base.lo | loPart(num, s)}
+		p := PeerSpec{
+			Subnet6:  netip.PrefixFrom(a.addr(), subnetLen),
+			Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(len(out) >> 8), byte(len(out))}), 8285),
+		}
+		if len(out)%3 == 0 {
+			p.Subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(len(out) >> 8), byte(len(out)), 0}), 24)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// hiPart and loPart are num shifted left by s inside a 128-bit address.
+func hiPart(num uint64, s uint) uint64 {
+	if s >= 64 {
+		return num << (s - 64)
+	}
+	return num >> (64 - s)
+}
+
+func loPart(num uint64, s uint) uint64 {
+	if s >= 64 {
+		return 0
+	}
+	return num << s
+}
+
+func slowLookup6(peers []PeerSpec, own netip.Prefix, a netip.Addr) (netip.Prefix, bool) {
+	for _, p := range peers {
+		if p.Subnet6.IsValid() && p.Subnet6 != own && p.Subnet6.Contains(a) {
+			return p.Subnet6, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// TestTable6MatchesReference checks the IPv6 index against the linear
+// scan for splits on either side of the 64-bit boundary, direct and
+// through the map, dual-stack and IPv6-only peers mixed.
+func TestTable6MatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	shapes := []struct {
+		net    string
+		sub, n int
+		direct bool
+	}{
+		{"fd00:10:5::/56", 64, 100, true},
+		{"fd00:10::/48", 64, 500, true},   // 2^16 slots: direct, the limit
+		{"fd00:10::/47", 64, 300, false},  // 2^17: map
+		{"fd00::/32", 64, 300, false},     // 2^32: map
+		{"fd00:1:2:3::/60", 68, 10, true}, // across the 64-bit boundary
+		{"fd00:1:2:3::/62", 80, 100, false},
+		{"fd00:1:2:3:4:5::/96", 112, 300, true}, // low half only
+		{"fd00:1:2:3:4:5:6:0/112", 120, 256, true},
+		{"::/0", 64, 300, false}, // the widest split allowed
+		{"fd00::/8", 72, 300, false},
+	}
+	v4 := netip.MustParsePrefix("10.0.0.0/8")
+	for _, s := range shapes {
+		network := netip.MustParsePrefix(s.net)
+		peers := randomPeers6(r, network, s.sub, s.n)
+		own := peers[1].Subnet6 // an IPv6-only peer
+		tab, err := NewTableFor(Networks{Network: v4, SubnetLen: 24, Network6: network, SubnetLen6: s.sub, Own6: own}, peers, nil)
+		if err != nil {
+			t.Fatalf("%s/%d: %v", s.net, s.sub, err)
+		}
+		if (tab.v6.chunks != nil) != s.direct {
+			t.Errorf("%s/%d: direct slots %v", s.net, s.sub, tab.v6.chunks != nil)
+		}
+		probe := func(a netip.Addr) {
+			want, ok := slowLookup6(peers, own, a)
+			got := tab.Lookup(a)
+			if ok != (got != nil) || (ok && got.Subnet6 != want) {
+				t.Fatalf("%s/%d: Lookup(%s) = %v, want %v (%v)", s.net, s.sub, a, got, want, ok)
+			}
+			if tab.isLocal6(addr6Of(a)) != own.Contains(a) {
+				t.Fatalf("isLocal6(%s) wrong", a)
+			}
+		}
+		netA, netM := addr6Of(network.Masked().Addr()), prefixMask6(network.Bits())
+		for i := 0; i < 20000; i++ {
+			rnd := addr6{r.Uint64(), r.Uint64()}
+			probe(rnd.addr())
+			probe(addr6{netA.hi | rnd.hi&^netM.hi, netA.lo | rnd.lo&^netM.lo}.addr())
+		}
+		for _, p := range peers {
+			probe(p.Subnet6.Addr())
+			last := addr6Of(p.Subnet6.Addr())
+			m := prefixMask6(s.sub)
+			probe(addr6{last.hi | ^m.hi, last.lo | ^m.lo}.addr())
+			if p.Subnet.IsValid() {
+				if got := tab.Lookup(p.Subnet.Addr().Next()); got == nil || got.Subnet6 != p.Subnet6 {
+					t.Fatalf("the IPv4 subnet of a dual-stack peer: Lookup = %v", got)
+				}
+			}
+		}
+		if len(tab.Peers()) != len(peers)-1 {
+			t.Errorf("%d peers, want %d", len(tab.Peers()), len(peers)-1)
+		}
+		sorted := slices.IsSortedFunc(tab.Peers(), func(a, b *Peer) int {
+			if a.Subnet.IsValid() != b.Subnet.IsValid() {
+				return map[bool]int{true: -1, false: 1}[a.Subnet.IsValid()]
+			}
+			return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), a.Subnet6.Addr().Compare(b.Subnet6.Addr()))
+		})
+		if !sorted {
+			t.Errorf("%s/%d: peers not sorted", s.net, s.sub)
+		}
+	}
+}
+
+// TestTable6SnapshotsShareChunks: the IPv6 direct slots are shared between
+// snapshots like the IPv4 ones, and a peer gaining or losing a family gets
+// a new Peer.
+func TestTable6SnapshotsShareChunks(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	network := netip.MustParsePrefix("fd00:10::/48")
+	n := Networks{Network: netip.MustParsePrefix("10.0.0.0/8"), SubnetLen: 24, Network6: network, SubnetLen6: 64}
+	peers := randomPeers6(r, network, 64, 1000)
+	tab, err := NewTableFor(n, peers, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 30 {
+		prev := tab
+		peers = slices.Clone(peers)
+		i := r.IntN(len(peers))
+		switch round % 3 {
+		case 0: // a peer leaves
+			peers = slices.Delete(peers, i, i+1)
+		case 1: // a peer moves
+			peers[i].Endpoint = netip.AddrPortFrom(addrFrom(r.Uint32()|1), 8285)
+		case 2: // a dual-stack peer drops IPv4, or an IPv6-only one gains it
+			if peers[i].Subnet.IsValid() {
+				peers[i].Subnet = netip.Prefix{}
+			} else {
+				peers[i].Subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, byte(round), 0}), 24)
+			}
+		}
+		if tab, err = NewTableFor(n, peers, prev); err != nil {
+			t.Fatal(err)
+		}
+		shared, used := 0, 0
+		for c := range tab.v6.chunks {
+			if tab.v6.chunks[c] != nil {
+				used++
+				if tab.v6.chunks[c] == prev.v6.chunks[c] {
+					shared++
+				}
+			}
+		}
+		if shared < used-2 {
+			t.Fatalf("round %d: %d of %d IPv6 chunks shared", round, shared, used)
+		}
+		for _, p := range peers {
+			got := tab.Lookup(p.Subnet6.Addr())
+			if got == nil || got.Subnet != p.Subnet || got.Endpoint != p.Endpoint {
+				t.Fatalf("round %d: Lookup(%s) = %v, want %+v", round, p.Subnet6, got, p)
+			}
+			if old := prev.Lookup(p.Subnet6.Addr()); old != nil && (old.Subnet == p.Subnet && old.Endpoint == p.Endpoint) != (old == got) {
+				t.Fatalf("round %d: %s reused %v, changed %v", round, p.Subnet6, old == got, old.Subnet != p.Subnet || old.Endpoint != p.Endpoint)
+			}
+		}
+	}
+}
+
+func TestTable6RefusesBadInput(t *testing.T) {
+	v4, v6 := netip.MustParsePrefix("10.5.0.0/16"), netip.MustParsePrefix("fd00:10:5::/56")
+	dual := Networks{Network: v4, SubnetLen: 24, Network6: v6, SubnetLen6: 64}
+	ep := netip.MustParseAddrPort("192.0.2.2:8285")
+	sn := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+	bad := []struct {
+		name  string
+		n     Networks
+		peers []PeerSpec
+	}{
+		{"no network", Networks{}, nil},
+		{"v6 network with v4 address", Networks{Network6: v4, SubnetLen6: 24}, nil},
+		{"v4-mapped v6 network", Networks{Network6: sn("::ffff:10.0.0.0/104"), SubnetLen6: 120}, nil},
+		{"subnet length not above the network's", Networks{Network6: v6, SubnetLen6: 56}, nil},
+		{"subnet length past 128", Networks{Network6: v6, SubnetLen6: 129}, nil},
+		{"2^72 subnets", Networks{Network6: sn("fd00::/48"), SubnetLen6: 120}, nil},
+		{"own6 outside", Networks{Network6: v6, SubnetLen6: 64, Own6: sn("fd00:10:6::/64")}, nil},
+		{"own6 wrong length", Networks{Network6: v6, SubnetLen6: 64, Own6: sn("fd00:10:5::/60")}, nil},
+		{"v6 subnet outside", dual, []PeerSpec{{Subnet6: sn("fd00:10:6:1::/64"), Endpoint: ep}}},
+		{"v6 subnet wrong length", dual, []PeerSpec{{Subnet6: sn("fd00:10:5:1::/72"), Endpoint: ep}}},
+		{"v6 subnet host bits", dual, []PeerSpec{{Subnet6: sn("fd00:10:5:1::1/64"), Endpoint: ep}}},
+		{"v4 subnet as v6", dual, []PeerSpec{{Subnet6: sn("10.5.1.0/24"), Endpoint: ep}}},
+		{"v6 subnet as v4", dual, []PeerSpec{{Subnet: sn("fd00:10:5:1::/64"), Endpoint: ep}}},
+		{"no subnet", dual, []PeerSpec{{Endpoint: ep}}},
+		{"v6 peer in a v4 table", Networks{Network: v4, SubnetLen: 24}, []PeerSpec{{Subnet6: sn("fd00:10:5:1::/64"), Endpoint: ep}}},
+		{"v4 peer in a v6 table", Networks{Network6: v6, SubnetLen6: 64}, []PeerSpec{{Subnet: sn("10.5.1.0/24"), Endpoint: ep}}},
+		{"v6 endpoint", dual, []PeerSpec{{Subnet6: sn("fd00:10:5:1::/64"), Endpoint: netip.MustParseAddrPort("[2001:db8::1]:8285")}}},
+		{"v6 subnet twice", dual, []PeerSpec{
+			{Subnet: sn("10.5.1.0/24"), Subnet6: sn("fd00:10:5:1::/64"), Endpoint: ep},
+			{Subnet: sn("10.5.2.0/24"), Subnet6: sn("fd00:10:5:1::/64"), Endpoint: netip.MustParseAddrPort("192.0.2.3:8285")}}},
+		{"v6-only peer twice", dual, []PeerSpec{{Subnet6: sn("fd00:10:5:1::/64"), Endpoint: ep}, {Subnet6: sn("fd00:10:5:1::/64"), Endpoint: ep}}},
+	}
+	for _, c := range bad {
+		if _, err := NewTableFor(c.n, c.peers, nil); err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+	// A v6-only peer listed twice is refused also when prev holds it.
+	p := PeerSpec{Subnet6: sn("fd00:10:5:1::/64"), Endpoint: ep}
+	prev, err := NewTableFor(dual, []PeerSpec{p}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewTableFor(dual, []PeerSpec{p, p}, prev); err == nil {
+		t.Error("a v6-only peer of the previous snapshot listed twice was accepted")
+	}
+	// This host's own entry is left out, by either family.
+	own := Networks{Network: v4, SubnetLen: 24, Own: sn("10.5.1.0/24"), Network6: v6, SubnetLen6: 64, Own6: sn("fd00:10:5:1::/64")}
+	tab, err := NewTableFor(own, []PeerSpec{{Subnet: sn("10.5.1.0/24"), Subnet6: sn("fd00:10:5:1::/64"), Endpoint: ep}}, nil)
+	if err != nil || len(tab.Peers()) != 0 {
+		t.Errorf("own entry: %v, %d peers", err, len(tab.Peers()))
+	}
+	if tab.Lookup(netip.MustParseAddr("fd00:10:5:1::1")) != nil || !tab.isLocal6(addr6Of(netip.MustParseAddr("fd00:10:5:1::1"))) {
+		t.Error("own IPv6 subnet is a peer, or not local")
+	}
+}
+
+// TestTableFamiliesDoNotLeak: an address of one family never matches the
+// other family's subnets, and a peer without a family matches no address
+// of it, not even the zero address.
+func TestTableFamiliesDoNotLeak(t *testing.T) {
+	ep := netip.MustParseAddrPort("192.0.2.2:8285")
+	v6only, err := NewTableFor(Networks{Network6: netip.MustParsePrefix("::/0"), SubnetLen6: 64}, []PeerSpec{{Subnet6: netip.MustParsePrefix("::/64"), Endpoint: ep}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"0.0.0.0", "0.0.0.1", "10.5.1.1", "255.255.255.255"} {
+		if v6only.Lookup(netip.MustParseAddr(a)) != nil || v6only.lookup(u32(netip.MustParseAddr(a))) != nil || v6only.isLocal(u32(netip.MustParseAddr(a))) {
+			t.Errorf("IPv6-only table matched IPv4 %s", a)
+		}
+		if v6only.Peers()[0].contains(u32(netip.MustParseAddr(a))) {
+			t.Errorf("IPv6-only peer contains IPv4 %s", a)
+		}
+	}
+	if v6only.Lookup(netip.MustParseAddr("::ffff:10.5.1.1")) != nil {
+		t.Error("a v4-mapped address matched")
+	}
+	v4only, err := NewTable(netip.MustParsePrefix("0.0.0.0/0"), 24, netip.Prefix{}, []PeerSpec{{Subnet: netip.MustParsePrefix("0.0.0.0/24"), Endpoint: ep}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"::", "::1", "fd00::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"} {
+		x := addr6Of(netip.MustParseAddr(a))
+		if v4only.Lookup(netip.MustParseAddr(a)) != nil || v4only.isLocal6(x) || v4only.Peers()[0].contains6(x) {
+			t.Errorf("IPv4-only table matched IPv6 %s", a)
+		}
+	}
+}
+
+func BenchmarkLookup6(b *testing.B) {
+	for _, c := range []struct {
+		net      string
+		sub, n   int
+		fallback bool
+	}{{"fd00:10:5::/56", 64, 200, false}, {"fd00:10::/48", 64, 1000, false}, {"fd00::/32", 64, 1000, true}} {
+		name := fmt.Sprintf("peers=%d", c.n)
+		if c.fallback {
+			name += "/map-fallback"
+		}
+		b.Run(name, func(b *testing.B) {
+			r := rand.New(rand.NewPCG(5, 6))
+			network := netip.MustParsePrefix(c.net)
+			peers := randomPeers6(r, network, c.sub, c.n)
+			tab, err := NewTableFor(Networks{Network6: network, SubnetLen6: c.sub}, stripV4(peers), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			addrs := make([]addr6, 1024)
+			for i := range addrs {
+				addrs[i] = addr6Of(peers[r.IntN(len(peers))].Subnet6.Addr())
+				addrs[i].lo |= 9
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			var hit int
+			for i := 0; i < b.N; i++ {
+				if tab.lookup6(addrs[i&1023]) != nil {
+					hit++
+				}
+			}
+			if hit != b.N {
+				b.Fatal("missed")
+			}
+		})
+	}
+}
+
+func stripV4(peers []PeerSpec) []PeerSpec {
+	out := slices.Clone(peers)
+	for i := range out {
+		out[i].Subnet = netip.Prefix{}
+	}
+	return out
 }

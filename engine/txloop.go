@@ -133,6 +133,10 @@ func (l *txLoop) classify(t *Table, n int) int {
 		if l.tap.t != nil {
 			l.tap.show(PointFromTUN, DropNone, netip.AddrPort{}, true, pkt)
 		}
+		if isIPv6(pkt) {
+			l.classify6(t, i, pkt)
+			continue
+		}
 		size, r := checkIPv4(pkt)
 		if r != DropNone {
 			l.drop(r, nil, pkt)
@@ -161,6 +165,46 @@ func (l *txLoop) classify(t *Table, n int) int {
 		l.candPeer = append(l.candPeer, p)
 	}
 	return l.group()
+}
+
+// classify6 is classify for an IPv6 packet, in the order of the
+// kernel's ip6_forward: the route, then the hop limit, then the MTU, each
+// failure answered with its ICMPv6 error. Packets from the TUN are
+// bounded by its MTU, so a packet above it is one the kernel should not
+// have handed over (the TUN's MTU raised under a running engine): IPv6
+// routers never fragment, and the sender learns the MTU from Packet Too
+// Big instead of the peer dropping the packet as oversize.
+func (l *txLoop) classify6(t *Table, i int, pkt []byte) {
+	size, r := checkIPv6(pkt)
+	if r != DropNone {
+		l.drop(r, nil, pkt)
+		return
+	}
+	pkt = pkt[:size]
+	var p *Peer
+	if t != nil {
+		p = t.lookup6(dst6(pkt))
+	}
+	if p == nil {
+		l.drop(DropNoRoute, nil, pkt)
+		l.icmp.queue6(pkt, icmp6DestUnreachable, icmp6CodeNoRoute, 0)
+		return
+	}
+	if l.ttl && hopLimitExpired(pkt) {
+		l.drop(DropTTLExpired, p, pkt)
+		l.icmp.queue6(pkt, icmp6TimeExceeded, icmp6CodeHopLimitExceeded, 0)
+		return
+	}
+	if size > l.e.cfg.MTU {
+		l.drop(DropOversize, p, pkt)
+		l.icmp.queue6(pkt, icmp6PacketTooBig, 0, uint32(l.e.cfg.MTU))
+		return
+	}
+	if l.ttl {
+		pkt[7]--
+	}
+	l.cand = append(l.cand, l.bufs[i][:Headroom+size])
+	l.candPeer = append(l.candPeer, p)
 }
 
 func (l *txLoop) drop(r DropReason, p *Peer, pkt []byte) {
@@ -218,14 +262,17 @@ func (l *txLoop) group() int {
 	return len(l.out)
 }
 
-// icmpWriter queues ICMP errors for the packets of one batch and writes
-// them into the TUN after the batch is sent, at most rate per second.
+// icmpWriter queues ICMP and ICMPv6 errors for the packets of one batch
+// and writes them into the TUN after the batch is sent: at most
+// icmpPerBatch per batch and rate per second, both families together.
 type icmpWriter struct {
-	e       *Engine
-	src     uint32
-	enabled bool
-	bufs    [][]byte
-	out     [][]byte
+	e        *Engine
+	src      uint32
+	src6     addr6
+	enabled  bool // ICMP errors for IPv4 packets
+	enabled6 bool // ICMPv6 errors for IPv6 packets
+	bufs     [][]byte
+	out      [][]byte
 	// token bucket, refilled per second; touched only on the error path
 	tokens int
 	refill time.Time
@@ -239,27 +286,58 @@ func (w *icmpWriter) init(e *Engine) {
 	if w.enabled {
 		w.src = u32(e.cfg.ICMPSource)
 	}
+	w.enabled6 = e.cfg.ICMPSource6.Is6() && !e.cfg.ICMPSource6.Is4In6()
+	if w.enabled6 {
+		w.src6 = addr6Of(e.cfg.ICMPSource6)
+	}
 	w.bufs = make([][]byte, icmpPerBatch)
 	for i := range w.bufs {
-		w.bufs[i] = make([]byte, Headroom+icmpErrorLen, BufferSize)
+		w.bufs[i] = make([]byte, Headroom+max(icmpErrorLen, icmp6ErrorLen), BufferSize)
 	}
 	w.out = make([][]byte, 0, icmpPerBatch)
+}
+
+// take returns the next free buffer if the batch and the rate allow one
+// more error.
+func (w *icmpWriter) take() ([]byte, bool) {
+	if len(w.out) == len(w.bufs) {
+		return nil, false
+	}
+	if w.tokens == 0 {
+		now := time.Now()
+		if now.Sub(w.refill) < time.Second {
+			return nil, false
+		}
+		w.refill, w.tokens = now, w.e.cfg.ICMPRate
+	}
+	w.tokens--
+	b := w.bufs[len(w.out)]
+	return b[:cap(b)], true
 }
 
 func (w *icmpWriter) queue(offender []byte, typ, code uint8) {
 	if !w.enabled || len(w.out) == len(w.bufs) || !icmpErrorAllowed(offender) {
 		return
 	}
-	if w.tokens == 0 {
-		now := time.Now()
-		if now.Sub(w.refill) < time.Second {
-			return
-		}
-		w.refill, w.tokens = now, w.e.cfg.ICMPRate
+	b, ok := w.take()
+	if !ok {
+		return
 	}
-	w.tokens--
-	b := w.bufs[len(w.out)][:cap(w.bufs[len(w.out)])]
 	n := buildICMPError(b[Headroom:], typ, code, w.src, offender)
+	w.out = append(w.out, b[:Headroom+n])
+}
+
+// queue6 is queue for an IPv6 offender; param is the message's 32-bit
+// field (the MTU of a Packet Too Big).
+func (w *icmpWriter) queue6(offender []byte, typ, code uint8, param uint32) {
+	if !w.enabled6 || len(w.out) == len(w.bufs) || !icmp6ErrorAllowed(offender, typ) {
+		return
+	}
+	b, ok := w.take()
+	if !ok {
+		return
+	}
+	n := buildICMPv6Error(b[Headroom:], typ, code, param, w.src6, offender)
 	w.out = append(w.out, b[:Headroom+n])
 }
 

@@ -297,3 +297,53 @@ func TestCoalesceCutsConsecutiveLargeTCP(t *testing.T) {
 		t.Errorf("%d runs, want 3 (each large packet alone, then the train)", len(co.runs))
 	}
 }
+
+// build6 is build for TCP over IPv6.
+func build6(t *testing.T, s seg) []byte {
+	t.Helper()
+	ip := &layers.IPv6{Version: 6, HopLimit: 63, NextHeader: layers.IPProtocolTCP, SrcIP: net.ParseIP(s.src), DstIP: net.ParseIP(s.dst)}
+	tc := &layers.TCP{SrcPort: layers.TCPPort(s.sport), DstPort: 80, Seq: s.seq, Ack: s.ack, ACK: true, Window: 500}
+	tc.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tc, gopacket.Payload(make([]byte, s.payload))); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, off, 65535+off)
+	return append(b, buf.Bytes()...)
+}
+
+// TestCoalesceLeavesIPv6Alone: the write path coalesces IPv4 only. An
+// IPv6 packet (the engine forwards them too) is written as it came, with
+// an empty virtio-net header (GSO_NONE, no checksum offload: the kernel
+// checks its checksum as for any packet), also when it is a TCP packet
+// above the MTU, which the engine drops as oversize before it gets here
+// (the Device does not implement engine.LargeTCP6Writer); and it does not
+// split the IPv4 run around it.
+func TestCoalesceLeavesIPv6Alone(t *testing.T) {
+	v4 := func(seq uint32) []byte {
+		return build(t, seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 1000, seq: seq, ack: 1, payload: 1000})
+	}
+	v6 := func(seq uint32, n int) []byte {
+		return build6(t, seg{src: "fd00:10:5:1::2", dst: "fd00:10:5:2::2", sport: 1000, seq: seq, ack: 1, payload: n})
+	}
+	bufs := [][]byte{v4(0), v6(0, 1000), v4(1000), v6(1000, 9000)}
+	orig := [][]byte{nil, append([]byte(nil), bufs[1][off:]...), nil, append([]byte(nil), bufs[3][off:]...)}
+	co := coalescer{uso: true, mtu: 1450}
+	co.plan(bufs, off)
+	if len(co.runs) != 3 || co.runs[0].n != 2 || co.runs[1].n != 1 || co.runs[2].n != 1 {
+		t.Fatalf("runs %+v, want the IPv4 pair and each IPv6 packet alone", co.runs)
+	}
+	for _, i := range []int{1, 2} {
+		w := co.finish(bufs, off, &co.runs[i])
+		if !bytes.Equal(w[:virtioNetHdrLen], make([]byte, virtioNetHdrLen)) {
+			t.Errorf("IPv6 packet written with virtio header % x", w[:virtioNetHdrLen])
+		}
+		if !bytes.Equal(w[virtioNetHdrLen:], orig[co.runs[i].idx]) {
+			t.Errorf("IPv6 packet changed on the way to the TUN")
+		}
+	}
+	var d any = &Device{}
+	if _, ok := d.(interface{ SegmentsLargeTCP6() bool }); ok {
+		t.Error("Device claims to cut large TCPv6 packets, which the coalescer does not do")
+	}
+}
