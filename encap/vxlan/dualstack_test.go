@@ -194,62 +194,11 @@ func checkTraffic(t *testing.T, h [2]*dsHost, run dualStackRun) {
 			{run.pod[k], run.pod[1-k], 1450 - 20 - 8},
 			{run.pod6[k], run.pod6[1-k], 1430 - 40 - 8},
 		} {
-			if err := udpRoundTrip(h[k].ns, h[1-k].ns, netip.MustParseAddr(c.from), netip.MustParseAddr(c.to), c.size); err != nil {
+			if err := kerneltest.UDPRoundTrip(h[k].ns, h[1-k].ns, netip.MustParseAddr(c.from), netip.MustParseAddr(c.to), c.size); err != nil {
 				t.Errorf("h%d %s -> %s, %d bytes: %v", k+1, c.from, c.to, c.size, err)
 			}
 		}
 	}
-}
-
-// udpRoundTrip sends size bytes from (cli, from) to (srv, to) and waits
-// for the echo, trying a few times.
-func udpRoundTrip(cli, srv *kerneltest.NS, from, to netip.Addr, size int) error {
-	var ln *net.UDPConn
-	if err := srv.Do(func() (err error) {
-		ln, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(to, 0)))
-		return err
-	}); err != nil {
-		return err
-	}
-	defer ln.Close()
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, a, err := ln.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			ln.WriteToUDPAddrPort(buf[:n], a)
-		}
-	}()
-	var c *net.UDPConn
-	if err := cli.Do(func() (err error) {
-		c, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), ln.LocalAddr().(*net.UDPAddr))
-		return err
-	}); err != nil {
-		return err
-	}
-	defer c.Close()
-	msg := make([]byte, size)
-	for i := range msg {
-		msg[i] = byte(i)
-	}
-	buf := make([]byte, 65536)
-	var err error
-	for range 5 {
-		if _, err = c.Write(msg); err != nil {
-			continue
-		}
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		var n int
-		if n, err = c.Read(buf); err == nil {
-			if n != size || string(buf[:n]) != string(msg) {
-				return fmt.Errorf("echo of %d bytes differs", n)
-			}
-			return nil
-		}
-	}
-	return err
 }
 
 // TestDualStackDeviceRecreated: flannel-v6.1 deleted under a running

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -134,4 +136,57 @@ func FixtureLines(t testing.TB, path string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// UDPRoundTrip sends size bytes of UDP from address from in cli to
+// address to in srv, where an echo server answers, and waits for the echo,
+// trying a few times (the first datagram may wait for the underlay's
+// neighbour resolution).
+func UDPRoundTrip(cli, srv *NS, from, to netip.Addr, size int) error {
+	var ln *net.UDPConn
+	if err := srv.Do(func() (err error) {
+		ln, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(to, 0)))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer ln.Close()
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, a, err := ln.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			ln.WriteToUDPAddrPort(buf[:n], a)
+		}
+	}()
+	var c *net.UDPConn
+	if err := cli.Do(func() (err error) {
+		c, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), ln.LocalAddr().(*net.UDPAddr))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	msg := make([]byte, size)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	buf := make([]byte, 65536)
+	var err error
+	for range 5 {
+		if _, err = c.Write(msg); err != nil {
+			continue
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		var n int
+		if n, err = c.Read(buf); err == nil {
+			if n != size || string(buf[:n]) != string(msg) {
+				return fmt.Errorf("echo of %d bytes differs", n)
+			}
+			return nil
+		}
+	}
+	return err
 }
