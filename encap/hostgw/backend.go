@@ -1,9 +1,10 @@
 // Package hostgw is weft's host-gw backend, flanneld's host-gw over
 // netlink: per peer lease, a route for the peer's subnet via the peer's
-// public IP on the underlay interface; no encapsulation at all. It works
-// only between hosts on one L2 segment, so a peer behind a router is
-// refused by name rather than black-holed. A reconcile loop keeps the
-// routes in place.
+// public IP on the underlay interface, and on a dual-stack network one for
+// the peer's IPv6 subnet via its public IPv6; no encapsulation at all. It
+// works only between hosts on one L2 segment, so a peer behind a router
+// is refused by name (per family) rather than black-holed. A reconcile
+// loop keeps the routes in place.
 package hostgw
 
 import (
@@ -44,10 +45,13 @@ type Backend struct {
 	refused map[netip.Prefix]string // logged once per reason
 }
 
-// Peer is a peer the backend routes to.
+// Peer is a peer the backend routes to: its IPv4 subnet, its IPv6 one, or
+// both.
 type Peer struct {
-	Subnet   netip.Prefix `json:"subnet"`
-	PublicIP netip.Addr   `json:"public_ip"`
+	Subnet     netip.Prefix `json:"subnet,omitzero"`
+	PublicIP   netip.Addr   `json:"public_ip,omitzero"`
+	IPv6Subnet netip.Prefix `json:"ipv6_subnet,omitzero"`
+	PublicIPv6 netip.Addr   `json:"public_ipv6,omitzero"`
 }
 
 var (
@@ -77,11 +81,18 @@ func New(o Options) (*Backend, error) {
 // host-gw routes go nowhere. flanneld v0.28.9 refuses it the same way
 // (pkg/backend/hostgw/hostgw.go, New: ExtAddr != IfaceAddr). auto asks it
 // too, so as not to pick host-gw on such a host.
+//
+// The same holds for the public IPv6 on a dual-stack network (flanneld
+// does not check it; its peers' IPv6 routes would go nowhere).
 func CheckPublicIP(h encap.Host) error {
 	if h.PublicIP.IsValid() && h.PublicIP != h.IfaceAddr {
 		return fmt.Errorf("host-gw: the public IP %s (--public-ip) differs from %s's address %s: this host is probably behind NAT, "+
 			"which host-gw cannot route (flanneld refuses it too); use vxlan or udp, or a --public-ip/--iface that is the interface's own address",
 			h.PublicIP, h.Iface, h.IfaceAddr)
+	}
+	if h.PublicIPv6.IsValid() && h.IfaceAddr6.IsValid() && h.PublicIPv6 != h.IfaceAddr6 {
+		return fmt.Errorf("host-gw: the public IPv6 %s (--public-ipv6) differs from %s's address %s: peers' IPv6 routes to this host would go nowhere; "+
+			"use vxlan, or a --public-ipv6 that is the interface's own address", h.PublicIPv6, h.Iface, h.IfaceAddr6)
 	}
 	return nil
 }
@@ -89,9 +100,10 @@ func CheckPublicIP(h encap.Host) error {
 func (b *Backend) Type() string { return "host-gw" }
 
 // Attrs: flanneld's host-gw lease has BackendType "host-gw" and no
-// BackendData.
+// BackendData; on a dual-stack network it has PublicIPv6 and no
+// BackendV6Data.
 func (b *Backend) Attrs() (lease.Attrs, error) {
-	return lease.Attrs{PublicIP: b.host.PublicIP, BackendType: "host-gw"}, nil
+	return lease.Attrs{PublicIP: b.host.PublicIP, PublicIPv6: b.host.PublicIPv6, BackendType: "host-gw"}, nil
 }
 
 // Start has nothing to set up: pods use the underlay's MTU, as flanneld's
@@ -130,17 +142,33 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	s := kernel.State{Routes: make([]kernel.Route, 0, len(b.leases))}
 	peers := make([]Peer, 0, len(b.leases))
 	refused := map[netip.Prefix]string{}
-	for _, l := range b.leases {
-		why := Refuse(l, connected)
+	// route adds the route to subnet via gw, or refuses it: each family
+	// on its own, so a peer whose IPv6 address is behind a router is
+	// still routed over IPv4.
+	route := func(subnet netip.Prefix, gw netip.Addr, why string) bool {
 		if why != "" {
-			refused[l.Subnet] = why
-			if b.refused[l.Subnet] != why {
-				b.log.Warn("refusing peer", "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP, "why", why)
+			refused[subnet] = why
+			if b.refused[subnet] != why {
+				b.log.Warn("refusing peer", "subnet", subnet, "public-ip", gw, "why", why)
 			}
-			continue
+			return false
 		}
-		peers = append(peers, Peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP})
-		s.Routes = append(s.Routes, kernel.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, LinkIndex: b.host.IfaceIndex})
+		s.Routes = append(s.Routes, kernel.Route{Dst: subnet, Gw: gw, LinkIndex: b.host.IfaceIndex})
+		return true
+	}
+	for _, l := range b.leases {
+		var p Peer
+		if route(l.Subnet, l.Attrs.PublicIP, Refuse(l, connected)) {
+			p.Subnet, p.PublicIP = l.Subnet, l.Attrs.PublicIP
+		}
+		// As flanneld: "fd00:10:5:27::/64 via 2001:db8::2 dev fk-v1".
+		// Admission passes an IPv6 subnet only on a dual-stack network.
+		if l.IPv6Subnet.IsValid() && route(l.IPv6Subnet, l.Attrs.PublicIPv6, RefuseIPv6(l, connected)) {
+			p.IPv6Subnet, p.PublicIPv6 = l.IPv6Subnet, l.Attrs.PublicIPv6
+		}
+		if p != (Peer{}) {
+			peers = append(peers, p)
+		}
 	}
 	b.peers, b.refused = peers, refused
 	return s, true, nil
@@ -152,9 +180,31 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 // subnet; so such a peer is left out and named.
 func Refuse(l lease.Lease, connected []netip.Prefix) string {
 	if !kernel.OnSegment(connected, l.Attrs.PublicIP) {
-		return fmt.Sprintf("its public IP %s is not on this host's segment %v: host-gw cannot route across a router (use vxlan or auto)", l.Attrs.PublicIP, connected)
+		return fmt.Sprintf("its public IP %s is not on this host's segment %v: host-gw cannot route across a router (use vxlan or auto)",
+			l.Attrs.PublicIP, sameFamily(connected, l.Attrs.PublicIP))
 	}
 	return ""
+}
+
+// RefuseIPv6 is Refuse for the IPv6 part of l: its route via its public
+// IPv6, which neighbour discovery on the interface must reach.
+func RefuseIPv6(l lease.Lease, connected []netip.Prefix) string {
+	if !kernel.OnSegment(connected, l.Attrs.PublicIPv6) {
+		return fmt.Sprintf("its public IPv6 %s is not on this host's segment %v: host-gw cannot route across a router (use vxlan or auto)",
+			l.Attrs.PublicIPv6, sameFamily(connected, l.Attrs.PublicIPv6))
+	}
+	return ""
+}
+
+// sameFamily is the prefixes of ip's family, for messages.
+func sameFamily(connected []netip.Prefix, ip netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range connected {
+		if p.Addr().Is4() == ip.Is4() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Reconcile runs one pass now (tests; the loop runs them on its own).

@@ -73,7 +73,7 @@ func (e entry) String() string {
 
 // entries are the entries of s, by value.
 func (s State) entries() map[entry]struct{} {
-	m := make(map[entry]struct{}, len(s.Routes)+len(s.Neighs)+len(s.FDB))
+	m := make(map[entry]struct{}, len(s.Routes)+len(s.Neighs)+len(s.FDB)+len(s.Neighs6)+len(s.FDB6))
 	for _, r := range s.Routes {
 		m[routeEntry(r)] = struct{}{}
 	}
@@ -82,6 +82,12 @@ func (s State) entries() map[entry]struct{} {
 	}
 	for _, f := range s.FDB {
 		m[fdbEntry(f, s.Dev)] = struct{}{}
+	}
+	for _, n := range s.Neighs6 {
+		m[neighEntry(n, s.Dev6)] = struct{}{}
+	}
+	for _, f := range s.FDB6 {
+		m[fdbEntry(f, s.Dev6)] = struct{}{}
 	}
 	return m
 }

@@ -45,7 +45,7 @@ type Reconciler struct {
 	// pass or update: Stats must not wait for a pass (a full pass at
 	// thousands of peers holds mu for seconds; `weft status` timed out).
 	refusedView atomic.Pointer[map[string]string]
-	dev         atomic.Int64 // the device of the last state, for event filtering
+	dev, dev6   atomic.Int64 // the devices of the last state, for event filtering
 	// base indexes the state the kernel held after the last pass that
 	// ended without error: an Update programs only its difference from
 	// the new state. nil after a failure, until a full pass. spare is the
@@ -126,6 +126,7 @@ func (r *Reconciler) Pass() error {
 		return nil
 	}
 	r.dev.Store(int64(want.Dev))
+	r.dev6.Store(int64(want.Dev6))
 	r.passes.Add(1)
 	r.forgetOwn(nil)
 	c, err := r.NL.reconcile(want)
@@ -314,11 +315,17 @@ func (r *Reconciler) watch(ctx context.Context, poke func()) error {
 			if !ok {
 				return nil
 			}
-			if dev := r.dev.Load(); dev != 0 && int64(u.LinkIndex) == dev && u.Type == unix.RTM_DELNEIGH && !r.wasOwn(deletedNeigh(u.Neigh)) {
+			if r.ownDevice(u.LinkIndex) && u.Type == unix.RTM_DELNEIGH && !r.wasOwn(deletedNeigh(u.Neigh)) {
 				poke()
 			}
 		}
 	}
+}
+
+// ownDevice reports whether link is one of the devices of the last state.
+func (r *Reconciler) ownDevice(link int) bool {
+	l := int64(link)
+	return l != 0 && (l == r.dev.Load() || l == r.dev6.Load())
 }
 
 // expectOwn records a deletion an Update is about to make.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -27,8 +28,19 @@ import (
 const RouteProtocol netlink.RouteProtocol = 87
 
 // VXLANDevicePattern matches the names of the vxlan devices flanneld and
-// weft create, flannel.<VNI>.
-var VXLANDevicePattern = regexp.MustCompile(`^flannel\.[0-9]+$`)
+// weft create: flannel.<VNI>, and flannel-v6.<VNI> on a dual-stack network.
+var VXLANDevicePattern = regexp.MustCompile(`^flannel(-v6)?\.[0-9]+$`)
+
+// VXLANDevice6 is the name of the IPv6 vxlan device that goes with the
+// IPv4 one named dev (flannel.<VNI> -> flannel-v6.<VNI>), or "" when dev
+// is not named flannel.<VNI>.
+func VXLANDevice6(dev string) string {
+	vni, ok := strings.CutPrefix(dev, "flannel.")
+	if !ok || !VXLANDevicePattern.MatchString(dev) {
+		return ""
+	}
+	return "flannel-v6." + vni
+}
 
 // Netlink is where the kernel backends program: a handle and its network
 // namespace (tests use a fresh namespace; the daemon its own).
@@ -67,13 +79,14 @@ func Dump[T any](f func() ([]T, error)) ([]T, error) {
 }
 
 // Connected returns the prefixes directly connected on link index: the
-// IPv4 addresses of the interface with their prefix lengths.
+// IPv4 and IPv6 addresses of the interface with their prefix lengths,
+// link-local ones left out (no peer's public address is link-local).
 func (n *Netlink) Connected(index int) ([]netip.Prefix, error) {
 	link, err := n.H.LinkByIndex(index)
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := Dump(func() ([]netlink.Addr, error) { return n.H.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := Dump(func() ([]netlink.Addr, error) { return n.H.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, err
 	}
@@ -83,15 +96,19 @@ func (n *Netlink) Connected(index int) ([]netip.Prefix, error) {
 		if !ok {
 			continue
 		}
+		ip = ip.Unmap()
+		if ip.IsLinkLocalUnicast() {
+			continue
+		}
 		bits, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip.Unmap(), bits).Masked())
+		out = append(out, netip.PrefixFrom(ip, bits).Masked())
 	}
 	return out, nil
 }
 
 // OnSegment reports whether ip lies in one of the connected prefixes,
-// i.e. is reachable without a router: the kernel resolves it by ARP on
-// that interface.
+// i.e. is reachable without a router: the kernel resolves it by ARP (or,
+// for IPv6, neighbour discovery) on that interface.
 func OnSegment(connected []netip.Prefix, ip netip.Addr) bool {
 	for _, p := range connected {
 		if p.Contains(ip) {
@@ -138,18 +155,21 @@ type Removed struct {
 	Routes []string
 }
 
-// RemoveVXLANDevices deletes the vxlan devices named flannel.<VNI> except
-// keep. Deleting a device makes the kernel drop its addresses, routes,
-// neighbours and FDB entries with it.
+// RemoveVXLANDevices deletes the vxlan devices named flannel.<VNI> and
+// flannel-v6.<VNI> except keep and, when keep is flannel.<VNI>, its IPv6
+// companion flannel-v6.<VNI> (the vxlan backend itself removes that one
+// when the network is not dual-stack). Deleting a device makes the kernel
+// drop its addresses, routes, neighbours and FDB entries with it.
 func (n *Netlink) RemoveVXLANDevices(keep string, out *Removed) error {
 	links, err := Dump(n.H.LinkList)
 	if err != nil {
 		return err
 	}
+	keep6 := VXLANDevice6(keep)
 	var errs []error
 	for _, l := range links {
 		name := l.Attrs().Name
-		if name == keep || l.Type() != "vxlan" || !VXLANDevicePattern.MatchString(name) {
+		if keep != "" && (name == keep || name == keep6) || l.Type() != "vxlan" || !VXLANDevicePattern.MatchString(name) {
 			continue
 		}
 		if err := n.H.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
@@ -184,7 +204,7 @@ func (n *Netlink) RemoveTUN(name string, out *Removed) error {
 }
 
 // RemoveTaggedRoutes deletes every route tagged RouteProtocol in the main
-// table.
+// table, IPv4 and IPv6.
 func (n *Netlink) RemoveTaggedRoutes(out *Removed) error {
 	routes, err := n.taggedRoutes()
 	if err != nil {
@@ -203,7 +223,7 @@ func (n *Netlink) RemoveTaggedRoutes(out *Removed) error {
 
 func (n *Netlink) taggedRoutes() ([]netlink.Route, error) {
 	return dump(n, func() ([]netlink.Route, error) {
-		return n.H.RouteListFiltered(netlink.FAMILY_V4,
+		return n.H.RouteListFiltered(netlink.FAMILY_ALL,
 			&netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol},
 			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	})

@@ -42,34 +42,44 @@ func (r Route) netlink() *netlink.Route {
 	return nr
 }
 
-// Neigh is a permanent IPv4 neighbour (ARP) entry on the state's device.
+// Neigh is a permanent neighbour entry on one of the state's devices: IPv4
+// (ARP) on Dev, IPv6 (NDP) on Dev6.
 type Neigh struct {
 	IP  netip.Addr
 	MAC net.HardwareAddr
 }
 
-// FDB is a permanent forwarding entry on the state's vxlan device: frames to
-// MAC are encapsulated to Dst (`bridge fdb ... dst Dst self permanent`).
+// FDB is a permanent forwarding entry on one of the state's vxlan devices:
+// frames to MAC are encapsulated to Dst (`bridge fdb ... dst Dst self
+// permanent`), an IPv4 address on Dev, an IPv6 one on Dev6.
 type FDB struct {
 	MAC net.HardwareAddr
 	Dst netip.Addr
 }
 
 // State is the kernel state a backend wants. Routes are all the tagged
-// routes weft should have; Neighs and FDB all the permanent entries of
-// device Dev (0 when the backend has no device). Anything tagged, or on Dev,
-// that State does not list is stale and removed.
+// routes weft should have, IPv4 and IPv6; Neighs and FDB all the permanent
+// entries of device Dev (0 when the backend has no device): IPv4
+// neighbours, FDB entries with IPv4 remotes. Dev6, Neighs6 and FDB6 are
+// the same for a second device whose neighbours and remotes are IPv6 (the
+// vxlan backend's flannel-v6.<VNI> on a dual-stack network; 0 without
+// one). Anything tagged, or on Dev or Dev6 in its family, that State does
+// not list is stale and removed.
 type State struct {
 	Routes []Route
 	Dev    int
 	Neighs []Neigh
 	FDB    []FDB
+
+	Dev6    int
+	Neighs6 []Neigh
+	FDB6    []FDB
 }
 
 // Keys names every entry of s, one string per entry, with its full
 // content: two states program the same kernel entries iff their keys match.
 func (s State) Keys() map[string]bool {
-	k := make(map[string]bool, len(s.Routes)+len(s.Neighs)+len(s.FDB))
+	k := make(map[string]bool, len(s.Routes)+len(s.Neighs)+len(s.FDB)+len(s.Neighs6)+len(s.FDB6))
 	for e := range s.entries() {
 		k[e.String()] = true
 	}
@@ -86,8 +96,8 @@ type Change struct {
 
 // Reconcile makes the kernel hold exactly want: it adds or replaces what is
 // missing or different and deletes stale tagged routes and stale entries
-// on want.Dev. It carries on past individual failures and returns them
-// joined.
+// on want.Dev and want.Dev6. It carries on past individual failures and
+// returns them joined.
 func (n *Netlink) Reconcile(want State) (Change, error) {
 	c, err := n.reconcile(want)
 	out := c.exported()
@@ -101,20 +111,25 @@ func (n *Netlink) Reconcile(want State) (Change, error) {
 func (n *Netlink) reconcile(want State) (change, error) {
 	var c change
 	errR := n.reconcileRoutes(want.Routes, &c)
-	var errN, errF error
+	var errN, errF, errN6, errF6 error
 	if want.Dev != 0 {
-		errN = n.reconcileNeighs(want, &c)
-		errF = n.reconcileFDB(want, &c)
+		errN = n.reconcileNeighs(want.Dev, netlink.FAMILY_V4, want.Neighs, &c)
+		errF = n.reconcileFDB(want.Dev, want.FDB, &c)
 	}
-	return c, errors.Join(errR, errN, errF)
+	if want.Dev6 != 0 {
+		errN6 = n.reconcileNeighs(want.Dev6, netlink.FAMILY_V6, want.Neighs6, &c)
+		errF6 = n.reconcileFDB(want.Dev6, want.FDB6, &c)
+	}
+	return c, errors.Join(errR, errN, errF, errN6, errF6)
 }
 
 func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 	// One dump of the main table serves both the tagged routes and the
 	// conflict check of every missing one (a dump per missing route made
 	// a start with 5,000 peers quadratic).
+	// Both families: a stale IPv6 route is as much weft's as an IPv4 one.
 	all, err := dump(n, func() ([]netlink.Route, error) {
-		return n.H.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		return n.H.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return fmt.Errorf("listing routes: %w", err)
@@ -125,7 +140,7 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 		if h.Protocol == RouteProtocol {
 			have = append(have, h)
 		} else {
-			got, _ := routeFromKernel(h) // a nil Dst (default route) is 0.0.0.0/0
+			got, _ := routeFromKernel(h) // a nil Dst (default route) is 0.0.0.0/0 or ::/0
 			untagged[got.Dst] = append(untagged[got.Dst], h)
 		}
 	}
@@ -179,7 +194,7 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 func (n *Netlink) untaggedRoute(w Route) (string, error) {
 	filter := &netlink.Route{Dst: ipnet(w.Dst), Table: unix.RT_TABLE_MAIN}
 	have, err := dump(n, func() ([]netlink.Route, error) {
-		return n.H.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+		return n.H.RouteListFiltered(family(w.Dst.Addr()), filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return "", fmt.Errorf("listing routes to %s: %w", w.Dst, err)
@@ -203,26 +218,47 @@ func holder(w Route, routes []netlink.Route) string {
 	return ""
 }
 
+// ip6DefaultMetric is the metric the kernel gives an IPv6 route added
+// without one (IP6_RT_PRIO_USER): `ip -6 route` shows weft's and
+// flanneld's routes with "metric 1024".
+const ip6DefaultMetric = 1024
+
 func routeFromKernel(r netlink.Route) (Route, bool) {
 	if r.Dst == nil {
+		if r.Family == netlink.FAMILY_V6 {
+			return Route{Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0)}, false
+		}
 		return Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0)}, false
 	}
 	ip, _ := netip.AddrFromSlice(r.Dst.IP)
 	bits, _ := r.Dst.Mask.Size()
 	gw, _ := netip.AddrFromSlice(r.Gw)
-	out := Route{Dst: netip.PrefixFrom(ip.Unmap(), bits), Gw: gw.Unmap(), LinkIndex: r.LinkIndex,
+	ip, gw = ip.Unmap(), gw.Unmap()
+	out := Route{Dst: netip.PrefixFrom(ip, bits), Gw: gw, LinkIndex: r.LinkIndex,
 		Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0}
-	// A multipath route or one with a metric is not one weft made.
-	return out, len(r.MultiPath) == 0 && r.Priority == 0
+	// A multipath route or one with a metric is not one weft made. An
+	// IPv6 route always has one: the kernel's default is what weft's get.
+	metric := r.Priority == 0 || ip.Is6() && r.Priority == ip6DefaultMetric
+	return out, len(r.MultiPath) == 0 && metric
 }
 
-func (n *Netlink) reconcileNeighs(want State, c *change) error {
-	have, err := dump(n, func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, netlink.FAMILY_V4) })
+// family is the netlink address family of a.
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+// reconcileNeighs makes dev's permanent neighbours of family (IPv4 on the
+// IPv4 vxlan device, IPv6 on the IPv6 one) exactly want.
+func (n *Netlink) reconcileNeighs(dev, fam int, want []Neigh, c *change) error {
+	have, err := dump(n, func() ([]netlink.Neigh, error) { return n.H.NeighList(dev, fam) })
 	if err != nil {
 		return fmt.Errorf("listing neighbours: %w", err)
 	}
-	byIP := make(map[netip.Addr]net.HardwareAddr, len(want.Neighs))
-	for _, w := range want.Neighs {
+	byIP := make(map[netip.Addr]net.HardwareAddr, len(want))
+	for _, w := range want {
 		byIP[w.IP] = w.MAC
 	}
 	ok := make(map[netip.Addr]bool)
@@ -242,23 +278,24 @@ func (n *Netlink) reconcileNeighs(want State, c *change) error {
 			errs = append(errs, fmt.Errorf("deleting neighbour %s: %w", ip, err))
 			continue
 		}
-		c.removed = append(c.removed, neighEntry(Neigh{IP: ip, MAC: h.HardwareAddr}, want.Dev))
+		c.removed = append(c.removed, neighEntry(Neigh{IP: ip, MAC: h.HardwareAddr}, dev))
 	}
-	for _, w := range want.Neighs {
+	for _, w := range want {
 		if ok[w.IP] {
 			continue
 		}
-		if err := n.setNeigh(w, want.Dev); err != nil {
+		if err := n.setNeigh(w, dev); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		c.added = append(c.added, neighEntry(w, want.Dev))
+		c.added = append(c.added, neighEntry(w, dev))
 	}
 	return errors.Join(errs...)
 }
 
-func (n *Netlink) reconcileFDB(want State, c *change) error {
-	have, err := dump(n, func() ([]netlink.Neigh, error) { return n.H.NeighList(want.Dev, unix.AF_BRIDGE) })
+// reconcileFDB makes dev's FDB exactly want.
+func (n *Netlink) reconcileFDB(dev int, want []FDB, c *change) error {
+	have, err := dump(n, func() ([]netlink.Neigh, error) { return n.H.NeighList(dev, unix.AF_BRIDGE) })
 	if err != nil {
 		return fmt.Errorf("listing fdb: %w", err)
 	}
@@ -266,14 +303,14 @@ func (n *Netlink) reconcileFDB(want State, c *change) error {
 		mac mac
 		dst netip.Addr
 	}
-	wanted := make(map[key]bool, len(want.FDB))
-	for _, w := range want.FDB {
+	wanted := make(map[key]bool, len(want))
+	for _, w := range want {
 		wanted[key{macOf(w.MAC), w.Dst}] = true
 	}
-	ok := make(map[key]bool, len(want.FDB))
+	ok := make(map[key]bool, len(want))
 	var errs []error
 	for _, h := range have {
-		if h.LinkIndex != want.Dev {
+		if h.LinkIndex != dev {
 			continue
 		}
 		dst, _ := netip.AddrFromSlice(h.IP)
@@ -292,17 +329,17 @@ func (n *Netlink) reconcileFDB(want State, c *change) error {
 			errs = append(errs, fmt.Errorf("deleting fdb %s dst %s: %w", h.HardwareAddr, k.dst, err))
 			continue
 		}
-		c.removed = append(c.removed, fdbEntry(FDB{MAC: h.HardwareAddr, Dst: k.dst}, want.Dev))
+		c.removed = append(c.removed, fdbEntry(FDB{MAC: h.HardwareAddr, Dst: k.dst}, dev))
 	}
-	for _, w := range want.FDB {
+	for _, w := range want {
 		if ok[key{macOf(w.MAC), w.Dst}] {
 			continue
 		}
-		if err := n.setFDB(w, want.Dev); err != nil {
+		if err := n.setFDB(w, dev); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		c.added = append(c.added, fdbEntry(w, want.Dev))
+		c.added = append(c.added, fdbEntry(w, dev))
 	}
 	return errors.Join(errs...)
 }
@@ -315,7 +352,7 @@ func (c *change) conflict(e entry, other string) {
 }
 
 func (n *Netlink) setNeigh(w Neigh, dev int) error {
-	nb := &netlink.Neigh{LinkIndex: dev, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+	nb := &netlink.Neigh{LinkIndex: dev, Family: family(w.IP), State: netlink.NUD_PERMANENT,
 		Type: unix.RTN_UNICAST, IP: w.IP.AsSlice(), HardwareAddr: w.MAC}
 	if err := n.neighSet(nb); err != nil {
 		return fmt.Errorf("adding neighbour %s lladdr %s: %w", w.IP, w.MAC, err)

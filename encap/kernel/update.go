@@ -41,7 +41,7 @@ func (r *Reconciler) update() (bool, error) {
 	if x == nil {
 		x = new(index)
 	}
-	if want.Dev != r.base.dev || !x.fill(want) {
+	if want.Dev != r.base.dev || want.Dev6 != r.base.dev6 || !x.fill(want) {
 		return false, nil
 	}
 	r.updates.Add(1)
@@ -125,7 +125,7 @@ func (n *Netlink) remove(e entry) (bool, error) {
 			return false, nil
 		}
 	case kindNeigh:
-		err = n.neighDel(&netlink.Neigh{LinkIndex: e.link, Family: netlink.FAMILY_V4, IP: e.ip.AsSlice()})
+		err = n.neighDel(&netlink.Neigh{LinkIndex: e.link, Family: family(e.ip), IP: e.ip.AsSlice()})
 	case kindFDB:
 		err = n.neighDel(&netlink.Neigh{LinkIndex: e.link, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
 			HardwareAddr: e.mac.hw(), IP: e.ip.AsSlice()})

@@ -17,10 +17,11 @@ import (
 
 // peers is a vxlan-shaped wanted state: per peer i, an onlink route to
 // 10.(100+i/256).(i%256).0/24 via its network address, a neighbour and an
-// FDB entry, as the vxlan backend programs.
+// FDB entry, as the vxlan backend programs; with dev6, the same for
+// fd00:10:(100+i/256):(i%256)::/64 on it.
 type peers struct {
-	dev int
-	ids []int
+	dev, dev6 int
+	ids       []int
 }
 
 func peerSubnet(i int) netip.Prefix {
@@ -35,6 +36,15 @@ func (p *peers) state() kernel.State {
 		s.Routes = append(s.Routes, kernel.Route{Dst: sn, Gw: sn.Addr(), LinkIndex: p.dev, Onlink: true})
 		s.Neighs = append(s.Neighs, kernel.Neigh{IP: sn.Addr(), MAC: mac})
 		s.FDB = append(s.FDB, kernel.FDB{MAC: mac, Dst: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i%200)})})
+		if p.dev6 == 0 {
+			continue
+		}
+		s.Dev6 = p.dev6
+		sn6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0, byte(100 + i>>8), 0, byte(i)}), 64)
+		mac6 := net.HardwareAddr{0x0e, 0x66, 0, 0, byte(i >> 8), byte(i)}
+		s.Routes = append(s.Routes, kernel.Route{Dst: sn6, Gw: sn6.Addr(), LinkIndex: p.dev6, Onlink: true})
+		s.Neighs6 = append(s.Neighs6, kernel.Neigh{IP: sn6.Addr(), MAC: mac6})
+		s.FDB6 = append(s.FDB6, kernel.FDB{MAC: mac6, Dst: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(10 + i%200)})})
 	}
 	return s
 }

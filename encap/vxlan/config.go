@@ -21,8 +21,16 @@ const (
 	// UDP (8), VXLAN (8) and the inner Ethernet header (14), so the device's
 	// MTU is the underlay's minus 50 (the kernel's VXLAN_HEADROOM).
 	Overhead = 50
-	maxVNI   = 1<<24 - 1
-	minMTU   = 68 + Overhead
+	// Overhead6 is the same over IPv6 (outer IPv6 header 40 bytes): the
+	// kernel caps a vxlan device with an IPv6 local address at the
+	// underlay's MTU less 70 (flanneld's flannel-v6.1 has 1430 on a 1500
+	// underlay, fixture dualstack/vxlan).
+	Overhead6 = 70
+	maxVNI    = 1<<24 - 1
+	minMTU    = 68 + Overhead
+	// minMTU6 is IPv6's minimum link MTU (RFC 8200): below it the kernel
+	// disables IPv6 on a device.
+	minMTU6 = 1280
 )
 
 // Config is the vxlan part of the network config's Backend object, with
@@ -82,27 +90,43 @@ func ParseConfig(raw json.RawMessage) (Config, error) {
 // DeviceName is flanneld's name for the device of vni.
 func DeviceName(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
 
-// LeaseData is the lease's BackendData, flanneld's vxlanLeaseAttrs.
+// DeviceName6 is flanneld's name for the IPv6 device of vni, on a
+// dual-stack network.
+func DeviceName6(vni int) string { return fmt.Sprintf("flannel-v6.%d", vni) }
+
+// LeaseData is the lease's BackendData (and, on a dual-stack network,
+// BackendV6Data: the same fields for the IPv6 device), flanneld's
+// vxlanLeaseAttrs.
 type LeaseData struct {
 	VNI     int
 	VtepMAC string
 }
 
-// MarshalLeaseData renders BackendData byte for byte as flanneld does:
-// {"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}, the MAC lower-case with colons.
+// MarshalLeaseData renders BackendData (or BackendV6Data) byte for byte as
+// flanneld does: {"VNI":1,"VtepMAC":"8e:d7:4b:96:29:eb"}, the MAC
+// lower-case with colons.
 func MarshalLeaseData(vni int, mac net.HardwareAddr) (json.RawMessage, error) {
 	return json.Marshal(LeaseData{VNI: vni, VtepMAC: mac.String()})
 }
 
 // ParseLeaseData reads a peer's BackendData.
 func ParseLeaseData(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
+	return parseLeaseData("BackendData", raw)
+}
+
+// ParseLeaseV6Data reads a peer's BackendV6Data.
+func ParseLeaseV6Data(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
+	return parseLeaseData("BackendV6Data", raw)
+}
+
+func parseLeaseData(field string, raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
 	var d LeaseData
 	if err := json.Unmarshal(raw, &d); err != nil {
-		return d, nil, fmt.Errorf("BackendData: %v", err)
+		return d, nil, fmt.Errorf("%s: %v", field, err)
 	}
 	mac, err := net.ParseMAC(d.VtepMAC)
 	if err != nil || len(mac) != 6 {
-		return d, nil, fmt.Errorf("BackendData: VtepMAC %q is not an Ethernet address", d.VtepMAC)
+		return d, nil, fmt.Errorf("%s: VtepMAC %q is not an Ethernet address", field, d.VtepMAC)
 	}
 	return d, mac, nil
 }
@@ -117,20 +141,38 @@ func AcceptLeaseCached(vni int, c *LeaseCache) func(lease.Attrs) error {
 	return acceptLease(vni, c.Parse)
 }
 
+// AcceptLeaseV6Cached is the admission check of a vxlan peer's IPv6 part
+// (encap.IPv6Acceptor), for leases with an IPv6 subnet: BackendV6Data
+// checked as AcceptLease checks BackendData, parsed through c (a cache
+// with V6 set).
+func AcceptLeaseV6Cached(vni int, c *LeaseCache) func(lease.Attrs) error {
+	check := checkLeaseData(vni, "BackendV6Data: ", c.Parse)
+	return func(a lease.Attrs) error { return check(a.BackendV6Data) }
+}
+
 func acceptLease(vni int, parse func(json.RawMessage) (LeaseData, net.HardwareAddr, error)) func(lease.Attrs) error {
+	check := checkLeaseData(vni, "", parse)
 	return func(a lease.Attrs) error {
 		if a.BackendType != "vxlan" {
 			return admission.Refuse(admission.BackendType, "its backend is %s, not vxlan", admission.BackendName(a))
 		}
-		d, mac, err := parse(a.BackendData)
+		return check(a.BackendData)
+	}
+}
+
+// checkLeaseData refuses data without a unicast VtepMAC or of another VNI;
+// prefix names the field in refusals parse does not name it in.
+func checkLeaseData(vni int, prefix string, parse func(json.RawMessage) (LeaseData, net.HardwareAddr, error)) func(json.RawMessage) error {
+	return func(raw json.RawMessage) error {
+		d, mac, err := parse(raw)
 		if err != nil {
 			return admission.Refuse(admission.BackendData, "%v", err)
 		}
 		if mac[0]&1 != 0 {
-			return admission.Refuse(admission.BackendData, "VtepMAC %s is not a unicast address", mac)
+			return admission.Refuse(admission.BackendData, "%sVtepMAC %s is not a unicast address", prefix, mac)
 		}
 		if d.VNI != vni {
-			return admission.Refuse(admission.BackendData, "its VNI is %d, not %d", d.VNI, vni)
+			return admission.Refuse(admission.BackendData, "%sits VNI is %d, not %d", prefix, d.VNI, vni)
 		}
 		return nil
 	}
@@ -150,12 +192,28 @@ func acceptLease(vni int, parse func(json.RawMessage) (LeaseData, net.HardwareAd
 // get an MTU their packets cannot cross the device with; weft writes the
 // device's MTU instead.
 func DeviceMTU(host encap.Host, c Config, log *slog.Logger) int {
-	underlay := host.IfaceMTU
-	if c.MTU != 0 && c.MTU <= underlay {
-		underlay = c.MTU
-	} else if c.MTU > underlay {
+	underlay, clamped := underlayMTU(host, c)
+	if clamped {
 		log.Warn("network config: Backend.MTU (the underlay's MTU) is larger than the interface's; using the interface's",
 			"mtu", c.MTU, "iface-mtu", host.IfaceMTU, "device-mtu", host.IfaceMTU-Overhead)
 	}
 	return underlay - Overhead
+}
+
+// DeviceMTU6 is the MTU of flannel-v6.<VNI>: the underlay's (as
+// DeviceMTU reads it) less Overhead6. flanneld asks the kernel for the
+// underlay's less 50 and the kernel caps it at this; weft asks for it, so
+// the device has the MTU weft set.
+func DeviceMTU6(host encap.Host, c Config) int {
+	underlay, _ := underlayMTU(host, c)
+	return underlay - Overhead6
+}
+
+// underlayMTU is Backend.MTU, or the interface's when it is unset or
+// larger (clamped).
+func underlayMTU(host encap.Host, c Config) (mtu int, clamped bool) {
+	if c.MTU != 0 && c.MTU <= host.IfaceMTU {
+		return c.MTU, false
+	}
+	return host.IfaceMTU, c.MTU > host.IfaceMTU
 }

@@ -13,7 +13,17 @@ import (
 	"github.com/weft-net/weft/encap/kernel"
 )
 
-// deviceSpec is the flannel.<VNI> device weft wants.
+// vtep is one of the backend's vxlan devices: flannel.<VNI>, whose local
+// address and remotes are IPv4, or, on a dual-stack network,
+// flannel-v6.<VNI>, whose are IPv6. Each has its own MAC, published in the
+// lease (BackendData, BackendV6Data).
+type vtep struct {
+	spec    deviceSpec
+	prevMAC net.HardwareAddr // the previous lease's MAC, for a device created anew
+	mac     net.HardwareAddr // the MAC the lease publishes, set by Attrs; guarded by Backend.mu
+}
+
+// deviceSpec is a vxlan device weft wants.
 type deviceSpec struct {
 	name      string
 	vni       int
@@ -21,7 +31,7 @@ type deviceSpec struct {
 	gbp       bool
 	learning  bool
 	vtepIndex int        // the underlay device (--iface)
-	vtepAddr  netip.Addr // its address: the source of encapsulated packets
+	vtepAddr  netip.Addr // its address: the source of encapsulated packets (IPv4 or IPv6)
 	mtu       int
 }
 
@@ -79,12 +89,12 @@ func randomMAC() (net.HardwareAddr, error) {
 	return mac, nil
 }
 
-// ensureDevice returns the device, reusing an existing compatible one and
+// ensureDevice returns v's device, reusing an existing compatible one and
 // its MAC (flanneld: "VXLAN device already exists ... Returning existing
 // device") so the VtepMAC peers know stays valid across restarts. An
 // incompatible one is replaced, keeping its MAC when it had one.
-func (b *Backend) ensureDevice() (*netlink.Vxlan, bool, error) {
-	d := b.spec
+func (b *Backend) ensureDevice(v *vtep) (*netlink.Vxlan, bool, error) {
+	d := v.spec
 	old, err := b.nl.H.LinkByName(d.name)
 	var notFound netlink.LinkNotFoundError
 	if err != nil && !errors.As(err, &notFound) {
@@ -94,14 +104,14 @@ func (b *Backend) ensureDevice() (*netlink.Vxlan, bool, error) {
 	if err == nil {
 		why := d.incompatible(old)
 		if why == "" {
-			v := old.(*netlink.Vxlan)
-			if v.MTU != d.mtu {
-				if err := b.nl.H.LinkSetMTU(v, d.mtu); err != nil {
+			dev := old.(*netlink.Vxlan)
+			if dev.MTU != d.mtu {
+				if err := b.nl.H.LinkSetMTU(dev, d.mtu); err != nil {
 					return nil, false, fmt.Errorf("setting %s MTU %d: %w", d.name, d.mtu, err)
 				}
-				v.MTU = d.mtu
+				dev.MTU = d.mtu
 			}
-			return v, false, nil
+			return dev, false, nil
 		}
 		b.log.Warn("replacing the existing device: it does not match the config", "device", d.name, "why", why)
 		if old.Type() == "vxlan" && len(old.Attrs().HardwareAddr) == 6 {
@@ -116,14 +126,14 @@ func (b *Backend) ensureDevice() (*netlink.Vxlan, bool, error) {
 	// stay right (flanneld v0.28.9 makes a new one, and traffic to this
 	// host stays broken until it restarts).
 	b.mu.Lock()
-	leaseMAC := b.mac
+	leaseMAC := v.mac
 	b.mu.Unlock()
 	if mac == nil && len(leaseMAC) == 6 {
 		mac = leaseMAC
 		b.log.Info("recreating the vxlan device with the lease's MAC", "device", d.name, "mac", mac.String())
 	}
-	if mac == nil && len(b.prevMAC) == 6 {
-		mac = b.prevMAC
+	if mac == nil && len(v.prevMAC) == 6 {
+		mac = v.prevMAC
 		b.log.Info("creating the vxlan device with the previous lease's MAC", "device", d.name, "mac", mac.String())
 	}
 	if mac == nil {
@@ -143,19 +153,26 @@ func (b *Backend) ensureDevice() (*netlink.Vxlan, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("%s vanished after creation: %w", d.name, err)
 	}
-	v, ok := l.(*netlink.Vxlan)
+	dev, ok := l.(*netlink.Vxlan)
 	if !ok {
 		return nil, false, fmt.Errorf("%s is not a vxlan device after creation", d.name)
 	}
-	return v, true, nil
+	return dev, true, nil
 }
 
-// configure gives the device the lease's network address as a /32 (as
-// flanneld: 10.5.92.0/32; a /32 makes the kernel add no prefix route),
-// removes other IPv4 addresses and brings it up.
+// configure gives the device the lease's network address as a host
+// address, /32 or /128 (as flanneld: 10.5.92.0/32 on flannel.1,
+// fd00:10:5:21::/128 on flannel-v6.1; a host address makes the kernel add
+// no prefix route), removes other addresses of that family (the kernel's
+// IPv6 link-local one stays) and brings it up.
 func (b *Backend) configure(dev *netlink.Vxlan, addr netip.Addr) error {
-	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	have, err := kernel.Dump(func() ([]netlink.Addr, error) { return b.nl.H.AddrList(dev, netlink.FAMILY_V4) })
+	bits := addr.BitLen()
+	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	family := netlink.FAMILY_V4
+	if addr.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	have, err := kernel.Dump(func() ([]netlink.Addr, error) { return b.nl.H.AddrList(dev, family) })
 	if err != nil {
 		return fmt.Errorf("listing %s addresses: %w", dev.Name, err)
 	}
@@ -163,6 +180,9 @@ func (b *Backend) configure(dev *netlink.Vxlan, addr netip.Addr) error {
 	for _, a := range have {
 		if a.IPNet.String() == want.IPNet.String() {
 			found = true
+			continue
+		}
+		if a.IP.IsLinkLocalUnicast() {
 			continue
 		}
 		// An address from an earlier lease (the subnet changed).

@@ -14,6 +14,10 @@ import (
 // not 5,000. It holds exactly the last snapshot's values: memory follows
 // the cluster, not its history. The zero value is ready.
 type LeaseCache struct {
+	// V6 makes the cache read BackendV6Data, of the leases with an IPv6
+	// subnet, instead of BackendData. Set it before first use.
+	V6 bool
+
 	mu       sync.Mutex
 	m, spare map[string]parsedData // spare: the map before, reused
 }
@@ -24,8 +28,8 @@ type parsedData struct {
 	err error
 }
 
-// Parse is ParseLeaseData, answered from the last snapshot when it held
-// the same bytes.
+// Parse is ParseLeaseData (ParseLeaseV6Data with V6), answered from the
+// last snapshot when it held the same bytes.
 func (c *LeaseCache) Parse(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
 	c.mu.Lock()
 	p, ok := c.m[string(raw)]
@@ -33,12 +37,21 @@ func (c *LeaseCache) Parse(raw json.RawMessage) (LeaseData, net.HardwareAddr, er
 	if ok {
 		return p.d, p.mac, p.err
 	}
+	return c.parse(raw)
+}
+
+func (c *LeaseCache) parse(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
+	if c.V6 {
+		return ParseLeaseV6Data(raw)
+	}
 	return ParseLeaseData(raw)
 }
 
-// Snapshot parses the BackendData of every lease of a snapshot (from the
+// Snapshot parses the BackendData (with V6: the BackendV6Data of the
+// leases with an IPv6 subnet) of every lease of a snapshot (from the
 // cache where it can) and keeps exactly those. macs[i] is leases[i]'s
-// VtepMAC, nil when its data does not parse.
+// VtepMAC, nil when its data does not parse or, with V6, it has no IPv6
+// subnet.
 func (c *LeaseCache) Snapshot(leases []lease.Lease) (macs []net.HardwareAddr) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -50,9 +63,15 @@ func (c *LeaseCache) Snapshot(leases []lease.Lease) (macs []net.HardwareAddr) {
 	macs = make([]net.HardwareAddr, len(leases))
 	for i, l := range leases {
 		raw := l.Attrs.BackendData
+		if c.V6 {
+			if !l.IPv6Subnet.IsValid() {
+				continue
+			}
+			raw = l.Attrs.BackendV6Data
+		}
 		p, ok := c.m[string(raw)]
 		if !ok {
-			p.d, p.mac, p.err = ParseLeaseData(raw)
+			p.d, p.mac, p.err = c.parse(raw)
 		}
 		next[string(raw)] = p
 		if p.err == nil {

@@ -3,6 +3,7 @@ package vxlan
 import (
 	"encoding/json"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/lease"
@@ -42,5 +43,28 @@ func TestLeaseCache(t *testing.T) {
 	accept := AcceptLeaseCached(1, &c)
 	if accept(a.Attrs) != nil || accept(bad.Attrs) == nil || AcceptLeaseCached(2, &c)(a.Attrs) == nil {
 		t.Error("AcceptLeaseCached decides differently from AcceptLease")
+	}
+}
+
+// TestLeaseCacheV6: with V6 the cache reads BackendV6Data of the leases
+// with an IPv6 subnet only, and reuses unchanged parses the same way.
+func TestLeaseCacheV6(t *testing.T) {
+	c := LeaseCache{V6: true}
+	a := leaseWith("10.5.1.0/24", `{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}`)
+	a.IPv6Subnet = netip.MustParsePrefix("fd00:10:5:1::/64")
+	a.Attrs.BackendV6Data = json.RawMessage(`{"VNI":1,"VtepMAC":"0e:00:00:00:06:01"}`)
+	v4only := leaseWith("10.5.2.0/24", `{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}`)
+	noData := leaseWith("10.5.3.0/24", `{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}`)
+	noData.IPv6Subnet = netip.MustParsePrefix("fd00:10:5:3::/64")
+	first := c.Snapshot([]lease.Lease{a, v4only, noData})
+	if first[0].String() != "0e:00:00:00:06:01" || first[1] != nil || first[2] != nil {
+		t.Fatalf("macs %v", first)
+	}
+	second := c.Snapshot([]lease.Lease{a})
+	if &second[0][0] != &first[0][0] {
+		t.Error("unchanged BackendV6Data was parsed again")
+	}
+	if _, _, err := c.Parse(noData.Attrs.BackendV6Data); err == nil || !strings.Contains(err.Error(), "BackendV6Data") {
+		t.Errorf("missing BackendV6Data: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/encap/kernel"
 )
@@ -124,17 +125,76 @@ func (n *NS) Underlay(t testing.TB, name string, addr netip.Prefix, mtu int) int
 	}
 	n.up(t, name+"p")
 	l := n.up(t, name)
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}}
-	if err := n.H.AddrAdd(l, a); err != nil {
+	n.AddAddr(t, l.Attrs().Index, addr)
+	return l.Attrs().Index
+}
+
+// AddAddr adds addr (e.g. 192.0.2.1/24, 2001:db8::1/64) to link index.
+// An IPv6 address is added without duplicate address detection (nodad),
+// so it is usable at once, as in the fixtures' lab.
+func (n *NS) AddAddr(t testing.TB, index int, addr netip.Prefix) {
+	t.Helper()
+	l, err := n.H.LinkByIndex(index)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return l.Attrs().Index
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), addr.Addr().BitLen())}}
+	if addr.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	if err := n.H.AddrAdd(l, a); err != nil {
+		t.Fatalf("adding %s to %s: %v", addr, l.Attrs().Name, err)
+	}
+}
+
+// Link adds a veth pair between n (name) and peer (peerName), both ends
+// up with mtu, each end with its addresses, and returns the two ends'
+// indexes: two "hosts" on one segment. Neither end runs duplicate address
+// detection, for its link-local address either: neighbour discovery
+// from a tentative link-local address waits for it, which delayed a
+// test's first IPv6 packets by seconds.
+func (n *NS) Link(t testing.TB, peer *NS, name, peerName string, mtu int, addrs, peerAddrs []netip.Prefix) (int, int) {
+	t.Helper()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = name, mtu
+	if err := n.H.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: peerName, PeerMTU: uint32(mtu),
+		PeerNamespace: netlink.NsFd(int(peer.Handle))}); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel skips DAD only when both "all" and the device say so.
+	for _, e := range []struct {
+		ns   *NS
+		name string
+	}{{n, "all"}, {n, name}, {peer, "all"}, {peer, peerName}} {
+		if err := e.ns.Sysctl("net/ipv6/conf/"+e.name+"/accept_dad", "0"); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	a, b := n.up(t, name).Attrs().Index, peer.up(t, peerName).Attrs().Index
+	for _, p := range addrs {
+		n.AddAddr(t, a, p)
+	}
+	for _, p := range peerAddrs {
+		peer.AddAddr(t, b, p)
+	}
+	return a, b
 }
 
 // Routes lists the main table's IPv4 routes.
 func (n *NS) Routes(t testing.TB) []netlink.Route {
 	t.Helper()
-	rs, err := kernel.Dump(func() ([]netlink.Route, error) { return n.H.RouteList(nil, netlink.FAMILY_V4) })
+	return n.routes(t, netlink.FAMILY_V4)
+}
+
+// Routes6 lists the main table's IPv6 routes.
+func (n *NS) Routes6(t testing.TB) []netlink.Route {
+	t.Helper()
+	return n.routes(t, netlink.FAMILY_V6)
+}
+
+func (n *NS) routes(t testing.TB, family int) []netlink.Route {
+	t.Helper()
+	rs, err := kernel.Dump(func() ([]netlink.Route, error) { return n.H.RouteList(nil, family) })
 	if err != nil {
 		t.Fatal(err)
 	}
