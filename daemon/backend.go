@@ -55,7 +55,8 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 		if err != nil {
 			return nil, "", err
 		}
-		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log, PrevMAC: previousVtepMAC(ctx, o.Store, log)})
+		mac, mac6 := previousVtepMACs(ctx, o.Store, log)
+		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log, PrevMAC: mac, PrevMAC6: mac6})
 		if err != nil {
 			return nil, "", err
 		}
@@ -121,21 +122,26 @@ type previousAttrs interface {
 	PreviousAttrs(ctx context.Context) (lease.Attrs, bool, error)
 }
 
-// previousVtepMAC is the VtepMAC of this host's previous vxlan lease, if
-// the store has one.
-func previousVtepMAC(ctx context.Context, store lease.Manager, log *slog.Logger) net.HardwareAddr {
+// previousVtepMACs are the VtepMACs (flannel.<VNI>, flannel-v6.<VNI>) of
+// this host's previous vxlan lease, if the store has one.
+func previousVtepMACs(ctx context.Context, store lease.Manager, log *slog.Logger) (v4, v6 net.HardwareAddr) {
 	p, ok := store.(previousAttrs)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	a, ok, err := p.PreviousAttrs(ctx)
 	if err != nil || !ok || a.BackendType != "vxlan" {
-		return nil
+		return nil, nil
 	}
-	_, mac, err := vxlan.ParseLeaseData(a.BackendData)
-	if err != nil {
+	if _, v4, err = vxlan.ParseLeaseData(a.BackendData); err != nil {
 		log.Warn("the previous lease's VtepMAC is not usable", "err", err)
-		return nil
+		v4 = nil
 	}
-	return mac
+	if len(a.BackendV6Data) > 0 {
+		if _, v6, err = vxlan.ParseLeaseV6Data(a.BackendV6Data); err != nil {
+			log.Warn("the previous lease's IPv6 VtepMAC is not usable", "err", err)
+			v6 = nil
+		}
+	}
+	return v4, v6
 }

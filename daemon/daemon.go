@@ -89,12 +89,6 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("network config: \"EnableIPv4\": false: IPv6-only networks are not supported yet (dual-stack ones are)")
 	}
 	if d.cfg.EnableIPv6 {
-		// The lease layer reads IPv6 configs and leases (issue #17);
-		// until the backends and the firewall carry IPv6, refuse rather
-		// than run a dual-stack network as IPv4 alone.
-		return fmt.Errorf("network config: \"EnableIPv6\": true: this weft does not carry IPv6 pod traffic yet")
-	}
-	if d.cfg.EnableIPv6 {
 		if err := d.ext.withIPv6(&netlink.Handle{}, o.Interface.PublicIPv6); err != nil {
 			return err
 		}
