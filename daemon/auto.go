@@ -110,7 +110,7 @@ func (d *daemon) decide(snap []lease.Lease) (typ, why string, ok bool) {
 	if st := d.cur.Load(); st != nil {
 		own = st.own
 	}
-	f := auto.Facts{Self: host.PublicIP, Connected: connected}
+	f := auto.Facts{Self: host.PublicIP, Self6: host.PublicIPv6, Connected: connected}
 	for _, dec := range admission.Admit(admission.FromConfig(d.cfg, own, nil, nil), snap) {
 		if dec.Refused == nil && dec.Lease.Attrs.PublicIP != host.PublicIP {
 			f.Peers = append(f.Peers, dec.Lease)

@@ -16,6 +16,10 @@
 // that segment decides vxlan, and so do all the others, since its public
 // IP is not on theirs. Whatever the start order, once the hosts see the
 // same leases they run the same backend.
+//
+// On a dual-stack network host-gw routes IPv6 to each peer's PublicIPv6,
+// so the rule asks the same of the IPv6 addresses: this host's, and every
+// peer's that has an IPv6 subnet, on this host's connected IPv6 prefixes.
 package auto
 
 import (
@@ -29,8 +33,10 @@ import (
 
 // Facts are what the choice rests on.
 type Facts struct {
-	// Self is this host's public IP.
-	Self netip.Addr
+	// Self is this host's public IP; Self6 its public IPv6 on a
+	// dual-stack network (else the zero Addr).
+	Self  netip.Addr
+	Self6 netip.Addr
 	// Peers are the other hosts' leases (admitted, whatever their
 	// backend: a lease admission refuses is no host to reach).
 	Peers []lease.Lease
@@ -50,10 +56,16 @@ func Choose(f Facts) (typ, why string) {
 	if !kernel.OnSegment(f.Connected, f.Self) {
 		return "vxlan", fmt.Sprintf("auto: this host's public IP %s is not on its segment %s, so host-gw cannot work", f.Self, seg)
 	}
+	if f.Self6.IsValid() && !kernel.OnSegment(f.Connected, f.Self6) {
+		return "vxlan", fmt.Sprintf("auto: this host's public IPv6 %s is not on its segment %s, so host-gw cannot carry IPv6", f.Self6, seg)
+	}
 	var off []string
 	for _, p := range f.Peers {
 		if !kernel.OnSegment(f.Connected, p.Attrs.PublicIP) {
 			off = append(off, fmt.Sprintf("%s (%s)", p.Subnet, p.Attrs.PublicIP))
+		}
+		if f.Self6.IsValid() && p.IPv6Subnet.IsValid() && !kernel.OnSegment(f.Connected, p.Attrs.PublicIPv6) {
+			off = append(off, fmt.Sprintf("%s (%s)", p.IPv6Subnet, p.Attrs.PublicIPv6))
 		}
 	}
 	switch {

@@ -72,3 +72,33 @@ func TestChooseAgrees(t *testing.T) {
 		}
 	}
 }
+
+// On a dual-stack network the IPv6 addresses count too: a peer whose
+// IPv6 underlay is behind a router needs vxlan, a peer without IPv6 does
+// not.
+func TestChooseDualStack(t *testing.T) {
+	seg := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64")}
+	peer := func(ip, sn6, ip6 string) lease.Lease {
+		l := lease.Lease{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip)}}
+		if sn6 != "" {
+			l.IPv6Subnet, l.Attrs.PublicIPv6 = netip.MustParsePrefix(sn6), netip.MustParseAddr(ip6)
+		}
+		return l
+	}
+	self, self6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	for _, tc := range []struct {
+		self6 netip.Addr
+		peer  lease.Lease
+		want  string
+	}{
+		{self6, peer("192.0.2.2", "fd00::/64", "2001:db8::2"), "host-gw"},
+		{self6, peer("192.0.2.2", "fd00::/64", "2001:db9::2"), "vxlan"},
+		{self6, peer("192.0.2.2", "", ""), "host-gw"},
+		{netip.MustParseAddr("2001:db9::1"), peer("192.0.2.2", "", ""), "vxlan"},
+		{netip.Addr{}, peer("192.0.2.2", "fd00::/64", "2001:db9::2"), "host-gw"}, // no IPv6 in the network
+	} {
+		if got, why := Choose(Facts{Self: self, Self6: tc.self6, Peers: []lease.Lease{tc.peer}, Connected: seg}); got != tc.want {
+			t.Errorf("self6 %v, peer %+v: %s (%s), want %s", tc.self6, tc.peer, got, why, tc.want)
+		}
+	}
+}
