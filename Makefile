@@ -19,7 +19,7 @@ FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 5000x
 fuzzcount = $(shell echo $$(( $(1) * $(FUZZCOUNT_SCALE) )))x
 
-.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs kube-apiserver kube-scale scale
+.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs kube-apiserver kube-scale scale flanneld
 
 all: build
 
@@ -83,6 +83,12 @@ rootfs:
 # .ci/run calls it). docs/kubernetes.md.
 kube-apiserver:
 	./hack/kube-apiserver.sh
+
+# The pinned flanneld (v0.28.9, the recordings' version) that the interop
+# tests run beside weft, built once into a cache outside the repo (a no-op
+# when there; .ci/run calls it). hack/flanneld.sh says what is left out.
+flanneld:
+	./hack/flanneld.sh
 
 # Kube mode at scale (issue 16): RSS and convergence with 5,000 Nodes on a
 # real API server; figures for docs/kubernetes.md. Needs root.
