@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -165,31 +166,35 @@ func (s *subnetSet) has(p netip.Prefix) bool {
 	return false
 }
 
-// looseSubnetKey reads a key as flanneld's regular expression
-// (\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$ with net.ParseIP and
-// strconv.ParseUint does: "10.5.2.0-024" or "10.5.2.1-24" name subnet
-// 10.5.2.0/24 for a flanneld host, "…&fd00::-064" fd00::/64, though
-// ParseSubnetKey refuses them. Either result may be the zero Prefix.
+// flanneldKey is flanneld's subnet key pattern (pkg/subnet/subnet.go),
+// unanchored at the start as there.
+var flanneldKey = regexp.MustCompile(`(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$`)
+
+// looseSubnetKey reads a key ParseSubnetKey refuses as flanneld's
+// pattern does: "10.5.2.0-024" or "10.5.2.1-24" name 10.5.2.0/24 for a
+// flanneld host, "…&fd00:10:5:0021::-064" fd00:10:5:21::/64, and
+// "10.5.2.0-24&10.5.3.0-24" 10.5.3.0/24. Either result may be the zero
+// Prefix; an IPv6-only key's 0.0.0.0-0 names no IPv4 subnet. Acquire
+// leaves such subnets alone, as a flanneld host may hold them.
 func looseSubnetKey(name string) (v4, v6 netip.Prefix) {
-	a, b, dual := strings.Cut(name, "&")
-	v4 = loosePart(a, false)
-	if dual {
-		v6 = loosePart(b, true)
+	parts := flanneldKey.FindStringSubmatch(name)
+	if parts == nil {
+		return netip.Prefix{}, netip.Prefix{}
+	}
+	v4 = loosePrefix(parts[1], parts[2], 32)
+	if parts[3] != "" {
+		v6 = loosePrefix(parts[3], parts[4], 128)
 	}
 	return v4, v6
 }
 
-func loosePart(s string, v6 bool) netip.Prefix {
-	a, l, ok := strings.Cut(s, "-")
-	if !ok {
-		return netip.Prefix{}
-	}
+func loosePrefix(a, l string, bitLen int) netip.Prefix {
 	addr, err := netip.ParseAddr(a)
-	if err != nil || (!v6 && !addr.Is4()) || (v6 && (!addr.Is6() || addr.Zone() != "")) {
+	if err != nil || addr.BitLen() != bitLen || addr.Zone() != "" {
 		return netip.Prefix{}
 	}
 	n, err := strconv.ParseUint(l, 10, 8)
-	if err != nil || n > uint64(addr.BitLen()) || n == 0 {
+	if err != nil || n > uint64(bitLen) || n == 0 {
 		// A /0 is no subnet (0.0.0.0-0 is an IPv6-only key's IPv4 part).
 		return netip.Prefix{}
 	}
