@@ -190,7 +190,9 @@ func looseSubnetKey(name string) (v4, v6 netip.Prefix) {
 
 func loosePrefix(a, l string, bitLen int) netip.Prefix {
 	addr, err := netip.ParseAddr(a)
-	if err != nil || addr.BitLen() != bitLen || addr.Zone() != "" {
+	if err != nil || addr.BitLen() != bitLen || addr.Zone() != "" || addr.Is4In6() {
+		// ::ffff:a05:200 is an IPv4 address to netip: no config
+		// leases it as an IPv6 subnet.
 		return netip.Prefix{}
 	}
 	n, err := strconv.ParseUint(l, 10, 8)
