@@ -51,7 +51,8 @@ const (
 // sent, so the last snapshot stands. A key that is not SubnetKey's
 // spelling, or a value that is not flanneld's lease JSON with a usable
 // PublicIP, is left out and logged once (a bounded excerpt); the rest
-// stand. Each subnet appears once. Snapshots carry each
+// stand. Each subnet, IPv4 or IPv6, appears once: of leases sharing one,
+// the oldest stands (see snapshot). Snapshots carry each
 // lease's mod revision but no Expiration. Watch returns ctx.Err() when ctx
 // ends.
 func (m *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
