@@ -1,7 +1,8 @@
 // Package etcdstore is the lease.Manager on etcd's v3 API, in flanneld's
 // layout: the network config at <prefix>/config, one key per subnet lease
-// at <prefix>/subnets/<a.b.c.d>-<len>, attached to an etcd lease with a
-// TTL. weft and flanneld hosts share one cluster through it.
+// at <prefix>/subnets/<a.b.c.d>-<len> (a dual-stack lease:
+// <a.b.c.d>-<len>&<ipv6>-<len>, e.g. 10.5.77.0-24&fd00:10:5:21::-64),
+// attached to an etcd lease with a TTL. weft and flanneld hosts share one cluster through it.
 //
 // Every method retries while etcd is unreachable, logging with backoff,
 // until its context ends; only bad config, a full network and a lost

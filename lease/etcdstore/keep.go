@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -39,9 +41,9 @@ func (m *Store) Keep(ctx context.Context, own lease.Lease) error {
 	if err != nil {
 		return err
 	}
-	st := &keepState{own: own, key: m.subnetKey(own.Subnet), val: val, exp: own.Expiration, rev: own.Revision}
+	st := &keepState{own: own, key: m.leaseKey(own.Subnet, own.IPv6Subnet), val: val, exp: own.Expiration, rev: own.Revision}
 	m.mu.Lock()
-	id, known := m.owned[own.Subnet]
+	id, known := m.owned[own.Key()]
 	m.mu.Unlock()
 	if known {
 		st.id = id
@@ -143,7 +145,7 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 			return // a reservation never expires
 		}
 		d := time.Until(at)
-		m.log.Info("waiting to renew lease", "subnet", st.own.Subnet, "in", d.Round(time.Millisecond))
+		m.log.Info("waiting to renew lease", "lease", st.own.String(), "in", d.Round(time.Millisecond))
 		timer.Reset(max(d, 0))
 	}
 	arm(m.renewAt(st))
@@ -160,7 +162,7 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 			case err == nil:
 				st.exp = time.Now().Add(time.Duration(r.TTL) * time.Second)
 				backoff = m.firstRetry()
-				m.log.Debug("renewed lease", "subnet", st.own.Subnet, "ttl", time.Duration(r.TTL)*time.Second)
+				m.log.Debug("renewed lease", "lease", st.own.String(), "ttl", time.Duration(r.TTL)*time.Second)
 				arm(m.renewAt(st))
 			case errors.Is(err, rpctypes.ErrLeaseNotFound):
 				// It ran out (etcd was away longer than the margin)
@@ -172,7 +174,7 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 			case ctx.Err() != nil:
 				return nil
 			default:
-				m.log.Warn("etcd: renewing lease failed, retrying", "subnet", st.own.Subnet, "err", err, "in", backoff)
+				m.log.Warn("etcd: renewing lease failed, retrying", "lease", st.own.String(), "err", err, "in", backoff)
 				arm(time.Now().Add(backoff))
 				backoff = min(2*backoff, m.opts.RetryMax)
 			}
@@ -186,7 +188,7 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 					st.rev = wr.CompactRevision - 1
 					return m.adopt(ctx, st)
 				}
-				m.log.Warn("etcd: watching own lease failed, watching again", "subnet", st.own.Subnet, "err", err)
+				m.log.Warn("etcd: watching own lease failed, watching again", "lease", st.own.String(), "err", err)
 				return nil
 			}
 			for _, ev := range wr.Events {
@@ -215,56 +217,74 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 	}
 }
 
-// checkHolder accepts a value as ours when it names our PublicIP.
+// checkHolder accepts a value as ours when it names this host (sameHost).
 func (m *Store) checkHolder(st *keepState, val []byte) error {
 	if bytes.Equal(val, st.val) {
 		return nil
 	}
 	var a lease.Attrs
-	if err := json.Unmarshal(val, &a); err != nil || a.PublicIP != st.own.Attrs.PublicIP {
-		return fmt.Errorf("%w: %s is now held by another host (%s)", ErrLeaseLost, st.own.Subnet, excerpt.Quote(val, logValueMax))
+	if err := json.Unmarshal(val, &a); err != nil || !sameHost(a, st.own.Attrs) {
+		return fmt.Errorf("%w: %s is now held by another host (%s)", ErrLeaseLost, st.own, excerpt.Quote(val, logValueMax))
 	}
 	return nil
 }
 
-// reclaim claims the own subnet again after its key went away.
+// reclaim claims the own subnets again after their key went away: under
+// the same key, if it is absent and no other key holds either subnet
+// (another host may have taken the IPv6 subnet under a key of its own).
 func (m *Store) reclaim(ctx context.Context, st *keepState, why string) error {
-	m.log.Warn("reclaiming subnet lease", "subnet", st.own.Subnet, "reason", why)
+	m.log.Warn("reclaiming subnet lease", "lease", st.own.String(), "reason", why)
 	var l lease.Lease
 	var won bool
 	var holder []byte
+	races := 0
 	err := m.retry(ctx, "reclaiming subnet lease", func(ctx context.Context, cli *clientv3.Client) error {
-		var err error
-		l, won, err = m.claim(ctx, cli, st.own.Subnet, st.val, st.own.Attrs,
-			clientv3.Compare(clientv3.Version(st.key), "=", 0), true)
-		if err != nil || won {
-			return err
+		for {
+			r, err := cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
+			if err != nil {
+				return err
+			}
+			for _, kv := range r.Kvs {
+				if string(kv.Key) != st.key {
+					continue
+				}
+				// Back already: ours (re-put by another process
+				// with our identity) or lost.
+				holder = kv.Value
+				st.rev = kv.ModRevision
+				if err := m.checkHolder(st, holder); err != nil {
+					return err
+				}
+				st.id, st.exp = clientv3.LeaseID(kv.Lease), time.Now()
+				return nil
+			}
+			if by := m.holderOf(r.Kvs, st.own); by != nil {
+				holder = by.Value
+				return fmt.Errorf("%w: %s is now held by another host under %s (%s)", ErrLeaseLost, st.own,
+					excerpt.Quote(by.Key, logKeyMax), excerpt.Quote(by.Value, logValueMax))
+			}
+			l, won, err = m.claim(ctx, cli, st.own.Subnet, st.own.IPv6Subnet, st.val, st.own.Attrs, []clientv3.Cmp{
+				clientv3.Compare(clientv3.Version(st.key), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(m.subnetsDir()), "<", r.Header.Revision+1).WithPrefix(),
+			}, true)
+			if err != nil || won {
+				return err
+			}
+			if races++; races > maxRaces {
+				return fmt.Errorf("lost %d races reclaiming %s", maxRaces, st.own)
+			}
 		}
-		r, err := cli.Get(ctx, st.key)
-		if err != nil {
-			return err
-		}
-		if len(r.Kvs) == 0 {
-			return errors.New("key vanished during reclaim")
-		}
-		holder = r.Kvs[0].Value
-		st.rev = r.Kvs[0].ModRevision
-		if err := m.checkHolder(st, holder); err != nil {
-			return err
-		}
-		st.id, st.exp = clientv3.LeaseID(r.Kvs[0].Lease), time.Now()
-		return nil
 	})
 	if err != nil {
 		if errors.Is(err, ErrLeaseLost) {
-			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "subnet", st.own.Subnet, "holder", excerpt.Quote(holder, logValueMax))
+			m.log.Error("subnet lease lost to another host; exiting so a restart leases a new subnet", "lease", st.own.String(), "holder", excerpt.Quote(holder, logValueMax))
 		}
 		return err
 	}
 	if won {
 		old := st.id
 		m.mu.Lock()
-		st.id = m.owned[st.own.Subnet]
+		st.id = m.owned[st.own.Key()]
 		m.mu.Unlock()
 		if old != 0 && old != st.id {
 			// Deleted key, live etcd lease: give the lease back.
@@ -275,7 +295,26 @@ func (m *Store) reclaim(ctx context.Context, st *keepState, why string) error {
 			}
 		}
 		st.exp, st.rev = l.Expiration, l.Revision
-		m.log.Info("reclaimed subnet lease", "subnet", st.own.Subnet)
+		m.log.Info("reclaimed subnet lease", "lease", st.own.String())
+	}
+	return nil
+}
+
+// holderOf returns a key that holds one of own's subnets, read as
+// flanneld reads keys; nil if there is none. Only the same subnet
+// counts: a key overlapping it otherwise is no lease a host of this
+// network takes (the hostile "0.0.0.0-0" must not make a host give up).
+func (m *Store) holderOf(kvs []*mvccpb.KeyValue, own lease.Lease) *mvccpb.KeyValue {
+	same := func(a, b netip.Prefix) bool { return a.IsValid() && a == b }
+	for _, kv := range kvs {
+		name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
+		v4, v6, err := lease.ParseSubnetKey(name)
+		if err != nil {
+			v4, v6 = looseSubnetKey(name)
+		}
+		if same(v4, own.Subnet) || same(v6, own.IPv6Subnet) {
+			return kv
+		}
 	}
 	return nil
 }

@@ -53,9 +53,11 @@ type Options struct {
 	// short TTL) means TTL/2.
 	RenewMargin time.Duration
 
-	// PreviousSubnet is the subnet this host held before (ReadSubnetFile
-	// of --subnet-file); Acquire reuses it if it is free.
-	PreviousSubnet netip.Prefix
+	// PreviousSubnet and PreviousIPv6Subnet are the subnets this host
+	// held before (ReadSubnetFile of --subnet-file); Acquire reuses each
+	// that fits the config and no other lease holds.
+	PreviousSubnet     netip.Prefix
+	PreviousIPv6Subnet netip.Prefix
 
 	// Logger receives retries, skipped leases and lease changes; default
 	// slog.Default().
@@ -70,7 +72,8 @@ type Options struct {
 
 // Store is a lease.Manager on etcd's v3 API, in flanneld's layout: the config at
 // <prefix>/config, one key per lease at <prefix>/subnets/<a.b.c.d>-<len>
-// attached to an etcd lease. It is safe for concurrent use.
+// (dual-stack: <a.b.c.d>-<len>&<v6>-<len>) attached to an etcd lease. It
+// is safe for concurrent use.
 type Store struct {
 	opts Options
 	log  *slog.Logger
@@ -83,7 +86,7 @@ type Store struct {
 	cli    *clientv3.Client
 	closed bool
 	cfg    *lease.Config
-	owned  map[netip.Prefix]clientv3.LeaseID // etcd lease of each subnet Acquire got
+	owned  map[string]clientv3.LeaseID // etcd lease of each lease (by Key) Acquire got
 }
 
 var _ lease.Manager = (*Store)(nil)
@@ -149,7 +152,7 @@ func New(opts Options) (*Store, error) {
 	if err := checkTLSEndpoints(opts, defaulted); err != nil {
 		return nil, err
 	}
-	m := &Store{opts: opts, log: opts.Logger, owned: map[netip.Prefix]clientv3.LeaseID{}}
+	m := &Store{opts: opts, log: opts.Logger, owned: map[string]clientv3.LeaseID{}}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -354,8 +357,8 @@ func (m *Store) ConfigKey() string { return m.configKey() }
 
 func (m *Store) configKey() string  { return m.opts.Prefix + "/config" }
 func (m *Store) subnetsDir() string { return m.opts.Prefix + "/subnets/" }
-func (m *Store) subnetKey(p netip.Prefix) string {
-	return m.subnetsDir() + lease.SubnetKey(p)
+func (m *Store) leaseKey(sn, sn6 netip.Prefix) string {
+	return m.subnetsDir() + lease.LeaseKey(sn, sn6)
 }
 
 // Config reads <prefix>/config. While the key is missing or etcd is
@@ -380,7 +383,12 @@ func (m *Store) Config(ctx context.Context) (*lease.Config, error) {
 	m.mu.Lock()
 	m.cfg = cfg
 	m.mu.Unlock()
-	m.log.Info("found network config", "network", cfg.Network, "subnetLen", cfg.SubnetLen, "backend", cfg.BackendType)
+	if cfg.EnableIPv6 {
+		m.log.Info("found network config", "network", cfg.Network, "subnetLen", cfg.SubnetLen,
+			"ipv6Network", cfg.IPv6Network, "ipv6SubnetLen", cfg.IPv6SubnetLen, "backend", cfg.BackendType)
+	} else {
+		m.log.Info("found network config", "network", cfg.Network, "subnetLen", cfg.SubnetLen, "backend", cfg.BackendType)
+	}
 	c := *cfg
 	return &c, nil
 }

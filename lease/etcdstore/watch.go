@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -50,7 +51,8 @@ const (
 // sent, so the last snapshot stands. A key that is not SubnetKey's
 // spelling, or a value that is not flanneld's lease JSON with a usable
 // PublicIP, is left out and logged once (a bounded excerpt); the rest
-// stand. Each subnet appears once. Snapshots carry each
+// stand. Each subnet, IPv4 or IPv6, appears once: of leases sharing one,
+// the oldest stands (see snapshot). Snapshots carry each
 // lease's mod revision but no Expiration. Watch returns ctx.Err() when ctx
 // ends.
 func (m *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
@@ -227,7 +229,7 @@ func (m *Store) list(ctx context.Context, st *watchState) error {
 		}
 		for name, l := range old {
 			if _, ok := st.leases[name]; !ok {
-				m.log.Info("subnet removed", "subnet", l.Subnet, "publicIP", l.Attrs.PublicIP)
+				m.log.Info("subnet removed", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
 			}
 		}
 		st.rev = r.Header.Revision
@@ -242,7 +244,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 	name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
 	if deleted {
 		if l, ok := st.leases[name]; ok {
-			m.log.Info("subnet removed", "subnet", l.Subnet, "publicIP", l.Attrs.PublicIP)
+			m.log.Info("subnet removed", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
 		}
 		if b, ok := st.bad[name]; ok {
 			m.log.Info("unreadable subnet lease removed", "key", excerpt.Quote(kv.Key, logKeyMax), "unreadableRevisions", b.revs)
@@ -252,7 +254,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		delete(st.dup, name)
 		return
 	}
-	sn, _, err := lease.ParseSubnetKey(name)
+	sn, sn6, err := lease.ParseSubnetKey(name)
 	var a lease.Attrs
 	if err == nil {
 		err = json.Unmarshal(kv.Value, &a)
@@ -278,19 +280,17 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		return
 	}
 	if b, ok := st.bad[name]; ok {
-		m.log.Info("subnet lease readable again", "subnet", sn, "unreadableRevisions", b.revs)
+		m.log.Info("subnet lease readable again", "key", excerpt.Quote(name, logKeyMax), "unreadableRevisions", b.revs)
 		delete(st.bad, name)
 	}
-	if old, ok := st.leases[name]; !ok || old.Attrs.PublicIP != a.PublicIP {
-		m.log.Debug("subnet lease seen", "subnet", sn, "publicIP", a.PublicIP, "backend", a.BackendType)
+	l := lease.Lease{Subnet: sn, IPv6Subnet: sn6, Attrs: a, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision}
+	if old, ok := st.leases[name]; !ok || old.Attrs.PublicIP != a.PublicIP || old.Attrs.PublicIPv6 != a.PublicIPv6 {
+		m.log.Debug("subnet lease seen", "lease", l.String(), "publicIP", a.PublicIP, "publicIPv6", a.PublicIPv6, "backend", a.BackendType)
 	}
-	st.leases[name] = lease.Lease{Subnet: sn, Attrs: a, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision}
+	st.leases[name] = l
 }
 
-// send sends the snapshot: the leases sorted by subnet, each subnet once.
-// Two keys can name one subnet only as "a-24" and a dual-stack
-// "a-24&v6-64"; the key claimed first (lowest mod revision, then name)
-// stands, as etcd's create-if-absent would have had it with one key.
+// send sends the snapshot (see snapshot).
 func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchState) bool {
 	select {
 	case out <- m.snapshot(st):
@@ -300,7 +300,16 @@ func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchSta
 	}
 }
 
-// snapshot is st's leases sorted by subnet, each subnet once.
+// snapshot is st's leases sorted by subnet (IPv4, then IPv6), each subnet
+// of either family once. Keys that share a subnet (flanneld's "a-24"
+// beside a dual-stack "a-24&v6-64", or a second key reusing another's
+// IPv6 subnet under another IPv4 one) are settled by age: the lease
+// created first (lowest create revision, then mod revision, then name)
+// stands, as etcd's create-if-absent would have had it with one key, and
+// as admission orders leases; each later one that collides with a lease
+// standing is left out and logged once. A renewal or a restart's re-put
+// keeps a key's create revision, so a host never loses its subnets to a
+// younger key by renewing.
 func (m *Store) snapshot(st *watchState) []lease.Lease {
 	// Sort positions in a slice of (name, lease) pairs: no map lookup per
 	// comparison (at 5,000 leases those were a fifth of a host's CPU per
@@ -310,38 +319,97 @@ func (m *Store) snapshot(st *watchState) []lease.Lease {
 		l    lease.Lease
 	}
 	all := make([]named, 0, len(st.leases))
+	dual := false
 	for name, l := range st.leases {
 		all = append(all, named{name, l})
+		dual = dual || l.IPv6Subnet.IsValid()
 	}
 	order := make([]int32, len(all))
 	for i := range order {
 		order[i] = int32(i)
 	}
-	slices.SortFunc(order, func(i, j int32) int {
+	bySubnet := func(i, j int32) int {
+		a, b := &all[i].l, &all[j].l
+		if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
+			return c
+		}
+		return a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr())
+	}
+	byAge := func(i, j int32) int {
 		a, b := &all[i], &all[j]
-		if c := a.l.Subnet.Addr().Compare(b.l.Subnet.Addr()); c != 0 {
+		if c := cmp.Compare(created(a.l), created(b.l)); c != 0 {
 			return c
 		}
 		if c := cmp.Compare(a.l.Revision, b.l.Revision); c != 0 {
 			return c
 		}
 		return strings.Compare(a.name, b.name)
-	})
+	}
+	dup := func(name string, l lease.Lease, subnet netip.Prefix, heldBy lease.Lease) {
+		if st.dup == nil {
+			st.dup = map[string]bool{}
+		}
+		if !st.dup[name] {
+			st.dup[name] = true
+			m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
+				"subnet", subnet, "publicIP", l.Attrs.PublicIP, "heldBy", heldBy.Attrs.PublicIP, "heldByLease", heldBy.String())
+		}
+	}
 	snap := make([]lease.Lease, 0, len(all))
+	if !dual {
+		// IPv4 leases only: sorted by subnet then age, the first of a
+		// run with one subnet stands. One sort.
+		slices.SortFunc(order, func(i, j int32) int {
+			if c := bySubnet(i, j); c != 0 {
+				return c
+			}
+			return byAge(i, j)
+		})
+		for _, i := range order {
+			l := all[i].l
+			if n := len(snap); n > 0 && snap[n-1].Subnet == l.Subnet {
+				dup(all[i].name, l, l.Subnet, snap[n-1])
+				continue
+			}
+			snap = append(snap, l)
+		}
+		return snap
+	}
+	// With IPv6 subnets one lease may collide with two others, one per
+	// family: take the leases oldest first, each whose subnets are free.
+	slices.SortFunc(order, byAge)
+	held := make(map[netip.Prefix]int32, 2*len(all))
+	kept := order[:0]
 	for _, i := range order {
-		name, l := all[i].name, all[i].l
-		if n := len(snap); n > 0 && snap[n-1].Subnet == l.Subnet {
-			if st.dup == nil {
-				st.dup = map[string]bool{}
-			}
-			if !st.dup[name] {
-				st.dup[name] = true
-				m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
-					"subnet", l.Subnet, "publicIP", l.Attrs.PublicIP, "heldBy", snap[n-1].Attrs.PublicIP)
-			}
+		l := &all[i].l
+		if w, ok := held[l.Subnet]; ok && l.Subnet.IsValid() {
+			dup(all[i].name, *l, l.Subnet, all[w].l)
 			continue
 		}
-		snap = append(snap, l)
+		if w, ok := held[l.IPv6Subnet]; ok && l.IPv6Subnet.IsValid() {
+			dup(all[i].name, *l, l.IPv6Subnet, all[w].l)
+			continue
+		}
+		if l.Subnet.IsValid() {
+			held[l.Subnet] = i
+		}
+		if l.IPv6Subnet.IsValid() {
+			held[l.IPv6Subnet] = i
+		}
+		kept = append(kept, i)
+	}
+	slices.SortFunc(kept, bySubnet)
+	for _, i := range kept {
+		snap = append(snap, all[i].l)
 	}
 	return snap
+}
+
+// created is the revision a lease was created at: its create revision,
+// or, where that is unknown (0), its mod revision.
+func created(l lease.Lease) int64 {
+	if l.CreateRevision != 0 {
+		return l.CreateRevision
+	}
+	return l.Revision
 }
