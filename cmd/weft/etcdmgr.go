@@ -14,7 +14,7 @@ import (
 // etcdManager builds the etcd store from flanneld's flags. The previous
 // subnet comes from the subnet file, as flanneld reads it.
 func (f *runFlags) etcdManager(log *slog.Logger) (lease.Manager, error) {
-	prev, _, err := lease.ReadSubnetFile(f.subnetFile)
+	prev, prev6, err := lease.ReadSubnetFile(f.subnetFile)
 	if err != nil {
 		return nil, err
 	}
@@ -37,7 +37,7 @@ func (f *runFlags) etcdManager(log *slog.Logger) (lease.Manager, error) {
 		Username:       f.etcd.username,
 		Password:       f.etcd.password,
 		RenewMargin:    time.Duration(f.renewMargin) * time.Minute,
-		PreviousSubnet: prev,
-		Logger:         log,
+		PreviousSubnet: prev, PreviousIPv6Subnet: prev6,
+		Logger: log,
 	})
 }
