@@ -76,8 +76,10 @@ func testDualStack(t *testing.T, backend string) {
 			t.Errorf("h1: no route %q in\n%s", want, r6)
 		}
 	}
-	if !strings.Contains(k.sh(1, "ip6tables-save"), "FLANNEL-POSTRTG") {
-		t.Errorf("h1: no IPv6 masquerade rules:\n%s", k.sh(1, "ip6tables-save"))
+	// flanneld's forward rules (--iptables-forward-rules, on by default)
+	// for the IPv6 network too.
+	if fw := k.sh(1, "ip6tables-save"); !strings.Contains(fw, "-A FLANNEL-FWD -s fd00:10:5::/56") {
+		t.Errorf("h1: no IPv6 forward rules:\n%s", fw)
 	}
 	s := k.stats(1)
 	if s.IPv6Subnet == nil || *s.IPv6Subnet != k.Envs[0].IPv6Subnet || len(s.Peers) != 2 || s.Peers[0].IPv6Subnet == nil {
