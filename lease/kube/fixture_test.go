@@ -47,7 +47,7 @@ var fixtureAttrs = map[string]lease.Attrs{
 
 // testStore is a Store with no API server, for its pure parts, with the
 // recorded vxlan net-conf (or netConf, a file in testdata).
-func testStore(t *testing.T, netConf ...string) *Store {
+func testStore(t testing.TB, netConf ...string) *Store {
 	t.Helper()
 	ann, err := newAnnotations(DefaultAnnotationPrefix)
 	if err != nil {
@@ -128,7 +128,8 @@ func fixtureAnnotations(t *testing.T, backend, node string) map[string]string {
 // The condition patch is flanneld's second body, byte for byte, with its
 // time.
 func TestConditionPatchMatchesFlanneld(t *testing.T) {
-	for _, name := range []string{"patch-requests-vxlan-h1.txt", "patch-requests-udp-h1.txt", "patch-requests-host-gw-h1.txt", "patch-requests-vxlan-h1-restart.txt"} {
+	for _, name := range []string{"patch-requests-vxlan-h1.txt", "patch-requests-udp-h1.txt", "patch-requests-host-gw-h1.txt", "patch-requests-vxlan-h1-restart.txt",
+		"patch-requests-dualstack-vxlan-h1.txt", "patch-requests-dualstack-vxlan-h1-restart.txt"} {
 		bodies := patchBodies(t, name)
 		want := bodies[len(bodies)-1]
 		ts := regexp.MustCompile(`"lastHeartbeatTime":"([^"]+)"`).FindStringSubmatch(want)

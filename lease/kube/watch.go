@@ -86,16 +86,16 @@ func (s *Store) update(obj any, deleted bool) {
 		s.leases[n.Name] = nl
 		notify = true
 		if !had {
-			s.log.Info("peer Node added", "node", n.Name, "subnet", nl.lease.Subnet, "public-ip", nl.lease.Attrs.PublicIP)
+			s.log.Info("peer Node added", leaseLog(n.Name, nl.lease)...)
 		} else {
-			s.log.Info("peer Node changed", "node", n.Name, "subnet", nl.lease.Subnet, "public-ip", nl.lease.Attrs.PublicIP)
+			s.log.Info("peer Node changed", leaseLog(n.Name, nl.lease)...)
 		}
 	case had:
 		delete(s.leases, n.Name)
 		notify = true
 		switch {
 		case deleted:
-			s.log.Info("peer Node deleted", "node", n.Name, "subnet", old.lease.Subnet)
+			s.log.Info("peer Node deleted", "node", n.Name, "subnet", old.lease)
 		case why != nil:
 			s.log.Warn("peer Node's lease is no longer valid; removed", "node", n.Name, "err", why)
 		default:
@@ -122,6 +122,16 @@ func (s *Store) update(obj any, deleted bool) {
 		close(s.changed)
 		s.changed = make(chan struct{})
 	}
+}
+
+// leaseLog are the log attributes of a Node's lease: its IPv6 parts only
+// when it has them.
+func leaseLog(node string, l lease.Lease) []any {
+	out := []any{"node", node, "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP}
+	if l.IPv6Subnet.IsValid() {
+		out = append(out, "ipv6-subnet", l.IPv6Subnet, "public-ipv6", l.Attrs.PublicIPv6)
+	}
+	return out
 }
 
 func sameLease(a, b lease.Lease) bool {
@@ -195,12 +205,12 @@ func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
 // quotes: a Node's annotations come from whoever may edit Nodes.
 const annotationExcerpt = 64
 
-// ipv6Annotations reads public-ipv6 (the zero Addr when absent) and
+// ipv6Annotations reads public-ipv6 (the zero Addr when absent or empty) and
 // backend-v6-data (nil when absent or "null"), refusing either when it
 // is present but unreadable.
 func (s *Store) ipv6Annotations(n *v1.Node) (netip.Addr, json.RawMessage, error) {
 	var ip netip.Addr
-	if v, ok := n.Annotations[s.ann.BackendPublicIPv6]; ok {
+	if v := n.Annotations[s.ann.BackendPublicIPv6]; v != "" {
 		var err error
 		if ip, err = netip.ParseAddr(v); err != nil || !ip.Is6() || ip.Is4In6() {
 			return netip.Addr{}, nil, fmt.Errorf("annotation %s: %s is not an IPv6 address", s.ann.BackendPublicIPv6, excerpt.Quote(v, annotationExcerpt))
