@@ -465,3 +465,44 @@ func waitCached(t *testing.T, s *Store, name string, ok func(*v1.Node) bool) {
 	}
 	t.Fatalf("Node %s: not in the store's cache as wanted within 20 s", name)
 }
+
+// Keep on a dual-stack network: a Node re-created without annotations
+// gets flanneld's dual-stack annotations back; one re-created with
+// another IPv6 podCIDR is a lost lease, and Keep says so.
+func TestDualStackKeep(t *testing.T) {
+	srv := kubetest.Start(t)
+	admin := srv.Client(t, kubetest.Admin)
+	grantDeployRBAC(t, admin, nil)
+	ctx := kubetest.Ctx(t, 2*time.Minute)
+	createNode(t, admin, "h1", h1CIDRs, map[string]string{})
+	s := newTestStore(t, srv, storeOpts{netConf: dualNetConf})
+	own, err := s.Acquire(ctx, fixtureAttrs["dualstack-vxlan"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepDone := make(chan error, 1)
+	go func() { keepDone <- s.Keep(ctx, own) }()
+	waitNode(t, admin, "h1", "condition", networkAvailable)
+	if err := admin.CoreV1().Nodes().Delete(ctx, "h1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	createNode(t, admin, "h1", h1CIDRs, map[string]string{})
+	want := fixtureAnnotations(t, "dualstack-vxlan", "h1")
+	waitNode(t, admin, "h1", "dual-stack annotations and condition back", func(n *v1.Node) bool {
+		return maps.Equal(n.Annotations, want) && networkAvailable(n)
+	})
+	if err := admin.CoreV1().Nodes().Delete(ctx, "h1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	createNode(t, admin, "h1", []string{"10.244.1.0/24", "fd00:10:244:9::/64"}, map[string]string{})
+	select {
+	case err := <-keepDone:
+		if err == nil || !strings.Contains(err.Error(), "fd00:10:244:9::/64") || !strings.Contains(err.Error(), "restart to take it") {
+			t.Errorf("Keep: %v; want the lost lease named", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Keep goes on with an IPv6 podCIDR that is no longer its own")
+	}
+}
