@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // PublicIPOverride is the public IP an operator gave this host's Node:
@@ -21,29 +23,68 @@ import (
 // neither is set. It takes precedence over --public-ip, as in flanneld,
 // and is read before the interface is chosen.
 func (s *Store) PublicIPOverride(ctx context.Context) (netip.Addr, error) {
+	return s.publicOverride(ctx, false)
+}
+
+// PublicIPv6Override is PublicIPOverride for IPv6: the
+// public-ipv6-overwrite annotation, else node-public-ipv6; invalid when
+// neither is set or the network has no IPv6 (flanneld reads
+// node-public-ipv6 in place of --public-ipv6).
+func (s *Store) PublicIPv6Override(ctx context.Context) (netip.Addr, error) {
+	return s.publicOverride(ctx, true)
+}
+
+func (s *Store) publicOverride(ctx context.Context, v6 bool) (netip.Addr, error) {
 	if err := s.start(ctx); err != nil {
 		return netip.Addr{}, err
+	}
+	if v6 && !s.conf.EnableIPv6 || !v6 && !s.conf.EnableIPv4 {
+		return netip.Addr{}, nil
 	}
 	n, err := s.ownNode(ctx)
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	for _, k := range []string{s.ann.BackendPublicIPOverwrite, s.ann.BackendNodePublicIP} {
-		v := n.Annotations[k]
-		if v == "" {
-			continue
+	keys := []string{s.ann.BackendPublicIPOverwrite, s.ann.BackendNodePublicIP}
+	if v6 {
+		keys = []string{s.ann.BackendPublicIPv6Overwrite, s.ann.BackendNodePublicIPv6}
+	}
+	for _, k := range keys {
+		ip, err := overrideAnnotation(n, k, v6)
+		if err != nil || ip.IsValid() {
+			if ip.IsValid() {
+				s.log.Info("public IP from the Node's annotation", "annotation", k, "public-ip", ip)
+			}
+			return ip, err
 		}
-		ip, err := netip.ParseAddr(v)
-		if err != nil || !ip.Is4() {
-			return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %q is not an IPv4 address", n.Name, k, v)
-		}
-		if err := lease.CheckPublicIP(ip); err != nil {
-			return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %v", n.Name, k, err)
-		}
-		s.log.Info("public IP from the Node's annotation", "annotation", k, "public-ip", ip)
-		return ip, nil
 	}
 	return netip.Addr{}, nil
+}
+
+// overrideAnnotation reads the address an operator set in annotation k of
+// n (the zero Addr when unset), refusing one other hosts cannot send to.
+func overrideAnnotation(n *v1.Node, k string, v6 bool) (netip.Addr, error) {
+	v := n.Annotations[k]
+	if v == "" {
+		return netip.Addr{}, nil
+	}
+	ip, err := netip.ParseAddr(v)
+	if v6 {
+		if err != nil || !ip.Is6() || ip.Is4In6() {
+			return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %s is not an IPv6 address", n.Name, k, excerpt.Quote(v, annotationExcerpt))
+		}
+		if err := lease.CheckPublicIPv6(ip); err != nil {
+			return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %v", n.Name, k, err)
+		}
+		return ip, nil
+	}
+	if err != nil || !ip.Is4() {
+		return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %s is not an IPv4 address", n.Name, k, excerpt.Quote(v, annotationExcerpt))
+	}
+	if err := lease.CheckPublicIP(ip); err != nil {
+		return netip.Addr{}, fmt.Errorf("node %q: annotation %s: %v", n.Name, k, err)
+	}
+	return ip, nil
 }
 
 // PreviousAttrs are the lease attributes this host's Node carries from an
@@ -68,22 +109,41 @@ func (s *Store) PreviousAttrs(ctx context.Context) (lease.Attrs, bool, error) {
 	return nl.lease.Attrs, true, nil
 }
 
-// Acquire checks this host's Node's podCIDR (assigned, inside Network)
-// and writes the lease's annotations when they differ from the Node's,
-// as flanneld: one strategic-merge patch of nodes/<name>/status holding
-// only the changed annotations. The lease is the podCIDR; it never
-// expires.
+// Acquire checks this host's Node's podCIDRs (assigned, inside Network
+// and, with IPv6, inside IPv6Network) and writes the lease's annotations
+// when they differ from the Node's, as flanneld: one strategic-merge
+// patch of nodes/<name>/status holding only the changed annotations. The
+// lease is the podCIDRs; it never expires. On a network with IPv6,
+// attrs must carry PublicIPv6 (and, for vxlan, BackendV6Data): a host
+// whose lease has no IPv6 annotations would be an IPv4-only peer to
+// every other host, so weft refuses rather than write one.
 func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, error) {
 	if err := s.start(ctx); err != nil {
 		return lease.Lease{}, err
+	}
+	if !s.conf.EnableIPv4 {
+		return lease.Lease{}, errors.New("kube subnet manager: \"EnableIPv4\": false: IPv6-only networks are not supported in Kubernetes mode yet (dual-stack ones are)")
 	}
 	n, err := s.ownNode(ctx)
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	subnet, err := s.ownSubnet(n)
+	subnet, subnet6, err := s.ownSubnets(n)
 	if err != nil {
 		return lease.Lease{}, err
+	}
+	for _, k := range []string{s.ann.BackendPublicIPOverwrite, s.ann.BackendPublicIPv6Overwrite} {
+		if k == s.ann.BackendPublicIPv6Overwrite && !s.conf.EnableIPv6 {
+			continue
+		}
+		if _, err := overrideAnnotation(n, k, k == s.ann.BackendPublicIPv6Overwrite); err != nil {
+			return lease.Lease{}, fmt.Errorf("kube subnet manager: %w", err)
+		}
+	}
+	if !s.conf.EnableIPv6 {
+		attrs.PublicIPv6, attrs.BackendV6Data = netip.Addr{}, nil
+	} else if why := s.noIPv6Annotations(attrs); why != "" {
+		return lease.Lease{}, fmt.Errorf("kube subnet manager: the network config has \"EnableIPv6\": true, but %s: the Node would carry no IPv6 lease", why)
 	}
 	want, err := s.wantAnnotations(n.Annotations, attrs)
 	if err != nil {
@@ -92,30 +152,81 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 	if err := s.patchAnnotations(ctx, n, want); err != nil {
 		return lease.Lease{}, err
 	}
-	ip, _ := netip.ParseAddr(want[s.ann.BackendPublicIP])
-	attrs.PublicIP = ip
-	own := lease.Lease{Subnet: subnet, Attrs: attrs, CreateRevision: max(n.CreationTimestamp.Unix(), 1)}
+	// The public addresses as written: an operator's overwrite wins.
+	attrs.PublicIP, _ = netip.ParseAddr(want[s.ann.BackendPublicIP])
+	if s.conf.EnableIPv6 {
+		attrs.PublicIPv6, _ = netip.ParseAddr(want[s.ann.BackendPublicIPv6])
+	}
+	own := lease.Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs, CreateRevision: max(n.CreationTimestamp.Unix(), 1)}
 	s.mu.Lock()
 	s.ownAttrs, s.actedRV = attrs, n.ResourceVersion
 	s.mu.Unlock()
 	return own, nil
 }
 
+// writesIPv6 is flanneld's rule for writing backend-v6-data and
+// public-ipv6: vxlan with IPv6 backend data, host-gw with a public IPv6
+// address. flanneld's udp backend never carried IPv6, so it writes none.
+func writesIPv6(attrs lease.Attrs) bool {
+	switch attrs.BackendType {
+	case "vxlan":
+		return len(attrs.BackendV6Data) > 0
+	case "host-gw":
+		return attrs.PublicIPv6.IsValid()
+	}
+	return false
+}
+
+// noIPv6Annotations says why attrs, on a network with IPv6, would write
+// no IPv6 annotations; "" when they do.
+func (s *Store) noIPv6Annotations(attrs lease.Attrs) string {
+	switch {
+	case !attrs.PublicIPv6.IsValid():
+		return "this host has no public IPv6 address (--public-ipv6, or an IPv6 address on --iface)"
+	case attrs.BackendType == "vxlan" && len(attrs.BackendV6Data) == 0:
+		return "the vxlan backend gave no IPv6 data (BackendV6Data)"
+	case !writesIPv6(attrs):
+		return fmt.Sprintf("the %s backend has no IPv6 lease annotations (flanneld's udp backend never carried IPv6)", backendName(attrs.BackendType))
+	}
+	return ""
+}
+
+func backendName(t string) string {
+	if t == "" {
+		return "udp"
+	}
+	return t
+}
+
 // wantAnnotations are the Node's annotations with this host's lease
 // written in, flanneld's rules: backend-type always; backend-data
 // ("null" for none) and public-ip unless a vxlan backend has no data;
-// public-ip-overwrite, when set, wins over attrs.PublicIP;
-// kube-subnet-manager "true". The result is nil when nothing changes.
+// public-ip-overwrite, when set, wins over attrs.PublicIP; with
+// attrs.PublicIPv6, backend-v6-data and public-ipv6 as writesIPv6 says,
+// public-ipv6-overwrite winning over attrs.PublicIPv6;
+// kube-subnet-manager "true". The result equals have when nothing
+// changes.
 func (s *Store) wantAnnotations(have map[string]string, attrs lease.Attrs) (map[string]string, error) {
 	bd, err := backendData(attrs.BackendData)
 	if err != nil {
 		return nil, err
 	}
+	bd6, err := backendData(attrs.BackendV6Data)
+	if err != nil {
+		return nil, err
+	}
 	ip := attrs.PublicIP.String()
 	over := have[s.ann.BackendPublicIPOverwrite]
-	if have[s.ann.BackendData] == bd && have[s.ann.BackendType] == attrs.BackendType &&
+	unchanged := have[s.ann.BackendData] == bd && have[s.ann.BackendType] == attrs.BackendType &&
 		have[s.ann.BackendPublicIP] == ip && have[s.ann.SubnetKubeManaged] == "true" &&
-		(over == "" || over == ip) {
+		(over == "" || over == ip)
+	ip6, over6 := "", ""
+	if attrs.PublicIPv6.IsValid() {
+		ip6, over6 = attrs.PublicIPv6.String(), have[s.ann.BackendPublicIPv6Overwrite]
+		unchanged = unchanged && have[s.ann.BackendV6Data] == bd6 && have[s.ann.BackendPublicIPv6] == ip6 &&
+			(over6 == "" || over6 == ip6)
+	}
+	if unchanged {
 		return maps.Clone(have), nil
 	}
 	want := maps.Clone(have)
@@ -125,17 +236,28 @@ func (s *Store) wantAnnotations(have map[string]string, attrs lease.Attrs) (map[
 	want[s.ann.BackendType] = attrs.BackendType
 	if attrs.BackendType != "vxlan" || bd != "null" {
 		want[s.ann.BackendData] = bd
-		if over != "" {
-			if want[s.ann.BackendPublicIP] != over {
-				s.log.Info("overriding the public IP with the Node's annotation", "annotation", s.ann.BackendPublicIPOverwrite, "public-ip", over)
-				want[s.ann.BackendPublicIP] = over
-			}
-		} else {
-			want[s.ann.BackendPublicIP] = ip
-		}
+		s.setPublicIP(want, s.ann.BackendPublicIP, s.ann.BackendPublicIPOverwrite, ip)
+	}
+	if writesIPv6(attrs) {
+		want[s.ann.BackendV6Data] = bd6
+		s.setPublicIP(want, s.ann.BackendPublicIPv6, s.ann.BackendPublicIPv6Overwrite, ip6)
 	}
 	want[s.ann.SubnetKubeManaged] = "true"
 	return want, nil
+}
+
+// setPublicIP writes ip to annotation key, or the overwrite annotation's
+// value when an operator set one.
+func (s *Store) setPublicIP(want map[string]string, key, overwrite, ip string) {
+	over := want[overwrite]
+	if over == "" {
+		want[key] = ip
+		return
+	}
+	if want[key] != over {
+		s.log.Info("overriding the public IP with the Node's annotation", "annotation", overwrite, "public-ip", over)
+		want[key] = over
+	}
 }
 
 // backendData is the backend-data annotation's value: the JSON as given,

@@ -17,6 +17,13 @@ type annotations struct {
 	BackendPublicIP          string
 	BackendNodePublicIP      string // set by an operator: this Node's public IP
 	BackendPublicIPOverwrite string // set by an operator: overrides everything
+
+	// The IPv6 counterparts, written and read when the network has IPv6
+	// (flanneld's names).
+	BackendV6Data              string
+	BackendPublicIPv6          string
+	BackendNodePublicIPv6      string // set by an operator: this Node's public IPv6
+	BackendPublicIPv6Overwrite string // set by an operator: overrides everything
 }
 
 // prefixFormat is flanneld's check of the completed prefix: a DNS-like
@@ -50,6 +57,11 @@ func newAnnotations(prefix string) (annotations, error) {
 		BackendPublicIP:          prefix + "public-ip",
 		BackendNodePublicIP:      prefix + "node-public-ip",
 		BackendPublicIPOverwrite: prefix + "public-ip-overwrite",
+
+		BackendV6Data:              prefix + "backend-v6-data",
+		BackendPublicIPv6:          prefix + "public-ipv6",
+		BackendNodePublicIPv6:      prefix + "node-public-ipv6",
+		BackendPublicIPv6Overwrite: prefix + "public-ipv6-overwrite",
 	}, nil
 }
 

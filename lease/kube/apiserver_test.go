@@ -319,7 +319,7 @@ func TestOwnNodeRefusals(t *testing.T) {
 	createNode(t, admin, "outside", []string{"10.99.1.0/24"}, map[string]string{})
 	for node, want := range map[string]string{
 		"nocidr":  "pod cidr not assigned",
-		"v6":      "IPv6 is not supported yet",
+		"v6":      `node "v6" has no IPv4 pod CIDR`,
 		"outside": "doesn't contain",
 		"absent":  `Node "absent" not found within`,
 	} {

@@ -16,5 +16,10 @@
 // are taken from the watch as they change, and Keep writes this host's
 // annotations back.
 //
-// IPv4 only: a Node's lease is the IPv4 entry of spec.podCIDRs.
+// Dual-stack (net-conf "EnableIPv6": true): a Node's lease is the IPv4
+// and the IPv6 entry of spec.podCIDRs, with flanneld's IPv6 annotations
+// (<prefix>/public-ipv6, backend-v6-data; node-public-ipv6 and
+// public-ipv6-overwrite read as overrides). A peer Node without an IPv6
+// podCIDR or public-ipv6 is an IPv4 peer. IPv6-only networks are refused
+// by Acquire.
 package kube

@@ -40,15 +40,32 @@ var fixtureAttrs = map[string]lease.Attrs{
 	"vxlan":   {PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"52:21:cc:9e:cb:54"}`)},
 	"udp":     {PublicIP: netip.MustParseAddr("192.0.2.1")},
 	"host-gw": {PublicIP: netip.MustParseAddr("192.0.2.1"), BackendType: "host-gw"},
+	// flannel.1's MAC in BackendData, flannel-v6.1's in BackendV6Data.
+	"dualstack-vxlan": {PublicIP: netip.MustParseAddr("192.0.2.1"), PublicIPv6: netip.MustParseAddr("2001:db8::1"), BackendType: "vxlan",
+		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"ce:92:7b:87:2e:36"}`), BackendV6Data: json.RawMessage(`{"VNI":1,"VtepMAC":"52:dd:99:5a:64:d2"}`)},
 }
 
-func testStore(t *testing.T) *Store {
+// testStore is a Store with no API server, for its pure parts, with the
+// recorded vxlan net-conf (or netConf, a file in testdata).
+func testStore(t testing.TB, netConf ...string) *Store {
 	t.Helper()
 	ann, err := newAnnotations(DefaultAnnotationPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Store{ann: ann, log: slog.New(slog.DiscardHandler)}
+	name := "net-conf-vxlan.json"
+	if len(netConf) > 0 {
+		name = netConf[0]
+	}
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := lease.ParseConfig(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Store{ann: ann, conf: conf, log: slog.New(slog.DiscardHandler), changed: make(chan struct{})}
 }
 
 // The annotation patch of a fresh Node (the kubelet's annotation only) is
@@ -111,7 +128,8 @@ func fixtureAnnotations(t *testing.T, backend, node string) map[string]string {
 // The condition patch is flanneld's second body, byte for byte, with its
 // time.
 func TestConditionPatchMatchesFlanneld(t *testing.T) {
-	for _, name := range []string{"patch-requests-vxlan-h1.txt", "patch-requests-udp-h1.txt", "patch-requests-host-gw-h1.txt", "patch-requests-vxlan-h1-restart.txt"} {
+	for _, name := range []string{"patch-requests-vxlan-h1.txt", "patch-requests-udp-h1.txt", "patch-requests-host-gw-h1.txt", "patch-requests-vxlan-h1-restart.txt",
+		"patch-requests-dualstack-vxlan-h1.txt", "patch-requests-dualstack-vxlan-h1-restart.txt"} {
 		bodies := patchBodies(t, name)
 		want := bodies[len(bodies)-1]
 		ts := regexp.MustCompile(`"lastHeartbeatTime":"([^"]+)"`).FindStringSubmatch(want)
@@ -174,7 +192,7 @@ func TestAnnotationPrefix(t *testing.T) {
 	}
 }
 
-func TestPodSubnet(t *testing.T) {
+func TestPodSubnets(t *testing.T) {
 	node := func(cidr string, cidrs ...string) *v1.Node {
 		n := &v1.Node{}
 		n.Name = "h1"
@@ -183,26 +201,30 @@ func TestPodSubnet(t *testing.T) {
 	}
 	for _, c := range []struct {
 		n       *v1.Node
-		want    string
+		v4, v6  string
 		errLike string
 	}{
-		{node("10.244.1.0/24"), "10.244.1.0/24", ""},
-		{node("10.244.1.0/24", "10.244.1.0/24"), "10.244.1.0/24", ""},
-		{node("fd00:10:244:1::/64", "fd00:10:244:1::/64", "10.244.1.0/24"), "10.244.1.0/24", ""},
-		{node(""), "", "pod cidr not assigned"},
-		{node("fd00::/64", "fd00::/64"), "", "IPv6 is not supported yet"},
-		{node("10.244.1.0/24", "10.244.1.0/24", "fd00::/64", "10.244.9.0/24"), "", "dualstack"},
-		{node("10.244.1.0/33"), "", "pod CIDR"},
+		{node("10.244.1.0/24"), "10.244.1.0/24", "invalid Prefix", ""},
+		{node("10.244.1.0/24", "10.244.1.0/24"), "10.244.1.0/24", "invalid Prefix", ""},
+		{node("10.244.1.0/24", "10.244.1.0/24", "fd00:10:244:1::/64"), "10.244.1.0/24", "fd00:10:244:1::/64", ""},
+		{node("fd00:10:244:1::/64", "fd00:10:244:1::/64", "10.244.1.0/24"), "10.244.1.0/24", "fd00:10:244:1::/64", ""},
+		{node("fd00::/64", "fd00::/64"), "invalid Prefix", "fd00::/64", ""},
+		{node("fd00::/64"), "invalid Prefix", "fd00::/64", ""},
+		{node("10.244.1.7/24"), "10.244.1.0/24", "invalid Prefix", ""},
+		{node(""), "", "", "pod cidr not assigned"},
+		{node("10.244.1.0/24", "10.244.1.0/24", "fd00::/64", "10.244.9.0/24"), "", "", "dualstack"},
+		{node("10.244.1.0/33"), "", "", "pod CIDR"},
+		{node("10.244.1.0/24", "10.244.1.0/24", "fe80::%eth0/64"), "", "", "pod CIDR"},
 	} {
-		p, err := podSubnet(c.n)
+		v4, v6, err := podSubnets(c.n)
 		if c.errLike != "" {
 			if err == nil || !strings.Contains(err.Error(), c.errLike) {
 				t.Errorf("%v: err %v, want one saying %q", c.n.Spec, err, c.errLike)
 			}
 			continue
 		}
-		if err != nil || p.String() != c.want {
-			t.Errorf("%v: %v, %v; want %s", c.n.Spec, p, err, c.want)
+		if err != nil || v4.String() != c.v4 || v6.String() != c.v6 {
+			t.Errorf("%v: %v, %v, %v; want %s, %s", c.n.Spec, v4, v6, err, c.v4, c.v6)
 		}
 	}
 }

@@ -49,8 +49,8 @@ func (s *Store) Keep(ctx context.Context, own lease.Lease) error {
 				conditionSet = !s.o.SetNodeNetworkUnavailable
 			}
 			uid = n.UID
-			if sub, err := podSubnet(n); err == nil && sub != own.Subnet {
-				return fmt.Errorf("kube subnet manager: Node %q's podCIDR is now %s, not this host's subnet %s: restart to take it", s.node, sub, own.Subnet)
+			if sub, sub6, err := podSubnets(n); err == nil && (s.conf.EnableIPv4 && sub != own.Subnet || s.conf.EnableIPv6 && sub6 != own.IPv6Subnet) {
+				return fmt.Errorf("kube subnet manager: Node %q's podCIDRs are now %v, not this host's lease %s: restart to take it", s.node, n.Spec.PodCIDRs, own)
 			}
 			// Only act on a version of the Node not acted on yet: the
 			// cache may not have seen the last patch.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -81,7 +82,10 @@ type Store struct {
 	refused  map[string]string       // by Node name: why its annotations make no lease (logged once)
 	origin   map[netip.Prefix]string // by subnet: the Node of the last snapshot's lease
 	ownAttrs lease.Attrs             // as Acquire wrote them
-	actedRV  string                  // resourceVersion of the own Node Acquire patched
+	// unreadable counts the times an annotated Node started to have no
+	// valid lease (Unreadable).
+	unreadable atomic.Uint64
+	actedRV    string // resourceVersion of the own Node Acquire patched
 }
 
 var _ lease.Manager = (*Store)(nil)
@@ -149,6 +153,14 @@ func (s *Store) NodeName() string {
 	defer s.startMu.Unlock()
 	return s.node
 }
+
+// Unreadable is how many times a Node annotated kube-subnet-manager=true
+// has been left out of the peers because its podCIDRs or annotations
+// make no lease (unreadable public-ip, public-ipv6, backend-data,
+// backend-v6-data, ...): each Node counted once until it is readable
+// again or deleted, however often it changes meanwhile. The daemon
+// reports it among its refusals.
+func (s *Store) Unreadable() uint64 { return s.unreadable.Load() }
 
 // AnnotationPrefix is the prefix of the annotations the store writes.
 func (s *Store) AnnotationPrefix() string { return s.ann.prefix() }
@@ -235,9 +247,11 @@ func (s *Store) nodeName(ctx context.Context) (string, error) {
 }
 
 // Config returns the network config of --net-config-path. In kube mode
-// the subnets are the Nodes' podCIDRs, so SubnetLen is this host's
+// the subnets are the Nodes' podCIDRs, so SubnetLen is this host's IPv4
 // podCIDR length (every Node's should have it) and SubnetMin/SubnetMax
-// span the whole network; the file's SubnetLen/Min/Max do not apply.
+// span the whole network; likewise IPv6SubnetLen/Min/Max with the IPv6
+// podCIDR and IPv6Network. The file's SubnetLen/Min/Max and
+// IPv6SubnetLen/Min/Max do not apply.
 func (s *Store) Config(ctx context.Context) (*lease.Config, error) {
 	if err := s.start(ctx); err != nil {
 		return nil, err
@@ -246,22 +260,40 @@ func (s *Store) Config(ctx context.Context) (*lease.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	own, err := s.ownSubnet(n)
+	own, own6, err := s.ownSubnets(n)
 	if err != nil {
 		return nil, err
 	}
 	c := *s.conf
-	c.SubnetLen = own.Bits()
-	c.SubnetMin = c.Network.Addr()
-	c.SubnetMax = lastSubnet(c.Network, own.Bits())
+	if c.EnableIPv4 {
+		c.SubnetLen = own.Bits()
+		c.SubnetMin = c.Network.Addr()
+		c.SubnetMax = lastSubnet(c.Network, own.Bits())
+	}
+	if c.EnableIPv6 {
+		c.IPv6SubnetLen = own6.Bits()
+		c.IPv6SubnetMin = c.IPv6Network.Addr()
+		c.IPv6SubnetMax = lastSubnet(c.IPv6Network, own6.Bits())
+	}
 	return &c, nil
 }
 
-// lastSubnet is the network address of network's last /bits subnet.
+// lastSubnet is the network address of network's last /bits subnet
+// (IPv4 or IPv6).
 func lastSubnet(network netip.Prefix, bits int) netip.Addr {
-	a := network.Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v |= ^uint32(0) >> network.Bits()
-	v &^= ^uint32(0) >> bits
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	a := network.Addr().AsSlice()
+	for i := range a {
+		for b := range 8 {
+			pos := i*8 + b
+			mask := byte(0x80) >> b
+			switch {
+			case pos >= bits:
+				a[i] &^= mask
+			case pos >= network.Bits():
+				a[i] |= mask
+			}
+		}
+	}
+	out, _ := netip.AddrFromSlice(a)
+	return out
 }

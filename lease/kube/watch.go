@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
 // nodeLease is one annotated Node's lease.
@@ -85,16 +86,16 @@ func (s *Store) update(obj any, deleted bool) {
 		s.leases[n.Name] = nl
 		notify = true
 		if !had {
-			s.log.Info("peer Node added", "node", n.Name, "subnet", nl.lease.Subnet, "public-ip", nl.lease.Attrs.PublicIP)
+			s.log.Info("peer Node added", leaseLog(n.Name, nl.lease)...)
 		} else {
-			s.log.Info("peer Node changed", "node", n.Name, "subnet", nl.lease.Subnet, "public-ip", nl.lease.Attrs.PublicIP)
+			s.log.Info("peer Node changed", leaseLog(n.Name, nl.lease)...)
 		}
 	case had:
 		delete(s.leases, n.Name)
 		notify = true
 		switch {
 		case deleted:
-			s.log.Info("peer Node deleted", "node", n.Name, "subnet", old.lease.Subnet)
+			s.log.Info("peer Node deleted", "node", n.Name, "subnet", old.lease)
 		case why != nil:
 			s.log.Warn("peer Node's lease is no longer valid; removed", "node", n.Name, "err", why)
 		default:
@@ -110,6 +111,9 @@ func (s *Store) update(obj any, deleted bool) {
 		if s.refused == nil {
 			s.refused = map[string]string{}
 		}
+		if _, was := s.refused[n.Name]; !was {
+			s.unreadable.Add(1)
+		}
 		s.refused[n.Name] = why.Error()
 	} else {
 		delete(s.refused, n.Name)
@@ -120,31 +124,69 @@ func (s *Store) update(obj any, deleted bool) {
 	}
 }
 
+// leaseLog are the log attributes of a Node's lease: its IPv6 parts only
+// when it has them.
+func leaseLog(node string, l lease.Lease) []any {
+	out := []any{"node", node, "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP}
+	if l.IPv6Subnet.IsValid() {
+		out = append(out, "ipv6-subnet", l.IPv6Subnet, "public-ipv6", l.Attrs.PublicIPv6)
+	}
+	return out
+}
+
 func sameLease(a, b lease.Lease) bool {
-	return a.Subnet == b.Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP && a.Attrs.BackendType == b.Attrs.BackendType &&
-		string(a.Attrs.BackendData) == string(b.Attrs.BackendData) && a.CreateRevision == b.CreateRevision
+	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet &&
+		a.Attrs.PublicIP == b.Attrs.PublicIP && a.Attrs.PublicIPv6 == b.Attrs.PublicIPv6 && a.Attrs.BackendType == b.Attrs.BackendType &&
+		string(a.Attrs.BackendData) == string(b.Attrs.BackendData) && string(a.Attrs.BackendV6Data) == string(b.Attrs.BackendV6Data) &&
+		a.CreateRevision == b.CreateRevision
 }
 
 // nodeToLease reads a Node's lease as flanneld does: the IPv4 entry of
 // spec.podCIDRs (or spec.podCIDR), public-ip, backend-type and
-// backend-data ("null" meaning none).
+// backend-data ("null" meaning none); on a network with IPv6, also the
+// IPv6 entry with public-ipv6 and backend-v6-data.
+//
+// Unlike flanneld, which ignores a Node of a dual-stack network that has
+// no IPv6 podCIDR or no public-ipv6 annotation, weft takes such a Node
+// as an IPv4 peer (a host whose daemon runs without IPv6 still reaches
+// and is reached over IPv4). IPv6 annotations that are present but
+// unreadable make no lease at all, as unreadable IPv4 ones do: the Node
+// is refused, logged and counted. Admission checks the ranges.
 func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
-	subnet, err := podSubnet(n)
+	v4, v6, err := podSubnets(n)
 	if err != nil {
 		return nodeLease{}, err
 	}
-	ip, err := netip.ParseAddr(n.Annotations[s.ann.BackendPublicIP])
-	if err != nil || !ip.Is4() {
-		return nodeLease{}, fmt.Errorf("annotation %s: %q is not an IPv4 address", s.ann.BackendPublicIP, n.Annotations[s.ann.BackendPublicIP])
-	}
-	a := lease.Attrs{PublicIP: ip, BackendType: n.Annotations[s.ann.BackendType]}
-	if d := n.Annotations[s.ann.BackendData]; d != "" && d != "null" {
-		if !json.Valid([]byte(d)) {
-			return nodeLease{}, fmt.Errorf("annotation %s is not JSON", s.ann.BackendData)
+	a := lease.Attrs{BackendType: n.Annotations[s.ann.BackendType]}
+	var l lease.Lease
+	if s.conf.EnableIPv4 {
+		if !v4.IsValid() {
+			return nodeLease{}, fmt.Errorf("node %q has no IPv4 pod CIDR (spec.podCIDRs %v): missing IPv4 address on n.Spec.PodCIDRs", n.Name, n.Spec.PodCIDRs)
 		}
-		a.BackendData = json.RawMessage(d)
+		ip, err := netip.ParseAddr(n.Annotations[s.ann.BackendPublicIP])
+		if err != nil || !ip.Is4() {
+			return nodeLease{}, fmt.Errorf("annotation %s: %s is not an IPv4 address", s.ann.BackendPublicIP, excerpt.Quote(n.Annotations[s.ann.BackendPublicIP], annotationExcerpt))
+		}
+		a.PublicIP, l.Subnet = ip, v4
+		if a.BackendData, err = annotationJSON(n.Annotations, s.ann.BackendData); err != nil {
+			return nodeLease{}, err
+		}
 	}
-	// Admission checks the rest (public IP, backend type, sizes); a
+	if s.conf.EnableIPv6 {
+		ip6, data6, err := s.ipv6Annotations(n)
+		if err != nil {
+			return nodeLease{}, err
+		}
+		switch {
+		case v6.IsValid() && ip6.IsValid():
+			l.IPv6Subnet, a.PublicIPv6, a.BackendV6Data = v6, ip6, data6
+		case !s.conf.EnableIPv4 && !v6.IsValid():
+			return nodeLease{}, fmt.Errorf("node %q has no IPv6 pod CIDR (spec.podCIDRs %v): missing IPv6 address on n.Spec.PodCIDRs", n.Name, n.Spec.PodCIDRs)
+		case !s.conf.EnableIPv4:
+			return nodeLease{}, fmt.Errorf("node %q has no annotation %s", n.Name, s.ann.BackendPublicIPv6)
+		}
+	}
+	// Admission checks the rest (public IPs, backend type, sizes); a
 	// JSON round trip applies the same checks etcd leases get.
 	b, err := json.Marshal(a)
 	if err != nil {
@@ -155,38 +197,73 @@ func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
 	}
 	rv, _ := strconv.ParseInt(n.ResourceVersion, 10, 64)
 	created := n.CreationTimestamp.Time
-	return nodeLease{
-		lease:   lease.Lease{Subnet: subnet, Attrs: a, Revision: rv, CreateRevision: max(created.Unix(), 1)},
-		created: created,
-	}, nil
+	l.Attrs, l.Revision, l.CreateRevision = a, rv, max(created.Unix(), 1)
+	return nodeLease{lease: l, created: created}, nil
 }
 
-// podSubnet is a Node's IPv4 pod subnet: the IPv4 entry of
-// spec.podCIDRs, or spec.podCIDR when podCIDRs is empty. More than two
-// CIDRs is refused as flanneld refuses it.
-func podSubnet(n *v1.Node) (netip.Prefix, error) {
+// annotationExcerpt bounds how much of an annotation's value an error
+// quotes: a Node's annotations come from whoever may edit Nodes.
+const annotationExcerpt = 64
+
+// ipv6Annotations reads public-ipv6 (the zero Addr when absent or empty) and
+// backend-v6-data (nil when absent or "null"), refusing either when it
+// is present but unreadable.
+func (s *Store) ipv6Annotations(n *v1.Node) (netip.Addr, json.RawMessage, error) {
+	var ip netip.Addr
+	if v := n.Annotations[s.ann.BackendPublicIPv6]; v != "" {
+		var err error
+		if ip, err = netip.ParseAddr(v); err != nil || !ip.Is6() || ip.Is4In6() {
+			return netip.Addr{}, nil, fmt.Errorf("annotation %s: %s is not an IPv6 address", s.ann.BackendPublicIPv6, excerpt.Quote(v, annotationExcerpt))
+		}
+	}
+	data, err := annotationJSON(n.Annotations, s.ann.BackendV6Data)
+	if err != nil {
+		return netip.Addr{}, nil, err
+	}
+	return ip, data, nil
+}
+
+// annotationJSON is a backend-data annotation's JSON: nil when absent or
+// "null" (what flanneld writes for none), an error when not JSON.
+func annotationJSON(ann map[string]string, key string) (json.RawMessage, error) {
+	d := ann[key]
+	if d == "" || d == "null" {
+		return nil, nil
+	}
+	if !json.Valid([]byte(d)) {
+		return nil, fmt.Errorf("annotation %s is not JSON", key)
+	}
+	return json.RawMessage(d), nil
+}
+
+// podSubnets are a Node's pod subnets: the first IPv4 and the first IPv6
+// entry of spec.podCIDRs, or spec.podCIDR when podCIDRs is empty; either
+// is the zero Prefix when the Node has none. No CIDR at all, or more
+// than two, is refused as flanneld refuses it.
+func podSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
 	}
 	switch {
 	case len(cidrs) == 0:
-		return netip.Prefix{}, fmt.Errorf("node %q pod cidr not assigned", n.Name)
+		return v4, v6, fmt.Errorf("node %q pod cidr not assigned", n.Name)
 	case len(cidrs) > 2:
-		return netip.Prefix{}, fmt.Errorf("node %q pod cidrs should be IPv4/IPv6 only or dualstack, not %d CIDRs", n.Name, len(cidrs))
+		return v4, v6, fmt.Errorf("node %q pod cidrs should be IPv4/IPv6 only or dualstack, not %d CIDRs", n.Name, len(cidrs))
 	}
-	var v6 netip.Prefix
 	for _, c := range cidrs {
 		p, err := netip.ParsePrefix(c)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("node %q: pod CIDR %q: %v", n.Name, c, err)
+		if err != nil || p.Addr().Zone() != "" {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q: pod CIDR %s is not a CIDR", n.Name, excerpt.Quote(c, annotationExcerpt))
 		}
-		if p.Addr().Is4() {
-			return p.Masked(), nil
+		switch {
+		case p.Addr().Is4() && !v4.IsValid():
+			v4 = p.Masked()
+		case p.Addr().Is6() && !p.Addr().Is4In6() && !v6.IsValid():
+			v6 = p.Masked()
 		}
-		v6 = p
 	}
-	return netip.Prefix{}, fmt.Errorf("node %q has only the IPv6 pod CIDR %s: IPv6 is not supported yet", n.Name, v6)
+	return v4, v6, nil
 }
 
 // ownNode waits (up to OwnNodeWait) for this host's Node in the cache.
@@ -214,17 +291,37 @@ func (s *Store) ownNode(ctx context.Context) (*v1.Node, error) {
 	}
 }
 
-// ownSubnet checks this host's podCIDR as flanneld does: assigned, at
-// most two CIDRs, inside Network.
-func (s *Store) ownSubnet(n *v1.Node) (netip.Prefix, error) {
-	p, err := podSubnet(n)
+// ownSubnets checks this host's podCIDRs as flanneld does: assigned, at
+// most two CIDRs, the IPv4 one inside Network and, when the network has
+// IPv6, the IPv6 one inside IPv6Network. Where flanneld would go on with
+// no IPv6 subnet (and fail later, or run IPv4 alone), weft refuses a
+// Node of a dual-stack network that has no IPv6 podCIDR.
+func (s *Store) ownSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
+	v4, v6, err = podSubnets(n)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("kube subnet manager: %w", err)
+		return v4, v6, fmt.Errorf("kube subnet manager: %w", err)
 	}
-	if nw := s.conf.Network; p.Bits() < nw.Bits() || !nw.Contains(p.Addr()) {
-		return netip.Prefix{}, fmt.Errorf("kube subnet manager: subnet %q specified in the flannel net config doesn't contain %q PodCIDR of the %q node", nw, p, n.Name)
+	if s.conf.EnableIPv4 {
+		if !v4.IsValid() {
+			return v4, v6, fmt.Errorf("kube subnet manager: node %q has no IPv4 pod CIDR (spec.podCIDRs %v), but the network config has IPv4 (Network %s)", n.Name, n.Spec.PodCIDRs, s.conf.Network)
+		}
+		if nw := s.conf.Network; v4.Bits() < nw.Bits() || !nw.Contains(v4.Addr()) {
+			return v4, v6, fmt.Errorf("kube subnet manager: subnet %q specified in the flannel net config doesn't contain %q PodCIDR of the %q node", nw, v4, n.Name)
+		}
+	} else {
+		v4 = netip.Prefix{}
 	}
-	return p, nil
+	if s.conf.EnableIPv6 {
+		if !v6.IsValid() {
+			return v4, v6, fmt.Errorf("kube subnet manager: node %q has no IPv6 pod CIDR (spec.podCIDRs %v), but the network config has \"EnableIPv6\": true (IPv6Network %s): give the Node an IPv6 podCIDR (a dual-stack cluster: kube-controller-manager --cluster-cidr with an IPv4 and an IPv6 range), or turn EnableIPv6 off", n.Name, n.Spec.PodCIDRs, s.conf.IPv6Network)
+		}
+		if nw := s.conf.IPv6Network; v6.Bits() < nw.Bits() || !nw.Contains(v6.Addr()) {
+			return v4, v6, fmt.Errorf("kube subnet manager: subnet %q specified in the flannel net config doesn't contain %q IPv6 PodCIDR of the %q node", nw, v6, n.Name)
+		}
+	} else {
+		v6 = netip.Prefix{}
+	}
+	return v4, v6, nil
 }
 
 // snapshot is the current lease set, one lease per subnet (of two Nodes
