@@ -35,6 +35,12 @@ type publicIPSource interface {
 	PublicIPOverride(ctx context.Context) (netip.Addr, error)
 }
 
+// publicIPv6Source is a lease.Manager that knows this host's public IPv6
+// (the Kubernetes store: node-public-ipv6, public-ipv6-overwrite).
+type publicIPv6Source interface {
+	PublicIPv6Override(ctx context.Context) (netip.Addr, error)
+}
+
 // Run runs this host until ctx ends. On return the lease is kept (for the
 // next start) and the kernel backends' state stays in place, as flanneld
 // leaves them on SIGTERM.
@@ -89,6 +95,15 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("network config: \"EnableIPv4\": false: IPv6-only networks are not supported yet (dual-stack ones are)")
 	}
 	if d.cfg.EnableIPv6 {
+		if p, ok := o.Store.(publicIPv6Source); ok {
+			ip, err := p.PublicIPv6Override(ctx)
+			if err != nil {
+				return err
+			}
+			if ip.IsValid() {
+				o.Interface.PublicIPv6 = ip
+			}
+		}
 		if err := d.ext.withIPv6(&netlink.Handle{}, o.Interface.PublicIPv6); err != nil {
 			return err
 		}
