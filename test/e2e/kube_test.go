@@ -60,8 +60,16 @@ func newKubeLab(t *testing.T, backend string) *kubeLab {
 
 func newKubeLabNetwork(t *testing.T, backend, network string) *kubeLab {
 	t.Helper()
+	return newKubeLabConf(t, `{"Network":"`+network+`","Backend":{"Type":"`+backend+`"}}`, false)
+}
+
+// newKubeLabConf is newKubeLab with the net-conf netConf; dual gives the
+// lab an IPv6 underlay and each Node an IPv6 podCIDR (podCIDR6) after its
+// IPv4 one, as a dual-stack cluster's IPAM does.
+func newKubeLabConf(t *testing.T, netConf string, dual bool) *kubeLab {
+	t.Helper()
 	bin := kubetest.Binary(t)
-	l := labtest.New(t, lab.Options{Hosts: 3})
+	l := labtest.New(t, lab.Options{Hosts: 3, IPv6: dual})
 	exe := self(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -90,7 +98,7 @@ func newKubeLabNetwork(t *testing.T, backend, network string) *kubeLab {
 		t.Fatal(err)
 	}
 	k.netConf = filepath.Join(l.Dir, "net-conf.json")
-	if err := os.WriteFile(k.netConf, []byte(`{"Network":"`+network+`","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
+	if err := os.WriteFile(k.netConf, []byte(netConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	k.kubeconfig = k.srv.Kubeconfig(t, kubetest.Weft)
@@ -101,6 +109,9 @@ func newKubeLabNetwork(t *testing.T, backend, network string) *kubeLab {
 		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName(i), Labels: map[string]string{"kubernetes.io/hostname": nodeName(i)},
 			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
 			Spec: v1.NodeSpec{PodCIDR: podCIDR(i).String(), PodCIDRs: []string{podCIDR(i).String()}}}
+		if dual {
+			n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, podCIDR6(i).String())
+		}
 		if _, err := admin.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -286,6 +297,11 @@ func testKube(t *testing.T, backend string) {
 func nodeName(i int) string { return fmt.Sprintf("h%d", i+1) }
 func podCIDR(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24)
+}
+
+// podCIDR6 is host i's IPv6 podCIDR on a dual-stack lab: fd00:10:244:<i+1>::/64.
+func podCIDR6(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x02, 0x44, 0, byte(i + 1)}), 64)
 }
 
 func nodeNetworkAvailable(n *v1.Node) bool {
