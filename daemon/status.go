@@ -284,12 +284,18 @@ func (d *daemon) status() StatusReport {
 }
 
 // refusals counts refused leases by reason: admission's, and the store's
-// unreadable ones when the store counts them.
+// when it counts them: unreadable keys, and second keys for a subnet an
+// older key holds (counted as admission's overlap, which they are).
 func (d *daemon) refusals() map[string]uint64 {
 	c := d.cur.Load().gate.Counts()
 	if s, ok := d.o.Store.(interface{ Unreadable() uint64 }); ok {
 		if n := s.Unreadable(); n > 0 {
 			c[admission.Unreadable] = n
+		}
+	}
+	if s, ok := d.o.Store.(interface{ Duplicates() uint64 }); ok {
+		if n := s.Duplicates(); n > 0 {
+			c[admission.Overlap] += n
 		}
 	}
 	return c

@@ -80,6 +80,7 @@ type Store struct {
 	// unreadable counts keys under subnets/ whose name or value could not
 	// be read, each once (Unreadable).
 	unreadable atomic.Uint64
+	duplicates atomic.Uint64 // keys left out for a subnet an older key holds
 	tls        *tls.Config
 
 	mu     sync.Mutex
@@ -449,3 +450,8 @@ func (m *Store) config(ctx context.Context) (*lease.Config, error) {
 // has left out because their name or value could not be read (each key
 // counted once, however often it changed).
 func (m *Store) Unreadable() uint64 { return m.unreadable.Load() }
+
+// Duplicates returns how many keys the watch has left out because an
+// older key holds one of their subnets (each key counted once, however
+// often it changed): refusals for overlap that admission never sees.
+func (m *Store) Duplicates() uint64 { return m.duplicates.Load() }

@@ -351,6 +351,7 @@ func (m *Store) snapshot(st *watchState) []lease.Lease {
 		}
 		if !st.dup[name] {
 			st.dup[name] = true
+			m.duplicates.Add(1)
 			m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
 				"subnet", subnet, "publicIP", l.Attrs.PublicIP, "heldBy", heldBy.Attrs.PublicIP, "heldByLease", heldBy.String())
 		}

@@ -24,9 +24,12 @@ func hostState(t *testing.T, l *lab.Lab, ns string) string {
 		{"ip", "-d", "link", "show"},
 		{"ip", "addr", "show"},
 		{"ip", "route", "show", "table", "all"},
+		{"ip", "-6", "route", "show", "table", "all"},
 		{"ip", "-br", "neigh", "show"}, // no NUD state: it ages by itself
+		{"ip", "-6", "-br", "neigh", "show"},
 		{"bridge", "fdb", "show"},
 		{"iptables-save"},
+		{"ip6tables-save"},
 	} {
 		out, err := l.Exec(ns, argv...)
 		if err != nil {
