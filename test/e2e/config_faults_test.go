@@ -74,7 +74,7 @@ func TestConfigFaults(t *testing.T) {
 		{name: "Backend type", netconf: `{"Network":"10.8.0.0/16","Backend":{"Type":"wireguard"}}`, want: `"Backend"`},
 		{name: "Backend not object", netconf: `{"Network":"10.8.0.0/16","Backend":"udp"}`, want: `"Backend"`},
 		{name: "Backend.Port", netconf: `{"Network":"10.8.0.0/16","Backend":{"Type":"udp","Port":70000}}`, want: `Backend.Port`},
-		{name: "EnableIPv6", netconf: `{"Network":"10.8.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}`, want: `"EnableIPv6"`},
+		{name: "EnableIPv6 without IPv6Network", netconf: `{"Network":"10.8.0.0/16","EnableIPv6":true}`, want: `"IPv6Network"`},
 		{name: "Networks", netconf: `{"Networks":["10.8.0.0/16"]}`, want: `"Networks"`},
 		{name: "renew margin", flags: []string{"--subnet-lease-renew-margin=0"}, want: "--subnet-lease-renew-margin"},
 		{name: "batch size", flags: []string{"--batch-size=0"}, want: "--batch-size"},

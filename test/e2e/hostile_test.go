@@ -89,7 +89,7 @@ func TestHostileInput(t *testing.T) {
 	badLen := append([]byte(nil), valid...)
 	binary.BigEndian.PutUint16(badLen[2:4], 1000) // says 1000, carries 100
 	badVer := append([]byte(nil), valid...)
-	badVer[0] = 0x65
+	badVer[0] = 0x55 // version 5: neither IPv4 nor IPv6
 	badIHL := append([]byte(nil), valid...)
 	badIHL[0] = 0x43
 	storm := []struct {
