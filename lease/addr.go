@@ -40,19 +40,31 @@ func CheckPublicIP(ip netip.Addr) error {
 	return nil
 }
 
+// block is an address block no pod can have an address in.
+type block struct {
+	p    netip.Prefix
+	what string
+}
+
+var (
+	blocks4 = []block{{thisNetwork, "\"this network\""}, {loopback, "loopback"}, {multicast, "multicast"}, {reserved, "reserved (class E)"}}
+	blocks6 = []block{{v6Reserved, "reserved (unspecified, loopback, IPv4-mapped)"}, {v6LinkLocal, "link-local"}, {v6Multicast, "multicast"}}
+)
+
 // checkNetwork reports why p cannot be a cluster network (or part of
 // one): it must be a /8 or longer and not overlap 0.0.0.0/8, 127.0.0.0/8,
-// 224.0.0.0/4 or 240.0.0.0/4, whose addresses are not unicast addresses a
-// pod can have. 0.0.0.0/0 in particular would make the TUN route replace
-// the default route.
+// 224.0.0.0/4 or 240.0.0.0/4 (IPv6: ::/8, fe80::/10 or ff00::/8), whose
+// addresses are not unicast addresses a pod can have. 0.0.0.0/0 in
+// particular would make the TUN route replace the default route.
 func checkNetwork(p netip.Prefix) error {
 	if p.Bits() < 8 {
 		return fmt.Errorf("%s is too large: a cluster network is at most a /8", p)
 	}
-	for _, b := range []struct {
-		p    netip.Prefix
-		what string
-	}{{thisNetwork, "\"this network\""}, {loopback, "loopback"}, {multicast, "multicast"}, {reserved, "reserved (class E)"}} {
+	bs := blocks4
+	if p.Addr().Is6() {
+		bs = blocks6
+	}
+	for _, b := range bs {
 		if p.Overlaps(b.p) {
 			return fmt.Errorf("%s overlaps %s, the %s block: pods cannot have those addresses", p, b.p, b.what)
 		}
@@ -83,23 +95,6 @@ func CheckPublicIPv6(ip netip.Addr) error {
 		return fmt.Errorf("PublicIPv6 %s is link-local (fe80::/10): other hosts cannot route to it", ip)
 	case v6Multicast.Contains(ip):
 		return fmt.Errorf("PublicIPv6 %s is a multicast address (ff00::/8), not one host's", ip)
-	}
-	return nil
-}
-
-// checkNetwork6 reports why p cannot be an IPv6 cluster network: it must
-// be a /8 or longer and not overlap ::/8, fe80::/10 or ff00::/8.
-func checkNetwork6(p netip.Prefix) error {
-	if p.Bits() < 8 {
-		return fmt.Errorf("%s is too large: a cluster network is at most a /8", p)
-	}
-	for _, b := range []struct {
-		p    netip.Prefix
-		what string
-	}{{v6Reserved, "reserved (unspecified, loopback, IPv4-mapped)"}, {v6LinkLocal, "link-local"}, {v6Multicast, "multicast"}} {
-		if p.Overlaps(b.p) {
-			return fmt.Errorf("%s overlaps %s, the %s block: pods cannot have those addresses", p, b.p, b.what)
-		}
 	}
 	return nil
 }

@@ -29,7 +29,7 @@ func parseIPv6(cfg *Config, raw *rawConfig) error {
 		return cfgErr("IPv6Network", "%s is not an IPv6 CIDR such as \"fd00:10:5::/56\"", quote(*raw.IPv6Network))
 	}
 	cfg.IPv6Network = network.Masked()
-	if err := checkNetwork6(cfg.IPv6Network); err != nil {
+	if err := checkNetwork(cfg.IPv6Network); err != nil {
 		return cfgErr("IPv6Network", "%v", err)
 	}
 	nbits := cfg.IPv6Network.Bits()
