@@ -34,9 +34,6 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 	}
 	switch typ {
 	case "udp":
-		if cfg.EnableIPv6 {
-			return nil, "", errors.New("network config: the udp backend does not carry IPv6 yet (flanneld's never did); use vxlan or host-gw for a dual-stack network")
-		}
 		removeOtherBackends(nl, "", true, log)
 		b, err := userspace.NewUDP(host, cfg, o.Datapath)
 		return b, why, err

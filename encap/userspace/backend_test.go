@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/kernel/kerneltest"
 	"github.com/weft-net/weft/lease"
@@ -112,4 +114,78 @@ func run(t *testing.T, b encap.Backend) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+}
+
+var testCfg6 = &lease.Config{Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, BackendType: "udp",
+	EnableIPv6: true, IPv6Network: netip.MustParsePrefix("fd00:10:5::/56"), IPv6SubnetLen: 64}
+
+func testHost6(t *testing.T) (*kerneltest.NS, encap.Host) {
+	ns, host := testHost(t)
+	ns.AddAddr(t, host.IfaceIndex, netip.MustParsePrefix("2001:db8::1/64"))
+	host.IfaceAddr6 = netip.MustParseAddr("2001:db8::1")
+	host.PublicIPv6 = host.IfaceAddr6
+	return ns, host
+}
+
+func peer6(subnet, ip, subnet6, ip6, typ, data, data6 string) lease.Lease {
+	l := peer(subnet, ip, typ, data)
+	l.IPv6Subnet, l.Attrs.PublicIPv6 = netip.MustParsePrefix(subnet6), netip.MustParseAddr(ip6)
+	if data6 != "" {
+		l.Attrs.BackendV6Data = []byte(data6)
+	}
+	return l
+}
+
+// The udp backend on a dual-stack network: the lease names PublicIPv6,
+// the TUN carries the IPv6 lease's address and the IPv6 network's route
+// (IPv6 on), and the table reaches a peer's IPv6 subnet through its IPv4
+// endpoint (flannel's UDP format carries either family).
+func TestUDPBackendDualStack(t *testing.T) {
+	ns, host := testHost6(t)
+	b, err := NewUDP(host, testCfg6, Options{TUNName: "wefttest6", BatchSize: 32, AntiSpoof: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := b.Attrs(); a.PublicIPv6 != host.PublicIPv6 || a.BackendV6Data != nil {
+		t.Errorf("attrs %+v", a)
+	}
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64"),
+		Attrs: lease.Attrs{PublicIP: host.PublicIP, PublicIPv6: host.PublicIPv6}}
+	var mtu int
+	if err := ns.Do(func() (err error) { mtu, err = b.Start(context.Background(), own); return err }); err != nil {
+		t.Fatal(err)
+	}
+	run(t, b)
+	if mtu != 1472 {
+		t.Errorf("mtu %d, want 1472 (the IPv4 underlay's less 28, for both families)", mtu)
+	}
+	l, err := ns.H.LinkByName("wefttest6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := ns.H.AddrList(l, netlink.FAMILY_V6)
+	if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "fd00:10:5:1::/128" {
+		t.Errorf("IPv6 addresses of the TUN: %v %v (want only fd00:10:5:1::/128, no link-local)", addrs, err)
+	}
+	found := false
+	for _, r := range ns.Routes6(t) {
+		if r.LinkIndex == l.Attrs().Index && r.Dst != nil && r.Dst.String() == "fd00:10:5::/56" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no route for fd00:10:5::/56 through the TUN: %v", ns.Routes6(t))
+	}
+	b.SetPeers([]lease.Lease{
+		peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "", "", ""),
+		peer("10.5.3.0/24", "192.0.2.3", "", ""), // a host without IPv6
+	})
+	tab := b.Datapath().Engine.Table()
+	p := tab.Lookup(netip.MustParseAddr("fd00:10:5:2::5"))
+	if p == nil || p.Endpoint != netip.MustParseAddrPort("192.0.2.2:8285") || p.Endpoint6.IsValid() {
+		t.Fatalf("IPv6 peer %+v", p)
+	}
+	if tab.Own6() != own.IPv6Subnet || tab.Lookup(netip.MustParseAddr("10.5.3.1")) == nil {
+		t.Errorf("table: own6 %s, peers %v", tab.Own6(), tab.Peers())
+	}
 }
