@@ -39,9 +39,6 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 		return b, why, err
 	case "vxlan":
 		if noKernel := kernelVXLANMissing(o, nl); noKernel != "" {
-			if cfg.EnableIPv6 {
-				return nil, "", fmt.Errorf("network config: vxlan on a dual-stack network needs the kernel's vxlan, and %s (weft's userspace VXLAN does not carry IPv6 yet)", noKernel)
-			}
 			// A kernel flannel.<VNI> of an earlier run would hold the TUN's
 			// name, and host-gw's routes would shadow the TUN's route.
 			removeOtherBackends(nl, "", true, log)

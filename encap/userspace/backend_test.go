@@ -189,3 +189,71 @@ func TestUDPBackendDualStack(t *testing.T) {
 		t.Errorf("table: own6 %s, peers %v", tab.Own6(), tab.Peers())
 	}
 }
+
+// Userspace vxlan on a dual-stack network: a second VtepMAC kept in the
+// state directory and advertised in BackendV6Data with PublicIPv6, the
+// kernel backend's AcceptIPv6, one TUN of flannel-v6.<VNI>'s MTU (the
+// underlay's less 70, which fits IPv4 too) with both families' addresses,
+// and peers reached over the IPv6 underlay with their IPv6 MACs.
+func TestVXLANBackendDualStack(t *testing.T) {
+	ns, host := testHost6(t)
+	cfg := *testCfg6
+	cfg.BackendType, cfg.Backend = "vxlan", []byte(`{"Type":"vxlan","VNI":3}`)
+	dir := t.TempDir()
+	b, err := NewVXLAN(host, &cfg, Options{BatchSize: 32, AntiSpoof: true, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := b.Attrs()
+	if err != nil || a.PublicIPv6 != host.PublicIPv6 || !strings.Contains(string(a.BackendV6Data), `"VNI":3`) {
+		t.Fatalf("attrs %+v %v", a, err)
+	}
+	if string(a.BackendV6Data) == string(a.BackendData) {
+		t.Fatal("the IPv6 VtepMAC is the IPv4 one")
+	}
+	again, _ := NewVXLAN(host, &cfg, Options{BatchSize: 32, StateDir: dir})
+	if a2, err := again.Attrs(); err != nil || string(a2.BackendV6Data) != string(a.BackendV6Data) {
+		t.Fatalf("IPv6 VtepMAC not kept: %s, then %s (%v)", a.BackendV6Data, a2.BackendV6Data, err)
+	}
+	good := peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "vxlan",
+		`{"VNI":3,"VtepMAC":"02:00:00:00:00:02"}`, `{"VNI":3,"VtepMAC":"02:00:00:00:06:02"}`)
+	if err := b.AcceptIPv6(good.Attrs); err != nil {
+		t.Errorf("AcceptIPv6 refuses %s: %v", good.Attrs.BackendV6Data, err)
+	}
+	for _, bad := range []string{`{"VNI":1,"VtepMAC":"02:00:00:00:06:02"}`, `{"VNI":3,"VtepMAC":"03:00:00:00:06:02"}`, `{"VNI":3}`, `null`} {
+		l := good
+		l.Attrs.BackendV6Data = []byte(bad)
+		if b.AcceptIPv6(l.Attrs) == nil {
+			t.Errorf("AcceptIPv6 takes %s", bad)
+		}
+	}
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64"), Attrs: a}
+	var mtu int
+	if err := ns.Do(func() (err error) { mtu, err = b.Start(context.Background(), own); return err }); err != nil {
+		t.Fatal(err)
+	}
+	run(t, b)
+	if mtu != 1430 {
+		t.Errorf("mtu %d, want 1430 (flannel-v6.<VNI>'s)", mtu)
+	}
+	l, err := ns.H.LinkByName("flannel.3")
+	if err != nil || l.Attrs().MTU != 1430 {
+		t.Fatalf("TUN %v %v", l, err)
+	}
+	if addrs, err := ns.H.AddrList(l, netlink.FAMILY_V6); err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "fd00:10:5:1::/128" {
+		t.Errorf("IPv6 addresses of the TUN: %v %v", addrs, err)
+	}
+	b.SetPeers([]lease.Lease{good, peer("10.5.3.0/24", "192.0.2.3", "vxlan", `{"VNI":3,"VtepMAC":"02:00:00:00:00:03"}`)})
+	tab := b.Datapath().Engine.Table()
+	p := tab.Lookup(netip.MustParseAddr("fd00:10:5:2::9"))
+	if p == nil || p.Endpoint6 != netip.MustParseAddrPort("[2001:db8::2]:8472") || p.HWAddr6 != [6]byte{2, 0, 0, 0, 6, 2} || p.HWAddr != [6]byte{2, 0, 0, 0, 0, 2} {
+		t.Fatalf("IPv6 peer %+v", p)
+	}
+	if p3 := tab.Lookup(netip.MustParseAddr("10.5.3.1")); p3 == nil || p3.Endpoint6.IsValid() {
+		t.Errorf("IPv4-only peer %+v", p3)
+	}
+	s := b.Status().(VXLANStatus)
+	if s.MAC6 == "" || s.Transport.Receive6 == nil || len(s.Transport.SourcePorts6) == 0 {
+		t.Errorf("status %+v", s)
+	}
+}
