@@ -34,9 +34,10 @@ type Options struct {
 }
 
 var (
-	_ engine.Device         = (*Device)(nil)
-	_ engine.ReadableDevice = (*Device)(nil)
-	_ engine.LargeTCPWriter = (*Device)(nil)
+	_ engine.Device          = (*Device)(nil)
+	_ engine.ReadableDevice  = (*Device)(nil)
+	_ engine.LargeTCPWriter  = (*Device)(nil)
+	_ engine.LargeTCP6Writer = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -280,6 +281,10 @@ func (d *Device) Readable() bool {
 // hands a TCP packet longer than the MTU to the kernel as a TSO
 // super-packet cut at the MTU.
 func (d *Device) SegmentsLargeTCP() bool { return d.ownWrite }
+
+// SegmentsLargeTCP6 implements engine.LargeTCP6Writer, as
+// SegmentsLargeTCP for TCP over IPv6.
+func (d *Device) SegmentsLargeTCP6() bool { return d.ownWrite }
 
 // Write writes packets into the TUN. With offloads on, it coalesces each
 // flow's packets into super-packets (coalesce.go) and writes one per
