@@ -60,3 +60,82 @@ func TestDualStackUDP(t *testing.T) {
 	}
 	k.stop(1, 2, 3)
 }
+
+// TestDualStackUserspaceVXLAN is a mixed dual-stack vxlan cluster: h1 and
+// h2 run the kernel's vxlan (flannel.1 and flannel-v6.1), h3 speaks VXLAN
+// from userspace (--no-kernel-vxlan) for both families. The kernel hosts
+// program h3 as any dual-stack vxlan peer (its BackendV6Data MAC over
+// its PublicIPv6), and pods reach each other over IPv4 and IPv6 both ways.
+func TestDualStackUserspaceVXLAN(t *testing.T) {
+	k := newKClusterOpts(t, lab.Options{Hosts: 3, IPv6: true}, dualStackConf("vxlan"), nil)
+	l := k.Lab
+	k.start(nil, 1, 2)
+	k.start([]string{"--no-kernel-vxlan"}, 3)
+
+	s3 := k.uvxlanStats(3)
+	if s3.MAC6 == "" || s3.MAC6 == s3.MAC || s3.MTU != 1430 {
+		t.Fatalf("h3 userspace vxlan status: %+v", s3.VXLANStatus)
+	}
+	want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"},"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`,
+		l.Host(3).IP, l.Host(3).IP6, s3.MAC, s3.MAC6)
+	if got := k.leaseValue(3); got != want {
+		t.Fatalf("h3 lease\n got %s\nwant %s", got, want)
+	}
+	for i, env := range k.Envs {
+		if env.MTU != 1430 || !env.IPv6Subnet.IsValid() {
+			t.Errorf("h%d subnet file %+v", i+1, env)
+		}
+	}
+	if a := k.sh(3, "ip", "-6", "addr", "show", "flannel.1"); !strings.Contains(a, k.Envs[2].IPv6Subnet.Addr().String()+"/128") {
+		t.Fatalf("h3's TUN lacks the IPv6 lease's address:\n%s", a)
+	}
+	// The kernel hosts program h3's IPv6 half on flannel-v6.1.
+	for _, on := range []int{1, 2} {
+		fdb := fmt.Sprintf("%s dev flannel-v6.1 dst %s self permanent", s3.MAC6, l.Host(3).IP6)
+		k.eventually(fmt.Sprintf("h%d programs h3's IPv6 half", on), 10*time.Second, func() (bool, string) {
+			f := k.sh(on, "bridge", "fdb", "show")
+			return has(f, fdb), f
+		})
+	}
+	k.eventually("h3 knows both kernel peers with IPv6", 10*time.Second, func() (bool, string) {
+		s := k.uvxlanStats(3)
+		return len(s.Peers) == 2 && s.Peers[0].IPv6Subnet != nil && s.Peers[1].IPv6Subnet != nil, fmt.Sprint(s.Peers)
+	})
+	for _, other := range []int{1, 2} {
+		k.ping(3, other)
+		k.ping(other, 3)
+		k.ping6(3, other)
+		k.ping6(other, 3)
+		k.tcpTo(3, other, l.Host(other).PodIP6, 4<<20)
+		k.tcpTo(other, 3, l.Host(3).PodIP6, 4<<20)
+		k.tcpTo(3, other, l.Host(other).PodIP, 2<<20)
+		k.tcpTo(other, 3, l.Host(3).PodIP, 2<<20)
+	}
+	k.ping6(1, 2) // the kernel hosts between themselves, unchanged
+
+	s3 = k.uvxlanStats(3)
+	if r6 := s3.Transport.Receive6; r6 == nil || r6.RecvDatagrams == 0 {
+		t.Errorf("h3 received nothing on its IPv6 underlay socket: %+v", s3.Transport)
+	}
+	for _, r := range []string{"spoofed-source", "unknown-peer", "wrong-mac", "not-ipv4-frame"} {
+		if n := s3.Engine.DropsByReason[r]; n != 0 {
+			t.Errorf("h3 dropped %d packets as %s: %v", n, r, s3.Engine.DropsByReason)
+		}
+	}
+
+	// A restart keeps both VtepMACs and so the lease's bytes: the kernel
+	// hosts' entries for h3 stay valid.
+	lease3 := k.leaseValue(3)
+	k.stop(3)
+	k.start([]string{"--no-kernel-vxlan"}, 3)
+	if got := k.leaseValue(3); got != lease3 {
+		t.Fatalf("restart changed h3's lease %s -> %s", lease3, got)
+	}
+	k.eventually("h3 after restart", 10*time.Second, func() (bool, string) {
+		s := k.uvxlanStats(3)
+		return len(s.Peers) == 2, fmt.Sprint(s.Peers)
+	})
+	k.ping6(1, 3)
+	k.tcpTo(3, 2, l.Host(2).PodIP6, 1<<20)
+	k.stop(1, 2, 3)
+}
