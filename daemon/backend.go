@@ -34,17 +34,11 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 	}
 	switch typ {
 	case "udp":
-		if cfg.EnableIPv6 {
-			return nil, "", errors.New("network config: the udp backend does not carry IPv6 yet (flanneld's never did); use vxlan or host-gw for a dual-stack network")
-		}
 		removeOtherBackends(nl, "", true, log)
 		b, err := userspace.NewUDP(host, cfg, o.Datapath)
 		return b, why, err
 	case "vxlan":
 		if noKernel := kernelVXLANMissing(o, nl); noKernel != "" {
-			if cfg.EnableIPv6 {
-				return nil, "", fmt.Errorf("network config: vxlan on a dual-stack network needs the kernel's vxlan, and %s (weft's userspace VXLAN does not carry IPv6 yet)", noKernel)
-			}
 			// A kernel flannel.<VNI> of an earlier run would hold the TUN's
 			// name, and host-gw's routes would shadow the TUN's route.
 			removeOtherBackends(nl, "", true, log)

@@ -64,7 +64,7 @@ func TestRxWrongSourcePort(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.SetTable(testTable(t))
-		l := e.rx
+		l := e.rx[0]
 		for i, port := range []uint16{8285, 40000} {
 			p := udpPacket(t, "10.5.2.7", "10.5.1.2", 64, make([]byte, 100))
 			l.sizes[i] = copy(l.bufs[i][Headroom:], p)

@@ -60,13 +60,19 @@ func (b *batchCounters) flush(c *loopCounters) {
 func (c *loopCounters) addTo(s *Stats, tx bool) {
 	sizes := &s.RxBatchSizes
 	if tx {
-		s.TxPackets, s.TxBytes, s.TxBatches, s.TxRead = c.packets.Load(), c.bytes.Load(), c.batches.Load(), c.read.Load()
+		s.TxPackets += c.packets.Load()
+		s.TxBytes += c.bytes.Load()
+		s.TxBatches += c.batches.Load()
+		s.TxRead += c.read.Load()
 		sizes = &s.TxBatchSizes
 	} else {
-		s.RxPackets, s.RxBytes, s.RxBatches, s.RxRead = c.packets.Load(), c.bytes.Load(), c.batches.Load(), c.read.Load()
+		s.RxPackets += c.packets.Load()
+		s.RxBytes += c.bytes.Load()
+		s.RxBatches += c.batches.Load()
+		s.RxRead += c.read.Load()
 	}
 	for i := range c.sizes {
-		sizes[i] = c.sizes[i].Load()
+		sizes[i] += c.sizes[i].Load()
 	}
 	s.ICMPErrors += c.icmp.Load()
 	s.ReadErrors += c.readErrs.Load()

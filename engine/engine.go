@@ -90,6 +90,21 @@ type Transport interface {
 	io.Closer
 }
 
+// Receiver is one receiving socket of a MultiReceiver: ReadBatch as
+// Transport's.
+type Receiver interface {
+	ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error)
+}
+
+// MultiReceiver is the optional interface of a Transport that receives on
+// several sockets (userspace VXLAN on a dual-stack network: one per
+// underlay family). The engine runs one receive loop per Receiver, each
+// calling only its own ReadBatch, and never calls the Transport's
+// ReadBatch. Receivers is called once, by New.
+type MultiReceiver interface {
+	Receivers() []Receiver
+}
+
 // Config tunes an Engine. The zero value of each field means its default.
 type Config struct {
 	// BatchSize is the most packets moved per system call in each
@@ -143,7 +158,7 @@ type Engine struct {
 	cfg   Config
 	table TableRef
 	tx    *txLoop
-	rx    *rxLoop
+	rx    []*rxLoop // one per receiving socket
 	log   *slog.Logger
 
 	lastReadLog atomic.Int64 // unix nanoseconds of the last read-error log line
@@ -190,7 +205,14 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	}
 	e := &Engine{dev: dev, tr: tr, cfg: cfg, log: cfg.Logger}
 	e.tx = newTxLoop(e)
-	e.rx = newRxLoop(e)
+	if m, ok := tr.(MultiReceiver); ok {
+		for _, r := range m.Receivers() {
+			e.rx = append(e.rx, newRxLoop(e, r))
+		}
+	}
+	if len(e.rx) == 0 {
+		e.rx = []*rxLoop{newRxLoop(e, tr)}
+	}
 	return e, nil
 }
 
@@ -215,9 +237,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		once.Do(func() { ferr = err })
 		cancel()
 	}
-	wg.Add(2)
+	wg.Add(1 + len(e.rx))
 	go func() { defer wg.Done(); fail(e.tx.run()) }()
-	go func() { defer wg.Done(); fail(e.rx.run()) }()
+	for _, rx := range e.rx {
+		go func() { defer wg.Done(); fail(rx.run()) }()
+	}
 	<-ctx.Done()
 	// Closing is what unblocks a loop waiting in Read.
 	e.closing.Store(true)
@@ -263,6 +287,8 @@ func (s *Stats) DropsByName() map[string]uint64 {
 func (e *Engine) Stats() Stats {
 	var s Stats
 	e.tx.c.addTo(&s, true)
-	e.rx.c.addTo(&s, false)
+	for _, rx := range e.rx {
+		rx.c.addTo(&s, false)
+	}
 	return s
 }

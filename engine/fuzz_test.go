@@ -66,7 +66,7 @@ func FuzzRxClassify(f *testing.F) {
 	e := testEngine(f, 4)
 	tab := e.Table()
 	f.Fuzz(func(t *testing.T, data []byte, sender byte) {
-		l := e.rx
+		l := e.rx[0]
 		if len(data) > MaxPacket {
 			data = data[:MaxPacket]
 		}

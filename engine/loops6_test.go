@@ -257,7 +257,7 @@ func fillRx6(t testing.TB, l *rxLoop, n int, mixed bool) (good int) {
 func TestRx6ClassifyDropsAndCounts(t *testing.T) {
 	for _, mixed := range []bool{false, true} {
 		e := testEngine(t, 64)
-		l := e.rx
+		l := e.rx[0]
 		good := fillRx6(t, l, 64, mixed)
 		k := l.classify(e.Table(), 64)
 		if k != good {
@@ -303,12 +303,12 @@ func TestRx6WithoutAntiSpoof(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.SetTable(testTable(t))
-	good := fillRx6(t, e.rx, 64, false)
-	k := e.rx.classify(e.Table(), 64)
+	good := fillRx6(t, e.rx[0], 64, false)
+	k := e.rx[0].classify(e.Table(), 64)
 	// Unknown peer, spoofed, not local, oversize and the mapped source
 	// pass without anti-spoofing; short and hop limit do not.
-	if k != good+5 || e.rx.bc.drops[DropShort] != 1 || e.rx.bc.drops[DropTTLExpired] != 1 {
-		t.Errorf("delivered %d (want %d), drops %v", k, good+5, e.rx.bc.drops)
+	if k != good+5 || e.rx[0].bc.drops[DropShort] != 1 || e.rx[0].bc.drops[DropTTLExpired] != 1 {
+		t.Errorf("delivered %d (want %d), drops %v", k, good+5, e.rx[0].bc.drops)
 	}
 }
 
@@ -338,18 +338,18 @@ func TestV6OnlyTable(t *testing.T) {
 			t.Fatal("an IPv4 packet forwarded by an IPv6-only table")
 		}
 	}
-	good := fillRx6(t, e.rx, 64, true)
-	k := e.rx.classify(tab, 64)
+	good := fillRx6(t, e.rx[0], 64, true)
+	k := e.rx[0].classify(tab, 64)
 	if k != good-32 { // the 32 odd ones are IPv4, all otherwise good
 		t.Errorf("rx delivered %d of %d good, want the %d IPv6 ones", k, good, good-32)
 	}
-	for _, b := range e.rx.out {
+	for _, b := range e.rx[0].out {
 		if !isIPv6(b[Headroom:]) {
 			t.Fatal("an IPv4 packet delivered by an IPv6-only table")
 		}
 	}
-	if e.rx.bc.drops[DropSpoofedSource] != 32+2 {
-		t.Errorf("spoofed-source drops %d: the IPv4 packets of v6-only peers must be dropped", e.rx.bc.drops[DropSpoofedSource])
+	if e.rx[0].bc.drops[DropSpoofedSource] != 32+2 {
+		t.Errorf("spoofed-source drops %d: the IPv4 packets of v6-only peers must be dropped", e.rx[0].bc.drops[DropSpoofedSource])
 	}
 }
 
@@ -371,8 +371,8 @@ func TestV4OnlyTableDropsIPv6(t *testing.T) {
 	if k := e.tx.classify(tab, 64); k != 0 || e.tx.bc.drops[DropNoRoute] != 64 {
 		t.Errorf("tx kept %d IPv6 packets, no-route %d", k, e.tx.bc.drops[DropNoRoute])
 	}
-	fillRx6(t, e.rx, 64, false)
-	if k := e.rx.classify(tab, 64); k != 0 {
+	fillRx6(t, e.rx[0], 64, false)
+	if k := e.rx[0].classify(tab, 64); k != 0 {
 		t.Errorf("rx delivered %d IPv6 packets", k)
 	}
 }
@@ -392,11 +392,11 @@ func TestNoHopLimitChangeWithVXLAN(t *testing.T) {
 		t.Fatalf("kept %d; want the packet unchanged behind the header", k)
 	}
 	back := udp6Packet(t, testAddr6(2, 9), testAddr6(1, 2), 1, []byte("y"))
-	b := e.rx.bufs[0][Headroom:]
+	b := e.rx[0].bufs[0][Headroom:]
 	b[0] = 0xab
-	e.rx.sizes[0] = 22 + copy(b[22:], back)
-	e.rx.srcs[0] = netip.MustParseAddrPort("192.0.2.2:8285")
-	if k := e.rx.classify(tab, 1); k != 1 || !bytes.Equal(e.rx.out[0][e.rx.off:], back) {
+	e.rx[0].sizes[0] = 22 + copy(b[22:], back)
+	e.rx[0].srcs[0] = netip.MustParseAddrPort("192.0.2.2:8285")
+	if k := e.rx[0].classify(tab, 1); k != 1 || !bytes.Equal(e.rx[0].out[0][e.rx[0].off:], back) {
 		t.Fatalf("rx kept %d; want the packet unchanged", k)
 	}
 }
@@ -422,7 +422,7 @@ func TestTx6PathAllocatesNothing(t *testing.T) {
 func TestRx6PathAllocatesNothing(t *testing.T) {
 	for _, mixed := range []bool{false, true} {
 		e := testEngine(t, 128)
-		l := e.rx
+		l := e.rx[0]
 		fillRx6(t, l, 128, mixed)
 		tab := e.Table()
 		allocs := testing.AllocsPerRun(200, func() {
@@ -463,7 +463,7 @@ func BenchmarkRxBatch6(b *testing.B) {
 	for _, mixed := range []bool{false, true} {
 		b.Run(map[bool]string{false: "v6", true: "mixed"}[mixed], func(b *testing.B) {
 			e := testEngine(b, 128)
-			l := e.rx
+			l := e.rx[0]
 			fillRx6(b, l, 128, mixed)
 			tab := e.Table()
 			b.ReportAllocs()

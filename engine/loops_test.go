@@ -175,7 +175,7 @@ func fillRx(t testing.TB, l *rxLoop, n int) (good int) {
 
 func TestRxClassifyDropsAndCounts(t *testing.T) {
 	e := testEngine(t, 64)
-	l := e.rx
+	l := e.rx[0]
 	good := fillRx(t, l, 64)
 	k := l.classify(e.Table(), 64)
 	if k != good {
@@ -208,7 +208,7 @@ func TestRxClassifyDropsAndCounts(t *testing.T) {
 
 func TestRxPathAllocatesNothing(t *testing.T) {
 	e := testEngine(t, 128)
-	l := e.rx
+	l := e.rx[0]
 	fillRx(t, l, 128)
 	tab := e.Table()
 	allocs := testing.AllocsPerRun(200, func() {
@@ -239,7 +239,7 @@ func BenchmarkTxBatch(b *testing.B) {
 
 func BenchmarkRxBatch(b *testing.B) {
 	e := testEngine(b, 128)
-	l := e.rx
+	l := e.rx[0]
 	fillRx(b, l, 128)
 	tab := e.Table()
 	b.ReportAllocs()
@@ -275,8 +275,8 @@ func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
 		t.Errorf("tx: points %v, reasons %v; want 128 from-tun, 4 no-route drops", tap.points, tap.reasons)
 	}
 	*tap = countingTap{}
-	good := fillRx(t, e.rx, 64)
-	e.rx.classify(e.Table(), 64)
+	good := fillRx(t, e.rx[0], 64)
+	e.rx[0].classify(e.Table(), 64)
 	if tap.points[PointToTUN] != good || tap.points[PointDrop] != 64-good || tap.reasons[DropSpoofedSource] != 1 {
 		t.Errorf("rx: points %v, reasons %v; want %d to-tun, %d drops", tap.points, tap.reasons, good, 64-good)
 	}
@@ -285,8 +285,8 @@ func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
 		resetTTL(e.tx.bufs, 128)
 		e.tx.classify(tab, 128)
 		e.tx.icmp.out = e.tx.icmp.out[:0]
-		resetTTL(e.rx.bufs, 64)
-		e.rx.classify(tab, 64)
+		resetTTL(e.rx[0].bufs, 64)
+		e.rx[0].classify(tab, 64)
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per batch with a tap attached", allocs)
@@ -343,18 +343,18 @@ func TestEncapHeadersInHeadroom(t *testing.T) {
 	// Receive it back (from the peer, to us), and one with a bad header.
 	back := udpPacket(t, "10.5.2.9", "10.5.1.2", 64, []byte("y"))
 	for i, magic := range []byte{0xab, 0x00} {
-		b := e.rx.bufs[i][Headroom:]
+		b := e.rx[0].bufs[i][Headroom:]
 		b[0] = magic
-		e.rx.sizes[i] = 22 + copy(b[22:], back)
-		e.rx.srcs[i] = netip.MustParseAddrPort("192.0.2.2:8472")
+		e.rx[0].sizes[i] = 22 + copy(b[22:], back)
+		e.rx[0].srcs[i] = netip.MustParseAddrPort("192.0.2.2:8472")
 	}
-	if k := e.rx.classify(tab, 2); k != 1 {
+	if k := e.rx[0].classify(tab, 2); k != 1 {
 		t.Fatalf("rx kept %d, want 1", k)
 	}
-	if e.rx.bc.drops[DropBadEncap] != 1 {
-		t.Errorf("bad-encap drops %d, want 1", e.rx.bc.drops[DropBadEncap])
+	if e.rx[0].bc.drops[DropBadEncap] != 1 {
+		t.Errorf("bad-encap drops %d, want 1", e.rx[0].bc.drops[DropBadEncap])
 	}
-	if got := e.rx.out[0][e.rx.off:]; !bytes.Equal(got, back) || e.rx.off != Headroom+22 {
+	if got := e.rx[0].out[0][e.rx[0].off:]; !bytes.Equal(got, back) || e.rx[0].off != Headroom+22 {
 		t.Errorf("inner packet not handed on unchanged at Headroom+22")
 	}
 }

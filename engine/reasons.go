@@ -44,8 +44,9 @@ const (
 	DropBadEncap
 	// DropWrongVNI: a VXLAN frame for another network.
 	DropWrongVNI
-	// DropNotIPv4Frame: an encapsulated frame that does not carry IPv4
-	// (and is not something the encapsulation answers itself, like ARP).
+	// DropNotIPv4Frame: an encapsulated frame that carries neither IPv4
+	// nor, on a dual-stack network, IPv6 (and is not something the
+	// encapsulation answers itself, like ARP).
 	DropNotIPv4Frame
 	// DropWrongMAC: an encapsulated frame for another MAC address.
 	DropWrongMAC

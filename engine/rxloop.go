@@ -13,6 +13,7 @@ import (
 // from there; the Device uses the headroom for its virtio-net header.
 type rxLoop struct {
 	e     *Engine
+	r     Receiver // the transport, or one of its receivers
 	bufs  [][]byte
 	sizes []int
 	srcs  []netip.AddrPort
@@ -44,10 +45,11 @@ type LargeTCP6Writer interface {
 	SegmentsLargeTCP6() bool
 }
 
-func newRxLoop(e *Engine) *rxLoop {
+func newRxLoop(e *Engine, r Receiver) *rxLoop {
 	n := e.cfg.BatchSize
 	l := &rxLoop{
 		e:     e,
+		r:     r,
 		bufs:  NewBuffers(n),
 		sizes: make([]int, n),
 		srcs:  make([]netip.AddrPort, n),
@@ -66,7 +68,7 @@ func newRxLoop(e *Engine) *rxLoop {
 
 func (l *rxLoop) run() error {
 	for {
-		n, err := l.e.tr.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
+		n, err := l.r.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
 		if err != nil {
 			if isClosed(err) || l.e.closing.Load() {
 				return errClosed
@@ -107,7 +109,7 @@ func (l *rxLoop) classify(t *Table, n int) int {
 	// skip the map lookup and to add the peer's counters once per run.
 	var (
 		last     *Peer
-		lastIP   uint32
+		lastAddr netip.Addr
 		runPkts  uint64
 		runBytes uint64
 	)
@@ -123,13 +125,13 @@ func (l *rxLoop) classify(t *Table, n int) int {
 	for i := 0; i < n; i++ {
 		dgram := l.bufs[i][Headroom : Headroom+l.sizes[i]]
 		var p *Peer
+		src := l.srcs[i].Addr()
 		if t != nil {
-			ip := u32(l.srcs[i].Addr())
-			if last != nil && ip == lastIP {
+			if last != nil && src == lastAddr {
 				p = last
-			} else if p = t.peerByIP(ip); p != nil {
+			} else if p = t.peerBySource(src); p != nil {
 				flushRun()
-				last, lastIP = p, ip
+				last, lastAddr = p, src
 			}
 		}
 		if len(dgram) < oh {
@@ -164,8 +166,13 @@ func (l *rxLoop) classify(t *Table, n int) int {
 			switch {
 			case p == nil:
 				r = DropUnknownPeer
-			case checkPort && l.srcs[i].Port() != p.Endpoint.Port():
+			case checkPort && l.srcs[i] != p.Endpoint && l.srcs[i] != p.Endpoint6:
 				r = DropWrongSourcePort
+			case p.Endpoint6.IsValid() && v6 != src.Is6():
+				// A peer with an IPv6 underlay endpoint sends its IPv6
+				// packets from there and its IPv4 packets from its IPv4
+				// endpoint, as a kernel vxlan host's two devices do.
+				r = DropSpoofedSource
 			case v6:
 				r = l.admit6(t, p, pkt, mtu)
 			default:

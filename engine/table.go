@@ -11,13 +11,20 @@ import (
 
 // Peer is another host of the cluster: the subnets it leased (an IPv4
 // subnet, an IPv6 subnet, or both) and where its engine listens. A Peer is
-// immutable once published, except for its counters, each written by one
-// loop only; they count the peer's IPv4 and IPv6 packets together.
+// immutable once published, except for its counters, written with atomic
+// adds by the send loop (tx) and the receive loops (rx); they count the
+// peer's IPv4 and IPv6 packets together.
 type Peer struct {
 	Subnet   netip.Prefix   // the IPv4 lease; invalid when the peer has none
 	Subnet6  netip.Prefix   // the IPv6 lease; invalid when the peer has none
 	Endpoint netip.AddrPort // the peer's public IP and UDP port
 	HWAddr   [6]byte        // the peer's MAC for encapsulations that need one (VXLAN's VtepMAC)
+	// Endpoint6 is where the peer's IPv6 subnet is reached over an IPv6
+	// underlay (userspace VXLAN: the peer's PublicIPv6, as its
+	// flannel-v6.<VNI> device), with HWAddr6 that device's MAC. Invalid:
+	// IPv6 packets go to Endpoint too (flannel's UDP format).
+	Endpoint6 netip.AddrPort
+	HWAddr6   [6]byte
 
 	publicIP uint32
 	// A family the peer has no subnet of gets a mask of zero and a network
@@ -45,6 +52,7 @@ type PeerStats struct {
 	Subnet             netip.Prefix
 	Subnet6            netip.Prefix
 	Endpoint           netip.AddrPort
+	Endpoint6          netip.AddrPort
 	TxPackets, TxBytes uint64
 	RxPackets, RxBytes uint64
 }
@@ -56,12 +64,15 @@ func (p *Peer) contains6(a addr6) bool {
 }
 
 // PeerSpec describes a peer for NewTable and NewTableFor: at least one of
-// Subnet and Subnet6, and the IPv4 endpoint the transport sends to.
+// Subnet and Subnet6, and the IPv4 endpoint the transport sends to; with a
+// Subnet6, optionally the IPv6 endpoint its IPv6 packets go to (see Peer).
 type PeerSpec struct {
-	Subnet   netip.Prefix // IPv4 lease, or invalid
-	Subnet6  netip.Prefix // IPv6 lease, or invalid
-	Endpoint netip.AddrPort
-	HWAddr   [6]byte
+	Subnet    netip.Prefix // IPv4 lease, or invalid
+	Subnet6   netip.Prefix // IPv6 lease, or invalid
+	Endpoint  netip.AddrPort
+	HWAddr    [6]byte
+	Endpoint6 netip.AddrPort // or invalid
+	HWAddr6   [6]byte
 }
 
 // Networks is what a table covers: the cluster's IPv4 network, its IPv6
@@ -168,6 +179,7 @@ type Table struct {
 
 	own   *Peer            // this host's subnets; Endpoint unset
 	byIP  map[uint32]*Peer // public IPv4 -> peer
+	byIP6 map[addr6]*Peer  // Endpoint6's address -> peer; nil when no peer has one
 	peers []*Peer          // IPv4 peers by subnet, then IPv6-only peers by subnet
 }
 
@@ -249,6 +261,11 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		if !spec.Endpoint.Addr().Is4() {
 			return nil, fmt.Errorf("engine: peer %s has no IPv4 endpoint", spec.name())
 		}
+		if spec.Endpoint6.IsValid() {
+			if a := spec.Endpoint6.Addr(); !a.Is6() || a.Is4In6() || a.Zone() != "" || !spec.Subnet6.IsValid() {
+				return nil, fmt.Errorf("engine: peer %s: IPv6 endpoint %s is not an IPv6 address of a peer with an IPv6 subnet", spec.name(), spec.Endpoint6)
+			}
+		}
 		if (n.Own.IsValid() && spec.Subnet == n.Own) || (n.Own6.IsValid() && spec.Subnet6 == n.Own6) {
 			continue // this host's own lease, as it appears in snapshots
 		}
@@ -266,6 +283,12 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 			idx6 = append(idx6, slotEntry{t.num6(p.sub6), p, reused})
 		}
 		t.byIP[p.publicIP] = p
+		if spec.Endpoint6.IsValid() {
+			if t.byIP6 == nil {
+				t.byIP6 = make(map[addr6]*Peer)
+			}
+			t.byIP6[addr6Of(spec.Endpoint6.Addr())] = p
+		}
 		t.peers = append(t.peers, p)
 	}
 	// A previous snapshot's chunks are only worth comparing with when its
@@ -342,7 +365,7 @@ func (s PeerSpec) name() string {
 }
 
 func newPeer(s PeerSpec) *Peer {
-	p := &Peer{Subnet: s.Subnet, Subnet6: s.Subnet6, Endpoint: s.Endpoint, HWAddr: s.HWAddr}
+	p := &Peer{Subnet: s.Subnet, Subnet6: s.Subnet6, Endpoint: s.Endpoint, HWAddr: s.HWAddr, Endpoint6: s.Endpoint6, HWAddr6: s.HWAddr6}
 	p.subnet, p.mask = 1, 0 // matches no address
 	if s.Subnet.IsValid() {
 		p.subnet, p.mask = u32(s.Subnet.Addr()), prefixMask(s.Subnet.Bits())
@@ -367,7 +390,8 @@ func (t *Table) reuse(s PeerSpec) *Peer {
 	} else {
 		p = t.Lookup(s.Subnet6.Addr())
 	}
-	if p != nil && p.Subnet == s.Subnet && p.Subnet6 == s.Subnet6 && p.Endpoint == s.Endpoint && p.HWAddr == s.HWAddr {
+	if p != nil && p.Subnet == s.Subnet && p.Subnet6 == s.Subnet6 && p.Endpoint == s.Endpoint && p.HWAddr == s.HWAddr &&
+		p.Endpoint6 == s.Endpoint6 && p.HWAddr6 == s.HWAddr6 {
 		return p
 	}
 	return nil
@@ -495,6 +519,15 @@ func (t *Table) subnetBroadcast(ip uint32) bool {
 // peerByIP returns the peer with this public IPv4 address, or nil.
 func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP[ip] }
 
+// peerBySource returns the peer a datagram from a came from: the peer
+// with this public IPv4 address, or with this IPv6 endpoint address.
+func (t *Table) peerBySource(a netip.Addr) *Peer {
+	if a.Is4() || a.Is4In6() {
+		return t.byIP[u32(a.Unmap())]
+	}
+	return t.byIP6[addr6Of(a)]
+}
+
 // isLocal reports whether ip is in this host's own IPv4 subnet.
 func (t *Table) isLocal(ip uint32) bool { return t.own != nil && t.own.contains(ip) }
 
@@ -525,7 +558,7 @@ func (t *Table) Peers() []*Peer { return t.peers }
 // Stats returns the peer's counters.
 func (p *Peer) Stats() PeerStats {
 	return PeerStats{
-		Subnet: p.Subnet, Subnet6: p.Subnet6, Endpoint: p.Endpoint,
+		Subnet: p.Subnet, Subnet6: p.Subnet6, Endpoint: p.Endpoint, Endpoint6: p.Endpoint6,
 		TxPackets: p.tx.packets.Load(), TxBytes: p.tx.bytes.Load(),
 		RxPackets: p.rx.packets.Load(), RxBytes: p.rx.bytes.Load(),
 	}

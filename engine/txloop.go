@@ -221,7 +221,8 @@ func (l *txLoop) drop(r DropReason, p *Peer, pkt []byte) {
 // group orders the candidates by peer, keeping each peer's packets in
 // their original order, so the transport can coalesce a peer's run into one
 // GSO send. Batches rarely hold more than a few peers, so a scan over the
-// distinct peers seen beats sorting.
+// distinct peers seen beats sorting. A peer with an IPv6 endpoint gets two
+// runs, its IPv4 packets to Endpoint and its IPv6 packets to Endpoint6.
 func (l *txLoop) group() int {
 	l.out, l.outDst, l.groups = l.out[:0], l.outDst[:0], l.groups[:0]
 	if len(l.cand) == 0 {
@@ -239,20 +240,14 @@ func (l *txLoop) group() int {
 			l.groups = append(l.groups, p)
 		}
 	}
-	enc, oh := l.e.cfg.Encap, l.e.cfg.Encap.Overhead()
 	for _, g := range l.groups {
 		var pkts, bytes uint64
-		for i, p := range l.candPeer {
-			if p == g {
-				b := l.cand[i]
-				if oh > 0 {
-					enc.Encapsulate(b[Headroom-oh:Headroom], b[Headroom:], g)
-				}
-				l.out = append(l.out, b[Headroom-oh:])
-				l.outDst = append(l.outDst, g.Endpoint)
-				pkts++
-				bytes += uint64(len(b) - Headroom)
-			}
+		if g.Endpoint6.IsValid() {
+			pkts, bytes = l.emit(g, g.Endpoint, familyIPv4)
+			p6, b6 := l.emit(g, g.Endpoint6, familyIPv6)
+			pkts, bytes = pkts+p6, bytes+b6
+		} else {
+			pkts, bytes = l.emit(g, g.Endpoint, familyAny)
 		}
 		g.tx.packets.Add(pkts)
 		g.tx.bytes.Add(bytes)
@@ -260,6 +255,35 @@ func (l *txLoop) group() int {
 		l.bc.bytes += bytes
 	}
 	return len(l.out)
+}
+
+const (
+	familyAny = iota
+	familyIPv4
+	familyIPv6
+)
+
+// emit encapsulates g's candidates of the family (familyAny: all) and
+// appends them to the batch, bound for dst.
+func (l *txLoop) emit(g *Peer, dst netip.AddrPort, family int) (pkts, bytes uint64) {
+	enc, oh := l.e.cfg.Encap, l.e.cfg.Encap.Overhead()
+	for i, p := range l.candPeer {
+		if p != g {
+			continue
+		}
+		b := l.cand[i]
+		if family != familyAny && isIPv6(b[Headroom:]) != (family == familyIPv6) {
+			continue
+		}
+		if oh > 0 {
+			enc.Encapsulate(b[Headroom-oh:Headroom], b[Headroom:], g)
+		}
+		l.out = append(l.out, b[Headroom-oh:])
+		l.outDst = append(l.outDst, dst)
+		pkts++
+		bytes += uint64(len(b) - Headroom)
+	}
+	return pkts, bytes
 }
 
 // icmpWriter queues ICMP and ICMPv6 errors for the packets of one batch

@@ -13,11 +13,14 @@ import (
 // already covered by the outer UDP checksum the kernel checked), no map,
 // no zeroing of the space a packet is appended into.
 //
-// Only IPv4 is coalesced: an IPv6 packet is written alone, with an empty
-// virtio-net header (no GSO, no checksum offload), so it reaches the
-// stack exactly as it crossed the tunnel. (Reads need nothing of weft's
-// own for IPv6: the tun package splits TSO6 and USO-over-IPv6
-// super-packets, golang.zx2c4.com/wireguard/tun's gsoSplit.)
+// Only IPv4 is coalesced: an IPv6 packet is written alone. An IPv6 TCP or
+// UDP packet (its transport header right after the fixed header) still
+// goes in CHECKSUM_PARTIAL, as IPv4 ones do, and a lone IPv6 TCP packet
+// above the MTU as a TCPv6 super-packet cut at it: a kernel vxlan peer
+// over veth hands over exactly such packets, with the inner checksum
+// left to hardware that never ran. (Reads need nothing of weft's own for
+// IPv6: the tun package splits TSO6 and USO-over-IPv6 super-packets,
+// golang.zx2c4.com/wireguard/tun's gsoSplit.)
 
 const (
 	virtioNetHdrLen = 10
@@ -26,7 +29,10 @@ const (
 	virtioFlagNeedsCsum = 1
 	virtioGSONone       = 0
 	virtioGSOTCPv4      = 1
+	virtioGSOTCPv6      = 4
 	virtioGSOUDPL4      = 5
+
+	ipv6HeaderLen = 40
 
 	tcpFlagACK = 0x10
 	tcpFlagPSH = 0x08
@@ -60,6 +66,7 @@ type run struct {
 	idx       int // bufs index of the head packet
 	key       flowKey
 	hasKey    bool // key is the packet's flow (TCP or UDP over IPv4)
+	v6        bool // a lone IPv6 TCP or UDP packet (key.proto, l4hLen set)
 	mergeable bool
 	closed    bool // a PSH or a short segment ended it
 	n         int  // packets in it
@@ -84,6 +91,10 @@ func (c *coalescer) plan(bufs [][]byte, offset int) {
 	c.runs = c.runs[:0]
 	for i := range bufs {
 		pkt := bufs[i][offset:]
+		if len(pkt) > 0 && pkt[0]>>4 == 6 {
+			c.runs = append(c.runs, candidate6(pkt, i))
+			continue
+		}
 		key, iph, l4h, hasKey, ok := candidate(pkt, c.uso)
 		if ok && c.tryAppend(bufs, offset, i, key, iph, l4h) {
 			continue
@@ -154,6 +165,36 @@ func candidate(pkt []byte, uso bool) (k flowKey, iph, l4h int, hasKey, ok bool) 
 	return k, iph, l4h, true, ok
 }
 
+// candidate6 is the run of an IPv6 packet, which stays alone: with v6 set
+// when its transport header (TCP or UDP) follows the fixed header and its
+// payload length is the packet's.
+func candidate6(pkt []byte, i int) run {
+	r := run{idx: i, n: 1}
+	if len(pkt) < ipv6HeaderLen || int(binary.BigEndian.Uint16(pkt[4:]))+ipv6HeaderLen != len(pkt) {
+		return r
+	}
+	switch pkt[6] {
+	case protoTCP:
+		if len(pkt) < ipv6HeaderLen+20 {
+			return r
+		}
+		l4h := int(pkt[ipv6HeaderLen+12]>>4) * 4
+		if l4h < 20 || len(pkt) < ipv6HeaderLen+l4h {
+			return r
+		}
+		r.l4hLen = l4h
+	case protoUDP:
+		if len(pkt) < ipv6HeaderLen+8 {
+			return r
+		}
+		r.l4hLen = 8
+	default:
+		return r
+	}
+	r.v6, r.iphLen, r.key.proto = true, ipv6HeaderLen, pkt[6]
+	return r
+}
+
 // tryAppend appends packet i's payload to the latest run of its flow if
 // the kernel could have coalesced them itself (the conditions of Linux's
 // tcp_gro_receive and udp_gro_receive_segment).
@@ -213,6 +254,10 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	pkt := b[offset:]
 	hdr := b[offset-virtioNetHdrLen : offset]
 	clear(hdr)
+	if r.v6 {
+		c.finish6(pkt, hdr, r)
+		return b[offset-virtioNetHdrLen:]
+	}
 	if !r.hasKey {
 		return b[offset-virtioNetHdrLen:] // GSO_NONE; the stack checks what it needs
 	}
@@ -264,6 +309,30 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	binary.NativeEndian.PutUint16(hdr[6:], uint16(r.iphLen))
 	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))
 	return b[offset-virtioNetHdrLen:]
+}
+
+// finish6 is finish for a lone IPv6 TCP or UDP packet: CHECKSUM_PARTIAL,
+// and a TCP packet above the MTU cut at it by the kernel (TCPv6 GSO).
+func (c *coalescer) finish6(pkt, hdr []byte, r *run) {
+	l4len := len(pkt) - ipv6HeaderLen
+	csumOff := 16
+	if r.key.proto == protoUDP {
+		csumOff = 6
+	}
+	gso, gsoSize := uint8(virtioGSONone), 0
+	if mss := c.mtu - ipv6HeaderLen - r.l4hLen; r.key.proto == protoTCP && c.mtu > 0 && len(pkt) > c.mtu && mss > 0 {
+		gso, gsoSize = virtioGSOTCPv6, mss
+	}
+	// The pseudo-header (RFC 8200 8.1): addresses, upper-layer length,
+	// next header.
+	pseudo := uint64(foldedSum(pkt[8:ipv6HeaderLen], 0)) + uint64(r.key.proto) + uint64(l4len)
+	binary.BigEndian.PutUint16(pkt[ipv6HeaderLen+csumOff:], foldedSum(nil, pseudo))
+	hdr[0] = virtioFlagNeedsCsum
+	hdr[1] = gso
+	binary.NativeEndian.PutUint16(hdr[2:], uint16(ipv6HeaderLen+r.l4hLen))
+	binary.NativeEndian.PutUint16(hdr[4:], uint16(gsoSize))
+	binary.NativeEndian.PutUint16(hdr[6:], ipv6HeaderLen)
+	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))
 }
 
 // foldedSum is the 16-bit one's complement sum of b plus initial, not

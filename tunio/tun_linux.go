@@ -34,9 +34,10 @@ type Options struct {
 }
 
 var (
-	_ engine.Device         = (*Device)(nil)
-	_ engine.ReadableDevice = (*Device)(nil)
-	_ engine.LargeTCPWriter = (*Device)(nil)
+	_ engine.Device          = (*Device)(nil)
+	_ engine.ReadableDevice  = (*Device)(nil)
+	_ engine.LargeTCPWriter  = (*Device)(nil)
+	_ engine.LargeTCP6Writer = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -157,15 +158,69 @@ func probeUSO(f *os.File) bool {
 	return ok
 }
 
-// Configure gives the device addr/32, brings it up and routes network
-// through it, replacing what an earlier run left.
-func Configure(name string, addr netip.Addr, network netip.Prefix) error {
+// Addrs is what Configure gives a device: its own address in each family
+// the cluster uses and the cluster network routed through it.
+type Addrs struct {
+	Addr    netip.Addr   // the IPv4 address, as a /32
+	Network netip.Prefix // the IPv4 cluster network
+	// Addr6 and Network6 are the IPv6 half of a dual-stack network (Addr6
+	// as a /128). Zero: the device has IPv6 switched off.
+	Addr6    netip.Addr
+	Network6 netip.Prefix
+}
+
+// Configure gives the device its addresses, brings it up and routes the
+// cluster networks through it, replacing what an earlier run left.
+func Configure(name string, a Addrs) error {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("tunio: %s: %w", name, err)
 	}
-	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err := setOnlyAddr(link, netlink.FAMILY_V4, a.Addr, 0); err != nil {
+		return err
+	}
+	v6 := a.Addr6.IsValid()
+	if !v6 {
+		// The cluster network is IPv4. Without this the kernel gives the
+		// device an IPv6 link-local address when it comes up and sends
+		// router solicitations into it, which the engine can only drop
+		// (no-route).
+		_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+	} else {
+		// Dual-stack: IPv6 on (a device of an earlier IPv4-only run has it
+		// off), but no link-local address (addr_gen_mode none) and no
+		// router advertisements, so the kernel sends nothing of its own
+		// into the overlay; a TUN is IFF_NOARP, so there is no DAD either.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("0"), 0); err != nil {
+			return fmt.Errorf("tunio: enable IPv6 on %s: %w", name, err)
+		}
+		_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/accept_ra", []byte("0"), 0)
+		if err := netlink.LinkSetIP6AddrGenMode(link, 1); err != nil { // IN6_ADDR_GEN_MODE_NONE
+			return fmt.Errorf("tunio: switch off link-local addresses on %s: %w", name, err)
+		}
+		if err := setOnlyAddr(link, netlink.FAMILY_V6, a.Addr6, unix.IFA_F_NODAD); err != nil {
+			return err
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("tunio: bring %s up: %w", name, err)
+	}
+	if err := routeThrough(link, a.Network); err != nil {
+		return err
+	}
+	if v6 {
+		return routeThrough(link, a.Network6)
+	}
+	return nil
+}
+
+// setOnlyAddr makes addr (as a host prefix) the device's only address of
+// its family.
+func setOnlyAddr(link netlink.Link, family int, addr netip.Addr, flags int) error {
+	name := link.Attrs().Name
+	bits := addr.BitLen()
+	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(bits, bits)}, Flags: flags}
+	addrs, err := netlink.AddrList(link, family)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return fmt.Errorf("tunio: list addresses of %s: %w", name, err)
 	}
@@ -179,20 +234,22 @@ func Configure(name string, addr netip.Addr, network netip.Prefix) error {
 	if err := netlink.AddrReplace(link, want); err != nil {
 		return fmt.Errorf("tunio: add %s to %s: %w", want.IPNet, name, err)
 	}
-	// The cluster network is IPv4. Without this the kernel gives the device
-	// an IPv6 link-local address when it comes up and sends router
-	// solicitations into it, which the engine can only drop (bad-version).
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("tunio: bring %s up: %w", name, err)
-	}
+	return nil
+}
+
+func routeThrough(link netlink.Link, network netip.Prefix) error {
+	network = network.Masked()
+	bits := network.Addr().BitLen()
 	route := &netlink.Route{
 		LinkIndex: link.Attrs().Index,
-		Dst:       &net.IPNet{IP: network.Masked().Addr().AsSlice(), Mask: net.CIDRMask(network.Bits(), 32)},
+		Dst:       &net.IPNet{IP: network.Addr().AsSlice(), Mask: net.CIDRMask(network.Bits(), bits)},
 		Scope:     netlink.SCOPE_LINK,
 	}
+	if bits == 128 {
+		route.Scope = netlink.SCOPE_UNIVERSE // IPv6 routes have no scope
+	}
 	if err := netlink.RouteReplace(route); err != nil {
-		return fmt.Errorf("tunio: route %s via %s: %w", network, name, err)
+		return fmt.Errorf("tunio: route %s via %s: %w", network, link.Attrs().Name, err)
 	}
 	return nil
 }
@@ -224,6 +281,10 @@ func (d *Device) Readable() bool {
 // hands a TCP packet longer than the MTU to the kernel as a TSO
 // super-packet cut at the MTU.
 func (d *Device) SegmentsLargeTCP() bool { return d.ownWrite }
+
+// SegmentsLargeTCP6 implements engine.LargeTCP6Writer, as
+// SegmentsLargeTCP for TCP over IPv6.
+func (d *Device) SegmentsLargeTCP6() bool { return d.ownWrite }
 
 // Write writes packets into the TUN. With offloads on, it coalesces each
 // flow's packets into super-packets (coalesce.go) and writes one per

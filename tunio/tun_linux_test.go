@@ -85,7 +85,7 @@ func TestTUNWriteDeliversEveryDatagram(t *testing.T) {
 		defer d.Close()
 		local := netip.MustParseAddrPort("10.99.0.1:9999")
 		remote := netip.MustParseAddrPort("10.99.0.2:1234")
-		if err := Configure(name, local.Addr(), netip.MustParsePrefix("10.99.0.0/24")); err != nil {
+		if err := Configure(name, Addrs{Addr: local.Addr(), Network: netip.MustParsePrefix("10.99.0.0/24")}); err != nil {
 			return err
 		}
 		conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))

@@ -11,7 +11,8 @@ const DefaultPort = 8285
 
 // Options configure a Conn.
 type Options struct {
-	// Local is the address and port to bind: the interface's address and
+	// Local is the address and port to bind (IPv4 or IPv6, which makes the
+	// socket that family's): the interface's address and
 	// the backend port. Binding an address (not 0.0.0.0) makes every
 	// datagram leave from the address peers know this host by (or, behind
 	// a NAT, the one the NAT maps to it).

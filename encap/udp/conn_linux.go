@@ -30,11 +30,15 @@ const (
 	// 64 KiB, which udp_send_skb requires before segmenting.
 	gsoMaxBytes = 65535 - 20 - 8
 	oobSize     = 64
-	sockaddrLen = unix.SizeofSockaddrInet4
 )
 
-// Conn is a batched UDP socket carrying flannel-UDP datagrams. ReadBatch
-// is called by one goroutine and WriteBatch by another; neither locks.
+// sockaddr is room for either family's socket address: a sockaddr_in6,
+// or a sockaddr_in in its first bytes (told apart by Family).
+type sockaddr = unix.RawSockaddrInet6
+
+// Conn is a batched UDP socket carrying flannel-UDP datagrams (or VXLAN
+// frames), over IPv4 or IPv6 as its local address is. ReadBatch is called
+// by one goroutine and WriteBatch by another; neither locks.
 type Conn struct {
 	uc    *net.UDPConn
 	rc    syscall.RawConn
@@ -53,7 +57,7 @@ var _ engine.Transport = (*Conn)(nil)
 type rxState struct {
 	hdrs  []mmsghdr
 	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet4
+	names []sockaddr
 	oob   []byte
 	bufs  [][]byte // the Conn's own buffers, exchanged with the caller's
 
@@ -67,7 +71,7 @@ type rxState struct {
 type txState struct {
 	hdrs  []mmsghdr
 	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet4
+	names []sockaddr
 	oob   []byte
 	first []int // index in pkts of each message's first packet
 	segs  []int // packets in each message
@@ -88,10 +92,15 @@ func Listen(o Options) (*Conn, error) {
 	if o.SocketBuffer == 0 {
 		o.SocketBuffer = 8 << 20
 	}
-	if !o.Local.Addr().Is4() && o.Local.Addr().IsValid() {
-		return nil, fmt.Errorf("udp: %s is not an IPv4 address", o.Local)
+	network := "udp4"
+	v6 := o.Local.Addr().Is6()
+	if v6 {
+		if o.Local.Addr().Is4In6() {
+			return nil, fmt.Errorf("udp: %s is an IPv4-mapped address; use the IPv4 address", o.Local)
+		}
+		network = "udp6" // IPV6_V6ONLY: IPv4 has a socket of its own
 	}
-	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(o.Local))
+	uc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(o.Local))
 	if err != nil {
 		return nil, fmt.Errorf("udp: listen on %s: %w", o.Local, err)
 	}
@@ -106,8 +115,13 @@ func Listen(o Options) (*Conn, error) {
 		s := int(fd)
 		setBuffer(s, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, o.SocketBuffer)
 		setBuffer(s, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, o.SocketBuffer)
-		// flanneld's datagrams leave with DF set; so do ours.
-		_ = unix.SetsockoptInt(s, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+		// flanneld's datagrams leave with DF set; so do ours. Over IPv6
+		// the host would fragment locally otherwise.
+		if v6 {
+			_ = unix.SetsockoptInt(s, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO)
+		} else {
+			_ = unix.SetsockoptInt(s, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+		}
 		if !o.NoGSO {
 			// Reading UDP_SEGMENT succeeds on kernels that support it (4.18+).
 			_, e := unix.GetsockoptInt(s, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
@@ -141,7 +155,7 @@ func (c *Conn) initRx() {
 	r := &c.rx
 	r.hdrs = make([]mmsghdr, n)
 	r.iovs = make([]unix.Iovec, n)
-	r.names = make([]unix.RawSockaddrInet4, n)
+	r.names = make([]sockaddr, n)
 	r.oob = make([]byte, n*oobSize)
 	r.bufs = engine.NewBuffers(n)
 	r.fn = c.recvmmsg
@@ -152,7 +166,7 @@ func (c *Conn) initTx() {
 	t := &c.tx
 	t.hdrs = make([]mmsghdr, n)
 	t.iovs = make([]unix.Iovec, n)
-	t.names = make([]unix.RawSockaddrInet4, n)
+	t.names = make([]sockaddr, n)
 	t.oob = make([]byte, n*oobSize)
 	t.first = make([]int, n)
 	t.segs = make([]int, n)
@@ -281,7 +295,7 @@ func (c *Conn) receive(offset int) error {
 		r.iovs[i].SetLen(len(b) - offset)
 		h := &r.hdrs[i].hdr
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
-		h.Namelen = sockaddrLen
+		h.Namelen = unix.SizeofSockaddrInet6
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
 		h.Flags = 0
@@ -326,16 +340,32 @@ func groSize(oob []byte) int {
 	return 0
 }
 
-func addrPort(sa *unix.RawSockaddrInet4) netip.AddrPort {
+// addrPort reads the address the kernel wrote into sa: a sockaddr_in or
+// a sockaddr_in6 (without its zone: underlay addresses are global).
+func addrPort(sa *sockaddr) netip.AddrPort {
 	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+	port := uint16(p[0])<<8 | uint16(p[1])
+	if sa.Family == unix.AF_INET {
+		return netip.AddrPortFrom(netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
 }
 
-func setAddrPort(sa *unix.RawSockaddrInet4, ap netip.AddrPort) {
-	sa.Family = unix.AF_INET
+// setAddrPort writes ap into sa as its family's socket address and
+// returns the address's length.
+func setAddrPort(sa *sockaddr, ap netip.AddrPort) uint32 {
+	if ap.Addr().Is4() {
+		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		s4.Family = unix.AF_INET
+		p := (*[2]byte)(unsafe.Pointer(&s4.Port))
+		p[0], p[1] = byte(ap.Port()>>8), byte(ap.Port())
+		s4.Addr = ap.Addr().As4()
+		return unix.SizeofSockaddrInet4
+	}
+	*sa = sockaddr{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
 	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
 	p[0], p[1] = byte(ap.Port()>>8), byte(ap.Port())
-	sa.Addr = ap.Addr().As4()
+	return unix.SizeofSockaddrInet6
 }
 
 // WriteBatch implements engine.Transport. A run of packets to one peer
@@ -408,10 +438,9 @@ func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
 				}
 			}
 		}
-		setAddrPort(&t.names[m], dsts[i])
 		h := &t.hdrs[m].hdr
+		h.Namelen = setAddrPort(&t.names[m], dsts[i])
 		h.Name = (*byte)(unsafe.Pointer(&t.names[m]))
-		h.Namelen = sockaddrLen
 		h.Iov = &t.iovs[iov]
 		h.SetIovlen(segs)
 		h.Flags = 0

@@ -12,7 +12,9 @@ import (
 
 func listen(t testing.TB, o Options) *Conn {
 	t.Helper()
-	o.Local = netip.MustParseAddrPort("127.0.0.1:0")
+	if !o.Local.IsValid() {
+		o.Local = netip.MustParseAddrPort("127.0.0.1:0")
+	}
 	c, err := Listen(o)
 	if err != nil {
 		t.Fatal(err)
@@ -70,81 +72,85 @@ func TestPackGroupsGSORuns(t *testing.T) {
 // loopback with each combination of offloads, and checks every datagram
 // arrives once, intact, from the right source: GSO must not merge two
 // packets into one datagram, GRO splitting must cut them back exactly.
+// Over IPv6 (userspace VXLAN's flannel-v6.<VNI> underlay) the same holds.
 func TestLoopbackDelivery(t *testing.T) {
-	for _, o := range []Options{{}, {NoGSO: true}, {NoGRO: true}, {NoGSO: true, NoGRO: true}, {BatchSize: 1, NoGSO: true, NoGRO: true}} {
-		t.Run(fmt.Sprintf("gso=%v,gro=%v,batch=%d", !o.NoGSO, !o.NoGRO, o.BatchSize), func(t *testing.T) {
-			tx := listen(t, o)
-			rx1 := listen(t, o)
-			rx2 := listen(t, o)
-			var pkts [][]byte
-			var dsts []netip.AddrPort
-			sizes := []int{1400, 1400, 1400, 1400, 700, 20, 1400, 1400, 64, 64, 64, 1}
-			for i := 0; i < 300; i++ {
-				dst := rx1.LocalAddr()
-				if i%50 >= 40 {
-					dst = rx2.LocalAddr()
+	for _, local := range []string{"127.0.0.1:0", "[::1]:0"} {
+		for _, o := range []Options{{}, {NoGSO: true}, {NoGRO: true}, {NoGSO: true, NoGRO: true}, {BatchSize: 1, NoGSO: true, NoGRO: true}} {
+			o.Local = netip.MustParseAddrPort(local)
+			t.Run(fmt.Sprintf("%s,gso=%v,gro=%v,batch=%d", o.Local.Addr(), !o.NoGSO, !o.NoGRO, o.BatchSize), func(t *testing.T) {
+				tx := listen(t, o)
+				rx1 := listen(t, o)
+				rx2 := listen(t, o)
+				var pkts [][]byte
+				var dsts []netip.AddrPort
+				sizes := []int{1400, 1400, 1400, 1400, 700, 20, 1400, 1400, 64, 64, 64, 1}
+				for i := 0; i < 300; i++ {
+					dst := rx1.LocalAddr()
+					if i%50 >= 40 {
+						dst = rx2.LocalAddr()
+					}
+					pkts = append(pkts, packet(i, sizes[i%len(sizes)]))
+					dsts = append(dsts, dst)
 				}
-				pkts = append(pkts, packet(i, sizes[i%len(sizes)]))
-				dsts = append(dsts, dst)
-			}
-			for i := 0; i < len(pkts); i += tx.BatchSize() {
-				end := min(i+tx.BatchSize(), len(pkts))
-				if refused, err := tx.WriteBatch(pkts[i:end], dsts[i:end]); err != nil || refused != 0 {
-					t.Fatalf("WriteBatch: refused %d, %v", refused, err)
-				}
-			}
-			got := map[string]bool{}
-			for _, rx := range []*Conn{rx1, rx2} {
-				want := 0
-				for _, d := range dsts {
-					if d == rx.LocalAddr() {
-						want++
+				for i := 0; i < len(pkts); i += tx.BatchSize() {
+					end := min(i+tx.BatchSize(), len(pkts))
+					if refused, err := tx.WriteBatch(pkts[i:end], dsts[i:end]); err != nil || refused != 0 {
+						t.Fatalf("WriteBatch: refused %d, %v", refused, err)
 					}
 				}
-				n := 0
-				bufs := make([][]byte, 8) // fewer than a GRO train: leftovers must wait
-				for i := range bufs {
-					bufs[i] = make([]byte, engine.BufferSize)
-				}
-				sizes := make([]int, len(bufs))
-				srcs := make([]netip.AddrPort, len(bufs))
-				for n < want {
-					rx.uc.SetReadDeadline(time.Now().Add(2 * time.Second))
-					k, err := rx.ReadBatch(bufs, sizes, srcs, engine.Headroom)
-					if err != nil {
-						t.Fatalf("after %d of %d datagrams: %v", n, want, err)
-					}
-					for i := 0; i < k; i++ {
-						if srcs[i] != tx.LocalAddr() {
-							t.Fatalf("source %s, want %s", srcs[i], tx.LocalAddr())
-						}
-						p := bufs[i][engine.Headroom : engine.Headroom+sizes[i]]
-						key := string(p)
-						if got[key] {
-							t.Fatalf("datagram of %d bytes delivered twice", len(p))
-						}
-						got[key] = true
-						if len(bufs[i]) != engine.BufferSize {
-							t.Fatalf("a buffer of %d bytes came back", len(bufs[i]))
+				got := map[string]bool{}
+				for _, rx := range []*Conn{rx1, rx2} {
+					want := 0
+					for _, d := range dsts {
+						if d == rx.LocalAddr() {
+							want++
 						}
 					}
-					n += k
+					n := 0
+					bufs := make([][]byte, 8) // fewer than a GRO train: leftovers must wait
+					for i := range bufs {
+						bufs[i] = make([]byte, engine.BufferSize)
+					}
+					sizes := make([]int, len(bufs))
+					srcs := make([]netip.AddrPort, len(bufs))
+					for n < want {
+						rx.uc.SetReadDeadline(time.Now().Add(2 * time.Second))
+						k, err := rx.ReadBatch(bufs, sizes, srcs, engine.Headroom)
+						if err != nil {
+							t.Fatalf("after %d of %d datagrams: %v", n, want, err)
+						}
+						for i := 0; i < k; i++ {
+							if srcs[i] != tx.LocalAddr() {
+								t.Fatalf("source %s, want %s", srcs[i], tx.LocalAddr())
+							}
+							p := bufs[i][engine.Headroom : engine.Headroom+sizes[i]]
+							key := string(p)
+							if got[key] {
+								t.Fatalf("datagram of %d bytes delivered twice", len(p))
+							}
+							got[key] = true
+							if len(bufs[i]) != engine.BufferSize {
+								t.Fatalf("a buffer of %d bytes came back", len(bufs[i]))
+							}
+						}
+						n += k
+					}
 				}
-			}
-			for i, p := range pkts {
-				if !got[string(p)] {
-					t.Fatalf("packet %d (%d bytes) lost or altered", i, len(p))
+				for i, p := range pkts {
+					if !got[string(p)] {
+						t.Fatalf("packet %d (%d bytes) lost or altered", i, len(p))
+					}
 				}
-			}
-			if s := tx.Stats(); !o.NoGSO && s.GSO && s.SendMessages >= s.SendSegments {
-				t.Errorf("GSO on but %d messages for %d packets", s.SendMessages, s.SendSegments)
-			}
-			// Over loopback a GSO send reaches a GRO socket still coalesced,
-			// so the split path (with fewer buffers than a train) has run.
-			if s := rx1.Stats(); !o.NoGSO && !o.NoGRO && s.GRO && tx.Stats().GSO && s.RecvSegments <= s.RecvDatagrams {
-				t.Errorf("GRO on but %d datagrams gave %d packets: nothing was split", s.RecvDatagrams, s.RecvSegments)
-			}
-		})
+				if s := tx.Stats(); !o.NoGSO && s.GSO && s.SendMessages >= s.SendSegments {
+					t.Errorf("GSO on but %d messages for %d packets", s.SendMessages, s.SendSegments)
+				}
+				// Over loopback a GSO send reaches a GRO socket still coalesced,
+				// so the split path (with fewer buffers than a train) has run.
+				if s := rx1.Stats(); !o.NoGSO && !o.NoGRO && s.GRO && tx.Stats().GSO && s.RecvSegments <= s.RecvDatagrams {
+					t.Errorf("GRO on but %d datagrams gave %d packets: nothing was split", s.RecvDatagrams, s.RecvSegments)
+				}
+			})
+		}
 	}
 }
 

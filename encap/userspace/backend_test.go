@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/kernel/kerneltest"
 	"github.com/weft-net/weft/lease"
@@ -112,4 +114,146 @@ func run(t *testing.T, b encap.Backend) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+}
+
+var testCfg6 = &lease.Config{Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, BackendType: "udp",
+	EnableIPv6: true, IPv6Network: netip.MustParsePrefix("fd00:10:5::/56"), IPv6SubnetLen: 64}
+
+func testHost6(t *testing.T) (*kerneltest.NS, encap.Host) {
+	ns, host := testHost(t)
+	ns.AddAddr(t, host.IfaceIndex, netip.MustParsePrefix("2001:db8::1/64"))
+	host.IfaceAddr6 = netip.MustParseAddr("2001:db8::1")
+	host.PublicIPv6 = host.IfaceAddr6
+	return ns, host
+}
+
+func peer6(subnet, ip, subnet6, ip6, typ, data, data6 string) lease.Lease {
+	l := peer(subnet, ip, typ, data)
+	l.IPv6Subnet, l.Attrs.PublicIPv6 = netip.MustParsePrefix(subnet6), netip.MustParseAddr(ip6)
+	if data6 != "" {
+		l.Attrs.BackendV6Data = []byte(data6)
+	}
+	return l
+}
+
+// The udp backend on a dual-stack network: the lease names PublicIPv6,
+// the TUN carries the IPv6 lease's address and the IPv6 network's route
+// (IPv6 on), and the table reaches a peer's IPv6 subnet through its IPv4
+// endpoint (flannel's UDP format carries either family).
+func TestUDPBackendDualStack(t *testing.T) {
+	ns, host := testHost6(t)
+	b, err := NewUDP(host, testCfg6, Options{TUNName: "wefttest6", BatchSize: 32, AntiSpoof: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := b.Attrs(); a.PublicIPv6 != host.PublicIPv6 || a.BackendV6Data != nil {
+		t.Errorf("attrs %+v", a)
+	}
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64"),
+		Attrs: lease.Attrs{PublicIP: host.PublicIP, PublicIPv6: host.PublicIPv6}}
+	var mtu int
+	if err := ns.Do(func() (err error) { mtu, err = b.Start(context.Background(), own); return err }); err != nil {
+		t.Fatal(err)
+	}
+	run(t, b)
+	if mtu != 1472 {
+		t.Errorf("mtu %d, want 1472 (the IPv4 underlay's less 28, for both families)", mtu)
+	}
+	l, err := ns.H.LinkByName("wefttest6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := ns.H.AddrList(l, netlink.FAMILY_V6)
+	if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "fd00:10:5:1::/128" {
+		t.Errorf("IPv6 addresses of the TUN: %v %v (want only fd00:10:5:1::/128, no link-local)", addrs, err)
+	}
+	found := false
+	for _, r := range ns.Routes6(t) {
+		if r.LinkIndex == l.Attrs().Index && r.Dst != nil && r.Dst.String() == "fd00:10:5::/56" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no route for fd00:10:5::/56 through the TUN: %v", ns.Routes6(t))
+	}
+	b.SetPeers([]lease.Lease{
+		peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "", "", ""),
+		peer("10.5.3.0/24", "192.0.2.3", "", ""), // a host without IPv6
+	})
+	tab := b.Datapath().Engine.Table()
+	p := tab.Lookup(netip.MustParseAddr("fd00:10:5:2::5"))
+	if p == nil || p.Endpoint != netip.MustParseAddrPort("192.0.2.2:8285") || p.Endpoint6.IsValid() {
+		t.Fatalf("IPv6 peer %+v", p)
+	}
+	if tab.Own6() != own.IPv6Subnet || tab.Lookup(netip.MustParseAddr("10.5.3.1")) == nil {
+		t.Errorf("table: own6 %s, peers %v", tab.Own6(), tab.Peers())
+	}
+}
+
+// Userspace vxlan on a dual-stack network: a second VtepMAC kept in the
+// state directory and advertised in BackendV6Data with PublicIPv6, the
+// kernel backend's AcceptIPv6, one TUN of flannel-v6.<VNI>'s MTU (the
+// underlay's less 70, which fits IPv4 too) with both families' addresses,
+// and peers reached over the IPv6 underlay with their IPv6 MACs.
+func TestVXLANBackendDualStack(t *testing.T) {
+	ns, host := testHost6(t)
+	cfg := *testCfg6
+	cfg.BackendType, cfg.Backend = "vxlan", []byte(`{"Type":"vxlan","VNI":3}`)
+	dir := t.TempDir()
+	b, err := NewVXLAN(host, &cfg, Options{BatchSize: 32, AntiSpoof: true, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := b.Attrs()
+	if err != nil || a.PublicIPv6 != host.PublicIPv6 || !strings.Contains(string(a.BackendV6Data), `"VNI":3`) {
+		t.Fatalf("attrs %+v %v", a, err)
+	}
+	if string(a.BackendV6Data) == string(a.BackendData) {
+		t.Fatal("the IPv6 VtepMAC is the IPv4 one")
+	}
+	again, _ := NewVXLAN(host, &cfg, Options{BatchSize: 32, StateDir: dir})
+	if a2, err := again.Attrs(); err != nil || string(a2.BackendV6Data) != string(a.BackendV6Data) {
+		t.Fatalf("IPv6 VtepMAC not kept: %s, then %s (%v)", a.BackendV6Data, a2.BackendV6Data, err)
+	}
+	good := peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "vxlan",
+		`{"VNI":3,"VtepMAC":"02:00:00:00:00:02"}`, `{"VNI":3,"VtepMAC":"02:00:00:00:06:02"}`)
+	if err := b.AcceptIPv6(good.Attrs); err != nil {
+		t.Errorf("AcceptIPv6 refuses %s: %v", good.Attrs.BackendV6Data, err)
+	}
+	for _, bad := range []string{`{"VNI":1,"VtepMAC":"02:00:00:00:06:02"}`, `{"VNI":3,"VtepMAC":"03:00:00:00:06:02"}`, `{"VNI":3}`, `null`} {
+		l := good
+		l.Attrs.BackendV6Data = []byte(bad)
+		if b.AcceptIPv6(l.Attrs) == nil {
+			t.Errorf("AcceptIPv6 takes %s", bad)
+		}
+	}
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64"), Attrs: a}
+	var mtu int
+	if err := ns.Do(func() (err error) { mtu, err = b.Start(context.Background(), own); return err }); err != nil {
+		t.Fatal(err)
+	}
+	run(t, b)
+	if mtu != 1430 {
+		t.Errorf("mtu %d, want 1430 (flannel-v6.<VNI>'s)", mtu)
+	}
+	l, err := ns.H.LinkByName("flannel.3")
+	if err != nil || l.Attrs().MTU != 1430 {
+		t.Fatalf("TUN %v %v", l, err)
+	}
+	if addrs, err := ns.H.AddrList(l, netlink.FAMILY_V6); err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "fd00:10:5:1::/128" {
+		t.Errorf("IPv6 addresses of the TUN: %v %v", addrs, err)
+	}
+	b.SetPeers([]lease.Lease{good, peer("10.5.3.0/24", "192.0.2.3", "vxlan", `{"VNI":3,"VtepMAC":"02:00:00:00:00:03"}`)})
+	tab := b.Datapath().Engine.Table()
+	p := tab.Lookup(netip.MustParseAddr("fd00:10:5:2::9"))
+	if p == nil || p.Endpoint6 != netip.MustParseAddrPort("[2001:db8::2]:8472") || p.HWAddr6 != [6]byte{2, 0, 0, 0, 6, 2} || p.HWAddr != [6]byte{2, 0, 0, 0, 0, 2} {
+		t.Fatalf("IPv6 peer %+v", p)
+	}
+	if p3 := tab.Lookup(netip.MustParseAddr("10.5.3.1")); p3 == nil || p3.Endpoint6.IsValid() {
+		t.Errorf("IPv4-only peer %+v", p3)
+	}
+	s := b.Status().(VXLANStatus)
+	if s.MAC6 == "" || s.Transport.Receive6 == nil || len(s.Transport.SourcePorts6) == 0 {
+		t.Errorf("status %+v", s)
+	}
 }

@@ -1,6 +1,7 @@
 package userspace
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -44,15 +45,21 @@ type datapath struct {
 // openTUN creates the TUN device with the options' offload choices and
 // gives it the lease's network address and the cluster route: flannel0
 // carries the lease's network address as a /32 (10.5.42.0/32) and a route
-// for the whole cluster network, as flanneld's does.
+// for the whole cluster network, as flanneld's does. On a dual-stack
+// network it also carries the IPv6 lease's network address as a /128 and
+// a route for the IPv6 network, as flannel-v6.<VNI> does.
 func (d *datapath) openTUN(name string) error {
 	o := d.opts
+	if d.dualStack() && d.mtu < minMTU6 {
+		return fmt.Errorf("%s would get MTU %d, below IPv6's minimum %d, and the kernel disables IPv6 on such a device: a dual-stack network needs a larger underlay MTU",
+			name, d.mtu, minMTU6)
+	}
 	dev, err := tunio.Create(tunio.Options{Name: name, MTU: d.mtu, NoOffload: o.NoTUNOffload, TunPackageWrite: o.TunPackageWrite, TxQueueLen: o.TxQueueLen})
 	if err != nil {
 		return err
 	}
 	go drainEvents(dev, d.mtu, o.Log)
-	if err := tunio.Configure(dev.Name, d.own.Subnet.Addr(), d.cfg.Network); err != nil {
+	if err := tunio.Configure(dev.Name, d.addrs()); err != nil {
 		dev.Close()
 		return err
 	}
@@ -60,12 +67,37 @@ func (d *datapath) openTUN(name string) error {
 	return nil
 }
 
+// minMTU6 is IPv6's least link MTU (RFC 8200).
+const minMTU6 = 1280
+
+// dualStack reports whether the network is dual-stack and this host's
+// lease has its IPv6 subnet.
+func (d *datapath) dualStack() bool { return d.cfg.EnableIPv6 && d.own.IPv6Subnet.IsValid() }
+
+func (d *datapath) addrs() tunio.Addrs {
+	a := tunio.Addrs{Addr: d.own.Subnet.Addr(), Network: d.cfg.Network}
+	if d.dualStack() {
+		a.Addr6, a.Network6 = d.own.IPv6Subnet.Addr(), d.cfg.IPv6Network
+	}
+	return a
+}
+
+// networks is what the engine's tables cover: the IPv4 network and, on a
+// dual-stack network, the IPv6 one.
+func (d *datapath) networks() engine.Networks {
+	n := engine.Networks{Network: d.cfg.Network, SubnetLen: d.cfg.SubnetLen, Own: d.own.Subnet}
+	if d.dualStack() {
+		n.Network6, n.SubnetLen6, n.Own6 = d.cfg.IPv6Network, d.cfg.IPv6SubnetLen, d.own.IPv6Subnet
+	}
+	return n
+}
+
 // newEngine builds the engine with a first table holding only this host's
-// subnet (peers come with the first snapshot). enc nil is flannel's UDP
-// format.
+// subnets (peers come with the first snapshot). enc nil is flannel's UDP
+// format. ICMP errors come from the TUN's own addresses.
 func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bool) error {
 	o := d.opts
-	eng, err := engine.New(d.tun, tr, engine.Config{
+	cfg := engine.Config{
 		BatchSize:       o.BatchSize,
 		MTU:             d.mtu,
 		AntiSpoof:       o.AntiSpoof,
@@ -74,11 +106,15 @@ func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bo
 		ICMPSource:      d.own.Subnet.Addr(),
 		Encap:           enc,
 		Logger:          o.Log,
-	})
+	}
+	if d.dualStack() {
+		cfg.ICMPSource6 = d.own.IPv6Subnet.Addr()
+	}
+	eng, err := engine.New(d.tun, tr, cfg)
 	if err != nil {
 		return err
 	}
-	t, err := engine.NewTable(d.cfg.Network, d.cfg.SubnetLen, d.own.Subnet, nil, nil)
+	t, err := engine.NewTableFor(d.networks(), nil, nil)
 	if err != nil {
 		return err
 	}
@@ -91,7 +127,7 @@ func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bo
 // a table that cannot be built is a bug; it is logged and the last good
 // table stays.
 func (d *datapath) setTable(specs []engine.PeerSpec) {
-	t, err := engine.NewTable(d.cfg.Network, d.cfg.SubnetLen, d.own.Subnet, specs, d.eng.Table())
+	t, err := engine.NewTableFor(d.networks(), specs, d.eng.Table())
 	if err != nil {
 		d.opts.Log.Error("peers rejected by the engine's table; keeping the previous table", "err", err)
 		return

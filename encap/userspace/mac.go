@@ -22,6 +22,12 @@ func VtepMACFile(dir string, vni int) string {
 	return filepath.Join(dir, fmt.Sprintf("weft-vxlan.%d.mac", vni))
 }
 
+// VtepMACFile6 is VtepMACFile for the IPv6 VtepMAC (BackendV6Data) of a
+// dual-stack network.
+func VtepMACFile6(dir string, vni int) string {
+	return filepath.Join(dir, fmt.Sprintf("weft-vxlan-v6.%d.mac", vni))
+}
+
 // loadVtepMAC reads the kept MAC or makes and keeps a new one (random,
 // locally administered, unicast, as the kernel's and weft's vxlan use).
 // A damaged file is refused by name rather than replaced: a new MAC would

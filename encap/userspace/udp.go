@@ -62,7 +62,13 @@ func ParseUDPPort(backend json.RawMessage) (uint16, error) {
 func (b *UDP) Type() string { return "udp" }
 
 // Attrs: flanneld's UDP backend writes no BackendType and no BackendData.
-func (b *UDP) Attrs() (lease.Attrs, error) { return lease.Attrs{PublicIP: b.host.PublicIP}, nil }
+// On a dual-stack network the lease names PublicIPv6 too, which admission
+// requires of a lease with an IPv6 subnet (flanneld's udp backend leaves
+// it out, so weft refuses a flanneld udp host's lease there: its proxy
+// reads only IPv4 headers and cannot carry IPv6).
+func (b *UDP) Attrs() (lease.Attrs, error) {
+	return lease.Attrs{PublicIP: b.host.PublicIP, PublicIPv6: b.host.PublicIPv6}, nil
+}
 
 // Accept admits udp leases (flanneld's carry no BackendType).
 func (b *UDP) Accept(a lease.Attrs) error { return admission.AcceptType("udp")(a) }
@@ -96,7 +102,7 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.conn = conn
 	ts := conn.Stats()
 	b.opts.Log.Info("udp backend up", "tun", b.tun.Name, "mtu", b.mtu, "port", b.port, "tso", b.tun.TSO, "uso", b.tun.USO,
-		"udp-gso", ts.GSO, "udp-gro", ts.GRO, "batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof, "source-port-check", b.opts.AntiSpoof && b.opts.CheckSourcePort)
+		"udp-gso", ts.GSO, "udp-gro", ts.GRO, "ipv6", b.dualStack(), "batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof, "source-port-check", b.opts.AntiSpoof && b.opts.CheckSourcePort)
 	return b.mtu, nil
 }
 
@@ -105,11 +111,14 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 func (b *UDP) Run(ctx context.Context) error { return b.eng.Run(ctx) }
 
 // SetPeers turns the admitted peers into a new lookup table. Every
-// flannel udp host listens on the cluster's one port.
+// flannel udp host listens on the cluster's one port. A peer's IPv6
+// subnet (dual-stack) is reached through the same IPv4 endpoint: flannel's
+// UDP format carries a bare IP packet, whose version nibble tells the
+// families apart.
 func (b *UDP) SetPeers(peers []lease.Lease) {
 	specs := make([]engine.PeerSpec, 0, len(peers))
 	for _, l := range peers {
-		specs = append(specs, engine.PeerSpec{Subnet: l.Subnet, Endpoint: endpoint(l, b.port)})
+		specs = append(specs, engine.PeerSpec{Subnet: l.Subnet, Subnet6: l.IPv6Subnet, Endpoint: endpoint(l, b.port)})
 	}
 	b.setTable(specs)
 }

@@ -18,21 +18,32 @@ import (
 // with VXLAN encapsulation between a TUN named like flanneld's vxlan device
 // and UDP on the vxlan port. Its lease is a vxlan lease with a VtepMAC of
 // its own, so kernel-vxlan peers program it as any other vxlan host.
+//
+// On a dual-stack network it also stands in for flannel-v6.<VNI>: its lease
+// carries PublicIPv6 and BackendV6Data with a second VtepMAC, IPv6 packets
+// travel over the IPv6 underlay (to the peer's PublicIPv6, with the peer's
+// BackendV6Data MAC), and the one TUN carries both families.
 type VXLAN struct {
 	datapath
-	host    encap.Host
-	vx      vxlan.Config
-	macFile string
-	mac     net.HardwareAddr
-	tr      *vxlan.Transport
-	enc     *vxlan.Encap
-	leases  vxlan.LeaseCache // parsed BackendData of the last snapshot
+	host     encap.Host
+	vx       vxlan.Config
+	macFile  string
+	macFile6 string
+	mac      net.HardwareAddr
+	mac6     net.HardwareAddr // nil unless dual-stack
+	local6   netip.Addr       // the IPv6 underlay address; invalid unless dual-stack
+	tr       *vxlan.Transport
+	enc      *vxlan.Encap
+	leases   vxlan.LeaseCache // parsed BackendData of the last snapshot
+	leases6  vxlan.LeaseCache // parsed BackendV6Data
+	accept6  func(lease.Attrs) error
 }
 
 var (
-	_ encap.Backend  = (*VXLAN)(nil)
-	_ encap.Status   = (*VXLAN)(nil)
-	_ encap.Datapath = (*VXLAN)(nil)
+	_ encap.Backend      = (*VXLAN)(nil)
+	_ encap.Status       = (*VXLAN)(nil)
+	_ encap.Datapath     = (*VXLAN)(nil)
+	_ encap.IPv6Acceptor = (*VXLAN)(nil)
 )
 
 // NewVXLAN checks the network config's Backend for userspace vxlan.
@@ -48,8 +59,26 @@ func NewVXLAN(host encap.Host, cfg *lease.Config, o Options) (*VXLAN, error) {
 	if !host.PublicIP.Is4() {
 		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address", host.Iface)
 	}
-	return &VXLAN{datapath: datapath{opts: o, cfg: cfg}, host: host, vx: c, macFile: VtepMACFile(o.StateDir, c.VNI)}, nil
+	b := &VXLAN{datapath: datapath{opts: o, cfg: cfg}, host: host, vx: c, macFile: VtepMACFile(o.StateDir, c.VNI)}
+	b.leases6.V6 = true
+	b.accept6 = vxlan.AcceptLeaseV6Cached(c.VNI, &b.leases6)
+	if host.PublicIPv6.IsValid() {
+		// As the kernel backend's flannel-v6.<VNI>: frames leave from the
+		// interface's IPv6 address; PublicIPv6 is what peers send to.
+		b.local6 = host.IfaceAddr6
+		if !b.local6.IsValid() {
+			b.local6 = host.PublicIPv6
+		}
+		if !b.local6.Is6() || b.local6.Is4In6() {
+			return nil, fmt.Errorf("vxlan: interface %s has no IPv6 address for the IPv6 underlay", host.Iface)
+		}
+		b.macFile6 = VtepMACFile6(o.StateDir, c.VNI)
+	}
+	return b, nil
 }
+
+// dual reports whether this host carries IPv6 (the network is dual-stack).
+func (b *VXLAN) dual() bool { return b.local6.IsValid() }
 
 func (b *VXLAN) Type() string { return "vxlan" }
 
@@ -70,29 +99,62 @@ func (b *VXLAN) Attrs() (lease.Attrs, error) {
 	if err != nil {
 		return lease.Attrs{}, err
 	}
-	return lease.Attrs{PublicIP: b.host.PublicIP, BackendType: "vxlan", BackendData: data}, nil
+	a := lease.Attrs{PublicIP: b.host.PublicIP, BackendType: "vxlan", BackendData: data}
+	if !b.dual() {
+		return a, nil
+	}
+	mac6, created, err := loadVtepMAC(b.macFile6)
+	if err != nil {
+		return lease.Attrs{}, err
+	}
+	b.mac6 = mac6
+	if created {
+		b.opts.Log.Info("new IPv6 VtepMAC", "mac", mac6.String(), "kept-in", b.macFile6)
+	} else {
+		b.opts.Log.Info("reusing IPv6 VtepMAC", "mac", mac6.String(), "from", b.macFile6)
+	}
+	if a.BackendV6Data, err = vxlan.MarshalLeaseData(b.vx.VNI, mac6); err != nil {
+		return lease.Attrs{}, err
+	}
+	a.PublicIPv6 = b.host.PublicIPv6
+	return a, nil
 }
 
 // Accept admits vxlan leases of this VNI, as the kernel backend does.
 func (b *VXLAN) Accept(a lease.Attrs) error { return vxlan.AcceptLeaseCached(b.vx.VNI, &b.leases)(a) }
 
+// AcceptIPv6 implements encap.IPv6Acceptor as the kernel backend does: a
+// peer's BackendV6Data must name a unicast VtepMAC and this VNI.
+func (b *VXLAN) AcceptIPv6(a lease.Attrs) error { return b.accept6(a) }
+
 // Start creates flannel.<VNI> as a TUN with the kernel backend's MTU and
-// address, and the engine with VXLAN encapsulation.
+// address, and the engine with VXLAN encapsulation. On a dual-stack
+// network the TUN's MTU is that of flannel-v6.<VNI> (the underlay's less
+// 70), which the IPv4 frames fit too: the kernel backend writes the same
+// smaller MTU to FLANNEL_MTU.
 func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.own = own
 	b.mtu = vxlan.DeviceMTU(b.host, b.vx, b.opts.Log)
+	o := vxlan.TransportOptions{
+		Local:     netip.AddrPortFrom(b.host.IfaceAddr, uint16(b.vx.Port)), // as the udp backend: not the public IP
+		BatchSize: b.opts.BatchSize, NoGSO: b.opts.NoGSO, NoGRO: b.opts.NoGRO,
+	}
+	if b.dual() {
+		if !b.dualStack() || b.mac6 == nil {
+			return 0, fmt.Errorf("vxlan: dual-stack host without an IPv6 lease (%s) or IPv6 VtepMAC", own.IPv6Subnet)
+		}
+		b.mtu = min(b.mtu, vxlan.DeviceMTU6(b.host, b.vx))
+		o.Local6 = netip.AddrPortFrom(b.local6, uint16(b.vx.Port))
+	}
 	if err := b.openTUN(vxlan.DeviceName(b.vx.VNI)); err != nil {
 		return 0, err
 	}
-	tr, err := vxlan.ListenTransport(vxlan.TransportOptions{
-		Local:     netip.AddrPortFrom(b.host.IfaceAddr, uint16(b.vx.Port)), // as the udp backend: not the public IP
-		BatchSize: b.opts.BatchSize, NoGSO: b.opts.NoGSO, NoGRO: b.opts.NoGRO,
-	})
+	tr, err := vxlan.ListenTransport(o)
 	if err != nil {
 		b.tun.Close()
 		return 0, err
 	}
-	enc, err := vxlan.NewEncap(vxlan.EncapOptions{VNI: b.vx.VNI, MAC: b.mac, GBP: b.vx.GBP,
+	enc, err := vxlan.NewEncap(vxlan.EncapOptions{VNI: b.vx.VNI, MAC: b.mac, MAC6: b.mac6, GBP: b.vx.GBP,
 		Gateway: own.Subnet.Addr(), SendARP: tr.SendFrame})
 	if err == nil {
 		err = b.newEngine(tr, enc, false) // VXLAN source ports vary per flow
@@ -105,6 +167,7 @@ func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.tr, b.enc = tr, enc
 	b.opts.Log.Info("userspace vxlan up", "tun", b.tun.Name, "mtu", b.mtu, "vni", b.vx.VNI, "port", b.vx.Port, "gbp", b.vx.GBP,
 		"mac", b.mac.String(), "source-ports", tr.SourcePorts(), "tso", b.tun.TSO, "udp-gso", tr.Stats().Send.GSO,
+		"ipv6", b.dual(), "mac-v6", b.mac6.String(), "underlay-v6", b.local6,
 		"batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof)
 	return b.mtu, nil
 }
@@ -113,16 +176,28 @@ func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 func (b *VXLAN) Run(ctx context.Context) error { return b.eng.Run(ctx) }
 
 // SetPeers turns the admitted vxlan peers into a lookup table. Every
-// flannel vxlan host listens on the cluster's one port.
+// flannel vxlan host listens on the cluster's one port, over IPv6 too. A
+// peer's IPv6 subnet is reached at its PublicIPv6 with its BackendV6Data
+// MAC, as its flannel-v6.<VNI> is.
 func (b *VXLAN) SetPeers(peers []lease.Lease) {
 	specs := make([]engine.PeerSpec, 0, len(peers))
 	macs := b.leases.Snapshot(peers)
+	var macs6 []net.HardwareAddr
+	if b.dual() {
+		macs6 = b.leases6.Snapshot(peers)
+	}
+	port := uint16(b.vx.Port)
 	for i, l := range peers {
 		mac := macs[i]
 		if len(mac) != 6 {
 			continue // admission checked it
 		}
-		specs = append(specs, engine.PeerSpec{Subnet: l.Subnet, Endpoint: endpoint(l, uint16(b.vx.Port)), HWAddr: [6]byte(mac)})
+		s := engine.PeerSpec{Subnet: l.Subnet, Endpoint: endpoint(l, port), HWAddr: [6]byte(mac)}
+		if macs6 != nil && len(macs6[i]) == 6 && l.IPv6Subnet.IsValid() && l.Attrs.PublicIPv6.Is6() {
+			s.Subnet6, s.HWAddr6 = l.IPv6Subnet, [6]byte(macs6[i])
+			s.Endpoint6 = netip.AddrPortFrom(l.Attrs.PublicIPv6, port)
+		}
+		specs = append(specs, s)
 	}
 	b.setTable(specs)
 }
@@ -136,6 +211,13 @@ func (b *VXLAN) Datapath() *encap.DatapathInfo {
 	return &encap.DatapathInfo{Engine: b.eng, TUN: b.tun, Socket: func() udp.Stats {
 		ts := b.tr.Stats()
 		s := ts.Receive
+		if r6 := ts.Receive6; r6 != nil {
+			s.GRO = s.GRO && r6.GRO
+			s.RecvCalls += r6.RecvCalls
+			s.RecvDatagrams += r6.RecvDatagrams
+			s.RecvSegments += r6.RecvSegments
+			s.Truncated += r6.Truncated
+		}
 		s.GSO, s.GSOFallbacks = ts.Send.GSO, ts.Send.GSOFallbacks
 		s.SendCalls, s.SendMessages, s.SendSegments = ts.Send.SendCalls, ts.Send.SendMessages, ts.Send.SendSegments
 		s.SendErrors, s.LastSendErrno = ts.Send.SendErrors, ts.Send.LastSendErrno
@@ -151,6 +233,7 @@ type VXLANStatus struct {
 	VNI       int                  `json:"vni"`
 	Port      int                  `json:"port"`
 	MAC       string               `json:"mac"`
+	MAC6      string               `json:"mac_v6,omitempty"` // the BackendV6Data VtepMAC, dual-stack only
 	GBP       bool                 `json:"gbp"`
 	Encap     vxlan.EncapStats     `json:"encap"`
 	Transport vxlan.TransportStats `json:"transport"`
@@ -158,6 +241,9 @@ type VXLANStatus struct {
 
 func (b *VXLAN) Status() any {
 	s := VXLANStatus{Datapath: "userspace", MTU: b.mtu, VNI: b.vx.VNI, Port: b.vx.Port, MAC: b.mac.String(), GBP: b.vx.GBP}
+	if b.mac6 != nil {
+		s.MAC6 = b.mac6.String()
+	}
 	if b.eng != nil {
 		s.TUN, s.Encap, s.Transport = b.tun.Name, b.enc.Stats(), b.tr.Stats()
 	}

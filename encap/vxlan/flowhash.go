@@ -11,6 +11,9 @@ import "encoding/binary"
 // accepted from the TUN are valid IPv4; anything shorter hashes on what
 // there is.
 func flowHash(pkt []byte, seed uint64) uint32 {
+	if len(pkt) > 0 && pkt[0]>>4 == 6 {
+		return flowHash6(pkt, seed)
+	}
 	if len(pkt) < 20 {
 		return uint32(mix(seed))
 	}
@@ -42,3 +45,25 @@ func mix(x uint64) uint64 {
 // bucket scales a hash onto n buckets as udp_flow_src_port scales it onto
 // the port range: ((u64)hash * range) >> 32, which uses the high bits.
 func bucket(h uint32, n int) int { return int(uint64(h) * uint64(n) >> 32) }
+
+// flowHash6 is flowHash for an inner IPv6 packet: addresses and next
+// header, plus the ports when the transport header follows the fixed
+// header directly (an extension header in between, a fragment header
+// included, leaves the ports out, so a datagram's fragments hash alike).
+func flowHash6(pkt []byte, seed uint64) uint32 {
+	if len(pkt) < 40 {
+		return uint32(mix(seed))
+	}
+	a := binary.BigEndian.Uint64(pkt[8:16]) ^ mix(binary.BigEndian.Uint64(pkt[16:24]))
+	b := binary.BigEndian.Uint64(pkt[24:32]) ^ mix(binary.BigEndian.Uint64(pkt[32:40]))
+	proto := uint64(pkt[6])
+	var ports uint64
+	if len(pkt) >= 44 {
+		switch proto {
+		case 6, 17, 132, 136: // TCP, UDP, SCTP, UDP-Lite
+			ports = uint64(binary.BigEndian.Uint32(pkt[40:44]))
+		}
+	}
+	h := mix(a^seed) ^ mix(b^seed>>3) ^ mix(ports<<8|proto^seed>>7)
+	return uint32(h >> 32)
+}

@@ -23,6 +23,12 @@ type TransportOptions struct {
 	// Local is the host's public IP and the VXLAN port (8472): datagrams
 	// are received there, as by the kernel's vxlan socket.
 	Local netip.AddrPort
+	// Local6, on a dual-stack network, is the host's IPv6 address and the
+	// VXLAN port: the IPv6 underlay a kernel flannel-v6.<VNI> uses. The
+	// Transport then receives on both (engine.MultiReceiver) and sends
+	// each frame from a socket of its destination's family. Zero: IPv4
+	// only.
+	Local6 netip.AddrPort
 	// SourcePorts is how many sender sockets (and so source ports) flows
 	// are spread over (default DefaultSourcePorts).
 	SourcePorts int
@@ -44,11 +50,14 @@ type TransportOptions struct {
 // each socket still coalesces a peer's run into GSO sends; a flow keeps
 // one port, so its packets keep their order.
 type Transport struct {
-	rx    *udp.Conn
-	tx    []*udp.Conn
-	ports []uint16
-	seed  uint64
-	batch int
+	rx     *udp.Conn
+	rx6    *udp.Conn   // nil without Local6
+	tx     []*udp.Conn // the IPv4 senders, then the IPv6 ones
+	n4     int         // how many of tx are IPv4
+	ports  []uint16
+	ports6 []uint16
+	seed   uint64
+	batch  int
 
 	// per-sender slices of one WriteBatch, preallocated
 	pkts [][][]byte
@@ -59,7 +68,10 @@ type Transport struct {
 	frameDst [1]netip.AddrPort
 }
 
-var _ engine.Transport = (*Transport)(nil)
+var (
+	_ engine.Transport     = (*Transport)(nil)
+	_ engine.MultiReceiver = (*Transport)(nil)
+)
 
 // ListenTransport opens the receiving socket and the sender sockets.
 func ListenTransport(o TransportOptions) (*Transport, error) {
@@ -80,19 +92,52 @@ func ListenTransport(o TransportOptions) (*Transport, error) {
 	var seed [8]byte
 	rand.Read(seed[:])
 	t.seed = binary.LittleEndian.Uint64(seed[:])
+	if err := t.addSenders(o, o.Local.Addr(), &t.ports); err != nil {
+		t.Close()
+		return nil, err
+	}
+	t.n4 = len(t.tx)
+	if o.Local6.IsValid() {
+		if !o.Local6.Addr().Is6() || o.Local6.Addr().Is4In6() {
+			t.Close()
+			return nil, fmt.Errorf("vxlan: %s is not an IPv6 address", o.Local6)
+		}
+		if t.rx6, err = udp.Listen(udp.Options{Local: o.Local6, BatchSize: o.BatchSize, NoGSO: true, NoGRO: o.NoGRO}); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("vxlan: IPv6 underlay: %w", err)
+		}
+		if err := t.addSenders(o, o.Local6.Addr(), &t.ports6); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// addSenders opens o.SourcePorts sender sockets on local's address.
+func (t *Transport) addSenders(o TransportOptions, local netip.Addr, ports *[]uint16) error {
 	for range o.SourcePorts {
-		c, err := udp.Listen(udp.Options{Local: netip.AddrPortFrom(o.Local.Addr(), 0), BatchSize: o.BatchSize,
+		c, err := udp.Listen(udp.Options{Local: netip.AddrPortFrom(local, 0), BatchSize: o.BatchSize,
 			NoGSO: o.NoGSO, NoGRO: true, SendOnly: true, SocketBuffer: 4 << 20})
 		if err != nil {
-			t.Close()
-			return nil, fmt.Errorf("vxlan: sender socket: %w", err)
+			return fmt.Errorf("vxlan: sender socket: %w", err)
 		}
 		t.tx = append(t.tx, c)
-		t.ports = append(t.ports, c.LocalAddr().Port())
+		*ports = append(*ports, c.LocalAddr().Port())
 		t.pkts = append(t.pkts, make([][]byte, 0, o.BatchSize))
 		t.dsts = append(t.dsts, make([]netip.AddrPort, 0, o.BatchSize))
 	}
-	return t, nil
+	return nil
+}
+
+// Receivers implements engine.MultiReceiver: the IPv4 and the IPv6
+// receiving sockets, each read by a receive loop of its own. Without an
+// IPv6 underlay there is one, and the engine reads it through ReadBatch.
+func (t *Transport) Receivers() []engine.Receiver {
+	if t.rx6 == nil {
+		return nil
+	}
+	return []engine.Receiver{t.rx, t.rx6}
 }
 
 // BatchSize implements engine.Transport.
@@ -101,8 +146,12 @@ func (t *Transport) BatchSize() int { return t.batch }
 // LocalAddr is the receiving socket's address.
 func (t *Transport) LocalAddr() netip.AddrPort { return t.rx.LocalAddr() }
 
-// SourcePorts are the ports frames leave from.
+// SourcePorts are the ports frames leave from (over IPv4).
 func (t *Transport) SourcePorts() []uint16 { return t.ports }
+
+// SourcePorts6 are the ports frames leave from over IPv6 (none without
+// an IPv6 underlay).
+func (t *Transport) SourcePorts6() []uint16 { return t.ports6 }
 
 // ReadBatch implements engine.Transport.
 func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
@@ -110,17 +159,24 @@ func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort,
 }
 
 // WriteBatch implements engine.Transport. pkts[i] are whole VXLAN frames;
-// the flow is hashed from the inner IPv4 packet after HeaderLen.
+// the flow is hashed from the inner packet after HeaderLen, and the frame
+// sent from a sender of its destination's family.
 func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
 	if len(t.tx) == 1 {
 		return t.tx[0].WriteBatch(pkts, dsts)
 	}
+	n6 := len(t.tx) - t.n4
 	for i, p := range pkts {
 		var h uint32
 		if len(p) > HeaderLen {
 			h = flowHash(p[HeaderLen:], t.seed)
 		}
-		b := bucket(h, len(t.tx))
+		var b int
+		if dsts[i].Addr().Is6() && n6 > 0 {
+			b = t.n4 + bucket(h, n6)
+		} else {
+			b = bucket(h, t.n4)
+		}
 		t.pkts[b] = append(t.pkts[b], p)
 		t.dsts[b] = append(t.dsts[b], dsts[i])
 	}
@@ -146,8 +202,12 @@ func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error
 // the receive loop's rare replies: the receiving socket sends nothing else,
 // so its send state is the receive loop's own.
 func (t *Transport) SendFrame(frame []byte, to netip.AddrPort) error {
+	rx := t.rx
+	if to.Addr().Is6() && t.rx6 != nil {
+		rx = t.rx6
+	}
 	t.frame[0], t.frameDst[0] = frame, to
-	refused, err := t.rx.WriteBatch(t.frame[:], t.frameDst[:])
+	refused, err := rx.WriteBatch(t.frame[:], t.frameDst[:])
 	t.frame[0] = nil
 	if err == nil && refused > 0 {
 		err = fmt.Errorf("vxlan: the kernel refused a frame to %s", to)
@@ -161,23 +221,32 @@ func (t *Transport) Close() error {
 	if t.rx != nil {
 		errs = append(errs, t.rx.Close())
 	}
+	if t.rx6 != nil {
+		errs = append(errs, t.rx6.Close())
+	}
 	for _, c := range t.tx {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
 }
 
-// TransportStats are the receiving socket's counters and the senders'
-// summed.
+// TransportStats are the receiving sockets' counters and the senders'
+// summed (both families).
 type TransportStats struct {
-	SourcePorts []uint16  `json:"source_ports"`
-	Receive     udp.Stats `json:"receive"`
-	Send        udp.Stats `json:"send"`
+	SourcePorts  []uint16   `json:"source_ports"`
+	SourcePorts6 []uint16   `json:"source_ports_v6,omitempty"`
+	Receive      udp.Stats  `json:"receive"`
+	Receive6     *udp.Stats `json:"receive_v6,omitempty"` // the IPv6 underlay's, dual-stack only
+	Send         udp.Stats  `json:"send"`
 }
 
 // Stats returns the Transport's counters.
 func (t *Transport) Stats() TransportStats {
-	s := TransportStats{SourcePorts: t.ports, Receive: t.rx.Stats()}
+	s := TransportStats{SourcePorts: t.ports, SourcePorts6: t.ports6, Receive: t.rx.Stats()}
+	if t.rx6 != nil {
+		r6 := t.rx6.Stats()
+		s.Receive6 = &r6
+	}
 	s.Send.GSO = true
 	for _, c := range t.tx {
 		cs := c.Stats()

@@ -16,8 +16,12 @@ import (
 // hosts whose kernel cannot create a vxlan device.
 //
 //	0      8                  22
-//	| VXLAN | inner Ethernet  | inner IPv4 packet ...
+//	| VXLAN | inner Ethernet  | inner IPv4 (or IPv6) packet ...
 //	        | dst | src | type|
+//
+// On a dual-stack network one Encap speaks for both of a kernel host's
+// devices: IPv4 frames as flannel.<VNI> (its VtepMAC, EtherType 0x0800),
+// IPv6 frames as flannel-v6.<VNI> (the BackendV6Data VtepMAC, 0x86DD).
 const (
 	// HeaderLen is VXLAN (8) plus the inner Ethernet header (14): what the
 	// engine writes into each buffer's headroom.
@@ -32,6 +36,7 @@ const (
 
 	etherTypeIPv4 = 0x0800
 	etherTypeARP  = 0x0806
+	etherTypeIPv6 = 0x86dd
 	arpLen        = 28 // Ethernet/IPv4 ARP body
 
 	// arpRepliesPerSecond bounds the replies a flood of requests can make
@@ -47,6 +52,11 @@ type EncapOptions struct {
 	// MAC is this host's VtepMAC: the source of every inner frame it sends
 	// and the destination it accepts (besides broadcast).
 	MAC net.HardwareAddr
+	// MAC6, on a dual-stack network, is this host's IPv6 VtepMAC (the
+	// BackendV6Data one): the source of every IPv6 frame, and the only
+	// destination an IPv6 frame is accepted for, as flannel-v6.<VNI>
+	// would. Nil: IPv6 frames are refused (not-ipv4-frame).
+	MAC6 net.HardwareAddr
 	// GBP accepts the group-policy extension on receive, as the kernel's
 	// vxlan does with "gbp" (vxlan_parse_gbp_hdr); otherwise its bits make
 	// a frame malformed. GroupPolicy, when non-zero, is sent in every
@@ -67,6 +77,8 @@ type EncapOptions struct {
 type Encap struct {
 	vni     uint32
 	mac     [6]byte
+	mac6    [6]byte
+	has6    bool
 	gbp     bool
 	hdr     [8]byte // the VXLAN header every sent frame starts with
 	gateway [4]byte
@@ -93,6 +105,13 @@ func NewEncap(o EncapOptions) (*Encap, error) {
 	}
 	e := &Encap{vni: uint32(o.VNI), gbp: o.GBP, sendARP: o.SendARP}
 	copy(e.mac[:], o.MAC)
+	if o.MAC6 != nil {
+		if len(o.MAC6) != 6 || o.MAC6[0]&1 != 0 {
+			return nil, fmt.Errorf("vxlan: IPv6 VtepMAC %q is not a unicast Ethernet address", o.MAC6)
+		}
+		copy(e.mac6[:], o.MAC6)
+		e.has6 = true
+	}
 	w0 := uint32(flagVNI)
 	if o.GBP && o.GroupPolicy != 0 {
 		w0 |= flagGBP | uint32(o.GroupPolicy)
@@ -114,10 +133,17 @@ func (e *Encap) DecrementsTTL() bool { return false }
 
 // Encapsulate implements engine.Encap: the frame the kernel's vxlan would
 // send for a packet routed via the peer's gateway, whose permanent
-// neighbour entry is the peer's VtepMAC.
-func (e *Encap) Encapsulate(hdr, _ []byte, p *engine.Peer) {
+// neighbour entry is the peer's VtepMAC (for an IPv6 packet: the peer's
+// IPv6 VtepMAC, as flannel-v6.<VNI>'s entry is).
+func (e *Encap) Encapsulate(hdr, pkt []byte, p *engine.Peer) {
 	_ = hdr[HeaderLen-1]
 	copy(hdr[0:8], e.hdr[:])
+	if len(pkt) > 0 && pkt[0]>>4 == 6 {
+		copy(hdr[8:14], p.HWAddr6[:])
+		copy(hdr[14:20], e.mac6[:])
+		hdr[20], hdr[21] = etherTypeIPv6>>8, etherTypeIPv6&0xff
+		return
+	}
 	copy(hdr[8:14], p.HWAddr[:])
 	copy(hdr[14:20], e.mac[:])
 	hdr[20], hdr[21] = etherTypeIPv4>>8, etherTypeIPv4&0xff
@@ -128,7 +154,10 @@ func (e *Encap) Encapsulate(hdr, _ []byte, p *engine.Peer) {
 // extensions it was not configured for ("unparsed" bits), then one for a
 // VNI it has no device for; the device then drops frames for another MAC
 // (eth_type_trans marks them PACKET_OTHERHOST) and the IP layer anything
-// that is not IPv4.
+// that is not IPv4. On a dual-stack network IPv6 frames are accepted for
+// the IPv6 VtepMAC only, and IPv4 frames for the IPv4 one only: each
+// family reaches the TUN as it would reach its own kernel device, never
+// through the other's.
 func (e *Encap) Decapsulate(hdr []byte, p *engine.Peer) engine.DropReason {
 	if len(hdr) < HeaderLen {
 		return engine.DropBadEncap
@@ -148,14 +177,26 @@ func (e *Encap) Decapsulate(hdr []byte, p *engine.Peer) engine.DropReason {
 		return engine.DropWrongVNI
 	}
 	dst := [6]byte(hdr[8:14])
-	if dst != e.mac && dst != broadcastMAC {
+	to4 := dst == e.mac || dst == broadcastMAC
+	to6 := e.has6 && dst == e.mac6
+	if !to4 && !to6 {
 		return engine.DropWrongMAC
 	}
 	switch binary.BigEndian.Uint16(hdr[20:22]) {
 	case etherTypeIPv4:
-		return engine.DropNone
+		if to4 {
+			return engine.DropNone
+		}
+		return engine.DropWrongMAC
+	case etherTypeIPv6:
+		if to6 {
+			return engine.DropNone
+		}
+		if e.has6 {
+			return engine.DropWrongMAC
+		}
 	case etherTypeARP:
-		if e.answerARP(hdr[:cap(hdr)], p) {
+		if to4 && e.answerARP(hdr[:cap(hdr)], p) {
 			return engine.DropARPAnswered
 		}
 	}

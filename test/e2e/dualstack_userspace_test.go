@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/bench/lab"
+)
+
+// TestDualStackUDP runs three hosts on a dual-stack network with the udp
+// backend: IPv6 travels through weft's engine inside flannel's UDP format
+// over the IPv4 underlay. Every pair pings and streams verified TCP over
+// both families; the TUN carries the IPv6 lease's address and the IPv6
+// network's route; the lease names PublicIPv6; FLANNEL_MTU is the IPv4
+// underlay's less 28 for both families.
+func TestDualStackUDP(t *testing.T) {
+	k := newKClusterOpts(t, lab.Options{Hosts: 3, IPv6: true}, dualStackConf("udp"), nil)
+	k.start(nil, 1, 2, 3)
+	for i, env := range k.Envs {
+		if !env.IPv6Subnet.IsValid() || env.MTU != 1472 {
+			t.Fatalf("h%d: subnet file %+v", i+1, env)
+		}
+		h := k.Lab.Host(i + 1)
+		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s"}`, h.IP, h.IP6)
+		if got := k.leaseValue(i + 1); got != want {
+			t.Errorf("h%d lease\n got %s\nwant %s", i+1, got, want)
+		}
+	}
+	a6 := k.sh(1, "ip", "-6", "addr", "show", "flannel0")
+	if !strings.Contains(a6, k.Envs[0].IPv6Subnet.Addr().String()+"/128") || strings.Contains(a6, "fe80:") {
+		t.Errorf("h1 flannel0's IPv6 addresses:\n%s", a6)
+	}
+	if r6 := k.sh(1, "ip", "-6", "route"); !strings.Contains(r6, "fd00:10:5::/56 dev flannel0") {
+		t.Errorf("h1: no IPv6 network route through flannel0:\n%s", r6)
+	}
+	k.eventually("every host knows both peers with IPv6", 10*time.Second, func() (bool, string) {
+		for i := 1; i <= 3; i++ {
+			s := k.stats(i)
+			if len(s.Peers) != 2 || s.Peers[0].IPv6Subnet == nil || s.Peers[1].IPv6Subnet == nil {
+				return false, fmt.Sprintf("h%d: %+v", i, s.Peers)
+			}
+		}
+		return true, ""
+	})
+	for a := 1; a <= 3; a++ {
+		for b := 1; b <= 3; b++ {
+			if a != b {
+				k.ping(a, b)
+				k.ping6(a, b)
+				k.tcpTo(a, b, k.Lab.Host(b).PodIP6, 4<<20)
+			}
+		}
+	}
+	k.tcp(1, 2, 4<<20)
+	s := k.stats(1)
+	if s.Engine == nil || s.Engine.DropsByReason["spoofed-source"] != 0 || s.Engine.DropsByReason["unknown-peer"] != 0 {
+		t.Errorf("h1 engine: %+v", s.Engine)
+	}
+	k.stop(1, 2, 3)
+}
+
+// TestDualStackUserspaceVXLAN is a mixed dual-stack vxlan cluster: h1 and
+// h2 run the kernel's vxlan (flannel.1 and flannel-v6.1), h3 speaks VXLAN
+// from userspace (--no-kernel-vxlan) for both families. The kernel hosts
+// program h3 as any dual-stack vxlan peer (its BackendV6Data MAC over
+// its PublicIPv6), and pods reach each other over IPv4 and IPv6 both ways.
+func TestDualStackUserspaceVXLAN(t *testing.T) {
+	k := newKClusterOpts(t, lab.Options{Hosts: 3, IPv6: true}, dualStackConf("vxlan"), nil)
+	l := k.Lab
+	k.start(nil, 1, 2)
+	k.start([]string{"--no-kernel-vxlan"}, 3)
+
+	s3 := k.uvxlanStats(3)
+	if s3.MAC6 == "" || s3.MAC6 == s3.MAC || s3.MTU != 1430 {
+		t.Fatalf("h3 userspace vxlan status: %+v", s3.VXLANStatus)
+	}
+	want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"},"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}`,
+		l.Host(3).IP, l.Host(3).IP6, s3.MAC, s3.MAC6)
+	if got := k.leaseValue(3); got != want {
+		t.Fatalf("h3 lease\n got %s\nwant %s", got, want)
+	}
+	for i, env := range k.Envs {
+		if env.MTU != 1430 || !env.IPv6Subnet.IsValid() {
+			t.Errorf("h%d subnet file %+v", i+1, env)
+		}
+	}
+	if a := k.sh(3, "ip", "-6", "addr", "show", "flannel.1"); !strings.Contains(a, k.Envs[2].IPv6Subnet.Addr().String()+"/128") {
+		t.Fatalf("h3's TUN lacks the IPv6 lease's address:\n%s", a)
+	}
+	// The kernel hosts program h3's IPv6 half on flannel-v6.1.
+	for _, on := range []int{1, 2} {
+		fdb := fmt.Sprintf("%s dev flannel-v6.1 dst %s self permanent", s3.MAC6, l.Host(3).IP6)
+		k.eventually(fmt.Sprintf("h%d programs h3's IPv6 half", on), 10*time.Second, func() (bool, string) {
+			f := k.sh(on, "bridge", "fdb", "show")
+			return has(f, fdb), f
+		})
+	}
+	k.eventually("h3 knows both kernel peers with IPv6", 10*time.Second, func() (bool, string) {
+		s := k.uvxlanStats(3)
+		return len(s.Peers) == 2 && s.Peers[0].IPv6Subnet != nil && s.Peers[1].IPv6Subnet != nil, fmt.Sprint(s.Peers)
+	})
+	for _, other := range []int{1, 2} {
+		k.ping(3, other)
+		k.ping(other, 3)
+		k.ping6(3, other)
+		k.ping6(other, 3)
+		k.tcpTo(3, other, l.Host(other).PodIP6, 4<<20)
+		k.tcpTo(other, 3, l.Host(3).PodIP6, 4<<20)
+		k.tcpTo(3, other, l.Host(other).PodIP, 2<<20)
+		k.tcpTo(other, 3, l.Host(3).PodIP, 2<<20)
+	}
+	k.ping6(1, 2) // the kernel hosts between themselves, unchanged
+
+	s3 = k.uvxlanStats(3)
+	if r6 := s3.Transport.Receive6; r6 == nil || r6.RecvDatagrams == 0 {
+		t.Errorf("h3 received nothing on its IPv6 underlay socket: %+v", s3.Transport)
+	}
+	for _, r := range []string{"spoofed-source", "unknown-peer", "wrong-mac", "not-ipv4-frame"} {
+		if n := s3.Engine.DropsByReason[r]; n != 0 {
+			t.Errorf("h3 dropped %d packets as %s: %v", n, r, s3.Engine.DropsByReason)
+		}
+	}
+
+	// A restart keeps both VtepMACs and so the lease's bytes: the kernel
+	// hosts' entries for h3 stay valid.
+	lease3 := k.leaseValue(3)
+	k.stop(3)
+	k.start([]string{"--no-kernel-vxlan"}, 3)
+	if got := k.leaseValue(3); got != lease3 {
+		t.Fatalf("restart changed h3's lease %s -> %s", lease3, got)
+	}
+	k.eventually("h3 after restart", 10*time.Second, func() (bool, string) {
+		s := k.uvxlanStats(3)
+		return len(s.Peers) == 2, fmt.Sprint(s.Peers)
+	})
+	k.ping6(1, 3)
+	k.tcpTo(3, 2, l.Host(2).PodIP6, 1<<20)
+	k.stop(1, 2, 3)
+}
