@@ -166,12 +166,15 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 
 // writesIPv6 is flanneld's rule for writing backend-v6-data and
 // public-ipv6: vxlan with IPv6 backend data, host-gw with a public IPv6
-// address. flanneld's udp backend never carried IPv6, so it writes none.
+// address. flanneld's udp backend never carried IPv6 and writes none;
+// weft's does (IPv6 inside flannel's UDP format, between weft hosts), so
+// it writes them as host-gw does: an addition flanneld's udp backend,
+// which reads no IPv6 annotation, never sees.
 func writesIPv6(attrs lease.Attrs) bool {
 	switch attrs.BackendType {
 	case "vxlan":
 		return len(attrs.BackendV6Data) > 0
-	case "host-gw":
+	case "host-gw", "":
 		return attrs.PublicIPv6.IsValid()
 	}
 	return false
@@ -186,7 +189,7 @@ func (s *Store) noIPv6Annotations(attrs lease.Attrs) string {
 	case attrs.BackendType == "vxlan" && len(attrs.BackendV6Data) == 0:
 		return "the vxlan backend gave no IPv6 data (BackendV6Data)"
 	case !writesIPv6(attrs):
-		return fmt.Sprintf("the %s backend has no IPv6 lease annotations (flanneld's udp backend never carried IPv6)", backendName(attrs.BackendType))
+		return fmt.Sprintf("the %s backend has no IPv6 lease annotations", backendName(attrs.BackendType))
 	}
 	return ""
 }

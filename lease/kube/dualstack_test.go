@@ -184,7 +184,8 @@ func TestPublicIPv6Overwrite(t *testing.T) {
 }
 
 // host-gw writes public-ipv6 and a "null" backend-v6-data, as flanneld's
-// rule has it; udp, which flanneld never ran dual-stack, is refused.
+// rule has it; so does weft's udp backend, which carries IPv6 (flanneld's
+// never did); a backend flanneld has no IPv6 rule for is refused.
 func TestIPv6AnnotationsByBackend(t *testing.T) {
 	s := testStore(t, dualNetConf)
 	hg := lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.1"), PublicIPv6: netip.MustParseAddr("2001:db8::1"), BackendType: "host-gw"}
@@ -198,11 +199,15 @@ func TestIPv6AnnotationsByBackend(t *testing.T) {
 	if why := s.noIPv6Annotations(hg); why != "" {
 		t.Errorf("host-gw refused: %s", why)
 	}
+	udp := lease.Attrs{PublicIP: hg.PublicIP, PublicIPv6: hg.PublicIPv6}
+	if w, err := s.wantAnnotations(nil, udp); err != nil || w[v6Data] != "null" || w[v6PublicIP] != "2001:db8::1" || s.noIPv6Annotations(udp) != "" {
+		t.Errorf("udp annotations %v, %v, %q", w, err, s.noIPv6Annotations(udp))
+	}
 	for _, c := range []struct {
 		attrs lease.Attrs
 		why   string
 	}{
-		{lease.Attrs{PublicIP: hg.PublicIP, PublicIPv6: hg.PublicIPv6}, "udp backend"},
+		{lease.Attrs{PublicIP: hg.PublicIP, PublicIPv6: hg.PublicIPv6, BackendType: "ipsec"}, "ipsec backend"},
 		{lease.Attrs{PublicIP: hg.PublicIP, BackendType: "host-gw"}, "no public IPv6 address"},
 		{lease.Attrs{PublicIP: hg.PublicIP, PublicIPv6: hg.PublicIPv6, BackendType: "vxlan", BackendData: fixtureAttrs["vxlan"].BackendData}, "no IPv6 data"},
 	} {
