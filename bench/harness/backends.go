@@ -53,6 +53,19 @@ func BackendLabel(name string) string {
 	return name
 }
 
+// BackendLabel6 says what a row measures with BenchConfig.IPv6.
+func BackendLabel6(name string) string {
+	switch name {
+	case BackendVeth:
+		return "bare underlay over IPv6 (host to host, no overlay)"
+	case BackendVXLAN:
+		return "kernel vxlan over IPv6 (flannel-v6.1 on the IPv6 underlay), configured by weft's vxlan backend as flanneld's"
+	case BackendHostGW:
+		return "host-gw IPv6 routes, configured by weft's host-gw backend as flanneld's"
+	}
+	return BackendLabel(name) + ", IPv6 inner packets"
+}
+
 // unbatchedFlags make weft move one packet per system call with no
 // offloads: flannel's UDP design on weft's code.
 var unbatchedFlags = []string{"--batch-size=1", "--no-tun-offload", "--no-udp-gso", "--no-udp-gro"}
@@ -66,6 +79,9 @@ const (
 // benchNetwork is the cluster network of every backend; host i gets
 // 10.5.i.0/24 where the bench assigns subnets itself.
 var benchNetwork = netip.MustParsePrefix("10.5.0.0/16")
+
+// benchNetwork6 is the IPv6 network of a dual-stack bench (BenchConfig.IPv6).
+var benchNetwork6 = netip.MustParsePrefix("fd00:10:5::/56")
 
 func benchSubnet(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24)
@@ -98,8 +114,14 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 		return Path{}, fmt.Errorf("backend %s: needs at least 2 hosts", backend)
 	}
 	podPath := func() Path { return Path{ClientNS: h1.Pod, ServerNS: h2.Pod, ServerIP: h2.PodIP} }
+	if c.IPv6 {
+		podPath = func() Path { return Path{ClientNS: h1.Pod, ServerNS: h2.Pod, ServerIP: h2.PodIP6} }
+	}
 	switch backend {
 	case BackendVeth:
+		if c.IPv6 {
+			return Path{ClientNS: h1.Name, ServerNS: h2.Name, ServerIP: h2.IP6}, nil
+		}
 		return Path{ClientNS: h1.Name, ServerNS: h2.Name, ServerIP: h2.IP}, nil
 	case BackendUDP, BackendUDPUnbatched:
 		var extra []string
@@ -136,6 +158,12 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 		}
 		return podPath(), nil
 	case BackendVXLAN, BackendHostGW:
+		if c.IPv6 {
+			if err := startWeftAll(ctx, c, LeasesEtcd, backend, nil); err != nil {
+				return Path{}, err
+			}
+			return podPath(), nil
+		}
 		subnets := make([]netip.Prefix, len(l.Hosts))
 		for i := range subnets {
 			subnets[i] = benchSubnet(i + 1)
@@ -169,7 +197,11 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 func startWeftAll(ctx context.Context, c *Cluster, leases, backendType string, extra []string) error {
 	switch leases {
 	case LeasesEtcd:
-		if err := c.StartEtcd(ctx, `{"Network":"`+benchNetwork.String()+`","SubnetLen":24,"Backend":{"Type":"`+backendType+`"}}`); err != nil {
+		v6 := ""
+		if c.IPv6 {
+			v6 = `"EnableIPv6":true,"IPv6Network":"` + benchNetwork6.String() + `",`
+		}
+		if err := c.StartEtcd(ctx, `{"Network":"`+benchNetwork.String()+`","SubnetLen":24,`+v6+`"Backend":{"Type":"`+backendType+`"}}`); err != nil {
 			return fmt.Errorf("etcd: %w", err)
 		}
 		for _, h := range c.Lab.Hosts {

@@ -41,7 +41,10 @@ func EtcdEndpoint() string {
 
 // Cluster is weft running in a lab.
 type Cluster struct {
-	Lab    *lab.Lab
+	Lab *lab.Lab
+	// IPv6 makes the backends' network configs dual-stack and the
+	// measured path the pods' IPv6 addresses (BenchConfig.IPv6).
+	IPv6   bool
 	Binary string // the weft binary children run
 	// Flanneld is the flanneld binary of the "flanneld" row, if any.
 	Flanneld string
@@ -284,7 +287,10 @@ func (c *Cluster) Traffic(ctx context.Context, ns string, args ...string) (*traf
 }
 
 // StartTrafficServer starts `weft traffic server` in namespace ns.
-func (c *Cluster) StartTrafficServer(ns, logName string) (*lab.Proc, error) {
+func (c *Cluster) StartTrafficServer(ns, logName string, ipv6 bool) (*lab.Proc, error) {
+	if ipv6 {
+		return c.Lab.Start(ns, logName, c.Binary, "traffic", "server", "--listen", net.JoinHostPort("::", strconv.Itoa(traffic.DefaultPort)))
+	}
 	return c.Lab.Start(ns, logName, c.Binary, "traffic", "server")
 }
 

@@ -173,7 +173,7 @@ func demoMeasure(ctx context.Context, c *Cluster, dur time.Duration) ([]demoRow,
 	}
 	var rows []demoRow
 	for i, p := range paths {
-		srv, err := c.StartTrafficServer(p.server, "traffic-server-"+strconv.Itoa(i))
+		srv, err := c.StartTrafficServer(p.server, "traffic-server-"+strconv.Itoa(i), false)
 		if err != nil {
 			return nil, err
 		}

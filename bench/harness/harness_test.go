@@ -69,7 +69,7 @@ func TestStaticUDP(t *testing.T) {
 	if _, err := lab.Ping(ctx, h1.Pod, h2.PodIP, 3, 10*time.Millisecond, time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.StartTrafficServer(h2.Pod, "server"); err != nil {
+	if _, err := c.StartTrafficServer(h2.Pod, "server", false); err != nil {
 		t.Fatal(err)
 	}
 	r, err := c.Traffic(ctx, h1.Pod, "tcp", "--to", h2.PodIP.String(), "--bytes", "20000000", "--streams", "2")

@@ -117,6 +117,8 @@ type Params struct {
 	UDPRate int `json:"udp_rate"`
 	// MemEverySec is how often engine memory was read during a run.
 	MemEverySec float64 `json:"mem_every_seconds"`
+	// IPv6: the traffic was IPv6 (weft bench --ipv6).
+	IPv6 bool `json:"ipv6,omitempty"`
 }
 
 // BackendInfo is what a backend looked like when measured.

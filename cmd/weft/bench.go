@@ -36,6 +36,7 @@ func runBench(args []string) error {
 	udpRate := fs.Int("udp-rate", 100000, "packets/s of the paced 64 B UDP workload (udp64-paced) when kernel vxlan's flat-out rate of the same rep is not known; 0 skips it then")
 	iperf := fs.String("iperf3", "auto", "also run iperf3 (TCP, 1 stream) as a cross-check: auto (when installed), on or off")
 	flanneld := fs.String("flanneld", "", "a flanneld binary: adds a row of real flanneld hosts (UDP backend) against the same etcd")
+	ipv6 := fs.Bool("ipv6", false, "measure over IPv6: dual-stack labs, traffic to the pods' IPv6 addresses (kernel vxlan and host-gw set up by weft; no flanneld row)")
 	cleanup := fs.Bool("cleanup", false, "remove the namespaces, links and processes of crashed weft lab runs, then exit")
 	prefix := fs.String("prefix", "", "with --cleanup: remove only the lab with this prefix, even if its owner is alive")
 	scaleRun := fs.Bool("scale", false, "run the scale benchmark instead (issue 19): one real host, --hosts minus one simulated peers in etcd")
@@ -97,7 +98,7 @@ func runBench(args []string) error {
 	cfg := harness.BenchConfig{
 		Binary: bin, Flanneld: *flanneld, Hosts: *hosts, Backends: bs, Workloads: benchList(*workloads),
 		Duration: *dur, Reps: *reps, Leases: *leases, UnderlayMTU: *mtu, Iperf3: *iperf,
-		UDPRate: *udpRate, Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
+		UDPRate: *udpRate, IPv6: *ipv6, Guard: guard, Progress: progress, Command: "weft bench " + strings.Join(args, " "),
 	}
 	rep, err := harness.RunBench(ctx, cfg)
 	if tty {
