@@ -55,7 +55,8 @@ type Backend interface {
 	// by this backend, else an *admission.Refused naming why.
 	Accept(a lease.Attrs) error
 	// SetPeers applies the admitted peers of a snapshot (this host's lease
-	// left out), sorted by subnet. Calls come from one goroutine.
+	// left out), sorted by ID (lease.CompareID). Calls come from one
+	// goroutine.
 	SetPeers(peers []lease.Lease)
 	// Run forwards or reconciles until ctx ends.
 	Run(ctx context.Context) error
