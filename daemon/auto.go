@@ -111,8 +111,14 @@ func (d *daemon) decide(snap []lease.Lease) (typ, why string, ok bool) {
 		own = st.own
 	}
 	f := auto.Facts{Self: host.PublicIP, Self6: host.PublicIPv6, Connected: connected}
+	self := func(l lease.Lease) bool {
+		if !d.cfg.EnableIPv4 {
+			return l.Attrs.PublicIPv6 == host.PublicIPv6
+		}
+		return l.Attrs.PublicIP == host.PublicIP
+	}
 	for _, dec := range admission.Admit(admission.FromConfig(d.cfg, own, nil, nil), snap) {
-		if dec.Refused == nil && dec.Lease.Attrs.PublicIP != host.PublicIP {
+		if dec.Refused == nil && !self(dec.Lease) {
 			f.Peers = append(f.Peers, dec.Lease)
 		}
 	}

@@ -34,11 +34,17 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 	}
 	switch typ {
 	case "udp":
+		if !cfg.EnableIPv4 {
+			return nil, "", errors.New("network config: the udp backend does not run IPv6-only networks yet (\"EnableIPv4\": false); use vxlan or host-gw")
+		}
 		removeOtherBackends(nl, "", true, log)
 		b, err := userspace.NewUDP(host, cfg, o.Datapath)
 		return b, why, err
 	case "vxlan":
 		if noKernel := kernelVXLANMissing(o, nl); noKernel != "" {
+			if !cfg.EnableIPv4 {
+				return nil, "", fmt.Errorf("network config: vxlan on an IPv6-only network needs the kernel's vxlan, and %s (weft's userspace VXLAN does not run IPv6-only networks yet)", noKernel)
+			}
 			// A kernel flannel.<VNI> of an earlier run would hold the TUN's
 			// name, and host-gw's routes would shadow the TUN's route.
 			removeOtherBackends(nl, "", true, log)

@@ -79,22 +79,19 @@ func Run(ctx context.Context, o Options) error {
 	if err := serveHealthz(ctx, o.HealthzIP, o.HealthzPort, &d.ready, log); err != nil {
 		return err
 	}
-	if d.ext, err = findExtIface(o.Interface); err != nil {
-		return err
-	}
-	log.Info("using interface", "iface", d.ext.Name, "addr", d.ext.Addr, "public-ip", d.ext.PublicIP, "mtu", d.ext.MTU)
 	// The etcd store waits and retries (logging) while etcd or the config
-	// key is missing; only a refused config comes back as an error.
+	// key is missing; only a refused config comes back as an error. The
+	// config comes first, as in flanneld: on an IPv6-only network the
+	// interface is chosen by its IPv6 address.
 	if d.cfg, err = o.Store.Config(ctx); err != nil {
 		return err
 	}
 	if err := ValidateBackend(d.cfg); err != nil {
 		return err
 	}
-	if !d.cfg.EnableIPv4 {
-		return fmt.Errorf("network config: \"EnableIPv4\": false: IPv6-only networks are not supported yet (dual-stack ones are)")
-	}
 	if d.cfg.EnableIPv6 {
+		// As flanneld: the Node's node-public-ipv6 or public-ipv6-overwrite
+		// wins over --public-ipv6, before the interface is chosen.
 		if p, ok := o.Store.(publicIPv6Source); ok {
 			ip, err := p.PublicIPv6Override(ctx)
 			if err != nil {
@@ -104,13 +101,31 @@ func Run(ctx context.Context, o Options) error {
 				o.Interface.PublicIPv6 = ip
 			}
 		}
+	}
+	if !d.cfg.EnableIPv4 {
+		if o.Interface.PublicIP.IsValid() {
+			log.Warn("--public-ip is ignored: the network config is IPv6-only (EnableIPv4 false); --public-ipv6 is the address peers reach this host at", "public-ip", o.Interface.PublicIP)
+			o.Interface.PublicIP = netip.Addr{}
+		}
+		if d.ext, err = findExtIface(o.Interface, true, log); err != nil {
+			return err
+		}
+		log.Info("using interface", "iface", d.ext.Name, "addr6", d.ext.Addr6, "public-ipv6", d.ext.PublicIPv6, "mtu", d.ext.MTU)
+		log.Info("network config (IPv6-only)", "ipv6-network", d.cfg.IPv6Network, "ipv6-subnet-len", d.cfg.IPv6SubnetLen, "backend", d.cfg.BackendType)
+	} else {
+		if d.ext, err = findExtIface(o.Interface, false, log); err != nil {
+			return err
+		}
+		log.Info("using interface", "iface", d.ext.Name, "addr", d.ext.Addr, "public-ip", d.ext.PublicIP, "mtu", d.ext.MTU)
+	}
+	if d.cfg.EnableIPv4 && d.cfg.EnableIPv6 {
 		if err := d.ext.withIPv6(&netlink.Handle{}, o.Interface.PublicIPv6); err != nil {
 			return err
 		}
 		log.Info("using interface for IPv6", "iface", d.ext.Name, "addr", d.ext.Addr6, "public-ipv6", d.ext.PublicIPv6)
 		log.Info("network config", "network", d.cfg.Network, "subnet-len", d.cfg.SubnetLen,
 			"ipv6-network", d.cfg.IPv6Network, "ipv6-subnet-len", d.cfg.IPv6SubnetLen, "backend", d.cfg.BackendType)
-	} else {
+	} else if !d.cfg.EnableIPv6 {
 		if o.Interface.PublicIPv6.IsValid() {
 			log.Warn("--public-ipv6 is ignored: the network config has no IPv6 (EnableIPv6)", "public-ipv6", o.Interface.PublicIPv6)
 		}
@@ -144,7 +159,7 @@ func Run(ctx context.Context, o Options) error {
 		cancel(err)
 	}
 	if o.Blackhole {
-		if err := keepBlackhole(ctx, st.own.Subnet, o.IPTablesResync, log); err != nil {
+		if err := keepBlackhole(ctx, ownSubnets(st.own), o.IPTablesResync, log); err != nil {
 			cancel(err)
 		}
 	}
@@ -183,7 +198,7 @@ func Run(ctx context.Context, o Options) error {
 	if runErr != nil {
 		return runErr
 	}
-	log.Info("stopped; the lease is kept for the next start", "subnet", d.cur.Load().own.Subnet)
+	log.Info("stopped; the lease is kept for the next start", "subnet", d.cur.Load().own.ID())
 	return nil
 }
 

@@ -31,7 +31,9 @@ import (
 // On a dual-stack network the same rules are installed for IPv6
 // (ip6tables, or nftables' ip6 table). Without usable ip6tables, a host
 // that asked for --ip-masq is refused; one with only the default forward
-// rules warns and keeps its IPv4 rules, as flanneld runs on then.
+// rules warns and keeps its IPv4 rules, as flanneld runs on then. On an
+// IPv6-only network only the IPv6 rules are installed (the fixtures'
+// ipv6only run: ip6tables rules, an empty iptables).
 func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease.Lease, prev, prev6 netip.Prefix, log *slog.Logger) error {
 	mode := firewall.ModeFor(cfg.EnableNFTables)
 	if mode == firewall.IPTables {
@@ -60,6 +62,10 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease
 		fc.IPv6Network, fc.IPv6Subnet = cfg.IPv6Network, own.IPv6Subnet
 	}
 	err = m.Setup(ctx, fc)
+	if errors.Is(err, firewall.ErrNoIP6Tables) && !f.IPMasq && !f.ForwardExplicit && !cfg.EnableIPv4 {
+		log.Warn("no FORWARD accept rules installed (--iptables-forward-rules): the network is IPv6-only and ip6tables is not usable", "err", err)
+		return nil
+	}
 	if errors.Is(err, firewall.ErrNoIP6Tables) && !f.IPMasq && !f.ForwardExplicit {
 		log.Warn("no IPv6 FORWARD accept rules installed (--iptables-forward-rules); the IPv4 rules are in place", "err", err)
 		fc.IPv6Network, fc.IPv6Subnet = netip.Prefix{}, netip.Prefix{}
@@ -74,12 +80,16 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease
 }
 
 // keepBlackhole adds flanneld's --ip-blackhole-route, a blackhole route
-// for this host's whole subnet (packets to its unassigned addresses are
-// dropped here instead of following the default route out), and puts it
-// back every period, as flanneld's resync does.
-func keepBlackhole(ctx context.Context, subnet netip.Prefix, period time.Duration, log *slog.Logger) error {
-	if err := ensureBlackhole(netlink.RouteAdd, subnet); err != nil {
-		return fmt.Errorf("--ip-blackhole-route: %v", err)
+// for each of this host's subnets (packets to its unassigned addresses
+// are dropped here instead of following the default route out): IPv4,
+// IPv6 or both, as flanneld adds AddBlackholeV4Route and
+// AddBlackholeV6Route per family the network has. It puts them back every
+// period, as flanneld's resync does.
+func keepBlackhole(ctx context.Context, subnets []netip.Prefix, period time.Duration, log *slog.Logger) error {
+	for _, s := range subnets {
+		if err := ensureBlackhole(netlink.RouteAdd, s); err != nil {
+			return fmt.Errorf("--ip-blackhole-route %s: %v", s, err)
+		}
 	}
 	go func() {
 		t := time.NewTicker(max(period, time.Second))
@@ -89,13 +99,26 @@ func keepBlackhole(ctx context.Context, subnet netip.Prefix, period time.Duratio
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := ensureBlackhole(netlink.RouteAdd, subnet); err != nil {
-					log.Warn("cannot put the blackhole route back", "subnet", subnet, "err", err)
+				for _, s := range subnets {
+					if err := ensureBlackhole(netlink.RouteAdd, s); err != nil {
+						log.Warn("cannot put the blackhole route back", "subnet", s, "err", err)
+					}
 				}
 			}
 		}
 	}()
 	return nil
+}
+
+// ownSubnets are the lease's subnets: its IPv4 one, its IPv6 one, or both.
+func ownSubnets(l lease.Lease) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if s.IsValid() {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // ensureBlackhole adds the blackhole route unless it is there. It never
@@ -150,7 +173,7 @@ const blackholeMetric = 1<<32 - 1
 // blackholeRoute is --ip-blackhole-route's route for subnet.
 func blackholeRoute(subnet netip.Prefix) *netlink.Route {
 	return &netlink.Route{
-		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)},
+		Dst:      &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), subnet.Addr().BitLen())},
 		Type:     unix.RTN_BLACKHOLE,
 		Protocol: 87, // weft's route tag (encap/kernel): weft cleanup removes it
 		Priority: blackholeMetric,

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -30,7 +31,8 @@ type extIface struct {
 	PublicIP netip.Addr
 	MTU      int
 	// Addr6 and PublicIPv6 are Addr and PublicIP for IPv6, set on a
-	// dual-stack network only (withIPv6).
+	// network with IPv6 only (withIPv6, or the lookup itself on an
+	// IPv6-only network, where Addr and PublicIP stay zero).
 	Addr6      netip.Addr
 	PublicIPv6 netip.Addr
 }
@@ -44,9 +46,14 @@ func (e *extIface) host() encap.Host {
 
 // findExtIface chooses the interface and its address as flanneld v0.28.9
 // does (main.go, pkg/ipmatch/match.go LookupExtIface, pkg/ip/iface.go),
-// in the current network namespace.
-func findExtIface(f InterfaceOptions) (*extIface, error) {
-	return lookupExtIface(&netlink.Handle{}, f, slog.Default())
+// in the current network namespace: by IPv4 (the interface's IPv4
+// address; IPv6 is added by withIPv6), or on an IPv6-only network by
+// IPv6 (lookupExtIface6).
+func findExtIface(f InterfaceOptions, ipv6Only bool, log *slog.Logger) (*extIface, error) {
+	if ipv6Only {
+		return lookupExtIface6(&netlink.Handle{}, f, log)
+	}
+	return lookupExtIface(&netlink.Handle{}, f, log)
 }
 
 // lookupExtIface is findExtIface through h:
@@ -67,6 +74,29 @@ func findExtIface(f InterfaceOptions) (*extIface, error) {
 // not a regular expression or an --iface-can-reach that is not an address
 // is refused rather than skipped.
 func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*extIface, error) {
+	return lookup(h, f, false, log)
+}
+
+// lookupExtIface6 is lookupExtIface on an IPv6-only network, as flanneld's
+// ipv6Stack: every choice by IPv6 address. The interface may have IPv4
+// addresses too; they are not used. Without a choice, the interface that
+// holds --public-ipv6, else that of the main table's first IPv6 default
+// route; --iface by address and --iface-can-reach take IPv6 addresses;
+// --iface-regex matches IPv6 addresses, then names. An interface's first
+// address is its first global unicast IPv6 address (ipv6Addrs): unlike
+// flanneld, never a link-local one, which other hosts cannot route to.
+// --public-ipv6, when given, is advertised whatever interface was chosen.
+func lookupExtIface6(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*extIface, error) {
+	e, err := lookup(h, f, true, log)
+	if err != nil {
+		return nil, err
+	}
+	return e, lease.CheckPublicIPv6(e.PublicIPv6)
+}
+
+// lookup is lookupExtIface (v6 false) and lookupExtIface6 (v6 true).
+func lookup(h *netlink.Handle, f InterfaceOptions, v6 bool, log *slog.Logger) (*extIface, error) {
+	fam := family(v6)
 	regexes := make([]*regexp.Regexp, len(f.IfaceRegex))
 	for i, expr := range f.IfaceRegex {
 		re, err := regexp.Compile(expr)
@@ -79,29 +109,40 @@ func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*e
 	if n := len(f.IfaceCanReach); n > 0 {
 		// flanneld's --iface-can-reach is a single value: the last given wins.
 		a, err := netip.ParseAddr(f.IfaceCanReach[n-1])
-		if err != nil || !a.Is4() {
-			return nil, fmt.Errorf("--iface-can-reach: %q is not an IPv4 address", f.IfaceCanReach[n-1])
+		if err != nil || !fam.is(a) {
+			return nil, fmt.Errorf("--iface-can-reach: %q is not an %s address", f.IfaceCanReach[n-1], fam)
 		}
 		canReach = a
 	}
+	public, publicFlag := f.PublicIP, "--public-ip"
+	if v6 {
+		public, publicFlag = f.PublicIPv6, "--public-ipv6"
+	}
 	withPublic := func(e *extIface) *extIface {
+		if v6 {
+			e.PublicIPv6 = e.Addr6
+			if public.IsValid() {
+				e.PublicIPv6 = public
+			}
+			return e
+		}
 		e.PublicIP = e.Addr
-		if f.PublicIP.IsValid() {
-			e.PublicIP = f.PublicIP
+		if public.IsValid() {
+			e.PublicIP = public
 		}
 		return e
 	}
 
 	if len(f.Ifaces) == 0 && len(regexes) == 0 && !canReach.IsValid() {
-		if f.PublicIP.IsValid() {
-			e, err := byAddr(h, f.PublicIP)
+		if public.IsValid() {
+			e, err := byAddr(h, public, fam)
 			if err != nil {
-				return nil, fmt.Errorf("--public-ip %s without --iface: %v (flanneld uses the interface that holds the public IP; "+
-					"for an address this host does not have, such as a NAT's, name the interface with --iface)", f.PublicIP, err)
+				return nil, fmt.Errorf("%s %s without --iface: %v (flanneld uses the interface that holds the public IP; "+
+					"for an address this host does not have, such as a NAT's, name the interface with --iface)", publicFlag, public, err)
 			}
 			return withPublic(e), nil
 		}
-		e, err := byDefaultRoute(h)
+		e, err := byDefaultRoute(h, fam)
 		if err != nil {
 			return nil, fmt.Errorf("no --iface given and %v", err)
 		}
@@ -114,7 +155,7 @@ func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*e
 		log.Info("interface not usable, trying the next choice", "choice", what, "err", err)
 	}
 	for _, s := range f.Ifaces {
-		e, err := byNameOrAddr(h, s)
+		e, err := byNameOrAddr(h, s, fam)
 		if err == nil {
 			return withPublic(e), nil
 		}
@@ -126,7 +167,7 @@ func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*e
 			return nil, err
 		}
 		for i, re := range regexes {
-			e, err := byRegex(h, links, re)
+			e, err := byRegex(h, links, re, fam)
 			if err == nil {
 				return withPublic(e), nil
 			}
@@ -134,7 +175,7 @@ func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*e
 		}
 	}
 	if canReach.IsValid() {
-		e, err := byRoute(h, canReach)
+		e, err := byRoute(h, canReach, fam)
 		if err == nil {
 			return withPublic(e), nil
 		}
@@ -143,14 +184,53 @@ func lookupExtIface(h *netlink.Handle, f InterfaceOptions, log *slog.Logger) (*e
 	return nil, fmt.Errorf("no interface matches --iface, --iface-regex or --iface-can-reach (%s)", strings.Join(tried, "; "))
 }
 
-// newExt is link with addr, or its first address when addr is not valid.
-func newExt(h *netlink.Handle, l netlink.Link, addr netip.Addr) (*extIface, error) {
+// family is the address family an interface is chosen by: IPv4, or IPv6
+// on an IPv6-only network.
+type family bool
+
+func (f family) String() string {
+	if f {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// is says whether a is an address of the family.
+func (f family) is(a netip.Addr) bool {
+	if f {
+		return a.Is6() && !a.Is4In6()
+	}
+	return a.Is4()
+}
+
+func (f family) netlink() int {
+	if f {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// addrs are l's usable addresses of the family, in the order the first is
+// chosen by.
+func (f family) addrs(h *netlink.Handle, l netlink.Link) ([]netip.Addr, error) {
+	if f {
+		return ipv6Addrs(h, l)
+	}
+	return ipv4Addrs(h, l)
+}
+
+// newExt is link with addr, or its first address of fam when addr is not
+// valid.
+func newExt(h *netlink.Handle, l netlink.Link, addr netip.Addr, fam family) (*extIface, error) {
 	if !addr.IsValid() {
-		addrs, err := ipv4Addrs(h, l)
+		addrs, err := fam.addrs(h, l)
 		if err != nil {
 			return nil, err
 		}
 		if len(addrs) == 0 {
+			if fam {
+				return nil, fmt.Errorf("interface %s has no global IPv6 address", l.Attrs().Name)
+			}
 			return nil, fmt.Errorf("interface %s has no IPv4 address", l.Attrs().Name)
 		}
 		addr = addrs[0]
@@ -159,7 +239,13 @@ func newExt(h *netlink.Handle, l netlink.Link, addr netip.Addr) (*extIface, erro
 	if a.MTU == 0 {
 		return nil, fmt.Errorf("interface %s has no MTU", a.Name)
 	}
-	return &extIface{Name: a.Name, Index: a.Index, Addr: addr, MTU: a.MTU}, nil
+	e := &extIface{Name: a.Name, Index: a.Index, MTU: a.MTU}
+	if fam {
+		e.Addr6 = addr
+	} else {
+		e.Addr = addr
+	}
+	return e, nil
 }
 
 // ipv4Addrs are l's IPv4 addresses as flanneld orders them
@@ -186,34 +272,68 @@ func ipv4Addrs(h *netlink.Handle, l netlink.Link) ([]netip.Addr, error) {
 	return append(global, local...), nil
 }
 
-func byNameOrAddr(h *netlink.Handle, s string) (*extIface, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		if !a.Is4() {
-			return nil, errors.New("not an IPv4 address (IPv6 is not supported yet)")
+// ipv6Addrs are l's global unicast IPv6 addresses as flanneld orders them
+// (GetInterfaceIP6Addrs, compareAddrs): permanent (manually assigned)
+// before others, non-temporary before temporary, else the kernel's order;
+// no deprecated one. flanneld takes link-local addresses last; weft never
+// does (other hosts cannot route to them).
+func ipv6Addrs(h *netlink.Handle, l netlink.Link) ([]netip.Addr, error) {
+	all, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V6) })
+	if err != nil {
+		return nil, fmt.Errorf("IPv6 addresses of %s: %w", l.Attrs().Name, err)
+	}
+	rank := func(x netlink.Addr) int {
+		r := 0
+		if x.Flags&unix.IFA_F_PERMANENT == 0 {
+			r += 2
 		}
-		return byAddr(h, a)
+		if x.Flags&unix.IFA_F_TEMPORARY != 0 {
+			r++
+		}
+		return r
+	}
+	slices.SortStableFunc(all, func(a, b netlink.Addr) int { return rank(a) - rank(b) })
+	var out []netip.Addr
+	for _, x := range all {
+		a, ok := netip.AddrFromSlice(x.IP)
+		if ok && a.Is6() && !a.Is4In6() && a.IsGlobalUnicast() && x.Flags&unix.IFA_F_DEPRECATED == 0 {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func byNameOrAddr(h *netlink.Handle, s string, fam family) (*extIface, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if !fam.is(a) {
+			if fam {
+				return nil, errors.New("not an IPv6 address (the network is IPv6-only)")
+			}
+			return nil, errors.New("not an IPv4 address (on a dual-stack network, name the interface or its IPv4 address; its IPv6 address is found on it)")
+		}
+		return byAddr(h, a, fam)
 	}
 	l, err := h.LinkByName(s)
 	if err != nil {
 		return nil, fmt.Errorf("no interface %s: %v", s, err)
 	}
-	return newExt(h, l, netip.Addr{})
+	return newExt(h, l, netip.Addr{}, fam)
 }
 
 // byAddr is the first interface (by index) holding a, with a.
-func byAddr(h *netlink.Handle, a netip.Addr) (*extIface, error) {
+func byAddr(h *netlink.Handle, a netip.Addr, fam family) (*extIface, error) {
 	links, err := kernel.Dump(h.LinkList)
 	if err != nil {
 		return nil, err
 	}
 	for _, l := range links {
-		addrs, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V4) })
+		addrs, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, fam.netlink()) })
 		if err != nil {
 			continue
 		}
 		for _, x := range addrs {
 			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
-				return newExt(h, l, a)
+				return newExt(h, l, a, fam)
 			}
 		}
 	}
@@ -223,26 +343,26 @@ func byAddr(h *netlink.Handle, a netip.Addr) (*extIface, error) {
 // byRegex matches re against every interface's addresses first (that
 // address), then against every name (the first address), as
 // ipmatch.LookupExtIface does.
-func byRegex(h *netlink.Handle, links []netlink.Link, re *regexp.Regexp) (*extIface, error) {
+func byRegex(h *netlink.Handle, links []netlink.Link, re *regexp.Regexp, fam family) (*extIface, error) {
 	for _, l := range links {
-		addrs, err := ipv4Addrs(h, l)
+		addrs, err := fam.addrs(h, l)
 		if err != nil {
 			continue
 		}
 		for _, a := range addrs {
 			if re.MatchString(a.String()) {
-				return newExt(h, l, a)
+				return newExt(h, l, a, fam)
 			}
 		}
 	}
 	for _, l := range links {
 		if re.MatchString(l.Attrs().Name) {
-			return newExt(h, l, netip.Addr{})
+			return newExt(h, l, netip.Addr{}, fam)
 		}
 	}
 	var have []string
 	for _, l := range links {
-		addrs, _ := ipv4Addrs(h, l)
+		addrs, _ := fam.addrs(h, l)
 		have = append(have, fmt.Sprintf("%s:%v", l.Attrs().Name, addrs))
 	}
 	return nil, fmt.Errorf("matches none of the interfaces (%s)", strings.Join(have, ", "))
@@ -250,7 +370,7 @@ func byRegex(h *netlink.Handle, links []netlink.Link, re *regexp.Regexp) (*extIf
 
 // byRoute is the interface of the route to dst, with the route's source
 // address (flanneld's GetInterfaceBySpecificIPRouting).
-func byRoute(h *netlink.Handle, dst netip.Addr) (*extIface, error) {
+func byRoute(h *netlink.Handle, dst netip.Addr, fam family) (*extIface, error) {
 	routes, err := h.RouteGet(net.IP(dst.AsSlice()))
 	if err != nil || len(routes) == 0 {
 		return nil, fmt.Errorf("no route to %s: %v", dst, err)
@@ -260,21 +380,25 @@ func byRoute(h *netlink.Handle, dst netip.Addr) (*extIface, error) {
 		return nil, err
 	}
 	var src netip.Addr
-	if a, ok := netip.AddrFromSlice(routes[0].Src); ok {
+	if a, ok := netip.AddrFromSlice(routes[0].Src); ok && fam.is(a.Unmap()) {
 		src = a.Unmap()
+		if bool(fam) && !src.IsGlobalUnicast() {
+			src = netip.Addr{} // a link-local source: take the interface's first global address
+		}
 	}
-	return newExt(h, l, src)
+	return newExt(h, l, src, fam)
 }
 
-// byDefaultRoute is the interface of the main table's first IPv4 default
-// route (flanneld's GetDefaultGatewayInterface), with its first address.
-func byDefaultRoute(h *netlink.Handle) (*extIface, error) {
-	routes, err := kernel.Dump(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_V4) })
+// byDefaultRoute is the interface of the main table's first default route
+// of the family (flanneld's GetDefaultGatewayInterface,
+// GetDefaultV6GatewayInterface), with its first address.
+func byDefaultRoute(h *netlink.Handle, fam family) (*extIface, error) {
+	routes, err := kernel.Dump(func() ([]netlink.Route, error) { return h.RouteList(nil, fam.netlink()) })
 	if err != nil {
 		return nil, err
 	}
 	for _, r := range routes {
-		if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
+		if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" || r.Dst.String() == "::/0" {
 			if r.LinkIndex <= 0 {
 				return nil, errors.New("the default route has no interface (give --iface)")
 			}
@@ -282,8 +406,11 @@ func byDefaultRoute(h *netlink.Handle) (*extIface, error) {
 			if err != nil {
 				return nil, err
 			}
-			return newExt(h, l, netip.Addr{})
+			return newExt(h, l, netip.Addr{}, fam)
 		}
+	}
+	if fam {
+		return nil, errors.New("there is no IPv6 default route to find the interface by (give --iface)")
 	}
 	return nil, errors.New("there is no default route to find the interface by (give --iface)")
 }
@@ -301,16 +428,12 @@ func (e *extIface) withIPv6(h *netlink.Handle, publicIPv6 netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", e.Name, err)
 	}
-	all, err := kernel.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V6) })
+	addrs, err := ipv6Addrs(h, l)
 	if err != nil {
-		return fmt.Errorf("IPv6 addresses of %s: %w", e.Name, err)
+		return err
 	}
-	for _, x := range all {
-		a, ok := netip.AddrFromSlice(x.IP)
-		if ok && a.Is6() && !a.Is4In6() && a.IsGlobalUnicast() && x.Flags&unix.IFA_F_DEPRECATED == 0 {
-			e.Addr6 = a
-			break
-		}
+	if len(addrs) > 0 {
+		e.Addr6 = addrs[0]
 	}
 	if !e.Addr6.IsValid() {
 		return fmt.Errorf("interface %s has no usable global IPv6 address, and the network config has EnableIPv6: "+

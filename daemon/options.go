@@ -60,7 +60,9 @@ type InterfaceOptions struct {
 	IfaceCanReach []string   // --iface-can-reach
 	PublicIP      netip.Addr // --public-ip (invalid: the interface's address)
 	// PublicIPv6 is --public-ipv6 (invalid: the interface's IPv6
-	// address); used on a dual-stack network only.
+	// address); used on a network with IPv6 only. On an IPv6-only network
+	// it also picks the interface when no --iface is given, as --public-ip
+	// does otherwise.
 	PublicIPv6 netip.Addr
 }
 

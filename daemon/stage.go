@@ -40,10 +40,14 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	}
 	if d.cfg.EnableIPv6 {
 		// Every backend's lease advertises the IPv6 underlay address on a
-		// dual-stack network (host-gw routes to it; vxlan sends to it).
+		// network with IPv6 (host-gw routes to it; vxlan sends to it).
 		attrs.PublicIPv6 = d.ext.PublicIPv6
 	} else {
 		attrs.PublicIPv6, attrs.BackendV6Data = netip.Addr{}, nil
+	}
+	if !d.cfg.EnableIPv4 {
+		// flanneld writes "PublicIP":"0.0.0.0" and no BackendData.
+		attrs.PublicIP, attrs.BackendData = netip.Addr{}, nil
 	}
 	// Acquire with this host's public IP finds the lease it holds and
 	// re-puts it with the new attributes, same subnet (lease.Manager).
@@ -57,13 +61,19 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	if d.cfg.EnableIPv6 && !own.IPv6Subnet.IsValid() {
 		return nil, fmt.Errorf("the %s lease store gave this host no IPv6 subnet, but the network config has EnableIPv6", d.o.StoreName)
 	}
+	if d.cfg.EnableIPv4 != own.Subnet.IsValid() {
+		return nil, fmt.Errorf("the %s lease store gave this host the lease %s, but the network config has EnableIPv4 %v", d.o.StoreName, own, d.cfg.EnableIPv4)
+	}
 	if prev := d.cur.Load(); prev != nil && prev.own.IPv6Subnet != own.IPv6Subnet {
 		return nil, fmt.Errorf("the lease's IPv6 subnet moved from %s to %s while changing backend; pods would lose their addresses, so exiting (a restart leases again)", prev.own.IPv6Subnet, own.IPv6Subnet)
 	}
-	if own.IPv6Subnet.IsValid() {
+	switch {
+	case !own.Subnet.IsValid():
+		d.log.Info("lease acquired", "ipv6-subnet", own.IPv6Subnet, "public-ipv6", own.Attrs.PublicIPv6, "backend", b.Type())
+	case own.IPv6Subnet.IsValid():
 		d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP,
 			"ipv6-subnet", own.IPv6Subnet, "public-ipv6", own.Attrs.PublicIPv6, "backend", b.Type())
-	} else {
+	default:
 		d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP, "backend", b.Type())
 	}
 	st := &stage{backend: b, why: why, own: own, runDone: make(chan error, 1), keepDone: make(chan struct{})}
@@ -81,7 +91,7 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	go func() {
 		defer close(st.keepDone)
 		if err := d.o.Store.Keep(sctx, own); err != nil && sctx.Err() == nil {
-			fail(fmt.Errorf("keeping lease %s: %w", own.Subnet, err))
+			fail(fmt.Errorf("keeping lease %s: %w", own, err))
 		}
 	}()
 	return st, nil
@@ -128,8 +138,10 @@ func (d *daemon) removeKernelState(st *stage) {
 	if d.o.Blackhole {
 		// Tagged too, but not the backend's: put it back at once rather
 		// than at the next resync.
-		if err := ensureBlackhole(nl.H.RouteAdd, st.own.Subnet); err != nil {
-			d.log.Warn("cannot put the blackhole route back", "subnet", st.own.Subnet, "err", err)
+		for _, s := range ownSubnets(st.own) {
+			if err := ensureBlackhole(nl.H.RouteAdd, s); err != nil {
+				d.log.Warn("cannot put the blackhole route back", "subnet", s, "err", err)
+			}
 		}
 	}
 	if err := nl.RemoveVXLANDevices("", &r); err != nil {

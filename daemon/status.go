@@ -22,7 +22,7 @@ import (
 // capture hub.
 type observability struct {
 	mu        sync.Mutex
-	firstSeen map[netip.Prefix]time.Time
+	firstSeen map[netip.Prefix]time.Time // by lease ID
 	spare     map[netip.Prefix]time.Time // the map before firstSeen, reused (5,000 entries per lease event)
 	peers     []lease.Lease              // the admitted peers of the last snapshot
 	snapshots uint64
@@ -44,11 +44,11 @@ func (o *observability) sawPeers(snap []lease.Lease) {
 	}
 	clear(seen)
 	for _, l := range snap {
-		t, ok := o.firstSeen[l.Subnet]
+		t, ok := o.firstSeen[l.ID()]
 		if !ok {
 			t = now
 		}
-		seen[l.Subnet] = t
+		seen[l.ID()] = t
 	}
 	o.firstSeen, o.spare, o.peers = seen, o.firstSeen, snap
 	o.snapshots++
@@ -161,9 +161,9 @@ type StatusReport struct {
 	Why             string             `json:"why"`
 	Moves           uint64             `json:"backend_moves"`               // auto's moves since start
 	LastMove        *Move              `json:"last_backend_move,omitempty"` // auto's last move
-	Subnet          netip.Prefix       `json:"subnet"`
-	PublicIP        netip.Addr         `json:"public_ip"`
-	IPv6Subnet      *netip.Prefix      `json:"ipv6_subnet,omitempty"` // dual-stack only
+	Subnet          netip.Prefix       `json:"subnet,omitzero"`             // absent on an IPv6-only network
+	PublicIP        netip.Addr         `json:"public_ip,omitzero"`          // absent on an IPv6-only network
+	IPv6Subnet      *netip.Prefix      `json:"ipv6_subnet,omitempty"`       // with IPv6 only
 	PublicIPv6      *netip.Addr        `json:"public_ipv6,omitempty"`
 	MTU             int                `json:"mtu"`
 	Ready           bool               `json:"ready"`
@@ -186,9 +186,9 @@ type StatusReport struct {
 
 // PeerStatus is one admitted peer.
 type PeerStatus struct {
-	Subnet     netip.Prefix  `json:"subnet"`
-	PublicIP   netip.Addr    `json:"public_ip"`
-	IPv6Subnet *netip.Prefix `json:"ipv6_subnet,omitempty"` // a dual-stack peer's
+	Subnet     netip.Prefix  `json:"subnet,omitzero"`       // absent on an IPv6-only network
+	PublicIP   netip.Addr    `json:"public_ip,omitzero"`    // absent on an IPv6-only network
+	IPv6Subnet *netip.Prefix `json:"ipv6_subnet,omitempty"` // a peer's with IPv6
 	PublicIPv6 *netip.Addr   `json:"public_ipv6,omitempty"`
 	Backend    string        `json:"backend"`
 	Origin     string        `json:"origin,omitempty"` // where the store has it from (kube: "node/<name>")
@@ -220,7 +220,7 @@ func ratio(a, b uint64) float64 {
 // storeStatus is a lease.Manager with details for status.
 type storeStatus interface {
 	StatusDetails() map[string]string
-	Origin(subnet netip.Prefix) string
+	Origin(id netip.Prefix) string // by lease ID
 }
 
 func (d *daemon) status() StatusReport {
@@ -269,10 +269,11 @@ func (d *daemon) status() StatusReport {
 	}
 	o.mu.Lock()
 	for _, l := range o.peers {
-		c := counters[l.Subnet]
+		id := l.ID()
+		c := counters[id]
 		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, IPv6Subnet: prefixPtr(l.IPv6Subnet), PublicIPv6: addrPtr(l.Attrs.PublicIPv6),
-			Backend: admission.BackendName(l.Attrs), Origin: origin(l.Subnet),
-			FirstSeen: o.firstSeen[l.Subnet], TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
+			Backend: admission.BackendName(l.Attrs), Origin: origin(id),
+			FirstSeen: o.firstSeen[id], TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
 	}
 	r.Snapshots = o.snapshots
 	if !o.lastSnap.IsZero() {

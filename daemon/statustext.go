@@ -33,9 +33,14 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 		ready = "no (lease, data path or subnet file not up yet)"
 	}
 	fmt.Fprintf(w, "ready:\t%s, up %s\n", ready, r.Uptime)
-	fmt.Fprintf(w, "lease:\t%s, public IP %s, MTU %d\n", r.Subnet, r.PublicIP, r.MTU)
-	if r.IPv6Subnet != nil && r.PublicIPv6 != nil {
-		fmt.Fprintf(w, "lease (IPv6):\t%s, public IPv6 %s\n", *r.IPv6Subnet, *r.PublicIPv6)
+	switch {
+	case !r.Subnet.IsValid() && r.IPv6Subnet != nil && r.PublicIPv6 != nil: // IPv6-only
+		fmt.Fprintf(w, "lease:\t%s, public IPv6 %s, MTU %d\n", *r.IPv6Subnet, *r.PublicIPv6, r.MTU)
+	default:
+		fmt.Fprintf(w, "lease:\t%s, public IP %s, MTU %d\n", r.Subnet, r.PublicIP, r.MTU)
+		if r.IPv6Subnet != nil && r.PublicIPv6 != nil {
+			fmt.Fprintf(w, "lease (IPv6):\t%s, public IPv6 %s\n", *r.IPv6Subnet, *r.PublicIPv6)
+		}
 	}
 	if r.LeaseExpiration != nil {
 		fmt.Fprintf(w, "lease expiry:\t%s when acquired (renewed before it by the lease keeper)\n", r.LeaseExpiration.Format(time.RFC3339))
@@ -115,11 +120,14 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 		if p.Origin != "" {
 			backend += " (" + p.Origin + ")"
 		}
-		subnet, ip := p.Subnet.String(), p.PublicIP.String()
-		if p.IPv6Subnet != nil && p.PublicIPv6 != nil {
-			subnet += "," + p.IPv6Subnet.String()
-			ip += "," + p.PublicIPv6.String()
+		var subnets, ips []string
+		if p.Subnet.IsValid() {
+			subnets, ips = append(subnets, p.Subnet.String()), append(ips, p.PublicIP.String())
 		}
+		if p.IPv6Subnet != nil && p.PublicIPv6 != nil {
+			subnets, ips = append(subnets, p.IPv6Subnet.String()), append(ips, p.PublicIPv6.String())
+		}
+		subnet, ip := strings.Join(subnets, ","), strings.Join(ips, ",")
 		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", subnet, ip, backend,
 			now.Sub(p.FirstSeen).Round(time.Second), p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
 	}

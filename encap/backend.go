@@ -19,7 +19,8 @@ type Host struct {
 	IfaceMTU   int        // its MTU
 	// IfaceAddr6 and PublicIPv6 are the interface's IPv6 address and the
 	// one peers reach this host at over IPv6 (--public-ipv6); zero unless
-	// the network is dual-stack.
+	// the network has IPv6. On an IPv6-only network IfaceAddr and
+	// PublicIP are zero: that is how a backend knows it has no IPv4.
 	IfaceAddr6 netip.Addr
 	PublicIPv6 netip.Addr
 }
@@ -55,7 +56,8 @@ type Backend interface {
 	// by this backend, else an *admission.Refused naming why.
 	Accept(a lease.Attrs) error
 	// SetPeers applies the admitted peers of a snapshot (this host's lease
-	// left out), sorted by subnet. Calls come from one goroutine.
+	// left out), sorted by ID (lease.CompareID). Calls come from one
+	// goroutine.
 	SetPeers(peers []lease.Lease)
 	// Run forwards or reconciles until ctx ends.
 	Run(ctx context.Context) error

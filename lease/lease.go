@@ -48,6 +48,29 @@ type Lease struct {
 	CreateRevision int64
 }
 
+// ID is the subnet that identifies the lease within its network: its
+// IPv4 subnet, or its IPv6 subnet when it has none (an IPv6-only host's).
+// Two leases a store hands out never share an ID, so everything that keys
+// or orders leases (admission, backends, status, metrics) uses it. On a
+// dual-stack network the IPv4 subnet names the lease, as flanneld's logs
+// and weft's always have.
+func (l Lease) ID() netip.Prefix {
+	if l.Subnet.IsValid() {
+		return l.Subnet
+	}
+	return l.IPv6Subnet
+}
+
+// CompareID orders leases by ID, for slices.SortFunc: IPv4-identified
+// leases first, by address then length, then IPv6-identified ones.
+func CompareID(a, b Lease) int {
+	x, y := a.ID(), b.ID()
+	if c := x.Addr().Compare(y.Addr()); c != 0 {
+		return c
+	}
+	return x.Bits() - y.Bits()
+}
+
 // Key returns flanneld's name for the lease (pkg/subnet MakeSubnetKey):
 // "10.5.42.0-24", "10.5.77.0-24&fd00:10:5:21::-64" with an IPv6 subnet,
 // "0.0.0.0-0&fd00:10:5:12::-64" on an IPv6-only network.

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -93,4 +94,30 @@ func FuzzParseSubnetKey(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A lease is identified by its IPv4 subnet, or by its IPv6 subnet when it
+// has none; CompareID puts IPv4-identified leases first.
+func TestLeaseID(t *testing.T) {
+	v4 := Lease{Subnet: netip.MustParsePrefix("10.5.42.0/24")}
+	dual := Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64")}
+	v6 := Lease{IPv6Subnet: netip.MustParsePrefix("fd00:10:5:12::/64")}
+	v6b := Lease{IPv6Subnet: netip.MustParsePrefix("fd00:10:5:3::/64")}
+	for _, c := range []struct {
+		l    Lease
+		want string
+	}{{v4, "10.5.42.0/24"}, {dual, "10.5.7.0/24"}, {v6, "fd00:10:5:12::/64"}} {
+		if got := c.l.ID().String(); got != c.want {
+			t.Errorf("%s: ID %s, want %s", c.l, got, c.want)
+		}
+	}
+	leases := []Lease{v6, v4, v6b, dual}
+	slices.SortFunc(leases, CompareID)
+	var got []string
+	for _, l := range leases {
+		got = append(got, l.ID().String())
+	}
+	if want := "10.5.7.0/24 10.5.42.0/24 fd00:10:5:3::/64 fd00:10:5:12::/64"; strings.Join(got, " ") != want {
+		t.Errorf("sorted by ID: %v, want %s", got, want)
+	}
 }

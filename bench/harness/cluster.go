@@ -134,8 +134,8 @@ func (c *Cluster) StartFlanneld(h *lab.Host) error {
 }
 
 // WaitSubnets waits for every started host's subnet file (weft writes it
-// once its data path is up), then attaches each host's pod to its subnet
-// with the overlay's MTU.
+// once its data path is up), then attaches each host's pod to its subnets
+// (IPv4, IPv6 or both, as the file names them) with the overlay's MTU.
 func (c *Cluster) WaitSubnets(ctx context.Context) error {
 	for i, h := range c.Lab.Hosts {
 		p := c.Runs[i]
@@ -147,8 +147,10 @@ func (c *Cluster) WaitSubnets(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
 		c.Envs[i] = env
-		if err := h.AttachPod(env.Subnet); err != nil {
-			return err
+		if env.Subnet.IsValid() {
+			if err := h.AttachPod(env.Subnet); err != nil {
+				return err
+			}
 		}
 		if env.IPv6Subnet.IsValid() && c.Lab.IPv6 {
 			if err := h.AttachPod6(env.IPv6Subnet); err != nil {
@@ -167,8 +169,8 @@ func (c *Cluster) WaitSubnets(ctx context.Context) error {
 // SubnetEnv is what a subnet file says.
 type SubnetEnv struct {
 	Network netip.Prefix
-	Subnet  netip.Prefix // masked: FLANNEL_SUBNET is the host's .1 address
-	// IPv6Network and IPv6Subnet (masked) are a dual-stack host's.
+	Subnet  netip.Prefix // masked: FLANNEL_SUBNET is the host's .1 address; zero on an IPv6-only network
+	// IPv6Network and IPv6Subnet (masked) are a host's with IPv6.
 	IPv6Network netip.Prefix
 	IPv6Subnet  netip.Prefix
 	MTU         int
@@ -223,8 +225,8 @@ func ParseSubnetEnv(b []byte) (SubnetEnv, error) {
 			return env, fmt.Errorf("subnet file: %s: %w", k, err)
 		}
 	}
-	if !env.Subnet.IsValid() {
-		return env, errors.New("subnet file: no FLANNEL_SUBNET")
+	if !env.Subnet.IsValid() && !env.IPv6Subnet.IsValid() {
+		return env, errors.New("subnet file: neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET")
 	}
 	return env, nil
 }

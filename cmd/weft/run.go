@@ -72,7 +72,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.ifaceRegex, "iface-regex", "regex expression to match the first interface to use (IP or name); repeatable")
 	fs.Var(&f.ifaceCanReach, "iface-can-reach", "detect the interface to use by the route to this IP address")
 	fs.StringVar(&f.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication (default: the interface's address)")
-	fs.StringVar(&f.publicIPv6, "public-ipv6", "", "IPv6 accessible by other nodes for inter-host communication on a dual-stack network (default: the interface's IPv6 address)")
+	fs.StringVar(&f.publicIPv6, "public-ipv6", "", "IPv6 accessible by other nodes for inter-host communication on a network with IPv6 (default: the interface's IPv6 address)")
 	fs.StringVar(&f.subnetFile, "subnet-file", lease.DefaultSubnetFile, "filename where env variables (subnet, MTU, ...) will be written to")
 	fs.IntVar(&f.renewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
 	fs.BoolVar(&f.ipMasq, "ip-masq", false, "setup IP masquerade rule for traffic destined outside of overlay network")

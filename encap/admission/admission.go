@@ -8,9 +8,12 @@
 // speaks. On a dual-stack network the same holds for a lease's IPv6
 // subnet, PublicIPv6 and BackendV6Data, when it has them (a host without
 // IPv6 is still a peer over IPv4, as with flanneld); a lease's IPv6 part
-// on a network without IPv6 is dropped, as flanneld ignores it.
+// on a network without IPv6 is dropped, as flanneld ignores it. On an
+// IPv6-only network the IPv6 part is required and checked the same way,
+// and a lease's IPv4 part is dropped, as flanneld ignores it there.
 // Everything else is refused, the whole lease, under one of the reason
-// names below, which logs, `weft status` and metrics share.
+// names below, which logs, `weft status` and metrics share. Leases are
+// keyed and ordered by lease.Lease.ID.
 package admission
 
 import (
@@ -32,9 +35,12 @@ const (
 	PublicIPTaken  = "public-ip-taken" // an older lease (or this host) has that public IP
 	BackendType    = "backend-type"    // another backend than this host's
 	BackendData    = "backend-data"    // the backend's data is unreadable or does not match
-	// IPv6 is the reason a lease without an IPv4 subnet (an IPv6-only
-	// host's) is refused: weft runs dual-stack networks, not IPv6-only
-	// ones yet.
+	// IPv6 is no longer given: it was the reason for a lease without an
+	// IPv4 subnet before weft ran IPv6-only networks. Such a lease is now
+	// admitted on an IPv6-only network and refused as OutsideNetwork on
+	// one with IPv4. The name stays in Reasons so that metric series
+	// (weft_peer_refusals_total{reason="ipv6-not-supported"}, zero) and
+	// scripts that name it keep working.
 	IPv6 = "ipv6-not-supported"
 	// Unreadable is the store's refusal, before admission: a key or value
 	// it cannot read (a non-canonical key, bad JSON, an unusable PublicIP).
@@ -59,6 +65,8 @@ func Refuse(reason, format string, args ...any) error {
 
 // Rule is what admission checks against.
 type Rule struct {
+	// Network and SubnetLen are the network's IPv4 part; zero on an
+	// IPv6-only network.
 	Network   netip.Prefix
 	SubnetLen int
 	// IPv6Network and IPv6SubnetLen are the network's IPv6 part; zero
@@ -68,7 +76,9 @@ type Rule struct {
 	Own           lease.Lease // this host's lease: its subnets and public IPs are taken
 	// Accept checks the backend type and data of a peer's lease for the
 	// backend this host runs; nil accepts any. An error that is not a
-	// *Refused counts as BackendData.
+	// *Refused counts as BackendData. On an IPv6-only network it sees
+	// leases without BackendData (the IPv4 part is dropped first): it
+	// checks the type, and AcceptIPv6 the data.
 	Accept func(lease.Attrs) error
 	// AcceptIPv6 checks, for a lease with an IPv6 subnet, the backend's
 	// IPv6 data (BackendV6Data); nil accepts any.
@@ -78,7 +88,10 @@ type Rule struct {
 // FromConfig is the Rule for a network config, this host's lease and the
 // backend's checks.
 func FromConfig(cfg *lease.Config, own lease.Lease, accept, acceptIPv6 func(lease.Attrs) error) Rule {
-	r := Rule{Network: cfg.Network, SubnetLen: cfg.SubnetLen, Own: own, Accept: accept, AcceptIPv6: acceptIPv6}
+	r := Rule{Own: own, Accept: accept, AcceptIPv6: acceptIPv6}
+	if cfg.EnableIPv4 {
+		r.Network, r.SubnetLen = cfg.Network, cfg.SubnetLen
+	}
 	if cfg.EnableIPv6 {
 		r.IPv6Network, r.IPv6SubnetLen = cfg.IPv6Network, cfg.IPv6SubnetLen
 	}
@@ -94,22 +107,31 @@ type Decision struct {
 // Admit decides every lease of snap except this host's own. It is pure:
 // the same snapshot gives the same decisions, whatever its order. When two
 // leases collide (same subnet, same public IP), the older one wins: the
-// lower creation revision, then the lower subnet.
+// lower creation revision, then the lower ID. The decisions are in ID
+// order, and their leases are as admission saw them: without the family
+// the network does not have.
 func Admit(r Rule, snap []lease.Lease) []Decision {
 	// Decide in age order (input position breaks ties, as a stable sort
-	// would), then answer in subnet order; a snapshot already sorted by
-	// subnet, as the stores give them, is not sorted again. A stable sort
-	// of the leases themselves cost 3 ms per snapshot at 5,000 leases.
+	// would), then answer in ID order; a snapshot already sorted by ID,
+	// as the stores give them, is not sorted again. A stable sort of the
+	// leases themselves cost 3 ms per snapshot at 5,000 leases.
+	leases := snap
+	switch {
+	case !r.IPv6Network.IsValid():
+		leases = withoutIPv6(snap)
+	case !r.Network.IsValid():
+		leases = withoutIPv4(snap)
+	}
 	order := make([]int, len(snap))
 	for i := range order {
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int {
-		la, lb := &snap[a], &snap[b]
+		la, lb := &leases[a], &leases[b]
 		if c := cmp.Compare(created(*la), created(*lb)); c != 0 {
 			return c
 		}
-		if c := la.Subnet.Addr().Compare(lb.Subnet.Addr()); c != 0 {
+		if c := lease.CompareID(*la, *lb); c != 0 {
 			return c
 		}
 		return cmp.Compare(a, b)
@@ -123,13 +145,10 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 			ips[ip] = true
 		}
 	}
-	leases := snap
-	if !r.IPv6Network.IsValid() {
-		leases = withoutIPv6(snap)
-	}
+	ownID := r.Own.ID()
 	for _, i := range order {
 		l := &leases[i]
-		if l.Subnet == r.Own.Subnet {
+		if l.ID() == ownID {
 			own[i] = true // this host's own lease
 			continue
 		}
@@ -138,8 +157,13 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 			ref = collides(l, subnets, ips)
 		}
 		if ref == nil {
-			subnets[l.Subnet] = true
-			ips[l.Attrs.PublicIP] = true
+			// An IPv6-only lease has no IPv4 subnet or public IP: the
+			// zero values must not be taken, or the second such lease
+			// would collide with the first.
+			if l.Subnet.IsValid() {
+				subnets[l.Subnet] = true
+				ips[l.Attrs.PublicIP] = true
+			}
 			if l.IPv6Subnet.IsValid() {
 				subnets[l.IPv6Subnet] = true
 				ips[l.Attrs.PublicIPv6] = true
@@ -153,9 +177,9 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 			out = append(out, Decision{Lease: l, Refused: decided[i]})
 		}
 	}
-	bySubnet := func(a, b Decision) int { return a.Lease.Subnet.Addr().Compare(b.Lease.Subnet.Addr()) }
-	if !slices.IsSortedFunc(out, bySubnet) {
-		slices.SortStableFunc(out, bySubnet)
+	byID := func(a, b Decision) int { return lease.CompareID(a.Lease, b.Lease) }
+	if !slices.IsSortedFunc(out, byID) {
+		slices.SortStableFunc(out, byID)
 	}
 	return out
 }
@@ -164,11 +188,11 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 // one of its subnets or public IPs.
 func collides(l *lease.Lease, subnets map[netip.Prefix]bool, ips map[netip.Addr]bool) *Refused {
 	switch {
-	case subnets[l.Subnet]:
+	case l.Subnet.IsValid() && subnets[l.Subnet]:
 		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", l.Subnet)}
 	case l.IPv6Subnet.IsValid() && subnets[l.IPv6Subnet]:
 		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", l.IPv6Subnet)}
-	case ips[l.Attrs.PublicIP]:
+	case l.Subnet.IsValid() && ips[l.Attrs.PublicIP]:
 		return &Refused{PublicIPTaken, fmt.Sprintf("public IP %s is already held by this host or an older lease", l.Attrs.PublicIP)}
 	case l.IPv6Subnet.IsValid() && ips[l.Attrs.PublicIPv6]:
 		return &Refused{PublicIPTaken, fmt.Sprintf("public IPv6 %s is already held by this host or an older lease", l.Attrs.PublicIPv6)}
@@ -195,6 +219,27 @@ func withoutIPv6(snap []lease.Lease) []lease.Lease {
 	return out
 }
 
+// withoutIPv4 is withoutIPv6 for an IPv6-only network: every lease's
+// IPv4 part (subnet, PublicIP, BackendData) is dropped, as flanneld's
+// backends ignore it there (no flannel.<VNI>, no IPv4 routes). A host
+// still in a dual-stack config stays a peer over IPv6; one with no IPv6
+// part is refused as having no subnet in the network.
+func withoutIPv4(snap []lease.Lease) []lease.Lease {
+	out := snap
+	for i, l := range snap {
+		if !l.Subnet.IsValid() && !l.Attrs.PublicIP.IsValid() && l.Attrs.BackendData == nil {
+			continue
+		}
+		if &out[0] == &snap[0] {
+			out = slices.Clone(snap)
+		}
+		out[i].Subnet = netip.Prefix{}
+		out[i].Attrs.PublicIP = netip.Addr{}
+		out[i].Attrs.BackendData = nil
+	}
+	return out
+}
+
 func created(l lease.Lease) int64 {
 	if l.CreateRevision != 0 {
 		return l.CreateRevision
@@ -203,14 +248,17 @@ func created(l lease.Lease) int64 {
 }
 
 func check(r Rule, l lease.Lease) *Refused {
+	if !r.Network.IsValid() {
+		return checkIPv6Only(r, l)
+	}
 	s := l.Subnet
 	switch {
 	case !s.IsValid() && l.IPv6Subnet.IsValid():
-		return &Refused{IPv6, fmt.Sprintf("%s has no IPv4 subnet: IPv6-only hosts are not supported yet", l.IPv6Subnet)}
+		return &Refused{OutsideNetwork, fmt.Sprintf("%s has no IPv4 subnet, but the network %s has IPv4 (an IPv6-only host's lease?)", l.IPv6Subnet, r.Network)}
 	case !s.IsValid():
 		return &Refused{OutsideNetwork, "no subnet"}
-	case s.Addr().Is6():
-		return &Refused{IPv6, fmt.Sprintf("%s is an IPv6 subnet", s)}
+	case !s.Addr().Is4():
+		return &Refused{OutsideNetwork, fmt.Sprintf("%s is not an IPv4 subnet", s)}
 	case s != s.Masked():
 		return &Refused{OutsideNetwork, fmt.Sprintf("%s is not a network address", s)}
 	case s.Bits() != r.SubnetLen:
@@ -230,6 +278,19 @@ func check(r Rule, l lease.Lease) *Refused {
 		return checkIPv6(r, l)
 	}
 	return nil
+}
+
+// checkIPv6Only is check on an IPv6-only network, for a lease whose IPv4
+// part withoutIPv4 dropped: the backend's type (Accept), then the IPv6
+// part, required.
+func checkIPv6Only(r Rule, l lease.Lease) *Refused {
+	if !l.IPv6Subnet.IsValid() {
+		return &Refused{OutsideNetwork, fmt.Sprintf("no IPv6 subnet, and the network is IPv6-only (%s)", r.IPv6Network)}
+	}
+	if ref := accept(r.Accept, l.Attrs); ref != nil {
+		return ref
+	}
+	return checkIPv6(r, l)
 }
 
 // checkIPv6 is check for a lease's IPv6 part.

@@ -42,7 +42,7 @@ func TestAdmitHostile(t *testing.T) {
 		{l("10.5.8.0/24", "192.0.2.2", 7), PublicIPTaken},                      // 10.5.2.0's address, younger
 		{l("10.5.10.0/24", "192.0.2.1", 1), PublicIPTaken},                     // this host's address
 		{hostGW, BackendType},                                                  // another backend
-		{l("fd00::/64", "192.0.2.77", 8), IPv6},                                // dual-stack is not here yet
+		{l("fd00::/64", "192.0.2.77", 8), OutsideNetwork},                      // an IPv6 subnet where the IPv4 one goes
 		{lease.Lease{Subnet: netip.MustParsePrefix("10.5.11.0/24")}, PublicIP}, // no public IP
 	}
 	var snap []lease.Lease

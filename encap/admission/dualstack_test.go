@@ -40,7 +40,7 @@ func TestAdmitDualStack(t *testing.T) {
 		{l6("10.5.10.0/24", "192.0.2.10", "fd00:10:5:a::/64", "", 10), PublicIP},
 		{l6("10.5.11.0/24", "192.0.2.11", "fd00:10:5:b::/64", "fe80::1", 11), PublicIP},
 		{l6("10.5.12.0/24", "192.0.2.12", "fd00:10:5:c:1::/80", "2001:db8::c", 12), SubnetLength},
-		{lease.Lease{IPv6Subnet: netip.MustParsePrefix("fd00:10:5:d::/64"), Attrs: lease.Attrs{PublicIPv6: netip.MustParseAddr("2001:db8::d")}, CreateRevision: 13}, IPv6},
+		{lease.Lease{IPv6Subnet: netip.MustParsePrefix("fd00:10:5:d::/64"), Attrs: lease.Attrs{PublicIPv6: netip.MustParseAddr("2001:db8::d")}, CreateRevision: 13}, OutsideNetwork}, // an IPv6-only host's lease
 	}
 	var snap []lease.Lease
 	for _, c := range cases {

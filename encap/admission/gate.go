@@ -18,8 +18,8 @@ type Gate struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex
-	refused map[netip.Prefix]*Refused
-	peers   []lease.Lease // admitted, by subnet: every subnet once (they do not overlap)
+	refused map[netip.Prefix]*Refused // by lease ID
+	peers   []lease.Lease             // admitted, by ID: every ID once (they do not overlap)
 	counts  map[string]uint64
 }
 
@@ -32,7 +32,7 @@ func NewGate(rule Rule, log *slog.Logger) *Gate {
 }
 
 // Admit returns the admitted peers of snap (this host's lease left out),
-// sorted by subnet.
+// sorted by ID (lease.CompareID).
 func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
 	ds := Admit(g.rule, snap)
 	peers := make([]lease.Lease, 0, len(ds))
@@ -40,7 +40,7 @@ func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, d := range ds {
-		s := d.Lease.Subnet
+		s := d.Lease.ID()
 		if d.Refused == nil {
 			peers = append(peers, d.Lease)
 			continue
@@ -48,24 +48,24 @@ func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
 		refused[s] = d.Refused
 		if old := g.refused[s]; old == nil || old.Reason != d.Refused.Reason {
 			g.counts[d.Refused.Reason]++
-			g.log.Warn("peer lease refused", "subnet", s, "public-ip", d.Lease.Attrs.PublicIP, "reason", d.Refused.Reason, "why", d.Refused.Detail)
+			g.log.Warn("peer lease refused", append(logAttrs(d.Lease), "reason", d.Refused.Reason, "why", d.Refused.Detail)...)
 		}
 	}
-	// Both lists are in subnet order with every subnet once: a merge
-	// finds what came and went without a map of 5,000 leases per snapshot.
+	// Both lists are in ID order with every ID once: a merge finds what
+	// came and went without a map of 5,000 leases per snapshot.
 	old := g.peers
 	i, j := 0, 0
 	for i < len(old) || j < len(peers) {
 		switch {
-		case j == len(peers) || i < len(old) && old[i].Subnet.Addr().Less(peers[j].Subnet.Addr()):
-			g.log.Info("subnet removed", "subnet", old[i].Subnet, "public-ip", old[i].Attrs.PublicIP)
+		case j == len(peers) || i < len(old) && lease.CompareID(old[i], peers[j]) < 0:
+			g.log.Info("subnet removed", logAttrs(old[i])...)
 			i++
-		case i == len(old) || peers[j].Subnet.Addr().Less(old[i].Subnet.Addr()):
-			g.log.Info("subnet added", "subnet", peers[j].Subnet, "public-ip", peers[j].Attrs.PublicIP, "backend", BackendName(peers[j].Attrs))
+		case i == len(old) || lease.CompareID(peers[j], old[i]) < 0:
+			g.log.Info("subnet added", append(logAttrs(peers[j]), "backend", BackendName(peers[j].Attrs))...)
 			j++
 		default:
-			if old[i].Attrs.PublicIP != peers[j].Attrs.PublicIP {
-				g.log.Info("subnet added", "subnet", peers[j].Subnet, "public-ip", peers[j].Attrs.PublicIP, "backend", BackendName(peers[j].Attrs))
+			if old[i].Attrs.PublicIP != peers[j].Attrs.PublicIP || old[i].Attrs.PublicIPv6 != peers[j].Attrs.PublicIPv6 {
+				g.log.Info("subnet added", append(logAttrs(peers[j]), "backend", BackendName(peers[j].Attrs))...)
 			}
 			i++
 			j++
@@ -75,8 +75,17 @@ func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
 	return peers
 }
 
+// logAttrs names a lease in logs: its ID and the public address of that
+// family.
+func logAttrs(l lease.Lease) []any {
+	if l.Subnet.IsValid() {
+		return []any{"subnet", l.Subnet, "public-ip", l.Attrs.PublicIP}
+	}
+	return []any{"subnet", l.IPv6Subnet, "public-ipv6", l.Attrs.PublicIPv6}
+}
+
 // Refused returns the leases of the last snapshot that were refused, by
-// subnet, as "reason: detail".
+// ID, as "reason: detail".
 func (g *Gate) Refused() map[string]string {
 	g.mu.Lock()
 	defer g.mu.Unlock()

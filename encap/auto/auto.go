@@ -20,6 +20,7 @@
 // On a dual-stack network host-gw routes IPv6 to each peer's PublicIPv6,
 // so the rule asks the same of the IPv6 addresses: this host's, and every
 // peer's that has an IPv6 subnet, on this host's connected IPv6 prefixes.
+// On an IPv6-only network it asks only that.
 package auto
 
 import (
@@ -33,8 +34,9 @@ import (
 
 // Facts are what the choice rests on.
 type Facts struct {
-	// Self is this host's public IP; Self6 its public IPv6 on a
-	// dual-stack network (else the zero Addr).
+	// Self is this host's public IP (the zero Addr on an IPv6-only
+	// network); Self6 its public IPv6 on a network with IPv6 (else the
+	// zero Addr).
 	Self  netip.Addr
 	Self6 netip.Addr
 	// Peers are the other hosts' leases (admitted, whatever their
@@ -53,7 +55,7 @@ func Choose(f Facts) (typ, why string) {
 	if f.NoHostGW != "" {
 		return "vxlan", "auto: " + f.NoHostGW
 	}
-	if !kernel.OnSegment(f.Connected, f.Self) {
+	if f.Self.IsValid() && !kernel.OnSegment(f.Connected, f.Self) || !f.Self.IsValid() && !f.Self6.IsValid() {
 		return "vxlan", fmt.Sprintf("auto: this host's public IP %s is not on its segment %s, so host-gw cannot work", f.Self, seg)
 	}
 	if f.Self6.IsValid() && !kernel.OnSegment(f.Connected, f.Self6) {
@@ -61,7 +63,7 @@ func Choose(f Facts) (typ, why string) {
 	}
 	var off []string
 	for _, p := range f.Peers {
-		if !kernel.OnSegment(f.Connected, p.Attrs.PublicIP) {
+		if p.Subnet.IsValid() && !kernel.OnSegment(f.Connected, p.Attrs.PublicIP) {
 			off = append(off, fmt.Sprintf("%s (%s)", p.Subnet, p.Attrs.PublicIP))
 		}
 		if f.Self6.IsValid() && p.IPv6Subnet.IsValid() && !kernel.OnSegment(f.Connected, p.Attrs.PublicIPv6) {

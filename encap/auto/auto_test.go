@@ -102,3 +102,28 @@ func TestChooseDualStack(t *testing.T) {
 		}
 	}
 }
+
+// On an IPv6-only network only the IPv6 addresses count: this host has
+// no public IP, and its peers' leases no IPv4 part.
+func TestChooseIPv6Only(t *testing.T) {
+	seg := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64")}
+	peer := func(ip6 string) lease.Lease {
+		return lease.Lease{IPv6Subnet: netip.MustParsePrefix("fd00:10:5:2::/64"), Attrs: lease.Attrs{PublicIPv6: netip.MustParseAddr(ip6)}}
+	}
+	self6 := netip.MustParseAddr("2001:db8::1")
+	for _, tc := range []struct {
+		self6 netip.Addr
+		peers []lease.Lease
+		want  string
+	}{
+		{self6, nil, "host-gw"},
+		{self6, []lease.Lease{peer("2001:db8::2")}, "host-gw"},
+		{self6, []lease.Lease{peer("2001:db8::2"), peer("2001:db9::3")}, "vxlan"},
+		{netip.MustParseAddr("2001:db9::1"), []lease.Lease{peer("2001:db8::2")}, "vxlan"},
+		{netip.Addr{}, nil, "vxlan"}, // no address at all: nothing to route to
+	} {
+		if got, why := Choose(Facts{Self6: tc.self6, Peers: tc.peers, Connected: seg}); got != tc.want {
+			t.Errorf("self6 %v, peers %+v: %s (%s), want %s", tc.self6, tc.peers, got, why, tc.want)
+		}
+	}
+}

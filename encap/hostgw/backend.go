@@ -1,7 +1,8 @@
 // Package hostgw is weft's host-gw backend, flanneld's host-gw over
 // netlink: per peer lease, a route for the peer's subnet via the peer's
 // public IP on the underlay interface, and on a dual-stack network one for
-// the peer's IPv6 subnet via its public IPv6; no encapsulation at all. It
+// the peer's IPv6 subnet via its public IPv6 (on an IPv6-only network that
+// one alone); no encapsulation at all. It
 // works only between hosts on one L2 segment, so a peer behind a router
 // is refused by name (per family) rather than black-holed. A reconcile
 // loop keeps the routes in place.
@@ -64,7 +65,10 @@ func New(o Options) (*Backend, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	if !o.Host.IfaceAddr.Is4() {
+	// A Host without IPv4 and with a public IPv6 is an IPv6-only
+	// network's: IPv6 routes only.
+	ipv6Only := !o.Host.IfaceAddr.IsValid() && o.Host.PublicIPv6.IsValid()
+	if !ipv6Only && !o.Host.IfaceAddr.Is4() {
 		return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address", o.Host.Iface)
 	}
 	if err := CheckPublicIP(o.Host); err != nil {
@@ -100,8 +104,9 @@ func CheckPublicIP(h encap.Host) error {
 func (b *Backend) Type() string { return "host-gw" }
 
 // Attrs: flanneld's host-gw lease has BackendType "host-gw" and no
-// BackendData; on a dual-stack network it has PublicIPv6 and no
-// BackendV6Data.
+// BackendData; on a network with IPv6 it has PublicIPv6 and no
+// BackendV6Data, and on an IPv6-only one no PublicIP (flanneld writes
+// "0.0.0.0").
 func (b *Backend) Attrs() (lease.Attrs, error) {
 	return lease.Attrs{PublicIP: b.host.PublicIP, PublicIPv6: b.host.PublicIPv6, BackendType: "host-gw"}, nil
 }
@@ -158,11 +163,12 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	}
 	for _, l := range b.leases {
 		var p Peer
-		if route(l.Subnet, l.Attrs.PublicIP, Refuse(l, connected)) {
+		// Admission passes an IPv4 subnet only on a network with IPv4.
+		if l.Subnet.IsValid() && route(l.Subnet, l.Attrs.PublicIP, Refuse(l, connected)) {
 			p.Subnet, p.PublicIP = l.Subnet, l.Attrs.PublicIP
 		}
 		// As flanneld: "fd00:10:5:27::/64 via 2001:db8::2 dev fk-v1".
-		// Admission passes an IPv6 subnet only on a dual-stack network.
+		// Admission passes an IPv6 subnet only on a network with IPv6.
 		if l.IPv6Subnet.IsValid() && route(l.IPv6Subnet, l.Attrs.PublicIPv6, RefuseIPv6(l, connected)) {
 			p.IPv6Subnet, p.PublicIPv6 = l.IPv6Subnet, l.Attrs.PublicIPv6
 		}

@@ -5,7 +5,8 @@
 // subnet; the kernel does the encapsulation. On a dual-stack network a
 // second device, flannel-v6.<VNI>, with an IPv6 local address, carries
 // the IPv6 subnets the same way (its own MAC, BackendV6Data, PublicIPv6).
-// A reconcile loop keeps that state in place.
+// On an IPv6-only network (a Host without IPv4) flannel-v6.<VNI> is the
+// only device, as flanneld's. A reconcile loop keeps that state in place.
 package vxlan
 
 import (
@@ -23,6 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/encap"
+	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/encap/kernel"
 	"github.com/weft-net/weft/lease"
 )
@@ -55,8 +57,9 @@ type Backend struct {
 	log    *slog.Logger
 	sysctl func(key, value string) error
 	rec    *kernel.Reconciler
-	// v4 is flannel.<VNI>; v6 flannel-v6.<VNI>, nil unless the network is
-	// dual-stack (Host.PublicIPv6 set).
+	// v4 is flannel.<VNI>, nil on an IPv6-only network (Host.IfaceAddr
+	// not set); v6 is flannel-v6.<VNI>, nil unless the network has IPv6
+	// (Host.PublicIPv6 set).
 	v4, v6          *vtep
 	leases, leases6 LeaseCache // BackendData, BackendV6Data
 	accept, accept6 func(lease.Attrs) error
@@ -69,12 +72,13 @@ type Backend struct {
 }
 
 type peer struct {
-	Subnet   netip.Prefix `json:"subnet"`
-	PublicIP netip.Addr   `json:"public_ip"`
-	VtepMAC  string       `json:"vtep_mac"`
+	// The IPv4 part; zero on an IPv6-only network.
+	Subnet   netip.Prefix `json:"subnet,omitzero"`
+	PublicIP netip.Addr   `json:"public_ip,omitzero"`
+	VtepMAC  string       `json:"vtep_mac,omitempty"`
 	Direct   bool         `json:"direct,omitempty"` // DirectRouting: a plain route
 	mac      net.HardwareAddr
-	// The IPv6 part, on a dual-stack network, of a peer with IPv6.
+	// The IPv6 part, on a network with IPv6, of a peer with IPv6.
 	IPv6Subnet netip.Prefix `json:"ipv6_subnet,omitzero"`
 	PublicIPv6 netip.Addr   `json:"public_ipv6,omitzero"`
 	VtepMAC6   string       `json:"vtep_mac_v6,omitempty"`
@@ -88,7 +92,9 @@ var (
 	_ encap.IPv6Acceptor = (*Backend)(nil)
 )
 
-// New checks the options; the device is made by Attrs.
+// New checks the options; the devices are made by Attrs. A Host without
+// an IPv4 address (IfaceAddr) and with a PublicIPv6 is an IPv6-only
+// network's: flannel-v6.<VNI> alone.
 func New(o Options) (*Backend, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -96,7 +102,8 @@ func New(o Options) (*Backend, error) {
 	if o.Sysctl == nil {
 		o.Sysctl = func(key, value string) error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) }
 	}
-	if !o.Host.IfaceAddr.Is4() {
+	ipv6Only := !o.Host.IfaceAddr.IsValid() && o.Host.PublicIPv6.IsValid()
+	if !ipv6Only && !o.Host.IfaceAddr.Is4() {
 		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address", o.Host.Iface)
 	}
 	mtu := DeviceMTU(o.Host, o.Config, o.Log)
@@ -104,9 +111,9 @@ func New(o Options) (*Backend, error) {
 		name: DeviceName(o.Config.VNI), vni: o.Config.VNI, port: o.Config.Port, gbp: o.Config.GBP,
 		learning: o.Config.Learning, vtepIndex: o.Host.IfaceIndex, vtepAddr: o.Host.IfaceAddr, mtu: mtu,
 	}
-	b := &Backend{
-		cfg: o.Config, host: o.Host, nl: o.NL, log: o.Log, sysctl: o.Sysctl,
-		v4: &vtep{spec: spec, prevMAC: o.PrevMAC},
+	b := &Backend{cfg: o.Config, host: o.Host, nl: o.NL, log: o.Log, sysctl: o.Sysctl}
+	if !ipv6Only {
+		b.v4 = &vtep{spec: spec, prevMAC: o.PrevMAC}
 	}
 	if o.Host.PublicIPv6.IsValid() {
 		// The device's local address is the interface's, as flannel.<VNI>'s
@@ -123,7 +130,7 @@ func New(o Options) (*Backend, error) {
 		mtu6 := DeviceMTU6(o.Host, o.Config)
 		if mtu6 < minMTU6 {
 			return nil, fmt.Errorf("vxlan: %s would get MTU %d (the underlay's %d less %d), below IPv6's minimum %d, so the kernel would disable IPv6 on it: "+
-				"a dual-stack network needs an underlay MTU (the interface's, or Backend.MTU) of at least %d",
+				"a network with IPv6 needs an underlay MTU (the interface's, or Backend.MTU) of at least %d",
 				DeviceName6(o.Config.VNI), mtu6, mtu6+Overhead6, Overhead6, minMTU6, minMTU6+Overhead6)
 		}
 		spec6 := spec
@@ -132,18 +139,30 @@ func New(o Options) (*Backend, error) {
 	}
 	b.leases6.V6 = true
 	b.accept = AcceptLeaseCached(o.Config.VNI, &b.leases)
+	if ipv6Only {
+		// Admission drops the IPv4 part (BackendData) of leases on an
+		// IPv6-only network: the type here, the data in accept6.
+		b.accept = admission.AcceptType("vxlan")
+		mtu = b.v6.spec.mtu
+	}
 	b.accept6 = AcceptLeaseV6Cached(o.Config.VNI, &b.leases6)
 	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "vxlan"), Interval: o.Interval, Desired: b.desired}
 	b.log.Info("vxlan config", "vni", o.Config.VNI, "port", o.Config.Port, "gbp", o.Config.GBP,
-		"learning", o.Config.Learning, "direct-routing", o.Config.DirectRouting, "mtu", mtu, "ipv6", b.v6 != nil)
+		"learning", o.Config.Learning, "direct-routing", o.Config.DirectRouting, "mtu", mtu, "ipv6", b.v6 != nil, "ipv4", b.v4 != nil)
 	return b, nil
 }
 
-// Device is the vxlan device's name.
-func (b *Backend) Device() string { return b.v4.spec.name }
+// Device is the name of the backend's first device: flannel.<VNI>, or
+// flannel-v6.<VNI> on an IPv6-only network.
+func (b *Backend) Device() string {
+	if b.v4 == nil {
+		return b.v6.spec.name
+	}
+	return b.v4.spec.name
+}
 
-// Device6 is the IPv6 vxlan device's name, "" unless the network is
-// dual-stack.
+// Device6 is the IPv6 vxlan device's name, "" unless the network has
+// IPv6.
 func (b *Backend) Device6() string {
 	if b.v6 == nil {
 		return ""
@@ -155,19 +174,27 @@ func (b *Backend) Type() string { return "vxlan" }
 
 // Attrs creates (or reuses) the devices, since the lease carries their
 // MACs: flanneld too sets the devices up before it acquires the lease. On
-// a dual-stack network the attributes carry PublicIPv6 and BackendV6Data,
+// a network with IPv6 the attributes carry PublicIPv6 and BackendV6Data,
 // in flanneld's bytes; otherwise a flannel-v6.<VNI> an earlier dual-stack
-// run left is removed.
+// run left is removed. On an IPv6-only network they carry no PublicIP and
+// no BackendData (flanneld: "PublicIP":"0.0.0.0", no BackendData), and a
+// flannel.<VNI> an earlier run left is removed.
 func (b *Backend) Attrs() (lease.Attrs, error) {
-	data, err := b.attrs(b.v4)
-	if err != nil {
-		return lease.Attrs{}, err
+	a := lease.Attrs{BackendType: "vxlan"}
+	if b.v4 == nil {
+		b.removeStaleDevice(DeviceName(b.cfg.VNI))
+	} else {
+		data, err := b.attrs(b.v4)
+		if err != nil {
+			return lease.Attrs{}, err
+		}
+		a.PublicIP, a.BackendData = b.host.PublicIP, data
 	}
-	a := lease.Attrs{PublicIP: b.host.PublicIP, BackendType: "vxlan", BackendData: data}
 	if b.v6 == nil {
-		b.removeStaleDevice6()
+		b.removeStaleDevice(DeviceName6(b.cfg.VNI))
 		return a, nil
 	}
+	var err error
 	if a.BackendV6Data, err = b.attrs(b.v6); err != nil {
 		return lease.Attrs{}, err
 	}
@@ -202,47 +229,60 @@ func (b *Backend) attrs(v *vtep) (json.RawMessage, error) {
 	return data, nil
 }
 
-// removeStaleDevice6 deletes the flannel-v6.<VNI> of an earlier dual-stack
-// run on a network that is no longer dual-stack (the daemon keeps it with
-// flannel.<VNI>); its routes, neighbours and FDB entries go with it.
-func (b *Backend) removeStaleDevice6() {
-	name := DeviceName6(b.cfg.VNI)
+// removeStaleDevice deletes the device name of an earlier run on a
+// network that no longer has its family: flannel-v6.<VNI> on one without
+// IPv6 (the daemon keeps it with flannel.<VNI>), flannel.<VNI> on an
+// IPv6-only one. Its routes, neighbours and FDB entries go with it.
+func (b *Backend) removeStaleDevice(name string) {
 	l, err := b.nl.H.LinkByName(name)
 	if err != nil || l.Type() != "vxlan" {
 		return
 	}
 	if err := b.nl.H.LinkDel(l); err != nil {
-		b.log.Warn("cannot remove the IPv6 vxlan device of an earlier dual-stack run", "device", name, "err", err)
+		b.log.Warn("cannot remove the vxlan device of an earlier run: the network no longer has its address family", "device", name, "err", err)
 		return
 	}
-	b.log.Info("removed the IPv6 vxlan device of an earlier dual-stack run", "device", name)
+	b.log.Info("removed the vxlan device of an earlier run: the network no longer has its address family", "device", name)
 }
 
 // Start gives the devices the lease's addresses and brings them up. It
 // returns the MTU pods should use: on a dual-stack network the smaller of
-// the two devices' MTUs (flannel-v6.<VNI>'s, 20 bytes less).
+// the two devices' MTUs (flannel-v6.<VNI>'s, 20 bytes less); on an
+// IPv6-only network flannel-v6.<VNI>'s.
 //
 // flanneld v0.28.9 writes FLANNEL_MTU from flannel.<VNI> alone (1450 on a
 // 1500 underlay, fixture dualstack/vxlan) while flannel-v6.<VNI> has 1430,
 // so pods send IPv6 packets the device cannot carry: large ones are lost,
 // or rely on ICMPv6 Packet Too Big from the host. weft deliberately writes
-// the smaller MTU, which both families fit.
+// the smaller MTU, which both families fit. On an IPv6-only network
+// flanneld still writes 1450 (fixture ipv6only/vxlan, where no
+// flannel.<VNI> even exists); weft writes 1430, the device's real MTU.
 func (b *Backend) Start(_ context.Context, own lease.Lease) (int, error) {
 	switch {
 	case b.v6 != nil && !own.IPv6Subnet.IsValid():
-		return 0, fmt.Errorf("vxlan: the network is dual-stack (this host's public IPv6 is %s) but the lease %s has no IPv6 subnet", b.host.PublicIPv6, own.Subnet)
+		return 0, fmt.Errorf("vxlan: the network has IPv6 (this host's public IPv6 is %s) but the lease %s has no IPv6 subnet", b.host.PublicIPv6, own)
 	case b.v6 == nil && own.IPv6Subnet.IsValid():
 		return 0, fmt.Errorf("vxlan: the lease has the IPv6 subnet %s but this host has no public IPv6 address for %s", own.IPv6Subnet, DeviceName6(b.cfg.VNI))
+	case b.v4 != nil && !own.Subnet.IsValid():
+		return 0, fmt.Errorf("vxlan: the lease %s has no IPv4 subnet for %s", own, DeviceName(b.cfg.VNI))
+	case b.v4 == nil && own.Subnet.IsValid():
+		return 0, fmt.Errorf("vxlan: the lease has the IPv4 subnet %s but this host has no IPv4 address (an IPv6-only network)", own.Subnet)
 	}
 	b.mu.Lock()
 	b.own = own
 	b.started = true
 	b.mu.Unlock()
-	mtu, err := b.start(b.v4, own.Subnet.Addr())
-	if err != nil || b.v6 == nil {
-		return mtu, err
+	mtu := 0
+	if b.v4 != nil {
+		var err error
+		if mtu, err = b.start(b.v4, own.Subnet.Addr()); err != nil || b.v6 == nil {
+			return mtu, err
+		}
 	}
 	mtu6, err := b.start(b.v6, own.IPv6Subnet.Addr())
+	if mtu == 0 {
+		return mtu6, err
+	}
 	return min(mtu, mtu6), err
 }
 
@@ -272,23 +312,32 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 		b.log.Warn("cannot read the underlay's subnets; DirectRouting off for this snapshot", "err", err)
 	}
 	peers := make([]peer, 0, len(leases))
-	macs := b.leases.Snapshot(leases)
-	var macs6 []net.HardwareAddr
+	var macs, macs6 []net.HardwareAddr
+	if b.v4 != nil {
+		macs = b.leases.Snapshot(leases)
+	}
 	if b.v6 != nil {
 		macs6 = b.leases6.Snapshot(leases)
 	}
 	for i, l := range leases {
-		mac := macs[i]
-		if mac == nil {
-			continue // admission checked it; never program a peer without a MAC
+		var p peer
+		// Admission checked the data; never program a peer without a
+		// MAC. A peer without IPv6 (or, on a network without it, any
+		// peer) is reached over IPv4 only; on an IPv6-only network every
+		// peer over IPv6 only.
+		if macs != nil {
+			mac := macs[i]
+			if mac == nil {
+				continue
+			}
+			p = peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
+				Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)}
 		}
-		p := peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
-			Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)}
-		// A peer without IPv6 (or, on a network without it, any peer) is
-		// reached over IPv4 only.
-		if mac6 := macs6; mac6 != nil && mac6[i] != nil {
-			p.IPv6Subnet, p.PublicIPv6, p.VtepMAC6, p.mac6 = l.IPv6Subnet, l.Attrs.PublicIPv6, mac6[i].String(), mac6[i]
+		if macs6 != nil && macs6[i] != nil {
+			p.IPv6Subnet, p.PublicIPv6, p.VtepMAC6, p.mac6 = l.IPv6Subnet, l.Attrs.PublicIPv6, macs6[i].String(), macs6[i]
 			p.Direct6 = b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIPv6)
+		} else if macs == nil {
+			continue
 		}
 		peers = append(peers, p)
 	}
@@ -309,21 +358,13 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 	if !ready || !started {
 		return kernel.State{}, false, nil
 	}
-	dev, err := b.repairDevice(b.v4, own.Subnet.Addr())
-	if err != nil {
-		return kernel.State{}, false, err
-	}
-	s := kernel.State{Dev: dev.Index, Routes: make([]kernel.Route, 0, len(peers)),
-		Neighs: make([]kernel.Neigh, 0, len(peers)), FDB: make([]kernel.FDB, 0, len(peers))}
-	for _, p := range peers {
-		if p.Direct {
-			s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})
-			continue
+	s := kernel.State{Routes: make([]kernel.Route, 0, len(peers))}
+	if b.v4 != nil {
+		dev, err := b.repairDevice(b.v4, own.Subnet.Addr())
+		if err != nil {
+			return kernel.State{}, false, err
 		}
-		gw := p.Subnet.Addr() // the peer's flannel.<VNI> address
-		s.Neighs = append(s.Neighs, kernel.Neigh{IP: gw, MAC: p.mac})
-		s.FDB = append(s.FDB, kernel.FDB{MAC: p.mac, Dst: p.PublicIP})
-		s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: gw, LinkIndex: dev.Index, Onlink: true})
+		b.desired4(&s, dev, peers)
 	}
 	if b.v6 == nil {
 		return s, true, nil
@@ -349,6 +390,23 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 		}
 	}
 	return s, true, nil
+}
+
+// desired4 adds flannel.<VNI>'s part of the state: per peer "10.5.62.0/24
+// via 10.5.62.0 dev flannel.1 onlink", the neighbour and the FDB entry.
+func (b *Backend) desired4(s *kernel.State, dev *netlink.Vxlan, peers []peer) {
+	s.Dev = dev.Index
+	s.Neighs, s.FDB = make([]kernel.Neigh, 0, len(peers)), make([]kernel.FDB, 0, len(peers))
+	for _, p := range peers {
+		if p.Direct {
+			s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})
+			continue
+		}
+		gw := p.Subnet.Addr() // the peer's flannel.<VNI> address
+		s.Neighs = append(s.Neighs, kernel.Neigh{IP: gw, MAC: p.mac})
+		s.FDB = append(s.FDB, kernel.FDB{MAC: p.mac, Dst: p.PublicIP})
+		s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: gw, LinkIndex: dev.Index, Onlink: true})
+	}
 }
 
 // repairDevice returns v's device configured with addr: recreated with the
@@ -389,14 +447,15 @@ func (b *Backend) Reconcile() error { return b.rec.Pass() }
 // Run reconciles until ctx ends and leaves the kernel state in place.
 func (b *Backend) Run(ctx context.Context) error { return b.rec.Run(ctx) }
 
-// Status is the vxlan backend's part of `weft stats`. Device6, MAC6 and
-// MTU6 describe flannel-v6.<VNI> on a dual-stack network.
+// Status is the vxlan backend's part of `weft stats`. Device, MAC and
+// MTU describe flannel.<VNI> (empty on an IPv6-only network); Device6,
+// MAC6 and MTU6 flannel-v6.<VNI> on a network with IPv6.
 type Status struct {
-	Device    string       `json:"device"`
+	Device    string       `json:"device,omitempty"`
 	VNI       int          `json:"vni"`
 	Port      int          `json:"port"`
-	MAC       string       `json:"mac"`
-	MTU       int          `json:"mtu"`
+	MAC       string       `json:"mac,omitempty"`
+	MTU       int          `json:"mtu,omitempty"`
 	Device6   string       `json:"device_v6,omitempty"`
 	MAC6      string       `json:"mac_v6,omitempty"`
 	MTU6      int          `json:"mtu_v6,omitempty"`
@@ -409,8 +468,10 @@ type Status struct {
 func (b *Backend) Status() any {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Status{Device: b.v4.spec.name, VNI: b.cfg.VNI, Port: b.cfg.Port, MAC: b.v4.mac.String(), MTU: b.v4.spec.mtu,
-		GBP: b.cfg.GBP, Direct: b.cfg.DirectRouting, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
+	s := Status{VNI: b.cfg.VNI, Port: b.cfg.Port, GBP: b.cfg.GBP, Direct: b.cfg.DirectRouting, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
+	if b.v4 != nil {
+		s.Device, s.MAC, s.MTU = b.v4.spec.name, b.v4.mac.String(), b.v4.spec.mtu
+	}
 	if b.v6 != nil {
 		s.Device6, s.MAC6, s.MTU6 = b.v6.spec.name, b.v6.mac.String(), b.v6.spec.mtu
 	}

@@ -44,10 +44,10 @@ const (
 )
 
 // Watch sends a snapshot of all leases under <prefix>/subnets/ (this
-// host's included), sorted by subnet: first the current set, then a new
-// one after each batch of changes. It follows a prefix watch, resuming
-// from the last revision seen after a disconnect and listing anew when
-// etcd compacted that revision away. While etcd is unreachable nothing is
+// host's included), sorted by ID (lease.CompareID): first the current
+// set, then a new one after each batch of changes. It follows a prefix
+// watch, resuming from the last revision seen after a disconnect and
+// listing anew when etcd compacted that revision away. While etcd is unreachable nothing is
 // sent, so the last snapshot stands. A key that is not SubnetKey's
 // spelling, or a value that is not flanneld's lease JSON with a usable
 // PublicIP, is left out and logged once (a bounded excerpt); the rest
@@ -300,8 +300,8 @@ func (m *Store) send(ctx context.Context, out chan<- []lease.Lease, st *watchSta
 	}
 }
 
-// snapshot is st's leases sorted by subnet (IPv4, then IPv6), each subnet
-// of either family once. Keys that share a subnet (flanneld's "a-24"
+// snapshot is st's leases sorted by ID (lease.CompareID), then IPv6
+// subnet, each subnet of either family once. Keys that share a subnet (flanneld's "a-24"
 // beside a dual-stack "a-24&v6-64", or a second key reusing another's
 // IPv6 subnet under another IPv4 one) are settled by age: the lease
 // created first (lowest create revision, then mod revision, then name)
@@ -330,7 +330,7 @@ func (m *Store) snapshot(st *watchState) []lease.Lease {
 	}
 	bySubnet := func(i, j int32) int {
 		a, b := &all[i].l, &all[j].l
-		if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
+		if c := lease.CompareID(*a, *b); c != 0 {
 			return c
 		}
 		return a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr())

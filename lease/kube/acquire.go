@@ -122,7 +122,7 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 		return lease.Lease{}, err
 	}
 	if !s.conf.EnableIPv4 {
-		return lease.Lease{}, errors.New("kube subnet manager: \"EnableIPv4\": false: IPv6-only networks are not supported in Kubernetes mode yet (dual-stack ones are)")
+		return lease.Lease{}, errors.New("kube subnet manager: \"EnableIPv4\": false: IPv6-only networks are not supported in Kubernetes mode yet (dual-stack ones are, and IPv6-only ones with the etcd store)")
 	}
 	n, err := s.ownNode(ctx)
 	if err != nil {

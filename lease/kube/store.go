@@ -80,7 +80,7 @@ type Store struct {
 	leases   map[string]nodeLease    // by Node name: annotated Nodes with a valid lease
 	changed  chan struct{}           // closed and replaced on every change
 	refused  map[string]string       // by Node name: why its annotations make no lease (logged once)
-	origin   map[netip.Prefix]string // by subnet: the Node of the last snapshot's lease
+	origin   map[netip.Prefix]string // by lease ID: the Node of the last snapshot's lease
 	ownAttrs lease.Attrs             // as Acquire wrote them
 	// unreadable counts the times an annotated Node started to have no
 	// valid lease (Unreadable).

@@ -324,8 +324,8 @@ func (s *Store) ownSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 	return v4, v6, nil
 }
 
-// snapshot is the current lease set, one lease per subnet (of two Nodes
-// claiming one subnet, the older), sorted by subnet.
+// snapshot is the current lease set, one lease per ID (of two Nodes
+// claiming one subnet, the older), sorted by ID (lease.CompareID).
 func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -343,13 +343,13 @@ func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 	out := make([]lease.Lease, 0, len(names))
 	for _, n := range names {
 		l := s.leases[n].lease
-		if _, dup := s.origin[l.Subnet]; dup {
+		if _, dup := s.origin[l.ID()]; dup {
 			continue
 		}
-		s.origin[l.Subnet] = n
+		s.origin[l.ID()] = n
 		out = append(out, l)
 	}
-	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortFunc(out, lease.CompareID)
 	return out, s.changed
 }
 
@@ -379,11 +379,12 @@ func (s *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
 	}
 }
 
-// Origin names the Node a subnet's lease comes from, for status.
-func (s *Store) Origin(subnet netip.Prefix) string {
+// Origin names the Node the lease with ID id (lease.Lease.ID) comes
+// from, for status.
+func (s *Store) Origin(id netip.Prefix) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n, ok := s.origin[subnet]; ok {
+	if n, ok := s.origin[id]; ok {
 		return "node/" + n
 	}
 	return ""
