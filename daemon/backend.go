@@ -133,9 +133,11 @@ func previousVtepMACs(ctx context.Context, store lease.Manager, log *slog.Logger
 	if err != nil || !ok || a.BackendType != "vxlan" {
 		return nil, nil
 	}
-	if _, v4, err = vxlan.ParseLeaseData(a.BackendData); err != nil {
-		log.Warn("the previous lease's VtepMAC is not usable", "err", err)
-		v4 = nil
+	if len(a.BackendData) > 0 { // none on an IPv6-only network
+		if _, v4, err = vxlan.ParseLeaseData(a.BackendData); err != nil {
+			log.Warn("the previous lease's VtepMAC is not usable", "err", err)
+			v4 = nil
+		}
 	}
 	if len(a.BackendV6Data) > 0 {
 		if _, v6, err = vxlan.ParseLeaseV6Data(a.BackendV6Data); err != nil {
