@@ -94,7 +94,7 @@ func TestVXLANUserspaceUnderNoKernelVXLAN(t *testing.T) {
 		var err error
 		o := &Options{NoKernelVXLAN: true, Datapath: userspace.Options{StateDir: filepath.Dir(filepath.Join(h.Dir, "subnet.env"))}}
 		b, why, err = selectBackend(context.Background(), o, host,
-			&lease.Config{BackendType: "vxlan", Backend: []byte(`{"Type":"vxlan","VNI":7}`)}, slog.New(slog.DiscardHandler))
+			&lease.Config{EnableIPv4: true, BackendType: "vxlan", Backend: []byte(`{"Type":"vxlan","VNI":7}`)}, slog.New(slog.DiscardHandler))
 		return err
 	})
 	if err != nil {
