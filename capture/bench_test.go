@@ -122,7 +122,7 @@ func benchEngine(b *testing.B, tx bool, filter string) {
 		if c, err = NewHub(e).Start(Options{Filter: f}); err != nil {
 			b.Fatal(err)
 		}
-		w, _ := NewWriter(io.Discard, filter, 0)
+		w, _ := NewWriter(io.Discard, filter, 0, false)
 		reader.Add(1)
 		go func() { defer reader.Done(); c.Read(context.Background(), w.Write, w.Flush) }()
 	}

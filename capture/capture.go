@@ -41,7 +41,12 @@ type Hub struct {
 	limits Limits        // guarded by mu
 	lost   atomic.Uint64 // overflow of every capture since the hub was made
 	stalls atomic.Uint64 // captures ended because their reader took nothing
+	ipv6   atomic.Bool   // the network carries IPv6: captures are LINKTYPE_ETHERNET (NewWriter)
 }
+
+// SetIPv6 tells the hub whether the network carries IPv6, which decides
+// the link type of the captures it streams (NewWriter).
+func (h *Hub) SetIPv6(on bool) { h.ipv6.Store(on) }
 
 // Limits bound what the captures of one hub may hold, so a debug client
 // (or many) cannot take the daemon's memory or CPU.

@@ -338,7 +338,7 @@ func TestCountAndDurationEndTheStream(t *testing.T) {
 func TestWriterOptionsFit16Bits(t *testing.T) {
 	for _, filter := range []string{strings.Repeat("x", 70000), strings.Repeat("é", 40000), strings.Repeat("y", 65535)} {
 		var buf bytes.Buffer
-		w, err := NewWriter(&buf, filter, 100)
+		w, err := NewWriter(&buf, filter, 100, false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,14 +10,18 @@ import (
 )
 
 // FilterSyntax is the filter grammar, for `weft capture -h` and errors.
-const FilterSyntax = `A filter is a tcpdump-like expression over the inner IPv4 packet and
-where the engine saw it:
+const FilterSyntax = `A filter is a tcpdump-like expression over the inner IPv4 or IPv6 packet
+and where the engine saw it:
 
   host ADDR         source or destination is ADDR   (src host, dst host)
   net CIDR          source or destination in CIDR   (src net, dst net)
   port N            TCP or UDP port N, either side  (src port, dst port)
-  tcp | udp | icmp  the IP protocol; proto N for any other number
+  tcp | udp | icmp | icmp6
+                    the IP protocol (IPv6: the first next header);
+                    proto N for any other number
+  ip | ip6          the IP version
   peer ADDR[:PORT]  the underlay peer the packet went to or came from
+                    ([ADDR]:PORT for IPv6)
   from-tun | to-tun | drop
                     the capture point (also: point NAME)
   reason NAME       a drop for this reason (implies drop), e.g. spoofed-source
@@ -28,7 +32,8 @@ where the engine saw it:
 At most 64 terms and 4 KiB.
 
 Examples: 'icmp and host 10.5.2.3'   'drop and not reason no-route'
-          'tcp port 80 and net 10.5.1.0/24'   'peer 192.0.2.2 and to-tun'`
+          'tcp port 80 and net 10.5.1.0/24'   'peer 192.0.2.2 and to-tun'
+          'icmp6 and net fd00:10:5:21::/64'`
 
 // MaxFilterLen is the longest filter expression accepted, in bytes (also
 // after tokenizing, which may add blanks): filters are typed by people, and
@@ -85,6 +90,7 @@ const (
 	opPeer
 	opPoint
 	opReason
+	opVersion // ip, ip6: proto holds 4 or 6
 )
 
 // side says which address or port of the packet a primitive looks at.
@@ -105,6 +111,7 @@ type node struct {
 	side   side
 	addr   uint32
 	mask   uint32
+	net6   netip.Prefix // opHost, opNet on IPv6 (a host is a /128)
 	port   uint16
 	proto  uint8
 	point  engine.Point
@@ -119,8 +126,10 @@ type view struct {
 	reason     engine.DropReason
 	peer       netip.AddrPort
 	ip         bool // an IPv4 header was readable: src, dst, proto are valid
+	ip6        bool // an IPv6 header was readable: src6, dst6, proto are valid
 	ports      bool // a TCP or UDP header was readable: sport, dport are valid
 	src, dst   uint32
+	src6, dst6 [16]byte
 	proto      uint8
 	sport, dpt uint16
 }
@@ -128,6 +137,20 @@ type view struct {
 func (v *view) parse(p *engine.TapPacket) {
 	*v = view{point: p.Point, reason: p.Reason, peer: p.Peer}
 	d := p.Data
+	if len(d) >= 40 && d[0]>>4 == 6 {
+		// The first next header is the protocol; ports only when it is
+		// TCP or UDP itself (extension headers are not walked).
+		v.ip6 = true
+		v.proto = d[6]
+		copy(v.src6[:], d[8:24])
+		copy(v.dst6[:], d[24:40])
+		if (v.proto == 6 || v.proto == 17) && len(d) >= 44 {
+			v.ports = true
+			v.sport = uint16(d[40])<<8 | uint16(d[41])
+			v.dpt = uint16(d[42])<<8 | uint16(d[43])
+		}
+		return
+	}
 	if len(d) < 20 || d[0]>>4 != 4 {
 		return
 	}
@@ -148,6 +171,10 @@ func (v *view) parse(p *engine.TapPacket) {
 func (n *node) test(v *view) bool {
 	switch n.op {
 	case opHost, opNet:
+		if n.net6.IsValid() {
+			return v.ip6 && ((n.side != dst && n.net6.Contains(netip.AddrFrom16(v.src6))) ||
+				(n.side != src && n.net6.Contains(netip.AddrFrom16(v.dst6))))
+		}
 		if !v.ip {
 			return false
 		}
@@ -158,7 +185,9 @@ func (n *node) test(v *view) bool {
 		}
 		return (n.side != dst && v.sport == n.port) || (n.side != src && v.dpt == n.port)
 	case opProto:
-		return v.ip && v.proto == n.proto
+		return (v.ip || v.ip6) && v.proto == n.proto
+	case opVersion:
+		return (n.proto == 4 && v.ip) || (n.proto == 6 && v.ip6)
 	case opPeer:
 		return v.peer.IsValid() && v.peer.Addr() == n.peer.Addr() && (n.peer.Port() == 0 || v.peer.Port() == n.peer.Port())
 	case opPoint:
@@ -406,7 +435,7 @@ func startsPrimitive(t string) bool {
 	return true
 }
 
-const primitives = "host, net, port, tcp, udp, icmp, proto, peer, from-tun, to-tun, drop, point, reason, not or ("
+const primitives = "host, net, port, tcp, udp, icmp, icmp6, ip, ip6, proto, peer, from-tun, to-tun, drop, point, reason, not or ("
 
 func (p *parser) primitive() (*node, error) {
 	if p.terms++; p.terms > MaxFilterTerms {
@@ -426,19 +455,27 @@ func (p *parser) primitive() (*node, error) {
 	switch t {
 	case "host":
 		a, err := netip.ParseAddr(p.peek())
-		if err != nil || !a.Is4() {
-			return nil, p.errorf("expected an IPv4 address after host")
+		switch {
+		case err == nil && a.Is4():
+			p.next()
+			return &node{op: opHost, side: sd, addr: u32(a), mask: ^uint32(0)}, nil
+		case err == nil && a.Is6() && !a.Is4In6() && a.Zone() == "":
+			p.next()
+			return &node{op: opHost, side: sd, net6: netip.PrefixFrom(a, 128)}, nil
 		}
-		p.next()
-		return &node{op: opHost, side: sd, addr: u32(a), mask: ^uint32(0)}, nil
+		return nil, p.errorf("expected an IPv4 or IPv6 address after host")
 	case "net":
 		pf, err := netip.ParsePrefix(p.peek())
-		if err != nil || !pf.Addr().Is4() {
-			return nil, p.errorf("expected an IPv4 CIDR (10.5.1.0/24) after net")
+		switch {
+		case err == nil && pf.Addr().Is4():
+			p.next()
+			pf = pf.Masked()
+			return &node{op: opNet, side: sd, addr: u32(pf.Addr()), mask: mask(pf.Bits())}, nil
+		case err == nil && pf.Addr().Is6() && !pf.Addr().Is4In6():
+			p.next()
+			return &node{op: opNet, side: sd, net6: pf.Masked()}, nil
 		}
-		p.next()
-		pf = pf.Masked()
-		return &node{op: opNet, side: sd, addr: u32(pf.Addr()), mask: mask(pf.Bits())}, nil
+		return nil, p.errorf("expected an IPv4 or IPv6 CIDR (10.5.1.0/24, fd00:10:5:21::/64) after net")
 	case "port":
 		n, err := strconv.ParseUint(p.peek(), 10, 16)
 		if err != nil {
@@ -458,17 +495,23 @@ func (p *parser) primitive() (*node, error) {
 		return &node{op: opProto, proto: 17}, nil
 	case "icmp":
 		return &node{op: opProto, proto: 1}, nil
+	case "icmp6":
+		return &node{op: opProto, proto: 58}, nil
+	case "ip":
+		return &node{op: opVersion, proto: 4}, nil
+	case "ip6":
+		return &node{op: opVersion, proto: 6}, nil
 	case "proto":
 		n, err := protoNumber(p.peek())
 		if err != nil {
-			return nil, p.errorf("expected tcp, udp, icmp or a number 0..255 after proto")
+			return nil, p.errorf("expected tcp, udp, icmp, icmp6 or a number 0..255 after proto")
 		}
 		p.next()
 		return &node{op: opProto, proto: n}, nil
 	case "peer":
 		ap, err := parsePeer(p.peek())
 		if err != nil {
-			return nil, p.errorf("expected an IPv4 address, optionally with :PORT, after peer")
+			return nil, p.errorf("expected an IPv4 or IPv6 address, optionally with :PORT ([ADDR]:PORT for IPv6), after peer")
 		}
 		p.next()
 		return &node{op: opPeer, peer: ap}, nil
@@ -505,18 +548,21 @@ func protoNumber(s string) (uint8, error) {
 		return 17, nil
 	case "icmp":
 		return 1, nil
+	case "icmp6":
+		return 58, nil
 	}
 	n, err := strconv.ParseUint(s, 10, 8)
 	return uint8(n), err
 }
 
 func parsePeer(s string) (netip.AddrPort, error) {
-	if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+	usable := func(a netip.Addr) bool { return a.Is4() || a.Is6() && !a.Is4In6() && a.Zone() == "" }
+	if a, err := netip.ParseAddr(s); err == nil && usable(a) {
 		return netip.AddrPortFrom(a, 0), nil
 	}
 	ap, err := netip.ParseAddrPort(s)
-	if err != nil || !ap.Addr().Is4() {
-		return netip.AddrPort{}, fmt.Errorf("not an IPv4 address")
+	if err != nil || !usable(ap.Addr()) {
+		return netip.AddrPort{}, fmt.Errorf("not an IPv4 or IPv6 address")
 	}
 	return ap, nil
 }

@@ -150,7 +150,7 @@ func (h *Hub) ServeCapture(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(HeaderID, strconv.FormatUint(c.ID, 10))
 	w.Header().Set("Trailer", strings.Join([]string{TrailerCount, TrailerLost, TrailerSummary}, ", "))
 	w.Header().Set("Cache-Control", "no-store")
-	pw, err := NewWriter(sw, o.Filter.String(), c.snap)
+	pw, err := NewWriter(sw, o.Filter.String(), c.snap, h.ipv6.Load())
 	flush := func() error {
 		if err := pw.Flush(); err != nil {
 			return err

@@ -18,7 +18,8 @@ import (
 
 // Writer writes captured packets as pcapng: one interface per capture
 // point (from-tun, to-tun, drop, in that order: interface ids 0, 1, 2),
-// each LINKTYPE_IPV4 (bare IPv4 packets), nanosecond timestamps. Each
+// each LINKTYPE_IPV4 (bare IPv4 packets) or, on a network with IPv6,
+// LINKTYPE_ETHERNET (see NewWriter), nanosecond timestamps. Each
 // packet's comment says where it was seen, the peer and, for drops, the
 // reason, so Wireshark shows them beside the packet ("pkt_comment").
 //
@@ -28,8 +29,10 @@ import (
 // interface"), so tcpdump could not read a file with several; 228 maps to
 // itself.
 type Writer struct {
-	ng  *pcapgo.NgWriter
-	buf []byte // comment scratch
+	ng    *pcapgo.NgWriter
+	buf   []byte // comment scratch
+	ether bool   // LINKTYPE_ETHERNET: each packet behind a made-up header
+	frame []byte // the header and packet, scratch
 	// The comment of the last packet, kept: packets of a flow share one,
 	// so most packets cost no new string.
 	lastKey  commentKey
@@ -57,13 +60,30 @@ func InterfaceDescription(p engine.Point) string {
 
 // NewWriter writes the section header and the three interfaces. filter
 // and snap are recorded in the interfaces (if_filter, if_snaplen).
-func NewWriter(w io.Writer, filter string, snap int) (*Writer, error) {
+//
+// ipv6 says the network carries IPv6, so a capture may hold packets of
+// both versions. LINKTYPE_IPV4 cannot say IPv6, LINKTYPE_RAW is what
+// libpcap cannot read with several interfaces (above), and libpcap
+// refuses interfaces of different link types in one file; so such a
+// capture is LINKTYPE_ETHERNET, each packet behind a 14-byte header with
+// zero addresses and the EtherType of its version (0x0800, 0x86dd; a
+// userspace VXLAN datagram dropped before decapsulation: 0x88b5, the
+// IEEE's local experimental type, with the comment's DatagramNote). The
+// lengths recorded include the header.
+func NewWriter(w io.Writer, filter string, snap int, ipv6 bool) (*Writer, error) {
 	// pcapgo writes if_filter as a type byte then the string.
 	filter = fitOption(filter, maxOptionLen-1)
+	link := layers.LinkTypeIPv4
+	if ipv6 {
+		link = layers.LinkTypeEthernet
+		if snap > 0 { // 0: no limit
+			snap += etherLen
+		}
+	}
 	intf := func(p engine.Point) pcapgo.NgInterface {
 		return pcapgo.NgInterface{
 			Name: p.String(), Description: fitOption(InterfaceDescription(p), maxOptionLen), Filter: filter,
-			OS: runtime.GOOS, LinkType: layers.LinkTypeIPv4, SnapLength: uint32(snap),
+			OS: runtime.GOOS, LinkType: link, SnapLength: uint32(snap),
 			TimestampResolution: 9,
 		}
 	}
@@ -78,7 +98,31 @@ func NewWriter(w io.Writer, filter string, snap int) (*Writer, error) {
 			return nil, err
 		}
 	}
-	return &Writer{ng: ng}, nil
+	return &Writer{ng: ng, ether: ipv6}, nil
+}
+
+// etherLen is the made-up Ethernet header of a capture with IPv6.
+const etherLen = 14
+
+// EtherTypeDatagram is the EtherType of a VXLAN datagram dropped before
+// decapsulation, in a capture with IPv6 (IEEE 802 local experimental).
+const EtherTypeDatagram = 0x88b5
+
+// etherFrame puts data behind a made-up Ethernet header in w.frame.
+func (w *Writer) etherFrame(r *Record) []byte {
+	typ := uint16(EtherTypeDatagram)
+	if !(r.Point == engine.PointDrop && EncapDrop(r.Reason)) && len(r.Data) > 0 {
+		switch r.Data[0] >> 4 {
+		case 4:
+			typ = 0x0800
+		case 6:
+			typ = 0x86dd
+		}
+	}
+	f := append(w.frame[:0], make([]byte, 12)...)
+	f = append(f, byte(typ>>8), byte(typ))
+	w.frame = append(f, r.Data...)
+	return w.frame
 }
 
 // maxOptionLen is the longest value of a pcapng option: its length field
@@ -148,7 +192,12 @@ func (w *Writer) Write(r *Record) error {
 		Length:         r.Length,
 		InterfaceIndex: int(r.Point),
 	}
-	return w.ng.WritePacketWithOptions(ci, r.Data, pcapgo.NgPacketOptions{Comments: w.comments})
+	data := r.Data
+	if w.ether {
+		data = w.etherFrame(r)
+		ci.CaptureLength, ci.Length = len(data), r.Length+etherLen
+	}
+	return w.ng.WritePacketWithOptions(ci, data, pcapgo.NgPacketOptions{Comments: w.comments})
 }
 
 // Flush writes out what is buffered.

@@ -25,7 +25,7 @@ type ring struct {
 }
 
 const (
-	hdrLen     = 32
+	hdrLen     = 48
 	wrapMarker = ^uint32(0)
 )
 
@@ -90,13 +90,18 @@ func (r *ring) push(ts int64, p *engine.TapPacket, snap int) bool {
 	binary.LittleEndian.PutUint32(b[4:], uint32(capLen))
 	binary.LittleEndian.PutUint32(b[8:], uint32(len(p.Data)))
 	b[12], b[13], b[14], b[15] = byte(p.Point), byte(p.Reason), 0, 0
-	if p.Peer.IsValid() && p.Peer.Addr().Is4() {
-		b[14] = 1
-		a := p.Peer.Addr().As4()
-		copy(b[16:20], a[:])
-		binary.LittleEndian.PutUint16(b[20:], p.Peer.Port())
+	if p.Peer.IsValid() {
+		// b[14] is the peer's address family (4 or 6); its address is
+		// b[16:32] in the 16-byte form, its port b[32:34].
+		b[14] = 6
+		if p.Peer.Addr().Is4() {
+			b[14] = 4
+		}
+		a := p.Peer.Addr().As16()
+		copy(b[16:32], a[:])
+		binary.LittleEndian.PutUint16(b[32:], p.Peer.Port())
 	}
-	binary.LittleEndian.PutUint64(b[24:], uint64(ts))
+	binary.LittleEndian.PutUint64(b[40:], uint64(ts))
 	copy(b[hdrLen:], p.Data[:capLen])
 	r.head.Store(h + need)
 	return true
@@ -120,11 +125,14 @@ func (r *ring) peek(rec *Record) bool {
 			Length: int(binary.LittleEndian.Uint32(b[8:])),
 			Point:  engine.Point(b[12]),
 			Reason: engine.DropReason(b[13]),
-			Time:   int64(binary.LittleEndian.Uint64(b[24:])),
+			Time:   int64(binary.LittleEndian.Uint64(b[40:])),
 			Data:   b[hdrLen : hdrLen+capLen],
 		}
-		if b[14] == 1 {
-			rec.Peer = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), binary.LittleEndian.Uint16(b[20:]))
+		switch a := netip.AddrFrom16([16]byte(b[16:32])); b[14] {
+		case 4:
+			rec.Peer = netip.AddrPortFrom(a.Unmap(), binary.LittleEndian.Uint16(b[32:]))
+		case 6:
+			rec.Peer = netip.AddrPortFrom(a, binary.LittleEndian.Uint16(b[32:]))
 		}
 		return true
 	}

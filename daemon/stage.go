@@ -86,6 +86,7 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	}
 	if dp, ok := b.(encap.Datapath); ok && dp.Datapath() != nil {
 		st.hub = capture.NewHub(dp.Datapath().Engine)
+		st.hub.SetIPv6(d.cfg.EnableIPv6)
 	}
 	go func() { st.runDone <- b.Run(sctx) }()
 	go func() {

@@ -112,8 +112,11 @@ func (d *Decoder) Packet(n int, ci gopacket.CaptureInfo, note string, data []byt
 	switch {
 	case strings.Contains(note, capture.DatagramNote):
 		first = layers.LayerTypeVXLAN // a weft drop before decapsulation
-	case lt == layers.LinkTypeRaw || lt == layers.LinkTypeIPv4:
-		first = layers.LayerTypeIPv4
+		if lt == layers.LinkTypeEthernet && len(data) >= 14 {
+			data = data[14:] // the made-up header of a capture with IPv6
+		}
+	case lt == layers.LinkTypeRaw || lt == layers.LinkTypeIPv4 || lt == layers.LinkTypeIPv6:
+		first = InnerLayer(data)
 	}
 	d.Layers(gopacket.NewPacket(data, first, gopacket.NoCopy), "  ")
 	fmt.Fprintln(d.Out)
@@ -129,7 +132,7 @@ func (d *Decoder) Layers(p gopacket.Packet, indent string) {
 			switch {
 			case l.SrcPort == d.UDPPort || l.DstPort == d.UDPPort:
 				fmt.Fprintf(d.Out, "%sflannel-udp payload, %d bytes: the inner packet\n", indent, len(l.Payload))
-				d.Layers(gopacket.NewPacket(l.Payload, layers.LayerTypeIPv4, gopacket.NoCopy), indent+"  ")
+				d.Layers(gopacket.NewPacket(l.Payload, InnerLayer(l.Payload), gopacket.NoCopy), indent+"  ")
 				return
 			case l.SrcPort == d.VXLANPort || l.DstPort == d.VXLANPort:
 				d.Layers(gopacket.NewPacket(l.Payload, layers.LayerTypeVXLAN, gopacket.NoCopy), indent+"  ")
@@ -139,6 +142,15 @@ func (d *Decoder) Layers(p gopacket.Packet, indent string) {
 			fmt.Fprintf(d.Out, "%s%s\n", indent, LayerLine(l))
 		}
 	}
+}
+
+// InnerLayer is the first layer of a bare IP packet, by its version
+// nibble: IPv6 for 6, else IPv4 (whose decoder then says what is wrong).
+func InnerLayer(data []byte) gopacket.Decoder {
+	if len(data) > 0 && data[0]>>4 == 6 {
+		return layers.LayerTypeIPv6
+	}
+	return layers.LayerTypeIPv4
 }
 
 // LayerLine is a one-line summary of a layer's fields that matter when
@@ -156,6 +168,14 @@ func LayerLine(l gopacket.Layer) string {
 			s += fmt.Sprintf(" frag-offset %d", l.FragOffset*8)
 		}
 		return s + fmt.Sprintf(" csum 0x%04x", l.Checksum)
+	case *layers.IPv6:
+		s := fmt.Sprintf("IPv6 %s > %s next %s hlim %d len %d", l.SrcIP, l.DstIP, l.NextHeader, l.HopLimit, l.Length)
+		if l.FlowLabel != 0 {
+			s += fmt.Sprintf(" flow 0x%05x", l.FlowLabel)
+		}
+		return s
+	case *layers.ICMPv6:
+		return fmt.Sprintf("ICMPv6 %s csum 0x%04x", l.TypeCode, l.Checksum)
 	case *layers.TCP:
 		var flags []string
 		for _, f := range []struct {

@@ -95,7 +95,7 @@ func TestDecodeFlannelVXLANUnderlay(t *testing.T) {
 // header line, the packet is decoded from its IPv4 header.
 func TestDecodeWeftCapture(t *testing.T) {
 	var buf bytes.Buffer
-	w, err := capture.NewWriter(&buf, "udp", 0)
+	w, err := capture.NewWriter(&buf, "udp", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestDecodeRefusesWhatIsNoCapture(t *testing.T) {
 // decode shows its VXLAN header and inner frame.
 func TestDecodeWeftVXLANDrop(t *testing.T) {
 	var buf bytes.Buffer
-	w, err := capture.NewWriter(&buf, "", 0)
+	w, err := capture.NewWriter(&buf, "", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}

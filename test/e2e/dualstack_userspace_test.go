@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
 )
 
@@ -58,7 +62,65 @@ func TestDualStackUDP(t *testing.T) {
 	if s.Engine == nil || s.Engine.DropsByReason["spoofed-source"] != 0 || s.Engine.DropsByReason["unknown-peer"] != 0 {
 		t.Errorf("h1 engine: %+v", s.Engine)
 	}
+	captureIPv6(t, k)
 	k.stop(1, 2, 3)
+}
+
+// captureIPv6: `weft capture` with an IPv6 filter shows IPv6 packets as
+// it shows IPv4 ones (the text lines), and its pcapng (LINKTYPE_ETHERNET
+// on a network with IPv6) is one tcpdump reads.
+func captureIPv6(t *testing.T, k *kcluster) {
+	t.Helper()
+	h1, h2 := k.Lab.Host(1), k.Lab.Host(2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	filter := "icmp6 and dst net " + k.Envs[1].IPv6Subnet.String()
+	go func() {
+		out, err := k.Lab.ExecContext(ctx, h1.Name, k.Binary, "capture", "--debug-socket", harness.DebugSocket(h1), "-c", "2", "--points", "from-tun", filter)
+		done <- result{out, err}
+	}()
+	var r result
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		lab.Ping(ctx, h1.Pod, h2.PodIP6, 1, 0, time.Second)
+		select {
+		case r = <-done:
+		case <-time.After(100 * time.Millisecond):
+			if time.Now().Before(deadline) {
+				continue
+			}
+			t.Fatal("weft capture saw no IPv6 packet in 10 s")
+		}
+		break
+	}
+	lines := strings.Split(strings.TrimSpace(string(r.out)), "\n")
+	if r.err != nil || len(lines) != 2 {
+		t.Fatalf("weft capture %q: %v: %d lines:\n%s", filter, r.err, len(lines), r.out)
+	}
+	for _, line := range lines {
+		if !strings.Contains(line, " from-tun IPv6 "+h1.PodIP6.String()+" > "+h2.PodIP6.String()) || !strings.Contains(line, "EchoRequest") {
+			t.Errorf("line %q", line)
+		}
+	}
+	file := filepath.Join(h1.Dir, "v6.pcapng")
+	cp, err := k.Lab.Start(h1.Name, "capture-v6", k.Binary, "capture", "--debug-socket", harness.DebugSocket(h1), "-c", "4", "-w", file, "icmp6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !cp.Exited() && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		lab.Ping(ctx, h1.Pod, h2.PodIP6, 1, 0, time.Second)
+	}
+	if err := cp.WaitContext(ctx); err != nil {
+		t.Fatalf("weft capture -w: %v\n%s", err, cp.Log())
+	}
+	out, err := exec.CommandContext(ctx, "tcpdump", "-nr", file).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "link-type EN10MB") || !strings.Contains(string(out), "IP6 "+h1.PodIP6.String()+" > "+h2.PodIP6.String()+": ICMP6, echo request") {
+		t.Errorf("tcpdump -r of the IPv6 capture: %v\n%s", err, out)
+	}
 }
 
 // TestDualStackUserspaceVXLAN is a mixed dual-stack vxlan cluster: h1 and
