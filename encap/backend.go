@@ -63,6 +63,21 @@ type Backend interface {
 	Run(ctx context.Context) error
 }
 
+// PeerUpdater is the optional interface of a backend that applies a
+// change of the admitted peers rather than the whole set: the daemon
+// calls SetPeers first (at start, and with every full change: a store
+// that listed anew, a new backend after auto's move), then UpdatePeers
+// with each change, so a lease event costs the backend the size of the
+// change, not of the cluster.
+type PeerUpdater interface {
+	// UpdatePeers applies a change: removed are the IDs (lease.Lease.ID)
+	// of peers no longer admitted, put the peers new or changed, which
+	// replace any peer of the same ID; removed first, then put. After
+	// it the backend's peers are those SetPeers would have been given.
+	// Calls come from the goroutine that calls SetPeers.
+	UpdatePeers(put []lease.Lease, removed []netip.Prefix)
+}
+
 // Status is the optional interface of a backend with details of its own
 // for `weft status --json` and the debug socket's /status.
 type Status interface {

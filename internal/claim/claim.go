@@ -205,3 +205,13 @@ func (s *Set[ID, K, V]) check() {
 		}
 	}
 }
+
+// Holder returns the item holding k, if one does.
+func (s *Set[ID, K, V]) Holder(k K) (id ID, ok bool) {
+	for _, c := range s.claims[k] {
+		if c.holds {
+			return c.id, true
+		}
+	}
+	return id, false
+}
