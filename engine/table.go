@@ -1,11 +1,11 @@
 package engine
 
 import (
-	"cmp"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 )
 
@@ -180,7 +180,12 @@ type Table struct {
 	own   *Peer            // this host's subnets; Endpoint unset
 	byIP  map[uint32]*Peer // public IPv4 -> peer
 	byIP6 map[addr6]*Peer  // Endpoint6's address -> peer; nil when no peer has one
-	peers []*Peer          // IPv4 peers by subnet, then IPv6-only peers by subnet
+	// peers are the IPv4 peers by subnet, then IPv6-only peers by subnet;
+	// a table made by Update lists them on the first call of Peers.
+	peers     []*Peer
+	peersOnce sync.Once
+	lazyPeers bool
+	nets      Networks // masked
 }
 
 // NewTable builds an IPv4 table for network, split into subnets of
@@ -217,18 +222,8 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		return nil, fmt.Errorf("engine: a table needs an IPv4 or an IPv6 network")
 	}
 	n.Network, n.Network6 = n.Network.Masked(), n.Network6.Masked()
-	check4 := func(p netip.Prefix) error {
-		if !t.has4 || !p.Addr().Is4() || p.Bits() != n.SubnetLen || p.Masked() != p || !n.Network.Contains(p.Addr()) {
-			return fmt.Errorf("engine: subnet %s is not a /%d inside %s", p, n.SubnetLen, n.Network)
-		}
-		return nil
-	}
-	check6 := func(p netip.Prefix) error {
-		if !t.has6 || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().Zone() != "" || p.Bits() != n.SubnetLen6 || p.Masked() != p || !n.Network6.Contains(p.Addr()) {
-			return fmt.Errorf("engine: IPv6 subnet %s is not a /%d inside %s", p, n.SubnetLen6, n.Network6)
-		}
-		return nil
-	}
+	t.nets = n
+	check4, check6 := t.check4, t.check6
 	if n.Own.IsValid() {
 		if err := check4(n.Own); err != nil {
 			return nil, err
@@ -245,28 +240,10 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 	var idx4, idx6 []slotEntry
 	t.peers = make([]*Peer, 0, len(peers))
 	for _, spec := range peers {
-		if !spec.Subnet.IsValid() && !spec.Subnet6.IsValid() {
-			return nil, fmt.Errorf("engine: peer %s has no subnet", spec.Endpoint)
+		if err := t.checkSpec(spec); err != nil {
+			return nil, err
 		}
-		if spec.Subnet.IsValid() {
-			if err := check4(spec.Subnet); err != nil {
-				return nil, err
-			}
-		}
-		if spec.Subnet6.IsValid() {
-			if err := check6(spec.Subnet6); err != nil {
-				return nil, err
-			}
-		}
-		if !spec.Endpoint.Addr().Is4() {
-			return nil, fmt.Errorf("engine: peer %s has no IPv4 endpoint", spec.name())
-		}
-		if spec.Endpoint6.IsValid() {
-			if a := spec.Endpoint6.Addr(); !a.Is6() || a.Is4In6() || a.Zone() != "" || !spec.Subnet6.IsValid() {
-				return nil, fmt.Errorf("engine: peer %s: IPv6 endpoint %s is not an IPv6 address of a peer with an IPv6 subnet", spec.name(), spec.Endpoint6)
-			}
-		}
-		if (n.Own.IsValid() && spec.Subnet == n.Own) || (n.Own6.IsValid() && spec.Subnet6 == n.Own6) {
+		if t.isOwn(spec) {
 			continue // this host's own lease, as it appears in snapshots
 		}
 		p := prev.reuse(spec) // prev's peer with the same subnets, or nil
@@ -314,17 +291,56 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 			return nil, fmt.Errorf("engine: IPv6 subnet %s listed twice", dup.Subnet6)
 		}
 	}
-	slices.SortFunc(t.peers, func(a, b *Peer) int {
-		a4, b4 := a.Subnet.IsValid(), b.Subnet.IsValid()
-		if a4 != b4 {
-			if a4 {
-				return -1
-			}
-			return 1
-		}
-		return cmp.Or(cmp.Compare(a.subnet, b.subnet), cmp.Compare(a.sub6.hi, b.sub6.hi), cmp.Compare(a.sub6.lo, b.sub6.lo))
-	})
+	slices.SortFunc(t.peers, comparePeers)
 	return t, nil
+}
+
+func (t *Table) check4(p netip.Prefix) error {
+	n := &t.nets
+	if !t.has4 || !p.Addr().Is4() || p.Bits() != n.SubnetLen || p.Masked() != p || !n.Network.Contains(p.Addr()) {
+		return fmt.Errorf("engine: subnet %s is not a /%d inside %s", p, n.SubnetLen, n.Network)
+	}
+	return nil
+}
+
+func (t *Table) check6(p netip.Prefix) error {
+	n := &t.nets
+	if !t.has6 || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().Zone() != "" || p.Bits() != n.SubnetLen6 || p.Masked() != p || !n.Network6.Contains(p.Addr()) {
+		return fmt.Errorf("engine: IPv6 subnet %s is not a /%d inside %s", p, n.SubnetLen6, n.Network6)
+	}
+	return nil
+}
+
+// checkSpec refuses a peer spec the table cannot hold.
+func (t *Table) checkSpec(spec PeerSpec) error {
+	if !spec.Subnet.IsValid() && !spec.Subnet6.IsValid() {
+		return fmt.Errorf("engine: peer %s has no subnet", spec.Endpoint)
+	}
+	if spec.Subnet.IsValid() {
+		if err := t.check4(spec.Subnet); err != nil {
+			return err
+		}
+	}
+	if spec.Subnet6.IsValid() {
+		if err := t.check6(spec.Subnet6); err != nil {
+			return err
+		}
+	}
+	if !spec.Endpoint.Addr().Is4() {
+		return fmt.Errorf("engine: peer %s has no IPv4 endpoint", spec.name())
+	}
+	if spec.Endpoint6.IsValid() {
+		if a := spec.Endpoint6.Addr(); !a.Is6() || a.Is4In6() || a.Zone() != "" || !spec.Subnet6.IsValid() {
+			return fmt.Errorf("engine: peer %s: IPv6 endpoint %s is not an IPv6 address of a peer with an IPv6 subnet", spec.name(), spec.Endpoint6)
+		}
+	}
+	return nil
+}
+
+// isOwn reports whether spec is this host's own lease.
+func (t *Table) isOwn(spec PeerSpec) bool {
+	n := &t.nets
+	return (n.Own.IsValid() && spec.Subnet == n.Own) || (n.Own6.IsValid() && spec.Subnet6 == n.Own6)
 }
 
 func (t *Table) init4(network netip.Prefix, subnetLen int) error {
@@ -553,7 +569,12 @@ func (t *Table) Own6() netip.Prefix {
 // Peers returns the table's peers: those with an IPv4 subnet sorted by it,
 // then those with only an IPv6 subnet sorted by that. The slice is shared:
 // do not modify it.
-func (t *Table) Peers() []*Peer { return t.peers }
+func (t *Table) Peers() []*Peer {
+	if t.lazyPeers {
+		t.peersOnce.Do(t.listPeers)
+	}
+	return t.peers
+}
 
 // Stats returns the peer's counters.
 func (p *Peer) Stats() PeerStats {
