@@ -178,8 +178,8 @@ type Table struct {
 	v6       subnetIndex
 
 	own   *Peer            // this host's subnets; Endpoint unset
-	byIP  map[uint32]*Peer // public IPv4 -> peer
-	byIP6 map[addr6]*Peer  // Endpoint6's address -> peer; nil when no peer has one
+	byIP  ipIndex[uint32] // public IPv4 -> peer
+	byIP6 ipIndex[addr6]  // Endpoint6's address -> peer
 	// peers are the IPv4 peers by subnet, then IPv6-only peers by subnet;
 	// a table made by Update lists them on the first call of Peers.
 	peers     []*Peer
@@ -205,7 +205,7 @@ func NewTable(network netip.Prefix, subnetLen int, own netip.Prefix, peers []Pee
 // entry for this host's own lease (a peer spec holding n.Own or n.Own6,
 // as lease snapshots list it) is left out.
 func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
-	t := &Table{byIP: make(map[uint32]*Peer, len(peers))}
+	t := &Table{byIP: ipIndex[uint32]{hash: hash4}, byIP6: ipIndex[addr6]{hash: hash6}}
 	t.network = 1 // matches nothing (see Table)
 	if n.Network.IsValid() || n.SubnetLen != 0 || n.Own.IsValid() {
 		if err := t.init4(n.Network, n.SubnetLen); err != nil {
@@ -250,7 +250,7 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		reused := p != nil
 		if !reused {
 			p = newPeer(spec)
-		} else if t.byIP[p.publicIP] == p {
+		} else if t.byIP.get(p.publicIP) == p {
 			return nil, fmt.Errorf("engine: subnet %s listed twice", spec.name())
 		}
 		if spec.Subnet.IsValid() {
@@ -259,12 +259,9 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		if spec.Subnet6.IsValid() {
 			idx6 = append(idx6, slotEntry{t.num6(p.sub6), p, reused})
 		}
-		t.byIP[p.publicIP] = p
+		t.byIP.set(p.publicIP, p)
 		if spec.Endpoint6.IsValid() {
-			if t.byIP6 == nil {
-				t.byIP6 = make(map[addr6]*Peer)
-			}
-			t.byIP6[addr6Of(spec.Endpoint6.Addr())] = p
+			t.byIP6.set(addr6Of(spec.Endpoint6.Addr()), p)
 		}
 		t.peers = append(t.peers, p)
 	}
@@ -533,15 +530,15 @@ func (t *Table) subnetBroadcast(ip uint32) bool {
 }
 
 // peerByIP returns the peer with this public IPv4 address, or nil.
-func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP[ip] }
+func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP.get(ip) }
 
 // peerBySource returns the peer a datagram from a came from: the peer
 // with this public IPv4 address, or with this IPv6 endpoint address.
 func (t *Table) peerBySource(a netip.Addr) *Peer {
 	if a.Is4() || a.Is4In6() {
-		return t.byIP[u32(a.Unmap())]
+		return t.byIP.get(u32(a.Unmap()))
 	}
-	return t.byIP6[addr6Of(a)]
+	return t.byIP6.get(addr6Of(a))
 }
 
 // isLocal reports whether ip is in this host's own IPv4 subnet.

@@ -22,15 +22,19 @@ func (t *Table) Update(put []PeerSpec, remove []netip.Prefix) (*Table, error) {
 	nt := &Table{
 		network: t.network, netMask: t.netMask, shift: t.shift, span4: t.span4, has4: t.has4,
 		net6: t.net6, netMask6: t.netMask6, shift6: t.shift6, numMask6: t.numMask6, has6: t.has6,
-		own: t.own, byIP: maps.Clone(t.byIP), byIP6: maps.Clone(t.byIP6), nets: t.nets, lazyPeers: true,
+		own: t.own, nets: t.nets, lazyPeers: true,
 	}
+	ip4 := &ipWriter[uint32]{x: &nt.byIP}
+	ip6 := &ipWriter[addr6]{x: &nt.byIP6}
+	ip4.start(t.byIP)
+	ip6.start(t.byIP6)
 	w4 := indexWriter{x: &nt.v4, copied: map[uint64]bool{}}
 	w6 := indexWriter{x: &nt.v6, copied: map[uint64]bool{}}
 	w4.start(&t.v4)
 	w6.start(&t.v6)
 	for _, id := range remove {
 		if p := nt.byID(id); p != nil {
-			nt.drop(p, &w4, &w6)
+			nt.drop(p, &w4, &w6, ip4, ip6)
 		}
 	}
 	for _, spec := range put {
@@ -50,7 +54,7 @@ func (t *Table) Update(put []PeerSpec, remove []netip.Prefix) (*Table, error) {
 			continue // unchanged: keeps its counters
 		}
 		if old != nil {
-			nt.drop(old, &w4, &w6)
+			nt.drop(old, &w4, &w6, ip4, ip6)
 		}
 		p := newPeer(spec)
 		if spec.Subnet.IsValid() {
@@ -63,12 +67,9 @@ func (t *Table) Update(put []PeerSpec, remove []netip.Prefix) (*Table, error) {
 				return nil, fmt.Errorf("engine: IPv6 subnet %s listed twice", spec.Subnet6)
 			}
 		}
-		nt.byIP[p.publicIP] = p
+		ip4.set(p.publicIP, p)
 		if spec.Endpoint6.IsValid() {
-			if nt.byIP6 == nil {
-				nt.byIP6 = make(map[addr6]*Peer)
-			}
-			nt.byIP6[addr6Of(spec.Endpoint6.Addr())] = p
+			ip6.set(addr6Of(spec.Endpoint6.Addr()), p)
 		}
 	}
 	return nt, nil
@@ -87,7 +88,7 @@ func (t *Table) byID(id netip.Prefix) *Peer {
 }
 
 // drop takes p out of t's indexes.
-func (t *Table) drop(p *Peer, w4, w6 *indexWriter) {
+func (t *Table) drop(p *Peer, w4, w6 *indexWriter, ip4 *ipWriter[uint32], ip6 *ipWriter[addr6]) {
 	if p.Subnet.IsValid() {
 		idx := uint64(t.index(p.subnet))
 		if w4.x.get(idx) == p {
@@ -100,12 +101,12 @@ func (t *Table) drop(p *Peer, w4, w6 *indexWriter) {
 			w6.set(idx, nil)
 		}
 	}
-	if t.byIP[p.publicIP] == p {
-		delete(t.byIP, p.publicIP)
+	if t.byIP.get(p.publicIP) == p {
+		ip4.set(p.publicIP, nil)
 	}
 	if p.Endpoint6.IsValid() {
-		if k := addr6Of(p.Endpoint6.Addr()); t.byIP6[k] == p {
-			delete(t.byIP6, k)
+		if k := addr6Of(p.Endpoint6.Addr()); t.byIP6.get(k) == p {
+			ip6.set(k, nil)
 		}
 	}
 }
