@@ -177,7 +177,7 @@ type Table struct {
 	has6     bool
 	v6       subnetIndex
 
-	own   *Peer            // this host's subnets; Endpoint unset
+	own   *Peer           // this host's subnets; Endpoint unset
 	byIP  ipIndex[uint32] // public IPv4 -> peer
 	byIP6 ipIndex[addr6]  // Endpoint6's address -> peer
 	// peers are the IPv4 peers by subnet, then IPv6-only peers by subnet;

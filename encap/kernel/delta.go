@@ -283,4 +283,3 @@ func (r *Reconciler) finishUpdate(c change, errs []error) error {
 	}
 	return nil
 }
-
