@@ -32,12 +32,13 @@ type Gate struct {
 	// store's ID, as admission sees them; set decides their collisions.
 	leases map[netip.Prefix]*gated
 	set    *claim.Set[netip.Prefix, claimKey, *gated]
-	// admittedBy is the admitted lease of each store ID that has one.
-	admittedBy map[netip.Prefix]lease.Lease
+	// admittedBy is the admitted lease of each store ID that has one
+	// (the entry as it was admitted: a change replaces the entry).
+	admittedBy map[netip.Prefix]*gated
 
 	mu      sync.Mutex
-	refused map[netip.Prefix]refusal     // by the store's ID
-	peers   map[netip.Prefix]lease.Lease // admitted, by ID (they do not overlap)
+	refused map[netip.Prefix]refusal // by the store's ID
+	peers   map[netip.Prefix]*gated  // admitted, by ID (they do not overlap)
 	counts  map[string]uint64
 }
 
@@ -65,9 +66,9 @@ func NewGate(rule Rule, log *slog.Logger) *Gate {
 	if log == nil {
 		log = slog.Default()
 	}
-	g := &Gate{rule: rule, log: log, refused: map[netip.Prefix]refusal{}, peers: map[netip.Prefix]lease.Lease{}, counts: map[string]uint64{}}
+	g := &Gate{rule: rule, log: log, refused: map[netip.Prefix]refusal{}, peers: map[netip.Prefix]*gated{}, counts: map[string]uint64{}}
 	g.ownID = rule.Own.ID()
-	g.admittedBy = map[netip.Prefix]lease.Lease{}
+	g.admittedBy = map[netip.Prefix]*gated{}
 	g.reset()
 	return g
 }
@@ -187,11 +188,11 @@ func (g *Gate) Update(c lease.Changes) (put []lease.Lease, removed []netip.Prefi
 	for _, id := range affected {
 		e := g.leases[id]
 		old, was := g.admittedBy[id]
-		if was && (e == nil || !g.set.Holds(id) || old.ID() != e.l.ID()) {
+		if was && (e == nil || !g.set.Holds(id) || old.l.ID() != e.l.ID()) {
 			delete(g.admittedBy, id)
-			delete(g.peers, old.ID())
-			removed = append(removed, old.ID())
-			g.log.Info("subnet removed", logAttrs(old)...)
+			delete(g.peers, old.l.ID())
+			removed = append(removed, old.l.ID())
+			g.log.Info("subnet removed", logAttrs(old.l)...)
 		}
 	}
 	for _, id := range affected {
@@ -202,14 +203,14 @@ func (g *Gate) Update(c lease.Changes) (put []lease.Lease, removed []netip.Prefi
 		}
 		if g.set.Holds(id) {
 			old, was := g.admittedBy[id]
-			if !was || !sameForBackends(old, e.l) {
+			if !was || !sameForBackends(old.l, e.l) {
 				put = append(put, e.l)
 			}
-			if !was || old.Attrs.PublicIP != e.l.Attrs.PublicIP || old.Attrs.PublicIPv6 != e.l.Attrs.PublicIPv6 {
+			if !was || old.l.Attrs.PublicIP != e.l.Attrs.PublicIP || old.l.Attrs.PublicIPv6 != e.l.Attrs.PublicIPv6 {
 				g.log.Info("subnet added", append(logAttrs(e.l), "backend", BackendName(e.l.Attrs))...)
 			}
-			g.admittedBy[id] = e.l
-			g.peers[e.l.ID()] = e.l
+			g.admittedBy[id] = e
+			g.peers[e.l.ID()] = e
 			delete(g.refused, id)
 			continue
 		}
@@ -274,7 +275,13 @@ func sameForBackends(a, b lease.Lease) bool {
 // Peers returns the admitted peers, sorted by ID (lease.CompareID).
 func (g *Gate) Peers() []lease.Lease {
 	g.mu.Lock()
-	out := slices.Collect(maps.Values(g.peers))
+	var out []lease.Lease
+	if len(g.peers) > 0 {
+		out = make([]lease.Lease, 0, len(g.peers))
+	}
+	for _, e := range g.peers {
+		out = append(out, e.l)
+	}
 	g.mu.Unlock()
 	slices.SortFunc(out, lease.CompareID)
 	return out

@@ -20,10 +20,27 @@ import (
 type Set[ID comparable, K comparable, V any] struct {
 	older    func(a, b V) int // <0: a is older
 	items    map[ID]*item[ID, K, V]
-	claims   map[K][]*item[ID, K, V]
+	claims   map[K]claimants[ID, K, V]
 	reserved map[K]bool
 	queue    queue[ID, K, V]
 	changed  []ID
+}
+
+// claimants are the items claiming one key: nearly always one, kept
+// without a slice of its own.
+type claimants[ID comparable, K comparable, V any] struct {
+	one  *item[ID, K, V]
+	more []*item[ID, K, V]
+}
+
+func (c claimants[ID, K, V]) all() []*item[ID, K, V] {
+	if len(c.more) == 0 {
+		if c.one == nil {
+			return nil
+		}
+		return []*item[ID, K, V]{c.one}
+	}
+	return append([]*item[ID, K, V]{c.one}, c.more...)
 }
 
 type item[ID comparable, K comparable, V any] struct {
@@ -41,7 +58,7 @@ type item[ID comparable, K comparable, V any] struct {
 // (negative: a is older). Ties must not happen: older is a total order
 // of the items (break them by ID).
 func New[ID comparable, K comparable, V any](older func(a, b V) int) *Set[ID, K, V] {
-	return &Set[ID, K, V]{older: older, items: map[ID]*item[ID, K, V]{}, claims: map[K][]*item[ID, K, V]{}, reserved: map[K]bool{}}
+	return &Set[ID, K, V]{older: older, items: map[ID]*item[ID, K, V]{}, claims: map[K]claimants[ID, K, V]{}, reserved: map[K]bool{}}
 }
 
 // Reserve marks k as held before every item (this host's public IP).
@@ -59,7 +76,13 @@ func (s *Set[ID, K, V]) Put(id ID, v V, keys []K, eligible bool) {
 	it := &item[ID, K, V]{id: id, v: v, keys: keys, eligible: eligible, set: s}
 	s.items[id] = it
 	for _, k := range keys {
-		s.claims[k] = append(s.claims[k], it)
+		c := s.claims[k]
+		if c.one == nil {
+			c.one = it
+		} else {
+			c.more = append(c.more, it)
+		}
+		s.claims[k] = c
 	}
 	s.push(it)
 	s.changed = append(s.changed, id)
@@ -76,21 +99,31 @@ func (s *Set[ID, K, V]) Delete(id ID) {
 	it.gone = true
 	for _, k := range it.keys {
 		cs := s.claims[k]
-		for i, c := range cs {
-			if c == it {
-				cs[i] = cs[len(cs)-1]
-				cs[len(cs)-1] = nil
-				cs = cs[:len(cs)-1]
-				break
+		if cs.one == it {
+			cs.one = nil
+			if n := len(cs.more); n > 0 {
+				cs.one = cs.more[n-1]
+				cs.more[n-1] = nil
+				cs.more = cs.more[:n-1]
+			}
+		} else {
+			for i, c := range cs.more {
+				if c == it {
+					cs.more[i] = cs.more[len(cs.more)-1]
+					cs.more[len(cs.more)-1] = nil
+					cs.more = cs.more[:len(cs.more)-1]
+					break
+				}
 			}
 		}
-		if len(cs) == 0 {
+		if cs.one == nil {
 			delete(s.claims, k)
 		} else {
 			s.claims[k] = cs
 		}
-		if it.holds {
-			for _, c := range cs {
+		if it.holds && cs.one != nil {
+			s.push(cs.one)
+			for _, c := range cs.more {
 				s.push(c)
 			}
 		}
@@ -118,7 +151,11 @@ func (s *Set[ID, K, V]) Settle() []ID {
 		}
 		it.holds = h
 		for _, k := range it.keys {
-			for _, c := range s.claims[k] {
+			cs := s.claims[k]
+			if cs.one != it && cs.one != nil && s.older(it.v, cs.one.v) < 0 {
+				s.push(cs.one)
+			}
+			for _, c := range cs.more {
 				if c != it && s.older(it.v, c.v) < 0 {
 					s.push(c)
 				}
@@ -149,7 +186,7 @@ func (s *Set[ID, K, V]) Blocker(id ID) (i int, by ID, ok bool) {
 	if i < 0 {
 		return -1, by, false
 	}
-	for _, c := range s.claims[it.keys[i]] {
+	for _, c := range s.claims[it.keys[i]].all() {
 		if c != it && c.holds && s.older(c.v, it.v) < 0 {
 			return i, c.id, true
 		}
@@ -164,7 +201,11 @@ func (s *Set[ID, K, V]) blocker(it *item[ID, K, V]) int {
 		if s.reserved[k] {
 			return i
 		}
-		for _, c := range s.claims[k] {
+		cs := s.claims[k]
+		if c := cs.one; c != nil && c != it && c.holds && s.older(c.v, it.v) < 0 {
+			return i
+		}
+		for _, c := range cs.more {
 			if c != it && c.holds && s.older(c.v, it.v) < 0 {
 				return i
 			}
@@ -198,7 +239,7 @@ func (q *queue[ID, K, V]) Pop() any {
 // check panics when the claims index an item the set does not hold.
 func (s *Set[ID, K, V]) check() {
 	for k, cs := range s.claims {
-		for _, c := range cs {
+		for _, c := range cs.all() {
 			if s.items[c.id] != c {
 				panic(fmt.Sprintf("key %v claimed by a stale item %v", k, c.id))
 			}
@@ -208,7 +249,7 @@ func (s *Set[ID, K, V]) check() {
 
 // Holder returns the item holding k, if one does.
 func (s *Set[ID, K, V]) Holder(k K) (id ID, ok bool) {
-	for _, c := range s.claims[k] {
+	for _, c := range s.claims[k].all() {
 		if c.holds {
 			return c.id, true
 		}

@@ -11,19 +11,22 @@ import (
 	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
-// named is a lease under its key suffix.
-type named struct {
-	name string
-	l    lease.Lease
+// aged is what orders a key by age: its name and revisions (the lease
+// itself stays in watchState.leases).
+type aged struct {
+	name         string
+	created, rev int64
 }
+
+func agedOf(name string, l lease.Lease) *aged { return &aged{name, created(l), l.Revision} }
 
 // olderNamed is snapshot's age order: created first, then modified first,
 // then by name.
-func olderNamed(a, b *named) int {
-	if c := cmp.Compare(created(a.l), created(b.l)); c != 0 {
+func olderNamed(a, b *aged) int {
+	if c := cmp.Compare(a.created, b.created); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(a.l.Revision, b.l.Revision); c != 0 {
+	if c := cmp.Compare(a.rev, b.rev); c != 0 {
 		return c
 	}
 	return strings.Compare(a.name, b.name)
@@ -43,7 +46,7 @@ func subnetsOf(l lease.Lease) []netip.Prefix {
 
 func (st *watchState) viewPut(name string, l lease.Lease) {
 	if st.view != nil {
-		st.view.Put(name, &named{name, l}, subnetsOf(l), true)
+		st.view.Put(name, agedOf(name, l), subnetsOf(l), true)
 	}
 }
 
@@ -62,7 +65,7 @@ func (m *Store) changes(st *watchState) lease.Changes {
 	if st.view == nil {
 		st.view = claim.New[string, netip.Prefix](olderNamed)
 		for name, l := range st.leases {
-			st.view.Put(name, &named{name, l}, subnetsOf(l), true)
+			st.view.Put(name, agedOf(name, l), subnetsOf(l), true)
 		}
 		st.view.Settle()
 		c := lease.Changes{Full: true, Put: make([]lease.Lease, 0, len(st.leases))}

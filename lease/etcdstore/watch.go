@@ -31,7 +31,7 @@ type watchState struct {
 	dup map[string]bool
 	// view settles the one-lease-per-subnet rule as leases change, for
 	// WatchChanges; nil until the first Changes and after a listing.
-	view *claim.Set[string, netip.Prefix, *named]
+	view *claim.Set[string, netip.Prefix, *aged]
 }
 
 // badKey counts the unreadable revisions of one key.
