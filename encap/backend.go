@@ -31,12 +31,13 @@ type Host struct {
 //	attrs, _ := b.Attrs()          // before the lease: what peers need to reach us
 //	own := acquire(attrs)
 //	mtu, _ := b.Start(ctx, own)    // data path up for own subnet
-//	b.SetPeers(admitted)           // on every lease snapshot, from one goroutine
+//	b.SetPeers(admitted)           // at start and on every full set, from one goroutine
+//	b.UpdatePeers(put, removed)    // on every other change, if b is a PeerUpdater
 //	b.Run(ctx)                     // until ctx ends
 //
 // SetPeers never sees a lease that package admission refused: the daemon
 // applies one rule (admission.Rule, with the backend's Accept) to every
-// snapshot, so no backend checks subnets, lengths or public IPs itself.
+// change, so no backend checks subnets, lengths or public IPs itself.
 //
 // On return from Run the backend stops without undoing kernel state that
 // lets traffic keep flowing through a restart (flanneld leaves its vxlan
