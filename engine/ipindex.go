@@ -1,11 +1,14 @@
 package engine
 
-// ipIndex maps peers' public addresses to peers in ipShards maps, chosen
-// by a fold of the address, so that a table made by Update copies only
-// the shards its change touches (at 5,000 peers about 5 entries each: one small map),
+// ipIndex maps peers' public addresses to peers. NewTableFor builds one
+// flat map (compact: a full table is built at start and on a re-list);
+// the first Update spreads it into ipShards maps, chosen by a fold of the
+// address, so that each table made by Update copies only the shards its
+// change touches (at 5,000 peers about 5 entries each: one small map),
 // not a map of every peer. Read-only once its table is published.
 type ipIndex[K comparable] struct {
-	shards *[ipShards]map[K]*Peer // nil: empty
+	flat   map[K]*Peer
+	shards *[ipShards]map[K]*Peer // nil: flat holds them
 	hash   func(K) uint32
 }
 
@@ -21,12 +24,20 @@ func hash6(a addr6) uint32 {
 
 func (x *ipIndex[K]) get(k K) *Peer {
 	if x.shards == nil {
-		return nil
+		return x.flat[k]
 	}
 	return x.shards[x.hash(k)][k]
 }
 
-// set puts p (nil: removes) under k, in place: for a table being built.
+// add puts p under k in the flat map: for a table being built.
+func (x *ipIndex[K]) add(k K, p *Peer) {
+	if x.flat == nil {
+		x.flat = map[K]*Peer{}
+	}
+	x.flat[k] = p
+}
+
+// set puts p (nil: removes) under k in the shards, in place.
 func (x *ipIndex[K]) set(k K, p *Peer) {
 	if x.shards == nil {
 		if p == nil {
@@ -57,6 +68,15 @@ func (w *ipWriter[K]) start(from ipIndex[K]) {
 	if from.shards != nil {
 		s := *from.shards
 		w.x.shards = &s
+		return
+	}
+	// The first update after a full build: spread the flat map, once.
+	for k, p := range from.flat {
+		w.x.set(k, p)
+	}
+	w.copied = [ipShards]bool{}
+	for i := range w.copied {
+		w.copied[i] = w.x.shards != nil // all new
 	}
 }
 

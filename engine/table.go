@@ -205,7 +205,7 @@ func NewTable(network netip.Prefix, subnetLen int, own netip.Prefix, peers []Pee
 // entry for this host's own lease (a peer spec holding n.Own or n.Own6,
 // as lease snapshots list it) is left out.
 func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
-	t := &Table{byIP: ipIndex[uint32]{hash: hash4}, byIP6: ipIndex[addr6]{hash: hash6}}
+	t := &Table{byIP: ipIndex[uint32]{flat: make(map[uint32]*Peer, len(peers)), hash: hash4}, byIP6: ipIndex[addr6]{hash: hash6}}
 	t.network = 1 // matches nothing (see Table)
 	if n.Network.IsValid() || n.SubnetLen != 0 || n.Own.IsValid() {
 		if err := t.init4(n.Network, n.SubnetLen); err != nil {
@@ -259,9 +259,9 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		if spec.Subnet6.IsValid() {
 			idx6 = append(idx6, slotEntry{t.num6(p.sub6), p, reused})
 		}
-		t.byIP.set(p.publicIP, p)
+		t.byIP.add(p.publicIP, p)
 		if spec.Endpoint6.IsValid() {
-			t.byIP6.set(addr6Of(spec.Endpoint6.Addr()), p)
+			t.byIP6.add(addr6Of(spec.Endpoint6.Addr()), p)
 		}
 		t.peers = append(t.peers, p)
 	}
