@@ -194,7 +194,7 @@ func (d *daemon) move(ctx context.Context, typ, why string, snap []lease.Lease, 
 		return fmt.Errorf("auto: starting %s: %w", typ, err)
 	}
 	d.cur.Store(st)
-	d.apply(st, snap)
+	d.apply(st, lease.Changes{Full: true, Put: snap})
 	if st.mtu != old.mtu {
 		d.log.Warn("auto: the overlay MTU changed; pods started before keep their MTU (see docs/auto.md)", "from", old.mtu, "to", st.mtu)
 		if err := d.writeSubnetFile(st); err != nil {

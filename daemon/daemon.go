@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -177,9 +179,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 
-	snapshots := make(chan []lease.Lease, 1)
+	changes := make(chan lease.Changes, 1)
 	go func() {
-		if err := o.Store.Watch(ctx, snapshots); err != nil && ctx.Err() == nil {
+		if err := lease.WatchChanges(ctx, o.Store, changes); err != nil && ctx.Err() == nil {
 			cancel(fmt.Errorf("watching leases: %w", err))
 		}
 	}()
@@ -188,7 +190,7 @@ func Run(ctx context.Context, o Options) error {
 	} else {
 		defer stopObs()
 	}
-	runErr := d.follow(ctx, snapshots, cancel)
+	runErr := d.follow(ctx, changes, cancel)
 	cancel(nil)
 	runErr = errors.Join(runErr, d.cur.Load().stop())
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
@@ -215,15 +217,20 @@ func (d *daemon) writeSubnetFile(st *stage) error {
 	return nil
 }
 
-// follow hands each lease snapshot, through admission, to the backend,
-// and on an auto host moves the backend when the cluster asks for
-// another. It returns when ctx ends (nil) or when the backend's Run ends
-// by itself (its error).
-func (d *daemon) follow(ctx context.Context, snapshots <-chan []lease.Lease, fail context.CancelCauseFunc) error {
+// follow hands each change of the leases, through admission, to the
+// backend, and on an auto host moves the backend when the cluster asks
+// for another. It returns when ctx ends (nil) or when the backend's Run
+// ends by itself (its error).
+func (d *daemon) follow(ctx context.Context, changes <-chan lease.Changes, fail context.CancelCauseFunc) error {
 	settle := time.NewTimer(time.Hour)
 	settle.Stop()
 	defer settle.Stop()
-	var last []lease.Lease
+	// An auto host keeps every lease: its rule, and a new backend after a
+	// move, look at the whole set.
+	var all map[netip.Prefix]lease.Lease
+	if d.auto != nil {
+		all = map[netip.Prefix]lease.Lease{}
+	}
 	for {
 		st := d.cur.Load()
 		select {
@@ -232,14 +239,15 @@ func (d *daemon) follow(ctx context.Context, snapshots <-chan []lease.Lease, fai
 		case err := <-st.runDone:
 			st.ran = true
 			return err
-		case snap := <-snapshots:
-			last = snap
-			d.apply(st, snap)
+		case c := <-changes:
+			d.apply(st, c)
 			if d.auto != nil {
-				d.consider(snap, settle)
+				applyChanges(all, c)
+				d.consider(snapshotOf(all), settle)
 			}
 		case <-settle.C:
 			d.auto.pending = ""
+			last := snapshotOf(all)
 			typ, why, ok := d.decide(last)
 			if !ok || typ == st.backend.Type() {
 				continue
@@ -252,4 +260,24 @@ func (d *daemon) follow(ctx context.Context, snapshots <-chan []lease.Lease, fai
 			}
 		}
 	}
+}
+
+// applyChanges applies c to a set of leases by ID.
+func applyChanges(all map[netip.Prefix]lease.Lease, c lease.Changes) {
+	if c.Full {
+		clear(all)
+	}
+	for _, id := range c.Deleted {
+		delete(all, id)
+	}
+	for _, l := range c.Put {
+		all[l.ID()] = l
+	}
+}
+
+// snapshotOf is the leases sorted by ID, as a store's snapshot.
+func snapshotOf(all map[netip.Prefix]lease.Lease) []lease.Lease {
+	snap := slices.Collect(maps.Values(all))
+	slices.SortFunc(snap, lease.CompareID)
+	return snap
 }

@@ -45,7 +45,7 @@ func TestCaptureOnKernelBackendExplains(t *testing.T) {
 		{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.2"), BackendType: "vxlan"}},
 		{Subnet: netip.MustParsePrefix("0.0.0.0/0"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.0.2.3"), BackendType: "vxlan"}},
 	})
-	d.obs.sawPeers(peers)
+	d.obs.sawPeers(true, peers, nil)
 	mux := d.mux()
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()

@@ -99,7 +99,7 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(mRefused, float64(len(st.gate.Refused())))
 	d.obs.mu.Lock()
-	peers := len(d.obs.peers)
+	peers := st.gate.NumPeers()
 	counter(mSnapshots, d.obs.snapshots)
 	if !d.obs.lastSnap.IsZero() {
 		gauge(mLastSnapshot, float64(d.obs.lastSnap.UnixNano())/1e9)

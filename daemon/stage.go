@@ -28,6 +28,7 @@ type stage struct {
 	runDone  chan error    // Run's result, once
 	keepDone chan struct{} // closed when Keep has returned
 	ran      bool          // runDone has been read
+	fed      bool          // the backend has had its first SetPeers
 }
 
 // startStage takes the lease for b's attributes, starts b and runs it and
@@ -98,11 +99,24 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 	return st, nil
 }
 
-// apply hands a lease snapshot, through admission, to the stage's backend.
-func (d *daemon) apply(st *stage, snap []lease.Lease) {
-	peers := st.gate.Admit(snap)
-	d.obs.sawPeers(peers)
-	st.backend.SetPeers(peers)
+// apply hands a change of the leases, through admission, to the stage's
+// backend: the change of the admitted peers to a backend that takes
+// changes (encap.PeerUpdater), else, and for a full change or the
+// backend's first, every admitted peer (SetPeers).
+func (d *daemon) apply(st *stage, c lease.Changes) {
+	put, removed := st.gate.Update(c)
+	u, incremental := st.backend.(encap.PeerUpdater)
+	if c.Full || !incremental || !st.fed {
+		peers := st.gate.Peers()
+		d.obs.sawPeers(true, peers, nil)
+		st.backend.SetPeers(peers)
+		st.fed = true
+		return
+	}
+	d.obs.sawPeers(false, put, removed)
+	if len(put) > 0 || len(removed) > 0 {
+		u.UpdatePeers(put, removed)
+	}
 }
 
 // stop ends the stage's Run and lease keeper and waits for both; the

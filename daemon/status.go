@@ -22,35 +22,43 @@ import (
 // capture hub.
 type observability struct {
 	mu        sync.Mutex
-	firstSeen map[netip.Prefix]time.Time // by lease ID
-	spare     map[netip.Prefix]time.Time // the map before firstSeen, reused (5,000 entries per lease event)
-	peers     []lease.Lease              // the admitted peers of the last snapshot
+	firstSeen map[netip.Prefix]time.Time // by lease ID, of the admitted peers
 	snapshots uint64
 	lastSnap  time.Time
 	started   time.Time
 }
 
-// sawPeers records a lease snapshot (called before the backend applies it).
-func (o *observability) sawPeers(snap []lease.Lease) {
+// sawPeers records a change of the admitted peers (called before the
+// backend applies it): when each peer was first seen. A full change
+// (peers: every admitted peer) forgets the peers it lacks; otherwise the
+// work is the size of the change.
+func (o *observability) sawPeers(full bool, peers []lease.Lease, removed []netip.Prefix) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	now := time.Now()
 	if o.firstSeen == nil {
 		o.firstSeen = map[netip.Prefix]time.Time{}
 	}
-	seen := o.spare
-	if seen == nil {
-		seen = make(map[netip.Prefix]time.Time, len(snap))
-	}
-	clear(seen)
-	for _, l := range snap {
-		t, ok := o.firstSeen[l.ID()]
-		if !ok {
-			t = now
+	if full {
+		seen := make(map[netip.Prefix]time.Time, len(peers))
+		for _, l := range peers {
+			t, ok := o.firstSeen[l.ID()]
+			if !ok {
+				t = now
+			}
+			seen[l.ID()] = t
 		}
-		seen[l.ID()] = t
+		o.firstSeen = seen
+	} else {
+		for _, id := range removed {
+			delete(o.firstSeen, id)
+		}
+		for _, l := range peers {
+			if _, ok := o.firstSeen[l.ID()]; !ok {
+				o.firstSeen[l.ID()] = now
+			}
+		}
 	}
-	o.firstSeen, o.spare, o.peers = seen, o.firstSeen, snap
 	o.snapshots++
 	o.lastSnap = now
 }
@@ -267,8 +275,9 @@ func (d *daemon) status() StatusReport {
 	if s, ok := d.o.Store.(storeStatus); ok {
 		r.StoreDetails, origin = s.StatusDetails(), s.Origin
 	}
+	peers := st.gate.Peers()
 	o.mu.Lock()
-	for _, l := range o.peers {
+	for _, l := range peers {
 		id := l.ID()
 		c := counters[id]
 		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, IPv6Subnet: prefixPtr(l.IPv6Subnet), PublicIPv6: addrPtr(l.Attrs.PublicIPv6),

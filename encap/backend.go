@@ -31,12 +31,13 @@ type Host struct {
 //	attrs, _ := b.Attrs()          // before the lease: what peers need to reach us
 //	own := acquire(attrs)
 //	mtu, _ := b.Start(ctx, own)    // data path up for own subnet
-//	b.SetPeers(admitted)           // on every lease snapshot, from one goroutine
+//	b.SetPeers(admitted)           // at start and on every full set, from one goroutine
+//	b.UpdatePeers(put, removed)    // on every other change, if b is a PeerUpdater
 //	b.Run(ctx)                     // until ctx ends
 //
 // SetPeers never sees a lease that package admission refused: the daemon
 // applies one rule (admission.Rule, with the backend's Accept) to every
-// snapshot, so no backend checks subnets, lengths or public IPs itself.
+// change, so no backend checks subnets, lengths or public IPs itself.
 //
 // On return from Run the backend stops without undoing kernel state that
 // lets traffic keep flowing through a restart (flanneld leaves its vxlan
@@ -61,6 +62,21 @@ type Backend interface {
 	SetPeers(peers []lease.Lease)
 	// Run forwards or reconciles until ctx ends.
 	Run(ctx context.Context) error
+}
+
+// PeerUpdater is the optional interface of a backend that applies a
+// change of the admitted peers rather than the whole set: the daemon
+// calls SetPeers first (at start, and with every full change: a store
+// that listed anew, a new backend after auto's move), then UpdatePeers
+// with each change, so a lease event costs the backend the size of the
+// change, not of the cluster.
+type PeerUpdater interface {
+	// UpdatePeers applies a change: removed are the IDs (lease.Lease.ID)
+	// of peers no longer admitted, put the peers new or changed, which
+	// replace any peer of the same ID; removed first, then put. After
+	// it the backend's peers are those SetPeers would have been given.
+	// Calls come from the goroutine that calls SetPeers.
+	UpdatePeers(put []lease.Lease, removed []netip.Prefix)
 }
 
 // Status is the optional interface of a backend with details of its own

@@ -1,11 +1,11 @@
 package engine
 
 import (
-	"cmp"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 )
 
@@ -177,10 +177,15 @@ type Table struct {
 	has6     bool
 	v6       subnetIndex
 
-	own   *Peer            // this host's subnets; Endpoint unset
-	byIP  map[uint32]*Peer // public IPv4 -> peer
-	byIP6 map[addr6]*Peer  // Endpoint6's address -> peer; nil when no peer has one
-	peers []*Peer          // IPv4 peers by subnet, then IPv6-only peers by subnet
+	own   *Peer           // this host's subnets; Endpoint unset
+	byIP  ipIndex[uint32] // public IPv4 -> peer
+	byIP6 ipIndex[addr6]  // Endpoint6's address -> peer
+	// peers are the IPv4 peers by subnet, then IPv6-only peers by subnet;
+	// a table made by Update lists them on the first call of Peers.
+	peers     []*Peer
+	peersOnce sync.Once
+	lazyPeers bool
+	nets      Networks // masked
 }
 
 // NewTable builds an IPv4 table for network, split into subnets of
@@ -200,7 +205,7 @@ func NewTable(network netip.Prefix, subnetLen int, own netip.Prefix, peers []Pee
 // entry for this host's own lease (a peer spec holding n.Own or n.Own6,
 // as lease snapshots list it) is left out.
 func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
-	t := &Table{byIP: make(map[uint32]*Peer, len(peers))}
+	t := &Table{byIP: ipIndex[uint32]{flat: make(map[uint32]*Peer, len(peers)), hash: hash4}, byIP6: ipIndex[addr6]{hash: hash6}}
 	t.network = 1 // matches nothing (see Table)
 	if n.Network.IsValid() || n.SubnetLen != 0 || n.Own.IsValid() {
 		if err := t.init4(n.Network, n.SubnetLen); err != nil {
@@ -217,18 +222,8 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		return nil, fmt.Errorf("engine: a table needs an IPv4 or an IPv6 network")
 	}
 	n.Network, n.Network6 = n.Network.Masked(), n.Network6.Masked()
-	check4 := func(p netip.Prefix) error {
-		if !t.has4 || !p.Addr().Is4() || p.Bits() != n.SubnetLen || p.Masked() != p || !n.Network.Contains(p.Addr()) {
-			return fmt.Errorf("engine: subnet %s is not a /%d inside %s", p, n.SubnetLen, n.Network)
-		}
-		return nil
-	}
-	check6 := func(p netip.Prefix) error {
-		if !t.has6 || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().Zone() != "" || p.Bits() != n.SubnetLen6 || p.Masked() != p || !n.Network6.Contains(p.Addr()) {
-			return fmt.Errorf("engine: IPv6 subnet %s is not a /%d inside %s", p, n.SubnetLen6, n.Network6)
-		}
-		return nil
-	}
+	t.nets = n
+	check4, check6 := t.check4, t.check6
 	if n.Own.IsValid() {
 		if err := check4(n.Own); err != nil {
 			return nil, err
@@ -245,35 +240,17 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 	var idx4, idx6 []slotEntry
 	t.peers = make([]*Peer, 0, len(peers))
 	for _, spec := range peers {
-		if !spec.Subnet.IsValid() && !spec.Subnet6.IsValid() {
-			return nil, fmt.Errorf("engine: peer %s has no subnet", spec.Endpoint)
+		if err := t.checkSpec(spec); err != nil {
+			return nil, err
 		}
-		if spec.Subnet.IsValid() {
-			if err := check4(spec.Subnet); err != nil {
-				return nil, err
-			}
-		}
-		if spec.Subnet6.IsValid() {
-			if err := check6(spec.Subnet6); err != nil {
-				return nil, err
-			}
-		}
-		if !spec.Endpoint.Addr().Is4() {
-			return nil, fmt.Errorf("engine: peer %s has no IPv4 endpoint", spec.name())
-		}
-		if spec.Endpoint6.IsValid() {
-			if a := spec.Endpoint6.Addr(); !a.Is6() || a.Is4In6() || a.Zone() != "" || !spec.Subnet6.IsValid() {
-				return nil, fmt.Errorf("engine: peer %s: IPv6 endpoint %s is not an IPv6 address of a peer with an IPv6 subnet", spec.name(), spec.Endpoint6)
-			}
-		}
-		if (n.Own.IsValid() && spec.Subnet == n.Own) || (n.Own6.IsValid() && spec.Subnet6 == n.Own6) {
+		if t.isOwn(spec) {
 			continue // this host's own lease, as it appears in snapshots
 		}
 		p := prev.reuse(spec) // prev's peer with the same subnets, or nil
 		reused := p != nil
 		if !reused {
 			p = newPeer(spec)
-		} else if t.byIP[p.publicIP] == p {
+		} else if t.byIP.get(p.publicIP) == p {
 			return nil, fmt.Errorf("engine: subnet %s listed twice", spec.name())
 		}
 		if spec.Subnet.IsValid() {
@@ -282,12 +259,9 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 		if spec.Subnet6.IsValid() {
 			idx6 = append(idx6, slotEntry{t.num6(p.sub6), p, reused})
 		}
-		t.byIP[p.publicIP] = p
+		t.byIP.add(p.publicIP, p)
 		if spec.Endpoint6.IsValid() {
-			if t.byIP6 == nil {
-				t.byIP6 = make(map[addr6]*Peer)
-			}
-			t.byIP6[addr6Of(spec.Endpoint6.Addr())] = p
+			t.byIP6.add(addr6Of(spec.Endpoint6.Addr()), p)
 		}
 		t.peers = append(t.peers, p)
 	}
@@ -314,17 +288,56 @@ func NewTableFor(n Networks, peers []PeerSpec, prev *Table) (*Table, error) {
 			return nil, fmt.Errorf("engine: IPv6 subnet %s listed twice", dup.Subnet6)
 		}
 	}
-	slices.SortFunc(t.peers, func(a, b *Peer) int {
-		a4, b4 := a.Subnet.IsValid(), b.Subnet.IsValid()
-		if a4 != b4 {
-			if a4 {
-				return -1
-			}
-			return 1
-		}
-		return cmp.Or(cmp.Compare(a.subnet, b.subnet), cmp.Compare(a.sub6.hi, b.sub6.hi), cmp.Compare(a.sub6.lo, b.sub6.lo))
-	})
+	slices.SortFunc(t.peers, comparePeers)
 	return t, nil
+}
+
+func (t *Table) check4(p netip.Prefix) error {
+	n := &t.nets
+	if !t.has4 || !p.Addr().Is4() || p.Bits() != n.SubnetLen || p.Masked() != p || !n.Network.Contains(p.Addr()) {
+		return fmt.Errorf("engine: subnet %s is not a /%d inside %s", p, n.SubnetLen, n.Network)
+	}
+	return nil
+}
+
+func (t *Table) check6(p netip.Prefix) error {
+	n := &t.nets
+	if !t.has6 || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().Zone() != "" || p.Bits() != n.SubnetLen6 || p.Masked() != p || !n.Network6.Contains(p.Addr()) {
+		return fmt.Errorf("engine: IPv6 subnet %s is not a /%d inside %s", p, n.SubnetLen6, n.Network6)
+	}
+	return nil
+}
+
+// checkSpec refuses a peer spec the table cannot hold.
+func (t *Table) checkSpec(spec PeerSpec) error {
+	if !spec.Subnet.IsValid() && !spec.Subnet6.IsValid() {
+		return fmt.Errorf("engine: peer %s has no subnet", spec.Endpoint)
+	}
+	if spec.Subnet.IsValid() {
+		if err := t.check4(spec.Subnet); err != nil {
+			return err
+		}
+	}
+	if spec.Subnet6.IsValid() {
+		if err := t.check6(spec.Subnet6); err != nil {
+			return err
+		}
+	}
+	if !spec.Endpoint.Addr().Is4() {
+		return fmt.Errorf("engine: peer %s has no IPv4 endpoint", spec.name())
+	}
+	if spec.Endpoint6.IsValid() {
+		if a := spec.Endpoint6.Addr(); !a.Is6() || a.Is4In6() || a.Zone() != "" || !spec.Subnet6.IsValid() {
+			return fmt.Errorf("engine: peer %s: IPv6 endpoint %s is not an IPv6 address of a peer with an IPv6 subnet", spec.name(), spec.Endpoint6)
+		}
+	}
+	return nil
+}
+
+// isOwn reports whether spec is this host's own lease.
+func (t *Table) isOwn(spec PeerSpec) bool {
+	n := &t.nets
+	return (n.Own.IsValid() && spec.Subnet == n.Own) || (n.Own6.IsValid() && spec.Subnet6 == n.Own6)
 }
 
 func (t *Table) init4(network netip.Prefix, subnetLen int) error {
@@ -517,15 +530,15 @@ func (t *Table) subnetBroadcast(ip uint32) bool {
 }
 
 // peerByIP returns the peer with this public IPv4 address, or nil.
-func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP[ip] }
+func (t *Table) peerByIP(ip uint32) *Peer { return t.byIP.get(ip) }
 
 // peerBySource returns the peer a datagram from a came from: the peer
 // with this public IPv4 address, or with this IPv6 endpoint address.
 func (t *Table) peerBySource(a netip.Addr) *Peer {
 	if a.Is4() || a.Is4In6() {
-		return t.byIP[u32(a.Unmap())]
+		return t.byIP.get(u32(a.Unmap()))
 	}
-	return t.byIP6[addr6Of(a)]
+	return t.byIP6.get(addr6Of(a))
 }
 
 // isLocal reports whether ip is in this host's own IPv4 subnet.
@@ -553,7 +566,12 @@ func (t *Table) Own6() netip.Prefix {
 // Peers returns the table's peers: those with an IPv4 subnet sorted by it,
 // then those with only an IPv6 subnet sorted by that. The slice is shared:
 // do not modify it.
-func (t *Table) Peers() []*Peer { return t.peers }
+func (t *Table) Peers() []*Peer {
+	if t.lazyPeers {
+		t.peersOnce.Do(t.listPeers)
+	}
+	return t.peers
+}
 
 // Stats returns the peer's counters.
 func (p *Peer) Stats() PeerStats {

@@ -19,4 +19,5 @@
 //	lease.WriteSubnetFile(subnetFile, lease.SubnetEnv{Network: cfg.Network, Subnet: own.Subnet, MTU: mtu})
 //	go func() { fatal(mgr.Keep(ctx, own)) }()       // an error means the subnet is lost: exit
 //	go mgr.Watch(ctx, snapshots)                     // full snapshots, newest last
+//	go lease.WatchChanges(ctx, mgr, changes)         // or changes: what the daemon follows
 package lease

@@ -1,26 +1,64 @@
 package admission
 
 import (
+	"bytes"
+	"cmp"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 
+	"github.com/weft-net/weft/internal/claim"
 	"github.com/weft-net/weft/lease"
 )
 
-// Gate applies a Rule to each snapshot, logs each refusal once (and again
-// only when its reason changes), counts refusals by reason, and keeps the
-// current ones for status. Admit is called from one goroutine; the
-// readers may be called from any.
+// Gate applies a Rule to a store's leases as they change, logs each
+// refusal once (and again only when its reason changes), counts refusals
+// by reason, and keeps the admitted peers and current refusals for
+// status. Its decisions are always those of Admit over the whole set;
+// but a change is decided only for the leases it can reach (the leases
+// changed, and those that share a subnet or public IP with a lease whose
+// standing changed), so a lease event costs the same at 5,000 leases as
+// at 5. Update and Admit are called from one goroutine; the readers may
+// be called from any.
 type Gate struct {
-	rule Rule
-	log  *slog.Logger
+	rule  Rule
+	log   *slog.Logger
+	ownID netip.Prefix
+
+	// leases are every lease of the store but this host's, by the
+	// store's ID, as admission sees them; set decides their collisions.
+	leases map[netip.Prefix]*gated
+	set    *claim.Set[netip.Prefix, claimKey, *gated]
+	// admittedBy is the admitted lease of each store ID that has one
+	// (the entry as it was admitted: a change replaces the entry).
+	admittedBy map[netip.Prefix]*gated
 
 	mu      sync.Mutex
-	refused map[netip.Prefix]*Refused // by lease ID
-	peers   []lease.Lease             // admitted, by ID: every ID once (they do not overlap)
+	refused map[netip.Prefix]refusal // by the store's ID
+	peers   map[netip.Prefix]*gated  // admitted, by ID (they do not overlap)
 	counts  map[string]uint64
+}
+
+// gated is one lease at the gate.
+type gated struct {
+	id  netip.Prefix // the store's ID (the lease's before its absent family was dropped)
+	l   lease.Lease  // as admission sees it
+	ref *Refused     // the rule's refusal of the lease alone; nil: it may be admitted
+}
+
+// refusal is a lease's refusal and the ID it is shown under.
+type refusal struct {
+	as netip.Prefix
+	*Refused
+}
+
+// claimKey is a subnet or a public IP (ip) a lease takes when admitted.
+type claimKey struct {
+	ip bool
+	p  netip.Prefix
 }
 
 // NewGate returns a gate for rule.
@@ -28,51 +66,232 @@ func NewGate(rule Rule, log *slog.Logger) *Gate {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Gate{rule: rule, log: log, refused: map[netip.Prefix]*Refused{}, counts: map[string]uint64{}}
+	g := &Gate{rule: rule, log: log, refused: map[netip.Prefix]refusal{}, peers: map[netip.Prefix]*gated{}, counts: map[string]uint64{}}
+	g.ownID = rule.Own.ID()
+	g.admittedBy = map[netip.Prefix]*gated{}
+	g.reset()
+	return g
 }
 
-// Admit returns the admitted peers of snap (this host's lease left out),
-// sorted by ID (lease.CompareID).
+// reset forgets the leases (not what was admitted: an Update compares
+// with it).
+func (g *Gate) reset() {
+	g.leases = map[netip.Prefix]*gated{}
+	g.set = claim.New[netip.Prefix, claimKey](olderGated)
+	for _, ip := range []netip.Addr{g.rule.Own.Attrs.PublicIP, g.rule.Own.Attrs.PublicIPv6} {
+		if ip.IsValid() {
+			g.set.Reserve(ipKey(ip))
+		}
+	}
+}
+
+// olderGated is Admit's order: creation, then ID, then the store's ID
+// (Admit's input position, for a snapshot sorted by ID as stores send
+// them).
+func olderGated(a, b *gated) int {
+	if c := cmp.Compare(created(a.l), created(b.l)); c != 0 {
+		return c
+	}
+	if c := lease.CompareID(a.l, b.l); c != 0 {
+		return c
+	}
+	return comparePrefix(a.id, b.id)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func ipKey(a netip.Addr) claimKey { return claimKey{ip: true, p: netip.PrefixFrom(a, a.BitLen())} }
+
+// claims are what an admitted l takes, in the order collides checks them.
+func claims(l *lease.Lease) []claimKey {
+	k := make([]claimKey, 0, 4)
+	if l.Subnet.IsValid() {
+		k = append(k, claimKey{p: l.Subnet})
+	}
+	if l.IPv6Subnet.IsValid() {
+		k = append(k, claimKey{p: l.IPv6Subnet})
+	}
+	if l.Subnet.IsValid() {
+		k = append(k, ipKey(l.Attrs.PublicIP))
+	}
+	if l.IPv6Subnet.IsValid() {
+		k = append(k, ipKey(l.Attrs.PublicIPv6))
+	}
+	return k
+}
+
+// Admit decides a whole snapshot (a Full change) and returns the admitted
+// peers (this host's lease left out), sorted by ID (lease.CompareID).
 func (g *Gate) Admit(snap []lease.Lease) []lease.Lease {
-	ds := Admit(g.rule, snap)
-	peers := make([]lease.Lease, 0, len(ds))
-	refused := make(map[netip.Prefix]*Refused)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, d := range ds {
-		s := d.Lease.ID()
-		if d.Refused == nil {
-			peers = append(peers, d.Lease)
+	g.Update(lease.Changes{Full: true, Put: snap})
+	return g.Peers()
+}
+
+// Update applies a change of the store's leases and returns the change of
+// the admitted peers: put are peers new or changed (as admission sees
+// them: without the family the network does not have), removed the IDs of
+// peers no longer admitted. A backend applies removed, then put. A
+// lease renewed with nothing a backend uses changed is not put again.
+func (g *Gate) Update(c lease.Changes) (put []lease.Lease, removed []netip.Prefix) {
+	var affected []netip.Prefix
+	if c.Full {
+		g.mu.Lock()
+		for id := range g.refused {
+			affected = append(affected, id)
+		}
+		g.mu.Unlock()
+		for id := range g.admittedBy {
+			affected = append(affected, id)
+		}
+		g.reset()
+	}
+	for _, id := range c.Deleted {
+		if g.leases[id] != nil {
+			delete(g.leases, id)
+			g.set.Delete(id)
+		}
+		affected = append(affected, id)
+	}
+	for _, l := range c.Put {
+		id := l.ID()
+		affected = append(affected, id)
+		e := &gated{id: id, l: g.strip(l)}
+		if e.l.ID() == g.ownID {
+			// This host's own lease: not a peer, takes nothing.
+			if g.leases[id] != nil {
+				delete(g.leases, id)
+				g.set.Delete(id)
+			}
 			continue
 		}
-		refused[s] = d.Refused
-		if old := g.refused[s]; old == nil || old.Reason != d.Refused.Reason {
-			g.counts[d.Refused.Reason]++
-			g.log.Warn("peer lease refused", append(logAttrs(d.Lease), "reason", d.Refused.Reason, "why", d.Refused.Detail)...)
+		e.ref = check(g.rule, e.l)
+		g.leases[id] = e
+		var keys []claimKey
+		if e.ref == nil {
+			keys = claims(&e.l)
+		}
+		g.set.Put(id, e, keys, e.ref == nil)
+	}
+	affected = append(affected, g.set.Settle()...)
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	// Each affected ID once; removals first, so that a subnet passing from
+	// one lease to another under one ID ends up admitted.
+	slices.SortFunc(affected, comparePrefix)
+	affected = slices.Compact(affected)
+	for _, id := range affected {
+		e := g.leases[id]
+		old, was := g.admittedBy[id]
+		if was && (e == nil || !g.set.Holds(id) || old.l.ID() != e.l.ID()) {
+			delete(g.admittedBy, id)
+			delete(g.peers, old.l.ID())
+			removed = append(removed, old.l.ID())
+			g.log.Info("subnet removed", logAttrs(old.l)...)
 		}
 	}
-	// Both lists are in ID order with every ID once: a merge finds what
-	// came and went without a map of 5,000 leases per snapshot.
-	old := g.peers
-	i, j := 0, 0
-	for i < len(old) || j < len(peers) {
-		switch {
-		case j == len(peers) || i < len(old) && lease.CompareID(old[i], peers[j]) < 0:
-			g.log.Info("subnet removed", logAttrs(old[i])...)
-			i++
-		case i == len(old) || lease.CompareID(peers[j], old[i]) < 0:
-			g.log.Info("subnet added", append(logAttrs(peers[j]), "backend", BackendName(peers[j].Attrs))...)
-			j++
-		default:
-			if old[i].Attrs.PublicIP != peers[j].Attrs.PublicIP || old[i].Attrs.PublicIPv6 != peers[j].Attrs.PublicIPv6 {
-				g.log.Info("subnet added", append(logAttrs(peers[j]), "backend", BackendName(peers[j].Attrs))...)
+	for _, id := range affected {
+		e := g.leases[id]
+		if e == nil {
+			delete(g.refused, id)
+			continue
+		}
+		if g.set.Holds(id) {
+			old, was := g.admittedBy[id]
+			if !was || !sameForBackends(old.l, e.l) {
+				put = append(put, e.l)
 			}
-			i++
-			j++
+			if !was || old.l.Attrs.PublicIP != e.l.Attrs.PublicIP || old.l.Attrs.PublicIPv6 != e.l.Attrs.PublicIPv6 {
+				g.log.Info("subnet added", append(logAttrs(e.l), "backend", BackendName(e.l.Attrs))...)
+			}
+			g.admittedBy[id] = e
+			g.peers[e.l.ID()] = e
+			delete(g.refused, id)
+			continue
 		}
+		ref := e.ref
+		if ref == nil {
+			ref = g.collision(e)
+		}
+		if old, ok := g.refused[id]; !ok || old.Reason != ref.Reason {
+			g.counts[ref.Reason]++
+			g.log.Warn("peer lease refused", append(logAttrs(e.l), "reason", ref.Reason, "why", ref.Detail)...)
+		}
+		g.refused[id] = refusal{e.l.ID(), ref}
 	}
-	g.refused, g.peers = refused, peers
-	return peers
+	// A peer replaced under its ID (another lease now holds its subnet)
+	// is put, not removed.
+	if len(removed) > 0 && len(put) > 0 {
+		removed = slices.DeleteFunc(removed, func(id netip.Prefix) bool {
+			_, ok := g.peers[id]
+			return ok
+		})
+	}
+	return put, removed
+}
+
+// collision is the refusal of an eligible lease that an older one (or this
+// host) stands in the way of, worded as Admit's.
+func (g *Gate) collision(e *gated) *Refused {
+	i, _, _ := g.set.Blocker(e.id)
+	if i < 0 {
+		// Cannot happen: an eligible lease not admitted is blocked.
+		return &Refused{Overlap, "held by an older lease"}
+	}
+	k := claims(&e.l)[i]
+	switch {
+	case !k.ip:
+		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", k.p)}
+	case k.p.Addr().Is4():
+		return &Refused{PublicIPTaken, fmt.Sprintf("public IP %s is already held by this host or an older lease", k.p.Addr())}
+	}
+	return &Refused{PublicIPTaken, fmt.Sprintf("public IPv6 %s is already held by this host or an older lease", k.p.Addr())}
+}
+
+// strip drops the family the network does not have (see Admit).
+func (g *Gate) strip(l lease.Lease) lease.Lease {
+	switch {
+	case !g.rule.IPv6Network.IsValid():
+		l.IPv6Subnet, l.Attrs.PublicIPv6, l.Attrs.BackendV6Data = netip.Prefix{}, netip.Addr{}, nil
+	case !g.rule.Network.IsValid():
+		l.Subnet, l.Attrs.PublicIP, l.Attrs.BackendData = netip.Prefix{}, netip.Addr{}, nil
+	}
+	return l
+}
+
+// sameForBackends reports whether a and b program the same state: a
+// renewal changes only revisions and expiry.
+func sameForBackends(a, b lease.Lease) bool {
+	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
+		a.Attrs.PublicIPv6 == b.Attrs.PublicIPv6 && a.Attrs.BackendType == b.Attrs.BackendType &&
+		bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) && bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data)
+}
+
+// Peers returns the admitted peers, sorted by ID (lease.CompareID).
+func (g *Gate) Peers() []lease.Lease {
+	g.mu.Lock()
+	var out []lease.Lease
+	if len(g.peers) > 0 {
+		out = make([]lease.Lease, 0, len(g.peers))
+	}
+	for _, e := range g.peers {
+		out = append(out, e.l)
+	}
+	g.mu.Unlock()
+	slices.SortFunc(out, lease.CompareID)
+	return out
+}
+
+// NumPeers is how many peers are admitted.
+func (g *Gate) NumPeers() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.peers)
 }
 
 // logAttrs names a lease in logs: its ID and the public address of that
@@ -84,14 +303,14 @@ func logAttrs(l lease.Lease) []any {
 	return []any{"subnet", l.IPv6Subnet, "public-ipv6", l.Attrs.PublicIPv6}
 }
 
-// Refused returns the leases of the last snapshot that were refused, by
-// ID, as "reason: detail".
+// Refused returns the leases refused now, by ID (as admission sees it),
+// as "reason: detail".
 func (g *Gate) Refused() map[string]string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make(map[string]string, len(g.refused))
-	for s, r := range g.refused {
-		out[s.String()] = r.Error()
+	for _, r := range g.refused {
+		out[r.as.String()] = r.Error()
 	}
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -38,12 +39,20 @@ type Backend struct {
 	log  *slog.Logger
 	rec  *kernel.Reconciler
 
-	mu      sync.Mutex
-	own     lease.Lease
-	leases  []lease.Lease // the last snapshot; nil until the first
-	ready   bool
-	peers   []Peer
+	mu     sync.Mutex
+	own    lease.Lease
+	leases map[netip.Prefix]lease.Lease // the admitted peers, by ID
+	ready  bool
+	// routed is what each peer wants, as the last pass or update decided
+	// it: an update removes a changed peer's old routes.
+	routed  map[netip.Prefix]routed
 	refused map[netip.Prefix]string // logged once per reason
+}
+
+// routed is one peer's routes and what status shows of it.
+type routed struct {
+	peer   Peer
+	routes []kernel.Route
 }
 
 // Peer is a peer the backend routes to: its IPv4 subnet, its IPv6 one, or
@@ -56,8 +65,9 @@ type Peer struct {
 }
 
 var (
-	_ encap.Backend = (*Backend)(nil)
-	_ encap.Status  = (*Backend)(nil)
+	_ encap.Backend     = (*Backend)(nil)
+	_ encap.Status      = (*Backend)(nil)
+	_ encap.PeerUpdater = (*Backend)(nil)
 )
 
 // New builds the backend.
@@ -74,7 +84,7 @@ func New(o Options) (*Backend, error) {
 	if err := CheckPublicIP(o.Host); err != nil {
 		return nil, err
 	}
-	b := &Backend{host: o.Host, nl: o.NL, log: o.Log, refused: map[netip.Prefix]string{}}
+	b := &Backend{host: o.Host, nl: o.NL, log: o.Log, refused: map[netip.Prefix]string{}, routed: map[netip.Prefix]routed{}}
 	b.rec = &kernel.Reconciler{NL: o.NL, Log: o.Log.With("backend", "host-gw"), Interval: o.Interval, Desired: b.desired}
 	return b, nil
 }
@@ -126,10 +136,99 @@ func (b *Backend) Accept(a lease.Attrs) error { return admission.AcceptType("hos
 
 // SetPeers records the admitted peers and asks the loop to program them.
 func (b *Backend) SetPeers(leases []lease.Lease) {
+	m := make(map[netip.Prefix]lease.Lease, len(leases))
+	for _, l := range leases {
+		m[l.ID()] = l
+	}
 	b.mu.Lock()
-	b.leases, b.ready = slices.Clone(leases), true
+	b.leases, b.ready = m, true
 	b.mu.Unlock()
 	b.rec.Trigger()
+}
+
+// UpdatePeers applies a change of the admitted peers (encap.PeerUpdater):
+// the routes of the peers removed or changed go, those of the peers put
+// come, and the loop programs just that.
+func (b *Backend) UpdatePeers(put []lease.Lease, removed []netip.Prefix) {
+	connected, err := b.nl.Connected(b.host.IfaceIndex)
+	b.mu.Lock()
+	if !b.ready || err != nil {
+		b.mu.Unlock()
+		if err != nil {
+			b.log.Warn("cannot read the underlay's subnets; programming the whole state", "err", err)
+		}
+		b.applyAll(put, removed)
+		return
+	}
+	var gone, added kernel.State
+	drop := func(id netip.Prefix) {
+		if r, ok := b.routed[id]; ok {
+			gone.Routes = append(gone.Routes, r.routes...)
+			delete(b.routed, id)
+		}
+		for _, sn := range []netip.Prefix{id, b.leases[id].IPv6Subnet} {
+			delete(b.refused, sn)
+		}
+		delete(b.leases, id)
+	}
+	for _, id := range removed {
+		drop(id)
+	}
+	for _, l := range put {
+		drop(l.ID())
+		b.leases[l.ID()] = l
+		r := b.route(l, connected, b.refused, b.refused)
+		b.routed[l.ID()] = r
+		added.Routes = append(added.Routes, r.routes...)
+	}
+	b.mu.Unlock()
+	b.rec.Change(gone, added)
+}
+
+// applyAll applies a change to the peers and programs the whole state.
+func (b *Backend) applyAll(put []lease.Lease, removed []netip.Prefix) {
+	b.mu.Lock()
+	if b.leases == nil {
+		b.leases = map[netip.Prefix]lease.Lease{}
+	}
+	for _, id := range removed {
+		delete(b.leases, id)
+	}
+	for _, l := range put {
+		b.leases[l.ID()] = l
+	}
+	b.ready = true
+	b.mu.Unlock()
+	b.rec.Trigger()
+}
+
+// route is what host-gw wants for one peer: a route per family it can
+// reach, each on its own, so a peer whose IPv6 address is behind a router
+// is still routed over IPv4. A refusal goes into refused, logged when
+// was did not hold it.
+func (b *Backend) route(l lease.Lease, connected []netip.Prefix, refused, was map[netip.Prefix]string) routed {
+	var r routed
+	add := func(subnet netip.Prefix, gw netip.Addr, why string) bool {
+		if why != "" {
+			if was[subnet] != why {
+				b.log.Warn("refusing peer", "subnet", subnet, "public-ip", gw, "why", why)
+			}
+			refused[subnet] = why
+			return false
+		}
+		r.routes = append(r.routes, kernel.Route{Dst: subnet, Gw: gw, LinkIndex: b.host.IfaceIndex})
+		return true
+	}
+	// Admission passes an IPv4 subnet only on a network with IPv4.
+	if l.Subnet.IsValid() && add(l.Subnet, l.Attrs.PublicIP, Refuse(l, connected)) {
+		r.peer.Subnet, r.peer.PublicIP = l.Subnet, l.Attrs.PublicIP
+	}
+	// As flanneld: "fd00:10:5:27::/64 via 2001:db8::2 dev fk-v1".
+	// Admission passes an IPv6 subnet only on a network with IPv6.
+	if l.IPv6Subnet.IsValid() && add(l.IPv6Subnet, l.Attrs.PublicIPv6, RefuseIPv6(l, connected)) {
+		r.peer.IPv6Subnet, r.peer.PublicIPv6 = l.IPv6Subnet, l.Attrs.PublicIPv6
+	}
+	return r
 }
 
 // Reachability is decided on every pass, from the underlay's connected
@@ -145,39 +244,22 @@ func (b *Backend) desired() (kernel.State, bool, error) {
 		return kernel.State{}, false, fmt.Errorf("reading %s's subnets: %w", b.host.Iface, err)
 	}
 	s := kernel.State{Routes: make([]kernel.Route, 0, len(b.leases))}
-	peers := make([]Peer, 0, len(b.leases))
+	routedNow := make(map[netip.Prefix]routed, len(b.leases))
 	refused := map[netip.Prefix]string{}
-	// route adds the route to subnet via gw, or refuses it: each family
-	// on its own, so a peer whose IPv6 address is behind a router is
-	// still routed over IPv4.
-	route := func(subnet netip.Prefix, gw netip.Addr, why string) bool {
-		if why != "" {
-			refused[subnet] = why
-			if b.refused[subnet] != why {
-				b.log.Warn("refusing peer", "subnet", subnet, "public-ip", gw, "why", why)
-			}
-			return false
-		}
-		s.Routes = append(s.Routes, kernel.Route{Dst: subnet, Gw: gw, LinkIndex: b.host.IfaceIndex})
-		return true
+	for _, id := range slices.SortedFunc(maps.Keys(b.leases), comparePrefix) {
+		r := b.route(b.leases[id], connected, refused, b.refused)
+		routedNow[id] = r
+		s.Routes = append(s.Routes, r.routes...)
 	}
-	for _, l := range b.leases {
-		var p Peer
-		// Admission passes an IPv4 subnet only on a network with IPv4.
-		if l.Subnet.IsValid() && route(l.Subnet, l.Attrs.PublicIP, Refuse(l, connected)) {
-			p.Subnet, p.PublicIP = l.Subnet, l.Attrs.PublicIP
-		}
-		// As flanneld: "fd00:10:5:27::/64 via 2001:db8::2 dev fk-v1".
-		// Admission passes an IPv6 subnet only on a network with IPv6.
-		if l.IPv6Subnet.IsValid() && route(l.IPv6Subnet, l.Attrs.PublicIPv6, RefuseIPv6(l, connected)) {
-			p.IPv6Subnet, p.PublicIPv6 = l.IPv6Subnet, l.Attrs.PublicIPv6
-		}
-		if p != (Peer{}) {
-			peers = append(peers, p)
-		}
-	}
-	b.peers, b.refused = peers, refused
+	b.routed, b.refused = routedNow, refused
 	return s, true, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 // Refuse says why host-gw cannot route to the peer of l, or "". A route via
@@ -231,7 +313,12 @@ type Status struct {
 func (b *Backend) Status() any {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Status{Iface: b.host.Iface, MTU: b.host.IfaceMTU, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
+	s := Status{Iface: b.host.Iface, MTU: b.host.IfaceMTU, Peers: make([]Peer, 0, len(b.routed)), Reconcile: b.rec.Stats()}
+	for _, id := range slices.SortedFunc(maps.Keys(b.routed), comparePrefix) {
+		if p := b.routed[id].peer; p != (Peer{}) {
+			s.Peers = append(s.Peers, p)
+		}
+	}
 	for sn, why := range b.refused {
 		if s.Refused == nil {
 			s.Refused = map[string]string{}

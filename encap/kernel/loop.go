@@ -37,6 +37,7 @@ type Reconciler struct {
 
 	trigger chan struct{}
 	once    sync.Once
+	queue   changeQueue
 
 	mu        sync.Mutex
 	installed map[entry]struct{} // entries weft programmed and believes in place
@@ -92,9 +93,13 @@ func (r *Reconciler) init() {
 	})
 }
 
-// Trigger asks for a pass soon. It never blocks.
+// Trigger asks for a pass soon: the whole wanted state may have changed
+// (see Change for a part of it). It never blocks.
 func (r *Reconciler) Trigger() {
 	r.init()
+	r.queue.mu.Lock()
+	r.queue.resync = true
+	r.queue.mu.Unlock()
 	select {
 	case r.trigger <- struct{}{}:
 	default:
@@ -117,6 +122,8 @@ func (r *Reconciler) Stats() Stats {
 func (r *Reconciler) Pass() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// The pass programs the whole state, changes queued so far included.
+	r.takeQueue()
 	want, ready, err := r.Desired()
 	if err != nil {
 		r.fail(err)

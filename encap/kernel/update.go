@@ -8,7 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Update programs what changed in the wanted state since the last pass:
+// Update programs what changed in the wanted state since the last pass,
+// from the changes queued by Change when there are only those (without
+// calling Desired), else by diffing Desired's whole state:
 // the route, neighbour and FDB entry of a peer that came or went, one
 // request each, with no dump of the kernel's tables, so a lease event costs
 // the same at 5,000 peers as at 5. What someone changed by hand meanwhile
@@ -17,7 +19,15 @@ import (
 // when the device changed, it runs a full pass instead.
 func (r *Reconciler) Update() error {
 	r.mu.Lock()
-	done, err := r.update()
+	deltas, resync := r.takeQueue()
+	var done bool
+	var err error
+	if !resync && len(deltas) > 0 {
+		done, err = r.applyDeltas(deltas)
+	}
+	if !done {
+		done, err = r.update()
+	}
 	r.mu.Unlock()
 	if !done {
 		return r.Pass()
@@ -49,63 +59,8 @@ func (r *Reconciler) update() (bool, error) {
 	var errs []error
 	// Removals first: a peer that moved (new public IP or MAC) is one
 	// entry removed and one added.
-	gone := func(e entry) {
-		if _, refused := r.conflicts[e]; refused {
-			delete(r.conflicts, e) // never installed: nothing to remove
-			return
-		}
-		r.expectOwn(e)
-		if gone, err := r.NL.remove(e); err != nil || !gone {
-			r.forgetOwn(&e)
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-		}
-		c.removed = append(c.removed, e)
-	}
-	added := func(e entry) {
-		var err error
-		switch e.kind {
-		case kindRoute:
-			var other string
-			if other, err = r.NL.addRoute(e.route()); err == nil && other != "" {
-				c.conflict(e, other)
-				return
-			}
-		case kindNeigh:
-			err = r.NL.setNeigh(Neigh{IP: e.ip, MAC: e.mac.hw()}, e.link)
-		case kindFDB:
-			err = r.NL.setFDB(FDB{MAC: e.mac.hw(), Dst: e.ip}, e.link)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			return
-		}
-		c.added = append(c.added, e)
-	}
-	x.diff(r.base, gone, added)
-	r.record(c, nil, true)
-	if r.installed == nil {
-		r.installed = map[entry]struct{}{}
-	}
-	for _, e := range c.removed {
-		delete(r.installed, e)
-	}
-	for _, e := range c.added {
-		r.installed[e] = struct{}{}
-	}
-	for e, other := range c.conflicts {
-		if r.conflicts == nil {
-			r.conflicts = map[entry]string{}
-		}
-		r.conflicts[e] = other
-	}
-	r.publishRefused()
-	if err := errors.Join(errs...); err != nil {
-		r.fail(err)
-		r.base = nil // the next pass is a full one
-		r.Trigger()
+	x.diff(r.base, func(e entry) { r.removeEntry(e, &c, &errs) }, func(e entry) { r.addEntry(e, &c, &errs) })
+	if err := r.finishUpdate(c, errs); err != nil {
 		return true, err
 	}
 	r.spare, r.base = r.base, x

@@ -135,6 +135,18 @@ func (d *datapath) setTable(specs []engine.PeerSpec) {
 	d.eng.SetTable(t)
 }
 
+// updateTable swaps in the table with a change made (engine.Table.Update):
+// the chunks of slots it touches are copied, the rest shared. A change
+// that cannot be made is logged and the last good table stays.
+func (d *datapath) updateTable(put []engine.PeerSpec, removed []netip.Prefix) {
+	t, err := d.eng.Table().Update(put, removed)
+	if err != nil {
+		d.opts.Log.Error("peers rejected by the engine's table; keeping the previous table", "err", err)
+		return
+	}
+	d.eng.SetTable(t)
+}
+
 // drainEvents reads the device's events (the tun package blocks on a full
 // channel) and reports an MTU someone else set.
 func drainEvents(dev *tunio.Device, want int, log *slog.Logger) {

@@ -27,9 +27,10 @@ type UDP struct {
 }
 
 var (
-	_ encap.Backend  = (*UDP)(nil)
-	_ encap.Status   = (*UDP)(nil)
-	_ encap.Datapath = (*UDP)(nil)
+	_ encap.Backend     = (*UDP)(nil)
+	_ encap.Status      = (*UDP)(nil)
+	_ encap.Datapath    = (*UDP)(nil)
+	_ encap.PeerUpdater = (*UDP)(nil)
 )
 
 // NewUDP checks the network config's Backend for the udp backend.
@@ -116,11 +117,21 @@ func (b *UDP) Run(ctx context.Context) error { return b.eng.Run(ctx) }
 // UDP format carries a bare IP packet, whose version nibble tells the
 // families apart.
 func (b *UDP) SetPeers(peers []lease.Lease) {
+	b.setTable(b.specs(peers))
+}
+
+// UpdatePeers applies a change of the admitted peers to the table
+// (encap.PeerUpdater): only the slots of the peers changed are written.
+func (b *UDP) UpdatePeers(put []lease.Lease, removed []netip.Prefix) {
+	b.updateTable(b.specs(put), removed)
+}
+
+func (b *UDP) specs(peers []lease.Lease) []engine.PeerSpec {
 	specs := make([]engine.PeerSpec, 0, len(peers))
 	for _, l := range peers {
 		specs = append(specs, engine.PeerSpec{Subnet: l.Subnet, Subnet6: l.IPv6Subnet, Endpoint: endpoint(l, b.port)})
 	}
-	b.setTable(specs)
+	return specs
 }
 
 // Datapath implements encap.Datapath.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/udp"
@@ -44,6 +45,7 @@ var (
 	_ encap.Status       = (*VXLAN)(nil)
 	_ encap.Datapath     = (*VXLAN)(nil)
 	_ encap.IPv6Acceptor = (*VXLAN)(nil)
+	_ encap.PeerUpdater  = (*VXLAN)(nil)
 )
 
 // NewVXLAN checks the network config's Backend for userspace vxlan.
@@ -180,26 +182,55 @@ func (b *VXLAN) Run(ctx context.Context) error { return b.eng.Run(ctx) }
 // peer's IPv6 subnet is reached at its PublicIPv6 with its BackendV6Data
 // MAC, as its flannel-v6.<VNI> is.
 func (b *VXLAN) SetPeers(peers []lease.Lease) {
-	specs := make([]engine.PeerSpec, 0, len(peers))
 	macs := b.leases.Snapshot(peers)
 	var macs6 []net.HardwareAddr
 	if b.dual() {
 		macs6 = b.leases6.Snapshot(peers)
 	}
-	port := uint16(b.vx.Port)
+	specs := make([]engine.PeerSpec, 0, len(peers))
 	for i, l := range peers {
-		mac := macs[i]
-		if len(mac) != 6 {
-			continue // admission checked it
+		var mac6 net.HardwareAddr
+		if macs6 != nil {
+			mac6 = macs6[i]
 		}
-		s := engine.PeerSpec{Subnet: l.Subnet, Endpoint: endpoint(l, port), HWAddr: [6]byte(mac)}
-		if macs6 != nil && len(macs6[i]) == 6 && l.IPv6Subnet.IsValid() && l.Attrs.PublicIPv6.Is6() {
-			s.Subnet6, s.HWAddr6 = l.IPv6Subnet, [6]byte(macs6[i])
-			s.Endpoint6 = netip.AddrPortFrom(l.Attrs.PublicIPv6, port)
+		if s, ok := b.spec(l, macs[i], mac6); ok {
+			specs = append(specs, s)
 		}
-		specs = append(specs, s)
 	}
 	b.setTable(specs)
+}
+
+// UpdatePeers applies a change of the admitted peers to the table
+// (encap.PeerUpdater), parsing only the changed leases' data.
+func (b *VXLAN) UpdatePeers(put []lease.Lease, removed []netip.Prefix) {
+	specs := make([]engine.PeerSpec, 0, len(put))
+	for _, l := range put {
+		_, mac, _ := b.leases.Parse(l.Attrs.BackendData)
+		var mac6 net.HardwareAddr
+		if b.dual() && l.IPv6Subnet.IsValid() {
+			_, mac6, _ = b.leases6.Parse(l.Attrs.BackendV6Data)
+		}
+		if s, ok := b.spec(l, mac, mac6); ok {
+			specs = append(specs, s)
+		} else {
+			removed = append(slices.Clip(removed), l.ID()) // unusable now: not its old self either
+		}
+	}
+	b.updateTable(specs, removed)
+}
+
+// spec is the table's entry for a peer with its VtepMACs.
+func (b *VXLAN) spec(l lease.Lease, mac, mac6 net.HardwareAddr) (engine.PeerSpec, bool) {
+	if len(mac) != 6 {
+		return engine.PeerSpec{}, false // admission checked it
+	}
+	port := uint16(b.vx.Port)
+	s := engine.PeerSpec{Subnet: l.Subnet, Endpoint: endpoint(l, port), HWAddr: [6]byte(mac)}
+	if len(mac6) == 6 && l.IPv6Subnet.IsValid() && l.Attrs.PublicIPv6.Is6() {
+		s.Subnet6, s.HWAddr6 = l.IPv6Subnet, [6]byte(mac6)
+		s.Endpoint6 = netip.AddrPortFrom(l.Attrs.PublicIPv6, port)
+	}
+	return s, true
 }
 
 // Datapath implements encap.Datapath. The receive counters come from the

@@ -67,8 +67,11 @@ type Backend struct {
 	mu      sync.Mutex
 	own     lease.Lease
 	started bool
-	peers   []peer // nil until the first snapshot
+	peers   map[netip.Prefix]peer // by ID
 	ready   bool
+	// dev and dev6 are the devices' indexes as the last pass found them:
+	// the entries an update programs hang on them.
+	dev, dev6 int
 }
 
 type peer struct {
@@ -90,6 +93,7 @@ var (
 	_ encap.Backend      = (*Backend)(nil)
 	_ encap.Status       = (*Backend)(nil)
 	_ encap.IPv6Acceptor = (*Backend)(nil)
+	_ encap.PeerUpdater  = (*Backend)(nil)
 )
 
 // New checks the options; the devices are made by Attrs. A Host without
@@ -307,11 +311,8 @@ func (b *Backend) AcceptIPv6(a lease.Attrs) error { return b.accept6(a) }
 
 // SetPeers records the admitted peers and asks the loop to program them.
 func (b *Backend) SetPeers(leases []lease.Lease) {
-	connected, err := b.nl.Connected(b.host.IfaceIndex)
-	if err != nil && b.cfg.DirectRouting {
-		b.log.Warn("cannot read the underlay's subnets; DirectRouting off for this snapshot", "err", err)
-	}
-	peers := make([]peer, 0, len(leases))
+	connected := b.connected()
+	peers := make(map[netip.Prefix]peer, len(leases))
 	var macs, macs6 []net.HardwareAddr
 	if b.v4 != nil {
 		macs = b.leases.Snapshot(leases)
@@ -320,31 +321,103 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 		macs6 = b.leases6.Snapshot(leases)
 	}
 	for i, l := range leases {
-		var p peer
-		// Admission checked the data; never program a peer without a
-		// MAC. A peer without IPv6 (or, on a network without it, any
-		// peer) is reached over IPv4 only; on an IPv6-only network every
-		// peer over IPv6 only.
+		var mac, mac6 net.HardwareAddr
 		if macs != nil {
-			mac := macs[i]
-			if mac == nil {
-				continue
-			}
-			p = peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
-				Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)}
+			mac = macs[i]
 		}
-		if macs6 != nil && macs6[i] != nil {
-			p.IPv6Subnet, p.PublicIPv6, p.VtepMAC6, p.mac6 = l.IPv6Subnet, l.Attrs.PublicIPv6, macs6[i].String(), macs6[i]
-			p.Direct6 = b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIPv6)
-		} else if macs == nil {
-			continue
+		if macs6 != nil {
+			mac6 = macs6[i]
 		}
-		peers = append(peers, p)
+		if p, ok := b.peerOf(l, mac, mac6, connected); ok {
+			peers[l.ID()] = p
+		}
 	}
 	b.mu.Lock()
 	b.peers, b.ready = peers, true
 	b.mu.Unlock()
 	b.rec.Trigger()
+}
+
+// UpdatePeers applies a change of the admitted peers (encap.PeerUpdater):
+// the entries of the peers removed or changed go, those of the peers put
+// come, and the loop programs just that. A lease's data is parsed once
+// per change of it.
+func (b *Backend) UpdatePeers(put []lease.Lease, removed []netip.Prefix) {
+	connected := b.connected()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	dev, dev6 := b.dev, b.dev6
+	ready := b.ready && (b.v4 == nil || dev != 0) && (b.v6 == nil || dev6 != 0)
+	gone, added := kernel.State{Dev: dev, Dev6: dev6}, kernel.State{Dev: dev, Dev6: dev6}
+	drop := func(id netip.Prefix) {
+		if p, ok := b.peers[id]; ok {
+			b.peerState(&gone, p, dev, dev6)
+			delete(b.peers, id)
+		}
+	}
+	for _, id := range removed {
+		drop(id)
+	}
+	for _, l := range put {
+		drop(l.ID())
+		var mac, mac6 net.HardwareAddr
+		if b.v4 != nil {
+			_, mac, _ = b.leases.Parse(l.Attrs.BackendData)
+		}
+		if b.v6 != nil && l.IPv6Subnet.IsValid() {
+			_, mac6, _ = b.leases6.Parse(l.Attrs.BackendV6Data)
+		}
+		if p, ok := b.peerOf(l, mac, mac6, connected); ok {
+			if b.peers == nil {
+				b.peers = map[netip.Prefix]peer{}
+			}
+			b.peers[l.ID()] = p
+			b.peerState(&added, p, dev, dev6)
+		}
+	}
+	if !ready {
+		b.ready = true
+		b.rec.Trigger() // no pass yet knows the devices: program everything
+		return
+	}
+	b.rec.Change(gone, added)
+}
+
+// connected is the underlay's subnets, for DirectRouting.
+func (b *Backend) connected() []netip.Prefix {
+	if !b.cfg.DirectRouting {
+		return nil
+	}
+	connected, err := b.nl.Connected(b.host.IfaceIndex)
+	if err != nil {
+		b.log.Warn("cannot read the underlay's subnets; DirectRouting off for this change", "err", err)
+	}
+	return connected
+}
+
+// peerOf is the peer of an admitted lease with its VtepMACs (nil: its
+// data does not parse, or it has no IPv6 part); false when there is
+// nothing to program.
+func (b *Backend) peerOf(l lease.Lease, mac, mac6 net.HardwareAddr, connected []netip.Prefix) (peer, bool) {
+	var p peer
+	// Admission checked the data; never program a peer without a MAC. A
+	// peer without IPv6 (or, on a network without it, any peer) is
+	// reached over IPv4 only; on an IPv6-only network every peer over
+	// IPv6 only.
+	if b.v4 != nil {
+		if mac == nil {
+			return peer{}, false
+		}
+		p = peer{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, VtepMAC: mac.String(), mac: mac,
+			Direct: b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIP)}
+	}
+	if b.v6 != nil && mac6 != nil && l.IPv6Subnet.IsValid() {
+		p.IPv6Subnet, p.PublicIPv6, p.VtepMAC6, p.mac6 = l.IPv6Subnet, l.Attrs.PublicIPv6, mac6.String(), mac6
+		p.Direct6 = b.cfg.DirectRouting && kernel.OnSegment(connected, l.Attrs.PublicIPv6)
+	} else if b.v4 == nil {
+		return peer{}, false
+	}
+	return p, true
 }
 
 // desired is the reconcile loop's view of what the kernel should hold. It
@@ -353,59 +426,79 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 func (b *Backend) desired() (kernel.State, bool, error) {
 	b.mu.Lock()
 	ready, own, started := b.ready, b.own, b.started
-	peers := b.peers // SetPeers replaces the slice, never changes it
+	peers := make([]peer, 0, len(b.peers))
+	for _, p := range b.peers {
+		peers = append(peers, p)
+	}
 	b.mu.Unlock()
 	if !ready || !started {
 		return kernel.State{}, false, nil
 	}
+	slices.SortFunc(peers, comparePeers)
 	s := kernel.State{Routes: make([]kernel.Route, 0, len(peers))}
+	dev, dev6 := 0, 0
 	if b.v4 != nil {
-		dev, err := b.repairDevice(b.v4, own.Subnet.Addr())
+		d, err := b.repairDevice(b.v4, own.Subnet.Addr())
 		if err != nil {
 			return kernel.State{}, false, err
 		}
-		b.desired4(&s, dev, peers)
+		dev = d.Index
+		s.Neighs, s.FDB = make([]kernel.Neigh, 0, len(peers)), make([]kernel.FDB, 0, len(peers))
 	}
-	if b.v6 == nil {
-		return s, true, nil
-	}
-	// IPv6, as flanneld: "fd00:10:5:32::/64 via fd00:10:5:32:: dev
-	// flannel-v6.1 onlink", the neighbour fd00:10:5:32:: lladdr <v6
-	// VtepMAC> and the fdb entry <v6 VtepMAC> dst <PublicIPv6>.
-	dev6, err := b.repairDevice(b.v6, own.IPv6Subnet.Addr())
-	if err != nil {
-		return kernel.State{}, false, err
-	}
-	s.Dev6 = dev6.Index
-	for _, p := range peers {
-		switch {
-		case !p.IPv6Subnet.IsValid():
-		case p.Direct6:
-			s.Routes = append(s.Routes, kernel.Route{Dst: p.IPv6Subnet, Gw: p.PublicIPv6, LinkIndex: b.host.IfaceIndex})
-		default:
-			gw := p.IPv6Subnet.Addr() // the peer's flannel-v6.<VNI> address
-			s.Neighs6 = append(s.Neighs6, kernel.Neigh{IP: gw, MAC: p.mac6})
-			s.FDB6 = append(s.FDB6, kernel.FDB{MAC: p.mac6, Dst: p.PublicIPv6})
-			s.Routes = append(s.Routes, kernel.Route{Dst: p.IPv6Subnet, Gw: gw, LinkIndex: dev6.Index, Onlink: true})
+	if b.v6 != nil {
+		// IPv6, as flanneld: "fd00:10:5:32::/64 via fd00:10:5:32:: dev
+		// flannel-v6.<VNI> onlink", the neighbour fd00:10:5:32:: lladdr
+		// <v6 VtepMAC> and the fdb entry <v6 VtepMAC> dst <PublicIPv6>.
+		d, err := b.repairDevice(b.v6, own.IPv6Subnet.Addr())
+		if err != nil {
+			return kernel.State{}, false, err
 		}
+		dev6 = d.Index
 	}
+	s.Dev, s.Dev6 = dev, dev6
+	for _, p := range peers {
+		b.peerState(&s, p, dev, dev6)
+	}
+	b.mu.Lock()
+	b.dev, b.dev6 = dev, dev6
+	b.mu.Unlock()
 	return s, true, nil
 }
 
-// desired4 adds flannel.<VNI>'s part of the state: per peer "10.5.62.0/24
-// via 10.5.62.0 dev flannel.1 onlink", the neighbour and the FDB entry.
-func (b *Backend) desired4(s *kernel.State, dev *netlink.Vxlan, peers []peer) {
-	s.Dev = dev.Index
-	s.Neighs, s.FDB = make([]kernel.Neigh, 0, len(peers)), make([]kernel.FDB, 0, len(peers))
-	for _, p := range peers {
-		if p.Direct {
-			s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})
-			continue
-		}
+func comparePeers(a, b peer) int {
+	x, y := a.Subnet, b.Subnet
+	if !x.IsValid() {
+		x = a.IPv6Subnet
+	}
+	if !y.IsValid() {
+		y = b.IPv6Subnet
+	}
+	return x.Addr().Compare(y.Addr())
+}
+
+// peerState adds one peer's entries: on flannel.<VNI> (dev), per peer
+// "10.5.62.0/24 via 10.5.62.0 dev flannel.1 onlink", the neighbour and
+// the FDB entry; the same on flannel-v6.<VNI> (dev6) for its IPv6 part.
+func (b *Backend) peerState(s *kernel.State, p peer, dev, dev6 int) {
+	switch {
+	case b.v4 == nil || !p.Subnet.IsValid():
+	case p.Direct:
+		s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.host.IfaceIndex})
+	default:
 		gw := p.Subnet.Addr() // the peer's flannel.<VNI> address
 		s.Neighs = append(s.Neighs, kernel.Neigh{IP: gw, MAC: p.mac})
 		s.FDB = append(s.FDB, kernel.FDB{MAC: p.mac, Dst: p.PublicIP})
-		s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: gw, LinkIndex: dev.Index, Onlink: true})
+		s.Routes = append(s.Routes, kernel.Route{Dst: p.Subnet, Gw: gw, LinkIndex: dev, Onlink: true})
+	}
+	switch {
+	case b.v6 == nil || !p.IPv6Subnet.IsValid():
+	case p.Direct6:
+		s.Routes = append(s.Routes, kernel.Route{Dst: p.IPv6Subnet, Gw: p.PublicIPv6, LinkIndex: b.host.IfaceIndex})
+	default:
+		gw := p.IPv6Subnet.Addr() // the peer's flannel-v6.<VNI> address
+		s.Neighs6 = append(s.Neighs6, kernel.Neigh{IP: gw, MAC: p.mac6})
+		s.FDB6 = append(s.FDB6, kernel.FDB{MAC: p.mac6, Dst: p.PublicIPv6})
+		s.Routes = append(s.Routes, kernel.Route{Dst: p.IPv6Subnet, Gw: gw, LinkIndex: dev6, Onlink: true})
 	}
 }
 
@@ -468,7 +561,11 @@ type Status struct {
 func (b *Backend) Status() any {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Status{VNI: b.cfg.VNI, Port: b.cfg.Port, GBP: b.cfg.GBP, Direct: b.cfg.DirectRouting, Peers: slices.Clone(b.peers), Reconcile: b.rec.Stats()}
+	s := Status{VNI: b.cfg.VNI, Port: b.cfg.Port, GBP: b.cfg.GBP, Direct: b.cfg.DirectRouting, Peers: make([]peer, 0, len(b.peers)), Reconcile: b.rec.Stats()}
+	for _, p := range b.peers {
+		s.Peers = append(s.Peers, p)
+	}
+	slices.SortFunc(s.Peers, comparePeers)
 	if b.v4 != nil {
 		s.Device, s.MAC, s.MTU = b.v4.spec.name, b.v4.mac.String(), b.v4.spec.mtu
 	}

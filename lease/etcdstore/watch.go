@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/claim"
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/lease/internal/excerpt"
 )
@@ -28,6 +29,9 @@ type watchState struct {
 	// the same subnet (a dual-stack flanneld's "a-24&v6-64" beside
 	// "a-24"); each is logged once.
 	dup map[string]bool
+	// view settles the one-lease-per-subnet rule as leases change, for
+	// WatchChanges; nil until the first Changes and after a listing.
+	view *claim.Set[string, netip.Prefix, *aged]
 }
 
 // badKey counts the unreadable revisions of one key.
@@ -59,14 +63,32 @@ func (m *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
 	return m.watch(ctx, out, &watchState{})
 }
 
+// WatchChanges is Watch sending changes (lease.ChangeWatcher): the first
+// is Full, as is the first after a listing anew (a watch that cannot
+// resume, a compaction); the others name only the leases that changed,
+// and what their change did to the one-lease-per-subnet rule (a younger
+// key standing once the older one is deleted). Building one costs the
+// size of the change, not of the cluster.
+func (m *Store) WatchChanges(ctx context.Context, out chan<- lease.Changes) error {
+	return watchWith(m, ctx, out, m.changes, &watchState{})
+}
+
 func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchState) error {
+	return watchWith(m, ctx, out, m.snapshot, st)
+}
+
+// watchWith follows the leases, sending build's view of st after each
+// batch of changes.
+func watchWith[T any](m *Store, ctx context.Context, out chan<- T, build func(*watchState) T, st *watchState) error {
 	wait := m.firstRetry()
 	for {
 		if st.rev == 0 {
 			if err := m.list(ctx, st); err != nil {
 				return err
 			}
-			if !m.send(ctx, out, st) {
+			select {
+			case out <- build(st):
+			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
@@ -84,7 +106,7 @@ func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchSt
 		}
 		wctx, cancel := context.WithCancel(ctx)
 		wch := cli.Watch(clientv3.WithRequireLeader(wctx), m.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(st.rev+1))
-		progressed := m.follow(ctx, out, st, wch, cancel)
+		progressed := follow(m, ctx, out, build, st, wch, cancel)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -105,7 +127,7 @@ func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchSt
 // being applied, and the next snapshot is the latest state, not one of a
 // backlog of stale ones each costing the receiver O(hosts). stop ends the
 // watch (wch closes); follow returns only once the reader is done with st.
-func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchState, wch clientv3.WatchChan, stop func()) bool {
+func follow[T any](m *Store, ctx context.Context, out chan<- T, build func(*watchState) T, st *watchState, wch clientv3.WatchChan, stop func()) bool {
 	var (
 		mu         sync.Mutex
 		progressed bool
@@ -143,7 +165,7 @@ func (m *Store) follow(ctx context.Context, out chan<- []lease.Lease, st *watchS
 			mu.Unlock()
 			return true
 		}
-		snap := m.snapshot(st)
+		snap := build(st)
 		mu.Unlock()
 		select {
 		case out <- snap:
@@ -233,6 +255,7 @@ func (m *Store) list(ctx context.Context, st *watchState) error {
 			}
 		}
 		st.rev = r.Header.Revision
+		st.view = nil // the next Changes is Full
 		return nil
 	})
 }
@@ -252,6 +275,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		delete(st.leases, name)
 		delete(st.bad, name)
 		delete(st.dup, name)
+		st.viewDelete(name)
 		return
 	}
 	sn, sn6, err := lease.ParseSubnetKey(name)
@@ -277,6 +301,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 			b.revs++
 		}
 		delete(st.leases, name)
+		st.viewDelete(name)
 		return
 	}
 	if b, ok := st.bad[name]; ok {
@@ -288,6 +313,7 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 		m.log.Debug("subnet lease seen", "lease", l.String(), "publicIP", a.PublicIP, "publicIPv6", a.PublicIPv6, "backend", a.BackendType)
 	}
 	st.leases[name] = l
+	st.viewPut(name, l)
 }
 
 // send sends the snapshot (see snapshot).
