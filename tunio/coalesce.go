@@ -13,13 +13,44 @@ import (
 // already covered by the outer UDP checksum the kernel checked), no map,
 // no zeroing of the space a packet is appended into.
 //
-// Only IPv4 is coalesced: an IPv6 packet is written alone. An IPv6 TCP or
-// UDP packet (its transport header right after the fixed header) still
-// goes in CHECKSUM_PARTIAL, as IPv4 ones do, and a lone IPv6 TCP packet
-// above the MTU as a TCPv6 super-packet cut at it: a kernel vxlan peer
-// over veth hands over exactly such packets, with the inner checksum
-// left to hardware that never ran. (Reads need nothing of weft's own for
-// IPv6: the tun package splits TSO6 and USO-over-IPv6 super-packets,
+// Both families are coalesced, by the same rules (those of Linux's GRO:
+// inet_gro_receive / ipv6_gro_receive, tcp_gro_receive,
+// udp_gro_receive_segment). Nothing is coalesced that the kernel would not
+// have coalesced, and a flow's packets keep their order:
+//
+//   - A flow is its addresses, ports and transport (TCP or UDP), in one
+//     family. Only the flow's latest run, among the last maxRunSearch runs,
+//     may grow; a packet of the flow that cannot join it starts the flow's
+//     next run, so nothing of a flow passes another packet of it.
+//   - The transport header must follow the IP header directly: IPv4 without
+//     options, unfragmented; IPv6 whose next header is TCP or UDP (no
+//     extension headers) and whose payload length is the packet's (no
+//     jumbogram, no trailing bytes). A TCP or UDP packet that fails this
+//     (IPv4 options or fragments, IPv6 extension headers) might belong to
+//     any flow of its address pair, so it ends every run of that pair.
+//   - IP header fields the kernel copies from the head onto every segment
+//     must be equal: IPv4 TOS, DF and TTL; IPv6 version, traffic class and
+//     flow label (the whole first word) and hop limit.
+//   - TCP: data with only ACK (and PSH) set; the next sequence number; the
+//     head's ACK number, window and options; no segment larger than the
+//     first; a short segment or a PSH ends the run (PSH carried on the
+//     head, the kernel leaves it on the last segment).
+//   - UDP (only when the device takes UDP super-packets, TUN_F_USO4/6):
+//     a payload; a UDP length equal to the IP payload's; at most
+//     maxUDPSegments; no segment larger than the first, a short one ends
+//     the run. UDP over IPv6 also needs a checksum (zero is none, which
+//     IPv6 forbids; udp_gro_receive_segment refuses it "for symmetry with
+//     GSO", and GSO would write one).
+//   - Size: a super-packet is at most maxSuperPacket bytes (IPv4's total
+//     length; the same for IPv6), never longer than the head's buffer can
+//     take, and no packet above the MTU joins or heads one.
+//
+// Every TCP and UDP packet goes in CHECKSUM_PARTIAL (see finish), except a
+// UDP/IPv6 datagram without checksum, written as it came for the pod's
+// stack to judge. A lone TCP packet above the MTU (a kernel vxlan peer's
+// whole TSO packet) goes as a super-packet cut at the MTU, in either
+// family. (Reads need nothing of weft's own for IPv6: the tun package
+// splits TSO6 and USO-over-IPv6 super-packets,
 // golang.zx2c4.com/wireguard/tun's gsoSplit.)
 
 const (
@@ -32,6 +63,7 @@ const (
 	virtioGSOTCPv6      = 4
 	virtioGSOUDPL4      = 5
 
+	ipv4HeaderLen = 20
 	ipv6HeaderLen = 40
 
 	tcpFlagACK = 0x10
@@ -45,7 +77,8 @@ const (
 	// cheap when it does.
 	maxRunSearch = 8
 	// maxSuperPacket is the IPv4 total-length limit a super-packet must
-	// respect.
+	// respect; IPv6 super-packets keep to it too (as the kernel's GRO does
+	// without BIG TCP: gro_max_size 65536).
 	maxSuperPacket = 65535
 	// maxUDPSegments is the most datagrams one UDP super-packet carries:
 	// virtio_net_hdr_to_skb refuses (EINVAL) a UDP_L4 write whose payload
@@ -54,10 +87,36 @@ const (
 	maxUDPSegments = 64
 )
 
+// addr128 holds an IPv6 address, or an IPv4 one in lo.
+type addr128 struct{ hi, lo uint64 }
+
 type flowKey struct {
-	src, dst     uint32
+	src, dst     addr128
 	sport, dport uint16
 	proto        uint8
+	v6           bool
+}
+
+// samePair reports whether k and o have the same family and addresses.
+func (k flowKey) samePair(o flowKey) bool {
+	return k.src == o.src && k.dst == o.dst && k.v6 == o.v6
+}
+
+// packetInfo is what the coalescer reads from a packet's headers.
+type packetInfo struct {
+	key    flowKey
+	iphLen int
+	l4hLen int
+	// hasKey: TCP or UDP right after the IP header; key is its flow and
+	// iphLen, l4hLen are valid. A packet that cannot join a run may still
+	// be written CHECKSUM_PARTIAL, and it ends its flow's run.
+	hasKey bool
+	ok     bool // may join or head a super-packet
+	asIs   bool // written without CHECKSUM_PARTIAL (UDP/IPv6 without checksum)
+	// barrier: TCP or UDP the coalescer cannot place in a flow (IPv4
+	// options or fragments, IPv6 extension headers); key holds only its
+	// addresses.
+	barrier bool
 }
 
 // run is a super-packet being built: the head packet with later packets'
@@ -65,10 +124,10 @@ type flowKey struct {
 type run struct {
 	idx       int // bufs index of the head packet
 	key       flowKey
-	hasKey    bool // key is the packet's flow (TCP or UDP over IPv4)
-	v6        bool // a lone IPv6 TCP or UDP packet (key.proto, l4hLen set)
+	hasKey    bool // key is the packet's flow (TCP or UDP)
+	asIs      bool // written as it came, whatever its protocol
 	mergeable bool
-	closed    bool // a PSH or a short segment ended it
+	closed    bool // a PSH, a short segment or a barrier ended it
 	n         int  // packets in it
 	iphLen    int
 	l4hLen    int
@@ -81,7 +140,7 @@ type run struct {
 // the other loop are serialised by the device's write lock).
 type coalescer struct {
 	runs []run
-	uso  bool // the kernel accepts UDP super-packets (TUN_F_USO4)
+	uso  bool // the kernel accepts UDP super-packets (TUN_F_USO4 and USO6)
 	mtu  int  // the device's MTU: a lone TCP packet above it goes out as a super-packet
 }
 
@@ -91,20 +150,20 @@ func (c *coalescer) plan(bufs [][]byte, offset int) {
 	c.runs = c.runs[:0]
 	for i := range bufs {
 		pkt := bufs[i][offset:]
-		if len(pkt) > 0 && pkt[0]>>4 == 6 {
-			c.runs = append(c.runs, candidate6(pkt, i))
+		p := classify(pkt, c.uso)
+		if p.barrier {
+			c.closePair(p.key)
+		}
+		if p.ok && c.tryAppend(bufs, offset, i, &p) {
 			continue
 		}
-		key, iph, l4h, hasKey, ok := candidate(pkt, c.uso)
-		if ok && c.tryAppend(bufs, offset, i, key, iph, l4h) {
-			continue
-		}
-		r := run{idx: i, key: key, hasKey: hasKey, mergeable: ok, n: 1, iphLen: iph, l4hLen: l4h}
-		if ok {
-			r.gsoSize = len(pkt) - iph - l4h
-			if key.proto == protoTCP {
-				r.nextSeq = binary.BigEndian.Uint32(pkt[iph+4:]) + uint32(r.gsoSize)
-				r.closed = pkt[iph+13]&tcpFlagPSH != 0
+		r := run{idx: i, key: p.key, hasKey: p.hasKey, asIs: !p.hasKey || p.asIs, mergeable: p.ok,
+			n: 1, iphLen: p.iphLen, l4hLen: p.l4hLen}
+		if p.ok {
+			r.gsoSize = len(pkt) - p.iphLen - p.l4hLen
+			if p.key.proto == protoTCP {
+				r.nextSeq = binary.BigEndian.Uint32(pkt[p.iphLen+4:]) + uint32(r.gsoSize)
+				r.closed = pkt[p.iphLen+13]&tcpFlagPSH != 0
 			}
 			// A packet above the MTU (a peer's whole TSO packet) stays
 			// alone: as a run's head it would set gso_size to its own
@@ -118,31 +177,83 @@ func (c *coalescer) plan(bufs [][]byte, offset int) {
 	}
 }
 
-// candidate returns pkt's flow and header lengths, and whether it may
-// join a super-packet: IPv4 without options or fragmentation, TCP carrying
-// data with only ACK (and PSH) set, or UDP when the device takes UDP
-// super-packets. A packet that may not join still has its flow (hasKey),
-// so it ends that flow's run: nothing of the flow may then pass it.
-func candidate(pkt []byte, uso bool) (k flowKey, iph, l4h int, hasKey, ok bool) {
-	if len(pkt) < 28 || pkt[0] != 0x45 || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) {
-		return k, 0, 0, false, false
+// closePair ends every run that may still grow with the address pair of
+// k: a packet that might belong to any of them is being written after
+// them.
+func (c *coalescer) closePair(k flowKey) {
+	for j := len(c.runs) - 1; j >= 0 && j >= len(c.runs)-maxRunSearch; j-- {
+		if r := &c.runs[j]; r.hasKey && r.key.samePair(k) {
+			r.closed = true
+		}
 	}
-	// From here on iph and l4h are valid whenever hasKey is: a packet
-	// that cannot join a run may still be written CHECKSUM_PARTIAL.
-	iph = 20
+}
+
+// classify reads pkt's headers: its flow and header lengths, and whether
+// it may join a super-packet.
+func classify(pkt []byte, uso bool) packetInfo {
+	if len(pkt) > 0 && pkt[0]>>4 == 6 {
+		return classify6(pkt, uso)
+	}
+	return classify4(pkt, uso)
+}
+
+// classify4: IPv4 without options or fragmentation, TCP carrying data
+// with only ACK (and PSH) set, or UDP when the device takes UDP
+// super-packets.
+func classify4(pkt []byte, uso bool) (p packetInfo) {
+	if len(pkt) < 28 || pkt[0]>>4 != 4 || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) {
+		return p
+	}
 	proto := pkt[9]
 	if proto != protoTCP && proto != protoUDP {
-		return k, 0, 0, false, false
+		return p
 	}
-	k = flowKey{
-		src: binary.BigEndian.Uint32(pkt[12:]), dst: binary.BigEndian.Uint32(pkt[16:]),
-		sport: binary.BigEndian.Uint16(pkt[iph:]), dport: binary.BigEndian.Uint16(pkt[iph+2:]),
+	p.key = flowKey{
+		src:   addr128{lo: uint64(binary.BigEndian.Uint32(pkt[12:]))},
+		dst:   addr128{lo: uint64(binary.BigEndian.Uint32(pkt[16:]))},
 		proto: proto,
 	}
-	if binary.BigEndian.Uint16(pkt[6:])&0x3fff != 0 { // MF or a fragment offset
-		return k, 0, 0, false, false // its L4 checksum covers other fragments
+	// Options, MF or a fragment offset: the ports are elsewhere or absent,
+	// and a fragment's L4 checksum covers other fragments.
+	if pkt[0] != 0x45 || binary.BigEndian.Uint16(pkt[6:])&0x3fff != 0 {
+		p.barrier = true
+		return p
 	}
-	if proto == protoUDP {
+	return transport(pkt, ipv4HeaderLen, p.key, uso)
+}
+
+// classify6: IPv6 with TCP or UDP right after the fixed header, by the
+// rules of classify4.
+func classify6(pkt []byte, uso bool) (p packetInfo) {
+	if len(pkt) < ipv6HeaderLen+8 || int(binary.BigEndian.Uint16(pkt[4:]))+ipv6HeaderLen != len(pkt) {
+		return p
+	}
+	p.key = flowKey{
+		src:   addr128{hi: binary.BigEndian.Uint64(pkt[8:]), lo: binary.BigEndian.Uint64(pkt[16:])},
+		dst:   addr128{hi: binary.BigEndian.Uint64(pkt[24:]), lo: binary.BigEndian.Uint64(pkt[32:])},
+		proto: pkt[6],
+		v6:    true,
+	}
+	switch pkt[6] {
+	case protoTCP, protoUDP:
+		return transport(pkt, ipv6HeaderLen, p.key, uso)
+	case 58, 59: // ICMPv6, no next header: no transport flow to keep in order
+		return packetInfo{}
+	}
+	// An extension header (hop-by-hop, routing, fragment, destination
+	// options, AH, ESP, ...) may hide TCP or UDP of a flow.
+	p.barrier = true
+	return p
+}
+
+// transport completes k with pkt's ports and reads its TCP or UDP header,
+// which starts at iph.
+func transport(pkt []byte, iph int, k flowKey, uso bool) (p packetInfo) {
+	k.sport = binary.BigEndian.Uint16(pkt[iph:])
+	k.dport = binary.BigEndian.Uint16(pkt[iph+2:])
+	p.key, p.iphLen = k, iph
+	if k.proto == protoUDP {
+		p.hasKey, p.l4hLen = true, 8
 		// A datagram with no payload cannot be a segment: the kernel
 		// refuses gso_size 0 (virtio_net_hdr_to_skb: EINVAL), and appended
 		// to a run it would add no bytes and vanish.
@@ -151,58 +262,34 @@ func candidate(pkt []byte, uso bool) (k flowKey, iph, l4h int, hasKey, ok bool) 
 		// turning the padding into payload; udp_gro_receive_segment refuses
 		// such packets too.
 		ulen := int(binary.BigEndian.Uint16(pkt[iph+4:]))
-		return k, iph, 8, true, uso && len(pkt) > iph+8 && ulen == len(pkt)-iph
+		p.ok = uso && len(pkt) > iph+8 && ulen == len(pkt)-iph
+		if k.v6 && binary.BigEndian.Uint16(pkt[iph+6:]) == 0 {
+			p.ok, p.asIs = false, true
+		}
+		return p
 	}
 	if len(pkt) < iph+20 {
-		return k, 0, 0, false, false
+		return packetInfo{}
 	}
-	l4h = int(pkt[iph+12]>>4) * 4
+	l4h := int(pkt[iph+12]>>4) * 4
 	if l4h < 20 || len(pkt) < iph+l4h {
-		return k, 0, 0, false, false
+		return packetInfo{}
 	}
 	flags := pkt[iph+13]
-	ok = len(pkt) > iph+l4h && (flags == tcpFlagACK || flags == tcpFlagACK|tcpFlagPSH)
-	return k, iph, l4h, true, ok
-}
-
-// candidate6 is the run of an IPv6 packet, which stays alone: with v6 set
-// when its transport header (TCP or UDP) follows the fixed header and its
-// payload length is the packet's.
-func candidate6(pkt []byte, i int) run {
-	r := run{idx: i, n: 1}
-	if len(pkt) < ipv6HeaderLen || int(binary.BigEndian.Uint16(pkt[4:]))+ipv6HeaderLen != len(pkt) {
-		return r
-	}
-	switch pkt[6] {
-	case protoTCP:
-		if len(pkt) < ipv6HeaderLen+20 {
-			return r
-		}
-		l4h := int(pkt[ipv6HeaderLen+12]>>4) * 4
-		if l4h < 20 || len(pkt) < ipv6HeaderLen+l4h {
-			return r
-		}
-		r.l4hLen = l4h
-	case protoUDP:
-		if len(pkt) < ipv6HeaderLen+8 {
-			return r
-		}
-		r.l4hLen = 8
-	default:
-		return r
-	}
-	r.v6, r.iphLen, r.key.proto = true, ipv6HeaderLen, pkt[6]
-	return r
+	p.hasKey, p.l4hLen = true, l4h
+	p.ok = len(pkt) > iph+l4h && (flags == tcpFlagACK || flags == tcpFlagACK|tcpFlagPSH)
+	return p
 }
 
 // tryAppend appends packet i's payload to the latest run of its flow if
 // the kernel could have coalesced them itself (the conditions of Linux's
 // tcp_gro_receive and udp_gro_receive_segment).
-func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, key flowKey, iph, l4h int) bool {
+func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, p *packetInfo) bool {
 	pkt := bufs[i][offset:]
+	iph, l4h := p.iphLen, p.l4hLen
 	for j := len(c.runs) - 1; j >= 0 && j >= len(c.runs)-maxRunSearch; j-- {
 		r := &c.runs[j]
-		if !r.hasKey || r.key != key {
+		if !r.hasKey || r.key != p.key {
 			continue
 		}
 		// Only the flow's latest run may grow; otherwise order would break.
@@ -211,7 +298,7 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, key flowKey, iph, l4
 		}
 		head := bufs[r.idx][offset:]
 		payload := len(pkt) - iph - l4h
-		if key.proto == protoUDP && r.n >= maxUDPSegments {
+		if p.key.proto == protoUDP && r.n >= maxUDPSegments {
 			return false // the next run of the flow starts with this packet
 		}
 		if r.closed || payload == 0 || payload > r.gsoSize || iph != r.iphLen || l4h != r.l4hLen ||
@@ -219,12 +306,17 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, key flowKey, iph, l4
 			len(head)+payload > maxSuperPacket || cap(bufs[r.idx])-len(bufs[r.idx]) < payload {
 			return false
 		}
-		// Same TOS, DF and TTL: the kernel copies the head's IP header onto
-		// every segment it cuts.
-		if pkt[1] != head[1] || pkt[6]&0x40 != head[6]&0x40 || pkt[8] != head[8] {
+		// The IP fields the kernel copies from the head onto every segment
+		// it cuts must be equal.
+		if p.key.v6 {
+			// Version, traffic class, flow label; hop limit.
+			if binary.BigEndian.Uint32(pkt) != binary.BigEndian.Uint32(head) || pkt[7] != head[7] {
+				return false
+			}
+		} else if pkt[1] != head[1] || pkt[6]&0x40 != head[6]&0x40 || pkt[8] != head[8] { // TOS, DF, TTL
 			return false
 		}
-		if key.proto == protoTCP {
+		if p.key.proto == protoTCP {
 			if binary.BigEndian.Uint32(pkt[iph+4:]) != r.nextSeq ||
 				binary.BigEndian.Uint32(pkt[iph+8:]) != binary.BigEndian.Uint32(head[iph+8:]) || // ack
 				binary.BigEndian.Uint16(pkt[iph+14:]) != binary.BigEndian.Uint16(head[iph+14:]) || // window
@@ -254,11 +346,7 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	pkt := b[offset:]
 	hdr := b[offset-virtioNetHdrLen : offset]
 	clear(hdr)
-	if r.v6 {
-		c.finish6(pkt, hdr, r)
-		return b[offset-virtioNetHdrLen:]
-	}
-	if !r.hasKey {
+	if r.asIs {
 		return b[offset-virtioNetHdrLen:] // GSO_NONE; the stack checks what it needs
 	}
 	// Every TCP and UDP packet goes in CHECKSUM_PARTIAL, alone or
@@ -268,9 +356,14 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	// only if the packet leaves through a device that needs it. Senders
 	// whose inner checksum was left to hardware that never ran (the
 	// kernel's vxlan over veth) are then received like any other.
+	v6 := r.key.v6
 	l4len := len(pkt) - r.iphLen
 	csumOff := 16
-	gso := uint8(virtioGSOTCPv4)
+	tcpGSO := uint8(virtioGSOTCPv4)
+	if v6 {
+		tcpGSO = virtioGSOTCPv6
+	}
+	gso := tcpGSO
 	if r.key.proto == protoUDP {
 		csumOff, gso = 6, virtioGSOUDPL4
 	}
@@ -283,22 +376,32 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 		// through), so one datagram carries it. Let the kernel cut it at
 		// this device's MTU instead of forwarding what no pod link takes.
 		if mss := c.mtu - r.iphLen - r.l4hLen; r.key.proto == protoTCP && c.mtu > 0 && len(pkt) > c.mtu && mss > 0 {
-			gso, super, gsoSize = virtioGSOTCPv4, true, mss
+			gso, super, gsoSize = tcpGSO, true, mss
 		}
 	}
 	if super {
-		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
-		pkt[10], pkt[11] = 0, 0
-		binary.BigEndian.PutUint16(pkt[10:], ^foldedSum(pkt[:r.iphLen], 0))
+		if v6 {
+			binary.BigEndian.PutUint16(pkt[4:], uint16(l4len)) // payload length
+		} else {
+			binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+			pkt[10], pkt[11] = 0, 0
+			binary.BigEndian.PutUint16(pkt[10:], ^foldedSum(pkt[:r.iphLen], 0))
+		}
 		if r.key.proto == protoUDP {
 			binary.BigEndian.PutUint16(pkt[r.iphLen+4:], uint16(l4len))
 		}
 	}
 	// CHECKSUM_PARTIAL: the transport checksum field holds the folded
-	// pseudo-header sum; the kernel sums the rest when it needs to.
-	pseudo := uint64(binary.BigEndian.Uint32(pkt[12:])>>16) + uint64(binary.BigEndian.Uint32(pkt[12:])&0xffff) +
-		uint64(binary.BigEndian.Uint32(pkt[16:])>>16) + uint64(binary.BigEndian.Uint32(pkt[16:])&0xffff) +
-		uint64(r.key.proto) + uint64(l4len)
+	// pseudo-header sum (addresses, protocol, transport length; for IPv6,
+	// RFC 8200 8.1); the kernel sums the rest when it needs to, and
+	// for each segment it cuts.
+	var pseudo uint64
+	if v6 {
+		pseudo = uint64(foldedSum(pkt[8:ipv6HeaderLen], 0))
+	} else {
+		pseudo = uint64(foldedSum(pkt[12:20], 0))
+	}
+	pseudo += uint64(r.key.proto) + uint64(l4len)
 	binary.BigEndian.PutUint16(pkt[r.iphLen+csumOff:], foldedSum(nil, pseudo))
 	hdr[0] = virtioFlagNeedsCsum
 	hdr[1] = gso
@@ -309,30 +412,6 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	binary.NativeEndian.PutUint16(hdr[6:], uint16(r.iphLen))
 	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))
 	return b[offset-virtioNetHdrLen:]
-}
-
-// finish6 is finish for a lone IPv6 TCP or UDP packet: CHECKSUM_PARTIAL,
-// and a TCP packet above the MTU cut at it by the kernel (TCPv6 GSO).
-func (c *coalescer) finish6(pkt, hdr []byte, r *run) {
-	l4len := len(pkt) - ipv6HeaderLen
-	csumOff := 16
-	if r.key.proto == protoUDP {
-		csumOff = 6
-	}
-	gso, gsoSize := uint8(virtioGSONone), 0
-	if mss := c.mtu - ipv6HeaderLen - r.l4hLen; r.key.proto == protoTCP && c.mtu > 0 && len(pkt) > c.mtu && mss > 0 {
-		gso, gsoSize = virtioGSOTCPv6, mss
-	}
-	// The pseudo-header (RFC 8200 8.1): addresses, upper-layer length,
-	// next header.
-	pseudo := uint64(foldedSum(pkt[8:ipv6HeaderLen], 0)) + uint64(r.key.proto) + uint64(l4len)
-	binary.BigEndian.PutUint16(pkt[ipv6HeaderLen+csumOff:], foldedSum(nil, pseudo))
-	hdr[0] = virtioFlagNeedsCsum
-	hdr[1] = gso
-	binary.NativeEndian.PutUint16(hdr[2:], uint16(ipv6HeaderLen+r.l4hLen))
-	binary.NativeEndian.PutUint16(hdr[4:], uint16(gsoSize))
-	binary.NativeEndian.PutUint16(hdr[6:], ipv6HeaderLen)
-	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))
 }
 
 // foldedSum is the 16-bit one's complement sum of b plus initial, not

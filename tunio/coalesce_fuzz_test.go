@@ -6,21 +6,30 @@ import (
 	"testing"
 )
 
-// fuzzPacket builds an IPv4 packet from four fuzz bytes for flow f: mostly
-// well-formed TCP or UDP with correct checksums (so that cutting a
-// super-packet back must give the very bytes sent), sometimes bent in one
-// of the ways the coalescer must notice.
-type fuzzFlows struct{ seq [4]uint32 }
+// fuzzFlows builds an IPv4 or IPv6 packet from four fuzz bytes for flow
+// f: mostly well-formed TCP or UDP with correct checksums (so that cutting
+// a super-packet back must give the very bytes sent), sometimes bent in
+// one of the ways the coalescer must notice. b3&0x10 picks IPv6.
+type fuzzFlows struct{ seq [8]uint32 }
 
 func (fl *fuzzFlows) packet(b0, b1, b2, b3 byte) []byte {
 	flow := int(b0 & 3)
 	udp := b0&4 != 0
+	v6 := b3&0x10 != 0
 	payload := int(b1) * 8
 	if b0&0x80 != 0 {
 		payload = int(b1)*40 + int(b3&7) // up to ~10 KiB: lone TSO packets
 	}
 	if b2&0xf0 == 0x10 {
 		payload = int(b2 & 3) // tiny and empty payloads, often
+	}
+	bend := b2 & 0x0f
+	iph := 20
+	if v6 {
+		iph = 40
+		if bend == 5 {
+			iph = 48 // a hop-by-hop options header before the transport
+		}
 	}
 	l4h := 8
 	if !udp {
@@ -29,36 +38,57 @@ func (fl *fuzzFlows) packet(b0, b1, b2, b3 byte) []byte {
 			l4h = 32
 		}
 	}
-	n := 20 + l4h + payload
-	if n > 65535 {
-		n, payload = 65535, 65535-20-l4h
+	n := iph + l4h + payload
+	if n > maxSuperPacket {
+		n, payload = maxSuperPacket, maxSuperPacket-iph-l4h
 	}
 	p := make([]byte, n)
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:], uint16(n))
-	p[6] = 0x40 // DF
-	p[8] = 64
-	p[12], p[13], p[14], p[15] = 10, 5, 1, byte(2+flow)
-	p[16], p[17], p[18], p[19] = 10, 5, 2, 2
-	l4 := p[20:]
+	proto := byte(protoTCP)
+	if udp {
+		proto = protoUDP
+	}
+	if v6 {
+		p[0] = 0x60
+		binary.BigEndian.PutUint16(p[4:], uint16(n-40))
+		p[6] = proto
+		p[7] = 64
+		copy(p[8:], []byte{0xfd, 0, 0, 5, 0, 1, 15: byte(2 + flow)})
+		copy(p[24:], []byte{0xfd, 0, 0, 5, 0, 2, 15: 2})
+		if iph == 48 {
+			p[6] = 0                // hop-by-hop
+			p[40], p[41] = proto, 0 // next header, 8 bytes
+			p[42], p[43] = 1, 4     // PadN of 4
+		}
+	} else {
+		p[0] = 0x45
+		binary.BigEndian.PutUint16(p[2:], uint16(n))
+		p[6] = 0x40 // DF
+		p[8] = 64
+		p[9] = proto
+		p[12], p[13], p[14], p[15] = 10, 5, 1, byte(2+flow)
+		p[16], p[17], p[18], p[19] = 10, 5, 2, 2
+	}
+	l4 := p[iph:]
 	binary.BigEndian.PutUint16(l4[0:], uint16(1000+flow))
 	binary.BigEndian.PutUint16(l4[2:], 80)
 	for i := range payload {
-		p[20+l4h+i] = byte(i) ^ b1 ^ b2
+		p[iph+l4h+i] = byte(i) ^ b1 ^ b2
 	}
 	if udp {
-		p[9] = protoUDP
 		binary.BigEndian.PutUint16(l4[4:], uint16(8+payload))
 	} else {
-		p[9] = protoTCP
+		seq := &fl.seq[flow]
+		if v6 {
+			seq = &fl.seq[4+flow]
+		}
 		flags := [8]byte{tcpFlagACK, tcpFlagACK, tcpFlagACK, tcpFlagACK | tcpFlagPSH, tcpFlagACK | 0x01, 0x02, tcpFlagACK | 0x20, tcpFlagACK | 0x40}[b0>>3&7]
 		if b0&0x40 != 0 {
-			fl.seq[flow] += 1000 // a gap
+			*seq += 1000 // a gap
 		}
-		binary.BigEndian.PutUint32(l4[4:], fl.seq[flow])
-		fl.seq[flow] += uint32(payload)
+		binary.BigEndian.PutUint32(l4[4:], *seq)
+		*seq += uint32(payload)
 		if flags&0x03 != 0 { // FIN, SYN take a sequence number
-			fl.seq[flow]++
+			*seq++
 		}
 		binary.BigEndian.PutUint32(l4[8:], 77)
 		l4[12] = byte(l4h/4) << 4
@@ -69,19 +99,32 @@ func (fl *fuzzFlows) packet(b0, b1, b2, b3 byte) []byte {
 			l4[27] = b3
 		}
 	}
-	switch b2 & 0x0f { // one bend, sometimes
+	switch bend { // one bend, sometimes
 	case 1:
 		if !udp {
 			binary.BigEndian.PutUint32(l4[8:], 78) // another ack
 		}
 	case 2:
 		p[1] = 4 // TOS
+		if v6 {
+			p[1] = 0x40 // traffic class 4
+		}
 	case 3:
-		p[8] = 63 // TTL
+		if v6 {
+			p[7] = 63 // hop limit
+		} else {
+			p[8] = 63 // TTL
+		}
 	case 4:
-		p[6] = 0 // no DF
+		if v6 {
+			p[3] = 1 // another flow label
+		} else {
+			p[6] = 0 // no DF
+		}
 	case 5:
-		p[6] |= 0x20 // MF: a first fragment
+		if !v6 {
+			p[6] |= 0x20 // MF: a first fragment
+		} // IPv6: the hop-by-hop header above
 	case 6:
 		if udp {
 			binary.BigEndian.PutUint16(l4[4:], uint16(payload)) // UDP length short by 8
@@ -89,35 +132,70 @@ func (fl *fuzzFlows) packet(b0, b1, b2, b3 byte) []byte {
 			binary.BigEndian.PutUint16(l4[14:], 9) // window
 		}
 	case 7:
-		p[0] = 0x46 // claims IP options it does not have
+		if v6 {
+			binary.BigEndian.PutUint16(p[4:], uint16(n-40-1)) // payload length short by one
+		} else {
+			p[0] = 0x46 // claims IP options it does not have
+		}
 	}
-	binary.BigEndian.PutUint16(p[10:], ^foldedSum(p[:20], 0))
+	if !v6 {
+		binary.BigEndian.PutUint16(p[10:], ^foldedSum(p[:20], 0))
+	}
 	csum := 16
 	if udp {
 		csum = 6
 	}
-	ps := uint64(binary.BigEndian.Uint16(p[12:])) + uint64(binary.BigEndian.Uint16(p[14:])) +
-		uint64(binary.BigEndian.Uint16(p[16:])) + uint64(binary.BigEndian.Uint16(p[18:])) + uint64(p[9]) + uint64(len(l4))
-	s := ^foldedSum(l4, ps)
+	s := ^foldedSum(l4, pseudoSum(p, proto, len(l4)))
 	if udp && s == 0 {
 		s = 0xffff
+	}
+	if udp && v6 && bend == 8 {
+		s = 0 // no checksum, which IPv6 forbids
 	}
 	binary.BigEndian.PutUint16(l4[csum:], s)
 	return p
 }
 
-// fuzzFlow names the flow a packet belongs to for ordering: TCP and UDP
-// over plain IPv4, unfragmented; anything else is "other", whose order
-// must hold as well.
-func fuzzFlow(p []byte) (key flowKey, tcp bool) {
-	if len(p) < 28 || p[0] != 0x45 || binary.BigEndian.Uint16(p[6:])&0x3fff != 0 || (p[9] != protoTCP && p[9] != protoUDP) {
-		return flowKey{}, false
+// pseudoSum is the transport pseudo-header sum of packet p (either
+// family), not folded.
+func pseudoSum(p []byte, proto byte, l4len int) uint64 {
+	addrs := p[12:20]
+	if p[0]>>4 == 6 {
+		addrs = p[8:40]
 	}
-	return flowKey{src: binary.BigEndian.Uint32(p[12:]), dst: binary.BigEndian.Uint32(p[16:]),
-		sport: binary.BigEndian.Uint16(p[20:]), dport: binary.BigEndian.Uint16(p[22:]), proto: p[9]}, p[9] == protoTCP
+	return uint64(foldedSum(addrs, 0)) + uint64(proto) + uint64(l4len)
 }
 
-func tcpPayload(p []byte) []byte { return p[20+int(p[32]>>4)*4:] }
+// fuzzFlow names the flow a packet belongs to for ordering: TCP and UDP
+// of either family, also when the coalescer cannot tell (an IPv4
+// fragment, an IPv6 hop-by-hop header), since their order must hold;
+// anything else is "other", whose order must hold as well. l4 is where
+// the transport header starts.
+func fuzzFlow(p []byte) (key flowKey, tcp bool, l4 int) {
+	var proto byte
+	switch {
+	case len(p) >= 48 && p[0] == 0x60 && int(binary.BigEndian.Uint16(p[4:]))+40 == len(p):
+		key.src = addr128{binary.BigEndian.Uint64(p[8:]), binary.BigEndian.Uint64(p[16:])}
+		key.dst = addr128{binary.BigEndian.Uint64(p[24:]), binary.BigEndian.Uint64(p[32:])}
+		key.v6 = true
+		proto, l4 = p[6], 40
+		if proto == 0 && len(p) >= 56 {
+			proto, l4 = p[40], 48
+		}
+	case len(p) >= 28 && p[0] == 0x45:
+		key.src = addr128{lo: uint64(binary.BigEndian.Uint32(p[12:]))}
+		key.dst = addr128{lo: uint64(binary.BigEndian.Uint32(p[16:]))}
+		proto, l4 = p[9], 20
+	}
+	if proto != protoTCP && proto != protoUDP || len(p) < l4+20 {
+		return flowKey{}, false, 0
+	}
+	key.proto = proto
+	key.sport, key.dport = binary.BigEndian.Uint16(p[l4:]), binary.BigEndian.Uint16(p[l4+2:])
+	return key, proto == protoTCP, l4
+}
+
+func tcpPayload(p []byte, l4 int) []byte { return p[l4+int(p[l4+12]>>4)*4:] }
 
 // checkVirtioWrite applies the kernel's rules for a TUN write with a
 // virtio-net header (virtio_net_hdr_to_skb, tun_get_user) to w.
@@ -144,20 +222,31 @@ func checkVirtioWrite(t *testing.T, w []byte, uso bool, mtu int) {
 		}
 		return
 	}
-	proto := pkt[9]
+	v6 := pkt[0]>>4 == 6
+	iph, proto := 20, pkt[9]
+	if v6 {
+		iph, proto = 40, pkt[6]
+	}
 	wantOff := map[byte]int{protoTCP: 16, protoUDP: 6}[proto]
-	if wantOff == 0 || cstart != 20 || coff != wantOff || cstart+coff+2 > len(pkt) {
+	if wantOff == 0 || cstart != iph || coff != wantOff || cstart+coff+2 > len(pkt) {
 		t.Fatalf("csum_start %d, csum_offset %d for protocol %d in %d bytes", cstart, coff, proto, len(pkt))
 	}
 	l4h := 8
 	if proto == protoTCP {
-		l4h = int(pkt[32]>>4) * 4
+		l4h = int(pkt[iph+12]>>4) * 4
 	}
 	if hdrLen != cstart+l4h || hdrLen > len(pkt) {
 		t.Fatalf("hdr_len %d, headers %d, packet %d", hdrLen, cstart+l4h, len(pkt))
 	}
-	if foldedSum(pkt[:20], 0) != 0xffff || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) {
+	if v6 {
+		if int(binary.BigEndian.Uint16(pkt[4:]))+40 != len(pkt) {
+			t.Fatal("IPv6 payload length wrong")
+		}
+	} else if foldedSum(pkt[:20], 0) != 0xffff || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) {
 		t.Fatal("IP header checksum or total length wrong")
+	}
+	if proto == protoUDP && v6 && binary.BigEndian.Uint16(pkt[iph+6:]) == 0 {
+		t.Fatal("a UDP/IPv6 datagram without checksum written CHECKSUM_PARTIAL")
 	}
 	switch gsoType {
 	case virtioGSONone:
@@ -165,15 +254,15 @@ func checkVirtioWrite(t *testing.T, w []byte, uso bool, mtu int) {
 			t.Fatalf("gso_size %d without a GSO type", gsoSize)
 		}
 		return
-	case virtioGSOTCPv4:
-		if proto != protoTCP {
-			t.Fatal("TCPv4 GSO on a non-TCP packet")
+	case virtioGSOTCPv4, virtioGSOTCPv6:
+		if proto != protoTCP || v6 != (gsoType == virtioGSOTCPv6) {
+			t.Fatalf("GSO type %d on protocol %d, IPv6 %v", gsoType, proto, v6)
 		}
 	case virtioGSOUDPL4:
 		if proto != protoUDP || !uso {
 			t.Fatalf("UDP_L4 GSO (device USO %v)", uso)
 		}
-		if int(binary.BigEndian.Uint16(pkt[24:])) != len(pkt)-20 {
+		if int(binary.BigEndian.Uint16(pkt[iph+4:])) != len(pkt)-iph {
 			t.Fatal("UDP length does not cover the super-packet")
 		}
 	default:
@@ -223,6 +312,13 @@ func FuzzCoalesce(f *testing.F) {
 	f.Add([]byte{0x03, 0x80, 200, 0, 0, 0, 50, 0, 0})                       // a lone TSO packet over the MTU
 	f.Add(append([]byte{0x01}, bytes.Repeat([]byte{4, 8, 0, 0}, 80)...))    // 80 small UDP datagrams of one flow
 	f.Add([]byte{0x01, 4, 10, 0, 0, 4, 10, 6, 0, 4, 10, 0, 0})              // a short UDP length field
+	// IPv6 (b3&0x10): a TCP train with a v4 one interleaved, then pure ACKs.
+	f.Add([]byte{0x03, 0, 100, 0, 0x10, 0, 100, 0, 0, 0, 100, 0, 0x10, 1, 100, 0, 0x10, 0, 0, 0, 0x10, 0, 0, 0, 0x10})
+	f.Add([]byte{0x03, 0x80, 200, 0, 0x10, 0, 50, 0, 0x10})                                 // an IPv6 TSO packet over the MTU, then a segment
+	f.Add(append([]byte{0x01}, bytes.Repeat([]byte{4, 8, 0, 0x10}, 80)...))                 // 80 small UDP/IPv6 datagrams
+	f.Add([]byte{0x03, 0, 100, 0, 0x10, 0, 100, 2, 0x10, 0, 100, 3, 0x10, 0, 100, 4, 0x10}) // traffic class, hop limit, flow label bent
+	f.Add([]byte{0x03, 0, 100, 0, 0x10, 0, 100, 5, 0x10, 0, 100, 0, 0x10, 4, 8, 8, 0x10})   // a hop-by-hop header mid-train; UDP/IPv6 without checksum
+	f.Add([]byte{0x03, 4, 8, 0, 0x10, 4, 8, 8, 0x10, 4, 8, 0, 0x10, 4, 8, 6, 0x10, 4, 8, 7, 0x10})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if len(in) < 1 {
 			return
@@ -274,7 +370,7 @@ func FuzzCoalesce(f *testing.F) {
 		group := func(ps [][]byte) map[flowKey]*stream {
 			m := map[flowKey]*stream{}
 			for _, p := range ps {
-				k, tcp := fuzzFlow(p)
+				k, tcp, l4 := fuzzFlow(p)
 				s := m[k]
 				if s == nil {
 					s = &stream{tcp: tcp}
@@ -282,7 +378,7 @@ func FuzzCoalesce(f *testing.F) {
 				}
 				s.pkts = append(s.pkts, p)
 				if tcp {
-					s.bytes = append(s.bytes, tcpPayload(p)...)
+					s.bytes = append(s.bytes, tcpPayload(p, l4)...)
 					s.big = s.big || (co.mtu > 0 && len(p) > co.mtu)
 				}
 			}
