@@ -136,28 +136,41 @@ func peer6(subnet, ip, subnet6, ip6, typ, data, data6 string) lease.Lease {
 	return l
 }
 
-// The udp backend on a dual-stack network: the lease names PublicIPv6,
-// the TUN carries the IPv6 lease's address and the IPv6 network's route
-// (IPv6 on), and the table reaches a peer's IPv6 subnet through its IPv4
-// endpoint (flannel's UDP format carries either family).
+// The udp backend on a dual-stack network: the lease names PublicIPv6
+// and, in BackendV6Data, the port of its IPv6 underlay; the TUN carries
+// the IPv6 lease's address and the IPv6 network's route (IPv6 on) with an
+// MTU both underlays carry; a second socket listens on the interface's
+// IPv6 address; and the table reaches a peer's IPv6 subnet over the IPv6
+// underlay when the peer's lease has one, else through its IPv4 endpoint
+// (a weft host of the previous release: flannel's UDP format carries
+// either family).
 func TestUDPBackendDualStack(t *testing.T) {
 	ns, host := testHost6(t)
 	b, err := NewUDP(host, testCfg6, Options{TUNName: "wefttest6", BatchSize: 32, AntiSpoof: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, _ := b.Attrs(); a.PublicIPv6 != host.PublicIPv6 || a.BackendV6Data != nil {
-		t.Errorf("attrs %+v", a)
+	a, _ := b.Attrs()
+	if a.PublicIPv6 != host.PublicIPv6 || string(a.BackendV6Data) != `{"Port":8285}` || a.BackendData != nil || a.BackendType != "" {
+		t.Errorf("attrs %+v (BackendV6Data %s)", a, a.BackendV6Data)
 	}
-	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64"),
-		Attrs: lease.Attrs{PublicIP: host.PublicIP, PublicIPv6: host.PublicIPv6}}
+	for data6, ok := range map[string]bool{"": true, `{"Port":8285}`: true, `{"Port":8286}`: false, `{"Port":"x"}`: false, `[`: false} {
+		l := peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "", "", data6)
+		if err := b.AcceptIPv6(l.Attrs); (err == nil) != ok {
+			t.Errorf("AcceptIPv6(%s): %v", data6, err)
+		}
+	}
+	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fd00:10:5:1::/64"), Attrs: a}
 	var mtu int
 	if err := ns.Do(func() (err error) { mtu, err = b.Start(context.Background(), own); return err }); err != nil {
 		t.Fatal(err)
 	}
 	run(t, b)
-	if mtu != 1472 {
-		t.Errorf("mtu %d, want 1472 (the IPv4 underlay's less 28, for both families)", mtu)
+	if mtu != 1452 {
+		t.Errorf("mtu %d, want 1452 (the IPv6 underlay's less 48, which IPv4 packets fit too)", mtu)
+	}
+	if s := b.Status().(UDPStatus); s.Local6 != "[2001:db8::1]:8285" || s.Socket == nil || s.Socket6 == nil {
+		t.Errorf("status %+v", s)
 	}
 	l, err := ns.H.LinkByName("wefttest6")
 	if err != nil {
@@ -177,13 +190,21 @@ func TestUDPBackendDualStack(t *testing.T) {
 		t.Errorf("no route for fd00:10:5::/56 through the TUN: %v", ns.Routes6(t))
 	}
 	b.SetPeers([]lease.Lease{
-		peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "", "", ""),
-		peer("10.5.3.0/24", "192.0.2.3", "", ""), // a host without IPv6
+		peer6("10.5.2.0/24", "192.0.2.2", "fd00:10:5:2::/64", "2001:db8::2", "", "", ""), // the previous release
+		peer("10.5.3.0/24", "192.0.2.3", "", ""),                                         // a host without IPv6
+		peer6("10.5.4.0/24", "192.0.2.4", "fd00:10:5:4::/64", "2001:db8::4", "", "", `{"Port":8285}`),
 	})
 	tab := b.Datapath().Engine.Table()
 	p := tab.Lookup(netip.MustParseAddr("fd00:10:5:2::5"))
 	if p == nil || p.Endpoint != netip.MustParseAddrPort("192.0.2.2:8285") || p.Endpoint6.IsValid() {
-		t.Fatalf("IPv6 peer %+v", p)
+		t.Fatalf("IPv6 peer of the previous release %+v", p)
+	}
+	p = tab.Lookup(netip.MustParseAddr("fd00:10:5:4::5"))
+	if p == nil || p.Endpoint != netip.MustParseAddrPort("192.0.2.4:8285") || p.Endpoint6 != netip.MustParseAddrPort("[2001:db8::4]:8285") {
+		t.Fatalf("IPv6 peer with an IPv6 underlay %+v", p)
+	}
+	if tab.Lookup(netip.MustParseAddr("10.5.4.1")) != p {
+		t.Error("the peer's IPv4 subnet is not the same peer")
 	}
 	if tab.Own6() != own.IPv6Subnet || tab.Lookup(netip.MustParseAddr("10.5.3.1")) == nil {
 		t.Errorf("table: own6 %s, peers %v", tab.Own6(), tab.Peers())
@@ -255,5 +276,24 @@ func TestVXLANBackendDualStack(t *testing.T) {
 	s := b.Status().(VXLANStatus)
 	if s.MAC6 == "" || s.Transport.Receive6 == nil || len(s.Transport.SourcePorts6) == 0 {
 		t.Errorf("status %+v", s)
+	}
+}
+
+// A udp host on a dual-stack network with no IPv6 underlay of its own
+// (no PublicIPv6: admission refuses its IPv6 subnet elsewhere) opens no
+// IPv6 socket, advertises none, and reaches even a peer that has one
+// through its IPv4 endpoint, so the two agree on the underlay.
+func TestUDPBackendWithoutIPv6Underlay(t *testing.T) {
+	_, host := testHost(t)
+	b, err := NewUDP(host, testCfg6, Options{TUNName: "wefttest7", BatchSize: 32, AntiSpoof: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := b.Attrs(); a.BackendV6Data != nil || b.underlay6() {
+		t.Errorf("attrs %+v without an IPv6 address", a)
+	}
+	specs := b.specs([]lease.Lease{peer6("10.5.4.0/24", "192.0.2.4", "fd00:10:5:4::/64", "2001:db8::4", "", "", `{"Port":8285}`)})
+	if specs[0].Endpoint6.IsValid() {
+		t.Errorf("spec %+v: an IPv6 endpoint without an IPv6 socket", specs[0])
 	}
 }

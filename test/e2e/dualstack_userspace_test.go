@@ -2,32 +2,48 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/encap/userspace"
 )
 
 // TestDualStackUDP runs three hosts on a dual-stack network with the udp
 // backend: IPv6 travels through weft's engine inside flannel's UDP format
-// over the IPv4 underlay. Every pair pings and streams verified TCP over
-// both families; the TUN carries the IPv6 lease's address and the IPv6
-// network's route; the lease names PublicIPv6; FLANNEL_MTU is the IPv4
-// underlay's less 28 for both families.
+// over the IPv6 underlay (PublicIPv6, the cluster's port), IPv4 over the
+// IPv4 one. Every pair pings and streams verified TCP over both families;
+// a capture on the underlay's switch sees IPv6 inner packets only in IPv6
+// datagrams and IPv4 ones only in IPv4 datagrams; the TUN carries the
+// IPv6 lease's address and the IPv6 network's route; the lease names
+// PublicIPv6 and its IPv6 underlay's port (BackendV6Data); FLANNEL_MTU is
+// the IPv6 underlay's less 48, which both families fit.
 func TestDualStackUDP(t *testing.T) {
 	k := newKClusterOpts(t, lab.Options{Hosts: 3, IPv6: true}, dualStackConf("udp"), nil)
+	l := k.Lab
+	pcap := filepath.Join(l.Dir, "underlay-udp.pcap")
+	dump, err := l.Start(l.Switch, "tcpdump", "tcpdump", "-i", l.Bridge, "-U", "-s", "128", "-nn", "-w", pcap, "udp port 8285")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.eventually("tcpdump listening", 10*time.Second, func() (bool, string) {
+		return strings.Contains(dump.Log(), "listening on"), dump.Log()
+	})
 	k.start(nil, 1, 2, 3)
 	for i, env := range k.Envs {
-		if !env.IPv6Subnet.IsValid() || env.MTU != 1472 {
+		if !env.IPv6Subnet.IsValid() || env.MTU != 1452 {
 			t.Fatalf("h%d: subnet file %+v", i+1, env)
 		}
 		h := k.Lab.Host(i + 1)
-		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s"}`, h.IP, h.IP6)
+		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":"%s","BackendV6Data":{"Port":8285}}`, h.IP, h.IP6)
 		if got := k.leaseValue(i + 1); got != want {
 			t.Errorf("h%d lease\n got %s\nwant %s", i+1, got, want)
 		}
@@ -58,12 +74,57 @@ func TestDualStackUDP(t *testing.T) {
 		}
 	}
 	k.tcp(1, 2, 4<<20)
-	s := k.stats(1)
-	if s.Engine == nil || s.Engine.DropsByReason["spoofed-source"] != 0 || s.Engine.DropsByReason["unknown-peer"] != 0 {
-		t.Errorf("h1 engine: %+v", s.Engine)
+	dump.Signal(syscall.SIGINT)
+	dump.Wait()
+	checkUDPUnderlays(t, k, pcap)
+	for i := 1; i <= 3; i++ {
+		s := k.stats(i)
+		if s.Engine == nil || s.Engine.DropsByReason["spoofed-source"] != 0 || s.Engine.DropsByReason["unknown-peer"] != 0 ||
+			s.Engine.DropsByReason["wrong-source-port"] != 0 {
+			t.Errorf("h%d engine: %+v", i, s.Engine)
+		}
+		var us userspace.UDPStatus
+		if err := json.Unmarshal(s.BackendStatus, &us); err != nil || us.MTU != 1452 ||
+			us.Local6 != netip.AddrPortFrom(l.Host(i).IP6, 8285).String() || us.Socket6 == nil || us.Socket == nil {
+			t.Fatalf("h%d udp status: %v %s", i, err, s.BackendStatus)
+		}
+		// Each underlay socket carried its family: per-family counters.
+		if us.Socket6.SendSegments == 0 || us.Socket6.RecvSegments == 0 || us.Socket.SendSegments == 0 || us.Socket.RecvSegments == 0 {
+			t.Errorf("h%d: an underlay socket idle: v4 %+v, v6 %+v", i, *us.Socket, *us.Socket6)
+		}
 	}
 	captureIPv6(t, k)
 	k.stop(1, 2, 3)
+}
+
+// checkUDPUnderlays reads the switch's capture of the cluster's udp port:
+// IPv6 pod packets rode IPv6 datagrams and IPv4 pod packets IPv4 ones
+// (flannel's UDP format: the inner packet starts right after the UDP
+// header, its version in the top nibble).
+func checkUDPUnderlays(t *testing.T, k *kcluster, pcap string) {
+	t.Helper()
+	count := func(filter string) int {
+		out, err := exec.Command("tcpdump", "-nn", "-r", pcap, filter).Output()
+		if err != nil {
+			t.Fatalf("tcpdump -r %s %q: %v", pcap, filter, err)
+		}
+		return strings.Count(string(out), "\n")
+	}
+	for _, c := range []struct {
+		filter  string
+		nonzero bool
+	}{
+		{"ip6 and udp port 8285 and (ip6[48] & 0xf0) == 0x60", true},
+		{"ip and udp port 8285 and (udp[8] & 0xf0) == 0x40", true},
+		{"ip and udp port 8285 and (udp[8] & 0xf0) == 0x60", false},
+		{"ip6 and udp port 8285 and (ip6[48] & 0xf0) == 0x40", false},
+		{"ip6 and udp src port 8285 and udp dst port 8285", true},
+		{"ip6 and udp port 8285 and not (udp src port 8285 and udp dst port 8285)", false},
+	} {
+		if n := count(c.filter); (n > 0) != c.nonzero {
+			t.Errorf("underlay capture: %d datagrams match %q", n, c.filter)
+		}
+	}
 }
 
 // captureIPv6: `weft capture` with an IPv6 filter shows IPv6 packets as
