@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -98,6 +99,17 @@ func testKubeIPv6Only(t *testing.T, backend string) {
 	for i, h := range l.Hosts {
 		waitPeers6(t, k, h, func(p []netip.Prefix) bool { return len(p) == 2 && !slices.Contains(p, podCIDR6(i)) })
 	}
+	// flannel-v6.1 deleted under a running daemon: weft recreates it
+	// with the MAC of backend-v6-data and every peer's entries (flanneld
+	// v0.28.9 watches only flannel.1, which an IPv6-only host lacks).
+	if backend == "vxlan" {
+		mac := linkMAC(t, h1.Name, "flannel-v6.1")
+		kubeSh(t, k, 0, "ip", "link", "del", "flannel-v6.1")
+		k.ping6All(ctx, t, l.Hosts)
+		if got := linkMAC(t, h1.Name, "flannel-v6.1"); got != mac {
+			t.Errorf("flannel-v6.1 came back with MAC %s, not the lease's %s", got, mac)
+		}
+	}
 
 	// A deleted Node is no peer of the others.
 	if err := admin.CoreV1().Nodes().Delete(ctx, nodeName(2), metav1.DeleteOptions{}); err != nil {
@@ -179,4 +191,49 @@ func kubeSh(t *testing.T, k *kubeLab, i int, argv ...string) string {
 		t.Fatalf("%s: %v: %v\n%s", k.l.Hosts[i].Name, argv, err, out)
 	}
 	return string(out)
+}
+
+// TestKubeIPv6OnlyFlanneld: flanneld v0.28.9 --kube-subnet-mgr on h2,
+// weft on h1 and h3, one IPv6-only network (Nodes with one IPv6
+// podCIDR), vxlan and host-gw. flanneld's annotations are the ones weft
+// writes (lease/kube's transcription of its rule agrees with the real
+// thing), and every pod reaches every other over IPv6. Unlike etcd mode
+// (docs/dualstack.md), flanneld's kube store marks IPv6-only leases
+// IPv6-only, so it programs its peers.
+func TestKubeIPv6OnlyFlanneld(t *testing.T) {
+	flanneld := flanneldBinary(t)
+	for _, backend := range []string{"vxlan", "host-gw"} {
+		t.Run(backend, func(t *testing.T) {
+			k := newKubeLabPods(t, fmt.Sprintf(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":%q}}`, backend), kubePodsIPv6Only)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			for i, h := range k.l.Hosts {
+				var p *lab.Proc
+				if i == 1 {
+					p = k.startFlanneld(t, flanneld, i)
+				} else {
+					p = k.start(t, i)
+				}
+				waitFile(t, p, filepath.Join(h.Dir, "subnet.env"))
+				if err := h.AttachPod6(podCIDR6(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			k.ping6All(ctx, t, k.l.Hosts)
+			// The same annotation keys on every Node, each host's own
+			// values; host-gw's public-ip is "0.0.0.0" on all of them.
+			const p = "flannel.alpha.coreos.com/"
+			keys := func(a map[string]string) []string { return slices.Sorted(maps.Keys(a)) }
+			weft := nodeAnnotations(t, k.admin, nodeName(0))
+			for i, h := range k.l.Hosts {
+				a := nodeAnnotations(t, k.admin, nodeName(i))
+				if !slices.Equal(keys(a), keys(weft)) || a[p+"public-ipv6"] != h.IP6.String() || a[p+"backend-type"] != backend {
+					t.Errorf("%s annotations %v; weft's h1: %v", nodeName(i), a, weft)
+				}
+				if backend == "host-gw" && (a[p+"public-ip"] != "0.0.0.0" || a[p+"backend-data"] != "null" || a[p+"backend-v6-data"] != "null") {
+					t.Errorf("%s annotations %v", nodeName(i), a)
+				}
+			}
+		})
+	}
 }
