@@ -3,7 +3,6 @@ package kube
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -121,9 +120,6 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 	if err := s.start(ctx); err != nil {
 		return lease.Lease{}, err
 	}
-	if !s.conf.EnableIPv4 {
-		return lease.Lease{}, errors.New("kube subnet manager: \"EnableIPv4\": false: IPv6-only networks are not supported in Kubernetes mode yet (dual-stack ones are, and IPv6-only ones with the etcd store)")
-	}
 	n, err := s.ownNode(ctx)
 	if err != nil {
 		return lease.Lease{}, err
@@ -133,12 +129,18 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 		return lease.Lease{}, err
 	}
 	for _, k := range []string{s.ann.BackendPublicIPOverwrite, s.ann.BackendPublicIPv6Overwrite} {
-		if k == s.ann.BackendPublicIPv6Overwrite && !s.conf.EnableIPv6 {
+		if k == s.ann.BackendPublicIPv6Overwrite && !s.conf.EnableIPv6 || k == s.ann.BackendPublicIPOverwrite && !s.conf.EnableIPv4 {
 			continue
 		}
 		if _, err := overrideAnnotation(n, k, k == s.ann.BackendPublicIPv6Overwrite); err != nil {
 			return lease.Lease{}, fmt.Errorf("kube subnet manager: %w", err)
 		}
+	}
+	if !s.conf.EnableIPv4 {
+		// An IPv6-only host has no IPv4 lease, whatever the backend
+		// says: public-ip is written "0.0.0.0", as flanneld's zero
+		// ip.IP4 (wantAnnotations).
+		attrs.PublicIP, attrs.BackendData = netip.Addr{}, nil
 	}
 	if !s.conf.EnableIPv6 {
 		attrs.PublicIPv6, attrs.BackendV6Data = netip.Addr{}, nil
@@ -153,13 +155,15 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 		return lease.Lease{}, err
 	}
 	// The public addresses as written: an operator's overwrite wins.
-	attrs.PublicIP, _ = netip.ParseAddr(want[s.ann.BackendPublicIP])
+	if s.conf.EnableIPv4 {
+		attrs.PublicIP, _ = netip.ParseAddr(want[s.ann.BackendPublicIP])
+	}
 	if s.conf.EnableIPv6 {
 		attrs.PublicIPv6, _ = netip.ParseAddr(want[s.ann.BackendPublicIPv6])
 	}
 	own := lease.Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs, CreateRevision: max(n.CreationTimestamp.Unix(), 1)}
 	s.mu.Lock()
-	s.ownAttrs, s.actedRV = attrs, n.ResourceVersion
+	s.ownAttrs, s.acquired, s.actedRV = attrs, true, n.ResourceVersion
 	s.mu.Unlock()
 	return own, nil
 }
@@ -204,7 +208,9 @@ func backendName(t string) string {
 // wantAnnotations are the Node's annotations with this host's lease
 // written in, flanneld's rules: backend-type always; backend-data
 // ("null" for none) and public-ip unless a vxlan backend has no data;
-// public-ip-overwrite, when set, wins over attrs.PublicIP; with
+// public-ip-overwrite, when set, wins over attrs.PublicIP (on an
+// IPv6-only network public-ip is "0.0.0.0", flanneld's zero IPv4
+// address, and the overwrite is not applied); with
 // attrs.PublicIPv6, backend-v6-data and public-ipv6 as writesIPv6 says,
 // public-ipv6-overwrite winning over attrs.PublicIPv6;
 // kube-subnet-manager "true". The result equals have when nothing
@@ -218,11 +224,22 @@ func (s *Store) wantAnnotations(have map[string]string, attrs lease.Attrs) (map[
 	if err != nil {
 		return nil, err
 	}
-	ip := attrs.PublicIP.String()
-	over := have[s.ann.BackendPublicIPOverwrite]
-	unchanged := have[s.ann.BackendData] == bd && have[s.ann.BackendType] == attrs.BackendType &&
-		have[s.ann.BackendPublicIP] == ip && have[s.ann.SubnetKubeManaged] == "true" &&
-		(over == "" || over == ip)
+	// writes4: whether backend-data and public-ip are written at all
+	// (flanneld: not by a vxlan backend without IPv4 data, which is
+	// what vxlan has on an IPv6-only network).
+	writes4 := attrs.BackendType != "vxlan" || bd != "null"
+	ip, over := "0.0.0.0", ""
+	if s.conf.EnableIPv4 {
+		ip, over = attrs.PublicIP.String(), have[s.ann.BackendPublicIPOverwrite]
+	}
+	unchanged := have[s.ann.BackendType] == attrs.BackendType && have[s.ann.SubnetKubeManaged] == "true"
+	if writes4 || s.conf.EnableIPv4 {
+		// flanneld compares public-ip even where it writes none, so it
+		// patches (an empty patch) on every start of an IPv6-only vxlan
+		// host; weft compares only what it writes.
+		unchanged = unchanged && have[s.ann.BackendData] == bd && have[s.ann.BackendPublicIP] == ip &&
+			(over == "" || over == ip)
+	}
 	ip6, over6 := "", ""
 	if attrs.PublicIPv6.IsValid() {
 		ip6, over6 = attrs.PublicIPv6.String(), have[s.ann.BackendPublicIPv6Overwrite]
@@ -237,9 +254,15 @@ func (s *Store) wantAnnotations(have map[string]string, attrs lease.Attrs) (map[
 		want = map[string]string{}
 	}
 	want[s.ann.BackendType] = attrs.BackendType
-	if attrs.BackendType != "vxlan" || bd != "null" {
+	if writes4 {
 		want[s.ann.BackendData] = bd
-		s.setPublicIP(want, s.ann.BackendPublicIP, s.ann.BackendPublicIPOverwrite, ip)
+		if s.conf.EnableIPv4 {
+			s.setPublicIP(want, s.ann.BackendPublicIP, s.ann.BackendPublicIPOverwrite, ip)
+		} else {
+			// flanneld writes public-ip-overwrite here too; weft
+			// keeps "0.0.0.0" (no IPv4 lease) whatever it says.
+			want[s.ann.BackendPublicIP] = ip
+		}
 	}
 	if writesIPv6(attrs) {
 		want[s.ann.BackendV6Data] = bd6

@@ -20,6 +20,7 @@
 // and the IPv6 entry of spec.podCIDRs, with flanneld's IPv6 annotations
 // (<prefix>/public-ipv6, backend-v6-data; node-public-ipv6 and
 // public-ipv6-overwrite read as overrides). A peer Node without an IPv6
-// podCIDR or public-ipv6 is an IPv4 peer. IPv6-only networks are refused
-// by Acquire.
+// podCIDR or public-ipv6 is an IPv4 peer. On an IPv6-only network
+// ("EnableIPv4": false) a lease is the IPv6 entry alone, with public-ip
+// "0.0.0.0" where flanneld writes it (host-gw; vxlan writes none).
 package kube

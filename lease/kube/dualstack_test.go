@@ -377,7 +377,7 @@ func TestDualStackPeers(t *testing.T) {
 // Refusals of a dual-stack network at start, each naming the problem:
 // this host's Node without an IPv6 podCIDR, or with one outside
 // IPv6Network; an unusable IPv6 override annotation; a host without an
-// IPv6 address or IPv6 backend data; IPv6-only networks. The IPv6
+// IPv6 address or IPv6 backend data. The IPv6
 // overrides are read, overwrite first, and the overwrite is what
 // public-ipv6 gets.
 func TestDualStackRefusalsAndOverrides(t *testing.T) {
@@ -449,15 +449,6 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 	waitNode(t, admin, "h1", "public-ipv6 from the overwrite", func(n *v1.Node) bool {
 		return n.Annotations[v6PublicIP] == "2001:db8:6::1" && n.Annotations["flannel.alpha.coreos.com/public-ip"] == "192.0.2.1"
 	})
-
-	// IPv6-only: the config is read, Acquire refuses by name.
-	s6 := newTestStore(t, srv, storeOpts{netConf: "net-conf-ipv6only.json"})
-	if cfg, err := s6.Config(ctx); err != nil || cfg.EnableIPv4 || cfg.IPv6SubnetLen != 64 {
-		t.Errorf("IPv6-only config: %+v, %v", cfg, err)
-	}
-	if _, err := s6.Acquire(ctx, fixtureAttrs["dualstack-vxlan"]); err == nil || !strings.Contains(err.Error(), "IPv6-only networks are not supported") {
-		t.Errorf("IPv6-only: %v", err)
-	}
 }
 
 // waitCached waits until the store's Node cache sees name as ok says.

@@ -24,9 +24,11 @@ func (s *Store) Keep(ctx context.Context, own lease.Lease) error {
 		return err
 	}
 	s.mu.Lock()
-	attrs, actedRV := s.ownAttrs, s.actedRV
+	attrs, acquired, actedRV := s.ownAttrs, s.acquired, s.actedRV
 	s.mu.Unlock()
-	if !attrs.PublicIP.IsValid() {
+	if !acquired {
+		// Not by this store's Acquire: own's attributes (an IPv6-only
+		// lease has no PublicIP, so that is no test of it).
 		attrs = own.Attrs
 	}
 	var uid types.UID

@@ -82,6 +82,7 @@ type Store struct {
 	refused  map[string]string       // by Node name: why its annotations make no lease (logged once)
 	origin   map[netip.Prefix]string // by lease ID: the Node of the last snapshot's lease
 	ownAttrs lease.Attrs             // as Acquire wrote them
+	acquired bool                    // ownAttrs is set
 	// unreadable counts the times an annotated Node started to have no
 	// valid lease (Unreadable).
 	unreadable atomic.Uint64

@@ -124,10 +124,13 @@ func (s *Store) update(obj any, deleted bool) {
 	}
 }
 
-// leaseLog are the log attributes of a Node's lease: its IPv6 parts only
-// when it has them.
+// leaseLog are the log attributes of a Node's lease: its IPv4 and IPv6
+// parts only when it has them.
 func leaseLog(node string, l lease.Lease) []any {
-	out := []any{"node", node, "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP}
+	out := []any{"node", node}
+	if l.Subnet.IsValid() {
+		out = append(out, "subnet", l.Subnet, "public-ip", l.Attrs.PublicIP)
+	}
 	if l.IPv6Subnet.IsValid() {
 		out = append(out, "ipv6-subnet", l.IPv6Subnet, "public-ipv6", l.Attrs.PublicIPv6)
 	}

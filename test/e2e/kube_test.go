@@ -68,8 +68,29 @@ func newKubeLabNetwork(t *testing.T, backend, network string) *kubeLab {
 // IPv4 one, as a dual-stack cluster's IPAM does.
 func newKubeLabConf(t *testing.T, netConf string, dual bool) *kubeLab {
 	t.Helper()
+	pods := kubePodsIPv4
+	if dual {
+		pods = kubePodsDual
+	}
+	return newKubeLabPods(t, netConf, pods)
+}
+
+// kubePods are the families of the Nodes' podCIDRs in a kube lab.
+type kubePods int
+
+const (
+	kubePodsIPv4     kubePods = iota // podCIDR(i)
+	kubePodsDual                     // podCIDR(i), podCIDR6(i)
+	kubePodsIPv6Only                 // podCIDR6(i) alone, as an IPv6-only cluster's IPAM assigns
+)
+
+// newKubeLabPods is newKubeLabConf with the Nodes' podCIDRs as pods
+// says; the lab has an IPv6 underlay (beside the IPv4 one the control
+// plane uses) unless pods is kubePodsIPv4.
+func newKubeLabPods(t *testing.T, netConf string, pods kubePods) *kubeLab {
+	t.Helper()
 	bin := kubetest.Binary(t)
-	l := labtest.New(t, lab.Options{Hosts: 3, IPv6: dual})
+	l := labtest.New(t, lab.Options{Hosts: 3, IPv6: pods != kubePodsIPv4})
 	exe := self(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -109,8 +130,11 @@ func newKubeLabConf(t *testing.T, netConf string, dual bool) *kubeLab {
 		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName(i), Labels: map[string]string{"kubernetes.io/hostname": nodeName(i)},
 			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
 			Spec: v1.NodeSpec{PodCIDR: podCIDR(i).String(), PodCIDRs: []string{podCIDR(i).String()}}}
-		if dual {
+		switch pods {
+		case kubePodsDual:
 			n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, podCIDR6(i).String())
+		case kubePodsIPv6Only:
+			n.Spec.PodCIDR, n.Spec.PodCIDRs = podCIDR6(i).String(), []string{podCIDR6(i).String()}
 		}
 		if _, err := admin.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
