@@ -1,6 +1,7 @@
 package userspace
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -75,9 +76,10 @@ type UDPLeaseV6 struct {
 }
 
 // ParseUDPLeaseV6 reads a udp lease's BackendV6Data; ok is false when it
-// has none.
+// has none (absent, or JSON null: what the Kubernetes store reads from a
+// "null" backend-v6-data annotation).
 func ParseUDPLeaseV6(raw json.RawMessage) (d UDPLeaseV6, ok bool, err error) {
-	if len(raw) == 0 {
+	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
 		return d, false, nil
 	}
 	if err := json.Unmarshal(raw, &d); err != nil {
