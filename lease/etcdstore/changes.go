@@ -122,6 +122,12 @@ func (m *Store) logDup(st *watchState, name string, l lease.Lease) {
 	if !slices.Contains(subnetsOf(held), subnet) {
 		subnet = l.IPv6Subnet
 	}
+	m.noteDuplicate(st, name, l, subnet, held)
+}
+
+// noteDuplicate records that key name, lease l, is left out because
+// heldBy holds subnet: logged and counted once per key.
+func (m *Store) noteDuplicate(st *watchState, name string, l lease.Lease, subnet netip.Prefix, heldBy lease.Lease) {
 	if st.dup == nil {
 		st.dup = map[string]bool{}
 	}
@@ -129,6 +135,6 @@ func (m *Store) logDup(st *watchState, name string, l lease.Lease) {
 		st.dup[name] = true
 		m.duplicates.Add(1)
 		m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
-			"subnet", subnet, "publicIP", l.Attrs.PublicIP, "heldBy", held.Attrs.PublicIP, "heldByLease", held.String())
+			"subnet", subnet, "publicIP", l.Attrs.PublicIP, "heldBy", heldBy.Attrs.PublicIP, "heldByLease", heldBy.String())
 	}
 }

@@ -372,15 +372,7 @@ func (m *Store) snapshot(st *watchState) []lease.Lease {
 		return strings.Compare(a.name, b.name)
 	}
 	dup := func(name string, l lease.Lease, subnet netip.Prefix, heldBy lease.Lease) {
-		if st.dup == nil {
-			st.dup = map[string]bool{}
-		}
-		if !st.dup[name] {
-			st.dup[name] = true
-			m.duplicates.Add(1)
-			m.log.Error("ignoring a second lease for a subnet", "key", excerpt.Quote(name, logKeyMax),
-				"subnet", subnet, "publicIP", l.Attrs.PublicIP, "heldBy", heldBy.Attrs.PublicIP, "heldByLease", heldBy.String())
-		}
+		m.noteDuplicate(st, name, l, subnet, heldBy)
 	}
 	snap := make([]lease.Lease, 0, len(all))
 	if !dual {
