@@ -88,3 +88,27 @@ func TestDebugServerBounds(t *testing.T) {
 		t.Errorf("served a connection past the limit of %d", maxConns)
 	}
 }
+
+// The runtime's profiles are served on the debug socket, beside the API,
+// and a CPU profile longer than the write timeout is refused rather than
+// holding the connection.
+func TestDebugSocketProfiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "debug.sock")
+	api := http.NewServeMux()
+	api.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })
+	stop, err := serveUnix(path, withProfiles(api), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c := Client{Socket: path}
+	if b, err := c.Get("/status"); err != nil || string(b) != "ok" {
+		t.Errorf("/status: %q %v", b, err)
+	}
+	if b, err := c.Get("/debug/pprof/heap?debug=1"); err != nil || len(b) == 0 {
+		t.Errorf("/debug/pprof/heap: %d bytes, %v", len(b), err)
+	}
+	if _, err := c.Get("/debug/pprof/profile?seconds=3600"); err == nil {
+		t.Error("a CPU profile past the write timeout was served")
+	}
+}

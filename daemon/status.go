@@ -86,7 +86,7 @@ func (o *observability) start(_ context.Context, d *daemon) (stop func(), err er
 	}
 	mux := d.mux()
 	if d.o.DebugSocket != "" {
-		s, err := serveUnix(d.o.DebugSocket, mux, d.log)
+		s, err := serveUnix(d.o.DebugSocket, withProfiles(mux), d.log)
 		if err != nil {
 			return nil, err
 		}
