@@ -180,18 +180,24 @@ func cpuTime(pid int) (time.Duration, error) {
 }
 
 // rss is the process's resident set size in bytes (VmRSS).
-func rss(pid int) (uint64, error) {
+func rss(pid int) (uint64, error) { return procStatus(pid, "VmRSS:") }
+
+// rssAnon is its anonymous part (RssAnon).
+func rssAnon(pid int) (uint64, error) { return procStatus(pid, "RssAnon:") }
+
+// procStatus reads a size in kB from /proc/<pid>/status, in bytes.
+func procStatus(pid int, field string) (uint64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, strings.TrimSuffix(field, ":"))
 }
 
 // deleteOne deletes the route to sn (and, for vxlan, its neighbour and

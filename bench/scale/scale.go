@@ -14,11 +14,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
@@ -35,6 +38,10 @@ type Options struct {
 	Events   int      // lease events per churn, half puts of new peers and half deletes
 	Rates    []int    // churn rates, events per second
 	JoinRate int      // puts per second of the join run; 0 skips it
+	// ProfileDir, when set, receives the weft process's heap profile
+	// (pprof, from its debug socket) at the steady state and after the
+	// churn: <binary>-<backend>-<N>-{steady,churn}.heap.pb.gz.
+	ProfileDir string
 	// Timeout bounds each wait for a correct state.
 	Timeout  time.Duration
 	Progress func(string)
@@ -66,7 +73,11 @@ type Result struct {
 	N         int           `json:"n"`
 	Start     time.Duration `json:"start_to_full_state_ns"`
 	RSSSteady uint64        `json:"rss_steady_bytes"`
-	Churn     []Churn       `json:"churn"`
+	// RSSSteadyAnon is the anonymous part of RSSSteady (heap, stacks, the
+	// runtime's own): the rest is the binary's pages, which the lab's
+	// weft etcd, running the same file, makes look larger than on a host.
+	RSSSteadyAnon uint64  `json:"rss_steady_anon_bytes"`
+	Churn         []Churn `json:"churn"`
 	// Repair is the time from deleting one peer's kernel entries by hand
 	// (the route; for vxlan also the neighbour and FDB entry) until they
 	// are back (kernel backends).
@@ -176,7 +187,45 @@ func (h *host) setup(ctx context.Context) error {
 		return err
 	}
 	h.sim = s
+	// weft run gets a binary of its own, out of the page cache: the lab's
+	// weft etcd runs the same file, and the kernel maps the cached pages
+	// around each one a process touches (fault-around), so on the shared
+	// file weft run's RSS would count pages only etcd needs. On a host,
+	// weft run is alone with its binary.
+	bin, err := coldCopy(h.o.Binary, filepath.Join(h.lab.Dir, "weft-run"))
+	if err != nil {
+		return err
+	}
+	h.c.Binary = bin
 	return nil
+}
+
+// coldCopy copies the executable src to dst and drops dst's pages from the
+// page cache, so a process that runs it starts as on a freshly booted host.
+func coldCopy(src, dst string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if err == nil {
+		err = unix.Fadvise(int(out.Fd()), 0, 0, unix.FADV_DONTNEED)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("copying %s for weft run: %v", src, err)
+	}
+	return dst, nil
 }
 
 func (h *host) close() {
@@ -295,6 +344,10 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 	if r.RSSSteady, err = rss(h.run.Pid()); err != nil {
 		return r, err
 	}
+	r.RSSSteadyAnon, _ = rssAnon(h.run.Pid())
+	if err := h.saveHeap("steady"); err != nil {
+		return r, err
+	}
 	for _, rate := range o.Rates {
 		o.Progress(fmt.Sprintf("%s: churn of %d events at %d/s", typ, o.Events, rate))
 		c, err := h.churn(ctx, rate)
@@ -303,6 +356,9 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 		}
 		r.Churn = append(r.Churn, c)
 		time.Sleep(time.Second)
+	}
+	if err := h.saveHeap("churn"); err != nil {
+		return r, err
 	}
 	if kernelBackend(typ) {
 		o.Progress(fmt.Sprintf("%s: deleting a peer's kernel entries by hand", typ))
@@ -450,4 +506,18 @@ func sampleRSS(pid int) func() uint64 {
 		}
 	}()
 	return func() uint64 { close(stop); return <-sampled }
+}
+
+// saveHeap writes the weft process's heap profile to o.ProfileDir (when
+// set), named by binary, backend, N and when.
+func (h *host) saveHeap(when string) error {
+	if h.o.ProfileDir == "" {
+		return nil
+	}
+	b, err := h.chk.status.Get("/debug/pprof/heap")
+	if err != nil {
+		return fmt.Errorf("heap profile: %v", err)
+	}
+	name := fmt.Sprintf("%s-%s-%d-%s.heap.pb.gz", filepath.Base(h.o.Binary), h.typ, h.o.Hosts, when)
+	return os.WriteFile(filepath.Join(h.o.ProfileDir, name), b, 0o644)
 }

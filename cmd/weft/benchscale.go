@@ -18,6 +18,7 @@ type scaleOpts struct {
 	backends, rates *string
 	events, join    *int
 	binaries        *string
+	profiles        *string
 }
 
 func scaleFlags(fs *flag.FlagSet) scaleOpts {
@@ -27,6 +28,7 @@ func scaleFlags(fs *flag.FlagSet) scaleOpts {
 		events:   fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
 		join:     fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
 		binaries: fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
+		profiles: fs.String("scale-heap-profiles", "", "with --scale: a directory for each weft's heap profile (pprof) at the steady state and after the churn"),
 	}
 }
 
@@ -57,7 +59,7 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 	ctx, guard := lab.NewGuard(context.Background(), 20*time.Second)
 	defer guard.Stop()
 	rs, err := scale.Run(ctx, scale.Options{
-		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join,
+		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles,
 		Progress: func(s string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), s) },
 	})
 	scale.WriteTable(os.Stdout, rs)
