@@ -17,6 +17,7 @@ import (
 	"github.com/weft-net/weft/daemon"
 	"github.com/weft-net/weft/encap/userspace"
 	"github.com/weft-net/weft/engine"
+	"github.com/weft-net/weft/internal/memlimit"
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/lease/kube"
 )
@@ -144,6 +145,12 @@ func runRun(args []string) error {
 	log := newLogger(f.logFormat, f.verbosity)
 	slog.SetDefault(log)
 	f.klog.warnUnused(log)
+	switch soft, cg, err := memlimit.Apply(); {
+	case err == nil && soft > 0:
+		log.Info("Go memory limit set below the cgroup's", "limit", soft, "cgroup-limit", cg)
+	case err != nil && !errors.Is(err, memlimit.ErrSet):
+		log.Warn("reading the cgroup's memory limit", "err", err)
+	}
 	o, err := f.options(log)
 	if err != nil {
 		return err

@@ -1,0 +1,55 @@
+package memlimit
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func write(t *testing.T, name, s string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		files  map[string]string
+		cgroup string
+		want   int64
+		ok     bool
+	}{
+		{"v2 pod", map[string]string{"kubepods/pod1/c1/memory.max": "52428800\n", "kubepods/memory.max": "max\n"},
+			"0::/kubepods/pod1/c1\n", 52428800, true},
+		{"v2 an ancestor is smaller", map[string]string{"a/b/memory.max": "max\n", "a/memory.max": "1048576\n"},
+			"0::/a/b\n", 1048576, true},
+		{"v2 no limit", map[string]string{"a/memory.max": "max\n"}, "0::/a\n", 0, false},
+		{"v2 namespaced: the container's cgroup is the mount's root", map[string]string{"memory.max": "41943040\n"},
+			"0::/\n", 41943040, true},
+		{"v1 pod", map[string]string{"memory/kubepods/p/memory.limit_in_bytes": "52428800\n"},
+			"12:cpu,cpuacct:/kubepods/p\n4:memory:/kubepods/p\n", 52428800, true},
+		{"v1 unlimited", map[string]string{"memory/x/memory.limit_in_bytes": "9223372036854771712\n"},
+			"4:memory:/x\n", 0, false},
+		{"v1 mounted at the container's cgroup", map[string]string{"memory/memory.limit_in_bytes": "104857600\n"},
+			"4:memory:/docker/abc\n", 104857600, true},
+		{"hybrid: the smaller of v1 and v2", map[string]string{"memory/x/memory.limit_in_bytes": "200\n", "x/memory.max": "100\n"},
+			"4:memory:/x\n0::/x\n", 100, true},
+		{"garbage", map[string]string{"memory.max": "lots\n"}, "0::/\nnonsense\n::\n", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for name, s := range tc.files {
+				write(t, filepath.Join(root, name), s)
+			}
+			got, ok := Limit(root, tc.cgroup)
+			if got != tc.want || ok != tc.ok {
+				t.Errorf("Limit = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
