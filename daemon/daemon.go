@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -225,6 +226,9 @@ func (d *daemon) follow(ctx context.Context, changes <-chan lease.Changes, fail 
 	settle := time.NewTimer(time.Hour)
 	settle.Stop()
 	defer settle.Stop()
+	release := time.NewTimer(time.Hour)
+	release.Stop()
+	defer release.Stop()
 	// An auto host keeps every lease: its rule, and a new backend after a
 	// move, look at the whole set.
 	var all map[netip.Prefix]lease.Lease
@@ -245,6 +249,15 @@ func (d *daemon) follow(ctx context.Context, changes <-chan lease.Changes, fail 
 				applyChanges(all, c)
 				d.consider(snapshotOf(all), settle)
 			}
+			if c.Full {
+				release.Reset(releaseAfterFull)
+			}
+		case <-release.C:
+			// A full change (start, a relist) builds every peer's state
+			// at once: the heap peaks, then most of it is garbage. Go
+			// returns freed memory to the kernel only slowly, so the
+			// peak would stay resident; hand it back now, once.
+			debug.FreeOSMemory()
 		case <-settle.C:
 			d.auto.pending = ""
 			last := snapshotOf(all)
@@ -261,6 +274,11 @@ func (d *daemon) follow(ctx context.Context, changes <-chan lease.Changes, fail 
 		}
 	}
 }
+
+// releaseAfterFull is how long after a full change the daemon returns
+// freed memory to the kernel: long enough for the backend to have
+// programmed the state (the kernel backends do it in their own loop).
+var releaseAfterFull = 3 * time.Second
 
 // applyChanges applies c to a set of leases by ID.
 func applyChanges(all map[netip.Prefix]lease.Lease, c lease.Changes) {
