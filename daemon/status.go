@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/encap/udp"
@@ -126,21 +127,12 @@ func (d *daemon) mux() *http.ServeMux {
 	mux.HandleFunc("GET /stats", status)
 	// The stage running when a request comes serves it: an auto host's
 	// backend, and with it its engine and hub, can change.
-	mux.HandleFunc("GET /capture", func(w http.ResponseWriter, r *http.Request) {
+	capture.RegisterFunc(mux, func() (*capture.Hub, string) {
 		st := d.cur.Load()
 		if st.hub == nil {
-			http.Error(w, kernelPathNote(st.backend.Type()), http.StatusConflict)
-			return
+			return nil, kernelPathNote(st.backend.Type())
 		}
-		st.hub.ServeCapture(w, r)
-	})
-	mux.HandleFunc("POST /capture/stop", func(w http.ResponseWriter, r *http.Request) {
-		st := d.cur.Load()
-		if st.hub == nil {
-			http.Error(w, "no capture is running", http.StatusNotFound)
-			return
-		}
-		st.hub.ServeStop(w, r)
+		return st.hub, ""
 	})
 	mux.Handle("GET /metrics", metricsHandler(d))
 	return mux
