@@ -273,7 +273,7 @@ func (d *daemon) status() StatusReport {
 		id := l.ID()
 		c := counters[id]
 		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, IPv6Subnet: prefixPtr(l.IPv6Subnet), PublicIPv6: addrPtr(l.Attrs.PublicIPv6),
-			Backend: admission.BackendName(l.Attrs), Origin: origin(id),
+			Backend: l.Attrs.BackendName(), Origin: origin(id),
 			FirstSeen: o.firstSeen[id], TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
 	}
 	r.Snapshots = o.snapshots
