@@ -236,10 +236,33 @@ func (h *Hub) ServeStop(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// Register adds the capture endpoints to mux.
+// Register adds the capture endpoints to mux, served by h.
 func (h *Hub) Register(mux *http.ServeMux) {
-	mux.HandleFunc("GET /capture", h.ServeCapture)
-	mux.HandleFunc("POST /capture/stop", h.ServeStop)
+	RegisterFunc(mux, func() (*Hub, string) { return h, "" })
+}
+
+// RegisterFunc adds the capture endpoints to mux, each request served by
+// the Hub that current returns when it arrives: a daemon replaces its data
+// path, and the hub with it, while it runs. While there is none, GET
+// /capture answers 409 Conflict with the reason current gives, and POST
+// /capture/stop 404, since no capture can be running.
+func RegisterFunc(mux *http.ServeMux, current func() (hub *Hub, why string)) {
+	mux.HandleFunc("GET /capture", func(w http.ResponseWriter, r *http.Request) {
+		h, why := current()
+		if h == nil {
+			http.Error(w, why, http.StatusConflict)
+			return
+		}
+		h.ServeCapture(w, r)
+	})
+	mux.HandleFunc("POST /capture/stop", func(w http.ResponseWriter, r *http.Request) {
+		h, _ := current()
+		if h == nil {
+			http.Error(w, "no capture is running", http.StatusNotFound)
+			return
+		}
+		h.ServeStop(w, r)
+	})
 }
 
 // Result is what a finished stream reports.

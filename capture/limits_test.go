@@ -159,3 +159,48 @@ func TestStalledReaderEndsCapture(t *testing.T) {
 		t.Errorf("stalls %d, want 1", h.Stalls())
 	}
 }
+
+// TestRegisterFuncServesTheCurrentHub: the routes follow the hub current
+// returns at each request (a daemon swaps its data path while it runs);
+// without one, /capture says why and /capture/stop finds nothing to stop.
+func TestRegisterFuncServesTheCurrentHub(t *testing.T) {
+	var hub *Hub
+	mux := http.NewServeMux()
+	RegisterFunc(mux, func() (*Hub, string) { return hub, "the kernel forwards: nothing to capture" })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	do := func(method, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := do("GET", "/capture"); code != http.StatusConflict || !strings.Contains(body, "the kernel forwards") {
+		t.Fatalf("GET /capture without a hub: %d %q", code, body)
+	}
+	if code, _ := do("POST", "/capture/stop?id=1"); code != http.StatusNotFound {
+		t.Fatalf("POST /capture/stop without a hub: %d", code)
+	}
+
+	hub = NewHub(&fakeTarget{})
+	c, err := hub.Start(Options{Queue: minQueue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := do("POST", fmt.Sprintf("/capture/stop?id=%d", c.ID)); code != http.StatusNoContent {
+		t.Fatalf("POST /capture/stop with a hub: %d %q", code, body)
+	}
+	select {
+	case <-c.Stopped():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the capture did not stop")
+	}
+	if code, _ := do("GET", "/capture?filter=tcp+bogus"); code != http.StatusBadRequest {
+		t.Fatalf("GET /capture with a hub and a bad filter: %d, want the hub's 400", code)
+	}
+}

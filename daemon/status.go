@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/capture"
 	"github.com/weft-net/weft/encap"
 	"github.com/weft-net/weft/encap/admission"
 	"github.com/weft-net/weft/encap/udp"
@@ -126,21 +127,12 @@ func (d *daemon) mux() *http.ServeMux {
 	mux.HandleFunc("GET /stats", status)
 	// The stage running when a request comes serves it: an auto host's
 	// backend, and with it its engine and hub, can change.
-	mux.HandleFunc("GET /capture", func(w http.ResponseWriter, r *http.Request) {
+	capture.RegisterFunc(mux, func() (*capture.Hub, string) {
 		st := d.cur.Load()
 		if st.hub == nil {
-			http.Error(w, kernelPathNote(st.backend.Type()), http.StatusConflict)
-			return
+			return nil, kernelPathNote(st.backend.Type())
 		}
-		st.hub.ServeCapture(w, r)
-	})
-	mux.HandleFunc("POST /capture/stop", func(w http.ResponseWriter, r *http.Request) {
-		st := d.cur.Load()
-		if st.hub == nil {
-			http.Error(w, "no capture is running", http.StatusNotFound)
-			return
-		}
-		st.hub.ServeStop(w, r)
+		return st.hub, ""
 	})
 	mux.Handle("GET /metrics", metricsHandler(d))
 	return mux
@@ -281,7 +273,7 @@ func (d *daemon) status() StatusReport {
 		id := l.ID()
 		c := counters[id]
 		r.Peers = append(r.Peers, PeerStatus{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, IPv6Subnet: prefixPtr(l.IPv6Subnet), PublicIPv6: addrPtr(l.Attrs.PublicIPv6),
-			Backend: admission.BackendName(l.Attrs), Origin: origin(id),
+			Backend: l.Attrs.BackendName(), Origin: origin(id),
 			FirstSeen: o.firstSeen[id], TxPackets: c.TxPackets, TxBytes: c.TxBytes, RxPackets: c.RxPackets, RxBytes: c.RxBytes})
 	}
 	r.Snapshots = o.snapshots

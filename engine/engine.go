@@ -32,8 +32,8 @@ const (
 // Device satisfies it, and so do tunio.Device and the fake in package
 // enginetest.
 //
-// Who calls what: Read only from the engine's tx loop; Write from both
-// loops at once (the rx loop writes packets from peers, the tx loop writes
+// Who calls what: Read only from the engine's tx loop; Write from every
+// loop at once (each rx loop writes packets from peers, the tx loop writes
 // ICMP errors back), so Write must be safe for concurrent use. Close may
 // be called at any time, once; afterwards, and in a Read or Write it
 // interrupts, Read and Write return an error for which
@@ -42,8 +42,8 @@ const (
 // that returns another error after Close cannot make Run hang.)
 //
 // Optional interfaces: ReadableDevice (the tx loop drains the queue
-// without sleeping) and LargeTCPWriter (the rx loop accepts TCP packets
-// longer than the MTU).
+// without sleeping), LargeTCPWriter and LargeTCP6Writer (the rx loops
+// accept TCP packets over IPv4, and over IPv6, longer than the MTU).
 type Device interface {
 	// Read reads packets into bufs[i][offset:], sets sizes[i] and returns
 	// how many it read. It blocks until at least one packet is there.
@@ -73,6 +73,9 @@ type ReadableDevice interface {
 // time, once; afterwards, and in a call it interrupts, ReadBatch and
 // WriteBatch return an error for which errors.Is(err, net.ErrClosed) (or
 // os.ErrClosed) holds.
+//
+// Optional interface: MultiReceiver (one rx loop per receiving socket,
+// each calling its own ReadBatch instead of the Transport's).
 type Transport interface {
 	// ReadBatch receives datagrams: afterwards bufs[i][offset:offset+sizes[i]]
 	// holds the payload of datagram i, sent by srcs[i]. Every element of

@@ -190,3 +190,20 @@ func FuzzAttrsJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestBackendName: flanneld's udp lease has an empty BackendType, and
+// every refusal, log line and status names it udp.
+func TestBackendName(t *testing.T) {
+	var a Attrs
+	if err := json.Unmarshal([]byte(`{"PublicIP":"192.0.2.1"}`), &a); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		a    Attrs
+		want string
+	}{{a, "udp"}, {Attrs{BackendType: "vxlan"}, "vxlan"}, {Attrs{BackendType: "host-gw"}, "host-gw"}} {
+		if got := c.a.BackendName(); got != c.want {
+			t.Errorf("BackendType %q: BackendName %q, want %q", c.a.BackendType, got, c.want)
+		}
+	}
+}

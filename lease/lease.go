@@ -30,6 +30,15 @@ type Attrs struct {
 	BackendV6Data json.RawMessage
 }
 
+// BackendName is the lease's backend type as the network config and
+// people name it: flanneld's udp backend writes an empty BackendType.
+func (a Attrs) BackendName() string {
+	if a.BackendType == "" {
+		return "udp"
+	}
+	return a.BackendType
+}
+
 // Lease is one host's claim on one subnet of the cluster network.
 type Lease struct {
 	// Subnet is the host's IPv4 pod subnet; the zero Prefix on an

@@ -45,8 +45,8 @@ func runCleanup(args []string) error {
 	errV := nl.RemoveVXLANDevices("", &r)
 	errR := nl.RemoveTaggedRoutes(&r)
 	errT := nl.RemoveTUN(*tunName, &r)
-	// flanneld's iptables chains (--ip-masq, --iptables-forward-rules).
-	// flanneld's iptables chains and nftables tables, both modes.
+	// flanneld's iptables chains and nftables tables (--ip-masq,
+	// --iptables-forward-rules), both modes.
 	errF := firewall.CleanupAll(context.Background())
 	for _, l := range r.Links {
 		fmt.Fprintf(os.Stdout, "removed device %s\n", l)

@@ -329,21 +329,12 @@ func accept(f func(lease.Attrs) error, a lease.Attrs) *Refused {
 	return nil
 }
 
-// BackendName is a lease's backend type as people say it: flanneld's udp
-// backend writes an empty BackendType.
-func BackendName(a lease.Attrs) string {
-	if a.BackendType == "" {
-		return "udp"
-	}
-	return a.BackendType
-}
-
 // AcceptType returns an Accept for backends whose leases carry a type and
 // no data to check (udp, host-gw).
 func AcceptType(typ string) func(lease.Attrs) error {
 	return func(a lease.Attrs) error {
-		if BackendName(a) != typ {
-			return Refuse(BackendType, "its backend is %s, not %s", BackendName(a), typ)
+		if a.BackendName() != typ {
+			return Refuse(BackendType, "its backend is %s, not %s", a.BackendName(), typ)
 		}
 		return nil
 	}

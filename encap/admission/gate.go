@@ -207,7 +207,7 @@ func (g *Gate) Update(c lease.Changes) (put []lease.Lease, removed []netip.Prefi
 				put = append(put, e.l)
 			}
 			if !was || old.l.Attrs.PublicIP != e.l.Attrs.PublicIP || old.l.Attrs.PublicIPv6 != e.l.Attrs.PublicIPv6 {
-				g.log.Info("subnet added", append(logAttrs(e.l), "backend", BackendName(e.l.Attrs))...)
+				g.log.Info("subnet added", append(logAttrs(e.l), "backend", e.l.Attrs.BackendName())...)
 			}
 			g.admittedBy[id] = e
 			g.peers[e.l.ID()] = e

@@ -7,6 +7,11 @@
 // the IPv6 subnets the same way (its own MAC, BackendV6Data, PublicIPv6).
 // On an IPv6-only network (a Host without IPv4) flannel-v6.<VNI> is the
 // only device, as flanneld's. A reconcile loop keeps that state in place.
+//
+// The package also speaks VXLAN from userspace, for encap/userspace's vxlan
+// flavour on hosts whose kernel cannot create a vxlan device: Encap writes
+// and checks the frames, Transport carries them on batched UDP sockets, and
+// the config, lease data and admission rule are the kernel backend's own.
 package vxlan
 
 import (

@@ -154,7 +154,7 @@ func acceptLease(vni int, parse func(json.RawMessage) (LeaseData, net.HardwareAd
 	check := checkLeaseData(vni, "", parse)
 	return func(a lease.Attrs) error {
 		if a.BackendType != "vxlan" {
-			return admission.Refuse(admission.BackendType, "its backend is %s, not vxlan", admission.BackendName(a))
+			return admission.Refuse(admission.BackendType, "its backend is %s, not vxlan", a.BackendName())
 		}
 		return check(a.BackendData)
 	}

@@ -193,16 +193,9 @@ func (s *Store) noIPv6Annotations(attrs lease.Attrs) string {
 	case attrs.BackendType == "vxlan" && len(attrs.BackendV6Data) == 0:
 		return "the vxlan backend gave no IPv6 data (BackendV6Data)"
 	case !writesIPv6(attrs):
-		return fmt.Sprintf("the %s backend has no IPv6 lease annotations", backendName(attrs.BackendType))
+		return fmt.Sprintf("the %s backend has no IPv6 lease annotations", attrs.BackendName())
 	}
 	return ""
-}
-
-func backendName(t string) string {
-	if t == "" {
-		return "udp"
-	}
-	return t
 }
 
 // wantAnnotations are the Node's annotations with this host's lease
