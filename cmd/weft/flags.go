@@ -36,6 +36,7 @@ var flanneldFlags = map[string]bool{
 	"v": true, "vmodule": true, "log_backtrace_at": true, // klog's, copied onto flanneld's flag set
 	"kube-subnet-mgr": true, "kube-api-url": true, "kubeconfig-file": true, "kube-annotation-prefix": true,
 	"net-config-path": true, "set-node-network-unavailable": true, "use-multicluster-cidr": true,
+	"version": true, // read before the environment, as flanneld's main does: FLANNELD_VERSION changes nothing
 }
 
 // envName is the environment variable of flag name: FLANNELD_ETCD_ENDPOINTS

@@ -74,10 +74,6 @@ func dispatch(argv []string) int {
 		fmt.Println(version)
 		return 0
 	}
-	if name == "run" && len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
-		fmt.Fprintln(os.Stderr, version) // flanneld prints its version on stderr
-		return 0
-	}
 	cmd, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "weft: unknown command %q\n\n", name)
