@@ -75,7 +75,7 @@ func applyEnv(fs *flag.FlagSet, nameFor func(flag string) string) error {
 // silently ignored (also when they come from FLANNELD_* variables).
 var refusedFlags = map[string]string{
 	"use-multicluster-cidr": "multi-cluster CIDRs are not supported",
-	"iptables-nft-rules":    "not supported yet",
+	"iptables-nft-rules":    "not supported (nor by flanneld v0.28.9): set \"EnableNFTables\": true in the network config for nftables rules",
 }
 
 // refusedBool are the refused flags that take no value in flanneld.
