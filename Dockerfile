@@ -1,7 +1,8 @@
 # weft's container image, a drop-in for flannel's in kube-flannel.yml:
-# /opt/bin/flanneld (weft run under flanneld's name) and /opt/bin/weft,
-# with cp for the install-cni init container and the iptables and nft
-# binaries the firewall rules need. Build:
+# /opt/bin/flanneld (weft run under flanneld's name), /opt/bin/install-conf
+# (the install-cni init container's copy of the CNI config) and
+# /opt/bin/weft, with the iptables and nft binaries the firewall rules need
+# (and cp, which older kube-flannel.yml releases' install-cni runs). Build:
 #
 #   docker build -t weft:dev .          # or: podman build -t weft:dev .
 #

@@ -70,16 +70,18 @@ soak:
 	GO=$(GO) ./bench/soak/soak.sh
 
 # The container image's root filesystem, laid out in DIR (the Dockerfile
-# copies exactly this): /opt/bin/weft, and /opt/bin/flanneld, a link to it,
-# where kube-flannel.yml runs flanneld (weft invoked as flanneld is weft
-# run). A static binary, so any base image with cp (kube-flannel.yml's
-# install-cni init container), iptables and nft will do.
+# copies exactly this): /opt/bin/weft, and links to it where
+# kube-flannel.yml runs flannel's image: /opt/bin/flanneld (weft run) and
+# /opt/bin/install-conf (the install-cni init container's copy of the CNI
+# config). A static binary, so any base image with iptables and nft (and
+# cp, which older kube-flannel.yml releases' install-cni runs) will do.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 rootfs:
 	@test -n "$(DIR)" || { echo "usage: make rootfs DIR=/path/to/root"; exit 2; }
 	mkdir -p $(DIR)/opt/bin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(DIR)/opt/bin/weft ./cmd/weft
 	ln -sfn weft $(DIR)/opt/bin/flanneld
+	ln -sfn weft $(DIR)/opt/bin/install-conf
 
 # The pinned kube-apiserver that lease/kube's and the e2e kube tests run
 # against, built once into a cache outside the repo (a no-op when there;

@@ -37,12 +37,7 @@ import (
 func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease.Lease, prev, prev6 netip.Prefix, log *slog.Logger) error {
 	mode := firewall.ModeFor(cfg.EnableNFTables)
 	if mode == firewall.IPTables {
-		// flanneld refuses to start in iptables mode without
-		// br_netfilter (main.go); weft warns, since a host whose pods
-		// do not sit behind a Linux bridge works without it.
-		if err := firewall.CheckBridgeNetfilter("/proc", cfg.EnableIPv4, cfg.EnableIPv6); err != nil {
-			log.Warn("br_netfilter is not loaded: traffic between pods on one bridge bypasses iptables, so --ip-masq and network policies do not see it (flanneld refuses to start here; modprobe br_netfilter)", "err", err)
-		}
+		warnBridgeNetfilter("/proc", cfg, log)
 	}
 	m, err := firewall.NewManager(mode, log)
 	if err != nil {
@@ -77,6 +72,17 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease
 	log.Info("firewall rules in place", "mode", mode, "masquerade", f.IPMasq, "forward", f.IPTablesForward, "resync", f.IPTablesResync)
 	go m.Run(ctx, max(f.IPTablesResync, time.Second))
 	return nil
+}
+
+// warnBridgeNetfilter warns, naming the module and what bypasses
+// iptables without it, when br_netfilter is not loaded (procRoot is
+// "/proc" on a host). flanneld refuses to start in iptables mode then
+// (main.go); weft runs, since a host whose pods do not sit behind a Linux
+// bridge works without it.
+func warnBridgeNetfilter(procRoot string, cfg *lease.Config, log *slog.Logger) {
+	if err := firewall.CheckBridgeNetfilter(procRoot, cfg.EnableIPv4, cfg.EnableIPv6); err != nil {
+		log.Warn("br_netfilter is not loaded: traffic between pods on one bridge bypasses iptables, so --ip-masq and network policies do not see it (flanneld refuses to start here; modprobe br_netfilter)", "err", err)
+	}
 }
 
 // keepBlackhole adds flanneld's --ip-blackhole-route, a blackhole route

@@ -116,16 +116,18 @@ func (c *Cluster) StartWeft(h *lab.Host, extra ...string) error {
 
 // StartFlanneld starts c.Flanneld on host h against the lab's etcd with
 // flanneld's own flags (the ones weft run shares), writing its subnet file
-// where StartWeft would, so WaitSubnets serves both.
-func (c *Cluster) StartFlanneld(h *lab.Host) error {
+// where StartWeft would, so WaitSubnets serves both. extra flags come last
+// (so --iptables-forward-rules=true turns the forward rules back on).
+func (c *Cluster) StartFlanneld(h *lab.Host, extra ...string) error {
 	os.Remove(SubnetFile(h))
-	p, err := c.Lab.Start(h.Name, "flanneld-"+strconv.Itoa(h.Index), c.Flanneld,
-		"--etcd-endpoints="+EtcdEndpoint(),
-		"--iface="+h.Underlay,
-		"--subnet-file="+SubnetFile(h),
+	argv := []string{c.Flanneld,
+		"--etcd-endpoints=" + EtcdEndpoint(),
+		"--iface=" + h.Underlay,
+		"--subnet-file=" + SubnetFile(h),
 		"--iptables-forward-rules=false",
 		"--healthz-port=0",
-	)
+	}
+	p, err := c.Lab.Start(h.Name, "flanneld-"+strconv.Itoa(h.Index), append(argv, extra...)...)
 	if err != nil {
 		return err
 	}

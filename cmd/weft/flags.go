@@ -36,6 +36,7 @@ var flanneldFlags = map[string]bool{
 	"v": true, "vmodule": true, "log_backtrace_at": true, // klog's, copied onto flanneld's flag set
 	"kube-subnet-mgr": true, "kube-api-url": true, "kubeconfig-file": true, "kube-annotation-prefix": true,
 	"net-config-path": true, "set-node-network-unavailable": true, "use-multicluster-cidr": true,
+	"version": true, // read before the environment, as flanneld's main does: FLANNELD_VERSION changes nothing
 }
 
 // envName is the environment variable of flag name: FLANNELD_ETCD_ENDPOINTS
@@ -74,7 +75,7 @@ func applyEnv(fs *flag.FlagSet, nameFor func(flag string) string) error {
 // silently ignored (also when they come from FLANNELD_* variables).
 var refusedFlags = map[string]string{
 	"use-multicluster-cidr": "multi-cluster CIDRs are not supported",
-	"iptables-nft-rules":    "not supported yet",
+	"iptables-nft-rules":    "not supported (nor by flanneld v0.28.9): set \"EnableNFTables\": true in the network config for nftables rules",
 }
 
 // refusedBool are the refused flags that take no value in flanneld.

@@ -36,6 +36,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{nil, map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "9999"}, "--subnet-lease-renew-margin"},
 		{nil, map[string]string{"FLANNELD_IP_MASQ": "perhaps"}, "FLANNELD_IP_MASQ"},
 		{[]string{"stray"}, nil, "stray"},
+		{[]string{"--iptables-nft-rules"}, nil, "EnableNFTables"},
+		{nil, map[string]string{"FLANNELD_USE_MULTICLUSTER_CIDR": "true"}, "--use-multicluster-cidr"},
 	}
 	for _, c := range cases {
 		t.Run(c.want, func(t *testing.T) {

@@ -54,12 +54,18 @@ func usage() {
 
 func main() { os.Exit(dispatch(os.Args)) }
 
-// dispatch runs argv and returns the exit code. Invoked as flanneld (the
-// kube-flannel.yml image swap: /opt/bin/flanneld), weft is `weft run`.
+// asCommand is the command weft is when invoked under another program's
+// name: flannel's image has /opt/bin/flanneld and /opt/bin/install-conf,
+// and kube-flannel.yml runs both, so weft's image links both to weft (the
+// image swap).
+var asCommand = map[string]string{"flanneld": "run", "install-conf": "install-conf"}
+
+// dispatch runs argv and returns the exit code. Invoked as flanneld, weft
+// is `weft run`; as install-conf, `weft install-conf`.
 func dispatch(argv []string) int {
 	args := argv[1:]
-	name := "run"
-	if filepath.Base(argv[0]) != "flanneld" {
+	name, ok := asCommand[filepath.Base(argv[0])]
+	if !ok {
 		if len(args) == 0 {
 			usage()
 			return 2
@@ -72,10 +78,6 @@ func dispatch(argv []string) int {
 		return 0
 	case "--version", "-version":
 		fmt.Println(version)
-		return 0
-	}
-	if name == "run" && len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
-		fmt.Fprintln(os.Stderr, version) // flanneld prints its version on stderr
 		return 0
 	}
 	cmd, ok := commands[name]

@@ -7,7 +7,8 @@ import (
 )
 
 // TestHelpExitsZero: every command answers -h and --help with its usage
-// and exit code 0, as does weft itself; --version and version print it.
+// and exit code 0, as does weft itself; --version and version print it,
+// and weft run (flanneld) takes --version anywhere on its command line.
 func TestHelpExitsZero(t *testing.T) {
 	stderr := os.Stderr
 	os.Stderr, _ = os.Open(os.DevNull)
@@ -20,7 +21,8 @@ func TestHelpExitsZero(t *testing.T) {
 		}
 	}
 	for _, argv := range [][]string{{"weft", "-h"}, {"weft", "--help"}, {"weft", "--version"}, {"weft", "version"},
-		{"/opt/bin/flanneld", "--version"}, {"/opt/bin/flanneld", "-h"}} {
+		{"/opt/bin/flanneld", "--version"}, {"/opt/bin/flanneld", "-h"},
+		{"/opt/bin/flanneld", "--ip-masq", "--kube-subnet-mgr", "-v", "2", "--version"}, {"weft", "run", "--iface", "eth0", "-version"}} {
 		if code := dispatch(argv); code != 0 {
 			t.Errorf("%v: exit %d", argv, code)
 		}

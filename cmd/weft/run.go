@@ -45,6 +45,7 @@ type runFlags struct {
 	kubeSubnetMgr, setNodeNetUnavailable bool
 	kubeAPIURL, kubeconfigFile           string
 	kubeAnnotationPrefix, netConfigPath  string
+	version                              bool
 
 	// weft's own
 	tunName                     string
@@ -91,6 +92,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kubeAnnotationPrefix, "kube-annotation-prefix", kube.DefaultAnnotationPrefix, "Kubernetes annotation prefix of the Node annotations")
 	fs.StringVar(&f.netConfigPath, "net-config-path", kube.DefaultNetConfPath, "path to the network configuration file (with --kube-subnet-mgr)")
 	fs.BoolVar(&f.setNodeNetUnavailable, "set-node-network-unavailable", true, "set the Node's NetworkUnavailable condition to False once up (with --kube-subnet-mgr)")
+	fs.BoolVar(&f.version, "version", false, "print version and exit")
 
 	fs.StringVar(&f.tunName, "tun-name", "flannel0", "name of the TUN device (udp backend)")
 	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
@@ -126,6 +128,12 @@ func runRun(args []string) error {
 	f.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// As flanneld's main: --version anywhere on the command line, before
+	// the environment is read, on standard error.
+	if f.version {
+		fmt.Fprintln(os.Stderr, version)
+		return nil
 	}
 	if err := applyEnv(fs, envName); err != nil {
 		return err

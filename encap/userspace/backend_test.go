@@ -72,11 +72,14 @@ func TestUDPBackend(t *testing.T) {
 }
 
 // Userspace vxlan: a vxlan lease with a VtepMAC kept in the state
-// directory, the kernel backend's Accept, and peers with their MACs.
+// directory, the kernel backend's Accept, a TUN of Backend.MTU - 50, and
+// peers with their MACs.
 func TestVXLANBackend(t *testing.T) {
 	ns, host := testHost(t)
 	cfg := *testCfg
-	cfg.BackendType, cfg.Backend = "vxlan", []byte(`{"Type":"vxlan","VNI":3}`)
+	// Backend.MTU is the underlay's, as for the kernel device and in
+	// flanneld: the TUN (and FLANNEL_MTU) gets 50 bytes less.
+	cfg.BackendType, cfg.Backend = "vxlan", []byte(`{"Type":"vxlan","VNI":3,"MTU":1400}`)
 	b, err := NewVXLAN(host, &cfg, Options{BatchSize: 32, AntiSpoof: true, StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -89,12 +92,13 @@ func TestVXLANBackend(t *testing.T) {
 		t.Error("Accept takes another VNI")
 	}
 	own := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: a}
-	if err := ns.Do(func() (err error) { _, err = b.Start(context.Background(), own); return err }); err != nil {
+	var mtu int
+	if err := ns.Do(func() (err error) { mtu, err = b.Start(context.Background(), own); return err }); err != nil {
 		t.Fatal(err)
 	}
 	run(t, b)
-	if _, err := ns.H.LinkByName("flannel.3"); err != nil {
-		t.Fatal(err)
+	if l, err := ns.H.LinkByName("flannel.3"); err != nil || l.Attrs().MTU != 1350 || mtu != 1350 {
+		t.Fatalf("flannel.3 %v (%v), Start's MTU %d: want a TUN of MTU 1350 (Backend.MTU 1400 - 50)", l, err, mtu)
 	}
 	b.SetPeers([]lease.Lease{peer("10.5.2.0/24", "192.0.2.2", "vxlan", `{"VNI":3,"VtepMAC":"02:00:00:00:00:02"}`)})
 	peers := b.Datapath().Engine.Table().Peers()

@@ -84,15 +84,21 @@ func (k *kcluster) tcpAcross(a, b int, d time.Duration) <-chan error {
 }
 
 // cleanedUp stops every host, runs weft cleanup on each and checks that
-// nothing of any backend is left: no tagged route, no flannel device.
+// nothing is left: no tagged route, no flannel device (its neighbours and
+// FDB entries go with it), no firewall chain or table. The forward rules
+// (--iptables-forward-rules, on by default) were there until then.
 func (k *kcluster) cleanedUp(hosts ...int) {
 	k.t.Helper()
 	k.stop(hosts...)
 	for _, i := range hosts {
+		if fw := k.sh(i, "iptables-save"); !strings.Contains(fw, "FLANNEL-FWD") {
+			k.t.Errorf("h%d ran without flanneld's forward rules:\n%s", i, fw)
+		}
 		k.sh(i, k.Binary, "cleanup", "--debug-socket", harness.DebugSocket(k.Lab.Host(i)))
 		r, l := k.sh(i, "ip", "route"), k.sh(i, "ip", "link")
-		if strings.Contains(r, "proto 87") || strings.Contains(l, "flannel") {
-			k.t.Errorf("h%d after weft cleanup:\n%s%s", i, r, l)
+		fw, nft := k.sh(i, "iptables-save"), k.sh(i, "nft", "list", "tables")
+		if strings.Contains(r, "proto 87") || strings.Contains(l, "flannel") || strings.Contains(fw, "FLANNEL") || strings.Contains(nft, "flannel") {
+			k.t.Errorf("h%d after weft cleanup:\n%s%s%s%s", i, r, l, fw, nft)
 		}
 	}
 }

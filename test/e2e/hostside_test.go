@@ -15,8 +15,9 @@ import (
 )
 
 // TestHostSideEffects: --ip-masq and --iptables-forward-rules install
-// flanneld's chains, --ip-blackhole-route its route, --healthz-port
-// answers /healthz and /readyz, and weft cleanup takes it all away.
+// flanneld's chains, --ip-blackhole-route its route (each put back when
+// removed), --healthz-port answers /healthz and /readyz, and weft cleanup
+// takes it all away.
 func TestHostSideEffects(t *testing.T) {
 	l := labtest.New(t, lab.Options{Hosts: 1})
 	exe := self(t)
@@ -61,6 +62,22 @@ func TestHostSideEffects(t *testing.T) {
 	routes, _ := l.Exec(h.Name, "ip", "route", "show", "type", "blackhole")
 	if !strings.Contains(string(routes), "blackhole 10.7.3.0/24") {
 		t.Errorf("no blackhole route for the lease:\n%s", routes)
+	}
+	// Deleted by someone else: put back at the next resync, as flanneld's
+	// loop re-adds it every --iptables-resync seconds (main.go).
+	if out, err := l.Exec(h.Name, "ip", "route", "del", "blackhole", "10.7.3.0/24"); err != nil {
+		t.Fatalf("deleting the blackhole route: %v\n%s", err, out)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		routes, _ := l.Exec(h.Name, "ip", "route", "show", "type", "blackhole")
+		if strings.Contains(string(routes), "blackhole 10.7.3.0/24") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("deleted blackhole route not put back within 10s")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
