@@ -36,6 +36,7 @@ func testHostileLeases6(t *testing.T, backend string) {
 	k.ping6(2, 1)
 	time.Sleep(500 * time.Millisecond) // first reconcile passes
 	before := []string{hostState(t, k.Lab, k.Lab.Host(1).Name), hostState(t, k.Lab, k.Lab.Host(2).Name)}
+	traffic := k.pingBothWays(true) // both families, all through
 	h1v6, h2v6 := k.Envs[0].IPv6Subnet, k.Envs[1].IPv6Subnet
 	h2IP6 := k.Lab.Host(2).IP6
 
@@ -142,6 +143,9 @@ func testHostileLeases6(t *testing.T, backend string) {
 				t.Errorf("h%d: %s refused as %q", i, sn, why)
 			}
 		}
+	}
+	if sent, lost := traffic(); sent == 0 || lost != 0 {
+		t.Errorf("pings while hostile leases were written: %d sent, %d lost", sent, lost)
 	}
 	k.stop(1, 2)
 }

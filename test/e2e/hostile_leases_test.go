@@ -18,7 +18,8 @@ import (
 // loopback and multicast public IPs, a subnet of another network, broken
 // backend data. Every host's routes, addresses, neighbours, FDB and
 // iptables stay exactly as they were but for the one valid lease among
-// them; traffic keeps flowing; nothing crashes; every refusal is counted.
+// them, and exactly as before once the keys are deleted; pings both ways
+// lose nothing throughout; nothing crashes; every refusal is counted.
 func TestHostileLeases(t *testing.T) {
 	for _, backend := range []string{"host-gw", "vxlan", "udp"} {
 		t.Run(backend, func(t *testing.T) { testHostileLeases(t, backend) })
@@ -41,6 +42,9 @@ func testHostileLeases(t *testing.T, backend string) {
 	// The kernel backends' first passes are done once both see each other.
 	time.Sleep(500 * time.Millisecond)
 	before := []string{hostState(t, k.Lab, k.Lab.Host(1).Name), hostState(t, k.Lab, k.Lab.Host(2).Name)}
+	// Pods ping each other all through: from before the first hostile
+	// write until after the last key is deleted.
+	traffic := k.pingBothWays(false)
 
 	typ, data := backend, `null`
 	if backend == "vxlan" {
@@ -83,7 +87,7 @@ func testHostileLeases(t *testing.T, backend string) {
 	}
 	validAddr := free()
 	validSubnet := validAddr + "/24"
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for key, v := range hostile {
 		if _, err := k.cli.Put(ctx, harness.EtcdPrefix+"/subnets/"+key, v); err != nil {
@@ -116,10 +120,6 @@ func testHostileLeases(t *testing.T, backend string) {
 			t.Errorf("h%d: host state changed by hostile leases:\n%s", i, d)
 		}
 		s := k.stats(i)
-		var refused uint64
-		for _, n := range s.Refusals {
-			refused += n
-		}
 		// h1 and h2 each see: 0/0 and the /25 (wrong lengths), h2's IP
 		// taken, another network, broken data (and vxlan: another
 		// backend); the store refuses the other spelling, the non-JSON
@@ -128,6 +128,10 @@ func testHostileLeases(t *testing.T, backend string) {
 		if backend == "vxlan" {
 			want++
 		}
+		var refused uint64
+		for _, n := range s.Refusals {
+			refused += n
+		}
 		if refused != want || s.Refusals[admission.SubnetLength] < 2 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Unreadable] != 4 {
 			t.Errorf("h%d: refusals %v (%d), want %d; refused now %v", i, s.Refusals, refused, want, s.Refused)
 		}
@@ -135,7 +139,55 @@ func testHostileLeases(t *testing.T, backend string) {
 			t.Errorf("h%d: the real h2 was refused: %v", i, s.Refused)
 		}
 	}
+
+	// The keys deleted, every host is exactly as it was before: no route,
+	// neighbour or FDB entry a hostile key aimed at was taken away, and
+	// the valid peer's are gone with it.
+	if _, err := k.cli.Delete(ctx, harness.EtcdPrefix+"/subnets/"+validAddr+"-24"); err != nil {
+		t.Fatal(err)
+	}
+	for key := range hostile {
+		if _, err := k.cli.Delete(ctx, harness.EtcdPrefix+"/subnets/"+key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 2; i++ {
+		k.eventually(fmt.Sprintf("h%d drops the valid lease and its refusals", i), 10*time.Second, func() (bool, string) {
+			s := k.stats(i)
+			return len(s.Peers) == 1 && len(s.Refused) == 0, fmt.Sprintf("peers %+v, refused %v", s.Peers, s.Refused)
+		})
+	}
+	time.Sleep(time.Second) // reconcile passes
+	for i := 1; i <= 2; i++ {
+		if d := lineDiff(before[i-1], hostState(t, k.Lab, k.Lab.Host(i).Name)); d != "" {
+			t.Errorf("h%d: host state after the hostile keys were deleted:\n%s", i, d)
+		}
+	}
+	sent, lost := traffic()
+	if sent == 0 || lost != 0 {
+		t.Errorf("pings while hostile leases came and went: %d sent, %d lost", sent, lost)
+	}
+	s := k.stats(1)
+	figure(t, "%d hostile leases + 1 valid written and deleted while pods pinged both ways: %d pings, %d lost; refusals on h1 %v; host state (routes, addresses, neighbours, FDB, iptables) unchanged but for the valid peer, and exactly as before once the keys were deleted",
+		len(hostile), sent, lost, s.Refusals)
 	k.stop(1, 2)
+}
+
+// pingBothWays pings between the pods of h1 and h2, both ways (and over
+// IPv6 too when v6), until the returned stop, which reports the totals.
+func (k *kcluster) pingBothWays(v6 bool) (stop func() (sent, lost int64)) {
+	h1, h2 := k.Lab.Host(1), k.Lab.Host(2)
+	ps := []*pinger{startPinger(h1.Pod, h2.PodIP.String(), 20*time.Millisecond), startPinger(h2.Pod, h1.PodIP.String(), 20*time.Millisecond)}
+	if v6 {
+		ps = append(ps, startPinger(h1.Pod, h2.PodIP6.String(), 20*time.Millisecond), startPinger(h2.Pod, h1.PodIP6.String(), 20*time.Millisecond))
+	}
+	return func() (sent, lost int64) {
+		for _, p := range ps {
+			s, l := p.Stop()
+			sent, lost = sent+s, lost+l
+		}
+		return sent, lost
+	}
 }
 
 // withoutLines drops the lines of s that mention any of words.
