@@ -21,6 +21,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"unicode/utf8"
 
 	"github.com/weft-net/weft/lease"
 )
@@ -58,9 +60,30 @@ type Refused struct {
 
 func (r *Refused) Error() string { return r.Reason + ": " + r.Detail }
 
-// Refuse builds a Refused error, for a backend's Accept.
+// Refuse builds a Refused error, for a backend's Accept. The detail is
+// cut to MaxDetail bytes.
 func Refuse(reason, format string, args ...any) error {
-	return &Refused{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+	return &Refused{Reason: reason, Detail: bound(fmt.Sprintf(format, args...))}
+}
+
+// MaxDetail bounds a backend's refusal detail. A backend quotes what it
+// read from a lease (a VtepMAC; encoding/json quotes a number literal),
+// and BackendData may be lease.MaxBackendData long: every host logs the
+// refusal once and shows it in status, so a lease must not make each
+// host log 64 KiB.
+const MaxDetail = 256
+
+// bound cuts s to MaxDetail bytes (never inside a UTF-8 sequence), saying
+// how long it was.
+func bound(s string) string {
+	if len(s) <= MaxDetail {
+		return s
+	}
+	cut := MaxDetail
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // Rule is what admission checks against.
@@ -322,9 +345,12 @@ func accept(f func(lease.Attrs) error, a lease.Attrs) *Refused {
 	}
 	if err := f(a); err != nil {
 		if ref, ok := err.(*Refused); ok {
+			if len(ref.Detail) > MaxDetail { // built without Refuse
+				return &Refused{ref.Reason, bound(ref.Detail)}
+			}
 			return ref
 		}
-		return &Refused{BackendData, err.Error()}
+		return &Refused{BackendData, bound(err.Error())}
 	}
 	return nil
 }

@@ -124,3 +124,28 @@ func TestAcceptErrors(t *testing.T) {
 		t.Fatalf("%+v", ds[0].Refused)
 	}
 }
+
+// TestRefusalDetailBounded: a backend's refusal quotes what it read from
+// the lease (a VtepMAC, or encoding/json a number literal), and a lease's
+// BackendData may be 64 KiB: every host logs the refusal and shows it in
+// status, so its detail is cut short, saying how long it was.
+func TestRefusalDetailBounded(t *testing.T) {
+	huge := strings.Repeat("9", lease.MaxBackendData-16)
+	for name, accept := range map[string]func(lease.Attrs) error{
+		"refusal":     func(lease.Attrs) error { return Refuse(BackendData, "VtepMAC %q is not an Ethernet address", huge) },
+		"plain error": func(lease.Attrs) error { return errors.New("json: cannot unmarshal number " + huge + " into int") },
+	} {
+		r := rule
+		r.Accept = accept
+		ref := Admit(r, []lease.Lease{l("10.5.2.0/24", "192.0.2.2", 2)})[0].Refused
+		if ref == nil || ref.Reason != BackendData {
+			t.Fatalf("%s: %+v", name, ref)
+		}
+		if len(ref.Detail) > 2*MaxDetail || !strings.Contains(ref.Detail, "bytes)") {
+			t.Errorf("%s: a detail of %d bytes: %.100s...", name, len(ref.Detail), ref.Detail)
+		}
+	}
+	if d := Refuse(BackendData, "VtepMAC %q is not an Ethernet address", "nope").(*Refused).Detail; d != `VtepMAC "nope" is not an Ethernet address` {
+		t.Errorf("a short detail was changed: %s", d)
+	}
+}
