@@ -11,6 +11,7 @@ import (
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/lease"
 )
 
 // TestHostileLeasesDualStack is TestHostileLeases for the IPv6 half of
@@ -89,6 +90,10 @@ func testHostileLeases6(t *testing.T, backend string) {
 	if backend == "vxlan" {
 		add(free6(0xd6)+"-64", ip6(), `,"BackendV6Data":{"VNI":1,"VtepMAC":"zz"}`) // broken IPv6 data
 		add(free6(0xd7)+"-64", ip6(), "")                                          // no IPv6 data
+		// h2's IPv6 VtepMAC: its flannel-v6.1 FDB entry would send h2's
+		// IPv6 traffic elsewhere.
+		mac6 := k.vtepMAC(lease.LeaseKey(k.Envs[1].Subnet.Masked(), h2v6.Masked()), true)
+		add(free6(0xd8)+"-64", ip6(), fmt.Sprintf(`,"BackendV6Data":{"VNI":1,"VtepMAC":%q}`, mac6))
 	}
 	validV4, validV6 := free4(), free6(0xd9)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -135,7 +140,8 @@ func testHostileLeases6(t *testing.T, backend string) {
 		// IPv6 addresses (link-local, loopback, multicast) as unreadable;
 		// admission the rest.
 		want := uint64(len(leases))
-		if refused != want || s.Refusals[admission.Unreadable] != 4 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Overlap] != 1 {
+		if refused != want || s.Refusals[admission.Unreadable] != 4 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Overlap] != 1 ||
+			backend == "vxlan" && s.Refusals[admission.BackendDataTaken] != 1 {
 			t.Errorf("h%d: refusals %v (%d), want %d; refused now %v", i, s.Refusals, refused, want, s.Refused)
 		}
 		for sn, why := range s.Refused {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/lease"
 )
 
 // TestHostileLeases writes, while pods ping each other, leases a hostile
@@ -84,6 +86,8 @@ func testHostileLeases(t *testing.T, backend string) {
 	}
 	if backend == "vxlan" {
 		hostile[other+"-24"] = val("192.0.2.70", "host-gw", `null`) // another backend
+		// h2's VtepMAC: its FDB entry would send h2's traffic to .71.
+		hostile[free()+"-24"] = val("192.0.2.71", "vxlan", fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, k.vtepMAC(lease.SubnetKey(h2), false)))
 	}
 	validAddr := free()
 	validSubnet := validAddr + "/24"
@@ -126,13 +130,14 @@ func testHostileLeases(t *testing.T, backend string) {
 		// value, loopback and multicast as unreadable.
 		want := uint64(5 + 4)
 		if backend == "vxlan" {
-			want++
+			want += 2 // another backend, h2's VtepMAC
 		}
 		var refused uint64
 		for _, n := range s.Refusals {
 			refused += n
 		}
-		if refused != want || s.Refusals[admission.SubnetLength] < 2 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Unreadable] != 4 {
+		if refused != want || s.Refusals[admission.SubnetLength] < 2 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Unreadable] != 4 ||
+			backend == "vxlan" && s.Refusals[admission.BackendDataTaken] != 1 {
 			t.Errorf("h%d: refusals %v (%d), want %d; refused now %v", i, s.Refusals, refused, want, s.Refused)
 		}
 		if _, ok := s.Refused[h2.String()]; ok {
@@ -203,4 +208,26 @@ func withoutLines(s string, words ...string) string {
 		}
 	}
 	return b.String()
+}
+
+// vtepMAC is the VtepMAC in the BackendData (v6: BackendV6Data) of the
+// etcd lease under key.
+func (k *kcluster) vtepMAC(key string, v6 bool) string {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := k.cli.Get(ctx, harness.EtcdPrefix+"/subnets/"+key)
+	if err != nil || len(r.Kvs) != 1 {
+		k.t.Fatalf("lease %s: %v", key, err)
+	}
+	var a lease.Attrs
+	var d struct{ VtepMAC string }
+	data := &a.BackendData
+	if v6 {
+		data = &a.BackendV6Data
+	}
+	if err := json.Unmarshal(r.Kvs[0].Value, &a); err != nil || json.Unmarshal(*data, &d) != nil || d.VtepMAC == "" {
+		k.t.Fatalf("lease %s: %s: %v", key, r.Kvs[0].Value, err)
+	}
+	return d.VtepMAC
 }
