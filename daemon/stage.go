@@ -78,7 +78,11 @@ func (d *daemon) startStage(ctx context.Context, b encap.Backend, why string, fa
 		d.log.Info("lease acquired", "subnet", own.Subnet, "public-ip", own.Attrs.PublicIP, "backend", b.Type())
 	}
 	st := &stage{backend: b, why: why, own: own, runDone: make(chan error, 1), keepDone: make(chan struct{})}
-	st.gate = admission.NewGate(admission.FromConfig(d.cfg, own, b.Accept, acceptIPv6(b)), d.log)
+	rule := admission.FromConfig(d.cfg, own, b.Accept, acceptIPv6(b))
+	if c, ok := b.(encap.Claimer); ok {
+		rule.Claims = c.Claims
+	}
+	st.gate = admission.NewGate(rule, d.log)
 	sctx, cancel := context.WithCancel(ctx)
 	st.cancel = cancel
 	if st.mtu, err = b.Start(sctx, own); err != nil {

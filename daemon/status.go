@@ -286,8 +286,9 @@ func (d *daemon) status() StatusReport {
 }
 
 // refusals counts refused leases by reason: admission's, and the store's
-// when it counts them: unreadable keys, and second keys for a subnet an
-// older key holds (counted as admission's overlap, which they are).
+// when it counts them: unreadable keys (or Nodes), and second keys (or
+// Nodes) for a subnet an older one holds (counted as admission's overlap,
+// which they are).
 func (d *daemon) refusals() map[string]uint64 {
 	c := d.cur.Load().gate.Counts()
 	if s, ok := d.o.Store.(interface{ Unreadable() uint64 }); ok {

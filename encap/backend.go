@@ -108,3 +108,11 @@ type DatapathInfo struct {
 type IPv6Acceptor interface {
 	AcceptIPv6(a lease.Attrs) error
 }
+
+// Claimer is the optional interface of a backend whose lease data names
+// something only one host may hold (vxlan: each VtepMAC, by which the
+// kernel keys flannel.<VNI>'s FDB). Claims is admission.Rule.Claims: of
+// two leases claiming one thing, the older is admitted.
+type Claimer interface {
+	Claims(a lease.Attrs) []string
+}

@@ -5,7 +5,8 @@
 // network, is not this host's, overlaps no admitted lease, names a usable
 // unicast public IP (lease.CheckPublicIP) that no other admitted lease
 // names, and carries the backend type and data this host's backend
-// speaks. On a dual-stack network the same holds for a lease's IPv6
+// speaks, claiming nothing (Rule.Claims: a vxlan VtepMAC) that this host
+// or an older admitted lease claims. On a dual-stack network the same holds for a lease's IPv6
 // subnet, PublicIPv6 and BackendV6Data, when it has them (a host without
 // IPv6 is still a peer over IPv4, as with flanneld); a lease's IPv6 part
 // on a network without IPv6 is dropped, as flanneld ignores it. On an
@@ -21,6 +22,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"unicode/utf8"
 
 	"github.com/weft-net/weft/lease"
 )
@@ -35,6 +38,9 @@ const (
 	PublicIPTaken  = "public-ip-taken" // an older lease (or this host) has that public IP
 	BackendType    = "backend-type"    // another backend than this host's
 	BackendData    = "backend-data"    // the backend's data is unreadable or does not match
+	// BackendDataTaken: the backend's data claims what this host or an
+	// older lease holds (Rule.Claims: a vxlan VtepMAC).
+	BackendDataTaken = "backend-data-taken"
 	// IPv6 is no longer given: it was the reason for a lease without an
 	// IPv4 subnet before weft ran IPv6-only networks. Such a lease is now
 	// admitted on an IPv6-only network and refused as OutsideNetwork on
@@ -48,7 +54,7 @@ const (
 )
 
 // Reasons lists every reason, for metrics that report zero counts too.
-var Reasons = []string{OutsideNetwork, SubnetLength, OwnSubnet, Overlap, PublicIP, PublicIPTaken, BackendType, BackendData, IPv6, Unreadable}
+var Reasons = []string{OutsideNetwork, SubnetLength, OwnSubnet, Overlap, PublicIP, PublicIPTaken, BackendType, BackendData, BackendDataTaken, IPv6, Unreadable}
 
 // Refused is a refusal: the reason's name and a sentence for the log.
 type Refused struct {
@@ -58,9 +64,30 @@ type Refused struct {
 
 func (r *Refused) Error() string { return r.Reason + ": " + r.Detail }
 
-// Refuse builds a Refused error, for a backend's Accept.
+// Refuse builds a Refused error, for a backend's Accept. The detail is
+// cut to MaxDetail bytes.
 func Refuse(reason, format string, args ...any) error {
-	return &Refused{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+	return &Refused{Reason: reason, Detail: bound(fmt.Sprintf(format, args...))}
+}
+
+// MaxDetail bounds a backend's refusal detail. A backend quotes what it
+// read from a lease (a VtepMAC; encoding/json quotes a number literal),
+// and BackendData may be lease.MaxBackendData long: every host logs the
+// refusal once and shows it in status, so a lease must not make each
+// host log 64 KiB.
+const MaxDetail = 256
+
+// bound cuts s to MaxDetail bytes (never inside a UTF-8 sequence), saying
+// how long it was.
+func bound(s string) string {
+	if len(s) <= MaxDetail {
+		return s
+	}
+	cut := MaxDetail
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // Rule is what admission checks against.
@@ -83,6 +110,11 @@ type Rule struct {
 	// AcceptIPv6 checks, for a lease with an IPv6 subnet, the backend's
 	// IPv6 data (BackendV6Data); nil accepts any.
 	AcceptIPv6 func(lease.Attrs) error
+	// Claims names what a lease's backend data holds that no other lease
+	// may (vxlan: each VtepMAC, by which the kernel keys the FDB, so a
+	// second lease with a peer's MAC would take the peer's traffic), for
+	// leases Accept and AcceptIPv6 passed and for Own; nil: nothing.
+	Claims func(lease.Attrs) []string
 }
 
 // FromConfig is the Rule for a network config, this host's lease and the
@@ -145,6 +177,10 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 			ips[ip] = true
 		}
 	}
+	held := map[string]bool{}
+	for _, c := range r.claims(r.Own.Attrs) {
+		held[c] = true
+	}
 	ownID := r.Own.ID()
 	for _, i := range order {
 		l := &leases[i]
@@ -156,7 +192,20 @@ func Admit(r Rule, snap []lease.Lease) []Decision {
 		if ref == nil {
 			ref = collides(l, subnets, ips)
 		}
+		var claims []string
 		if ref == nil {
+			claims = r.claims(l.Attrs)
+			for _, c := range claims {
+				if held[c] {
+					ref = claimTaken(c)
+					break
+				}
+			}
+		}
+		if ref == nil {
+			for _, c := range claims {
+				held[c] = true
+			}
 			// An IPv6-only lease has no IPv4 subnet or public IP: the
 			// zero values must not be taken, or the second such lease
 			// would collide with the first.
@@ -198,6 +247,18 @@ func collides(l *lease.Lease, subnets map[netip.Prefix]bool, ips map[netip.Addr]
 		return &Refused{PublicIPTaken, fmt.Sprintf("public IPv6 %s is already held by this host or an older lease", l.Attrs.PublicIPv6)}
 	}
 	return nil
+}
+
+// claims is r.Claims(a), nil without it.
+func (r Rule) claims(a lease.Attrs) []string {
+	if r.Claims == nil {
+		return nil
+	}
+	return r.Claims(a)
+}
+
+func claimTaken(c string) *Refused {
+	return &Refused{BackendDataTaken, bound(c + " is already held by this host or an older lease")}
 }
 
 // withoutIPv6 returns snap with every lease's IPv6 part dropped, copying
@@ -322,9 +383,12 @@ func accept(f func(lease.Attrs) error, a lease.Attrs) *Refused {
 	}
 	if err := f(a); err != nil {
 		if ref, ok := err.(*Refused); ok {
+			if len(ref.Detail) > MaxDetail { // built without Refuse
+				return &Refused{ref.Reason, bound(ref.Detail)}
+			}
 			return ref
 		}
-		return &Refused{BackendData, err.Error()}
+		return &Refused{BackendData, bound(err.Error())}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -122,5 +123,63 @@ func TestAcceptErrors(t *testing.T) {
 	ds := Admit(r, []lease.Lease{l("10.5.2.0/24", "192.0.2.2", 2)})
 	if ds[0].Refused == nil || ds[0].Refused.Reason != BackendData {
 		t.Fatalf("%+v", ds[0].Refused)
+	}
+}
+
+// TestRefusalDetailBounded: a backend's refusal quotes what it read from
+// the lease (a VtepMAC, or encoding/json a number literal), and a lease's
+// BackendData may be 64 KiB: every host logs the refusal and shows it in
+// status, so its detail is cut short, saying how long it was.
+func TestRefusalDetailBounded(t *testing.T) {
+	huge := strings.Repeat("9", lease.MaxBackendData-16)
+	for name, accept := range map[string]func(lease.Attrs) error{
+		"refusal":     func(lease.Attrs) error { return Refuse(BackendData, "VtepMAC %q is not an Ethernet address", huge) },
+		"plain error": func(lease.Attrs) error { return errors.New("json: cannot unmarshal number " + huge + " into int") },
+	} {
+		r := rule
+		r.Accept = accept
+		ref := Admit(r, []lease.Lease{l("10.5.2.0/24", "192.0.2.2", 2)})[0].Refused
+		if ref == nil || ref.Reason != BackendData {
+			t.Fatalf("%s: %+v", name, ref)
+		}
+		if len(ref.Detail) > 2*MaxDetail || !strings.Contains(ref.Detail, "bytes)") {
+			t.Errorf("%s: a detail of %d bytes: %.100s...", name, len(ref.Detail), ref.Detail)
+		}
+	}
+	if d := Refuse(BackendData, "VtepMAC %q is not an Ethernet address", "nope").(*Refused).Detail; d != `VtepMAC "nope" is not an Ethernet address` {
+		t.Errorf("a short detail was changed: %s", d)
+	}
+}
+
+// TestAdmitClaims: of two leases whose backend data claims one thing (a
+// vxlan VtepMAC), the older is admitted, whatever the order; a lease
+// claiming what this host claims is refused; the gate agrees.
+func TestAdmitClaims(t *testing.T) {
+	r := rule
+	r.Claims = func(a lease.Attrs) []string { return []string{"VtepMAC " + string(a.BackendData)} }
+	r.Own.Attrs.BackendData = []byte("own")
+	with := func(l lease.Lease, data string) lease.Lease { l.Attrs.BackendData = []byte(data); return l }
+	old, young := with(l("10.5.2.0/24", "192.0.2.2", 10), "a"), with(l("10.5.3.0/24", "192.0.2.3", 20), "a")
+	mine, other := with(l("10.5.4.0/24", "192.0.2.4", 5), "own"), with(l("10.5.5.0/24", "192.0.2.5", 30), "b")
+	want := map[string]string{"10.5.2.0/24": "", "10.5.3.0/24": BackendDataTaken, "10.5.4.0/24": BackendDataTaken, "10.5.5.0/24": ""}
+	for _, snap := range [][]lease.Lease{{old, young, mine, other}, {other, mine, young, old}} {
+		got := map[string]string{}
+		for _, d := range Admit(r, snap) {
+			got[d.Lease.Subnet.String()] = ""
+			if d.Refused != nil {
+				got[d.Lease.Subnet.String()] = d.Refused.Reason
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("Admit: %v, want %v", got, want)
+		}
+		g := NewGate(r, slog.New(slog.DiscardHandler))
+		g.Admit(snap)
+		if p := g.Peers(); len(p) != 2 || p[0].Subnet != old.Subnet || p[1].Subnet != other.Subnet {
+			t.Errorf("gate admitted %v", p)
+		}
+		if c := g.Counts(); c[BackendDataTaken] != 2 {
+			t.Errorf("gate counts %v", c)
+		}
 	}
 }

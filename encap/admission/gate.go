@@ -55,10 +55,12 @@ type refusal struct {
 	*Refused
 }
 
-// claimKey is a subnet or a public IP (ip) a lease takes when admitted.
+// claimKey is a subnet or a public IP (ip) a lease takes when admitted,
+// or one of the backend's claims (Rule.Claims).
 type claimKey struct {
-	ip bool
-	p  netip.Prefix
+	ip      bool
+	p       netip.Prefix
+	backend string
 }
 
 // NewGate returns a gate for rule.
@@ -82,6 +84,9 @@ func (g *Gate) reset() {
 		if ip.IsValid() {
 			g.set.Reserve(ipKey(ip))
 		}
+	}
+	for _, c := range g.rule.claims(g.rule.Own.Attrs) {
+		g.set.Reserve(claimKey{backend: c})
 	}
 }
 
@@ -107,9 +112,9 @@ func comparePrefix(a, b netip.Prefix) int {
 
 func ipKey(a netip.Addr) claimKey { return claimKey{ip: true, p: netip.PrefixFrom(a, a.BitLen())} }
 
-// claims are what an admitted l takes, in the order collides checks them.
-func claims(l *lease.Lease) []claimKey {
-	k := make([]claimKey, 0, 4)
+// claims are what an admitted l takes, in the order Admit checks them.
+func (g *Gate) claims(l *lease.Lease) []claimKey {
+	k := make([]claimKey, 0, 6)
 	if l.Subnet.IsValid() {
 		k = append(k, claimKey{p: l.Subnet})
 	}
@@ -121,6 +126,9 @@ func claims(l *lease.Lease) []claimKey {
 	}
 	if l.IPv6Subnet.IsValid() {
 		k = append(k, ipKey(l.Attrs.PublicIPv6))
+	}
+	for _, c := range g.rule.claims(l.Attrs) {
+		k = append(k, claimKey{backend: c})
 	}
 	return k
 }
@@ -173,7 +181,7 @@ func (g *Gate) Update(c lease.Changes) (put []lease.Lease, removed []netip.Prefi
 		g.leases[id] = e
 		var keys []claimKey
 		if e.ref == nil {
-			keys = claims(&e.l)
+			keys = g.claims(&e.l)
 		}
 		g.set.Put(id, e, keys, e.ref == nil)
 	}
@@ -243,8 +251,10 @@ func (g *Gate) collision(e *gated) *Refused {
 		// Cannot happen: an eligible lease not admitted is blocked.
 		return &Refused{Overlap, "held by an older lease"}
 	}
-	k := claims(&e.l)[i]
+	k := g.claims(&e.l)[i]
 	switch {
+	case k.backend != "":
+		return claimTaken(k.backend)
 	case !k.ip:
 		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", k.p)}
 	case k.p.Addr().Is4():

@@ -20,7 +20,17 @@ func incrementalRules() map[string]Rule {
 	own6 := netip.MustParsePrefix("fd00:10:5:1::/64")
 	ip4, ip6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
 	acc := AcceptType("udp")
+	// A backend claiming its data, as vxlan claims each VtepMAC.
+	claims := func(a lease.Attrs) []string {
+		if a.BackendData == nil {
+			return nil
+		}
+		return []string{"data " + string(a.BackendData)}
+	}
+	own := lease.Attrs{PublicIP: ip4, PublicIPv6: ip6, BackendData: []byte(`"own"`)}
 	return map[string]Rule{
+		"claims": {Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, IPv6Network: netip.MustParsePrefix("fd00:10:5::/48"), IPv6SubnetLen: 64, Accept: acc,
+			Claims: claims, Own: lease.Lease{Subnet: own4, IPv6Subnet: own6, Attrs: own}},
 		"ipv4": {Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, Accept: acc,
 			Own: lease.Lease{Subnet: own4, Attrs: lease.Attrs{PublicIP: ip4}}},
 		"dual": {Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, IPv6Network: netip.MustParsePrefix("fd00:10:5::/48"), IPv6SubnetLen: 64, Accept: acc,
@@ -56,6 +66,9 @@ func randomLease(r *rand.Rand, rev int64) lease.Lease {
 	}
 	if r.IntN(10) == 0 {
 		l.Attrs.BackendType = "host-gw"
+	}
+	if r.IntN(3) == 0 {
+		l.Attrs.BackendData = []byte([]string{`"a"`, `"b"`, `"c"`, `"own"`}[r.IntN(4)])
 	}
 	l.Revision = rev
 	l.CreateRevision = int64(r.IntN(6)) // ties broken by ID

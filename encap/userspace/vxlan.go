@@ -45,6 +45,7 @@ var (
 	_ encap.Status       = (*VXLAN)(nil)
 	_ encap.Datapath     = (*VXLAN)(nil)
 	_ encap.IPv6Acceptor = (*VXLAN)(nil)
+	_ encap.Claimer      = (*VXLAN)(nil)
 	_ encap.PeerUpdater  = (*VXLAN)(nil)
 )
 
@@ -124,6 +125,10 @@ func (b *VXLAN) Attrs() (lease.Attrs, error) {
 
 // Accept admits vxlan leases of this VNI, as the kernel backend does.
 func (b *VXLAN) Accept(a lease.Attrs) error { return vxlan.AcceptLeaseCached(b.vx.VNI, &b.leases)(a) }
+
+// Claims are a lease's VtepMACs, as the kernel backend's (encap.Claimer):
+// one admission rule for hosts of either kind in one cluster.
+func (b *VXLAN) Claims(a lease.Attrs) []string { return vxlan.LeaseClaims(&b.leases, &b.leases6)(a) }
 
 // AcceptIPv6 implements encap.IPv6Acceptor as the kernel backend does: a
 // peer's BackendV6Data must name a unicast VtepMAC and this VNI.

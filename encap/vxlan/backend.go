@@ -98,6 +98,7 @@ var (
 	_ encap.Backend      = (*Backend)(nil)
 	_ encap.Status       = (*Backend)(nil)
 	_ encap.IPv6Acceptor = (*Backend)(nil)
+	_ encap.Claimer      = (*Backend)(nil)
 	_ encap.PeerUpdater  = (*Backend)(nil)
 )
 
@@ -313,6 +314,9 @@ func (b *Backend) Accept(a lease.Attrs) error { return b.accept(a) }
 // AcceptIPv6 admits the IPv6 part of a vxlan lease: BackendV6Data with a
 // unicast VtepMAC and this VNI (encap.IPv6Acceptor).
 func (b *Backend) AcceptIPv6(a lease.Attrs) error { return b.accept6(a) }
+
+// Claims are a lease's VtepMACs (encap.Claimer, LeaseClaims).
+func (b *Backend) Claims(a lease.Attrs) []string { return LeaseClaims(&b.leases, &b.leases6)(a) }
 
 // SetPeers records the admitted peers and asks the loop to program them.
 func (b *Backend) SetPeers(leases []lease.Lease) {

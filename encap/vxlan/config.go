@@ -150,6 +150,29 @@ func AcceptLeaseV6Cached(vni int, c *LeaseCache) func(lease.Attrs) error {
 	return func(a lease.Attrs) error { return check(a.BackendV6Data) }
 }
 
+// LeaseClaims is admission's Rule.Claims for vxlan leases parsed through
+// c4 (BackendData) and c6 (a cache with V6: BackendV6Data): each VtepMAC.
+// The kernel keys flannel.<VNI>'s FDB by MAC, so a second lease with a
+// peer's (or this host's) VtepMAC would send the peer's traffic to the
+// second lease's PublicIP. Data that does not parse claims nothing
+// (Accept refuses it).
+func LeaseClaims(c4, c6 *LeaseCache) func(lease.Attrs) []string {
+	return func(a lease.Attrs) []string {
+		var out []string
+		if len(a.BackendData) > 0 {
+			if _, mac, err := c4.Parse(a.BackendData); err == nil {
+				out = append(out, "VtepMAC "+mac.String())
+			}
+		}
+		if len(a.BackendV6Data) > 0 {
+			if _, mac, err := c6.Parse(a.BackendV6Data); err == nil {
+				out = append(out, "IPv6 VtepMAC "+mac.String())
+			}
+		}
+		return out
+	}
+}
+
 func acceptLease(vni int, parse func(json.RawMessage) (LeaseData, net.HardwareAddr, error)) func(lease.Attrs) error {
 	check := checkLeaseData(vni, "", parse)
 	return func(a lease.Attrs) error {

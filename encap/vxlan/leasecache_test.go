@@ -68,3 +68,18 @@ func TestLeaseCacheV6(t *testing.T) {
 		t.Errorf("missing BackendV6Data: %v", err)
 	}
 }
+
+// TestLeaseClaims: a lease claims each VtepMAC it names, spelled one way
+// however its data spells it, so admission admits one lease per MAC.
+func TestLeaseClaims(t *testing.T) {
+	c4, c6 := LeaseCache{}, LeaseCache{V6: true}
+	claims := LeaseClaims(&c4, &c6)
+	a := leaseWith("10.5.1.0/24", `{"VNI":1,"VtepMAC":"0E-00-00-00-00-01"}`).Attrs
+	a.BackendV6Data = json.RawMessage(`{"VNI":1,"VtepMAC":"0e:00:00:00:06:01"}`)
+	if got := strings.Join(claims(a), ","); got != "VtepMAC 0e:00:00:00:00:01,IPv6 VtepMAC 0e:00:00:00:06:01" {
+		t.Errorf("claims %q", got)
+	}
+	if got := claims(leaseWith("10.5.2.0/24", `{"VNI":1,"VtepMAC":"zz"}`).Attrs); got != nil {
+		t.Errorf("unreadable data claims %q", got)
+	}
+}

@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/weft-net/weft/lease"
 )
@@ -246,5 +248,48 @@ func TestNodeWithoutAnnotations(t *testing.T) {
 	}
 	if _, err := s.wantAnnotations(nil, fixtureAttrs["vxlan"]); err != nil {
 		t.Error(err)
+	}
+}
+
+// Two Nodes with one podCIDR (an edited Node, or a hostile one) give one
+// lease, the older Node's; the other is logged and counted once while it
+// lasts (status counts it as admission's overlap, as it counts the etcd
+// store's second key for a subnet). This host's own Node keeps its
+// subnet whatever the other's age.
+func TestSecondNodeForASubnetCounted(t *testing.T) {
+	s := testStore(t)
+	var logs bytes.Buffer
+	s.log = slog.New(slog.NewTextHandler(&logs, nil))
+	s.node = "h1"
+	data := `{"VNI":1,"VtepMAC":"4e:86:bf:e9:21:6b"}`
+	node := func(name, cidr, ip string, created int64) *v1.Node {
+		n := nodeWith(name, []string{cidr}, peerAnnotations(ip, "vxlan", data))
+		n.CreationTimestamp = metav1.NewTime(time.Unix(created, 0))
+		return n
+	}
+	young := node("x", "10.244.2.0/24", "192.0.2.66", 2000)
+	s.update(young, false)
+	s.update(node("h2", "10.244.2.0/24", "192.0.2.2", 1000), false)
+	s.update(node("h1", "10.244.1.0/24", "192.0.2.1", 3000), false)
+	s.update(node("y", "10.244.1.0/24", "192.0.2.67", 500), false) // older than this host's Node
+	for range 3 {
+		snap, _ := s.snapshot()
+		if got := subnets(snap); !slices.Equal(got, []string{"10.244.1.0/24=192.0.2.1", "10.244.2.0/24=192.0.2.2"}) {
+			t.Fatalf("snapshot %v", got)
+		}
+	}
+	if s.Duplicates() != 2 || strings.Count(logs.String(), "ignoring a second Node") != 2 {
+		t.Errorf("%d duplicates counted, want 2; log:\n%s", s.Duplicates(), logs.String())
+	}
+	if o := s.Origin(netip.MustParsePrefix("10.244.2.0/24")); o != "node/h2" {
+		t.Errorf("origin %q, want node/h2", o)
+	}
+	// Gone, it is not counted again; back, it is.
+	s.update(young, true)
+	s.snapshot()
+	s.update(young, false)
+	s.snapshot()
+	if s.Duplicates() != 3 {
+		t.Errorf("%d duplicates counted, want 3", s.Duplicates())
 	}
 }

@@ -81,12 +81,14 @@ type Store struct {
 	changed  chan struct{}           // closed and replaced on every change
 	refused  map[string]string       // by Node name: why its annotations make no lease (logged once)
 	origin   map[netip.Prefix]string // by lease ID: the Node of the last snapshot's lease
+	shadowed map[string]netip.Prefix // by Node name: leases the last snapshot left out, by ID
 	ownAttrs lease.Attrs             // as Acquire wrote them
 	acquired bool                    // ownAttrs is set
 	// unreadable counts the times an annotated Node started to have no
 	// valid lease (Unreadable).
 	unreadable atomic.Uint64
-	actedRV    string // resourceVersion of the own Node Acquire patched
+	duplicates atomic.Uint64 // Duplicates
+	actedRV    string        // resourceVersion of the own Node Acquire patched
 }
 
 var _ lease.Manager = (*Store)(nil)

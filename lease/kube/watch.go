@@ -328,7 +328,10 @@ func (s *Store) ownSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 }
 
 // snapshot is the current lease set, one lease per ID (of two Nodes
-// claiming one subnet, the older), sorted by ID (lease.CompareID).
+// claiming one subnet, this host's, else the older), sorted by ID
+// (lease.CompareID). A Node left out is logged and counted once while it
+// stays left out (Duplicates): admission, which counts such a lease as
+// overlap, never sees it.
 func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -337,24 +340,47 @@ func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, func(a, b string) int {
+		if (a == s.node) != (b == s.node) {
+			if a == s.node {
+				return -1
+			}
+			return 1
+		}
 		if c := s.leases[a].created.Compare(s.leases[b].created); c != 0 {
 			return c
 		}
 		return strings.Compare(a, b)
 	})
 	s.origin = make(map[netip.Prefix]string, len(names))
+	var shadowed map[string]netip.Prefix
 	out := make([]lease.Lease, 0, len(names))
 	for _, n := range names {
 		l := s.leases[n].lease
-		if _, dup := s.origin[l.ID()]; dup {
+		id := l.ID()
+		if holder, dup := s.origin[id]; dup {
+			if shadowed == nil {
+				shadowed = map[string]netip.Prefix{}
+			}
+			shadowed[n] = id
+			if was, ok := s.shadowed[n]; !ok || was != id {
+				s.duplicates.Add(1)
+				s.log.Error("ignoring a second Node's lease for a subnet", "node", n, "subnet", id,
+					"publicIP", l.Attrs.PublicIP, "heldBy", "node/"+holder)
+			}
 			continue
 		}
-		s.origin[l.ID()] = n
+		s.origin[id] = n
 		out = append(out, l)
 	}
+	s.shadowed = shadowed
 	slices.SortFunc(out, lease.CompareID)
 	return out, s.changed
 }
+
+// Duplicates returns how many times a Node's lease was left out because
+// another Node (this host's, or an older one) holds its subnet: refusals
+// for overlap that admission never sees.
+func (s *Store) Duplicates() uint64 { return s.duplicates.Load() }
 
 // Watch sends the current leases, then a new snapshot after every
 // change, coalescing changes that come faster than they are taken.

@@ -11,6 +11,7 @@ import (
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/lease"
 )
 
 // TestHostileLeasesDualStack is TestHostileLeases for the IPv6 half of
@@ -36,6 +37,7 @@ func testHostileLeases6(t *testing.T, backend string) {
 	k.ping6(2, 1)
 	time.Sleep(500 * time.Millisecond) // first reconcile passes
 	before := []string{hostState(t, k.Lab, k.Lab.Host(1).Name), hostState(t, k.Lab, k.Lab.Host(2).Name)}
+	traffic := k.pingBothWays(true) // both families, all through
 	h1v6, h2v6 := k.Envs[0].IPv6Subnet, k.Envs[1].IPv6Subnet
 	h2IP6 := k.Lab.Host(2).IP6
 
@@ -88,6 +90,10 @@ func testHostileLeases6(t *testing.T, backend string) {
 	if backend == "vxlan" {
 		add(free6(0xd6)+"-64", ip6(), `,"BackendV6Data":{"VNI":1,"VtepMAC":"zz"}`) // broken IPv6 data
 		add(free6(0xd7)+"-64", ip6(), "")                                          // no IPv6 data
+		// h2's IPv6 VtepMAC: its flannel-v6.1 FDB entry would send h2's
+		// IPv6 traffic elsewhere.
+		mac6 := k.vtepMAC(lease.LeaseKey(k.Envs[1].Subnet.Masked(), h2v6.Masked()), true)
+		add(free6(0xd8)+"-64", ip6(), fmt.Sprintf(`,"BackendV6Data":{"VNI":1,"VtepMAC":%q}`, mac6))
 	}
 	validV4, validV6 := free4(), free6(0xd9)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -134,7 +140,8 @@ func testHostileLeases6(t *testing.T, backend string) {
 		// IPv6 addresses (link-local, loopback, multicast) as unreadable;
 		// admission the rest.
 		want := uint64(len(leases))
-		if refused != want || s.Refusals[admission.Unreadable] != 4 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Overlap] != 1 {
+		if refused != want || s.Refusals[admission.Unreadable] != 4 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Overlap] != 1 ||
+			backend == "vxlan" && s.Refusals[admission.BackendDataTaken] != 1 {
 			t.Errorf("h%d: refusals %v (%d), want %d; refused now %v", i, s.Refusals, refused, want, s.Refused)
 		}
 		for sn, why := range s.Refused {
@@ -142,6 +149,9 @@ func testHostileLeases6(t *testing.T, backend string) {
 				t.Errorf("h%d: %s refused as %q", i, sn, why)
 			}
 		}
+	}
+	if sent, lost := traffic(); sent == 0 || lost != 0 {
+		t.Errorf("pings while hostile leases were written: %d sent, %d lost", sent, lost)
 	}
 	k.stop(1, 2)
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/encap/admission"
+	"github.com/weft-net/weft/lease"
 )
 
 // TestHostileLeases writes, while pods ping each other, leases a hostile
@@ -18,7 +20,8 @@ import (
 // loopback and multicast public IPs, a subnet of another network, broken
 // backend data. Every host's routes, addresses, neighbours, FDB and
 // iptables stay exactly as they were but for the one valid lease among
-// them; traffic keeps flowing; nothing crashes; every refusal is counted.
+// them, and exactly as before once the keys are deleted; pings both ways
+// lose nothing throughout; nothing crashes; every refusal is counted.
 func TestHostileLeases(t *testing.T) {
 	for _, backend := range []string{"host-gw", "vxlan", "udp"} {
 		t.Run(backend, func(t *testing.T) { testHostileLeases(t, backend) })
@@ -41,6 +44,9 @@ func testHostileLeases(t *testing.T, backend string) {
 	// The kernel backends' first passes are done once both see each other.
 	time.Sleep(500 * time.Millisecond)
 	before := []string{hostState(t, k.Lab, k.Lab.Host(1).Name), hostState(t, k.Lab, k.Lab.Host(2).Name)}
+	// Pods ping each other all through: from before the first hostile
+	// write until after the last key is deleted.
+	traffic := k.pingBothWays(false)
 
 	typ, data := backend, `null`
 	if backend == "vxlan" {
@@ -80,10 +86,12 @@ func testHostileLeases(t *testing.T, backend string) {
 	}
 	if backend == "vxlan" {
 		hostile[other+"-24"] = val("192.0.2.70", "host-gw", `null`) // another backend
+		// h2's VtepMAC: its FDB entry would send h2's traffic to .71.
+		hostile[free()+"-24"] = val("192.0.2.71", "vxlan", fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, k.vtepMAC(lease.SubnetKey(h2), false)))
 	}
 	validAddr := free()
 	validSubnet := validAddr + "/24"
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for key, v := range hostile {
 		if _, err := k.cli.Put(ctx, harness.EtcdPrefix+"/subnets/"+key, v); err != nil {
@@ -116,26 +124,75 @@ func testHostileLeases(t *testing.T, backend string) {
 			t.Errorf("h%d: host state changed by hostile leases:\n%s", i, d)
 		}
 		s := k.stats(i)
-		var refused uint64
-		for _, n := range s.Refusals {
-			refused += n
-		}
 		// h1 and h2 each see: 0/0 and the /25 (wrong lengths), h2's IP
 		// taken, another network, broken data (and vxlan: another
 		// backend); the store refuses the other spelling, the non-JSON
 		// value, loopback and multicast as unreadable.
 		want := uint64(5 + 4)
 		if backend == "vxlan" {
-			want++
+			want += 2 // another backend, h2's VtepMAC
 		}
-		if refused != want || s.Refusals[admission.SubnetLength] < 2 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Unreadable] != 4 {
+		var refused uint64
+		for _, n := range s.Refusals {
+			refused += n
+		}
+		if refused != want || s.Refusals[admission.SubnetLength] < 2 || s.Refusals[admission.PublicIPTaken] != 1 || s.Refusals[admission.Unreadable] != 4 ||
+			backend == "vxlan" && s.Refusals[admission.BackendDataTaken] != 1 {
 			t.Errorf("h%d: refusals %v (%d), want %d; refused now %v", i, s.Refusals, refused, want, s.Refused)
 		}
 		if _, ok := s.Refused[h2.String()]; ok {
 			t.Errorf("h%d: the real h2 was refused: %v", i, s.Refused)
 		}
 	}
+
+	// The keys deleted, every host is exactly as it was before: no route,
+	// neighbour or FDB entry a hostile key aimed at was taken away, and
+	// the valid peer's are gone with it.
+	if _, err := k.cli.Delete(ctx, harness.EtcdPrefix+"/subnets/"+validAddr+"-24"); err != nil {
+		t.Fatal(err)
+	}
+	for key := range hostile {
+		if _, err := k.cli.Delete(ctx, harness.EtcdPrefix+"/subnets/"+key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 2; i++ {
+		k.eventually(fmt.Sprintf("h%d drops the valid lease and its refusals", i), 10*time.Second, func() (bool, string) {
+			s := k.stats(i)
+			return len(s.Peers) == 1 && len(s.Refused) == 0, fmt.Sprintf("peers %+v, refused %v", s.Peers, s.Refused)
+		})
+	}
+	time.Sleep(time.Second) // reconcile passes
+	for i := 1; i <= 2; i++ {
+		if d := lineDiff(before[i-1], hostState(t, k.Lab, k.Lab.Host(i).Name)); d != "" {
+			t.Errorf("h%d: host state after the hostile keys were deleted:\n%s", i, d)
+		}
+	}
+	sent, lost := traffic()
+	if sent == 0 || lost != 0 {
+		t.Errorf("pings while hostile leases came and went: %d sent, %d lost", sent, lost)
+	}
+	s := k.stats(1)
+	figure(t, "%d hostile leases + 1 valid written and deleted while pods pinged both ways: %d pings, %d lost; refusals on h1 %v; host state (routes, addresses, neighbours, FDB, iptables) unchanged but for the valid peer, and exactly as before once the keys were deleted",
+		len(hostile), sent, lost, s.Refusals)
 	k.stop(1, 2)
+}
+
+// pingBothWays pings between the pods of h1 and h2, both ways (and over
+// IPv6 too when v6), until the returned stop, which reports the totals.
+func (k *kcluster) pingBothWays(v6 bool) (stop func() (sent, lost int64)) {
+	h1, h2 := k.Lab.Host(1), k.Lab.Host(2)
+	ps := []*pinger{startPinger(h1.Pod, h2.PodIP.String(), 20*time.Millisecond), startPinger(h2.Pod, h1.PodIP.String(), 20*time.Millisecond)}
+	if v6 {
+		ps = append(ps, startPinger(h1.Pod, h2.PodIP6.String(), 20*time.Millisecond), startPinger(h2.Pod, h1.PodIP6.String(), 20*time.Millisecond))
+	}
+	return func() (sent, lost int64) {
+		for _, p := range ps {
+			s, l := p.Stop()
+			sent, lost = sent+s, lost+l
+		}
+		return sent, lost
+	}
 }
 
 // withoutLines drops the lines of s that mention any of words.
@@ -151,4 +208,26 @@ func withoutLines(s string, words ...string) string {
 		}
 	}
 	return b.String()
+}
+
+// vtepMAC is the VtepMAC in the BackendData (v6: BackendV6Data) of the
+// etcd lease under key.
+func (k *kcluster) vtepMAC(key string, v6 bool) string {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := k.cli.Get(ctx, harness.EtcdPrefix+"/subnets/"+key)
+	if err != nil || len(r.Kvs) != 1 {
+		k.t.Fatalf("lease %s: %v", key, err)
+	}
+	var a lease.Attrs
+	var d struct{ VtepMAC string }
+	data := &a.BackendData
+	if v6 {
+		data = &a.BackendV6Data
+	}
+	if err := json.Unmarshal(r.Kvs[0].Value, &a); err != nil || json.Unmarshal(*data, &d) != nil || d.VtepMAC == "" {
+		k.t.Fatalf("lease %s: %s: %v", key, r.Kvs[0].Value, err)
+	}
+	return d.VtepMAC
 }
