@@ -42,6 +42,10 @@ type Options struct {
 	// (pprof, from its debug socket) at the steady state and after the
 	// churn: <binary>-<backend>-<N>-{steady,churn}.heap.pb.gz.
 	ProfileDir string
+	// MemoryMax, when > 0, starts weft run in a memory cgroup of this
+	// hard limit in bytes (a pod's limit), and reports its peak charge
+	// and the OOM kills.
+	MemoryMax int64
 	// Timeout bounds each wait for a correct state.
 	Timeout  time.Duration
 	Progress func(string)
@@ -83,6 +87,11 @@ type Result struct {
 	// are back (kernel backends).
 	Repair time.Duration `json:"repair_ns,omitempty"`
 	Join   *Join         `json:"join,omitempty"`
+	// With Options.MemoryMax: the cgroup's limit, the most it was
+	// charged from start to the end of the churn, and the OOM kills.
+	CgroupLimit int64  `json:"cgroup_limit_bytes,omitempty"`
+	CgroupPeak  uint64 `json:"cgroup_peak_bytes,omitempty"`
+	OOMKills    uint64 `json:"oom_kills,omitempty"`
 }
 
 // leaseType is the Backend.Type of a benchmarked backend.
@@ -156,8 +165,9 @@ type host struct {
 	run   *lab.Proc
 	own   netip.Prefix
 	want  map[netip.Prefix]bool
-	peers []int // simulated peers in the store, oldest first
-	next  int   // the next unused simulated id
+	cg    *memCgroup // with o.MemoryMax
+	peers []int      // simulated peers in the store, oldest first
+	next  int        // the next unused simulated id
 }
 
 func newHost(ctx context.Context, o Options, typ string) (*host, error) {
@@ -195,6 +205,16 @@ func (h *host) setup(ctx context.Context) error {
 	bin, err := coldCopy(h.o.Binary, filepath.Join(h.lab.Dir, "weft-run"))
 	if err != nil {
 		return err
+	}
+	if h.o.MemoryMax > 0 {
+		cg, err := newMemCgroup(h.o.MemoryMax, fmt.Sprintf("weft-scale-%d-%s", os.Getpid(), filepath.Base(h.lab.Dir)))
+		if err != nil {
+			return err
+		}
+		h.cg = cg
+		if bin, err = cg.wrap(bin); err != nil {
+			return err
+		}
 	}
 	h.c.Binary = bin
 	return nil
@@ -236,6 +256,9 @@ func (h *host) close() {
 		h.sim.close()
 	}
 	h.lab.Close()
+	if h.cg != nil {
+		h.cg.remove()
+	}
 }
 
 // add registers n new simulated peers (not yet written).
@@ -265,6 +288,11 @@ func (h *host) start(ctx context.Context) error {
 		return err
 	}
 	h.run = h.c.Runs[0]
+	if h.cg != nil {
+		if err := h.cg.join(h.run.Pid()); err != nil {
+			return err
+		}
+	}
 	if err := h.c.WaitSubnets(ctx); err != nil {
 		return err
 	}
@@ -359,6 +387,10 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 	}
 	if err := h.saveHeap("churn"); err != nil {
 		return r, err
+	}
+	if h.cg != nil {
+		r.CgroupLimit = h.o.MemoryMax
+		r.CgroupPeak, r.OOMKills = h.cg.peak()
 	}
 	if kernelBackend(typ) {
 		o.Progress(fmt.Sprintf("%s: deleting a peer's kernel entries by hand", typ))

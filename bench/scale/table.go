@@ -20,6 +20,12 @@ func WriteTable(w io.Writer, rs []Result) {
 	}
 	sep := "\n"
 	for _, r := range rs {
+		if r.CgroupLimit > 0 {
+			fmt.Fprintf(w, "%s%s %s N=%d: in a memory cgroup limited to %s: charged at most %s, OOM kills %d\n", sep, r.Binary, r.Backend, r.N, mib(uint64(r.CgroupLimit)), mib(r.CgroupPeak), r.OOMKills)
+			sep = ""
+		}
+	}
+	for _, r := range rs {
 		if r.Repair > 0 {
 			fmt.Fprintf(w, "%s%s %s N=%d: a peer's kernel entries deleted by hand were back after %s\n", sep, r.Binary, r.Backend, r.N, secs(r.Repair))
 			sep = ""

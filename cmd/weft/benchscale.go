@@ -19,6 +19,7 @@ type scaleOpts struct {
 	events, join    *int
 	binaries        *string
 	profiles        *string
+	memMax          *string
 }
 
 func scaleFlags(fs *flag.FlagSet) scaleOpts {
@@ -28,6 +29,7 @@ func scaleFlags(fs *flag.FlagSet) scaleOpts {
 		events:   fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
 		join:     fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
 		binaries: fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
+		memMax:   fs.String("scale-memory-max", "", "with --scale: run weft in a memory cgroup of this hard limit (e.g. 50MiB, kube-flannel.yml's), reporting its peak and OOM kills"),
 		profiles: fs.String("scale-heap-profiles", "", "with --scale: a directory for each weft's heap profile (pprof) at the steady state and after the churn"),
 	}
 }
@@ -56,10 +58,16 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 			return fmt.Errorf("--scale-backends: %q: want udp, vxlan, host-gw or uvxlan", b)
 		}
 	}
+	var memMax int64
+	if *o.memMax != "" {
+		if memMax, err = parseBytes(*o.memMax); err != nil || memMax < 16<<20 {
+			return fmt.Errorf("--scale-memory-max %q: want a size of at least 16MiB, such as 50MiB", *o.memMax)
+		}
+	}
 	ctx, guard := lab.NewGuard(context.Background(), 20*time.Second)
 	defer guard.Stop()
 	rs, err := scale.Run(ctx, scale.Options{
-		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles,
+		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles, MemoryMax: memMax,
 		Progress: func(s string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), s) },
 	})
 	scale.WriteTable(os.Stdout, rs)
@@ -70,4 +78,24 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 		}
 	}
 	return err
+}
+
+// parseBytes reads a size as GOMEMLIMIT does: a number with an optional
+// B, KiB, MiB or GiB suffix.
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q: not a size", s)
+	}
+	return n * mult, nil
 }
