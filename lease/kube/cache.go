@@ -181,6 +181,10 @@ func (c *nodeCache) Replace(list []any, _ string) error {
 	for _, n := range gone {
 		c.s.update(n, true)
 	}
+	// Each change above reached the watchers as it was made; a relist
+	// is also where a receiver starts over from the whole set, as after
+	// an etcd listing.
+	c.s.relisted()
 	c.synced.Store(true)
 	return nil
 }
