@@ -110,7 +110,7 @@ func TestChangesMatchSnapshot(t *testing.T) {
 				if seed%2 == 1 {
 					s.node = "n0" // this host's Node stands whatever its age
 				}
-				c := &nodeCache{s: s, nodes: map[string]cachedNode{}}
+				c := newNodeCache(s, s.node)
 				if err := c.Replace(nil, "1"); err != nil {
 					t.Fatal(err)
 				}

@@ -205,7 +205,7 @@ func (s *Store) doStart(ctx context.Context) error {
 	}
 	s.node = node
 	ictx, stop := context.WithCancel(context.Background())
-	s.nodes = newNodeCache(s)
+	s.nodes = newNodeCache(s, node)
 	s.stop = stop
 	go s.nodes.reflector().RunWithContext(ictx)
 	s.log.Info("waiting for the first list of Nodes", "timeout", syncTimeout)

@@ -287,7 +287,7 @@ func (s *Store) ownNode(ctx context.Context) (*v1.Node, error) {
 		s.mu.Lock()
 		ch := s.changed
 		s.mu.Unlock()
-		if n, ok := s.nodes.get(s.node); ok {
+		if n, ok := s.nodes.ownNode(); ok {
 			return n, nil
 		}
 		if !logged {
