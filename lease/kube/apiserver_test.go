@@ -225,12 +225,16 @@ func TestPeersFollowNodes(t *testing.T) {
 	watchUntil(t, snaps, "h6 gone", func(ls []lease.Lease) bool {
 		return slices.Equal(subnets(ls), []string{"10.244.3.0/24=192.0.2.3"})
 	})
-	// Only what a lease needs stays cached.
-	n, ok := s.nodes.get("other")
-	if !ok {
-		t.Fatal("Node other is not in the cache")
+	// Only what a lease needs stays cached: of the other Nodes their
+	// names (h1, bare, bad, other, h6), of this host's its stripped Node.
+	if n := s.nodes.len(); n != 5 {
+		t.Errorf("%d Nodes cached, want 5", n)
 	}
-	if len(n.Labels) != 0 || n.ManagedFields != nil || len(n.Annotations) != 1 || n.Spec.PodCIDR == "" {
+	n, ok := s.nodes.ownNode()
+	if !ok {
+		t.Fatal("Node h1 is not in the cache")
+	}
+	if n.Name != "h1" || len(n.Labels) != 0 || n.ManagedFields != nil || len(n.Annotations) != 0 || n.Spec.PodCIDR == "" {
 		t.Errorf("cached Node keeps %+v", n)
 	}
 }

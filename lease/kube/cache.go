@@ -16,21 +16,27 @@ import (
 )
 
 // nodeCache is the store a client-go Reflector (list, then watch, of all
-// Nodes, as flanneld's informer does) writes into: the stripped Nodes by
-// name, each change applied to the lease set as it arrives. Unlike a
-// SharedIndexInformer there is no DeltaFIFO queue between the watch and
-// the handler holding a second copy of every object, and the reflector's
-// retry backoff is weft's (see reflectorBackoff).
+// Nodes, as flanneld's informer does) writes into: each change is applied
+// to the lease set as it arrives. Unlike a SharedIndexInformer there is
+// no DeltaFIFO queue between the watch and the handler holding a second
+// copy of every object, and the reflector's retry backoff is weft's (see
+// reflectorBackoff). Of the Nodes it keeps only the names (a relist tells
+// the gone ones by them) and this host's own Node (Config, Acquire and
+// Keep read it): a peer's lease is read from the event and kept in the
+// lease set, so a compact copy of every Node (~1 KiB each with its
+// annotations) would be the cache's memory spent twice.
 type nodeCache struct {
 	s      *Store
 	failed atomic.Int64 // unix time of the last logged failure; 0 while the API answers
 	mu     sync.Mutex
-	nodes  map[string]cachedNode
+	node   string              // this host's Node's name
+	names  map[string]struct{} // every Node's
+	own    *cachedNode         // this host's Node; nil while there is none
 	synced atomic.Bool
 }
 
-// cachedNode is what is kept of a Node: a v1.Node, even stripped, is
-// ~1.5 KiB of mostly empty fields, three times this.
+// cachedNode is what is kept of this host's Node: a v1.Node, even
+// stripped, is ~1.5 KiB of mostly empty fields.
 type cachedNode struct {
 	uid, rv     string
 	created     time.Time
@@ -64,7 +70,9 @@ var (
 	_ cache.TransformingStore = (*nodeCache)(nil)
 )
 
-func newNodeCache(s *Store) *nodeCache { return &nodeCache{s: s, nodes: map[string]cachedNode{}} }
+func newNodeCache(s *Store, node string) *nodeCache {
+	return &nodeCache{s: s, node: node, names: map[string]struct{}{}}
+}
 
 // reflector lists and watches all Nodes into c.
 func (c *nodeCache) reflector() *cache.Reflector {
@@ -137,7 +145,11 @@ func (c *nodeCache) put(obj any) error {
 		return nil
 	}
 	c.mu.Lock()
-	c.nodes[n.Name] = compact(n)
+	c.names[n.Name] = struct{}{}
+	if n.Name == c.node {
+		own := compact(n)
+		c.own = &own
+	}
 	c.mu.Unlock()
 	c.s.update(n, false)
 	return nil
@@ -152,7 +164,7 @@ func (c *nodeCache) Delete(obj any) error {
 		return nil
 	}
 	c.mu.Lock()
-	delete(c.nodes, n.Name)
+	c.forget(n.Name)
 	c.mu.Unlock()
 	c.s.update(n, true)
 	return nil
@@ -171,35 +183,46 @@ func (c *nodeCache) Replace(list []any, _ string) error {
 	}
 	c.mu.Lock()
 	var gone []*v1.Node
-	for name, n := range c.nodes {
+	for name := range c.names {
 		if !keep[name] {
-			gone = append(gone, n.node(name))
-			delete(c.nodes, name)
+			gone = append(gone, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
+			c.forget(name)
 		}
 	}
 	c.mu.Unlock()
 	for _, n := range gone {
 		c.s.update(n, true)
 	}
+	// Each change above reached the watchers as it was made; a relist
+	// is also where a receiver starts over from the whole set, as after
+	// an etcd listing.
+	c.s.relisted()
 	c.synced.Store(true)
 	return nil
 }
 
-// get is the cached (stripped) Node name.
-func (c *nodeCache) get(name string) (*v1.Node, bool) {
+// forget drops a deleted Node. Called with c.mu held.
+func (c *nodeCache) forget(name string) {
+	delete(c.names, name)
+	if name == c.node {
+		c.own = nil
+	}
+}
+
+// ownNode is this host's Node as cached (stripped), if there is one.
+func (c *nodeCache) ownNode() (*v1.Node, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n, ok := c.nodes[name]
-	if !ok {
+	if c.own == nil {
 		return nil, false
 	}
-	return n.node(name), true
+	return c.own.node(c.node), true
 }
 
 func (c *nodeCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.nodes)
+	return len(c.names)
 }
 
 // apiResult logs the API server becoming unreachable (then at most every

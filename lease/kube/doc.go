@@ -6,10 +6,12 @@
 // (<prefix>/backend-type, backend-data, public-ip, kube-subnet-manager),
 // written with a strategic-merge patch of nodes/<name>/status in
 // flanneld's exact bytes. Peers are the Nodes annotated
-// kube-subnet-manager=true, read through one Node informer whose cache
-// keeps only what a lease needs (an informer transform drops images,
-// conditions, managedFields and the rest of a Node), so memory stays
-// small in large clusters.
+// kube-subnet-manager=true, read through one Node watch (a Reflector)
+// that keeps only what a lease needs: each peer's lease, read from the
+// event, every Node's name, and this host's own Node stripped of images,
+// conditions, managedFields and all but the store's annotations, so
+// memory stays small in large clusters. A Node event reaches the daemon
+// as a change of one lease (WatchChanges), not a snapshot of all.
 //
 // Unlike flanneld, a Node with no annotations, a Node re-created without
 // them, or this host's own Node losing them never stops the store: peers

@@ -427,7 +427,7 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 	}
 	for _, bad := range []string{"fe80::1", "192.0.2.9", "nope"} {
 		patchAnnotations(t, admin, "h1", map[string]string{"flannel.alpha.coreos.com/public-ipv6-overwrite": bad})
-		waitCached(t, s, "h1", func(n *v1.Node) bool { return n.Annotations["flannel.alpha.coreos.com/public-ipv6-overwrite"] == bad })
+		waitCached(t, s, func(n *v1.Node) bool { return n.Annotations["flannel.alpha.coreos.com/public-ipv6-overwrite"] == bad })
 		if _, err := s.PublicIPv6Override(ctx); err == nil || !strings.Contains(err.Error(), "public-ipv6-overwrite") {
 			t.Errorf("overwrite %q: PublicIPv6Override: %v", bad, err)
 		}
@@ -436,7 +436,7 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 		}
 	}
 	patchAnnotations(t, admin, "h1", map[string]string{"flannel.alpha.coreos.com/public-ipv6-overwrite": "2001:db8:6::1"})
-	waitCached(t, s, "h1", func(n *v1.Node) bool {
+	waitCached(t, s, func(n *v1.Node) bool {
 		return n.Annotations["flannel.alpha.coreos.com/public-ipv6-overwrite"] == "2001:db8:6::1"
 	})
 	if ip, err := s.PublicIPv6Override(ctx); err != nil || ip.String() != "2001:db8:6::1" {
@@ -451,15 +451,16 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 	})
 }
 
-// waitCached waits until the store's Node cache sees name as ok says.
-func waitCached(t *testing.T, s *Store, name string, ok func(*v1.Node) bool) {
+// waitCached waits until the store's cache sees this host's Node as ok
+// says.
+func waitCached(t *testing.T, s *Store, ok func(*v1.Node) bool) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if n, found := s.nodes.get(name); found && ok(n) {
+		if n, found := s.nodes.ownNode(); found && ok(n) {
 			return
 		}
 	}
-	t.Fatalf("Node %s: not in the store's cache as wanted within 20 s", name)
+	t.Fatalf("Node %s: not in the store's cache as wanted within 20 s", s.node)
 }
 
 // Keep on a dual-stack network: a Node re-created without annotations

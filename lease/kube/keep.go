@@ -40,7 +40,7 @@ func (s *Store) Keep(ctx context.Context, own lease.Lease) error {
 		ch := s.changed
 		s.mu.Unlock()
 		retry := false
-		n, ok := s.nodes.get(s.node)
+		n, ok := s.nodes.ownNode()
 		switch {
 		case ok:
 			if missing {

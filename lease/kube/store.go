@@ -77,13 +77,14 @@ type Store struct {
 	stop     context.CancelFunc
 
 	mu       sync.Mutex
-	leases   map[string]nodeLease    // by Node name: annotated Nodes with a valid lease
-	changed  chan struct{}           // closed and replaced on every change
-	refused  map[string]string       // by Node name: why its annotations make no lease (logged once)
-	origin   map[netip.Prefix]string // by lease ID: the Node of the last snapshot's lease
-	shadowed map[string]netip.Prefix // by Node name: leases the last snapshot left out, by ID
-	ownAttrs lease.Attrs             // as Acquire wrote them
-	acquired bool                    // ownAttrs is set
+	leases   map[string]nodeLease        // by Node name: annotated Nodes with a valid lease
+	changed  chan struct{}               // closed and replaced on every change
+	refused  map[string]string           // by Node name: why its annotations make no lease (logged once)
+	claims   map[netip.Prefix][]string   // by lease ID: the Nodes whose lease has it, the one standing first
+	shadowed map[string]netip.Prefix     // by Node name: the ID another Node holds (logged and counted once)
+	watchers map[*changeWatcher]struct{} // the WatchChanges running
+	ownAttrs lease.Attrs                 // as Acquire wrote them
+	acquired bool                        // ownAttrs is set
 	// unreadable counts the times an annotated Node started to have no
 	// valid lease (Unreadable).
 	unreadable atomic.Uint64
@@ -117,8 +118,9 @@ func New(o Options) (*Store, error) {
 		return nil, err
 	}
 	if v := o.Getenv("EVENT_QUEUE_DEPTH"); v != "" {
-		// flanneld's bound on queued Node events. weft sends snapshots
-		// (never a queue that can fill), so only its format is checked.
+		// flanneld's bound on queued Node events. weft sends the latest
+		// snapshot or coalesced changes (never a queue that can fill), so
+		// only its format is checked.
 		if _, err := strconv.Atoi(v); err != nil {
 			return nil, fmt.Errorf("env EVENT_QUEUE_DEPTH=%s format error: %v", v, err)
 		}
@@ -203,7 +205,7 @@ func (s *Store) doStart(ctx context.Context) error {
 	}
 	s.node = node
 	ictx, stop := context.WithCancel(context.Background())
-	s.nodes = newNodeCache(s)
+	s.nodes = newNodeCache(s, node)
 	s.stop = stop
 	go s.nodes.reflector().RunWithContext(ictx)
 	s.log.Info("waiting for the first list of Nodes", "timeout", syncTimeout)

@@ -83,14 +83,23 @@ func (s *Store) update(obj any, deleted bool) {
 	switch {
 	case have && had && sameLease(old.lease, nl.lease):
 	case have:
-		s.leases[n.Name] = nl
-		notify = true
 		if !had {
 			s.log.Info("peer Node added", leaseLog(n.Name, nl.lease)...)
 		} else {
 			s.log.Info("peer Node changed", leaseLog(n.Name, nl.lease)...)
+			s.unclaim(n.Name, old.lease.ID())
 		}
+		s.leases[n.Name] = nl
+		s.claim(n.Name, nl.lease.ID())
+		if had && old.lease.ID() != nl.lease.ID() {
+			s.settle(old.lease.ID())
+		}
+		s.settle(nl.lease.ID())
+		notify = true
 	case had:
+		s.unclaim(n.Name, old.lease.ID())
+		delete(s.shadowed, n.Name)
+		s.settle(old.lease.ID())
 		delete(s.leases, n.Name)
 		notify = true
 		switch {
@@ -278,7 +287,7 @@ func (s *Store) ownNode(ctx context.Context) (*v1.Node, error) {
 		s.mu.Lock()
 		ch := s.changed
 		s.mu.Unlock()
-		if n, ok := s.nodes.get(s.node); ok {
+		if n, ok := s.nodes.ownNode(); ok {
 			return n, nil
 		}
 		if !logged {
@@ -329,9 +338,9 @@ func (s *Store) ownSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 
 // snapshot is the current lease set, one lease per ID (of two Nodes
 // claiming one subnet, this host's, else the older), sorted by ID
-// (lease.CompareID). A Node left out is logged and counted once while it
-// stays left out (Duplicates): admission, which counts such a lease as
-// overlap, never sees it.
+// (lease.CompareID). It decides that rule over the whole set, as the
+// reference for claims, which decides it per event and logs and counts
+// the Nodes left out (Duplicates).
 func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -351,28 +360,16 @@ func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 		}
 		return strings.Compare(a, b)
 	})
-	s.origin = make(map[netip.Prefix]string, len(names))
-	var shadowed map[string]netip.Prefix
+	seen := make(map[netip.Prefix]bool, len(names))
 	out := make([]lease.Lease, 0, len(names))
 	for _, n := range names {
 		l := s.leases[n].lease
-		id := l.ID()
-		if holder, dup := s.origin[id]; dup {
-			if shadowed == nil {
-				shadowed = map[string]netip.Prefix{}
-			}
-			shadowed[n] = id
-			if was, ok := s.shadowed[n]; !ok || was != id {
-				s.duplicates.Add(1)
-				s.log.Error("ignoring a second Node's lease for a subnet", "node", n, "subnet", id,
-					"publicIP", l.Attrs.PublicIP, "heldBy", "node/"+holder)
-			}
+		if seen[l.ID()] {
 			continue
 		}
-		s.origin[id] = n
+		seen[l.ID()] = true
 		out = append(out, l)
 	}
-	s.shadowed = shadowed
 	slices.SortFunc(out, lease.CompareID)
 	return out, s.changed
 }
@@ -406,17 +403,6 @@ func (s *Store) Watch(ctx context.Context, out chan<- []lease.Lease) error {
 			return ctx.Err()
 		}
 	}
-}
-
-// Origin names the Node the lease with ID id (lease.Lease.ID) comes
-// from, for status.
-func (s *Store) Origin(id netip.Prefix) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n, ok := s.origin[id]; ok {
-		return "node/" + n
-	}
-	return ""
 }
 
 // StatusDetails are the store's own details for status.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -131,6 +132,48 @@ func kubeScale(t *testing.T, backend string, n int) {
 	}
 	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including polls of %d peers' state)", backend, n, time.Since(changed).Round(time.Millisecond), n)
 	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
+
+	// Churn: 100 other Nodes' public IPs change at 50/s. The daemon's CPU
+	// over the 2 s of events and 1 s after (no status polls meanwhile;
+	// the idle CPU of as long a window before, for comparison), then how
+	// long after the last event h1's data path has them all.
+	const events, rate = 100, 50
+	idle0 := cpuTime(t, p.Pid())
+	time.Sleep(3 * time.Second)
+	cpu0 := cpuTime(t, p.Pid())
+	want := make([]string, 0, events)
+	churn := time.Now()
+	for j := range events {
+		i := (n/4 + j*37) % n
+		ip := fmt.Sprintf("198.19.%d.%d", 100+j/250, 1+j%250)
+		want = append(want, ip)
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"flannel.alpha.coreos.com/public-ip":%q}}}`, ip)
+		if _, err := k.admin.CoreV1().Nodes().Patch(ctx, fakeName(i), types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Until(churn.Add(time.Duration(j+1) * time.Second / rate)))
+	}
+	lastEvent := time.Now()
+	time.Sleep(time.Until(churn.Add(3 * time.Second)))
+	cpu := cpuTime(t, p.Pid()) - cpu0
+	firstCheck := time.Since(lastEvent)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		have := peerIPs()
+		missing := 0
+		for _, ip := range want {
+			if !have[ip] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("churn: %d of %d changed public IPs never reached the data path", missing, events)
+		}
+	}
+	figure(t, "%s: churn of %d Node events at %d/s, %d Nodes: CPU %v per event (%v from the first event to 3 s after it; idle 3 s before: %v); all in h1's data path %v after the last event (first checked %v after it; polls included)", backend, events, rate, n,
+		(cpu / events).Round(10*time.Microsecond), cpu, cpu0-idle0, time.Since(lastEvent).Round(time.Millisecond), firstCheck.Round(time.Millisecond))
 	// Go gives freed heap back to the kernel over minutes, not at once.
 	time.Sleep(30 * time.Second)
 	figure(t, "%s: RSS 30 s later: %d KiB (%s)", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()))
@@ -186,6 +229,22 @@ func fakeKubeletNode(i int, backend string) *v1.Node {
 		KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: "amd64", MachineID: fmt.Sprintf("%032x", i), SystemUUID: fmt.Sprintf("%032x", i+1), BootID: fmt.Sprintf("%032x", i+2)}
 	n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250)}, {Type: v1.NodeHostName, Address: name}}
 	return n
+}
+
+// cpuTime is the process's user+system CPU time so far
+// (/proc/<pid>/stat, in USER_HZ ticks: 100 on Linux).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, err1 := strconv.ParseUint(f[11], 10, 64) // field 14, utime
+	st, err2 := strconv.ParseUint(f[12], 10, 64) // field 15, stime
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	return time.Duration(ut+st) * time.Second / 100
 }
 
 func rssKiB(t *testing.T, pid int) int {
