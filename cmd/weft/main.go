@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	_ "github.com/weft-net/weft/internal/noreadahead" // before the large packages: see its doc
 )
 
 // version is set at build time (-ldflags "-X main.version=v1.2.3").
