@@ -53,3 +53,16 @@ func TestLimit(t *testing.T) {
 		})
 	}
 }
+
+func TestSoft(t *testing.T) {
+	for _, tc := range []struct{ cgroup, want int64 }{
+		{50 << 20, 36 << 20}, // kube-flannel.yml's limit
+		{100 << 20, 86 << 20},
+		{20 << 20, 10 << 20},
+		{1 << 30, 1<<30 - 14<<20},
+	} {
+		if got := Soft(tc.cgroup); got != tc.want {
+			t.Errorf("Soft(%d MiB) = %d MiB; want %d MiB", tc.cgroup>>20, got>>20, tc.want>>20)
+		}
+	}
+}
