@@ -260,13 +260,13 @@ func (r *Reconciler) addEntry(e entry, c *change, errs *[]error) {
 func (r *Reconciler) finishUpdate(c change, errs []error) error {
 	r.record(c, nil, true)
 	if r.installed == nil {
-		r.installed = map[entry]struct{}{}
+		r.installed = entrySet{}
 	}
 	for _, e := range c.removed {
-		delete(r.installed, e)
+		r.installed.remove(e)
 	}
 	for _, e := range c.added {
-		r.installed[e] = struct{}{}
+		r.installed.add(e)
 	}
 	for e, other := range c.conflicts {
 		if r.conflicts == nil {

@@ -40,8 +40,8 @@ type Reconciler struct {
 	queue   changeQueue
 
 	mu        sync.Mutex
-	installed map[entry]struct{} // entries weft programmed and believes in place
-	conflicts map[entry]string   // wanted routes refused, for logging once
+	installed entrySet         // entries weft programmed and believes in place
+	conflicts map[entry]string // wanted routes refused, for logging once
 	// refusedView is conflicts as Stats shows them, published after each
 	// pass or update: Stats must not wait for a pass (a full pass at
 	// thousands of peers holds mu for seconds; `weft status` timed out).
@@ -137,23 +137,23 @@ func (r *Reconciler) Pass() error {
 	r.passes.Add(1)
 	r.forgetOwn(nil)
 	c, err := r.NL.reconcile(want)
-	wanted := want.entries()
+	wanted := want.set()
 	r.record(c, wanted, false)
 	r.conflicts = c.conflicts
 	r.publishRefused()
 	if err != nil {
 		r.fail(err)
 		// Keep what is known to be in place; a later pass retries the rest.
-		for e := range r.installed {
-			if _, ok := wanted[e]; !ok {
-				delete(r.installed, e)
+		for h := range r.installed {
+			if _, ok := wanted[h]; !ok {
+				delete(r.installed, h)
 			}
 		}
 		r.base = nil
 		return err
 	}
 	for e := range c.conflicts {
-		delete(wanted, e) // not installed
+		wanted.remove(e) // not installed
 	}
 	r.installed = wanted
 	r.setBase(want)
@@ -162,9 +162,9 @@ func (r *Reconciler) Pass() error {
 
 // record counts and logs what a pass did. wanted is the pass's state; an
 // update counts its removals as stale whatever they were.
-func (r *Reconciler) record(c change, wanted map[entry]struct{}, update bool) {
+func (r *Reconciler) record(c change, wanted entrySet, update bool) {
 	for _, e := range c.added {
-		if _, ok := r.installed[e]; ok && !update {
+		if r.installed.has(e) && !update {
 			r.repairs.Add(1)
 			r.Log.Warn("repaired kernel state someone removed or changed", "entry", e)
 		} else {
@@ -179,7 +179,7 @@ func (r *Reconciler) record(c change, wanted map[entry]struct{}, update bool) {
 		}
 	}
 	for _, e := range c.removed {
-		if _, ok := wanted[e]; ok {
+		if wanted.has(e) {
 			continue // a duplicate or altered copy of a wanted entry
 		}
 		r.stale.Add(1)

@@ -79,10 +79,8 @@ type State struct {
 // Keys names every entry of s, one string per entry, with its full
 // content: two states program the same kernel entries iff their keys match.
 func (s State) Keys() map[string]bool {
-	k := make(map[string]bool, len(s.Routes)+len(s.Neighs)+len(s.FDB)+len(s.Neighs6)+len(s.FDB6))
-	for e := range s.entries() {
-		k[e.String()] = true
-	}
+	k := make(map[string]bool, s.len())
+	s.each(func(e entry) { k[e.String()] = true })
 	return k
 }
 
@@ -124,44 +122,25 @@ func (n *Netlink) reconcile(want State) (change, error) {
 }
 
 func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
-	// One dump of the main table serves both the tagged routes and the
-	// conflict check of every missing one (a dump per missing route made
-	// a start with 5,000 peers quadratic).
-	// Both families: a stale IPv6 route is as much weft's as an IPv4 one.
-	all, err := dump(n, func() ([]netlink.Route, error) {
-		return n.H.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("listing routes: %w", err)
-	}
-	var have []netlink.Route
-	untagged := map[netip.Prefix][]netlink.Route{}
-	for _, h := range all {
-		if h.Protocol == RouteProtocol {
-			have = append(have, h)
-		} else {
-			got, _ := routeFromKernel(h) // a nil Dst (default route) is 0.0.0.0/0 or ::/0
-			untagged[got.Dst] = append(untagged[got.Dst], h)
-		}
-	}
 	byDst := make(map[netip.Prefix]Route, len(want))
 	for _, r := range want {
 		byDst[r.Dst] = r
 	}
-	seen := make(map[netip.Prefix]bool, len(have))
+	// One dump of the main table serves both the tagged routes and the
+	// conflict check of every missing one (a dump per missing route made
+	// a start with 5,000 peers quadratic). Both families: a stale IPv6
+	// route is as much weft's as an IPv4 one. The dump is read route by
+	// route and only what needs action is kept: at 5,000 peers a pass
+	// that held every route of the table held megabytes for nothing.
+	seen, stale, untagged, err := n.dumpRoutes(byDst)
+	if err != nil {
+		return fmt.Errorf("listing routes: %w", err)
+	}
 	var errs []error
-	for _, h := range have {
-		if h.Type != unix.RTN_UNICAST {
-			continue // the daemon's --ip-blackhole-route, also tagged: not a backend's
-		}
-		got, ok := routeFromKernel(h)
-		w, wanted := byDst[got.Dst]
-		if ok && wanted && !seen[got.Dst] && got == w {
-			seen[got.Dst] = true
-			continue
-		}
+	for _, h := range stale {
 		// Stale, or the same destination with other content (a second
 		// metric, another gateway): delete exactly that route.
+		got, _ := routeFromKernel(h)
 		if err := n.routeDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("deleting route %s: %w", h.Dst, err))
 			continue
@@ -187,6 +166,45 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 		c.added = append(c.added, routeEntry(w))
 	}
 	return errors.Join(errs...)
+}
+
+// dumpRoutes reads the main table once and sorts its routes against the
+// wanted ones: seen are the wanted destinations a tagged route already
+// serves exactly, stale the tagged unicast routes to delete, untagged the
+// routes weft did not tag to a wanted destination (a conflict, or
+// flanneld's own route to take over). It runs the dump again while the
+// kernel reports it interrupted, as Dump does.
+func (n *Netlink) dumpRoutes(byDst map[netip.Prefix]Route) (seen map[netip.Prefix]bool, stale []netlink.Route, untagged map[netip.Prefix][]netlink.Route, err error) {
+	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
+	for range dumpRetries {
+		seen = make(map[netip.Prefix]bool, len(byDst))
+		stale, untagged = nil, map[netip.Prefix][]netlink.Route{}
+		visited := 0
+		err = n.H.RouteListFilteredIter(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE, func(h netlink.Route) bool {
+			visited++
+			got, ok := routeFromKernel(h) // a nil Dst (default route) is 0.0.0.0/0 or ::/0
+			w, wanted := byDst[got.Dst]
+			switch {
+			case h.Protocol != RouteProtocol:
+				if wanted {
+					untagged[got.Dst] = append(untagged[got.Dst], h)
+				}
+			case h.Type != unix.RTN_UNICAST:
+				// the daemon's --ip-blackhole-route, also tagged: not a backend's
+			case ok && wanted && !seen[got.Dst] && got == w:
+				seen[got.Dst] = true
+			default:
+				stale = append(stale, h)
+			}
+			return true
+		})
+		n.ops.dumps.Add(1)
+		n.ops.dumped.Add(uint64(visited))
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return seen, stale, untagged, err
+		}
+	}
+	return nil, nil, nil, fmt.Errorf("netlink dump kept being interrupted: %w", err)
 }
 
 // untaggedRoute describes a route of the main table to w's destination that
