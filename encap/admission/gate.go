@@ -59,8 +59,29 @@ type refusal struct {
 // or one of the backend's claims (Rule.Claims).
 type claimKey struct {
 	ip      bool
-	p       netip.Prefix
+	is4     bool
+	bits    uint8
+	a       [16]byte // the address, as 16 bytes: no pointer for the GC to follow
 	backend string
+}
+
+func prefixKey(p netip.Prefix) claimKey {
+	return claimKey{is4: p.Addr().Is4(), bits: uint8(p.Bits()), a: p.Addr().As16()}
+}
+
+func ipKey(a netip.Addr) claimKey {
+	k := prefixKey(netip.PrefixFrom(a, a.BitLen()))
+	k.ip = true
+	return k
+}
+
+// prefix is the subnet or address (as a full-length prefix) of k.
+func (k claimKey) prefix() netip.Prefix {
+	a := netip.AddrFrom16(k.a)
+	if k.is4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(k.bits))
 }
 
 // NewGate returns a gate for rule.
@@ -110,16 +131,23 @@ func comparePrefix(a, b netip.Prefix) int {
 	return a.Bits() - b.Bits()
 }
 
-func ipKey(a netip.Addr) claimKey { return claimKey{ip: true, p: netip.PrefixFrom(a, a.BitLen())} }
 
 // claims are what an admitted l takes, in the order Admit checks them.
 func (g *Gate) claims(l *lease.Lease) []claimKey {
-	k := make([]claimKey, 0, 6)
+	backend := g.rule.claims(l.Attrs)
+	n := len(backend)
+	for _, ok := range []bool{l.Subnet.IsValid(), l.IPv6Subnet.IsValid()} {
+		if ok {
+			n += 2 // the subnet and its public IP
+		}
+	}
+	// Exactly n: the set keeps the slice for as long as the lease stands.
+	k := make([]claimKey, 0, n)
 	if l.Subnet.IsValid() {
-		k = append(k, claimKey{p: l.Subnet})
+		k = append(k, prefixKey(l.Subnet))
 	}
 	if l.IPv6Subnet.IsValid() {
-		k = append(k, claimKey{p: l.IPv6Subnet})
+		k = append(k, prefixKey(l.IPv6Subnet))
 	}
 	if l.Subnet.IsValid() {
 		k = append(k, ipKey(l.Attrs.PublicIP))
@@ -127,7 +155,7 @@ func (g *Gate) claims(l *lease.Lease) []claimKey {
 	if l.IPv6Subnet.IsValid() {
 		k = append(k, ipKey(l.Attrs.PublicIPv6))
 	}
-	for _, c := range g.rule.claims(l.Attrs) {
+	for _, c := range backend {
 		k = append(k, claimKey{backend: c})
 	}
 	return k
@@ -256,11 +284,11 @@ func (g *Gate) collision(e *gated) *Refused {
 	case k.backend != "":
 		return claimTaken(k.backend)
 	case !k.ip:
-		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", k.p)}
-	case k.p.Addr().Is4():
-		return &Refused{PublicIPTaken, fmt.Sprintf("public IP %s is already held by this host or an older lease", k.p.Addr())}
+		return &Refused{Overlap, fmt.Sprintf("%s is already held by an older lease", k.prefix())}
+	case k.is4:
+		return &Refused{PublicIPTaken, fmt.Sprintf("public IP %s is already held by this host or an older lease", k.prefix().Addr())}
 	}
-	return &Refused{PublicIPTaken, fmt.Sprintf("public IPv6 %s is already held by this host or an older lease", k.p.Addr())}
+	return &Refused{PublicIPTaken, fmt.Sprintf("public IPv6 %s is already held by this host or an older lease", k.prefix().Addr())}
 }
 
 // strip drops the family the network does not have (see Admit).

@@ -28,19 +28,56 @@ type Set[ID comparable, K comparable, V any] struct {
 
 // claimants are the items claiming one key: nearly always one, kept
 // without a slice of its own.
+// (The others sit behind a pointer: the map holds one of these per key,
+// three or more per lease, so its size is what a lease costs.)
 type claimants[ID comparable, K comparable, V any] struct {
 	one  *item[ID, K, V]
-	more []*item[ID, K, V]
+	more *[]*item[ID, K, V]
+}
+
+// rest are the claimants after one.
+func (c claimants[ID, K, V]) rest() []*item[ID, K, V] {
+	if c.more == nil {
+		return nil
+	}
+	return *c.more
 }
 
 func (c claimants[ID, K, V]) all() []*item[ID, K, V] {
-	if len(c.more) == 0 {
+	if c.more == nil {
 		if c.one == nil {
 			return nil
 		}
 		return []*item[ID, K, V]{c.one}
 	}
-	return append([]*item[ID, K, V]{c.one}, c.more...)
+	return append([]*item[ID, K, V]{c.one}, *c.more...)
+}
+
+// drop removes it from the claimants.
+func (c *claimants[ID, K, V]) drop(it *item[ID, K, V]) {
+	rest := c.rest()
+	if c.one == it {
+		c.one = nil
+		if n := len(rest); n > 0 {
+			c.one = rest[n-1]
+			rest[n-1] = nil
+			rest = rest[:n-1]
+		}
+	} else {
+		for i, o := range rest {
+			if o == it {
+				rest[i] = rest[len(rest)-1]
+				rest[len(rest)-1] = nil
+				rest = rest[:len(rest)-1]
+				break
+			}
+		}
+	}
+	if len(rest) == 0 {
+		c.more = nil
+	} else {
+		*c.more = rest
+	}
 }
 
 type item[ID comparable, K comparable, V any] struct {
@@ -77,10 +114,13 @@ func (s *Set[ID, K, V]) Put(id ID, v V, keys []K, eligible bool) {
 	s.items[id] = it
 	for _, k := range keys {
 		c := s.claims[k]
-		if c.one == nil {
+		switch {
+		case c.one == nil:
 			c.one = it
-		} else {
-			c.more = append(c.more, it)
+		case c.more == nil:
+			c.more = &[]*item[ID, K, V]{it}
+		default:
+			*c.more = append(*c.more, it)
 		}
 		s.claims[k] = c
 	}
@@ -99,23 +139,7 @@ func (s *Set[ID, K, V]) Delete(id ID) {
 	it.gone = true
 	for _, k := range it.keys {
 		cs := s.claims[k]
-		if cs.one == it {
-			cs.one = nil
-			if n := len(cs.more); n > 0 {
-				cs.one = cs.more[n-1]
-				cs.more[n-1] = nil
-				cs.more = cs.more[:n-1]
-			}
-		} else {
-			for i, c := range cs.more {
-				if c == it {
-					cs.more[i] = cs.more[len(cs.more)-1]
-					cs.more[len(cs.more)-1] = nil
-					cs.more = cs.more[:len(cs.more)-1]
-					break
-				}
-			}
-		}
+		cs.drop(it)
 		if cs.one == nil {
 			delete(s.claims, k)
 		} else {
@@ -123,7 +147,7 @@ func (s *Set[ID, K, V]) Delete(id ID) {
 		}
 		if it.holds && cs.one != nil {
 			s.push(cs.one)
-			for _, c := range cs.more {
+			for _, c := range cs.rest() {
 				s.push(c)
 			}
 		}
@@ -155,7 +179,7 @@ func (s *Set[ID, K, V]) Settle() []ID {
 			if cs.one != it && cs.one != nil && s.older(it.v, cs.one.v) < 0 {
 				s.push(cs.one)
 			}
-			for _, c := range cs.more {
+			for _, c := range cs.rest() {
 				if c != it && s.older(it.v, c.v) < 0 {
 					s.push(c)
 				}
@@ -205,7 +229,7 @@ func (s *Set[ID, K, V]) blocker(it *item[ID, K, V]) int {
 		if c := cs.one; c != nil && c != it && c.holds && s.older(c.v, it.v) < 0 {
 			return i
 		}
-		for _, c := range cs.more {
+		for _, c := range cs.rest() {
 			if c != it && c.holds && s.older(c.v, it.v) < 0 {
 				return i
 			}
