@@ -63,8 +63,16 @@ func (c *memCgroup) make(file string, limit int64) error {
 // charged from its first page and seeing its limit.
 func (c *memCgroup) wrap(bin string) (string, error) {
 	script := bin + "-in-cgroup"
+	// ip netns exec's fresh /sys has no cgroupfs: mount the hierarchy
+	// again, in its private mount namespace, so weft sees its limit as it
+	// would in a pod.
+	mount := "mount -t cgroup2 none /sys/fs/cgroup"
+	if !c.v2 {
+		mount = "mount -t tmpfs none /sys/fs/cgroup && mkdir /sys/fs/cgroup/memory && mount -t cgroup -o memory none /sys/fs/cgroup/memory"
+	}
 	s := "#!/bin/sh\n" +
 		"while ! grep -q '/" + filepath.Base(c.dir) + "$' /proc/$$/cgroup; do sleep 0.01; done\n" +
+		mount + " || exit 1\n" +
 		"exec " + bin + " \"$@\"\n"
 	return script, os.WriteFile(script, []byte(s), 0o755)
 }
