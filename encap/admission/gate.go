@@ -131,7 +131,6 @@ func comparePrefix(a, b netip.Prefix) int {
 	return a.Bits() - b.Bits()
 }
 
-
 // claims are what an admitted l takes, in the order Admit checks them.
 func (g *Gate) claims(l *lease.Lease) []claimKey {
 	backend := g.rule.claims(l.Attrs)
