@@ -89,6 +89,8 @@ type Result struct {
 	Join   *Join         `json:"join,omitempty"`
 	// With Options.MemoryMax: the cgroup's limit, the most it was
 	// charged from start to the end of the churn, and the OOM kills.
+	// Error is why the run failed, if it did.
+	Error       string `json:"error,omitempty"`
 	CgroupLimit int64  `json:"cgroup_limit_bytes,omitempty"`
 	CgroupPeak  uint64 `json:"cgroup_peak_bytes,omitempty"`
 	OOMKills    uint64 `json:"oom_kills,omitempty"`
@@ -124,17 +126,24 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	if o.Progress == nil {
 		o.Progress = func(string) {}
 	}
+	// A build that fails (a timeout, an OOM kill in a memory cgroup) is a
+	// result too: it is recorded and the others still run.
 	var out []Result
+	var errs []error
 	for _, b := range o.Backends {
 		for _, bin := range o.Binaries {
 			r, err := runBinary(ctx, o, bin, b)
-			out = append(out, r)
 			if err != nil {
-				return out, err
+				r.Error = err.Error()
+				errs = append(errs, err)
+				if ctx.Err() != nil {
+					return append(out, r), errors.Join(errs...)
+				}
 			}
+			out = append(out, r)
 		}
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 func runBinary(ctx context.Context, o Options, bin, b string) (Result, error) {

@@ -13,6 +13,13 @@ func WriteTable(w io.Writer, rs []Result) {
 	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady (anonymous) | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
+		if r.Error != "" && len(r.Churn) == 0 {
+			msg := r.Error
+			if len(msg) > 160 {
+				msg = msg[:160] + "…"
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | failed: %s | | | | | |\n", r.Binary, r.Backend, r.N, strings.ReplaceAll(msg, "|", "/"))
+		}
 		for _, c := range r.Churn {
 			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, secs(r.Start), mib(r.RSSSteady)+" ("+mib(r.RSSSteadyAnon)+")",
 				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax))

@@ -20,6 +20,7 @@ type scaleOpts struct {
 	binaries        *string
 	profiles        *string
 	memMax          *string
+	timeout         *time.Duration
 }
 
 func scaleFlags(fs *flag.FlagSet) scaleOpts {
@@ -30,6 +31,7 @@ func scaleFlags(fs *flag.FlagSet) scaleOpts {
 		join:     fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
 		binaries: fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
 		memMax:   fs.String("scale-memory-max", "", "with --scale: run weft in a memory cgroup of this hard limit (e.g. 50MiB, kube-flannel.yml's), reporting its peak and OOM kills"),
+		timeout:  fs.Duration("scale-timeout", 10*time.Minute, "with --scale: how long to wait for a correct state before a run counts as failed"),
 		profiles: fs.String("scale-heap-profiles", "", "with --scale: a directory for each weft's heap profile (pprof) at the steady state and after the churn"),
 	}
 }
@@ -67,7 +69,7 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 	ctx, guard := lab.NewGuard(context.Background(), 20*time.Second)
 	defer guard.Stop()
 	rs, err := scale.Run(ctx, scale.Options{
-		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles, MemoryMax: memMax,
+		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles, MemoryMax: memMax, Timeout: *o.timeout,
 		Progress: func(s string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), s) },
 	})
 	scale.WriteTable(os.Stdout, rs)
