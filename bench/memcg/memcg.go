@@ -114,6 +114,32 @@ func (c *Cgroup) Peak() (peak uint64, ooms uint64) {
 	return peak, ooms
 }
 
+// Charge is what the cgroup is charged now, and of it the anonymous
+// memory (heap, stacks: reclaimable only by swapping) and the page cache
+// (the binary's pages, files written: the kernel reclaims these first, so
+// a cgroup at its limit is not yet one about to be OOM-killed).
+func (c *Cgroup) Charge() (usage, anon, file uint64) {
+	cur, anonKey, fileKey := "memory.usage_in_bytes", "total_rss", "total_cache"
+	if c.v2 {
+		cur, anonKey, fileKey = "memory.current", "anon", "file"
+	}
+	if b, err := os.ReadFile(filepath.Join(c.dir, cur)); err == nil {
+		usage, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	if b, err := os.ReadFile(filepath.Join(c.dir, "memory.stat")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, " ")
+			switch k {
+			case anonKey:
+				anon, _ = strconv.ParseUint(v, 10, 64)
+			case fileKey:
+				file, _ = strconv.ParseUint(v, 10, 64)
+			}
+		}
+	}
+	return usage, anon, file
+}
+
 // Remove removes the cgroup once its processes are gone.
 func (c *Cgroup) Remove() { os.Remove(c.dir) }
 

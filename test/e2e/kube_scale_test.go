@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/weft-net/weft/bench/memcg"
 	"github.com/weft-net/weft/daemon"
 )
 
@@ -29,19 +33,56 @@ import (
 // path, and how long one Node's annotation change takes to reach it. It
 // reports figures (docs/kubernetes.md), asserting none; it runs only when
 // WEFT_KUBE_SCALE is set (make kube-scale).
+//
+// WEFT_KUBE_SCALE_MEMORY_MAX (a size: 50MiB, kube-flannel.yml's limit)
+// runs weft run in a memory cgroup of that hard limit, as in a pod, and
+// reports the cgroup's peak charge and OOM kills: VmRSS alone cannot tell
+// whether weft lives in the limit, where the kernel reclaims the binary's
+// pages before it kills. WEFT_KUBE_SCALE_BACKENDS (default vxlan,udp)
+// picks the backends; WEFT_KUBE_SCALE_PROFILES names a directory for
+// weft's heap profiles at the steady state and after the churn.
 func TestKubeScale(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("WEFT_KUBE_SCALE"))
 	if n <= 0 {
 		t.Skip("a measurement: WEFT_KUBE_SCALE=5000 (make kube-scale)")
 	}
-	for _, backend := range []string{"vxlan", "udp"} {
-		t.Run(backend, func(t *testing.T) { kubeScale(t, backend, n) })
+	var memMax int64
+	if s := os.Getenv("WEFT_KUBE_SCALE_MEMORY_MAX"); s != "" {
+		var err error
+		if memMax, err = memcg.ParseSize(s); err != nil || memMax < 16<<20 {
+			t.Fatalf("WEFT_KUBE_SCALE_MEMORY_MAX=%q: want a size of at least 16MiB, such as 50MiB", s)
+		}
+	}
+	backends := "vxlan,udp"
+	if s := os.Getenv("WEFT_KUBE_SCALE_BACKENDS"); s != "" {
+		backends = s
+	}
+	for _, backend := range strings.Split(backends, ",") {
+		t.Run(backend, func(t *testing.T) { kubeScale(t, backend, n, memMax) })
 	}
 }
 
-func kubeScale(t *testing.T, backend string, n int) {
+func kubeScale(t *testing.T, backend string, n int, memMax int64) {
+	var cg *memcg.Cgroup
+	if memMax > 0 {
+		var err error
+		if cg, err = memcg.New(memMax, fmt.Sprintf("weft-kubescale-%d-%s", os.Getpid(), backend)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cg.Remove) // registered before the lab's, so it runs after the lab stopped weft
+	}
 	k := newKubeLabNetwork(t, backend, "10.0.0.0/8")
 	k.env = []string{"GODEBUG=gctrace=1"} // the heap at each GC, in the log
+	// weft run from a binary of its own, out of the page cache: the lab's
+	// weft etcd runs the same file (memcg.ColdCopy says why that matters).
+	bin, err := memcg.ColdCopy(k.exe, filepath.Join(k.l.Dir, "weft-run"))
+	if err == nil && cg != nil {
+		bin, err = cg.Wrap(bin)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.runExe = bin
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	created := time.Now()
@@ -69,7 +110,30 @@ func kubeScale(t *testing.T, backend string, n int) {
 	h := k.l.Hosts[0]
 	start := time.Now()
 	p := k.start(t, 0)
+	if cg != nil {
+		if err := cg.Join(p.Pid()); err != nil {
+			t.Fatal(err)
+		}
+		// Also when the run fails midway: an OOM kill is a result.
+		defer func() {
+			peak, ooms := cg.Peak()
+			state := "running"
+			if p.Exited() {
+				state = fmt.Sprintf("exited (%v)", p.Wait())
+			}
+			figure(t, "%s: in a memory cgroup limited to %s: charged at most %s, OOM kills %d; weft run %s", backend, mib(memMax), mib(int64(peak)), ooms, state)
+		}()
+	}
 	waitFile(t, p, filepath.Join(h.Dir, "subnet.env"))
+	if l := grepLine(p.Log(), "Go memory limit"); l != "" {
+		figure(t, "%s: log: %s", backend, l)
+	}
+	alive := func() {
+		t.Helper()
+		if p.Exited() {
+			t.Fatalf("weft run exited: %v:\n%s", p.Wait(), p.Log())
+		}
+	}
 	// weft status may time out while the backend applies thousands of
 	// peers: a failed poll counts as "not yet".
 	failedPolls := 0
@@ -103,6 +167,7 @@ func kubeScale(t *testing.T, backend string, n int) {
 		return ips
 	}
 	for deadline := time.Now().Add(5 * time.Minute); len(peerIPs()) < n; time.Sleep(100 * time.Millisecond) {
+		alive()
 		if time.Now().After(deadline) {
 			t.Fatalf("%d peers after 5 min, want %d", len(peerIPs()), n)
 		}
@@ -112,7 +177,10 @@ func kubeScale(t *testing.T, backend string, n int) {
 		figure(t, "%s: log: Nodes listed at %s, lease acquired at %s", backend, synced, applied)
 	}
 	time.Sleep(2 * time.Second)
-	figure(t, "%s: RSS with %d Nodes: %d KiB", backend, n, rssKiB(t, p.Pid()))
+	rss, anon := memKiB(t, p.Pid())
+	figure(t, "%s: RSS with %d Nodes: %d KiB (RssAnon %d KiB)", backend, n, rss, anon)
+	charged(t, cg, backend, "at the steady state")
+	saveHeap(t, h.Dir, backend, "steady")
 
 	// One Node's public IP changes: how long until h1's data path has it.
 	i := n / 2
@@ -123,6 +191,7 @@ func kubeScale(t *testing.T, backend string, n int) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		alive()
 		if peerIPs()[ip] {
 			break
 		}
@@ -131,7 +200,8 @@ func kubeScale(t *testing.T, backend string, n int) {
 		}
 	}
 	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including polls of %d peers' state)", backend, n, time.Since(changed).Round(time.Millisecond), n)
-	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
+	rss, anon = memKiB(t, p.Pid())
+	figure(t, "%s: RSS after: %d KiB (RssAnon %d KiB); weft status polls that timed out: %d", backend, rss, anon, failedPolls)
 
 	// Churn: 100 other Nodes' public IPs change at 50/s. The daemon's CPU
 	// over the 2 s of events and 1 s after (no status polls meanwhile;
@@ -141,6 +211,25 @@ func kubeScale(t *testing.T, backend string, n int) {
 	idle0 := cpuTime(t, p.Pid())
 	time.Sleep(3 * time.Second)
 	cpu0 := cpuTime(t, p.Pid())
+	// The most VmRSS and RssAnon while the events arrive and are applied.
+	sampled := make(chan [2]int)
+	stopSampling := make(chan struct{})
+	go func() {
+		var most [2]int
+		for tick := time.NewTicker(50 * time.Millisecond); ; {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid())); err == nil {
+				most[0] = max(most[0], statusKiB(b, "VmRSS:"))
+				most[1] = max(most[1], statusKiB(b, "RssAnon:"))
+			}
+			select {
+			case <-tick.C:
+			case <-stopSampling:
+				tick.Stop()
+				sampled <- most
+				return
+			}
+		}
+	}()
 	want := make([]string, 0, events)
 	churn := time.Now()
 	for j := range events {
@@ -158,6 +247,7 @@ func kubeScale(t *testing.T, backend string, n int) {
 	cpu := cpuTime(t, p.Pid()) - cpu0
 	firstCheck := time.Since(lastEvent)
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		alive()
 		have := peerIPs()
 		missing := 0
 		for _, ip := range want {
@@ -174,9 +264,15 @@ func kubeScale(t *testing.T, backend string, n int) {
 	}
 	figure(t, "%s: churn of %d Node events at %d/s, %d Nodes: CPU %v per event (%v from the first event to 3 s after it; idle 3 s before: %v); all in h1's data path %v after the last event (first checked %v after it; polls included)", backend, events, rate, n,
 		(cpu / events).Round(10*time.Microsecond), cpu, cpu0-idle0, time.Since(lastEvent).Round(time.Millisecond), firstCheck.Round(time.Millisecond))
+	close(stopSampling)
+	most := <-sampled
+	figure(t, "%s: during the churn: VmRSS at most %d KiB, RssAnon at most %d KiB", backend, most[0], most[1])
+	charged(t, cg, backend, "after the churn")
 	// Go gives freed heap back to the kernel over minutes, not at once.
 	time.Sleep(30 * time.Second)
+	alive()
 	figure(t, "%s: RSS 30 s later: %d KiB (%s)", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()))
+	saveHeap(t, h.Dir, backend, "after-churn")
 	var lastGC string
 	for _, l := range strings.Split(p.Log(), "\n") {
 		if strings.HasPrefix(l, "gc ") {
@@ -248,17 +344,82 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 }
 
 func rssKiB(t *testing.T, pid int) int {
+	rss, _ := memKiB(t, pid)
+	return rss
+}
+
+// memKiB is a process's VmRSS and RssAnon (its heap and stacks, which the
+// kernel cannot reclaim without swap, unlike the binary's pages).
+func memKiB(t *testing.T, pid int) (rss, anon int) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+	return statusKiB(b, "VmRSS:"), statusKiB(b, "RssAnon:")
+}
+
+// statusKiB is the field key of /proc/<pid>/status, in KiB.
+func statusKiB(status []byte, key string) int {
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, key); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			return kb
 		}
 	}
 	return 0
+}
+
+// charged reports what the memory cgroup cg (if any) is charged now.
+func charged(t *testing.T, cg *memcg.Cgroup, backend, when string) {
+	t.Helper()
+	if cg == nil {
+		return
+	}
+	usage, anon, file := cg.Charge()
+	figure(t, "%s: memory cgroup %s: charged %s (anonymous %s, page cache %s)", backend, when, mib(int64(usage)), mib(int64(anon)), mib(int64(file)))
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// grepLine is the first line of log holding s.
+func grepLine(log, s string) string {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
+}
+
+// saveHeap writes the live heap of the weft run whose debug socket is in
+// dir (after a GC) to $WEFT_KUBE_SCALE_PROFILES, when that is set: the top
+// consumers when weft does not fit its limit (go tool pprof -top).
+func saveHeap(t *testing.T, dir, backend, when string) {
+	t.Helper()
+	out := os.Getenv("WEFT_KUBE_SCALE_PROFILES")
+	if out == "" {
+		return
+	}
+	sock := filepath.Join(dir, "debug.sock")
+	c := http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://weft/debug/pprof/heap?gc=1")
+	if err != nil {
+		t.Logf("heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(out, fmt.Sprintf("kube-%s-%s.heap.pb.gz", backend, when)), b, 0o644)
+	}
+	if err != nil {
+		t.Logf("heap profile: %v", err)
+	}
 }
 
 // logGap finds the times of the first lines holding a and b.
