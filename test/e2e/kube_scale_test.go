@@ -181,7 +181,7 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 	rss, anon := memKiB(t, p.Pid())
 	figure(t, "%s: RSS with %d Nodes: %d KiB (RssAnon %d KiB); major page faults since start: %d", backend, n, rss, anon, majFaults(t, p.Pid()))
 	charged(t, cg, backend, "at the steady state")
-	saveHeap(t, h.Dir, backend, "steady")
+	saveProfile(t, h.Dir, "heap?gc=1", backend+"-steady.heap")
 
 	// One Node's public IP changes: how long until h1's data path has it.
 	i := n / 2
@@ -232,6 +232,13 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 			}
 		}
 	}()
+	// Where the CPU goes from the first event on (events, convergence).
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		saveProfile(t, h.Dir, "profile?seconds=20", backend+"-churn.cpu")
+	}()
+	defer func() { <-profiled }() // it logs through t: done before the test is
 	want := make([]string, 0, events)
 	churn := time.Now()
 	for j := range events {
@@ -274,11 +281,12 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 			break
 		}
 	}
+	<-profiled
 	// Go gives freed heap back to the kernel over minutes, not at once.
 	time.Sleep(30 * time.Second)
 	alive()
 	figure(t, "%s: RSS 30 s later: %d KiB (%s); major page faults since start: %d", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()), majFaults(t, p.Pid()))
-	saveHeap(t, h.Dir, backend, "after-churn")
+	saveProfile(t, h.Dir, "heap?gc=1", backend+"-after-churn.heap")
 	var lastGC string
 	for _, l := range strings.Split(p.Log(), "\n") {
 		if strings.HasPrefix(l, "gc ") {
@@ -420,11 +428,12 @@ func grepLine(log, s string) string {
 	return ""
 }
 
-// saveHeap writes the live heap of the weft run whose debug socket is in
-// dir (after a GC) to $WEFT_KUBE_SCALE_PROFILES, when that is set: the top
-// consumers when weft does not fit its limit (go tool pprof -top).
-func saveHeap(t *testing.T, dir, backend, when string) {
-	t.Helper()
+// saveProfile writes the profile /debug/pprof/<query> of the weft run
+// whose debug socket is in dir to $WEFT_KUBE_SCALE_PROFILES, when that is
+// set, as kube-<name>.pb.gz: the live heap (heap?gc=1), or where the CPU
+// goes (profile?seconds=20), when weft does not fit its limit (go tool
+// pprof -top).
+func saveProfile(t *testing.T, dir, query, name string) {
 	out := os.Getenv("WEFT_KUBE_SCALE_PROFILES")
 	if out == "" {
 		return
@@ -433,9 +442,9 @@ func saveHeap(t *testing.T, dir, backend, when string) {
 	c := http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
-	resp, err := c.Get("http://weft/debug/pprof/heap?gc=1")
+	resp, err := c.Get("http://weft/debug/pprof/" + query)
 	if err != nil {
-		t.Logf("heap profile: %v", err)
+		t.Logf("profile %s: %v", query, err)
 		return
 	}
 	defer resp.Body.Close()
@@ -444,10 +453,10 @@ func saveHeap(t *testing.T, dir, backend, when string) {
 		err = fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	if err == nil {
-		err = os.WriteFile(filepath.Join(out, fmt.Sprintf("kube-%s-%s.heap.pb.gz", backend, when)), b, 0o644)
+		err = os.WriteFile(filepath.Join(out, "kube-"+name+".pb.gz"), b, 0o644)
 	}
 	if err != nil {
-		t.Logf("heap profile: %v", err)
+		t.Logf("profile %s: %v", query, err)
 	}
 }
 
