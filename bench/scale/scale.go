@@ -14,17 +14,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/memcg"
 )
 
 // Options configure Run.
@@ -174,9 +172,9 @@ type host struct {
 	run   *lab.Proc
 	own   netip.Prefix
 	want  map[netip.Prefix]bool
-	cg    *memCgroup // with o.MemoryMax
-	peers []int      // simulated peers in the store, oldest first
-	next  int        // the next unused simulated id
+	cg    *memcg.Cgroup // with o.MemoryMax
+	peers []int         // simulated peers in the store, oldest first
+	next  int           // the next unused simulated id
 }
 
 func newHost(ctx context.Context, o Options, typ string) (*host, error) {
@@ -211,50 +209,22 @@ func (h *host) setup(ctx context.Context) error {
 	// around each one a process touches (fault-around), so on the shared
 	// file weft run's RSS would count pages only etcd needs. On a host,
 	// weft run is alone with its binary.
-	bin, err := coldCopy(h.o.Binary, filepath.Join(h.lab.Dir, "weft-run"))
+	bin, err := memcg.ColdCopy(h.o.Binary, filepath.Join(h.lab.Dir, "weft-run"))
 	if err != nil {
 		return err
 	}
 	if h.o.MemoryMax > 0 {
-		cg, err := newMemCgroup(h.o.MemoryMax, fmt.Sprintf("weft-scale-%d-%s", os.Getpid(), filepath.Base(h.lab.Dir)))
+		cg, err := memcg.New(h.o.MemoryMax, fmt.Sprintf("weft-scale-%d-%s", os.Getpid(), filepath.Base(h.lab.Dir)))
 		if err != nil {
 			return err
 		}
 		h.cg = cg
-		if bin, err = cg.wrap(bin); err != nil {
+		if bin, err = cg.Wrap(bin); err != nil {
 			return err
 		}
 	}
 	h.c.Binary = bin
 	return nil
-}
-
-// coldCopy copies the executable src to dst and drops dst's pages from the
-// page cache, so a process that runs it starts as on a freshly booted host.
-func coldCopy(src, dst string) (string, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return "", err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
-	if err != nil {
-		return "", err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if err == nil {
-		err = unix.Fadvise(int(out.Fd()), 0, 0, unix.FADV_DONTNEED)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", fmt.Errorf("copying %s for weft run: %v", src, err)
-	}
-	return dst, nil
 }
 
 func (h *host) close() {
@@ -266,7 +236,7 @@ func (h *host) close() {
 	}
 	h.lab.Close()
 	if h.cg != nil {
-		h.cg.remove()
+		h.cg.Remove()
 	}
 }
 
@@ -298,7 +268,7 @@ func (h *host) start(ctx context.Context) error {
 	}
 	h.run = h.c.Runs[0]
 	if h.cg != nil {
-		if err := h.cg.join(h.run.Pid()); err != nil {
+		if err := h.cg.Join(h.run.Pid()); err != nil {
 			return err
 		}
 	}
@@ -399,7 +369,7 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 	}
 	if h.cg != nil {
 		r.CgroupLimit = h.o.MemoryMax
-		r.CgroupPeak, r.OOMKills = h.cg.peak()
+		r.CgroupPeak, r.OOMKills = h.cg.Peak()
 	}
 	if kernelBackend(typ) {
 		o.Progress(fmt.Sprintf("%s: deleting a peer's kernel entries by hand", typ))

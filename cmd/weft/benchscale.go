@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/memcg"
 	"github.com/weft-net/weft/bench/scale"
 )
 
@@ -62,7 +63,7 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 	}
 	var memMax int64
 	if *o.memMax != "" {
-		if memMax, err = parseBytes(*o.memMax); err != nil || memMax < 16<<20 {
+		if memMax, err = memcg.ParseSize(*o.memMax); err != nil || memMax < 16<<20 {
 			return fmt.Errorf("--scale-memory-max %q: want a size of at least 16MiB, such as 50MiB", *o.memMax)
 		}
 	}
@@ -80,24 +81,4 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 		}
 	}
 	return err
-}
-
-// parseBytes reads a size as GOMEMLIMIT does: a number with an optional
-// B, KiB, MiB or GiB suffix.
-func parseBytes(s string) (int64, error) {
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = v, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q: not a size", s)
-	}
-	return n * mult, nil
 }

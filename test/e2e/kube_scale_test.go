@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/bench/memcg"
 	"github.com/weft-net/weft/daemon"
 )
 
@@ -29,19 +34,56 @@ import (
 // path, and how long one Node's annotation change takes to reach it. It
 // reports figures (docs/kubernetes.md), asserting none; it runs only when
 // WEFT_KUBE_SCALE is set (make kube-scale).
+//
+// WEFT_KUBE_SCALE_MEMORY_MAX (a size: 50MiB, kube-flannel.yml's limit)
+// runs weft run in a memory cgroup of that hard limit, as in a pod, and
+// reports the cgroup's peak charge and OOM kills: VmRSS alone cannot tell
+// whether weft lives in the limit, where the kernel reclaims the binary's
+// pages before it kills. WEFT_KUBE_SCALE_BACKENDS (default vxlan,udp)
+// picks the backends; WEFT_KUBE_SCALE_PROFILES names a directory for
+// weft's heap profiles at the steady state and after the churn.
 func TestKubeScale(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("WEFT_KUBE_SCALE"))
 	if n <= 0 {
 		t.Skip("a measurement: WEFT_KUBE_SCALE=5000 (make kube-scale)")
 	}
-	for _, backend := range []string{"vxlan", "udp"} {
-		t.Run(backend, func(t *testing.T) { kubeScale(t, backend, n) })
+	var memMax int64
+	if s := os.Getenv("WEFT_KUBE_SCALE_MEMORY_MAX"); s != "" {
+		var err error
+		if memMax, err = memcg.ParseSize(s); err != nil || memMax < 16<<20 {
+			t.Fatalf("WEFT_KUBE_SCALE_MEMORY_MAX=%q: want a size of at least 16MiB, such as 50MiB", s)
+		}
+	}
+	backends := "vxlan,udp"
+	if s := os.Getenv("WEFT_KUBE_SCALE_BACKENDS"); s != "" {
+		backends = s
+	}
+	for _, backend := range strings.Split(backends, ",") {
+		t.Run(backend, func(t *testing.T) { kubeScale(t, backend, n, memMax) })
 	}
 }
 
-func kubeScale(t *testing.T, backend string, n int) {
+func kubeScale(t *testing.T, backend string, n int, memMax int64) {
+	var cg *memcg.Cgroup
+	if memMax > 0 {
+		var err error
+		if cg, err = memcg.New(memMax, fmt.Sprintf("weft-kubescale-%d-%s", os.Getpid(), backend)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cg.Remove) // registered before the lab's, so it runs after the lab stopped weft
+	}
 	k := newKubeLabNetwork(t, backend, "10.0.0.0/8")
 	k.env = []string{"GODEBUG=gctrace=1"} // the heap at each GC, in the log
+	// weft run from a binary of its own, out of the page cache: the lab's
+	// weft etcd runs the same file (memcg.ColdCopy says why that matters).
+	bin, err := memcg.ColdCopy(k.exe, filepath.Join(k.l.Dir, "weft-run"))
+	if err == nil && cg != nil {
+		bin, err = cg.Wrap(bin)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.runExe = bin
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	created := time.Now()
@@ -69,7 +111,30 @@ func kubeScale(t *testing.T, backend string, n int) {
 	h := k.l.Hosts[0]
 	start := time.Now()
 	p := k.start(t, 0)
+	if cg != nil {
+		if err := cg.Join(p.Pid()); err != nil {
+			t.Fatal(err)
+		}
+		// Also when the run fails midway: an OOM kill is a result.
+		defer func() {
+			peak, ooms := cg.Peak()
+			state := "running"
+			if p.Exited() {
+				state = fmt.Sprintf("exited (%v)", p.Wait())
+			}
+			figure(t, "%s: in a memory cgroup limited to %s: charged at most %s, OOM kills %d; weft run %s", backend, mib(memMax), mib(int64(peak)), ooms, state)
+		}()
+	}
 	waitFile(t, p, filepath.Join(h.Dir, "subnet.env"))
+	if l := grepLine(fullLog(p), "Go memory limit"); l != "" {
+		figure(t, "%s: log: %s", backend, l)
+	}
+	alive := func() {
+		t.Helper()
+		if p.Exited() {
+			t.Fatalf("weft run exited: %v:\n%s", p.Wait(), p.Log())
+		}
+	}
 	// weft status may time out while the backend applies thousands of
 	// peers: a failed poll counts as "not yet".
 	failedPolls := 0
@@ -103,16 +168,20 @@ func kubeScale(t *testing.T, backend string, n int) {
 		return ips
 	}
 	for deadline := time.Now().Add(5 * time.Minute); len(peerIPs()) < n; time.Sleep(100 * time.Millisecond) {
+		alive()
 		if time.Now().After(deadline) {
 			t.Fatalf("%d peers after 5 min, want %d", len(peerIPs()), n)
 		}
 	}
 	figure(t, "%s: weft run to all %d peers in the data path: %v", backend, n, time.Since(start).Round(time.Millisecond))
-	if synced, applied := logGap(p.Log(), "Nodes listed", "lease acquired"); synced != "" {
+	if synced, applied := logGap(fullLog(p), "Nodes listed", "lease acquired"); synced != "" {
 		figure(t, "%s: log: Nodes listed at %s, lease acquired at %s", backend, synced, applied)
 	}
 	time.Sleep(2 * time.Second)
-	figure(t, "%s: RSS with %d Nodes: %d KiB", backend, n, rssKiB(t, p.Pid()))
+	rss, anon := memKiB(t, p.Pid())
+	figure(t, "%s: RSS with %d Nodes: %d KiB (RssAnon %d KiB); major page faults since start: %d", backend, n, rss, anon, majFaults(t, p.Pid()))
+	charged(t, cg, backend, "at the steady state")
+	saveProfile(t, h.Dir, "heap?gc=1", backend+"-steady.heap")
 
 	// One Node's public IP changes: how long until h1's data path has it.
 	i := n / 2
@@ -123,15 +192,18 @@ func kubeScale(t *testing.T, backend string, n int) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		alive()
 		if peerIPs()[ip] {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the changed public IP never reached the data path")
+			t.Error("the changed public IP never reached the data path")
+			break
 		}
 	}
 	figure(t, "%s: one Node's annotation change to h1's data path at %d Nodes: %v (including polls of %d peers' state)", backend, n, time.Since(changed).Round(time.Millisecond), n)
-	figure(t, "%s: RSS after: %d KiB; weft status polls that timed out: %d", backend, rssKiB(t, p.Pid()), failedPolls)
+	rss, anon = memKiB(t, p.Pid())
+	figure(t, "%s: RSS after: %d KiB (RssAnon %d KiB); weft status polls that timed out: %d", backend, rss, anon, failedPolls)
 
 	// Churn: 100 other Nodes' public IPs change at 50/s. The daemon's CPU
 	// over the 2 s of events and 1 s after (no status polls meanwhile;
@@ -140,7 +212,33 @@ func kubeScale(t *testing.T, backend string, n int) {
 	const events, rate = 100, 50
 	idle0 := cpuTime(t, p.Pid())
 	time.Sleep(3 * time.Second)
-	cpu0 := cpuTime(t, p.Pid())
+	cpu0, maj0 := cpuTime(t, p.Pid()), majFaults(t, p.Pid())
+	// The most VmRSS and RssAnon while the events arrive and are applied.
+	sampled := make(chan [2]int)
+	stopSampling := make(chan struct{})
+	go func() {
+		var most [2]int
+		for tick := time.NewTicker(50 * time.Millisecond); ; {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid())); err == nil {
+				most[0] = max(most[0], statusKiB(b, "VmRSS:"))
+				most[1] = max(most[1], statusKiB(b, "RssAnon:"))
+			}
+			select {
+			case <-tick.C:
+			case <-stopSampling:
+				tick.Stop()
+				sampled <- most
+				return
+			}
+		}
+	}()
+	// Where the CPU goes from the first event on (events, convergence).
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		saveProfile(t, h.Dir, "profile?seconds=20", backend+"-churn.cpu")
+	}()
+	defer func() { <-profiled }() // it logs through t: done before the test is
 	want := make([]string, 0, events)
 	churn := time.Now()
 	for j := range events {
@@ -155,9 +253,16 @@ func kubeScale(t *testing.T, backend string, n int) {
 	}
 	lastEvent := time.Now()
 	time.Sleep(time.Until(churn.Add(3 * time.Second)))
-	cpu := cpuTime(t, p.Pid()) - cpu0
+	cpu, maj := cpuTime(t, p.Pid())-cpu0, majFaults(t, p.Pid())-maj0
+	figure(t, "%s: churn of %d Node events at %d/s, %d Nodes: CPU %v per event (%v from the first event to 3 s after it; idle 3 s before: %v); major page faults meanwhile: %d", backend, events, rate, n,
+		(cpu / events).Round(10*time.Microsecond), cpu, cpu0-idle0, maj)
+	close(stopSampling)
+	most := <-sampled
+	figure(t, "%s: during the churn: VmRSS at most %d KiB, RssAnon at most %d KiB", backend, most[0], most[1])
+	charged(t, cg, backend, "after the churn")
 	firstCheck := time.Since(lastEvent)
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		alive()
 		have := peerIPs()
 		missing := 0
 		for _, ip := range want {
@@ -166,17 +271,22 @@ func kubeScale(t *testing.T, backend string, n int) {
 			}
 		}
 		if missing == 0 {
+			figure(t, "%s: churn: all in h1's data path %v after the last event (first checked %v after it; polls included)", backend, time.Since(lastEvent).Round(time.Millisecond), firstCheck.Round(time.Millisecond))
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("churn: %d of %d changed public IPs never reached the data path", missing, events)
+			// A result, not the end of the run: the memory figures follow.
+			t.Errorf("churn: %d of %d changed public IPs never reached the data path", missing, events)
+			figure(t, "%s: churn: %d of %d changed public IPs not in h1's data path %v after the last event", backend, missing, events, time.Since(lastEvent).Round(time.Millisecond))
+			break
 		}
 	}
-	figure(t, "%s: churn of %d Node events at %d/s, %d Nodes: CPU %v per event (%v from the first event to 3 s after it; idle 3 s before: %v); all in h1's data path %v after the last event (first checked %v after it; polls included)", backend, events, rate, n,
-		(cpu / events).Round(10*time.Microsecond), cpu, cpu0-idle0, time.Since(lastEvent).Round(time.Millisecond), firstCheck.Round(time.Millisecond))
+	<-profiled
 	// Go gives freed heap back to the kernel over minutes, not at once.
 	time.Sleep(30 * time.Second)
-	figure(t, "%s: RSS 30 s later: %d KiB (%s)", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()))
+	alive()
+	figure(t, "%s: RSS 30 s later: %d KiB (%s); major page faults since start: %d", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()), majFaults(t, p.Pid()))
+	saveProfile(t, h.Dir, "heap?gc=1", backend+"-after-churn.heap")
 	var lastGC string
 	for _, l := range strings.Split(p.Log(), "\n") {
 		if strings.HasPrefix(l, "gc ") {
@@ -231,6 +341,29 @@ func fakeKubeletNode(i int, backend string) *v1.Node {
 	return n
 }
 
+// majFaults is how many pages the process faulted in from disk so far
+// (/proc/<pid>/stat): in a memory cgroup too small for its working set,
+// the kernel drops the binary's pages and the process reads them again.
+func majFaults(t *testing.T, pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	n, err := strconv.ParseUint(f[9], 10, 64) // field 12, majflt
+	if err != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	return n
+}
+
+// fullLog is the whole log of p (Log is its tail, which at thousands of
+// peers no longer holds the start).
+func fullLog(p *lab.Proc) string {
+	b, _ := os.ReadFile(p.LogPath)
+	return string(b)
+}
+
 // cpuTime is the process's user+system CPU time so far
 // (/proc/<pid>/stat, in USER_HZ ticks: 100 on Linux).
 func cpuTime(t *testing.T, pid int) time.Duration {
@@ -248,17 +381,83 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 }
 
 func rssKiB(t *testing.T, pid int) int {
+	rss, _ := memKiB(t, pid)
+	return rss
+}
+
+// memKiB is a process's VmRSS and RssAnon (its heap and stacks, which the
+// kernel cannot reclaim without swap, unlike the binary's pages).
+func memKiB(t *testing.T, pid int) (rss, anon int) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+	return statusKiB(b, "VmRSS:"), statusKiB(b, "RssAnon:")
+}
+
+// statusKiB is the field key of /proc/<pid>/status, in KiB.
+func statusKiB(status []byte, key string) int {
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, key); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			return kb
 		}
 	}
 	return 0
+}
+
+// charged reports what the memory cgroup cg (if any) is charged now.
+func charged(t *testing.T, cg *memcg.Cgroup, backend, when string) {
+	t.Helper()
+	if cg == nil {
+		return
+	}
+	usage, anon, file := cg.Charge()
+	figure(t, "%s: memory cgroup %s: charged %s (anonymous %s, page cache %s)", backend, when, mib(int64(usage)), mib(int64(anon)), mib(int64(file)))
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// grepLine is the first line of log holding s.
+func grepLine(log, s string) string {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
+}
+
+// saveProfile writes the profile /debug/pprof/<query> of the weft run
+// whose debug socket is in dir to $WEFT_KUBE_SCALE_PROFILES, when that is
+// set, as kube-<name>.pb.gz: the live heap (heap?gc=1), or where the CPU
+// goes (profile?seconds=20), when weft does not fit its limit (go tool
+// pprof -top).
+func saveProfile(t *testing.T, dir, query, name string) {
+	out := os.Getenv("WEFT_KUBE_SCALE_PROFILES")
+	if out == "" {
+		return
+	}
+	sock := filepath.Join(dir, "debug.sock")
+	c := http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://weft/debug/pprof/" + query)
+	if err != nil {
+		t.Logf("profile %s: %v", query, err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(out, "kube-"+name+".pb.gz"), b, 0o644)
+	}
+	if err != nil {
+		t.Logf("profile %s: %v", query, err)
+	}
 }
 
 // logGap finds the times of the first lines holding a and b.

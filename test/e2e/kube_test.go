@@ -51,6 +51,7 @@ type kubeLab struct {
 	apiArgv             []string
 	netConf, kubeconfig string
 	env                 []string // more environment for weft run
+	runExe              string   // the binary weft run starts from, when not exe
 }
 
 func newKubeLab(t *testing.T, backend string) *kubeLab {
@@ -166,7 +167,11 @@ func (k *kubeLab) start(t *testing.T, i int) *lab.Proc {
 	t.Helper()
 	h := k.l.Hosts[i]
 	os.Remove(filepath.Join(h.Dir, "subnet.env"))
-	argv := append(append([]string{"env", "NODE_NAME=" + nodeName(i)}, k.env...), k.exe, "run", "--kube-subnet-mgr",
+	exe := k.exe
+	if k.runExe != "" {
+		exe = k.runExe
+	}
+	argv := append(append([]string{"env", "NODE_NAME=" + nodeName(i)}, k.env...), exe, "run", "--kube-subnet-mgr",
 		"--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf, "--iface", h.Underlay, "--ip-masq",
 		"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
 	p, err := k.l.Start(h.Name, "weft-"+nodeName(i), argv...)
