@@ -246,7 +246,7 @@ func (d *daemon) follow(ctx context.Context, changes <-chan lease.Changes, fail 
 		case c := <-changes:
 			d.apply(st, c)
 			if d.auto != nil {
-				applyChanges(all, c)
+				c.ApplyTo(all)
 				d.consider(snapshotOf(all), settle)
 			}
 			if c.Full {
@@ -279,19 +279,6 @@ func (d *daemon) follow(ctx context.Context, changes <-chan lease.Changes, fail 
 // freed memory to the kernel: long enough for the backend to have
 // programmed the state (the kernel backends do it in their own loop).
 var releaseAfterFull = 3 * time.Second
-
-// applyChanges applies c to a set of leases by ID.
-func applyChanges(all map[netip.Prefix]lease.Lease, c lease.Changes) {
-	if c.Full {
-		clear(all)
-	}
-	for _, id := range c.Deleted {
-		delete(all, id)
-	}
-	for _, l := range c.Put {
-		all[l.ID()] = l
-	}
-}
 
 // snapshotOf is the leases sorted by ID, as a store's snapshot.
 func snapshotOf(all map[netip.Prefix]lease.Lease) []lease.Lease {

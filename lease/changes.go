@@ -23,6 +23,21 @@ type Changes struct {
 // Len is how many leases the change names.
 func (c Changes) Len() int { return len(c.Put) + len(c.Deleted) }
 
+// ApplyTo applies c to held, a receiver's leases by ID (Lease.ID), as a
+// receiver must: a Full change replaces them all, then the deletions go,
+// then the puts come.
+func (c Changes) ApplyTo(held map[netip.Prefix]Lease) {
+	if c.Full {
+		clear(held)
+	}
+	for _, id := range c.Deleted {
+		delete(held, id)
+	}
+	for _, l := range c.Put {
+		held[l.ID()] = l
+	}
+}
+
 // ChangeWatcher is the optional interface of a Manager that can send
 // changes rather than snapshots: a receiver's work per lease event is then
 // the size of the event, not of the cluster.

@@ -56,15 +56,7 @@ func TestChangesMatchSnapshot(t *testing.T) {
 				}
 			}
 			c = m.changes(st)
-			if c.Full {
-				clear(held)
-			}
-			for _, id := range c.Deleted {
-				delete(held, id)
-			}
-			for _, l := range c.Put {
-				held[l.ID()] = l
-			}
+			c.ApplyTo(held)
 			got := slices.Collect(maps.Values(held))
 			slices.SortFunc(got, lease.CompareID)
 			if want := m.snapshot(st); len(got)+len(want) > 0 && !reflect.DeepEqual(got, want) {

@@ -27,17 +27,7 @@ import (
 type heldLeases map[netip.Prefix]lease.Lease
 
 // apply applies c as lease.Changes says a receiver does.
-func (h heldLeases) apply(c lease.Changes) {
-	if c.Full {
-		clear(h)
-	}
-	for _, id := range c.Deleted {
-		delete(h, id)
-	}
-	for _, l := range c.Put {
-		h[l.ID()] = l
-	}
-}
+func (h heldLeases) apply(c lease.Changes) { c.ApplyTo(h) }
 
 func (h heldLeases) sorted() []lease.Lease {
 	out := slices.Collect(maps.Values(h))

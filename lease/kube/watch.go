@@ -348,18 +348,7 @@ func (s *Store) snapshot() ([]lease.Lease, chan struct{}) {
 	for n := range s.leases {
 		names = append(names, n)
 	}
-	slices.SortFunc(names, func(a, b string) int {
-		if (a == s.node) != (b == s.node) {
-			if a == s.node {
-				return -1
-			}
-			return 1
-		}
-		if c := s.leases[a].created.Compare(s.leases[b].created); c != 0 {
-			return c
-		}
-		return strings.Compare(a, b)
-	})
+	slices.SortFunc(names, s.standsBefore)
 	seen := make(map[netip.Prefix]bool, len(names))
 	out := make([]lease.Lease, 0, len(names))
 	for _, n := range names {
