@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
@@ -26,12 +24,7 @@ func TestFlanneldNFTables(t *testing.T) {
 	if err := k.StartFlanneld(k.Lab.Host(2), "--ip-masq", "--iptables-forward-rules=true"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	err := k.WaitSubnets(ctx)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	k.waitSubnets()
 	// tables lists host i's flannel tables with its own subnet as SUBNET.
 	tables := func(i int) string {
 		t.Helper()

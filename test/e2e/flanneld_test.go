@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"testing"
@@ -58,12 +57,7 @@ func TestFlanneldInterop(t *testing.T) {
 			if err := k.StartFlanneld(k.Lab.Host(2)); err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err := k.WaitSubnets(ctx)
-			cancel()
-			if err != nil {
-				t.Fatal(err)
-			}
+			k.waitSubnets()
 			if tc.dual && !k.Envs[1].IPv6Subnet.IsValid() {
 				t.Fatalf("flanneld wrote no IPv6 subnet: %+v", k.Envs[1])
 			}

@@ -254,12 +254,7 @@ func TestIPv6OnlyFlanneld(t *testing.T) {
 			if err := k.StartFlanneld(k.Lab.Host(1)); err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err := k.WaitSubnets(ctx)
-			cancel()
-			if err != nil {
-				t.Fatal(err)
-			}
+			k.waitSubnets()
 			k.start(nil, 2, 3)
 			for i, env := range k.Envs {
 				if env.Subnet.IsValid() || !env.IPv6Subnet.IsValid() {

@@ -87,12 +87,18 @@ func (k *kcluster) start(extra []string, hosts ...int) {
 		if err := k.StartWeft(k.Lab.Host(i), extra...); err != nil {
 			k.t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := k.WaitSubnets(ctx)
-		cancel()
-		if err != nil {
-			k.t.Fatal(err)
-		}
+		k.waitSubnets()
+	}
+}
+
+// waitSubnets waits up to 30 s for every started daemon's subnet file.
+func (k *kcluster) waitSubnets() {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := k.WaitSubnets(ctx)
+	cancel()
+	if err != nil {
+		k.t.Fatal(err)
 	}
 }
 
