@@ -146,6 +146,7 @@ type Storm struct {
 	AcquireMax       time.Duration `json:"acquire_max_ns"`
 	HostListedMedian time.Duration `json:"host_listed_median_ns"`
 	ServerCPU        time.Duration `json:"server_cpu_ns"`
+	ServerSys        time.Duration `json:"server_system_cpu_ns"`
 	ServerRSS        uint64        `json:"server_rss_max_bytes"`
 	ClientCPU        time.Duration `json:"client_cpu_ns"`
 	KeysListed       int64         `json:"keys_listed"`
@@ -159,13 +160,19 @@ type Storm struct {
 
 // Idle is N hosts connected, watching and holding their leases.
 type Idle struct {
-	Window       time.Duration `json:"window_ns"`
-	ServerCPU    time.Duration `json:"server_cpu_ns"`
-	ServerRSS    uint64        `json:"server_rss_bytes"`
-	ServerAnon   uint64        `json:"server_rss_anon_bytes"`
-	WatchStreams float64       `json:"watch_streams"`
-	Watchers     float64       `json:"watchers"`
-	Conns        int           `json:"server_connections"`
+	Window     time.Duration `json:"window_ns"`
+	ServerCPU  time.Duration `json:"server_cpu_ns"`
+	ServerSys  time.Duration `json:"server_system_cpu_ns"`
+	ServerRSS  uint64        `json:"server_rss_bytes"`
+	ServerAnon uint64        `json:"server_rss_anon_bytes"`
+	// Of etcd's memory: its Go heap in use and goroutine stacks, and
+	// its goroutines (etcd's /metrics).
+	HeapInuse    float64 `json:"server_heap_inuse_bytes"`
+	StackInuse   float64 `json:"server_stack_inuse_bytes"`
+	Goroutines   float64 `json:"server_goroutines"`
+	WatchStreams float64 `json:"watch_streams"`
+	Watchers     float64 `json:"watchers"`
+	Conns        int     `json:"server_connections"`
 	// Requests is the gRPC messages the server received per second, by
 	// method; Renewals the leases it renewed per second (its counter).
 	Requests map[string]float64 `json:"requests_per_second_by_method"`
@@ -204,7 +211,9 @@ type FanOut struct {
 	// CPUPerEvent is the server's CPU over the phase less the idle rate,
 	// per event.
 	CPUPerEvent time.Duration `json:"server_cpu_per_event_ns"`
-	ClientCPU   time.Duration `json:"client_cpu_ns"`
+	// SysShare is the system time's share of the server's CPU.
+	SysShare  float64       `json:"server_system_share"`
+	ClientCPU time.Duration `json:"client_cpu_ns"`
 }
 
 // Churn is joins and leaves at a rate.
@@ -215,6 +224,7 @@ type Churn struct {
 	// ServerCPU is from the first write until every host had every
 	// event; CPUPerEvent that less the idle rate, per event.
 	ServerCPU   time.Duration `json:"server_cpu_ns"`
+	ServerSys   time.Duration `json:"server_system_cpu_ns"`
 	CPUPerEvent time.Duration `json:"server_cpu_per_event_ns"`
 	// After is from the last event's write until every host had every
 	// event.
@@ -331,7 +341,9 @@ func (r *run) setup(ctx context.Context) error {
 	// until their leave.
 	r.d = newDriver(r.cli, dir, etcdstore.DefaultLeaseTTL, o.Hosts+1, o.ConcurrentJoins)
 	r.d.seen(g.Header.Revision)
-	r.tr = newTracker(1 + o.FanOutEvents + o.churnEvents() + 1024)
+	// One slot per write of the driver (the marker, the events), and a few
+	// for writes of others (a host reclaiming its lease).
+	r.tr = newTracker(1 + o.FanOutEvents + o.churnEvents() + 16)
 	r.fl = &fleet{tr: r.tr, hosts: make([]*host, o.Hosts), warn: &warnings{}, err: make(chan error, 1),
 		opts: etcdstore.Options{Endpoints: []string{r.srv.endpoint}, Prefix: prefix, TTL: ttl, RenewMargin: margin}}
 	r.fl.opts.Logger = slog.New(r.fl.warn)
@@ -432,7 +444,13 @@ func (r *run) storm(ctx context.Context) error {
 	st := &r.res.Storm
 	st.Listed = time.Since(s0.at)
 	o.Progress(fmt.Sprintf("start storm: every host listed after %.2f s", st.Listed.Seconds()))
-	r.tr.base.Store(r.d.rev.Load() + 1)
+	// The hosts' re-puts moved the revision on: measure from now.
+	g, err := r.cli.Get(ctx, "x", clientv3.WithCountOnly())
+	if err != nil {
+		return err
+	}
+	r.d.seen(g.Header.Revision)
+	r.tr.base.Store(g.Header.Revision + 1)
 	w, err := r.d.join(ctx)
 	if err != nil {
 		return err
@@ -446,6 +464,7 @@ func (r *run) storm(ctx context.Context) error {
 	}
 	st.Settled = s1.at.Sub(s0.at)
 	st.ServerCPU = s1.server.cpu - s0.server.cpu
+	st.ServerSys = s1.server.sys - s0.server.sys
 	st.ClientCPU = s1.client.cpu - s0.client.cpu
 	st.ServerRSS = r.peak.reset()
 	st.KeysListed = r.fl.keysListed.Load()
@@ -522,7 +541,9 @@ func (r *run) idle(ctx context.Context) error {
 	}
 	d := s1.at.Sub(s0.at)
 	in, out := segsPerSecond(t0, t1, d)
-	r.res.Idle = Idle{Window: d, ServerCPU: s1.server.cpu - s0.server.cpu, ServerRSS: s1.server.rss, ServerAnon: anon,
+	r.res.Idle = Idle{Window: d, ServerCPU: s1.server.cpu - s0.server.cpu, ServerSys: s1.server.sys - s0.server.sys,
+		ServerRSS: s1.server.rss, ServerAnon: anon,
+		HeapInuse: s1.m[mHeapInuse], StackInuse: s1.m[mStackInuse], Goroutines: s1.m[mGoroutines],
 		WatchStreams: s1.m[mWatchStreams], Watchers: s1.m[mWatchers], Conns: t1.conns,
 		Requests: requestsPerSecond(s0.m, s1.m, d), Renewals: (s1.m[mRenewed] - s0.m[mRenewed]) / d.Seconds(),
 		SegsIn: in, SegsOut: out}
@@ -566,8 +587,16 @@ func (r *run) fanOut(ctx context.Context) error {
 	r.res.FanOut = FanOut{Events: o.FanOutEvents, AllMedian: median(all), AllMax: slices.Max(all), FirstMedian: median(first),
 		SpreadMedian: median(spread),
 		CPUPerEvent:  r.lessIdle(s1.server.cpu-s0.server.cpu, s1.at.Sub(s0.at)) / time.Duration(o.FanOutEvents),
+		SysShare:     share(s1.server.sys-s0.server.sys, s1.server.cpu-s0.server.cpu),
 		ClientCPU:    s1.client.cpu - s0.client.cpu}
 	return nil
+}
+
+func share(part, whole time.Duration) float64 {
+	if whole <= 0 {
+		return 0
+	}
+	return float64(part) / float64(whole)
 }
 
 func (r *run) churn(ctx context.Context) error {
@@ -631,7 +660,7 @@ func (r *run) churn(ctx context.Context) error {
 		return err
 	}
 	c := &Churn{Rate: o.ChurnRate, Events: n, Duration: lastWrite.Sub(s0.at), After: lastAt.Sub(lastWrite),
-		ServerCPU: s1.server.cpu - s0.server.cpu, AllMedian: median(all), AllMax: slices.Max(all),
+		ServerCPU: s1.server.cpu - s0.server.cpu, ServerSys: s1.server.sys - s0.server.sys, AllMedian: median(all), AllMax: slices.Max(all),
 		ServerRSS: r.peak.reset(), ClientCPU: s1.client.cpu - s0.client.cpu, LostClaims: r.d.lost.Load() - lost0}
 	c.CPUPerEvent = r.lessIdle(c.ServerCPU, s1.at.Sub(s0.at)) / time.Duration(n)
 	r.res.Churn = c
