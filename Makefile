@@ -19,7 +19,7 @@ FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 5000x
 fuzzcount = $(shell echo $$(( $(1) * $(FUZZCOUNT_SCALE) )))x
 
-.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs kube-apiserver kube-scale scale flanneld
+.PHONY: all build test unit race fuzz bench demo lint clean soak rootfs kube-apiserver kube-scale scale etcd-load flanneld
 
 all: build
 
@@ -62,6 +62,13 @@ bench: build
 SCALE_HOSTS ?= 1000
 scale: build
 	./$(BIN) bench --scale --hosts $(SCALE_HOSTS)
+
+# What N hosts cost etcd (issue 19): ETCD_LOAD_HOSTS simulated hosts, each
+# with its own connection, against weft etcd on loopback. Figures in
+# docs/scale.md. No root needed. make etcd-load ETCD_LOAD_HOSTS=1000
+ETCD_LOAD_HOSTS ?= 5000
+etcd-load: build
+	./$(BIN) bench --etcd-load --hosts $(ETCD_LOAD_HOSTS)
 
 # The long fault tests (issue 9): restarts, etcd outage and partition,
 # lease churn, overload, hostile input, for minutes. Figures go to

@@ -41,11 +41,21 @@ func runBench(args []string) error {
 	prefix := fs.String("prefix", "", "with --cleanup: remove only the lab with this prefix, even if its owner is alive")
 	scaleRun := fs.Bool("scale", false, "run the scale benchmark instead (issue 19): one real host, --hosts minus one simulated peers in etcd")
 	sc := scaleFlags(fs)
+	etcdLoad := fs.Bool("etcd-load", false, "measure what --hosts hosts cost etcd instead (issue 19): simulated hosts against this binary's weft etcd on loopback; no root needed")
+	el := etcdLoadFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	hostsGiven := false
+	fs.Visit(func(f *flag.Flag) { hostsGiven = hostsGiven || f.Name == "hosts" })
+	if *etcdLoad {
+		if !hostsGiven {
+			*hosts = 5000
+		}
+		return runEtcdLoad(el, *hosts, *jsonOut)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("the bench builds network namespaces: run it as root")
@@ -61,8 +71,6 @@ func runBench(args []string) error {
 		return err
 	}
 	if *scaleRun {
-		hostsGiven := false
-		fs.Visit(func(f *flag.Flag) { hostsGiven = hostsGiven || f.Name == "hosts" })
 		if !hostsGiven {
 			*hosts = 1000
 		}

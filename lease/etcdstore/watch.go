@@ -105,7 +105,7 @@ func watchWith[T any](m *Store, ctx context.Context, out chan<- T, build func(*w
 			continue
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		wch := cli.Watch(clientv3.WithRequireLeader(wctx), m.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(st.rev+1))
+		wch := m.watchLeases(wctx, cli, st.rev+1)
 		progressed := follow(m, ctx, out, build, st, wch, cancel)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -218,10 +218,23 @@ func (m *Store) take(st *watchState, wr clientv3.WatchResponse) (end, changed, p
 	return false, true, true
 }
 
+// listLeases is the listing a lease watch starts from: every key under
+// <prefix>/subnets/. Watch, WatchChanges and Follow make it alike.
+func (m *Store) listLeases(ctx context.Context, cli *clientv3.Client) (*clientv3.GetResponse, error) {
+	return cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
+}
+
+// watchLeases is the watch of <prefix>/subnets/ from rev that Watch,
+// WatchChanges and Follow make alike: on a leader only, so a member cut
+// off from its cluster ends the watch rather than go silent.
+func (m *Store) watchLeases(ctx context.Context, cli *clientv3.Client, rev int64) clientv3.WatchChan {
+	return cli.Watch(clientv3.WithRequireLeader(ctx), m.subnetsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+}
+
 // list replaces st with the leases in etcd now, retrying until it can.
 func (m *Store) list(ctx context.Context, st *watchState) error {
 	return m.retry(ctx, "listing leases", func(ctx context.Context, cli *clientv3.Client) error {
-		r, err := cli.Get(ctx, m.subnetsDir(), clientv3.WithPrefix())
+		r, err := m.listLeases(ctx, cli)
 		if err != nil {
 			return err
 		}
