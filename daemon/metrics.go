@@ -59,12 +59,14 @@ var (
 	mCaptureStall = desc("capture_stalled_total", "Captures ended because their reader made no progress.")
 	mRefusals     = desc("peer_refusals_total", "Peer leases admission refused, by reason (a lease refused in many snapshots counts once).", "reason")
 	mRefused      = desc("peers_refused", "Leases of the last snapshot that admission refused.")
+	mRealtime     = desc("realtime_loops", "Forwarding loops running at SCHED_FIFO priority (--realtime-priority).")
+	mRTYields     = desc("realtime_yields_total", "Times a realtime loop gave up its priority: busy past its budget, or woken for few packets many times.")
 )
 
 func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mBackend, mMoves, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
 		mBatches, mPerBatch, mBatchSize, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
-		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused} {
+		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused, mRealtime, mRTYields} {
 		ch <- d
 	}
 }
@@ -136,6 +138,8 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(mICMP, s.ICMPErrors)
 	counter(mReadErrors, s.ReadErrors)
+	gauge(mRealtime, float64(s.RealtimeLoops))
+	counter(mRTYields, s.RealtimeYields)
 	if t := b.Engine.Table(); t != nil {
 		for _, p := range t.Peers() {
 			ps := p.Stats()

@@ -64,6 +64,12 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 		fmt.Fprintf(w, "to peers (tx):\t%d packets, %s in %d TUN reads\n", e.TxPackets, humanBytes(e.TxBytes), e.TxBatches)
 		fmt.Fprintf(w, "from peers (rx):\t%d packets, %s in %d socket reads\n", e.RxPackets, humanBytes(e.RxBytes), e.RxBatches)
 		fmt.Fprintf(w, "ICMP errors sent:\t%d; read errors %d\n", e.ICMPErrors, e.ReadErrors)
+		if e.RealtimeLoops > 0 {
+			fmt.Fprintf(w, "realtime loops:\t%d at SCHED_FIFO; gave up their priority %d times\n", e.RealtimeLoops, e.RealtimeYields)
+		}
+		if e.RealtimeError != "" {
+			fmt.Fprintf(w, "realtime loops:\tnot all: %s\n", e.RealtimeError)
+		}
 		names := make([]string, 0, len(e.DropsByReason))
 		for n := range e.DropsByReason {
 			names = append(names, n)

@@ -143,8 +143,21 @@ type Config struct {
 	// icmp_ratelimit.
 	ICMPRate int
 	// BusyPoll is how long the TUN loop polls for packets before a read
-	// that may park it (0: never).
+	// that may park it (0: never); not for a realtime loop, which must not
+	// spin ahead of every other task.
 	BusyPoll time.Duration
+	// RealtimePriority, from 1 to 99, runs each forwarding loop on a thread
+	// of its own at SCHED_FIFO priority RealtimePriority, waiting for
+	// packets in poll(2) on that thread (for a Device or Receiver that is
+	// Waitable; the others keep the netpoller). The kernel forwards for
+	// kernel vxlan and host-gw in softirq, ahead of every task; at normal
+	// priority a userspace loop instead waits for a CPU behind the very
+	// bulk senders whose packets queue in front of it, and every packet of
+	// every other flow waits with them. 0 leaves the loops to the normal
+	// scheduler. Where the thread may not be made realtime (no
+	// CAP_SYS_NICE, a cgroup without realtime runtime), the loop runs at
+	// normal priority and Stats.RealtimeError says why.
+	RealtimePriority int
 	// Encap is the wire format; nil means flannel's UDP format.
 	Encap Encap
 	// NoDrain makes each TUN read its own batch (one blocking read per
@@ -164,6 +177,9 @@ type Engine struct {
 	rx    []*rxLoop // one per receiving socket
 	log   *slog.Logger
 
+	wake        int          // readable once closing: ends realtime loops' poll(2) (-1: none)
+	rtLoops     atomic.Int32 // loops running at realtime priority
+	rtErr       atomic.Pointer[string]
 	lastReadLog atomic.Int64 // unix nanoseconds of the last read-error log line
 	tap         atomic.Pointer[tapBox]
 	closing     atomic.Bool // Run is closing the sides: any error ends a loop
@@ -197,6 +213,9 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	if cfg.BusyPoll < 0 {
 		return nil, fmt.Errorf("engine: busy-poll time %v is negative", cfg.BusyPoll)
 	}
+	if cfg.RealtimePriority < 0 || cfg.RealtimePriority > 99 {
+		return nil, fmt.Errorf("engine: realtime priority %d is outside 0..99", cfg.RealtimePriority)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -206,7 +225,7 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	if oh := cfg.Encap.Overhead(); oh < 0 || oh > MaxEncapOverhead {
 		return nil, fmt.Errorf("engine: encapsulation overhead %d is outside 0..%d", oh, MaxEncapOverhead)
 	}
-	e := &Engine{dev: dev, tr: tr, cfg: cfg, log: cfg.Logger}
+	e := &Engine{dev: dev, tr: tr, cfg: cfg, log: cfg.Logger, wake: -1}
 	e.tx = newTxLoop(e)
 	if m, ok := tr.(MultiReceiver); ok {
 		for _, r := range m.Receivers() {
@@ -240,14 +259,28 @@ func (e *Engine) Run(ctx context.Context) error {
 		once.Do(func() { ferr = err })
 		cancel()
 	}
+	if e.cfg.RealtimePriority > 0 {
+		fd, err := openWake()
+		if err != nil {
+			e.realtimeFailed(err)
+		} else {
+			e.wake = fd
+			defer closeWake(fd)
+		}
+	}
 	wg.Add(1 + len(e.rx))
 	go func() { defer wg.Done(); fail(e.tx.run()) }()
 	for _, rx := range e.rx {
 		go func() { defer wg.Done(); fail(rx.run()) }()
 	}
 	<-ctx.Done()
-	// Closing is what unblocks a loop waiting in Read.
+	// Closing is what unblocks a loop waiting in Read; a realtime loop
+	// waiting in poll(2) is woken first, so it never polls a closed
+	// descriptor (whose number the process may already reuse).
 	e.closing.Store(true)
+	if e.wake >= 0 {
+		signalWake(e.wake)
+	}
 	e.dev.Close()
 	e.tr.Close()
 	wg.Wait()
@@ -273,6 +306,13 @@ type Stats struct {
 	// up to BatchSizeBucketMax(i)).
 	TxRead, RxRead             uint64
 	TxBatchSizes, RxBatchSizes [BatchSizeBuckets]uint64
+	// RealtimeLoops is how many loops run at Config.RealtimePriority;
+	// RealtimeError, why one that should could not ("" if none failed).
+	RealtimeLoops int
+	RealtimeError string
+	// RealtimeYields counts the times a realtime loop gave up its
+	// priority for having had packets waiting for longer than its budget.
+	RealtimeYields uint64
 }
 
 // DropsByName returns the non-zero drop counters keyed by reason name.
@@ -292,6 +332,14 @@ func (e *Engine) Stats() Stats {
 	e.tx.c.addTo(&s, true)
 	for _, rx := range e.rx {
 		rx.c.addTo(&s, false)
+	}
+	s.RealtimeLoops = int(e.rtLoops.Load())
+	s.RealtimeYields = e.tx.rt.yields.Load()
+	for _, rx := range e.rx {
+		s.RealtimeYields += rx.rt.yields.Load()
+	}
+	if p := e.rtErr.Load(); p != nil {
+		s.RealtimeError = *p
 	}
 	return s
 }

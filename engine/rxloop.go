@@ -20,6 +20,7 @@ type rxLoop struct {
 	out   [][]byte
 
 	tap tapper
+	rt  realtimeState
 	bc  batchCounters
 	c   loopCounters
 
@@ -67,7 +68,11 @@ func newRxLoop(e *Engine, r Receiver) *rxLoop {
 }
 
 func (l *rxLoop) run() error {
+	defer l.e.startRealtime(l.r, &l.rt)()
 	for {
+		if err := l.rt.wait(l.e); err != nil {
+			return err
+		}
 		n, err := l.r.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
 		if err != nil {
 			if isClosed(err) || l.e.closing.Load() {
@@ -81,6 +86,7 @@ func (l *rxLoop) run() error {
 			continue
 		}
 		l.bc.read = n
+		l.rt.read(n)
 		k := l.classify(l.e.table.Load(), n)
 		if k > 0 {
 			// l.out holds copies of the slice headers: whatever Write does

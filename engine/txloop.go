@@ -28,6 +28,7 @@ type txLoop struct {
 	readable ReadableDevice
 
 	icmp icmpWriter
+	rt   realtimeState
 	tap  tapper
 	bc   batchCounters
 	c    loopCounters
@@ -54,7 +55,11 @@ func newTxLoop(e *Engine) *txLoop {
 }
 
 func (l *txLoop) run() error {
+	defer l.e.startRealtime(l.e.dev, &l.rt)()
 	for {
+		if err := l.rt.wait(l.e); err != nil {
+			return err
+		}
 		n, err := l.read()
 		if err != nil {
 			if isClosed(err) || l.e.closing.Load() {
@@ -70,6 +75,7 @@ func (l *txLoop) run() error {
 			continue
 		}
 		l.bc.read = n
+		l.rt.read(n)
 		k := l.classify(l.e.table.Load(), n)
 		if k > 0 {
 			refused, err := l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])
@@ -100,7 +106,7 @@ const maxDrainReads = 64
 // packets waiting (when it can tell), so small packets are moved many per
 // wakeup instead of one.
 func (l *txLoop) read() (int, error) {
-	if spin := l.e.cfg.BusyPoll; spin > 0 && l.readable != nil {
+	if spin := l.e.cfg.BusyPoll; spin > 0 && l.readable != nil && l.rt.w == nil {
 		// Busy-poll for a moment before a read that may park: a wakeup
 		// through the netpoller costs tens of microseconds per hop.
 		until := time.Now().Add(spin)

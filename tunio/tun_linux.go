@@ -38,6 +38,7 @@ var (
 	_ engine.ReadableDevice  = (*Device)(nil)
 	_ engine.LargeTCPWriter  = (*Device)(nil)
 	_ engine.LargeTCP6Writer = (*Device)(nil)
+	_ engine.Waitable        = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -276,6 +277,12 @@ func (d *Device) Readable() bool {
 	n, err := unix.Poll(d.pfd[:], 0)
 	return err == nil && n > 0 && d.pfd[0].Revents&unix.POLLIN != 0
 }
+
+// WaitFD implements engine.Waitable: a TUN read returns at once when its
+// descriptor is readable (the tun package keeps nothing between reads).
+// Where the descriptor is unknown (-1), the loop reads without waiting and
+// its Read parks in the netpoller as without realtime priority.
+func (d *Device) WaitFD() int { return d.fd }
 
 // SegmentsLargeTCP implements engine.LargeTCPWriter: weft's write path
 // hands a TCP packet longer than the MTU to the kernel as a TSO

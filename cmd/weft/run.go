@@ -54,6 +54,7 @@ type runFlags struct {
 	tunPackageWrite             bool
 	tunTxQueueLen               int
 	busyPoll                    time.Duration
+	realtimePriority            int
 	antiSpoof                   bool
 	sourcePortCheck             bool
 	noKernelVXLAN               bool
@@ -101,6 +102,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.tunTxQueueLen, "tun-txqueuelen", 5000, "packets the kernel queues on the TUN for the engine to read (0: the kernel's 500); more absorbs bursts while the engine is off its CPU")
 	fs.BoolVar(&f.tunPackageWrite, "tun-package-write", false, "coalesce TUN writes with the tun package's GRO (verifies every checksum) instead of weft's, for comparison")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
+	fs.IntVar(&f.realtimePriority, "realtime-priority", 0, "SCHED_FIFO priority (1 to 99) of the userspace data path's forwarding threads, so packets are forwarded ahead of ordinary tasks as the kernel's own paths are (needs CAP_SYS_NICE; without it they run at normal priority); 0: normal scheduling")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
 	fs.BoolVar(&f.antiSpoof, "anti-spoof", true, "drop datagrams from non-peers, inner sources outside the sender's subnet and inner destinations outside this host's subnet (flanneld accepts them: false for parity)")
 	fs.BoolVar(&f.sourcePortCheck, "udp-source-port-check", true, "udp backend, with --anti-spoof: drop datagrams from a peer's address that do not come from the cluster's UDP port (flanneld and weft send from it; false behind a NAT that rewrites ports)")
@@ -182,7 +184,7 @@ func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
 		HealthzIP: f.healthzIP, HealthzPort: f.healthzPort,
 		Datapath: userspace.Options{
 			TUNName: f.tunName, BatchSize: f.batchSize, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite,
-			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, AntiSpoof: f.antiSpoof, CheckSourcePort: f.sourcePortCheck,
+			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, RealtimePriority: f.realtimePriority, AntiSpoof: f.antiSpoof, CheckSourcePort: f.sourcePortCheck,
 		},
 		NoKernelVXLAN: f.noKernelVXLAN,
 		DebugSocket:   f.debugSocket, DebugAddr: f.debugAddr, MetricsAddr: f.metricsAddr,

@@ -42,6 +42,7 @@ type sockaddr = unix.RawSockaddrInet6
 type Conn struct {
 	uc    *net.UDPConn
 	rc    syscall.RawConn
+	fd    int // for WaitFD only: reads and writes go through rc
 	batch int
 	gso   atomic.Bool
 	gro   bool
@@ -52,7 +53,10 @@ type Conn struct {
 	tx txState
 }
 
-var _ engine.Transport = (*Conn)(nil)
+var (
+	_ engine.Transport = (*Conn)(nil)
+	_ engine.Waitable  = (*Conn)(nil)
+)
 
 type rxState struct {
 	hdrs  []mmsghdr
@@ -113,6 +117,7 @@ func Listen(o Options) (*Conn, error) {
 	var gsoOK, groOK bool
 	err = rc.Control(func(fd uintptr) {
 		s := int(fd)
+		c.fd = s
 		setBuffer(s, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, o.SocketBuffer)
 		setBuffer(s, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, o.SocketBuffer)
 		// flanneld's datagrams leave with DF set; so do ours. Over IPv6
@@ -235,6 +240,15 @@ func (c *Conn) sendmmsg(fd uintptr) bool {
 		t.ret, t.err = 0, errno
 	}
 	return true
+}
+
+// WaitFD implements engine.Waitable: the socket, or -1 while the Conn
+// still holds datagrams of its last recvmmsg for ReadBatch to hand out.
+func (c *Conn) WaitFD() int {
+	if c.rx.next < c.rx.n {
+		return -1
+	}
+	return c.fd
 }
 
 // ReadBatch implements engine.Transport. Datagrams the kernel coalesced

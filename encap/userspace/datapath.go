@@ -22,7 +22,10 @@ type Options struct {
 	TxQueueLen      int           // the TUN's transmit queue (0: the kernel's)
 	NoGSO, NoGRO    bool          // switch UDP GSO / GRO off
 	BusyPoll        time.Duration // how long each loop polls before it sleeps
-	AntiSpoof       bool          // drop datagrams from non-peers and spoofed inner sources
+	// RealtimePriority is the forwarding loops' SCHED_FIFO priority
+	// (engine.Config.RealtimePriority; 0: normal scheduling).
+	RealtimePriority int
+	AntiSpoof        bool // drop datagrams from non-peers and spoofed inner sources
 	// CheckSourcePort (udp flavour, with AntiSpoof) drops datagrams from a
 	// peer's address but not from the cluster's port.
 	CheckSourcePort bool
@@ -98,14 +101,15 @@ func (d *datapath) networks() engine.Networks {
 func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bool) error {
 	o := d.opts
 	cfg := engine.Config{
-		BatchSize:       o.BatchSize,
-		MTU:             d.mtu,
-		AntiSpoof:       o.AntiSpoof,
-		CheckSourcePort: checkPort,
-		BusyPoll:        o.BusyPoll,
-		ICMPSource:      d.own.Subnet.Addr(),
-		Encap:           enc,
-		Logger:          o.Log,
+		BatchSize:        o.BatchSize,
+		MTU:              d.mtu,
+		AntiSpoof:        o.AntiSpoof,
+		CheckSourcePort:  checkPort,
+		BusyPoll:         o.BusyPoll,
+		RealtimePriority: o.RealtimePriority,
+		ICMPSource:       d.own.Subnet.Addr(),
+		Encap:            enc,
+		Logger:           o.Log,
 	}
 	if d.dualStack() {
 		cfg.ICMPSource6 = d.own.IPv6Subnet.Addr()

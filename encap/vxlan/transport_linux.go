@@ -153,6 +153,10 @@ func (t *Transport) SourcePorts() []uint16 { return t.ports }
 // an IPv6 underlay).
 func (t *Transport) SourcePorts6() []uint16 { return t.ports6 }
 
+// WaitFD implements engine.Waitable for the one receiving socket the
+// engine reads through ReadBatch.
+func (t *Transport) WaitFD() int { return t.rx.WaitFD() }
+
 // ReadBatch implements engine.Transport.
 func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
 	return t.rx.ReadBatch(bufs, sizes, srcs, offset)
