@@ -111,13 +111,19 @@ func (r *Report) WriteTable(w io.Writer) error {
 				cols = append(cols, c)
 			}
 		}
-		if err := r.writeRatios(w, refRow, cols); err != nil {
-			return err
-		}
+		var keys []string
 		for _, c := range cols {
-			if c.refKey != "" {
-				fmt.Fprintf(w, "(%s: over %s's %s; issue #7 asks for at least 1.00x with the paced loss under 1 %%)\n",
-					metric(c.key).Title, ref, metric(c.refKey).Title)
+			keys = append(keys, c.key)
+		}
+		if r.hasAny(keys) {
+			if err := r.writeRatios(w, refRow, cols); err != nil {
+				return err
+			}
+			for _, c := range cols {
+				if c.refKey != "" {
+					fmt.Fprintf(w, "(%s: over %s's %s; issue #7 asks for at least 1.00x with the paced loss under 1 %%)\n",
+						metric(c.key).Title, ref, metric(c.refKey).Title)
+				}
 			}
 		}
 		if r.hasAny(toolMetrics) {

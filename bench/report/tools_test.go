@@ -24,9 +24,9 @@ func toolSamples() []Sample {
 				Sample{Backend: b, Rep: rep, Workload: WorkloadIperf3UDP64,
 					Result: &traffic.Result{Mode: "iperf3-udp", DeliveredPPS: 200e3 / f, Loss: &loss}},
 				Sample{Backend: b, Rep: rep, Workload: WorkloadPing,
-					Result: &traffic.Result{Mode: "ping", Sent: 500, Delivered: 500, RTTMedianUs: 50 * f, RTTP99Us: 90 * f}},
+					Result: &traffic.Result{Mode: "ping", Sent: 500, Delivered: 500, SentPPS: 63, RTTMedianUs: 50 * f, RTTP99Us: 90 * f}},
 				Sample{Backend: b, Rep: rep, Workload: WorkloadPingLoaded,
-					Result: &traffic.Result{Mode: "ping", Sent: 500, Delivered: 500, RTTMedianUs: 400 * f, RTTP99Us: 900 * f}},
+					Result: &traffic.Result{Mode: "ping", Sent: 500, Delivered: 500, SentPPS: 90, RTTMedianUs: 400 * f, RTTP99Us: 900 * f}},
 				Sample{Backend: b, Rep: rep, Workload: WorkloadSockperf,
 					Result: &traffic.Result{Mode: "sockperf", Sent: 9000, Delivered: 9000, RTTMedianUs: 30 * f, RTTP99Us: 60 * f}},
 			)
@@ -60,6 +60,7 @@ func TestStdToolsReport(t *testing.T) {
 		"`iperf3 -u -l 64 -b 0`", "standard tools, ratio to vxlan:",
 		"left out of the default workloads: sockperf: sockperf is not installed (apt-get install sockperf)",
 		"round trips without a reply (not in the medians and p99s): udp rep 3 ping-loaded 3 of 500",
+		"ping kept 63.0 to 90.0 echoes/s of the 100 asked",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)
@@ -85,6 +86,9 @@ func TestStdToolsReport(t *testing.T) {
 	}
 	if strings.Contains(svg.String(), `id="tcp1_gbps"`) || strings.Contains(svg.String(), "no data") {
 		t.Errorf("SVG has a panel of a workload that did not run")
+	}
+	if strings.Contains(out, "RR loaded median  CPU per GB") {
+		t.Errorf("ratio table of the generator's figures with none measured:\n%s", out)
 	}
 
 	b.Reset()
