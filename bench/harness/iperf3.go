@@ -11,10 +11,10 @@ import (
 	"github.com/weft-net/weft/bench/traffic"
 )
 
-// wholeSeconds is d for iperf3's and sockperf's -t, which take whole
-// seconds: rounded, at least 1.
-func wholeSeconds(d time.Duration) string {
-	return strconv.Itoa(int(max(1, math.Round(d.Seconds()))))
+// wholeSeconds is d for iperf3's and sockperf's -t and ping's -w, which
+// take whole seconds: rounded, at least 1.
+func wholeSeconds(d time.Duration) int {
+	return int(max(1, math.Round(d.Seconds())))
 }
 
 // iperf3Client runs an iperf3 client (-J and args) from the path's client
@@ -40,7 +40,7 @@ func (bl *benchLab) iperf3Client(ctx context.Context, args ...string) ([]byte, e
 
 // iperf3 runs iperf3's TCP 1 stream client for d (whole seconds).
 func (bl *benchLab) iperf3(ctx context.Context, d time.Duration) (*traffic.Result, error) {
-	out, err := bl.iperf3Client(ctx, "-t", wholeSeconds(d))
+	out, err := bl.iperf3Client(ctx, "-t", strconv.Itoa(wholeSeconds(d)))
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func parseIperf3TCP(out []byte) (*traffic.Result, error) {
 // iperf3UDP64 runs `iperf3 -u -l 64 -b 0` (64-byte datagrams, flat out)
 // for d (whole seconds).
 func (bl *benchLab) iperf3UDP64(ctx context.Context, d time.Duration) (*traffic.Result, error) {
-	out, err := bl.iperf3Client(ctx, "-u", "-l", "64", "-b", "0", "-t", wholeSeconds(d))
+	out, err := bl.iperf3Client(ctx, "-u", "-l", "64", "-b", "0", "-t", strconv.Itoa(wholeSeconds(d)))
 	if err != nil {
 		return nil, err
 	}

@@ -9,17 +9,17 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/weft-net/weft/bench/traffic"
 )
 
-// pingInterval spaces the ping workloads' echoes: 100 a second, so the
-// path idles between them, and a run of a few seconds gives hundreds of
-// round trips, enough for a p99. iputils waits in whole timer ticks, so
-// the rate it keeps is lower on some kernels (about 63/s at HZ=250); the
-// workloads send d/pingInterval echoes whatever the rate, and the result
-// says the rate kept (SentPPS).
+// pingInterval spaces the ping workloads' echoes: 100 a second asked, so
+// the path idles between them, and a run of a few seconds gives hundreds
+// of round trips, enough for a p99. iputils waits in whole timer ticks,
+// so the rate it keeps is lower on some kernels (about 63/s at HZ=250);
+// the result says the rate kept (SentPPS).
 const pingInterval = 10 * time.Millisecond
 
 var (
@@ -28,13 +28,11 @@ var (
 )
 
 // ping runs iputils ping from the path's client to its server, an echo
-// every pingInterval for d, and returns each reply's round trip as ping
-// printed it (to the µs below 1 ms). -W 1 bounds the wait for the last
-// replies; a lost echo counts in Sent but not Delivered.
+// every pingInterval, for d (-w: whole seconds, at least 1), and returns
+// each reply's round trip as ping printed it (to the µs below 1 ms).
 func (bl *benchLab) ping(ctx context.Context, d time.Duration) (*traffic.Result, error) {
-	n := max(1, int(math.Round(float64(d)/float64(pingInterval))))
 	out, err := bl.c.Lab.ExecContext(ctx, bl.path.ClientNS, "ping", "-n", "-i", strconv.FormatFloat(pingInterval.Seconds(), 'f', -1, 64),
-		"-c", strconv.Itoa(n), "-W", "1", bl.path.ServerIP.String())
+		"-w", strconv.Itoa(wholeSeconds(d)), bl.path.ServerIP.String())
 	if err != nil {
 		// iputils exits non-zero when no echo came back at all.
 		return nil, fmt.Errorf("ping: %w", err)
@@ -48,25 +46,41 @@ func (bl *benchLab) ping(ctx context.Context, d time.Duration) (*traffic.Result,
 }
 
 // parsePing reads iputils ping's output (without -q): a line per reply
-// with its time, and the summary's counts. Duplicate replies are not
-// round trips and are skipped.
+// with its sequence number and time, and the summary. Duplicate replies
+// are not round trips and are skipped. Loss is counted as iperf3's
+// receiver counts it: Sent is the echoes up to the last one answered
+// (by sequence number) and Delivered the replies, so the echoes still in
+// flight when the deadline ended ping are not counted lost (iputils'
+// own "packet loss" counts them). SentPPS is every echo sent over the
+// run's time.
 func parsePing(out []byte) (*traffic.Result, error) {
 	var rtts []time.Duration
 	res := &traffic.Result{Mode: "ping"}
+	var transmitted, lastSeq, prevSeq int64
 	summary := false
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		line := sc.Text()
-		if m := pingReply.FindStringSubmatch(line); m != nil && !bytes.Contains(sc.Bytes(), []byte("DUP!")) {
-			ms, err := strconv.ParseFloat(m[2], 64)
-			if err != nil {
-				return nil, fmt.Errorf("ping: bad time in %q", line)
+		if m := pingReply.FindStringSubmatch(line); m != nil && !strings.Contains(line, "DUP!") {
+			seq, err1 := strconv.ParseInt(m[1], 10, 64)
+			ms, err2 := strconv.ParseFloat(m[2], 64)
+			if err1 != nil || err2 != nil {
+				return nil, fmt.Errorf("ping: bad reply line %q", line)
 			}
+			// icmp_seq is 16 bits: unwrap it.
+			for seq+1<<15 < prevSeq {
+				seq += 1 << 16
+			}
+			prevSeq = seq
+			lastSeq = max(lastSeq, seq)
 			rtts = append(rtts, time.Duration(math.Round(ms*float64(time.Millisecond))))
 		}
 		if m := pingSummary.FindStringSubmatch(line); m != nil {
-			res.Sent, _ = strconv.ParseInt(m[1], 10, 64)
-			res.Delivered, _ = strconv.ParseInt(m[2], 10, 64)
+			transmitted, _ = strconv.ParseInt(m[1], 10, 64)
+			received, _ := strconv.ParseInt(m[2], 10, 64)
+			if received != int64(len(rtts)) {
+				return nil, fmt.Errorf("ping: %d reply lines, but the summary says %d received", len(rtts), received)
+			}
 			msecs, _ := strconv.ParseFloat(m[3], 64)
 			res.Seconds = msecs / 1e3
 			summary = true
@@ -76,17 +90,15 @@ func parsePing(out []byte) (*traffic.Result, error) {
 	case !summary:
 		return nil, fmt.Errorf("ping: no summary in %q", out)
 	case len(rtts) == 0:
-		return nil, fmt.Errorf("ping: no reply to %d echoes", res.Sent)
-	case int64(len(rtts)) != res.Delivered:
-		return nil, fmt.Errorf("ping: %d reply lines, but the summary says %d received", len(rtts), res.Delivered)
+		return nil, fmt.Errorf("ping: no reply to %d echoes", transmitted)
 	}
 	setRTTs(res, rtts)
-	if res.Sent > 0 {
-		loss := float64(res.Sent-res.Delivered) / float64(res.Sent)
-		res.Loss = &loss
-	}
+	// Echo sequence numbers start at 1.
+	res.Sent, res.Delivered = lastSeq, int64(len(rtts))
+	loss := max(0, float64(res.Sent-res.Delivered)/float64(res.Sent))
+	res.Loss = &loss
 	if res.Seconds > 0 {
-		res.SentPPS = float64(res.Sent) / res.Seconds
+		res.SentPPS = float64(transmitted) / res.Seconds
 		res.RequestsPerSecond = float64(res.Requests) / res.Seconds
 	}
 	return res, nil
@@ -115,16 +127,16 @@ func setRTTs(res *traffic.Result, rtts []time.Duration) {
 // pingLoaded runs the ping workload while `iperf3 -P 4` (TCP, four
 // streams, the same client to the same server) fills the path: ping-loaded
 // is rr-loaded's question asked with standard tools. The bulk starts
-// loadRamp before the echoes. It runs for twice d and a ramp more (whole
-// seconds), since ping may keep a lower rate than asked and so take
-// longer than d (see pingInterval). A bulk client that exits before the
-// ramp is over (the shared iperf3 server still busy with the last test)
-// is started again. The bulk must succeed and outlast the echoes, or the
-// figure would be of an idle path. The result carries the bulk's
-// receiver-side rate (Bytes, BitsPerSecond, Streams) beside the round
-// trips.
+// loadRamp before the echoes and ends loadRamp after them (iperf3 takes
+// whole seconds, as ping's deadline does). A bulk client that exits
+// before the ramp is over (the shared iperf3 server still busy with the
+// last test) is started again. The bulk must succeed and outlast the
+// echoes, or the figure would be of an idle path. The result carries the
+// bulk's receiver-side rate (Bytes, BitsPerSecond, Streams) beside the
+// round trips.
 func (bl *benchLab) pingLoaded(ctx context.Context, d time.Duration) (*traffic.Result, error) {
-	secs := strconv.Itoa(int(math.Ceil((loadRamp + 2*d + loadRamp).Seconds())))
+	pingDur := time.Duration(wholeSeconds(d)) * time.Second
+	secs := strconv.Itoa(int(math.Ceil((loadRamp + pingDur + loadRamp).Seconds())))
 	type bulkEnd struct {
 		out []byte
 		err error

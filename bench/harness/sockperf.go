@@ -43,7 +43,7 @@ func (bl *benchLab) startSockperfServer(ctx context.Context) error {
 // the rest ("Valid Duration"); its percentiles are its own.
 func (bl *benchLab) sockperf(ctx context.Context, d time.Duration) (*traffic.Result, error) {
 	out, err := bl.c.Lab.ExecContext(ctx, bl.path.ClientNS, "sockperf", "ping-pong", "-i", bl.path.ServerIP.String(), "-p", sockperfPort,
-		"-m", "64", "-t", wholeSeconds(d), "--full-rtt")
+		"-m", "64", "-t", strconv.Itoa(wholeSeconds(d)), "--full-rtt")
 	if err != nil {
 		return nil, fmt.Errorf("sockperf: %w", err)
 	}

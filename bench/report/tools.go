@@ -41,7 +41,7 @@ func (r *Report) toolNotes() []string {
 	// iputils waits in whole timer ticks: at HZ=250 it keeps about 63
 	// echoes a second of the 100 asked.
 	if fastest > 0 && slowest < 95 {
-		notes = append(notes, fmt.Sprintf("ping kept %s to %s echoes/s of the 100 asked (iputils waits in whole timer ticks); each run sent duration x 100 echoes",
+		notes = append(notes, fmt.Sprintf("ping kept %s to %s echoes/s of the 100 asked (iputils waits in whole timer ticks)",
 			formatValue(slowest), formatValue(fastest)))
 	}
 	if len(lost) > 0 {
