@@ -2,7 +2,6 @@ package harness
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -23,10 +22,13 @@ type BenchConfig struct {
 	Binary string // weft executable for child processes
 	// Flanneld is a flanneld binary for the "flanneld" row: real flanneld
 	// hosts with the UDP backend against the same etcd.
-	Flanneld    string
-	Hosts       int // per backend lab; default 2
-	Backends    []string
-	Workloads   []string // default report.Workloads
+	Flanneld string
+	Hosts    int // per backend lab; default 2
+	Backends []string
+	// Workloads to run; default report.Workloads, less the standard-tool
+	// ones whose tool is not installed (named here, a missing tool fails
+	// the run instead: see selectWorkloads).
+	Workloads   []string
 	Duration    time.Duration
 	Reps        int
 	Leases      string // LeasesEtcd (default) or LeasesStatic
@@ -74,7 +76,8 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 	if cfg.Leases == "" {
 		cfg.Leases = LeasesEtcd
 	}
-	if len(cfg.Workloads) == 0 {
+	explicit := len(cfg.Workloads) > 0
+	if !explicit {
 		cfg.Workloads = report.Workloads
 	}
 	if cfg.Progress == nil {
@@ -130,12 +133,17 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 			return nil, fmt.Errorf("--workloads: unknown workload %q (want some of %s)", w, strings.Join(report.Workloads, ","))
 		}
 	}
+	workloads, leftOut, err := selectWorkloads(cfg.Workloads, explicit, cfg.IPv6, exec.LookPath)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Workloads = workloads
 
 	rep = &report.Report{
 		Command: cfg.Command, Started: time.Now(), Machine: report.DescribeMachine(),
 		Params: report.Params{IPv6: cfg.IPv6, Hosts: cfg.Hosts, Backends: cfg.Backends, Workloads: cfg.Workloads,
 			DurationSec: cfg.Duration.Seconds(), Reps: cfg.Reps, Leases: cfg.Leases, UnderlayMTU: cfg.UnderlayMTU,
-			UDPRate: cfg.UDPRate, MemEverySec: cfg.MemEvery.Seconds()},
+			UDPRate: cfg.UDPRate, MemEverySec: cfg.MemEvery.Seconds(), LeftOut: leftOut},
 		Backends: map[string]report.BackendInfo{},
 	}
 	var labs []*benchLab
@@ -169,9 +177,15 @@ func RunBench(ctx context.Context, cfg BenchConfig) (rep *report.Report, err err
 		if _, err := bl.c.StartTrafficServer(bl.path.ServerNS, "traffic-server", bl.path.ServerIP.Is6()); err != nil {
 			return nil, err
 		}
-		if slices.Contains(cfg.Workloads, report.WorkloadIperf3) {
+		// One iperf3 server serves every iperf3 workload in turn.
+		if needs(cfg.Workloads, toolIperf3) {
 			if _, err := l.Start(bl.path.ServerNS, "iperf3-server", "iperf3", "-s"); err != nil {
 				return nil, err
+			}
+		}
+		if needs(cfg.Workloads, toolSockperf) {
+			if err := bl.startSockperfServer(ctx); err != nil {
+				return nil, fmt.Errorf("backend %s: %w\n%s", b, err, l.Logs())
 			}
 		}
 		label := BackendLabel(b)
@@ -291,6 +305,14 @@ func (bl *benchLab) measure(ctx context.Context, workload string, d time.Duratio
 	switch workload {
 	case report.WorkloadIperf3:
 		res, err = bl.iperf3(ctx, d)
+	case report.WorkloadIperf3UDP64:
+		res, err = bl.iperf3UDP64(ctx, d)
+	case report.WorkloadPing:
+		res, err = bl.ping(ctx, d)
+	case report.WorkloadPingLoaded:
+		res, err = bl.pingLoaded(ctx, d)
+	case report.WorkloadSockperf:
+		res, err = bl.sockperf(ctx, d)
 	case report.WorkloadRRLoaded:
 		res, err = bl.loadedRR(ctx, to, d, args)
 	default:
@@ -356,40 +378,4 @@ func (bl *benchLab) engineCPU() float64 {
 		total += (ut + st) / clockTick
 	}
 	return total
-}
-
-// iperf3 runs iperf3's TCP 1 stream client (whole seconds, at least 1),
-// retrying while the server is starting or still busy with the last test.
-func (bl *benchLab) iperf3(ctx context.Context, d time.Duration) (*traffic.Result, error) {
-	secs := strconv.Itoa(int(max(1, math.Round(d.Seconds()))))
-	var out []byte
-	var err error
-	for try := 0; try < 10; try++ {
-		out, err = bl.c.Lab.ExecContext(ctx, bl.path.ClientNS, "iperf3", "-c", bl.path.ServerIP.String(), "-t", secs, "-J")
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("iperf3: %w", err)
-	}
-	var j struct {
-		End struct {
-			SumReceived struct {
-				Bytes         int64   `json:"bytes"`
-				Seconds       float64 `json:"seconds"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(out, &j); err != nil {
-		return nil, fmt.Errorf("iperf3: bad JSON: %w", err)
-	}
-	if j.Error != "" {
-		return nil, fmt.Errorf("iperf3: %s", j.Error)
-	}
-	r := j.End.SumReceived
-	return &traffic.Result{Mode: "iperf3", Target: bl.path.ServerIP.String(), Streams: 1, Seconds: r.Seconds, Bytes: r.Bytes, BitsPerSecond: r.BitsPerSecond}, nil
 }

@@ -41,10 +41,34 @@ const (
 // built-in generator when iperf3 is installed.
 const WorkloadIperf3 = "iperf3"
 
-// Workloads lists the built-in ones in run order. The paced workload runs
-// for every backend after the others of its repetition, once kernel
-// vxlan's flat-out rate is known.
-var Workloads = []string{WorkloadTCP1, WorkloadTCP4, WorkloadUDP64, WorkloadRR, WorkloadRRLoaded, WorkloadUDP64Paced}
+// Standard-tool workloads: the generator's kinds of figure measured by
+// programs other than weft's own (issue 18: a result that only weft's
+// generator shows is not a result).
+const (
+	// WorkloadIperf3UDP64 is `iperf3 -u -l 64 -b 0`: 64-byte UDP flat
+	// out, the receiver's delivered rate and loss.
+	WorkloadIperf3UDP64 = "iperf3-udp64"
+	// WorkloadPing is `ping -i 0.01`: ICMP round trips at 100/s, so the
+	// path is idle between them (unlike rr's back-to-back exchanges).
+	WorkloadPing = "ping"
+	// WorkloadPingLoaded is the same ping beside `iperf3 -P 4` on the
+	// same path: rr-loaded's question asked with standard tools.
+	WorkloadPingLoaded = "ping-loaded"
+	// WorkloadSockperf is sockperf's ping-pong (UDP, 64-byte messages,
+	// full round trips): rr's question asked by a standard tool.
+	WorkloadSockperf = "sockperf"
+)
+
+// Workloads lists the default ones in run order: the built-in generator's,
+// then the standard tools'. The paced workload runs for every backend
+// after the others of its repetition, once kernel vxlan's flat-out rate
+// is known.
+var Workloads = []string{WorkloadTCP1, WorkloadTCP4, WorkloadUDP64, WorkloadRR, WorkloadRRLoaded, WorkloadUDP64Paced,
+	WorkloadIperf3UDP64, WorkloadPing, WorkloadPingLoaded, WorkloadSockperf}
+
+// StdToolWorkloads are the workloads run by standard tools rather than
+// weft's generator, the iperf3 TCP cross-check among them.
+var StdToolWorkloads = []string{WorkloadIperf3, WorkloadIperf3UDP64, WorkloadPing, WorkloadPingLoaded, WorkloadSockperf}
 
 // Sample is one workload run on one backend in one repetition.
 type Sample struct {
@@ -119,6 +143,11 @@ type Params struct {
 	MemEverySec float64 `json:"mem_every_seconds"`
 	// IPv6: the traffic was IPv6 (weft bench --ipv6).
 	IPv6 bool `json:"ipv6,omitempty"`
+	// LeftOut names the default workloads that did not run, each with
+	// why (its tool is not installed, or takes no IPv6): a reader must
+	// see that a standard tool's cross-check is missing, not find it
+	// silently gone.
+	LeftOut []string `json:"left_out,omitempty"`
 }
 
 // BackendInfo is what a backend looked like when measured.
@@ -193,6 +222,27 @@ var Metrics = []Metric{
 		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
 	{Key: "iperf3_tcp1_gbps", Title: "iperf3 TCP 1 stream", Unit: "Gbit/s", HigherBetter: true, Workload: WorkloadIperf3,
 		value: func(s Sample) (float64, bool) { return s.Result.BitsPerSecond / 1e9, true }},
+	{Key: "iperf3_udp64_kpps", Title: "iperf3 64 B UDP", Unit: "kpps", HigherBetter: true, Workload: WorkloadIperf3UDP64,
+		value: func(s Sample) (float64, bool) { return s.Result.DeliveredPPS / 1e3, true }},
+	{Key: "iperf3_udp64_loss_pct", Title: "iperf3 UDP loss", Unit: "%", Workload: WorkloadIperf3UDP64,
+		value: func(s Sample) (float64, bool) {
+			if s.Result.Loss == nil {
+				return 0, false
+			}
+			return *s.Result.Loss * 100, true
+		}},
+	{Key: "ping_p50_us", Title: "ping median", Unit: "µs", Workload: WorkloadPing,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
+	{Key: "ping_p99_us", Title: "ping p99", Unit: "µs", Workload: WorkloadPing,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
+	{Key: "ping_loaded_p50_us", Title: "ping loaded median", Unit: "µs", Workload: WorkloadPingLoaded,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
+	{Key: "ping_loaded_p99_us", Title: "ping loaded p99", Unit: "µs", Workload: WorkloadPingLoaded,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
+	{Key: "sockperf_p50_us", Title: "sockperf median", Unit: "µs", Workload: WorkloadSockperf,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
+	{Key: "sockperf_p99_us", Title: "sockperf p99", Unit: "µs", Workload: WorkloadSockperf,
+		value: func(s Sample) (float64, bool) { return s.Result.RTTP99Us, true }},
 	{Key: "cpu_s_per_gb", Title: "CPU per GB (machine)", Unit: "s/GB", Workload: WorkloadTCP1,
 		value: func(s Sample) (float64, bool) {
 			if s.Result.Bytes == 0 {

@@ -8,8 +8,12 @@ import (
 	"strings"
 )
 
-// chartMetrics are the panels of the SVG, one bar chart each.
-var chartMetrics = []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rr_p50_us", "rr_p99_us", "cpu_s_per_gb"}
+// chartMetrics are the panels of the SVG, one bar chart each: the
+// generator's figures, then the standard tools' beside them. A metric no
+// backend has (its workload did not run) gets no panel.
+var chartMetrics = []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rr_p50_us", "rr_p99_us", "cpu_s_per_gb",
+	"iperf3_tcp1_gbps", "iperf3_udp64_kpps", "ping_p50_us", "ping_p99_us", "ping_loaded_p50_us", "ping_loaded_p99_us",
+	"sockperf_p50_us", "sockperf_p99_us"}
 
 var palette = []string{"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7"}
 
@@ -32,8 +36,14 @@ func esc(s string) string {
 func (r *Report) WriteSVG(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	n := len(r.Summary)
+	var panels []string
+	for _, key := range chartMetrics {
+		if r.hasAny([]string{key}) {
+			panels = append(panels, key)
+		}
+	}
 	panelH := panelPad + n*(barHeight+barGap) + 10
-	height := 70 + len(chartMetrics)*panelH
+	height := 70 + len(panels)*panelH
 	fmt.Fprintf(bw, `<?xml version="1.0" encoding="UTF-8"?>`+"\n")
 	fmt.Fprintf(bw, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n",
 		svgWidth, height, svgWidth, height)
@@ -43,7 +53,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	fmt.Fprintf(bw, `<text x="10" y="42" fill="#555">%s</text>`+"\n",
 		esc(fmt.Sprintf("%s, %d CPUs; bars: median, whiskers: min-max; %s", r.Machine.CPUModel, r.Machine.CPUs, r.Started.UTC().Format("2006-01-02 15:04 MST"))))
 	y := 60
-	for _, key := range chartMetrics {
+	for _, key := range panels {
 		m := metric(key)
 		better := "lower is better"
 		if m.HigherBetter {

@@ -26,7 +26,8 @@ func runBench(args []string) error {
 	fs := flag.NewFlagSet("weft bench", flag.ContinueOnError)
 	hosts := fs.Int("hosts", 2, "hosts per backend lab (traffic flows between hosts 1 and 2; more hosts add peers)")
 	backends := fs.String("backends", strings.Join(harness.Backends, ","), "backends to compare: "+strings.Join(harness.Backends, ","))
-	workloads := fs.String("workloads", strings.Join(report.Workloads, ","), "workloads: "+strings.Join(report.Workloads, ","))
+	workloads := fs.String("workloads", "", "workloads (default all: "+strings.Join(report.Workloads, ",")+
+		"; the standard tools' ones are left out, with a note, where iperf3, ping or sockperf is not installed, and fail the run if named here)")
 	dur := fs.Duration("duration", 5*time.Second, "length of each workload run")
 	reps := fs.Int("reps", 3, "repetitions (backends interleaved)")
 	jsonOut := fs.String("json", "", "write every sample, the summary and the machine description to this JSON file")
