@@ -21,6 +21,7 @@ const (
 	BackendVeth         = "veth"
 	BackendUDP          = "udp"
 	BackendUDPUnbatched = "udp-unbatched"
+	BackendUDPRealtime  = "udp-rt"
 	BackendVXLAN        = "vxlan"
 	BackendHostGW       = "host-gw"
 	BackendUVXLAN       = "uvxlan"
@@ -30,7 +31,7 @@ const (
 )
 
 // Backends lists every backend, in the order the bench reports them.
-var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUDP, BackendUDPUnbatched}
+var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUDP, BackendUDPRealtime, BackendUDPUnbatched}
 
 // BackendLabel says what a row measures.
 func BackendLabel(name string) string {
@@ -39,6 +40,8 @@ func BackendLabel(name string) string {
 		return "bare underlay (host to host over the veth/bridge, no overlay)"
 	case BackendUDP:
 		return "weft UDP backend (batched, offloads on)"
+	case BackendUDPRealtime:
+		return "weft UDP backend with --realtime-priority 1 (forwarding loops at SCHED_FIFO)"
 	case BackendUDPUnbatched:
 		return "weft UDP backend with --batch-size 1 and every offload off (flannel's one-packet-per-syscall design)"
 	case BackendVXLAN:
@@ -123,10 +126,13 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 			return Path{ClientNS: h1.Name, ServerNS: h2.Name, ServerIP: h2.IP6}, nil
 		}
 		return Path{ClientNS: h1.Name, ServerNS: h2.Name, ServerIP: h2.IP}, nil
-	case BackendUDP, BackendUDPUnbatched:
+	case BackendUDP, BackendUDPRealtime, BackendUDPUnbatched:
 		var extra []string
-		if backend == BackendUDPUnbatched {
+		switch backend {
+		case BackendUDPUnbatched:
 			extra = unbatchedFlags
+		case BackendUDPRealtime:
+			extra = []string{"--realtime-priority=1"}
 		}
 		if err := startWeftAll(ctx, c, leases, "udp", extra); err != nil {
 			return Path{}, err

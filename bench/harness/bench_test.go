@@ -164,8 +164,16 @@ func TestBenchShort(t *testing.T) {
 		if !ok || info.Label == "" {
 			t.Errorf("JSON lacks backend %s", b)
 		}
-		if (b == BackendUDP || b == BackendUDPUnbatched) && !json.Valid(info.WeftStats) {
+		if (b == BackendUDP || b == BackendUDPRealtime || b == BackendUDPUnbatched) && !json.Valid(info.WeftStats) {
 			t.Errorf("%s: no weft stats (offload state) in the JSON", b)
+		}
+		if b == BackendUDPRealtime {
+			var st struct {
+				Engine struct{ RealtimeLoops int } `json:"engine"`
+			}
+			if err := json.Unmarshal(info.WeftStats, &st); err != nil || st.Engine.RealtimeLoops != 2 {
+				t.Errorf("%s: %d realtime loops in weft stats (%v), want 2", b, st.Engine.RealtimeLoops, err)
+			}
 		}
 	}
 	vxlanRate := map[int]float64{}
@@ -213,7 +221,7 @@ func TestBenchShort(t *testing.T) {
 }
 
 func isWeft(backend string) bool {
-	return backend == BackendUDP || backend == BackendUDPUnbatched || backend == BackendUVXLAN
+	return backend == BackendUDP || backend == BackendUDPRealtime || backend == BackendUDPUnbatched || backend == BackendUVXLAN
 }
 
 // checkMem checks a sample's engine memory: for a weft backend every
