@@ -2,7 +2,6 @@ package etcdstore
 
 import (
 	"context"
-	"errors"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -27,48 +26,36 @@ func (m *Store) Follow(ctx context.Context, listed func(rev int64, keys int), fn
 // followFrom is Follow resuming after rev (0: list first), as watchWith
 // does with its state's revision.
 func (m *Store) followFrom(ctx context.Context, rev int64, listed func(rev int64, keys int), fn func(clientv3.WatchResponse)) error {
-	wait := m.firstRetry()
-	for {
-		if rev == 0 {
-			err := m.retry(ctx, "listing leases", func(ctx context.Context, cli *clientv3.Client) error {
-				r, err := m.listLeases(ctx, cli)
-				if err != nil {
-					return err
-				}
-				rev = r.Header.Revision
-				if listed != nil {
-					listed(rev, len(r.Kvs))
-				}
-				return nil
-			})
+	relist := func() error {
+		if rev != 0 {
+			return nil
+		}
+		return m.retry(ctx, "listing leases", func(ctx context.Context, cli *clientv3.Client) error {
+			r, err := m.listLeases(ctx, cli)
 			if err != nil {
 				return err
 			}
-		}
-		cli, err := m.client()
-		if errors.Is(err, ErrClosed) {
-			return err
-		}
-		if err != nil {
-			m.log.Warn("etcd: watching leases: no connection, retrying", "err", err, "in", wait)
-			if !sleep(ctx, wait) {
-				return ctx.Err()
+			rev = r.Header.Revision
+			if listed != nil {
+				listed(rev, len(r.Kvs))
 			}
-			wait = min(2*wait, m.opts.RetryMax)
-			continue
-		}
+			return nil
+		})
+	}
+	return m.watchLoop(ctx, relist, func(cli *clientv3.Client) bool {
 		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
 		progressed := false
 		for wr := range m.watchLeases(wctx, cli, rev+1) {
 			if wr.CompactRevision != 0 {
 				m.log.Warn("etcd: missed lease changes (revision compacted), listing all leases again",
 					"resumeFrom", rev+1, "compacted", wr.CompactRevision)
-				rev, progressed = 0, true
-				break
+				rev = 0
+				return true
 			}
 			if err := wr.Err(); err != nil {
 				m.log.Warn("etcd: lease watch ended, resuming", "fromRevision", rev+1, "err", err)
-				break
+				return progressed
 			}
 			progressed = true
 			if len(wr.Events) > 0 {
@@ -76,16 +63,6 @@ func (m *Store) followFrom(ctx context.Context, rev int64, listed func(rev int64
 			}
 			fn(wr)
 		}
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if progressed {
-			wait = m.firstRetry()
-		}
-		if !sleep(ctx, wait) {
-			return ctx.Err()
-		}
-		wait = min(2*wait, m.opts.RetryMax)
-	}
+		return progressed
+	})
 }

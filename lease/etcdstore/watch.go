@@ -80,17 +80,36 @@ func (m *Store) watch(ctx context.Context, out chan<- []lease.Lease, st *watchSt
 // watchWith follows the leases, sending build's view of st after each
 // batch of changes.
 func watchWith[T any](m *Store, ctx context.Context, out chan<- T, build func(*watchState) T, st *watchState) error {
+	relist := func() error {
+		if st.rev != 0 {
+			return nil
+		}
+		if err := m.list(ctx, st); err != nil {
+			return err
+		}
+		select {
+		case out <- build(st):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return m.watchLoop(ctx, relist, func(cli *clientv3.Client) bool {
+		wctx, cancel := context.WithCancel(ctx)
+		return follow(m, ctx, out, build, st, m.watchLeases(wctx, cli, st.rev+1), cancel)
+	})
+}
+
+// watchLoop is the skeleton every lease watch shares: relist (which lists
+// when the watcher has lost its place, and returns only for good), a
+// client (retried with backoff while there is no connection), one watch
+// (which reports whether it got anywhere), and backoff between watches,
+// reset by a watch that did.
+func (m *Store) watchLoop(ctx context.Context, relist func() error, watch func(*clientv3.Client) (progressed bool)) error {
 	wait := m.firstRetry()
 	for {
-		if st.rev == 0 {
-			if err := m.list(ctx, st); err != nil {
-				return err
-			}
-			select {
-			case out <- build(st):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		if err := relist(); err != nil {
+			return err
 		}
 		cli, err := m.client()
 		if errors.Is(err, ErrClosed) {
@@ -104,9 +123,7 @@ func watchWith[T any](m *Store, ctx context.Context, out chan<- T, build func(*w
 			wait = min(2*wait, m.opts.RetryMax)
 			continue
 		}
-		wctx, cancel := context.WithCancel(ctx)
-		wch := m.watchLeases(wctx, cli, st.rev+1)
-		progressed := follow(m, ctx, out, build, st, wch, cancel)
+		progressed := watch(cli)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
