@@ -24,7 +24,8 @@ func onlyCaps(caps string, argv ...string) []string {
 
 // TestLeastPrivilege: weft run needs CAP_NET_ADMIN and CAP_NET_RAW and
 // nothing else. With only those it leases, forwards and answers on its
-// debug socket (mode 0600); with none it fails at once.
+// debug socket (mode 0600); with none it fails at once. Asked for realtime
+// loops without CAP_SYS_NICE, it forwards at normal priority and says why.
 func TestLeastPrivilege(t *testing.T) {
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Fatal("setpriv (util-linux) is needed:", err)
@@ -48,7 +49,7 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 
 	// CAP_NET_ADMIN and CAP_NET_RAW only.
-	p, err := f.Lab.Start(h1.Name, "weft-1", onlyCaps("net_admin,net_raw", argv(h1)...)...)
+	p, err := f.Lab.Start(h1.Name, "weft-1", onlyCaps("net_admin,net_raw", append(argv(h1), "--realtime-priority=1")...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +68,13 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Fatalf("%s -> %s with weft on h1 under least privilege: %v", c[0].Pod, c[1].PodIP, err)
 		}
 	}
-	if _, ok := f.udpStats(1); !ok {
+	if u, ok := f.udpStats(1); !ok {
 		t.Error("weft stats does not answer from the least-privilege engine")
+	} else if e := u.Engine; e.RealtimeLoops != 0 || !strings.Contains(e.RealtimeError, "operation not permitted") {
+		t.Errorf("--realtime-priority without CAP_SYS_NICE: %d realtime loops, error %q; want 0 and EPERM", e.RealtimeLoops, e.RealtimeError)
+	}
+	if logs := f.Lab.Logs(); !strings.Contains(logs, "forwarding loops stay at normal priority") {
+		t.Errorf("no warning that the loops stay at normal priority in the log:\n%s", logs)
 	}
 	st, err := os.Stat(harness.DebugSocket(h1))
 	if err != nil {
