@@ -41,8 +41,9 @@ const (
 // (The engine also stops on any error once it is closing, so a Device
 // that returns another error after Close cannot make Run hang.)
 //
-// Optional interfaces: ReadableDevice (the tx loop drains the queue
-// without sleeping), LargeTCPWriter and LargeTCP6Writer (the rx loops
+// Optional interfaces: DrainingDevice and ReadableDevice (the tx loop
+// drains the queue without sleeping), Waitable (realtime loops wait in
+// poll(2)), LargeTCPWriter and LargeTCP6Writer (the rx loops
 // accept TCP packets over IPv4, and over IPv6, longer than the MTU).
 type Device interface {
 	// Read reads packets into bufs[i][offset:], sets sizes[i] and returns
@@ -56,6 +57,15 @@ type Device interface {
 	// Device's life.
 	BatchSize() int
 	io.Closer
+}
+
+// DrainingDevice is the optional interface of a Device that reads without
+// blocking: the tx loop drains the queue with it, one system call per
+// packet, instead of asking Readable before each Read (tunio.Device).
+type DrainingDevice interface {
+	// ReadMore is Read, except that it returns 0 and no error at once
+	// when no packet is waiting.
+	ReadMore(bufs [][]byte, sizes []int, offset int) (int, error)
 }
 
 // ReadableDevice is the optional interface of a Device that can tell,

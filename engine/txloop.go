@@ -24,8 +24,10 @@ type txLoop struct {
 
 	ttl bool // the encapsulation lowers the TTL
 
-	// readable is the Device's Readable, if it has one.
+	// readable is the Device's Readable, if it has one; more its
+	// ReadMore, which drains without asking first.
 	readable ReadableDevice
+	more     DrainingDevice
 
 	icmp icmpWriter
 	rt   realtimeState
@@ -50,6 +52,9 @@ func newTxLoop(e *Engine) *txLoop {
 	l.ttl = e.cfg.Encap.DecrementsTTL()
 	if r, ok := e.dev.(ReadableDevice); ok && !e.cfg.NoDrain {
 		l.readable = r
+	}
+	if m, ok := e.dev.(DrainingDevice); ok && !e.cfg.NoDrain {
+		l.more = m
 	}
 	return l
 }
@@ -114,8 +119,27 @@ func (l *txLoop) read() (int, error) {
 		}
 	}
 	n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
-	if err != nil || l.readable == nil {
+	if err != nil {
 		return n, err
+	}
+	if l.more != nil {
+		for reads := 1; reads < maxDrainReads && len(l.bufs)-n >= drainReserve; reads++ {
+			m, err := l.more.ReadMore(l.bufs[n:], l.sizes[n:], Headroom)
+			n += m
+			if err != nil {
+				// What that read returned is lost; the loop goes on with
+				// what it has.
+				l.c.readErrs.Add(1)
+				break
+			}
+			if m == 0 {
+				break // drained
+			}
+		}
+		return n, nil
+	}
+	if l.readable == nil {
+		return n, nil
 	}
 	for reads := 1; reads < maxDrainReads && len(l.bufs)-n >= drainReserve && l.readable.Readable(); reads++ {
 		m, err := l.e.dev.Read(l.bufs[n:], l.sizes[n:], Headroom)

@@ -39,6 +39,7 @@ var (
 	_ engine.LargeTCPWriter  = (*Device)(nil)
 	_ engine.LargeTCP6Writer = (*Device)(nil)
 	_ engine.Waitable        = (*Device)(nil)
+	_ engine.DrainingDevice  = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -50,8 +51,9 @@ type Device struct {
 	// (Linux 6.2+). GRO (coalesced writes) comes with TSO.
 	TSO, USO bool
 
-	fd  int // for Readable; -1 when unknown
-	pfd [1]unix.PollFd
+	fd   int // for Readable, WaitFD and ReadMore; -1 when unknown
+	pfd  [1]unix.PollFd
+	rbuf []byte // ReadMore's read buffer, with the virtio-net header
 
 	ownWrite bool       // Write coalesces itself (see coalesce.go)
 	wmu      sync.Mutex // serialises writers: the receive loop and ICMP errors
