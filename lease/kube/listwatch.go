@@ -182,6 +182,9 @@ func (c *nodeCache) listPage(ctx context.Context, q url.Values, seen map[string]
 				if err := dec.Decode(&w); err != nil {
 					return meta, fmt.Errorf("list of Nodes: %w", err)
 				}
+				if w.Metadata.Name == "" {
+					return meta, errors.New("list of Nodes: an item without a name")
+				}
 				n := w.node(prefix)
 				seen[n.Name] = struct{}{}
 				c.put(n)
@@ -255,10 +258,15 @@ func (c *nodeCache) watch(ctx context.Context, rv string) (string, int, error) {
 		}
 		o := &e.Object
 		switch e.Type {
-		case "ADDED", "MODIFIED":
-			c.put(o.node(prefix))
-		case "DELETED":
-			c.delete(o.node(prefix))
+		case "ADDED", "MODIFIED", "DELETED":
+			if o.Metadata.Name == "" {
+				return rv, events, fmt.Errorf("watch of Nodes: a %s event of an object without a name", e.Type)
+			}
+			if e.Type == "DELETED" {
+				c.delete(o.node(prefix))
+			} else {
+				c.put(o.node(prefix))
+			}
 		case "BOOKMARK":
 		case "ERROR":
 			return rv, events, &apierrors.StatusError{ErrStatus: metav1.Status{

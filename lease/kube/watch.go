@@ -134,7 +134,7 @@ func (s *Store) nodeToLease(n *node) (nodeLease, error) {
 	var l lease.Lease
 	if s.conf.EnableIPv4 {
 		if !v4.IsValid() {
-			return nodeLease{}, fmt.Errorf("node %q has no IPv4 pod CIDR (spec.podCIDRs %v): missing IPv4 address on n.PodCIDRs", n.Name, n.PodCIDRs)
+			return nodeLease{}, fmt.Errorf("node %q has no IPv4 pod CIDR (spec.podCIDRs %v): missing IPv4 address on n.Spec.PodCIDRs", n.Name, n.PodCIDRs)
 		}
 		ip, err := netip.ParseAddr(n.Annotations[s.ann.BackendPublicIP])
 		if err != nil || !ip.Is4() {
@@ -154,7 +154,7 @@ func (s *Store) nodeToLease(n *node) (nodeLease, error) {
 		case v6.IsValid() && ip6.IsValid():
 			l.IPv6Subnet, a.PublicIPv6, a.BackendV6Data = v6, ip6, data6
 		case !s.conf.EnableIPv4 && !v6.IsValid():
-			return nodeLease{}, fmt.Errorf("node %q has no IPv6 pod CIDR (spec.podCIDRs %v): missing IPv6 address on n.PodCIDRs", n.Name, n.PodCIDRs)
+			return nodeLease{}, fmt.Errorf("node %q has no IPv6 pod CIDR (spec.podCIDRs %v): missing IPv6 address on n.Spec.PodCIDRs", n.Name, n.PodCIDRs)
 		case !s.conf.EnableIPv4:
 			return nodeLease{}, fmt.Errorf("node %q has no annotation %s", n.Name, s.ann.BackendPublicIPv6)
 		}
