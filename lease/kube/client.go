@@ -47,8 +47,9 @@ func newAPIClient(cfg *rest.Config) (*apiClient, error) {
 // maxErrorBody bounds how much of an error answer is read.
 const maxErrorBody = 64 << 10
 
-// request is one API request: path below the server's URL, query,
-// and a JSON body (nil for none) of content type contentType.
+// request is one API request: path below the server's URL (unescaped,
+// as client-go builds it: names are DNS subdomains), query, and a JSON
+// body (nil for none) of content type contentType.
 type request struct {
 	method, path string
 	query        url.Values
@@ -134,14 +135,14 @@ func (c *apiClient) podNodeName(ctx context.Context, ns, name string) (string, e
 			NodeName string `json:"nodeName"`
 		} `json:"spec"`
 	}
-	err := c.do(ctx, request{method: http.MethodGet, path: "/api/v1/namespaces/" + url.PathEscape(ns) + "/pods/" + url.PathEscape(name),
+	err := c.do(ctx, request{method: http.MethodGet, path: "/api/v1/namespaces/" + ns + "/pods/" + name,
 		resource: "pods", name: name}, &p)
 	return p.Spec.NodeName, err
 }
 
 // patchNodeStatus sends a strategic-merge patch of nodes/<name>/status.
 func (c *apiClient) patchNodeStatus(ctx context.Context, name string, patch []byte) error {
-	return c.do(ctx, request{method: http.MethodPatch, path: "/api/v1/nodes/" + url.PathEscape(name) + "/status",
+	return c.do(ctx, request{method: http.MethodPatch, path: "/api/v1/nodes/" + name + "/status",
 		contentType: "application/strategic-merge-patch+json", body: patch, resource: "nodes", name: name}, nil)
 }
 
