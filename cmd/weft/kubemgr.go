@@ -12,8 +12,8 @@ import (
 // kubeManager builds the Kubernetes subnet manager from flanneld's
 // flags; the node name comes from NODE_NAME or POD_NAME/POD_NAMESPACE.
 func (f *runFlags) kubeManager(log *slog.Logger) (lease.Manager, error) {
-	// client-go logs through klog (a failed list or watch of Nodes, for
-	// one): into weft's log, in its format.
+	// client-go's transport logs through klog (an exec credential
+	// plugin's failure, for one): into weft's log, in its format.
 	klog.SetSlogLogger(log.With("component", "client-go"))
 	return kube.New(kube.Options{
 		APIURL:                    f.kubeAPIURL,

@@ -8,10 +8,7 @@ import (
 	"net/netip"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/strategicpatch"
 
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/lease/internal/excerpt"
@@ -62,7 +59,7 @@ func (s *Store) publicOverride(ctx context.Context, v6 bool) (netip.Addr, error)
 
 // overrideAnnotation reads the address an operator set in annotation k of
 // n (the zero Addr when unset), refusing one other hosts cannot send to.
-func overrideAnnotation(n *v1.Node, k string, v6 bool) (netip.Addr, error) {
+func overrideAnnotation(n *node, k string, v6 bool) (netip.Addr, error) {
 	v := n.Annotations[k]
 	if v == "" {
 		return netip.Addr{}, nil
@@ -161,7 +158,7 @@ func (s *Store) Acquire(ctx context.Context, attrs lease.Attrs) (lease.Lease, er
 	if s.conf.EnableIPv6 {
 		attrs.PublicIPv6, _ = netip.ParseAddr(want[s.ann.BackendPublicIPv6])
 	}
-	own := lease.Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs, CreateRevision: max(n.CreationTimestamp.Unix(), 1)}
+	own := lease.Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs, CreateRevision: max(n.Created.Unix(), 1)}
 	s.mu.Lock()
 	s.ownAttrs, s.acquired, s.actedRV = attrs, true, n.ResourceVersion
 	s.mu.Unlock()
@@ -293,24 +290,36 @@ func backendData(d json.RawMessage) (string, error) {
 
 // annotationPatch is flanneld's patch body: the two-way strategic merge
 // patch between the Node as it is and the Node with want as its
-// annotations, so only changed keys are sent, sorted
-// ({"metadata":{"annotations":{...}}}). nil when nothing changes.
-func annotationPatch(n *v1.Node, want map[string]string) ([]byte, error) {
+// annotations (flanneld's strategicpatch.CreateTwoWayMergePatch), which
+// for a map of strings is the added and changed keys with their new
+// values and the removed ones null, sorted
+// ({"metadata":{"annotations":{...}}}); all annotations removed is
+// "annotations":null. nil when nothing changes. (A test holds it to
+// strategicpatch's answer; weft does not link that package, which
+// brings the types of every Kubernetes object.)
+func annotationPatch(n *node, want map[string]string) ([]byte, error) {
 	if maps.Equal(n.Annotations, want) {
 		return nil, nil
 	}
-	oldData, err := json.Marshal(&v1.Node{ObjectMeta: metav1.ObjectMeta{Annotations: n.Annotations}})
-	if err != nil {
-		return nil, err
+	var ann any // nil: all removed
+	if len(want) > 0 {
+		diff := make(map[string]any, len(want))
+		for k, v := range want {
+			if have, ok := n.Annotations[k]; !ok || have != v {
+				diff[k] = v
+			}
+		}
+		for k := range n.Annotations {
+			if _, ok := want[k]; !ok {
+				diff[k] = nil
+			}
+		}
+		ann = diff
 	}
-	newData, err := json.Marshal(&v1.Node{ObjectMeta: metav1.ObjectMeta{Annotations: want}})
-	if err != nil {
-		return nil, err
-	}
-	return strategicpatch.CreateTwoWayMergePatch(oldData, newData, v1.Node{})
+	return json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
 }
 
-func (s *Store) patchAnnotations(ctx context.Context, n *v1.Node, want map[string]string) error {
+func (s *Store) patchAnnotations(ctx context.Context, n *node, want map[string]string) error {
 	body, err := annotationPatch(n, want)
 	if err != nil {
 		return fmt.Errorf("failed to create patch for node %q: %v", n.Name, err)
@@ -319,19 +328,29 @@ func (s *Store) patchAnnotations(ctx context.Context, n *v1.Node, want map[strin
 		s.log.Info("the Node's annotations already hold this lease", "node", n.Name)
 		return nil
 	}
-	if _, err := s.cli.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status"); err != nil {
+	if err := s.api.patchNodeStatus(ctx, n.Name, body); err != nil {
 		return fmt.Errorf("kube subnet manager: annotating Node %q: %w%s", n.Name, err, forbiddenHint(err, "patch", "nodes/status"))
 	}
 	s.log.Info("Node annotated with this host's lease", "node", n.Name)
 	return nil
 }
 
+// nodeCondition is a v1.NodeCondition's JSON, fields in its order.
+type nodeCondition struct {
+	Type               string      `json:"type"`
+	Status             string      `json:"status"`
+	LastHeartbeatTime  metav1.Time `json:"lastHeartbeatTime,omitempty"`
+	LastTransitionTime metav1.Time `json:"lastTransitionTime,omitempty"`
+	Reason             string      `json:"reason,omitempty"`
+	Message            string      `json:"message,omitempty"`
+}
+
 // conditionPatch is flanneld's patch setting NetworkUnavailable=False.
 func conditionPatch(now time.Time) ([]byte, error) {
 	t := metav1.NewTime(now)
-	raw, err := json.Marshal(&[]v1.NodeCondition{{
-		Type:               v1.NodeNetworkUnavailable,
-		Status:             v1.ConditionFalse,
+	raw, err := json.Marshal(&[]nodeCondition{{
+		Type:               "NetworkUnavailable",
+		Status:             "False",
 		Reason:             "FlannelIsUp",
 		Message:            "Flannel is running on this node",
 		LastTransitionTime: t,
@@ -348,7 +367,7 @@ func (s *Store) setNetworkAvailable(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.cli.CoreV1().Nodes().PatchStatus(ctx, s.node, body); err != nil {
+	if err := s.api.patchNodeStatus(ctx, s.node, body); err != nil {
 		return fmt.Errorf("kube subnet manager: setting NetworkUnavailable=False on Node %q: %w%s", s.node, err, forbiddenHint(err, "patch", "nodes/status"))
 	}
 	s.log.Info("Node condition NetworkUnavailable set to False", "node", s.node)

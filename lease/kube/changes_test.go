@@ -101,9 +101,7 @@ func TestChangesMatchSnapshot(t *testing.T) {
 					s.node = "n0" // this host's Node stands whatever its age
 				}
 				c := newNodeCache(s, s.node)
-				if err := c.Replace(nil, "1"); err != nil {
-					t.Fatal(err)
-				}
+				c.listDone(nil)
 				w := s.addWatcher()
 				held := heldLeases{}
 				cluster := map[string]*v1.Node{} // what the API server holds
@@ -123,33 +121,24 @@ func TestChangesMatchSnapshot(t *testing.T) {
 								}
 							}
 							cluster[n.Name] = n
-							if err := c.Replace(slices.Collect(func(yield func(any) bool) {
-								for _, n := range cluster {
-									if !yield(n) {
-										return
-									}
-								}
-							}), strconv.Itoa(rv)); err != nil {
-								t.Fatal(err)
+							seen := map[string]struct{}{}
+							for _, n := range cluster {
+								seen[n.Name] = struct{}{}
+								c.put(asNode(n))
 							}
+							c.listDone(seen)
 							relist = true
 						case cluster[n.Name] != nil && r.IntN(4) == 0:
-							if err := c.Delete(cluster[n.Name]); err != nil {
-								t.Fatal(err)
-							}
+							c.delete(asNode(cluster[n.Name]))
 							delete(cluster, n.Name)
 						case cluster[n.Name] != nil:
 							if r.IntN(3) == 0 {
 								n.CreationTimestamp = cluster[n.Name].CreationTimestamp
 							}
-							if err := c.Update(n); err != nil {
-								t.Fatal(err)
-							}
+							c.put(asNode(n))
 							cluster[n.Name] = n
 						default:
-							if err := c.Add(n); err != nil {
-								t.Fatal(err)
-							}
+							c.put(asNode(n))
 							cluster[n.Name] = n
 						}
 						events++
@@ -257,8 +246,8 @@ func wantLeases(t *testing.T, s *Store, nodes []v1.Node) []lease.Lease {
 	seen := map[netip.Prefix]bool{}
 	var out []lease.Lease
 	for i := range nodes {
-		stripped, _ := s.strip(&nodes[i])
-		n := stripped.(*v1.Node)
+		n := &node{Name: nodes[i].Name, Created: nodes[i].CreationTimestamp.Time, PodCIDR: nodes[i].Spec.PodCIDR, PodCIDRs: nodes[i].Spec.PodCIDRs,
+			Annotations: keepAnnotations(nodes[i].Annotations, s.ann.prefix())}
 		if n.Annotations[s.ann.SubnetKubeManaged] != "true" {
 			continue
 		}

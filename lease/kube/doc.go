@@ -6,12 +6,15 @@
 // (<prefix>/backend-type, backend-data, public-ip, kube-subnet-manager),
 // written with a strategic-merge patch of nodes/<name>/status in
 // flanneld's exact bytes. Peers are the Nodes annotated
-// kube-subnet-manager=true, read through one Node watch (a Reflector)
-// that keeps only what a lease needs: each peer's lease, read from the
-// event, every Node's name, and this host's own Node stripped of images,
-// conditions, managedFields and all but the store's annotations, so
-// memory stays small in large clusters. A Node event reaches the daemon
-// as a change of one lease (WatchChanges), not a snapshot of all.
+// kube-subnet-manager=true, read through one Node watch (a list, then a
+// watch, as client-go's Reflector does) that keeps only what a lease
+// needs: each peer's lease, read from the event, every Node's name, and
+// this host's own Node's podCIDRs and the store's annotations. The
+// watch's JSON is read straight into those fields; images, conditions
+// and managedFields are never decoded, and the binary links none of
+// client-go's typed API (client.go says why), so memory stays small in
+// large clusters. A Node event reaches the daemon as a change of one
+// lease (WatchChanges), not a snapshot of all.
 //
 // Unlike flanneld, a Node with no annotations, a Node re-created without
 // them, or this host's own Node losing them never stops the store: peers

@@ -97,7 +97,7 @@ func TestNodeToLeaseDualStack(t *testing.T) {
 		{"IPv6 podCIDR only", nodeWith("h6", []string{"fd00:10:244:6::/64"}, h2), "", "has no IPv4 pod CIDR"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			nl, err := s.nodeToLease(c.n)
+			nl, err := s.nodeToLease(asNode(c.n))
 			if c.errLike != "" {
 				if err == nil || !strings.Contains(err.Error(), c.errLike) {
 					t.Errorf("lease %v, err %v; want an error saying %q", nl.lease, err, c.errLike)
@@ -125,7 +125,7 @@ func TestNodeToLeaseDualStack(t *testing.T) {
 	}
 	// Without IPv6 in the network the IPv6 parts are not read at all.
 	s4 := testStore(t)
-	nl, err := s4.nodeToLease(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "nope", v6Data, "{")))
+	nl, err := s4.nodeToLease(asNode(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "nope", v6Data, "{"))))
 	if err != nil || nl.lease.String() != "10.244.2.0/24" || nl.lease.Attrs.PublicIPv6.IsValid() || nl.lease.Attrs.BackendV6Data != nil {
 		t.Errorf("IPv4 network: %+v, %v; want the IPv4 lease alone", nl.lease, err)
 	}
@@ -137,29 +137,29 @@ func TestNodeToLeaseDualStack(t *testing.T) {
 func TestUnreadableIPv6Counted(t *testing.T) {
 	s := testStore(t, dualNetConf)
 	h2 := flanneldAnnotations(t, "h2")
-	s.update(nodeWith("h2", h2CIDRs, h2), false)
+	s.update(asNode(nodeWith("h2", h2CIDRs, h2)), false)
 	if len(s.leases) != 1 || s.Unreadable() != 0 {
 		t.Fatalf("leases %v, unreadable %d", s.leases, s.Unreadable())
 	}
 	for range 3 {
-		s.update(nodeWith("h2", h2CIDRs, with(h2, v6Data, "{")), false)
+		s.update(asNode(nodeWith("h2", h2CIDRs, with(h2, v6Data, "{"))), false)
 	}
 	if len(s.leases) != 0 || s.Unreadable() != 1 {
 		t.Errorf("broken backend-v6-data: leases %v, unreadable %d; want none, 1", s.leases, s.Unreadable())
 	}
-	s.update(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "x")), false) // another reason: same Node
-	s.update(nodeWith("h2", h2CIDRs, h2), false)
+	s.update(asNode(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "x"))), false) // another reason: same Node
+	s.update(asNode(nodeWith("h2", h2CIDRs, h2)), false)
 	if len(s.leases) != 1 || s.Unreadable() != 1 {
 		t.Errorf("fixed: leases %v, unreadable %d; want h2, 1", s.leases, s.Unreadable())
 	}
-	s.update(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "x")), false)
+	s.update(asNode(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "x"))), false)
 	if s.Unreadable() != 2 {
 		t.Errorf("broken again: unreadable %d, want 2", s.Unreadable())
 	}
 	// A change of IPv6 parts alone is a changed lease.
-	s.update(nodeWith("h2", h2CIDRs, h2), false)
+	s.update(asNode(nodeWith("h2", h2CIDRs, h2)), false)
 	old := s.leases["h2"].lease
-	s.update(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "2001:db8::22")), false)
+	s.update(asNode(nodeWith("h2", h2CIDRs, with(h2, v6PublicIP, "2001:db8::22"))), false)
 	if sameLease(old, s.leases["h2"].lease) {
 		t.Error("a changed public-ipv6 is the same lease")
 	}
@@ -427,7 +427,7 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 	}
 	for _, bad := range []string{"fe80::1", "192.0.2.9", "nope"} {
 		patchAnnotations(t, admin, "h1", map[string]string{"flannel.alpha.coreos.com/public-ipv6-overwrite": bad})
-		waitCached(t, s, func(n *v1.Node) bool { return n.Annotations["flannel.alpha.coreos.com/public-ipv6-overwrite"] == bad })
+		waitCached(t, s, func(n *node) bool { return n.Annotations["flannel.alpha.coreos.com/public-ipv6-overwrite"] == bad })
 		if _, err := s.PublicIPv6Override(ctx); err == nil || !strings.Contains(err.Error(), "public-ipv6-overwrite") {
 			t.Errorf("overwrite %q: PublicIPv6Override: %v", bad, err)
 		}
@@ -436,7 +436,7 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 		}
 	}
 	patchAnnotations(t, admin, "h1", map[string]string{"flannel.alpha.coreos.com/public-ipv6-overwrite": "2001:db8:6::1"})
-	waitCached(t, s, func(n *v1.Node) bool {
+	waitCached(t, s, func(n *node) bool {
 		return n.Annotations["flannel.alpha.coreos.com/public-ipv6-overwrite"] == "2001:db8:6::1"
 	})
 	if ip, err := s.PublicIPv6Override(ctx); err != nil || ip.String() != "2001:db8:6::1" {
@@ -453,7 +453,7 @@ func TestDualStackRefusalsAndOverrides(t *testing.T) {
 
 // waitCached waits until the store's cache sees this host's Node as ok
 // says.
-func waitCached(t *testing.T, s *Store, ok func(*v1.Node) bool) {
+func waitCached(t *testing.T, s *Store, ok func(*node) bool) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if n, found := s.nodes.ownNode(); found && ok(n) {

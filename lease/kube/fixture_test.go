@@ -86,7 +86,7 @@ func TestAnnotationPatchMatchesFlanneld(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := annotationPatch(n, ann)
+			got, err := annotationPatch(asNode(n), ann)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,7 +103,7 @@ func TestAnnotationPatchMatchesFlanneld(t *testing.T) {
 			// Applied, nothing is left to patch: a restart sends none.
 			if again, _ := s.wantAnnotations(ann, attrs); true {
 				n.Annotations = ann
-				if p, _ := annotationPatch(n, again); p != nil {
+				if p, _ := annotationPatch(asNode(n), again); p != nil {
 					t.Errorf("a second Acquire patches %s", p)
 				}
 			}
@@ -218,7 +218,7 @@ func TestPodSubnets(t *testing.T) {
 		{node("10.244.1.0/33"), "", "", "pod CIDR"},
 		{node("10.244.1.0/24", "10.244.1.0/24", "fe80::%eth0/64"), "", "", "pod CIDR"},
 	} {
-		v4, v6, err := podSubnets(c.n)
+		v4, v6, err := podSubnets(asNode(c.n))
 		if c.errLike != "" {
 			if err == nil || !strings.Contains(err.Error(), c.errLike) {
 				t.Errorf("%v: err %v, want one saying %q", c.n.Spec, err, c.errLike)
@@ -239,12 +239,12 @@ func TestNodeWithoutAnnotations(t *testing.T) {
 	n.Name = "bare"
 	n.Spec.PodCIDR = "10.244.3.0/24"
 	s.changed = make(chan struct{})
-	s.update(n, false)
+	s.update(asNode(n), false)
 	if _, ok := s.leases["bare"]; ok {
 		t.Error("a Node without annotations became a peer")
 	}
-	if st, _ := s.strip(n); st.(*v1.Node).Annotations != nil {
-		t.Error("strip made annotations")
+	if keepAnnotations(n.Annotations, s.ann.prefix()) != nil {
+		t.Error("keepAnnotations made annotations")
 	}
 	if _, err := s.wantAnnotations(nil, fixtureAttrs["vxlan"]); err != nil {
 		t.Error(err)
@@ -268,10 +268,10 @@ func TestSecondNodeForASubnetCounted(t *testing.T) {
 		return n
 	}
 	young := node("x", "10.244.2.0/24", "192.0.2.66", 2000)
-	s.update(young, false)
-	s.update(node("h2", "10.244.2.0/24", "192.0.2.2", 1000), false)
-	s.update(node("h1", "10.244.1.0/24", "192.0.2.1", 3000), false)
-	s.update(node("y", "10.244.1.0/24", "192.0.2.67", 500), false) // older than this host's Node
+	s.update(asNode(young), false)
+	s.update(asNode(node("h2", "10.244.2.0/24", "192.0.2.2", 1000)), false)
+	s.update(asNode(node("h1", "10.244.1.0/24", "192.0.2.1", 3000)), false)
+	s.update(asNode(node("y", "10.244.1.0/24", "192.0.2.67", 500)), false) // older than this host's Node
 	for range 3 {
 		snap, _ := s.snapshot()
 		if got := subnets(snap); !slices.Equal(got, []string{"10.244.1.0/24=192.0.2.1", "10.244.2.0/24=192.0.2.2"}) {
@@ -285,9 +285,9 @@ func TestSecondNodeForASubnetCounted(t *testing.T) {
 		t.Errorf("origin %q, want node/h2", o)
 	}
 	// Gone, it is not counted again; back, it is.
-	s.update(young, true)
+	s.update(asNode(young), true)
 	s.snapshot()
-	s.update(young, false)
+	s.update(asNode(young), false)
 	s.snapshot()
 	if s.Duplicates() != 3 {
 		t.Errorf("%d duplicates counted, want 3", s.Duplicates())

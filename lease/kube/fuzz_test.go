@@ -25,8 +25,8 @@ func FuzzNodeToLease(f *testing.F) {
 			if cidr6 == "" {
 				n.Spec.PodCIDRs = n.Spec.PodCIDRs[:1]
 			}
-			s.update(n, false)
-			nl, err := s.nodeToLease(n)
+			s.update(asNode(n), false)
+			nl, err := s.nodeToLease(asNode(n))
 			if err != nil {
 				if _, ok := s.leases["p"]; ok {
 					t.Fatalf("%v: a lease despite %v", conf, err)

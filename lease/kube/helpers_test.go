@@ -198,3 +198,10 @@ func subnets(ls []lease.Lease) []string {
 func vxlanAttrs(ip, mac string) lease.Attrs {
 	return lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"` + mac + `"}`)}
 }
+
+// asNode is what the store reads of n (node), every annotation kept: the
+// Node watch's decoding is tested on its own (node_test.go).
+func asNode(n *v1.Node) *node {
+	return &node{Name: n.Name, UID: string(n.UID), ResourceVersion: n.ResourceVersion, Created: n.CreationTimestamp.Time,
+		PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs, Annotations: n.Annotations}
+}

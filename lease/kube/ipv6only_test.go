@@ -116,7 +116,7 @@ func TestIPv6OnlyAnnotationsMatchFlanneldRule(t *testing.T) {
 				t.Fatal(err)
 			}
 			n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "h1", Annotations: got}}
-			if body, err := annotationPatch(n, again); body != nil || err != nil {
+			if body, err := annotationPatch(asNode(n), again); body != nil || err != nil {
 				t.Errorf("second write patches %s (%v)", body, err)
 			}
 			_, flanneldPatches := flanneldAnnotationRule(got, c.attrs)

@@ -6,8 +6,6 @@ import (
 	"maps"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
-
 	"github.com/weft-net/weft/lease"
 )
 
@@ -31,7 +29,7 @@ func (s *Store) Keep(ctx context.Context, own lease.Lease) error {
 		// lease has no PublicIP, so that is no test of it).
 		attrs = own.Attrs
 	}
-	var uid types.UID
+	var uid string
 	conditionSet := !s.o.SetNodeNetworkUnavailable
 	missing := false
 	const retryEvery = 5 * time.Second
@@ -52,7 +50,7 @@ func (s *Store) Keep(ctx context.Context, own lease.Lease) error {
 			}
 			uid = n.UID
 			if sub, sub6, err := podSubnets(n); err == nil && (s.conf.EnableIPv4 && sub != own.Subnet || s.conf.EnableIPv6 && sub6 != own.IPv6Subnet) {
-				return fmt.Errorf("kube subnet manager: Node %q's podCIDRs are now %v, not this host's lease %s: restart to take it", s.node, n.Spec.PodCIDRs, own)
+				return fmt.Errorf("kube subnet manager: Node %q's podCIDRs are now %v, not this host's lease %s: restart to take it", s.node, n.PodCIDRs, own)
 			}
 			// Only act on a version of the Node not acted on yet: the
 			// cache may not have seen the last patch.

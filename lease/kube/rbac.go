@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	authnv1 "k8s.io/api/authentication/v1"
-	authzv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Permission is one thing the store does on the API server.
@@ -27,9 +24,9 @@ func (p Permission) String() string {
 
 // Needed are the permissions the store needs on cluster-scoped Nodes,
 // all of them (deploy/'s ClusterRole grants exactly these, plus get pods
-// for POD_NAME): list and watch feed the informer, patch nodes/status
+// for POD_NAME): list and watch feed the Node watch, patch nodes/status
 // writes the annotations and the NetworkUnavailable condition. Unlike
-// flanneld, weft never GETs a Node: it reads its own from the informer.
+// flanneld, weft never GETs a Node: it reads its own from the Node watch.
 var Needed = []Permission{
 	{Verb: "list", Resource: "nodes"},
 	{Verb: "watch", Resource: "nodes"},
@@ -38,16 +35,12 @@ var Needed = []Permission{
 
 // checkAccess asks the API server (SelfSubjectAccessReview) whether this
 // client may do each of Needed, so that a missing permission fails the
-// start naming it, instead of an informer retrying a forbidden list
+// start naming it, instead of a Node watch retrying a forbidden list
 // forever or a patch failing after the data path is up.
 func (s *Store) checkAccess(ctx context.Context) error {
 	var missing []string
 	for _, p := range Needed {
-		r, err := s.cli.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authzv1.SelfSubjectAccessReview{
-			Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authzv1.ResourceAttributes{
-				Verb: p.Verb, Resource: p.Resource, Subresource: p.Subresource,
-			}},
-		}, metav1.CreateOptions{})
+		allowed, err := s.api.allowed(ctx, p)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -57,7 +50,7 @@ func (s *Store) checkAccess(ctx context.Context) error {
 			s.log.Warn("cannot check permissions (SelfSubjectAccessReview)", "err", err)
 			return nil
 		}
-		if !r.Status.Allowed {
+		if !allowed {
 			missing = append(missing, p.String())
 		}
 	}
@@ -70,11 +63,11 @@ func (s *Store) checkAccess(ctx context.Context) error {
 
 // whoAmI names this client's user for an error message.
 func (s *Store) whoAmI(ctx context.Context) string {
-	r, err := s.cli.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authnv1.SelfSubjectReview{}, metav1.CreateOptions{})
-	if err != nil || r.Status.UserInfo.Username == "" {
+	name, err := s.api.username(ctx)
+	if err != nil || name == "" {
 		return "this client"
 	}
-	return "user " + r.Status.UserInfo.Username
+	return "user " + name
 }
 
 // forbiddenHint explains a Forbidden error as a missing RBAC permission.

@@ -12,10 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weft-net/weft/lease"
@@ -24,7 +21,7 @@ import (
 // Defaults of flanneld v0.28.
 const (
 	DefaultNetConfPath = "/etc/kube-flannel/net-conf.json"
-	// syncTimeout bounds the wait for the informer's first list, as
+	// syncTimeout bounds the wait for the Node watch's first list, as
 	// flanneld's nodeControllerSyncTimeout.
 	syncTimeout = 10 * time.Minute
 	// ownNodeWait bounds the wait for this host's Node to appear.
@@ -66,7 +63,7 @@ type Store struct {
 	o    Options
 	log  *slog.Logger
 	ann  annotations
-	cli  kubernetes.Interface
+	api  *apiClient
 	conf *lease.Config // from NetConfPath; SubnetLen filled in by start
 
 	startMu  sync.Mutex
@@ -145,11 +142,11 @@ func New(o Options) (*Store, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "weft"
 	}
-	cli, err := kubernetes.NewForConfig(cfg)
+	api, err := newAPIClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("unable to initialize client: %v", err)
 	}
-	return &Store{o: o, log: o.Logger, ann: ann, cli: cli, conf: conf, changed: make(chan struct{})}, nil
+	return &Store{o: o, log: o.Logger, ann: ann, api: api, conf: conf, changed: make(chan struct{})}, nil
 }
 
 // NodeName is this host's Node, once the store has started ("" before).
@@ -207,11 +204,15 @@ func (s *Store) doStart(ctx context.Context) error {
 	ictx, stop := context.WithCancel(context.Background())
 	s.nodes = newNodeCache(s, node)
 	s.stop = stop
-	go s.nodes.reflector().RunWithContext(ictx)
+	go s.nodes.run(ictx)
 	s.log.Info("waiting for the first list of Nodes", "timeout", syncTimeout)
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	if !cache.WaitForCacheSync(sctx.Done(), s.nodes.synced.Load) {
+	select {
+	case <-s.nodes.listed:
+	case <-sctx.Done():
+	}
+	if !s.nodes.synced.Load() {
 		if ctx.Err() != nil {
 			stop()
 			s.nodes, s.stop = nil, nil
@@ -241,14 +242,14 @@ func (s *Store) nodeName(ctx context.Context) (string, error) {
 	if pod == "" || ns == "" {
 		return "", errors.New("kube subnet manager: set NODE_NAME, or POD_NAME and POD_NAMESPACE (env variables POD_NAME and POD_NAMESPACE must be set)")
 	}
-	p, err := s.cli.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	name, err := s.api.podNodeName(ctx, ns, pod)
 	if err != nil {
 		return "", fmt.Errorf("error retrieving pod spec for '%s/%s': %w%s", ns, pod, err, forbiddenHint(err, "get", "pods"))
 	}
-	if p.Spec.NodeName == "" {
+	if name == "" {
 		return "", fmt.Errorf("node name not present in pod spec '%s/%s'", ns, pod)
 	}
-	return p.Spec.NodeName, nil
+	return name, nil
 }
 
 // Config returns the network config of --net-config-path. In kube mode

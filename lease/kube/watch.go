@@ -7,12 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
-
-	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/weft-net/weft/lease"
 	"github.com/weft-net/weft/lease/internal/excerpt"
@@ -24,45 +19,11 @@ type nodeLease struct {
 	created time.Time
 }
 
-// strip keeps of a Node only its name, resourceVersion, creation time,
-// the annotations under the store's prefix, and spec.podCIDR(s): a Node
-// object of a real cluster carries kilobytes of images, conditions and
-// managedFields, which in a large cluster would be most of the daemon's
-// memory (kube-flannel.yml's 50 MiB limit is what OOM-kills flanneld).
-func (s *Store) strip(obj any) (any, error) {
-	n, ok := obj.(*v1.Node)
-	if !ok {
-		return obj, nil // a DeletedFinalStateUnknown: its Node was stripped
-	}
-	out := &v1.Node{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, CreationTimestamp: n.CreationTimestamp,
-		},
-		Spec: v1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
-	}
-	p := s.ann.prefix()
-	for k, v := range n.Annotations {
-		if strings.HasPrefix(k, p) {
-			if out.Annotations == nil {
-				out.Annotations = make(map[string]string, 8)
-			}
-			out.Annotations[k] = v
-		}
-	}
-	return out, nil
-}
-
-// update applies one informer event to the lease set. A Node that is not
-// annotated kube-subnet-manager=true, or whose annotations make no valid
-// lease, has no lease (a change that makes it invalid removes it).
-func (s *Store) update(obj any, deleted bool) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	n, ok := obj.(*v1.Node)
-	if !ok {
-		return
-	}
+// update applies one event of the Node watch to the lease set. A Node
+// that is not annotated kube-subnet-manager=true, or whose annotations
+// make no valid lease, has no lease (a change that makes it invalid
+// removes it).
+func (s *Store) update(n *node, deleted bool) {
 	var nl nodeLease
 	var have bool
 	var why error
@@ -164,7 +125,7 @@ func sameLease(a, b lease.Lease) bool {
 // and is reached over IPv4). IPv6 annotations that are present but
 // unreadable make no lease at all, as unreadable IPv4 ones do: the Node
 // is refused, logged and counted. Admission checks the ranges.
-func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
+func (s *Store) nodeToLease(n *node) (nodeLease, error) {
 	v4, v6, err := podSubnets(n)
 	if err != nil {
 		return nodeLease{}, err
@@ -173,7 +134,7 @@ func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
 	var l lease.Lease
 	if s.conf.EnableIPv4 {
 		if !v4.IsValid() {
-			return nodeLease{}, fmt.Errorf("node %q has no IPv4 pod CIDR (spec.podCIDRs %v): missing IPv4 address on n.Spec.PodCIDRs", n.Name, n.Spec.PodCIDRs)
+			return nodeLease{}, fmt.Errorf("node %q has no IPv4 pod CIDR (spec.podCIDRs %v): missing IPv4 address on n.Spec.PodCIDRs", n.Name, n.PodCIDRs)
 		}
 		ip, err := netip.ParseAddr(n.Annotations[s.ann.BackendPublicIP])
 		if err != nil || !ip.Is4() {
@@ -193,7 +154,7 @@ func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
 		case v6.IsValid() && ip6.IsValid():
 			l.IPv6Subnet, a.PublicIPv6, a.BackendV6Data = v6, ip6, data6
 		case !s.conf.EnableIPv4 && !v6.IsValid():
-			return nodeLease{}, fmt.Errorf("node %q has no IPv6 pod CIDR (spec.podCIDRs %v): missing IPv6 address on n.Spec.PodCIDRs", n.Name, n.Spec.PodCIDRs)
+			return nodeLease{}, fmt.Errorf("node %q has no IPv6 pod CIDR (spec.podCIDRs %v): missing IPv6 address on n.Spec.PodCIDRs", n.Name, n.PodCIDRs)
 		case !s.conf.EnableIPv4:
 			return nodeLease{}, fmt.Errorf("node %q has no annotation %s", n.Name, s.ann.BackendPublicIPv6)
 		}
@@ -208,7 +169,7 @@ func (s *Store) nodeToLease(n *v1.Node) (nodeLease, error) {
 		return nodeLease{}, err
 	}
 	rv, _ := strconv.ParseInt(n.ResourceVersion, 10, 64)
-	created := n.CreationTimestamp.Time
+	created := n.Created
 	l.Attrs, l.Revision, l.CreateRevision = a, rv, max(created.Unix(), 1)
 	return nodeLease{lease: l, created: created}, nil
 }
@@ -220,7 +181,7 @@ const annotationExcerpt = 64
 // ipv6Annotations reads public-ipv6 (the zero Addr when absent or empty) and
 // backend-v6-data (nil when absent or "null"), refusing either when it
 // is present but unreadable.
-func (s *Store) ipv6Annotations(n *v1.Node) (netip.Addr, json.RawMessage, error) {
+func (s *Store) ipv6Annotations(n *node) (netip.Addr, json.RawMessage, error) {
 	var ip netip.Addr
 	if v := n.Annotations[s.ann.BackendPublicIPv6]; v != "" {
 		var err error
@@ -252,10 +213,10 @@ func annotationJSON(ann map[string]string, key string) (json.RawMessage, error) 
 // entry of spec.podCIDRs, or spec.podCIDR when podCIDRs is empty; either
 // is the zero Prefix when the Node has none. No CIDR at all, or more
 // than two, is refused as flanneld refuses it.
-func podSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
-	cidrs := n.Spec.PodCIDRs
-	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-		cidrs = []string{n.Spec.PodCIDR}
+func podSubnets(n *node) (v4, v6 netip.Prefix, err error) {
+	cidrs := n.PodCIDRs
+	if len(cidrs) == 0 && n.PodCIDR != "" {
+		cidrs = []string{n.PodCIDR}
 	}
 	switch {
 	case len(cidrs) == 0:
@@ -279,7 +240,7 @@ func podSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 }
 
 // ownNode waits (up to OwnNodeWait) for this host's Node in the cache.
-func (s *Store) ownNode(ctx context.Context) (*v1.Node, error) {
+func (s *Store) ownNode(ctx context.Context) (*node, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.o.OwnNodeWait)
 	defer cancel()
 	logged := false
@@ -308,14 +269,14 @@ func (s *Store) ownNode(ctx context.Context) (*v1.Node, error) {
 // IPv6, the IPv6 one inside IPv6Network. Where flanneld would go on with
 // no IPv6 subnet (and fail later, or run IPv4 alone), weft refuses a
 // Node of a dual-stack network that has no IPv6 podCIDR.
-func (s *Store) ownSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
+func (s *Store) ownSubnets(n *node) (v4, v6 netip.Prefix, err error) {
 	v4, v6, err = podSubnets(n)
 	if err != nil {
 		return v4, v6, fmt.Errorf("kube subnet manager: %w", err)
 	}
 	if s.conf.EnableIPv4 {
 		if !v4.IsValid() {
-			return v4, v6, fmt.Errorf("kube subnet manager: node %q has no IPv4 pod CIDR (spec.podCIDRs %v), but the network config has IPv4 (Network %s)", n.Name, n.Spec.PodCIDRs, s.conf.Network)
+			return v4, v6, fmt.Errorf("kube subnet manager: node %q has no IPv4 pod CIDR (spec.podCIDRs %v), but the network config has IPv4 (Network %s)", n.Name, n.PodCIDRs, s.conf.Network)
 		}
 		if nw := s.conf.Network; v4.Bits() < nw.Bits() || !nw.Contains(v4.Addr()) {
 			return v4, v6, fmt.Errorf("kube subnet manager: subnet %q specified in the flannel net config doesn't contain %q PodCIDR of the %q node", nw, v4, n.Name)
@@ -325,7 +286,7 @@ func (s *Store) ownSubnets(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 	}
 	if s.conf.EnableIPv6 {
 		if !v6.IsValid() {
-			return v4, v6, fmt.Errorf("kube subnet manager: node %q has no IPv6 pod CIDR (spec.podCIDRs %v), but the network config has \"EnableIPv6\": true (IPv6Network %s): give the Node an IPv6 podCIDR (a dual-stack cluster: kube-controller-manager --cluster-cidr with an IPv4 and an IPv6 range), or turn EnableIPv6 off", n.Name, n.Spec.PodCIDRs, s.conf.IPv6Network)
+			return v4, v6, fmt.Errorf("kube subnet manager: node %q has no IPv6 pod CIDR (spec.podCIDRs %v), but the network config has \"EnableIPv6\": true (IPv6Network %s): give the Node an IPv6 podCIDR (a dual-stack cluster: kube-controller-manager --cluster-cidr with an IPv4 and an IPv6 range), or turn EnableIPv6 off", n.Name, n.PodCIDRs, s.conf.IPv6Network)
 		}
 		if nw := s.conf.IPv6Network; v6.Bits() < nw.Bits() || !nw.Contains(v6.Addr()) {
 			return v4, v6, fmt.Errorf("kube subnet manager: subnet %q specified in the flannel net config doesn't contain %q IPv6 PodCIDR of the %q node", nw, v6, n.Name)

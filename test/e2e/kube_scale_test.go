@@ -76,7 +76,8 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 	k.env = []string{"GODEBUG=gctrace=1"} // the heap at each GC, in the log
 	// weft run from a binary of its own, out of the page cache: the lab's
 	// weft etcd runs the same file (memcg.ColdCopy says why that matters).
-	bin, err := memcg.ColdCopy(k.exe, filepath.Join(k.l.Dir, "weft-run"))
+	cold := filepath.Join(k.l.Dir, "weft-run")
+	bin, err := memcg.ColdCopy(k.exe, cold)
 	if err == nil && cg != nil {
 		bin, err = cg.Wrap(bin)
 	}
@@ -286,6 +287,12 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 	time.Sleep(30 * time.Second)
 	alive()
 	figure(t, "%s: RSS 30 s later: %d KiB (%s); major page faults since start: %d", backend, rssKiB(t, p.Pid()), rssSplit(p.Pid()), majFaults(t, p.Pid()))
+	// What weft read of its binary: where the file-backed part goes.
+	if parts, err := cachedByPart(cold, 14); err == nil {
+		figure(t, "%s: weft's binary in the page cache: %s", backend, parts)
+	} else {
+		t.Logf("the binary's page cache: %v", err)
+	}
 	saveProfile(t, h.Dir, "heap?gc=1", backend+"-after-churn.heap")
 	var lastGC string
 	for _, l := range strings.Split(p.Log(), "\n") {
