@@ -64,11 +64,8 @@ func parseIperf3TCP(out []byte) (*traffic.Result, error) {
 		} `json:"end"`
 		Error string `json:"error"`
 	}
-	if err := json.Unmarshal(out, &j); err != nil {
-		return nil, fmt.Errorf("iperf3: bad JSON: %w", err)
-	}
-	if j.Error != "" {
-		return nil, fmt.Errorf("iperf3: %s", j.Error)
+	if err := decodeIperf3(out, &j, &j.Error); err != nil {
+		return nil, err
 	}
 	r := j.End.SumReceived
 	return &traffic.Result{Mode: "iperf3", Seconds: r.Seconds, Bytes: r.Bytes, BitsPerSecond: r.BitsPerSecond}, nil
@@ -116,11 +113,8 @@ func parseIperf3UDP(out []byte) (*traffic.Result, error) {
 		} `json:"end"`
 		Error string `json:"error"`
 	}
-	if err := json.Unmarshal(out, &j); err != nil {
-		return nil, fmt.Errorf("iperf3: bad JSON: %w", err)
-	}
-	if j.Error != "" {
-		return nil, fmt.Errorf("iperf3: %s", j.Error)
+	if err := decodeIperf3(out, &j, &j.Error); err != nil {
+		return nil, err
 	}
 	rx, tx := j.End.SumReceived, j.End.SumSent
 	switch {
@@ -136,4 +130,16 @@ func parseIperf3UDP(out []byte) (*traffic.Result, error) {
 	return &traffic.Result{Mode: "iperf3-udp", Seconds: rx.Seconds, Bytes: rx.Bytes, BitsPerSecond: float64(rx.Bytes) * 8 / rx.Seconds,
 		PayloadSize: 64, Sent: tx.Packets, SentPPS: float64(tx.Packets) / tx.Seconds,
 		Delivered: delivered, DeliveredPPS: float64(delivered) / rx.Seconds, Loss: &loss}, nil
+}
+
+// decodeIperf3 reads iperf3's JSON into j; iperf3 reports its own failure
+// in the document's "error" field, which errField points at.
+func decodeIperf3(out []byte, j any, errField *string) error {
+	if err := json.Unmarshal(out, j); err != nil {
+		return fmt.Errorf("iperf3: bad JSON: %w", err)
+	}
+	if *errField != "" {
+		return fmt.Errorf("iperf3: %s", *errField)
+	}
+	return nil
 }
