@@ -76,6 +76,28 @@ type State struct {
 	FDB6    []FDB
 }
 
+// links returns the devices of s and those its routes leave by, once each.
+func (s State) links() *[]int {
+	var out []int
+	add := func(l int) {
+		if l == 0 {
+			return
+		}
+		for _, o := range out {
+			if o == l {
+				return
+			}
+		}
+		out = append(out, l)
+	}
+	add(s.Dev)
+	add(s.Dev6)
+	for _, r := range s.Routes {
+		add(r.LinkIndex)
+	}
+	return &out
+}
+
 // Keys names every entry of s, one string per entry, with its full
 // content: two states program the same kernel entries iff their keys match.
 func (s State) Keys() map[string]bool {

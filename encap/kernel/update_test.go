@@ -204,3 +204,46 @@ func TestRunUpdatesWithoutFullPasses(t *testing.T) {
 	ns.H.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: sn.Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}, Table: unix.RT_TABLE_MAIN})
 	waitFor("repair of a hand-deleted route", func(s kernel.Stats) bool { return s.Repairs == 1 && s.Passes > base })
 }
+
+// TestRunRepairsAfterDeviceDown: taking the device down flushes its IPv4
+// routes without a netlink event for any of them; the link events wake a
+// pass, so the routes are back once it is up, long before the period.
+func TestRunRepairsAfterDeviceDown(t *testing.T) {
+	ns, r, p, _ := newReconciler(t, 20)
+	r.Interval = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	ours := func() int {
+		n := 0
+		for _, rt := range ns.Routes(t) {
+			if rt.Protocol == kernel.RouteProtocol {
+				n++
+			}
+		}
+		return n
+	}
+	waitRoutes := func(what string, want int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ours() != want; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d of weft's routes, want %d; stats %+v", what, ours(), want, r.Stats())
+			}
+		}
+	}
+	waitRoutes("the first pass", 20)
+	link, err := ns.H.LinkByIndex(p.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.H.LinkSetDown(link); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes("device down (the kernel flushes its routes)", 0)
+	if err := ns.H.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes("device up again, with a pass an hour away", 20)
+}
