@@ -185,6 +185,24 @@ func rss(pid int) (uint64, error) { return procStatus(pid, "VmRSS:") }
 // rssAnon is its anonymous part (RssAnon).
 func rssAnon(pid int) (uint64, error) { return procStatus(pid, "RssAnon:") }
 
+// memory is the most of a process's VmRSS and of its anonymous part seen
+// over some samples (each its own maximum: the file-backed part moves on
+// its own, as the kernel maps and unmaps the binary's pages).
+type memory struct{ rss, anon uint64 }
+
+// sample adds pid's current figures.
+func (m *memory) sample(pid int) {
+	if r, err := rss(pid); err == nil {
+		m.rss = max(m.rss, r)
+	}
+	if a, err := rssAnon(pid); err == nil {
+		m.anon = max(m.anon, a)
+	}
+}
+
+// add merges o's maxima.
+func (m *memory) add(o memory) { m.rss, m.anon = max(m.rss, o.rss), max(m.anon, o.anon) }
+
 // procStatus reads a size in kB from /proc/<pid>/status, in bytes.
 func procStatus(pid int, field string) (uint64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")

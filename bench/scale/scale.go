@@ -56,6 +56,7 @@ type Churn struct {
 	CPUPerEvent time.Duration `json:"cpu_per_event_ns"`
 	After       time.Duration `json:"correct_after_last_event_ns"`
 	RSSMax      uint64        `json:"rss_max_bytes"`
+	RSSMaxAnon  uint64        `json:"rss_max_anon_bytes"` // the most anonymous memory seen
 }
 
 // Join is the run where N-1 peers join one put at a time.
@@ -286,18 +287,16 @@ func (h *host) start(ctx context.Context) error {
 
 // waitCorrect polls the host's state every 50 ms until it holds exactly
 // h.want, sampling the weft process's RSS. It returns when that was first
-// seen and the largest RSS.
-func (h *host) waitCorrect(ctx context.Context) (time.Time, uint64, error) {
+// seen and the most memory seen.
+func (h *host) waitCorrect(ctx context.Context) (time.Time, memory, error) {
 	deadline := time.Now().Add(h.o.Timeout)
-	var maxRSS uint64
+	var maxRSS memory
 	var last string
 	for {
 		if h.run.Exited() {
-			return time.Time{}, 0, fmt.Errorf("weft run exited: %v\n%s", h.run.Wait(), h.run.Log())
+			return time.Time{}, maxRSS, fmt.Errorf("weft run exited: %v\n%s", h.run.Wait(), h.run.Log())
 		}
-		if r, err := rss(h.run.Pid()); err == nil {
-			maxRSS = max(maxRSS, r)
-		}
+		maxRSS.sample(h.run.Pid())
 		ok, why, err := h.chk.correct(h.want)
 		now := time.Now()
 		if err == nil && ok {
@@ -420,7 +419,8 @@ func (h *host) churn(ctx context.Context, rate int) (Churn, error) {
 	}
 	c.After = at.Sub(last)
 	c.CPUPerEvent = (cpu1 - cpu0) / time.Duration(len(evs))
-	c.RSSMax = max(maxRSS, m)
+	maxRSS.add(m)
+	c.RSSMax, c.RSSMaxAnon = maxRSS.rss, maxRSS.anon
 	return c, nil
 }
 
@@ -467,7 +467,8 @@ func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
 	if err != nil {
 		return j, err
 	}
-	j.After, j.CPU, j.RSSMax = at.Sub(last), cpu1-cpu0, max(maxRSS, m)
+	maxRSS.add(m)
+	j.After, j.CPU, j.RSSMax = at.Sub(last), cpu1-cpu0, maxRSS.rss
 	return j, nil
 }
 
@@ -495,19 +496,17 @@ func Binaries(list string) ([]string, error) {
 	return out, nil
 }
 
-// sampleRSS samples pid's RSS every 20 ms until the returned function is
-// called, which returns the largest.
-func sampleRSS(pid int) func() uint64 {
+// sampleRSS samples pid's memory every 20 ms until the returned function
+// is called, which returns the most seen.
+func sampleRSS(pid int) func() memory {
 	stop := make(chan struct{})
-	sampled := make(chan uint64)
+	sampled := make(chan memory)
 	go func() {
-		var m uint64
+		var m memory
 		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if r, err := rss(pid); err == nil {
-				m = max(m, r)
-			}
+			m.sample(pid)
 			select {
 			case <-stop:
 				sampled <- m
@@ -516,7 +515,7 @@ func sampleRSS(pid int) func() uint64 {
 			}
 		}
 	}()
-	return func() uint64 { close(stop); return <-sampled }
+	return func() memory { close(stop); return <-sampled }
 }
 
 // saveHeap writes the weft process's heap profile to o.ProfileDir (when

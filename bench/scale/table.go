@@ -10,7 +10,7 @@ import (
 // WriteTable prints results as issue 19's table (markdown), then the join
 // runs.
 func WriteTable(w io.Writer, rs []Result) {
-	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady (anonymous) | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn |")
+	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady (anonymous) | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn (anonymous) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
 		if r.Error != "" && len(r.Churn) == 0 {
@@ -22,7 +22,7 @@ func WriteTable(w io.Writer, rs []Result) {
 		}
 		for _, c := range r.Churn {
 			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, secs(r.Start), mib(r.RSSSteady)+" ("+mib(r.RSSSteadyAnon)+")",
-				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax))
+				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax)+" ("+mib(c.RSSMaxAnon)+")")
 		}
 	}
 	sep := "\n"

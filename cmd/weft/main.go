@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 
-	_ "github.com/weft-net/weft/internal/noreadahead" // before the large packages: see its doc
+	_ "github.com/weft-net/weft/internal/exepages" // before the large packages: see its doc
 )
 
 // version is set at build time (-ldflags "-X main.version=v1.2.3").
