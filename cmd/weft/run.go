@@ -155,11 +155,14 @@ func runRun(args []string) error {
 	log := newLogger(f.logFormat, f.verbosity)
 	slog.SetDefault(log)
 	f.klog.warnUnused(log)
-	switch soft, cg, err := memlimit.Apply(); {
-	case err == nil && soft > 0:
+	soft, cg, limitErr := memlimit.Apply()
+	switch {
+	case limitErr == nil && cg > 0:
 		log.Info("Go memory limit set below the cgroup's", "limit", soft, "cgroup-limit", cg)
-	case err != nil && !errors.Is(err, memlimit.ErrSet):
-		log.Warn("reading the cgroup's memory limit", "err", err)
+	case limitErr == nil && soft > 0:
+		log.Debug("Go memory limit kept lean: no cgroup limit", "limit", soft)
+	case limitErr != nil && !errors.Is(limitErr, memlimit.ErrSet):
+		log.Warn("reading the cgroup's memory limit", "err", limitErr)
 	}
 	o, err := f.options(log)
 	if err != nil {
@@ -167,6 +170,9 @@ func runRun(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if limitErr == nil && cg == 0 && soft > 0 {
+		go memlimit.FollowLive(ctx, 10*time.Second)
+	}
 	return daemon.Run(ctx, o)
 }
 

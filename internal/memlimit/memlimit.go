@@ -1,21 +1,26 @@
-// Package memlimit gives the Go runtime a soft memory limit below the
-// memory limit of the cgroup weft runs in, when GOMEMLIMIT does not set
-// one. Without it the garbage collector lets the heap grow to twice what
-// is live before collecting, whatever the container allows: a pod limited
-// to 50 MiB (kube-flannel.yml's limit) is OOM-killed by a heap peak that a
-// collection would have avoided. With it the collector works harder only
-// when the heap nears the limit.
+// Package memlimit gives the Go runtime a soft memory limit when
+// GOMEMLIMIT does not set one: below the memory limit of the cgroup weft
+// runs in, or, without one, a lean limit that follows the live heap.
+// Without it the garbage collector lets the heap grow to twice what is
+// live (plus the globals) before collecting, whatever the container
+// allows: a pod limited to 50 MiB (kube-flannel.yml's limit) is OOM-killed
+// by a heap peak that a collection would have avoided, and a host without
+// a limit holds twice its live heap. With it the collector works harder
+// only when the heap nears the limit.
 package memlimit
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"os"
 	"path"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Reserve is what the soft limit leaves of the cgroup's limit for what
@@ -32,6 +37,38 @@ const Reserve = 14 << 20
 
 // Soft is the Go soft memory limit for a cgroup limit.
 func Soft(cgroup int64) int64 { return max(cgroup-Reserve, cgroup/2) }
+
+// LeanFloor is the soft limit without a cgroup limit while the live heap
+// is small: what the Go runtime may hold (heap, stacks, its own metadata)
+// before the collector runs, whatever the live heap. At 5,000 peers the
+// live heap is 14-20 MB, so GOGC=100 alone lets the runtime hold ~45 MiB
+// (docs/scale.md, "A lean heap without a cgroup limit").
+const LeanFloor = 32 << 20
+
+// Lean is the soft limit without a cgroup limit for a live heap of live
+// bytes: LeanFloor, or twice the live heap once that is more, so that a
+// larger cluster's heap keeps the collector's usual room (GOGC=100)
+// instead of a collector that runs all the time.
+func Lean(live uint64) int64 { return max(LeanFloor, 2*int64(min(live, 1<<61))) }
+
+// FollowLive keeps the soft limit at Lean of the live heap, read every
+// period, until ctx ends. Run it when Apply set a lean limit.
+func FollowLive(ctx context.Context, period time.Duration) {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		metrics.Read(s)
+		if s[0].Value.Kind() == metrics.KindUint64 {
+			debug.SetMemoryLimit(Lean(s[0].Value.Uint64()))
+		}
+	}
+}
 
 // unlimited is where cgroup v1 reports "no limit" (a page-rounded
 // MaxInt64); anything this large is no limit.
@@ -109,8 +146,10 @@ func read(name string) (int64, bool) {
 var ErrSet = errors.New("GOMEMLIMIT is set")
 
 // Apply sets the runtime's soft memory limit to Soft of this process's
-// cgroup limit and returns both. It sets nothing when GOMEMLIMIT is set
-// (ErrSet) or when the cgroup has no limit (soft 0, no error).
+// cgroup limit and returns both; without a cgroup limit, to LeanFloor
+// (cgroup 0: run FollowLive to keep it in step with the live heap). It
+// sets nothing when GOMEMLIMIT is set (ErrSet; GOMEMLIMIT=off turns the
+// limit off).
 func Apply() (soft, cgroup int64, err error) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return 0, 0, ErrSet
@@ -121,7 +160,8 @@ func Apply() (soft, cgroup int64, err error) {
 	}
 	cgroup, ok := Limit("/sys/fs/cgroup", string(b))
 	if !ok {
-		return 0, 0, nil
+		debug.SetMemoryLimit(LeanFloor)
+		return LeanFloor, 0, nil
 	}
 	soft = Soft(cgroup)
 	debug.SetMemoryLimit(soft)

@@ -1,9 +1,12 @@
 package memlimit
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"testing"
+	"time"
 )
 
 func write(t *testing.T, name, s string) {
@@ -65,4 +68,41 @@ func TestSoft(t *testing.T) {
 			t.Errorf("Soft(%d MiB) = %d MiB; want %d MiB", tc.cgroup>>20, got>>20, tc.want>>20)
 		}
 	}
+}
+
+func TestLean(t *testing.T) {
+	for _, tc := range []struct {
+		live uint64
+		want int64
+	}{
+		{0, LeanFloor},
+		{15 << 20, LeanFloor}, // 5,000 peers
+		{16 << 20, LeanFloor},
+		{40 << 20, 80 << 20}, // a larger cluster: GOGC=100's room
+		{1 << 63, 1 << 62},   // no overflow
+	} {
+		if got := Lean(tc.live); got != tc.want {
+			t.Errorf("Lean(%d MiB) = %d MiB; want %d MiB", tc.live>>20, got>>20, tc.want>>20)
+		}
+	}
+}
+
+// FollowLive sets the limit from the live heap and stops with its context.
+func TestFollowLive(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(prev)
+	debug.SetMemoryLimit(1 << 40)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { FollowLive(ctx, time.Millisecond); close(done) }()
+	for deadline := time.Now().Add(10 * time.Second); debug.SetMemoryLimit(-1) == 1<<40; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the limit was never set")
+		}
+	}
+	if got := debug.SetMemoryLimit(-1); got < LeanFloor {
+		t.Errorf("limit %d, below LeanFloor", got)
+	}
+	cancel()
+	<-done
 }

@@ -178,7 +178,9 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 	if synced, applied := logGap(fullLog(p), "Nodes listed", "lease acquired"); synced != "" {
 		figure(t, "%s: log: Nodes listed at %s, lease acquired at %s", backend, synced, applied)
 	}
-	time.Sleep(2 * time.Second)
+	// The steady state: the daemon hands back start-up's garbage and the
+	// binary's pages start-up touched 3 s after the full change.
+	time.Sleep(5 * time.Second)
 	rss, anon := memKiB(t, p.Pid())
 	figure(t, "%s: RSS with %d Nodes: %d KiB (RssAnon %d KiB); major page faults since start: %d", backend, n, rss, anon, majFaults(t, p.Pid()))
 	charged(t, cg, backend, "at the steady state")
