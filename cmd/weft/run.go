@@ -155,14 +155,15 @@ func runRun(args []string) error {
 	log := newLogger(f.logFormat, f.verbosity)
 	slog.SetDefault(log)
 	f.klog.warnUnused(log)
-	soft, cg, limitErr := memlimit.Apply()
+	soft, ceiling, cg, limitErr := memlimit.Apply()
 	switch {
-	case limitErr == nil && cg > 0:
-		log.Info("Go memory limit set below the cgroup's", "limit", soft, "cgroup-limit", cg)
-	case limitErr == nil && soft > 0:
-		log.Debug("Go memory limit kept lean: no cgroup limit", "limit", soft)
-	case limitErr != nil && !errors.Is(limitErr, memlimit.ErrSet):
+	case errors.Is(limitErr, memlimit.ErrSet):
+	case limitErr != nil:
 		log.Warn("reading the cgroup's memory limit", "err", limitErr)
+	case cg > 0:
+		log.Info("Go memory limit set, at most the cgroup's limit less a reserve", "limit", soft, "ceiling", ceiling, "cgroup-limit", cg)
+	default:
+		log.Debug("Go memory limit set (no cgroup limit)", "limit", soft)
 	}
 	o, err := f.options(log)
 	if err != nil {
@@ -170,8 +171,8 @@ func runRun(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if limitErr == nil && cg == 0 && soft > 0 {
-		go memlimit.FollowLive(ctx, 10*time.Second)
+	if soft > 0 {
+		go memlimit.FollowLive(ctx, 10*time.Second, ceiling)
 	}
 	return daemon.Run(ctx, o)
 }

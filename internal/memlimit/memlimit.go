@@ -38,22 +38,30 @@ const Reserve = 14 << 20
 // Soft is the Go soft memory limit for a cgroup limit.
 func Soft(cgroup int64) int64 { return max(cgroup-Reserve, cgroup/2) }
 
-// LeanFloor is the soft limit without a cgroup limit while the live heap
-// is small: what the Go runtime may hold (heap, stacks, its own metadata)
-// before the collector runs, whatever the live heap. At 5,000 peers the
-// live heap is 14-20 MB, so GOGC=100 alone lets the runtime hold ~45 MiB
-// (docs/scale.md, "A lean heap without a cgroup limit").
+// LeanFloor is the soft limit while the live heap is small: what the Go
+// runtime may hold (heap, stacks, its own metadata) before the collector
+// runs, whatever the live heap. At 5,000 peers the live heap is 14-20 MB,
+// so GOGC=100 alone lets the runtime hold ~45 MiB (docs/scale.md, "The
+// binary's pages and a lean heap").
 const LeanFloor = 32 << 20
 
-// Lean is the soft limit without a cgroup limit for a live heap of live
-// bytes: LeanFloor, or twice the live heap once that is more, so that a
-// larger cluster's heap keeps the collector's usual room (GOGC=100)
-// instead of a collector that runs all the time.
-func Lean(live uint64) int64 { return max(LeanFloor, 2*int64(min(live, 1<<61))) }
+// Lean is the soft limit for a live heap of live bytes under a ceiling
+// (the cgroup's Soft; 0: none): LeanFloor, or twice the live heap once
+// that is more, so that a larger cluster's heap keeps the collector's
+// usual room (GOGC=100) instead of a collector that runs all the time;
+// never above the ceiling.
+func Lean(live uint64, ceiling int64) int64 {
+	l := max(LeanFloor, 2*int64(min(live, 1<<61)))
+	if ceiling > 0 {
+		l = min(l, ceiling)
+	}
+	return l
+}
 
 // FollowLive keeps the soft limit at Lean of the live heap, read every
-// period, until ctx ends. Run it when Apply set a lean limit.
-func FollowLive(ctx context.Context, period time.Duration) {
+// period, under Apply's ceiling, until ctx ends. Run it when Apply set a
+// limit.
+func FollowLive(ctx context.Context, period time.Duration, ceiling int64) {
 	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -65,7 +73,7 @@ func FollowLive(ctx context.Context, period time.Duration) {
 		}
 		metrics.Read(s)
 		if s[0].Value.Kind() == metrics.KindUint64 {
-			debug.SetMemoryLimit(Lean(s[0].Value.Uint64()))
+			debug.SetMemoryLimit(Lean(s[0].Value.Uint64(), ceiling))
 		}
 	}
 }
@@ -145,25 +153,25 @@ func read(name string) (int64, bool) {
 // ErrSet is returned by Apply when GOMEMLIMIT already sets the limit.
 var ErrSet = errors.New("GOMEMLIMIT is set")
 
-// Apply sets the runtime's soft memory limit to Soft of this process's
-// cgroup limit and returns both; without a cgroup limit, to LeanFloor
-// (cgroup 0: run FollowLive to keep it in step with the live heap). It
-// sets nothing when GOMEMLIMIT is set (ErrSet; GOMEMLIMIT=off turns the
-// limit off).
-func Apply() (soft, cgroup int64, err error) {
+// Apply sets the runtime's soft memory limit to Lean of an empty heap
+// under the ceiling of this process's cgroup limit (Soft of it; 0 when
+// there is none), and returns the limit, the ceiling and the cgroup's
+// limit. Run FollowLive with the ceiling to keep the limit in step with
+// the live heap. It sets nothing when GOMEMLIMIT is set (ErrSet;
+// GOMEMLIMIT=off turns the limit off). A /proc/self/cgroup it cannot read
+// is returned as an error, with the limit set as if there were no cgroup
+// limit.
+func Apply() (soft, ceiling, cgroup int64, err error) {
 	if os.Getenv("GOMEMLIMIT") != "" {
-		return 0, 0, ErrSet
+		return 0, 0, 0, ErrSet
 	}
 	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return 0, 0, err
+	if err == nil {
+		if l, ok := Limit("/sys/fs/cgroup", string(b)); ok {
+			cgroup, ceiling = l, Soft(l)
+		}
 	}
-	cgroup, ok := Limit("/sys/fs/cgroup", string(b))
-	if !ok {
-		debug.SetMemoryLimit(LeanFloor)
-		return LeanFloor, 0, nil
-	}
-	soft = Soft(cgroup)
+	soft = Lean(0, ceiling)
 	debug.SetMemoryLimit(soft)
-	return soft, cgroup, nil
+	return soft, ceiling, cgroup, err
 }

@@ -72,17 +72,21 @@ func TestSoft(t *testing.T) {
 
 func TestLean(t *testing.T) {
 	for _, tc := range []struct {
-		live uint64
-		want int64
+		live    uint64
+		ceiling int64
+		want    int64
 	}{
-		{0, LeanFloor},
-		{15 << 20, LeanFloor}, // 5,000 peers
-		{16 << 20, LeanFloor},
-		{40 << 20, 80 << 20}, // a larger cluster: GOGC=100's room
-		{1 << 63, 1 << 62},   // no overflow
+		{0, 0, LeanFloor},
+		{15 << 20, 0, LeanFloor}, // 5,000 peers
+		{16 << 20, 0, LeanFloor},
+		{40 << 20, 0, 80 << 20}, // a larger cluster: GOGC=100's room
+		{1 << 63, 0, 1 << 62},   // no overflow
+		{15 << 20, Soft(50 << 20), LeanFloor},
+		{20 << 20, Soft(50 << 20), 36 << 20}, // kube-flannel.yml's pod: the cgroup's soft limit caps it
+		{0, Soft(40 << 20), 26 << 20},
 	} {
-		if got := Lean(tc.live); got != tc.want {
-			t.Errorf("Lean(%d MiB) = %d MiB; want %d MiB", tc.live>>20, got>>20, tc.want>>20)
+		if got := Lean(tc.live, tc.ceiling); got != tc.want {
+			t.Errorf("Lean(%d MiB, %d MiB) = %d MiB; want %d MiB", tc.live>>20, tc.ceiling>>20, got>>20, tc.want>>20)
 		}
 	}
 }
@@ -94,7 +98,7 @@ func TestFollowLive(t *testing.T) {
 	debug.SetMemoryLimit(1 << 40)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { FollowLive(ctx, time.Millisecond); close(done) }()
+	go func() { FollowLive(ctx, time.Millisecond, 0); close(done) }()
 	for deadline := time.Now().Add(10 * time.Second); debug.SetMemoryLimit(-1) == 1<<40; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the limit was never set")
