@@ -86,6 +86,8 @@ type Result struct {
 	// are back (kernel backends).
 	Repair time.Duration `json:"repair_ns,omitempty"`
 	Join   *Join         `json:"join,omitempty"`
+	// Restart is weft stopped and started again after the churn.
+	Restart *Restart `json:"restart,omitempty"`
 	// With Options.MemoryMax: the cgroup's limit, the most it was
 	// charged from start to the end of the churn, and the OOM kills.
 	// Error is why the run failed, if it did.
@@ -241,6 +243,15 @@ func (h *host) close() {
 	}
 }
 
+// flags are weft run's flags beyond the harness's.
+func (h *host) flags() []string {
+	flags := []string{"--public-ip=" + h.lab.Hosts[0].IP.String(), "--iptables-forward-rules=false"}
+	if h.typ == "uvxlan" {
+		flags = append(flags, "--no-kernel-vxlan")
+	}
+	return flags
+}
+
 // add registers n new simulated peers (not yet written).
 func (h *host) add(n int) []int {
 	ids := make([]int, 0, n)
@@ -260,11 +271,7 @@ func (h *host) add(n int) []int {
 // start starts weft run and returns when its subnet file is written.
 func (h *host) start(ctx context.Context) error {
 	hh := h.lab.Hosts[0]
-	flags := []string{"--public-ip=" + hh.IP.String(), "--iptables-forward-rules=false"}
-	if h.typ == "uvxlan" {
-		flags = append(flags, "--no-kernel-vxlan")
-	}
-	if err := h.c.StartWeft(hh, flags...); err != nil {
+	if err := h.c.StartWeft(hh, h.flags()...); err != nil {
 		return err
 	}
 	h.run = h.c.Runs[0]
@@ -382,6 +389,12 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 		}
 		r.Repair = at.Sub(t0)
 	}
+	o.Progress(fmt.Sprintf("%s: restarting weft", typ))
+	rs, err := h.restart(ctx)
+	if err != nil {
+		return r, fmt.Errorf("restart: %w", err)
+	}
+	r.Restart = &rs
 	return r, nil
 }
 

@@ -38,6 +38,16 @@ func WriteTable(w io.Writer, rs []Result) {
 			sep = ""
 		}
 	}
+	for _, r := range rs {
+		if r.Restart != nil {
+			changed := ""
+			if kernelBackend(r.Backend) {
+				changed = fmt.Sprintf("; kernel entries the restart changed: %d", r.Restart.KernelChanges)
+			}
+			fmt.Fprintf(w, "%s%s %s N=%d: restarted, every peer's state held again after %s%s\n", sep, r.Binary, r.Backend, r.N, secs(r.Restart.Took), changed)
+			sep = ""
+		}
+	}
 	var joins []Result
 	for _, r := range rs {
 		if r.Join != nil {

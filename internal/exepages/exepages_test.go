@@ -13,16 +13,9 @@ func TestAdvise(t *testing.T) {
 	if n := Advise(); n == 0 {
 		t.Fatal("no mapping of the executable was advised")
 	}
-	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		t.Fatal(err)
-	}
+	exe, lines := smaps(t)
 	inExe, checked := false, 0
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range lines {
 		fields := strings.Fields(line)
 		if len(fields) > 0 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
 			inExe = len(fields) == 6 && fields[5] == exe
@@ -78,16 +71,9 @@ func TestRelease(t *testing.T) {
 // mappings in /proc/self/smaps.
 func exeRss(t *testing.T) (ro, rw int) {
 	t.Helper()
-	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		t.Fatal(err)
-	}
+	exe, lines := smaps(t)
 	var cur *int
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range lines {
 		if m, ok := parseMapping(line, exe); ok {
 			cur = &ro
 			if m.writable {
@@ -112,4 +98,18 @@ func exeRss(t *testing.T) (ro, rw int) {
 		}
 	}
 	return ro, rw
+}
+
+// smaps is the executable's path and the lines of /proc/self/smaps.
+func smaps(t *testing.T) (exe string, lines []string) {
+	t.Helper()
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exe, strings.Split(string(b), "\n")
 }
