@@ -34,12 +34,13 @@ type Options struct {
 }
 
 var (
-	_ engine.Device          = (*Device)(nil)
-	_ engine.ReadableDevice  = (*Device)(nil)
-	_ engine.LargeTCPWriter  = (*Device)(nil)
-	_ engine.LargeTCP6Writer = (*Device)(nil)
-	_ engine.Waitable        = (*Device)(nil)
-	_ engine.DrainingDevice  = (*Device)(nil)
+	_ engine.Device           = (*Device)(nil)
+	_ engine.ReadableDevice   = (*Device)(nil)
+	_ engine.LargeTCPWriter   = (*Device)(nil)
+	_ engine.LargeTCP6Writer  = (*Device)(nil)
+	_ engine.Waitable         = (*Device)(nil)
+	_ engine.DrainingDevice   = (*Device)(nil)
+	_ engine.SegmentingDevice = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -51,9 +52,11 @@ type Device struct {
 	// (Linux 6.2+). GRO (coalesced writes) comes with TSO.
 	TSO, USO bool
 
-	fd   int // for Readable, WaitFD and ReadMore; -1 when unknown
+	fd   int // for Readable, WaitFD, ReadMore and ReadSegments; -1 when unknown
 	pfd  [1]unix.PollFd
 	rbuf []byte // ReadMore's read buffer, with the virtio-net header
+	rc   syscall.RawConn
+	wr   waitRead // ReadSegments' blocking read
 
 	ownWrite bool       // Write coalesces itself (see coalesce.go)
 	wmu      sync.Mutex // serialises writers: the receive loop and ICMP errors
@@ -66,7 +69,9 @@ func newDevice(dev tun.Device, name string) *Device {
 	// SyscallConn does not, and stays valid while the device is open.
 	if sc, err := dev.File().SyscallConn(); err == nil {
 		sc.Control(func(fd uintptr) { d.fd = int(fd) })
+		d.rc = sc
 	}
+	d.initWaitRead()
 	return d
 }
 

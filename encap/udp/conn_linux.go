@@ -54,8 +54,9 @@ type Conn struct {
 }
 
 var (
-	_ engine.Transport = (*Conn)(nil)
-	_ engine.Waitable  = (*Conn)(nil)
+	_ engine.Transport       = (*Conn)(nil)
+	_ engine.GatherTransport = (*Conn)(nil)
+	_ engine.Waitable        = (*Conn)(nil)
 )
 
 type rxState struct {
@@ -74,7 +75,7 @@ type rxState struct {
 
 type txState struct {
 	hdrs  []mmsghdr
-	iovs  []unix.Iovec
+	iovs  []unix.Iovec // two per packet: its head and its tail
 	names []sockaddr
 	oob   []byte
 	first []int // index in pkts of each message's first packet
@@ -170,7 +171,7 @@ func (c *Conn) initTx() {
 	n := c.batch
 	t := &c.tx
 	t.hdrs = make([]mmsghdr, n)
-	t.iovs = make([]unix.Iovec, n)
+	t.iovs = make([]unix.Iovec, 2*n)
 	t.names = make([]sockaddr, n)
 	t.oob = make([]byte, n*oobSize)
 	t.first = make([]int, n)
@@ -388,10 +389,21 @@ func setAddrPort(sa *sockaddr, ap netip.AddrPort) uint32 {
 // wire format is unchanged, and the iovecs point at the packets where they
 // lie, so nothing is copied to build it.
 func (c *Conn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, err error) {
+	return c.WriteBatchGather(pkts, nil, dsts)
+}
+
+// WriteBatchGather implements engine.GatherTransport: WriteBatch for
+// datagrams in two pieces, each packet an iovec for its head and one for
+// its tail, so a TSO segment goes out from its headers and its payload
+// where the TUN read left it. A GSO message's segment size is the first
+// datagram's whole length; the kernel cuts the message's bytes at it
+// wherever the iovecs end, so the datagrams are the same as from joined
+// packets. tails may be nil (no packet has one).
+func (c *Conn) WriteBatchGather(pkts, tails [][]byte, dsts []netip.AddrPort) (refused int, err error) {
 	t := &c.tx
 	i := 0
 	for i < len(pkts) {
-		m := c.pack(pkts, dsts, i)
+		m := c.pack(pkts, tails, dsts, i)
 		next := t.first[m-1] + t.segs[m-1] // messages cover pkts[i:next]
 		sent := 0
 		for sent < m {
@@ -431,23 +443,29 @@ func (c *Conn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, er
 
 // pack fills the message headers with pkts[i:], one message per GSO run
 // (or per packet without GSO), and returns how many messages it filled.
-func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
+func (c *Conn) pack(pkts, tails [][]byte, dsts []netip.AddrPort, i int) int {
 	t := &c.tx
 	gso := c.gso.Load()
+	whole := func(k int) int {
+		if tails == nil {
+			return len(pkts[k])
+		}
+		return len(pkts[k]) + len(tails[k])
+	}
 	m, iov := 0, 0
-	for i < len(pkts) && m < len(t.hdrs) && iov < len(t.iovs) {
-		size := len(pkts[i])
-		segs, total := 1, size
-		t.iovs[iov] = iovec(pkts[i])
+	for i < len(pkts) && m < len(t.hdrs) && iov+2 <= len(t.iovs) {
+		size := whole(i)
+		segs, total, start := 1, size, iov
+		iov = c.addIovecs(pkts, tails, i, iov)
 		j := i + 1
 		if gso {
-			for j < len(pkts) && segs < udpMaxSegments && iov+segs < len(t.iovs) &&
-				dsts[j] == dsts[i] && len(pkts[j]) <= size && total+len(pkts[j]) <= gsoMaxBytes {
-				t.iovs[iov+segs] = iovec(pkts[j])
+			for j < len(pkts) && segs < udpMaxSegments && iov+2 <= len(t.iovs) &&
+				dsts[j] == dsts[i] && whole(j) <= size && total+whole(j) <= gsoMaxBytes {
+				iov = c.addIovecs(pkts, tails, j, iov)
 				segs++
-				total += len(pkts[j])
+				total += whole(j)
 				j++
-				if len(pkts[j-1]) < size {
+				if whole(j-1) < size {
 					break // a shorter datagram can only end a GSO run
 				}
 			}
@@ -455,8 +473,8 @@ func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
 		h := &t.hdrs[m].hdr
 		h.Namelen = setAddrPort(&t.names[m], dsts[i])
 		h.Name = (*byte)(unsafe.Pointer(&t.names[m]))
-		h.Iov = &t.iovs[iov]
-		h.SetIovlen(segs)
+		h.Iov = &t.iovs[start]
+		h.SetIovlen(iov - start)
 		h.Flags = 0
 		if segs > 1 {
 			oob := t.oob[m*oobSize : m*oobSize+unix.CmsgSpace(2)]
@@ -472,10 +490,21 @@ func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
 		}
 		t.first[m], t.segs[m] = i, segs
 		m++
-		iov += segs
 		i = j
 	}
 	return m
+}
+
+// addIovecs puts packet k's iovecs at t.iovs[iov:]: its head, and its tail
+// if it has one. It returns the next free index.
+func (c *Conn) addIovecs(pkts, tails [][]byte, k, iov int) int {
+	c.tx.iovs[iov] = iovec(pkts[k])
+	iov++
+	if tails != nil && len(tails[k]) > 0 {
+		c.tx.iovs[iov] = iovec(tails[k])
+		iov++
+	}
+	return iov
 }
 
 func iovec(b []byte) unix.Iovec {
