@@ -377,3 +377,50 @@ func TestReadSegments(t *testing.T) {
 		return nil
 	})
 }
+
+// TestTUNWriteAndReadAllocateNothing: Write's writev of a coalesced train
+// and ReadSegments on a real TUN allocate nothing per call.
+func TestTUNWriteAndReadAllocateNothing(t *testing.T) {
+	inFreshNetns(t, func() error {
+		const name = "wtalloc0"
+		d, err := Create(Options{Name: name, MTU: 1500})
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		local := netip.MustParseAddrPort("10.98.0.1:9")
+		remote := netip.MustParseAddrPort("10.98.0.2:1234")
+		if err := Configure(name, Addrs{Addr: local.Addr(), Network: netip.MustParsePrefix("10.98.0.0/24")}); err != nil {
+			return err
+		}
+		var train [][]byte
+		for range 40 {
+			train = append(train, udpTo(remote, local, make([]byte, 1400))) // to a closed port: dropped
+		}
+		bufs := make([][]byte, len(train))
+		if a := testing.AllocsPerRun(50, func() {
+			copy(bufs, train)
+			if n, err := d.Write(bufs, off); err != nil || n != len(bufs) {
+				t.Errorf("Write: %d, %v", n, err)
+			}
+		}); a != 0 {
+			return fmt.Errorf("%v allocations per Write, want 0", a)
+		}
+		rb, sizes, tails := testBufs(64), make([]int, 64), make([][]byte, 64)
+		conn, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(local), &net.UDPAddr{IP: net.IPv4(10, 98, 0, 7), Port: 9})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		msg := []byte("x")
+		if a := testing.AllocsPerRun(50, func() {
+			conn.Write(msg)
+			if n, err := d.ReadSegments(rb, sizes, tails, off, true); err != nil || n != 1 {
+				t.Errorf("ReadSegments: %d, %v", n, err)
+			}
+		}); a != 0 {
+			return fmt.Errorf("%v allocations per ReadSegments, want 0", a)
+		}
+		return nil
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -61,6 +62,7 @@ type Device struct {
 	ownWrite bool       // Write coalesces itself (see coalesce.go)
 	wmu      sync.Mutex // serialises writers: the receive loop and ICMP errors
 	co       coalescer
+	ww       gatherWrite // Write's writev(2), under wmu
 }
 
 func newDevice(dev tun.Device, name string) *Device {
@@ -72,6 +74,7 @@ func newDevice(dev tun.Device, name string) *Device {
 		d.rc = sc
 	}
 	d.initWaitRead()
+	d.initGatherWrite()
 	return d
 }
 
@@ -120,7 +123,7 @@ func create(o Options) (*Device, error) {
 		d.TSO = dev.BatchSize() > 1
 		if d.TSO {
 			d.USO = probeUSO(dev.File())
-			d.ownWrite = !o.TunPackageWrite
+			d.ownWrite = !o.TunPackageWrite && d.rc != nil
 			d.co.uso = d.USO
 			d.co.mtu = o.MTU
 		}
@@ -301,9 +304,10 @@ func (d *Device) SegmentsLargeTCP() bool { return d.ownWrite }
 func (d *Device) SegmentsLargeTCP6() bool { return d.ownWrite }
 
 // Write writes packets into the TUN. With offloads on, it coalesces each
-// flow's packets into super-packets (coalesce.go) and writes one per
-// write(2); bufs[i] may grow (into its capacity) and offset must leave room
-// for the virtio-net header.
+// flow's packets into super-packets (coalesce.go) and writes each with one
+// writev(2) from where its packets lie; offset must leave room for the
+// virtio-net header, which goes in front of each super-packet's first
+// packet.
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if !d.ownWrite {
 		return d.Device.Write(bufs, offset)
@@ -316,11 +320,10 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	d.co.plan(bufs, offset)
 	var errs error
 	n := 0
-	f := d.Device.File()
 	for i := range d.co.runs {
 		r := &d.co.runs[i]
-		if _, err := f.Write(d.co.finish(bufs, offset, r)); err != nil {
-			if errors.Is(err, syscall.EBADFD) || errors.Is(err, os.ErrClosed) {
+		if err := d.writev(d.co.finish(bufs, offset, r)); err != nil {
+			if errors.Is(err, syscall.EBADFD) || errors.Is(err, syscall.EBADF) || errors.Is(err, os.ErrClosed) {
 				return n, os.ErrClosed
 			}
 			errs = errors.Join(errs, err)
@@ -329,4 +332,52 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 		n += r.n
 	}
 	return n, errs
+}
+
+// gatherWrite is writev's state: the iovecs, reused, and the function
+// the raw connection calls, bound once (a method value per call would
+// allocate).
+type gatherWrite struct {
+	iovs  []unix.Iovec
+	errno unix.Errno
+	fn    func(fd uintptr) bool
+}
+
+func (d *Device) initGatherWrite() {
+	d.ww.fn = func(fd uintptr) bool {
+		for {
+			_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&d.ww.iovs[0])), uintptr(len(d.ww.iovs)))
+			if e == unix.EINTR {
+				continue
+			}
+			if e == unix.EAGAIN {
+				return false // a TUN write does not block; wait as os.File would
+			}
+			d.ww.errno = e
+			return true
+		}
+	}
+}
+
+// writev writes pieces as one packet (or super-packet), through the raw
+// connection, so a descriptor closed meanwhile is never written to.
+func (d *Device) writev(pieces [][]byte) error {
+	d.ww.iovs = d.ww.iovs[:0]
+	for _, p := range pieces {
+		if len(p) > 0 {
+			v := unix.Iovec{Base: &p[0]}
+			v.SetLen(len(p))
+			d.ww.iovs = append(d.ww.iovs, v)
+		}
+	}
+	d.ww.errno = 0
+	err := d.rc.Write(d.ww.fn)
+	clear(d.ww.iovs) // the buffers are the caller's
+	if err != nil {
+		return fmt.Errorf("tunio: write %s: %w (%v)", d.Name, os.ErrClosed, err)
+	}
+	if d.ww.errno != 0 {
+		return fmt.Errorf("tunio: write %s: %w", d.Name, d.ww.errno)
+	}
+	return nil
 }
