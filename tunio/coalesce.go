@@ -89,6 +89,11 @@ const (
 	// exceeds gso_size * UDP_MAX_SEGMENTS, which is 64 before Linux 6.15
 	// and 128 since.
 	maxUDPSegments = 64
+	// maxWritePieces bounds a run's packets so its writev(2) stays within
+	// the kernel's UIO_MAXIOV (1024) iovecs: the head with its virtio-net
+	// header, and a payload per packet that joined it. Only a flow of
+	// tiny TCP segments in a batch of more than 1023 packets reaches it.
+	maxWritePieces = 1024
 )
 
 // addr128 holds an IPv6 address, or an IPv4 one in lo.
@@ -313,7 +318,7 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, p *packetInfo) bool 
 		}
 		head := bufs[r.idx][offset:]
 		payload := len(pkt) - iph - l4h
-		if p.key.proto == protoUDP && r.n >= maxUDPSegments {
+		if (p.key.proto == protoUDP && r.n >= maxUDPSegments) || r.n >= maxWritePieces {
 			return false // the next run of the flow starts with this packet
 		}
 		if r.closed || payload == 0 || payload > r.gsoSize || iph != r.iphLen || l4h != r.l4hLen ||

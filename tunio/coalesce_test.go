@@ -598,3 +598,23 @@ func joined(pieces [][]byte) []byte {
 	}
 	return b
 }
+
+// TestCoalesceRunFitsOneWritev: 1,100 one-byte TCP segments of one flow
+// (a batch larger than UIO_MAXIOV) make two runs, each written with at
+// most 1,024 iovecs.
+func TestCoalesceRunFitsOneWritev(t *testing.T) {
+	var bufs [][]byte
+	for i := range 1100 {
+		bufs = append(bufs, build(t, seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 1000, seq: uint32(i), ack: 1, payload: 1}))
+	}
+	co := coalescer{uso: true}
+	co.plan(bufs, off)
+	if len(co.runs) != 2 || co.runs[0].n != maxWritePieces {
+		t.Fatalf("%d runs, the first of %d packets; want 2, %d", len(co.runs), co.runs[0].n, maxWritePieces)
+	}
+	for i := range co.runs {
+		if n := len(co.finish(bufs, off, &co.runs[i])); n > 1024 {
+			t.Fatalf("run %d: %d pieces for one writev", i, n)
+		}
+	}
+}
