@@ -46,7 +46,8 @@ const (
 // GatherTransport: a super-packet's payload is sent from where it was
 // read), Waitable (realtime loops wait in poll(2)), LargeTCPWriter and
 // LargeTCP6Writer (the rx loops accept TCP packets over IPv4, and over
-// IPv6, longer than the MTU).
+// IPv6, longer than the MTU), InPlaceWriter (with a TrainReceiver: a UDP
+// GRO train's packets are written from where they were received).
 type Device interface {
 	// Read reads packets into bufs[i][offset:], sets sizes[i] and returns
 	// how many it read. It blocks until at least one packet is there.
@@ -136,6 +137,30 @@ type GatherTransport interface {
 	WriteBatchGather(pkts, tails [][]byte, dsts []netip.AddrPort) (refused int, err error)
 }
 
+// InPlaceWriter is the optional interface of a Device whose Write changes
+// nothing of bufs[i] but the packet, bufs[i][offset:]: no scratch space in
+// front of it or past it. The rx loops then hand it packets that lie one
+// after another in one buffer, as a TrainReceiver delivers them.
+type InPlaceWriter interface {
+	WritesInPlace() bool
+}
+
+// TrainReceiver is the optional interface of a Receiver (or a
+// Transport) that hands a UDP GRO train over in the buffer it was
+// received into instead of copying its datagrams apart. The rx loop uses
+// it when the Device is an InPlaceWriter.
+type TrainReceiver interface {
+	// ReadTrains is ReadBatch, except that datagrams are handed over as
+	// slices: afterwards pkts[i][offset:] (i < n) is datagram i, and
+	// pkts[i] a slice of an element of bufs whose capacity ends with the
+	// datagram. Several datagrams may lie in one element, one after
+	// another, so the bytes in front of pkts[i][offset:] may be another
+	// datagram's. As in ReadBatch, the elements of bufs are BufferSize
+	// long and the transport may exchange them for its own; len(pkts) is
+	// at most len(bufs).
+	ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error)
+}
+
 // Receiver is one receiving socket of a MultiReceiver: ReadBatch as
 // Transport's.
 type Receiver interface {
@@ -207,6 +232,10 @@ type Config struct {
 	// (Read and ReadMore) even when the Device is a SegmentingDevice and
 	// the Transport a GatherTransport, for comparison.
 	CopySegments bool
+	// CopyTrains makes the rx loops receive UDP GRO trains copied apart
+	// (ReadBatch) even when the Receiver is a TrainReceiver and the Device
+	// an InPlaceWriter, for comparison.
+	CopyTrains bool
 	// NoDrain makes each TUN read its own batch (one blocking read per
 	// batch), for comparison; by default a batch takes every packet
 	// waiting.

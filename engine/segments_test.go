@@ -265,3 +265,65 @@ func BenchmarkTxBatchTails(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*128), "ns/packet")
 }
+
+type inPlaceDevice struct{ nopDevice }
+
+func (inPlaceDevice) WritesInPlace() bool { return true }
+
+type trainTransport struct{ nopTransport }
+
+func (trainTransport) ReadTrains([][]byte, [][]byte, []netip.AddrPort, int) (int, error) {
+	return 0, os.ErrClosed
+}
+
+// TestRxClassifyTrains: datagrams that lie back to back in one buffer (a
+// GRO train from a TrainReceiver) are judged one by one, patched only
+// within themselves, and handed to the device as slices whose capacity
+// ends with the packet; a dropped one is left as it came.
+func TestRxClassifyTrains(t *testing.T) {
+	e, err := New(inPlaceDevice{}, trainTransport{}, Config{BatchSize: 64, MTU: 1472, AntiSpoof: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.SetTable(testTable(t))
+	l := e.rx[0]
+	if l.trains == nil {
+		t.Fatal("the rx loop does not take trains from a TrainReceiver with an InPlaceWriter")
+	}
+	buf := l.bufs[0]
+	var want []byte
+	at := 0
+	for i := range 10 {
+		src := "10.5.2.7"
+		if i == 4 {
+			src = "10.5.3.7" // peer 3's address from peer 2: spoofed
+		}
+		p := udpPacket(t, src, "10.5.1.2", 64, bytes.Repeat([]byte{byte(i)}, 1000))
+		copy(buf[at+Headroom:], p)
+		end := at + Headroom + len(p)
+		l.pkts[i], l.srcs[i] = buf[at:end:end], netip.MustParseAddrPort("192.0.2.2:8285")
+		if i != 4 {
+			decrementTTL(p)
+		}
+		want = append(want, p...)
+		at += len(p)
+	}
+	k := l.classify(e.Table(), 10)
+	if k != 9 || l.bc.drops[DropSpoofedSource] != 1 {
+		t.Fatalf("kept %d, %d spoofed; want 9, 1", k, l.bc.drops[DropSpoofedSource])
+	}
+	if !bytes.Equal(buf[Headroom:Headroom+len(want)], want) {
+		t.Fatal("the train is not its packets with their TTLs lowered")
+	}
+	for i := range k {
+		if cap(l.out[i]) != len(l.out[i]) || len(l.out[i])-l.off != 1028 {
+			t.Fatalf("packet %d: %d bytes at offset %d, capacity %d", i, len(l.out[i])-l.off, l.off, cap(l.out[i]))
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { l.classify(e.Table(), 10); l.bc.flush(&l.c) }); a != 0 {
+		t.Fatalf("%v allocations per batch, want 0", a)
+	}
+	if e2, _ := New(inPlaceDevice{}, trainTransport{}, Config{CopyTrains: true}); e2.rx[0].trains != nil {
+		t.Fatal("CopyTrains is on but the rx loop takes trains")
+	}
+}

@@ -90,10 +90,10 @@ const (
 	// and 128 since.
 	maxUDPSegments = 64
 	// maxWritePieces bounds a run's packets so its writev(2) stays within
-	// the kernel's UIO_MAXIOV (1024) iovecs: the head with its virtio-net
-	// header, and a payload per packet that joined it. Only a flow of
-	// tiny TCP segments in a batch of more than 1023 packets reaches it.
-	maxWritePieces = 1024
+	// the kernel's UIO_MAXIOV (1024) iovecs: the virtio-net header, the
+	// head, and a payload per packet that joined it. Only a flow of tiny
+	// TCP segments in a batch of more than 1022 packets reaches it.
+	maxWritePieces = 1023
 )
 
 // addr128 holds an IPv6 address, or an IPv4 one in lo.
@@ -155,8 +155,12 @@ type coalescer struct {
 	// the same run (-1: none): a run's payloads, in order.
 	next   []int
 	pieces [][]byte // what finish returns, reused
-	uso    bool     // the kernel accepts UDP super-packets (TUN_F_USO4 and USO6)
-	mtu    int      // the device's MTU: a lone TCP packet above it goes out as a super-packet
+	// vhdr is the virtio-net header of the run being written: the
+	// coalescer's own, so nothing outside the packets is written and
+	// packets may lie back to back in one buffer (engine.InPlaceWriter).
+	vhdr [virtioNetHdrLen]byte
+	uso  bool // the kernel accepts UDP super-packets (TUN_F_USO4 and USO6)
+	mtu  int  // the device's MTU: a lone TCP packet above it goes out as a super-packet
 }
 
 // plan groups bufs[i][offset:] into runs, appending payloads into each
@@ -360,16 +364,17 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, p *packetInfo) bool 
 	return false
 }
 
-// finish writes the virtio-net header in front of run r's head packet and
-// fixes the head's lengths and checksums, returning what to write, in
-// pieces: the header and the head packet, then each appended payload. The
-// slice is the coalescer's, valid until the next call.
+// finish makes run r's virtio-net header and fixes the head's lengths and
+// checksums, returning what to write, in pieces: the header, the head
+// packet, then each appended payload. The slice and the header are the
+// coalescer's, valid until the next call. Nothing outside the packets is
+// written.
 func (c *coalescer) finish(bufs [][]byte, offset int, r *run) [][]byte {
 	b := bufs[r.idx]
 	pkt := b[offset:]
-	hdr := b[offset-virtioNetHdrLen : offset]
+	hdr := c.vhdr[:]
 	clear(hdr)
-	c.pieces = append(c.pieces[:0], b[offset-virtioNetHdrLen:])
+	c.pieces = append(c.pieces[:0], hdr, pkt)
 	if r.asIs {
 		return c.pieces // GSO_NONE; the stack checks what it needs
 	}

@@ -42,6 +42,7 @@ var (
 	_ engine.Waitable         = (*Device)(nil)
 	_ engine.DrainingDevice   = (*Device)(nil)
 	_ engine.SegmentingDevice = (*Device)(nil)
+	_ engine.InPlaceWriter    = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -299,15 +300,19 @@ func (d *Device) WaitFD() int { return d.fd }
 // super-packet cut at the MTU.
 func (d *Device) SegmentsLargeTCP() bool { return d.ownWrite }
 
+// WritesInPlace implements engine.InPlaceWriter: weft's write path
+// writes each run's virtio-net header from memory of its own and changes
+// nothing but the packets' own headers.
+func (d *Device) WritesInPlace() bool { return d.ownWrite }
+
 // SegmentsLargeTCP6 implements engine.LargeTCP6Writer, as
 // SegmentsLargeTCP for TCP over IPv6.
 func (d *Device) SegmentsLargeTCP6() bool { return d.ownWrite }
 
 // Write writes packets into the TUN. With offloads on, it coalesces each
 // flow's packets into super-packets (coalesce.go) and writes each with one
-// writev(2) from where its packets lie; offset must leave room for the
-// virtio-net header, which goes in front of each super-packet's first
-// packet.
+// writev(2) from where its packets lie, the virtio-net header from the
+// device's own memory: it writes nothing of bufs[i][:offset].
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if !d.ownWrite {
 		return d.Device.Write(bufs, offset)

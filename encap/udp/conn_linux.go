@@ -56,6 +56,7 @@ type Conn struct {
 var (
 	_ engine.Transport       = (*Conn)(nil)
 	_ engine.GatherTransport = (*Conn)(nil)
+	_ engine.TrainReceiver   = (*Conn)(nil)
 	_ engine.Waitable        = (*Conn)(nil)
 )
 
@@ -302,6 +303,78 @@ func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offs
 	return out, nil
 }
 
+// ReadTrains implements engine.TrainReceiver: ReadBatch without copying a
+// GRO train apart. A datagram, or a whole train, is handed over in its
+// receive buffer (exchanged for one of the caller's, as ReadBatch does
+// for single datagrams), each of the train's datagrams as a slice of it.
+// A train with more datagrams than pkts has room left for waits for the
+// next call; one that could never fit (more datagrams than pkts holds)
+// is copied apart as ReadBatch does.
+func (c *Conn) ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error) {
+	r := &c.rx
+	if r.next >= r.n {
+		if r.bufs == nil {
+			return 0, errSendOnly
+		}
+		if err := c.receive(offset); err != nil {
+			return 0, err
+		}
+	}
+	out, used := 0, 0 // datagrams handed over, elements of bufs taken
+	for r.next < r.n && out < len(pkts) {
+		h := &r.hdrs[r.next]
+		size := int(h.len)
+		src := addrPort(&r.names[r.next])
+		if h.hdr.Flags&unix.MSG_TRUNC != 0 {
+			c.c.truncated.Add(1)
+			r.next++
+			continue
+		}
+		gso := 0
+		if c.gro {
+			gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
+		}
+		segs := 1
+		if gso > 0 && size > gso {
+			segs = (size + gso - 1) / gso
+		}
+		if r.seg > 0 || segs > len(pkts) {
+			// Begun by ReadBatch, or too long for any call: copy apart.
+			for r.seg < size && out < len(pkts) {
+				end := min(r.seg+gso, size)
+				b := bufs[used][:offset+end-r.seg]
+				copy(b[offset:], r.bufs[r.next][offset+r.seg:offset+end])
+				pkts[out], srcs[out] = b[:len(b):len(b)], src
+				out, used = out+1, used+1
+				r.seg = end
+			}
+			if r.seg >= size {
+				r.next, r.seg = r.next+1, 0
+			}
+			continue
+		}
+		if segs > len(pkts)-out {
+			break // the next call takes the train whole
+		}
+		train := r.bufs[r.next]
+		bufs[used], r.bufs[r.next] = train, bufs[used]
+		used++
+		step := size
+		if segs > 1 {
+			step = gso
+		}
+		for k := range segs { // an empty datagram too: one packet
+			at := k * step
+			end := offset + min(at+step, size)
+			pkts[out], srcs[out] = train[at:end:end], src
+			out++
+		}
+		r.next++
+	}
+	c.c.recvSegments.Add(uint64(out))
+	return out, nil
+}
+
 func (c *Conn) receive(offset int) error {
 	r := &c.rx
 	for i := range r.hdrs {
@@ -460,7 +533,8 @@ func (c *Conn) pack(pkts, tails [][]byte, dsts []netip.AddrPort, i int) int {
 		j := i + 1
 		if gso {
 			for j < len(pkts) && segs < udpMaxSegments && iov+2 <= len(t.iovs) &&
-				dsts[j] == dsts[i] && whole(j) <= size && total+whole(j) <= gsoMaxBytes {
+				dsts[j] == dsts[i] && whole(j) <= size && whole(j) > 0 && total+whole(j) <= gsoMaxBytes {
+				// (An empty datagram adds no bytes: in a GSO message it would vanish.)
 				iov = c.addIovecs(pkts, tails, j, iov)
 				segs++
 				total += whole(j)

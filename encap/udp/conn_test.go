@@ -354,3 +354,92 @@ func TestGatherAllocatesNothing(t *testing.T) {
 		t.Fatalf("%v allocations per batch sent and received, want 0", allocs)
 	}
 }
+
+// TestReadTrains receives GSO batches on a GRO socket with ReadTrains,
+// with room for every train and with less room than one (8 slots: the
+// train waits, or is copied apart when it could never fit): every
+// datagram arrives once, intact, in order, as a slice whose capacity ends
+// with it, and every element of bufs stays BufferSize long.
+func TestReadTrains(t *testing.T) {
+	for _, slots := range []int{128, 8} {
+		for _, local := range []string{"127.0.0.1:0", "[::1]:0"} {
+			t.Run(fmt.Sprintf("%s,slots=%d", local, slots), func(t *testing.T) {
+				o := Options{Local: netip.MustParseAddrPort(local)}
+				tx, rx := listen(t, o), listen(t, o)
+				var pkts [][]byte
+				var dsts []netip.AddrPort
+				sizes := []int{1400, 1400, 1400, 1400, 700, 0, 1400, 1400, 64, 64, 64, 1}
+				for i := range 300 {
+					pkts = append(pkts, packet(i, sizes[i%len(sizes)]))
+					dsts = append(dsts, rx.LocalAddr())
+				}
+				for i := 0; i < len(pkts); i += tx.BatchSize() {
+					end := min(i+tx.BatchSize(), len(pkts))
+					if refused, err := tx.WriteBatch(pkts[i:end], dsts[i:end]); err != nil || refused != 0 {
+						t.Fatalf("WriteBatch: refused %d, %v", refused, err)
+					}
+				}
+				bufs := make([][]byte, slots)
+				for i := range bufs {
+					bufs[i] = make([]byte, engine.BufferSize)
+				}
+				got := make([][]byte, slots)
+				srcs := make([]netip.AddrPort, slots)
+				n := 0
+				for n < len(pkts) {
+					rx.uc.SetReadDeadline(time.Now().Add(2 * time.Second))
+					k, err := rx.ReadTrains(bufs, got, srcs, engine.Headroom)
+					if err != nil {
+						t.Fatalf("after %d of %d datagrams: %v", n, len(pkts), err)
+					}
+					for i := range k {
+						p := got[i][engine.Headroom:]
+						if cap(got[i]) != len(got[i]) {
+							t.Fatalf("datagram %d: capacity goes %d bytes past it", n, cap(got[i])-len(got[i]))
+						}
+						if srcs[i] != tx.LocalAddr() || !bytes.Equal(p, pkts[n]) {
+							t.Fatalf("datagram %d: %d bytes from %s, want %d from %s", n, len(p), srcs[i], len(pkts[n]), tx.LocalAddr())
+						}
+						n++
+					}
+					for _, b := range bufs {
+						if len(b) != engine.BufferSize {
+							t.Fatalf("a buffer of %d bytes came back", len(b))
+						}
+					}
+				}
+				if s := rx.Stats(); s.GRO && tx.Stats().GSO && s.RecvSegments <= s.RecvDatagrams {
+					t.Errorf("GRO on but %d datagrams gave %d packets: no train", s.RecvDatagrams, s.RecvSegments)
+				}
+			})
+		}
+	}
+}
+
+func TestReadTrainsAllocatesNothing(t *testing.T) {
+	tx, rx := listen(t, Options{}), listen(t, Options{})
+	pkts := make([][]byte, 64)
+	dsts := make([]netip.AddrPort, 64)
+	for i := range pkts {
+		pkts[i], dsts[i] = packet(i, 1200), rx.LocalAddr()
+	}
+	bufs := make([][]byte, 128)
+	for i := range bufs {
+		bufs[i] = make([]byte, engine.BufferSize)
+	}
+	got, srcs := make([][]byte, 128), make([]netip.AddrPort, 128)
+	if a := testing.AllocsPerRun(50, func() {
+		if _, err := tx.WriteBatch(pkts, dsts); err != nil {
+			t.Fatal(err)
+		}
+		for n := 0; n < len(pkts); {
+			k, err := rx.ReadTrains(bufs, got, srcs, engine.Headroom)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += k
+		}
+	}); a != 0 {
+		t.Fatalf("%v allocations per batch, want 0", a)
+	}
+}

@@ -72,6 +72,7 @@ type Transport struct {
 var (
 	_ engine.Transport       = (*Transport)(nil)
 	_ engine.GatherTransport = (*Transport)(nil)
+	_ engine.TrainReceiver   = (*Transport)(nil)
 	_ engine.MultiReceiver   = (*Transport)(nil)
 )
 
@@ -163,6 +164,11 @@ func (t *Transport) WaitFD() int { return t.rx.WaitFD() }
 // ReadBatch implements engine.Transport.
 func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
 	return t.rx.ReadBatch(bufs, sizes, srcs, offset)
+}
+
+// ReadTrains implements engine.TrainReceiver: the receiving socket's.
+func (t *Transport) ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error) {
+	return t.rx.ReadTrains(bufs, pkts, srcs, offset)
 }
 
 // WriteBatch implements engine.Transport. pkts[i] are whole VXLAN frames;
