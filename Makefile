@@ -50,6 +50,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./capture/
 	$(GO) test -run '^$$' -fuzz '^FuzzCoalesce$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./tunio/
 	$(GO) test -run '^$$' -fuzz '^FuzzVirtioRead$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./tunio/
+	$(GO) test -run '^$$' -fuzz '^FuzzSplitInPlace$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./tunio/
 	$(GO) test -run '^$$' -fuzz '^FuzzGateUpdate$$' -fuzztime $(call fuzzcount,10000) -fuzzminimizetime $(FUZZMINIMIZE) ./encap/admission/
 
 # Micro-benchmarks (for benchstat: run twice, compare), then the namespace

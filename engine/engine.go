@@ -42,9 +42,12 @@ const (
 // that returns another error after Close cannot make Run hang.)
 //
 // Optional interfaces: DrainingDevice and ReadableDevice (the tx loop
-// drains the queue without sleeping), Waitable (realtime loops wait in
-// poll(2)), LargeTCPWriter and LargeTCP6Writer (the rx loops
-// accept TCP packets over IPv4, and over IPv6, longer than the MTU).
+// drains the queue without sleeping), SegmentingDevice (with a
+// GatherTransport: a super-packet's payload is sent from where it was
+// read), Waitable (realtime loops wait in poll(2)), LargeTCPWriter and
+// LargeTCP6Writer (the rx loops accept TCP packets over IPv4, and over
+// IPv6, longer than the MTU), InPlaceWriter (with a TrainReceiver: a UDP
+// GRO train's packets are written from where they were received).
 type Device interface {
 	// Read reads packets into bufs[i][offset:], sets sizes[i] and returns
 	// how many it read. It blocks until at least one packet is there.
@@ -68,6 +71,25 @@ type DrainingDevice interface {
 	ReadMore(bufs [][]byte, sizes []int, offset int) (int, error)
 }
 
+// SegmentingDevice is the optional interface of a Device that cuts a TSO
+// super-packet into segments without copying their payloads apart
+// (tunio.Device): each segment gets its own headers in its own buffer and
+// keeps its payload where the super-packet was read. The tx loop reads
+// with it instead of Read and ReadMore when the Transport is a
+// GatherTransport, which sends each segment from its two pieces.
+type SegmentingDevice interface {
+	// ReadSegments is Read (wait true) or ReadMore (wait false), except
+	// that packet i may go on past bufs[i][offset:offset+sizes[i]] in
+	// tails[i] (nil: it does not). A tail is a slice of an element of bufs
+	// filled by the same call, so it is the caller's memory and lives as
+	// long as the caller leaves that element alone. The packet's IP header
+	// is whole in bufs[i], its length fields counting the tail. The
+	// elements of bufs must be BufferSize long, and offset at least 10:
+	// the super-packet is read into an element whole, its virtio-net
+	// header in front of the packet.
+	ReadSegments(bufs [][]byte, sizes []int, tails [][]byte, offset int, wait bool) (int, error)
+}
+
 // ReadableDevice is the optional interface of a Device that can tell,
 // without blocking, whether a Read would return at once: the tx loop then
 // reads a burst of small packets in one wakeup (tunio.Device).
@@ -84,8 +106,9 @@ type ReadableDevice interface {
 // WriteBatch return an error for which errors.Is(err, net.ErrClosed) (or
 // os.ErrClosed) holds.
 //
-// Optional interface: MultiReceiver (one rx loop per receiving socket,
-// each calling its own ReadBatch instead of the Transport's).
+// Optional interfaces: MultiReceiver (one rx loop per receiving socket,
+// each calling its own ReadBatch instead of the Transport's),
+// GatherTransport (datagrams sent from two pieces of memory).
 type Transport interface {
 	// ReadBatch receives datagrams: afterwards bufs[i][offset:offset+sizes[i]]
 	// holds the payload of datagram i, sent by srcs[i]. Every element of
@@ -101,6 +124,41 @@ type Transport interface {
 	// BatchSize is the most datagrams ReadBatch fills and WriteBatch takes.
 	BatchSize() int
 	io.Closer
+}
+
+// GatherTransport is the optional interface of a Transport that sends a
+// datagram from two pieces of memory: the tx loop then sends a
+// SegmentingDevice's segments without joining their headers and payloads.
+type GatherTransport interface {
+	// WriteBatchGather is WriteBatch for datagrams in two pieces: pkts[i]
+	// followed by tails[i] (nil or empty: pkts[i] alone) is datagram i. A
+	// run of datagrams to one destination goes out as one GSO send as in
+	// WriteBatch, by the datagrams' whole lengths.
+	WriteBatchGather(pkts, tails [][]byte, dsts []netip.AddrPort) (refused int, err error)
+}
+
+// InPlaceWriter is the optional interface of a Device whose Write changes
+// nothing of bufs[i] but the packet, bufs[i][offset:]: no scratch space in
+// front of it or past it. The rx loops then hand it packets that lie one
+// after another in one buffer, as a TrainReceiver delivers them.
+type InPlaceWriter interface {
+	WritesInPlace() bool
+}
+
+// TrainReceiver is the optional interface of a Receiver (or a
+// Transport) that hands a UDP GRO train over in the buffer it was
+// received into instead of copying its datagrams apart. The rx loop uses
+// it when the Device is an InPlaceWriter.
+type TrainReceiver interface {
+	// ReadTrains is ReadBatch, except that datagrams are handed over as
+	// slices: afterwards pkts[i][offset:] (i < n) is datagram i, and
+	// pkts[i] a slice of an element of bufs whose capacity ends with the
+	// datagram. Several datagrams may lie in one element, one after
+	// another, so the bytes in front of pkts[i][offset:] may be another
+	// datagram's. As in ReadBatch, the elements of bufs are BufferSize
+	// long and the transport may exchange them for its own; len(pkts) is
+	// at most len(bufs).
+	ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error)
 }
 
 // Receiver is one receiving socket of a MultiReceiver: ReadBatch as
@@ -170,6 +228,14 @@ type Config struct {
 	RealtimePriority int
 	// Encap is the wire format; nil means flannel's UDP format.
 	Encap Encap
+	// CopySegments makes the tx loop read super-packets split by copying
+	// (Read and ReadMore) even when the Device is a SegmentingDevice and
+	// the Transport a GatherTransport, for comparison.
+	CopySegments bool
+	// CopyTrains makes the rx loops receive UDP GRO trains copied apart
+	// (ReadBatch) even when the Receiver is a TrainReceiver and the Device
+	// an InPlaceWriter, for comparison.
+	CopyTrains bool
 	// NoDrain makes each TUN read its own batch (one blocking read per
 	// batch), for comparison; by default a batch takes every packet
 	// waiting.

@@ -11,7 +11,11 @@ const (
 // checkIPv4 validates the IPv4 header at the start of pkt and returns the
 // packet's length according to its header (the datagram may carry trailing
 // bytes, which are not part of the packet).
-func checkIPv4(pkt []byte) (int, DropReason) {
+func checkIPv4(pkt []byte) (int, DropReason) { return checkIPv4Len(pkt, len(pkt)) }
+
+// checkIPv4Len is checkIPv4 for a packet of avail bytes whose first
+// len(pkt) are in pkt (the rest in a tail): the header must be in pkt.
+func checkIPv4Len(pkt []byte, avail int) (int, DropReason) {
 	if len(pkt) < ipv4MinHeaderLen {
 		return 0, DropShort
 	}
@@ -23,7 +27,7 @@ func checkIPv4(pkt []byte) (int, DropReason) {
 		return 0, DropBadHeaderLen
 	}
 	total := int(binary.BigEndian.Uint16(pkt[2:4]))
-	if total > len(pkt) || total < ihl {
+	if total > avail || total < ihl {
 		return 0, DropBadLength
 	}
 	return total, DropNone

@@ -39,7 +39,12 @@ func isIPv6(pkt []byte) bool { return len(pkt) > 0 && pkt[0]>>4 == 6 }
 // trailing bytes, which are not part of the packet). Extension headers
 // are not parsed: forwarding needs only the fixed header, and the payload
 // length covers them.
-func checkIPv6(pkt []byte) (int, DropReason) {
+func checkIPv6(pkt []byte) (int, DropReason) { return checkIPv6Len(pkt, len(pkt)) }
+
+// checkIPv6Len is checkIPv6 for a packet of avail bytes whose first
+// len(pkt) are in pkt (the rest in a tail): the fixed header must be in
+// pkt.
+func checkIPv6Len(pkt []byte, avail int) (int, DropReason) {
 	if len(pkt) < ipv6HeaderLen {
 		return 0, DropShort
 	}
@@ -54,7 +59,7 @@ func checkIPv6(pkt []byte) (int, DropReason) {
 		return 0, DropBadLength
 	}
 	total := ipv6HeaderLen + plen
-	if total > len(pkt) {
+	if total > avail {
 		return 0, DropBadLength
 	}
 	return total, DropNone

@@ -18,6 +18,10 @@ type rxLoop struct {
 	sizes []int
 	srcs  []netip.AddrPort
 	out   [][]byte
+	// With trains (a TrainReceiver and an InPlaceWriter): datagram i is
+	// pkts[i][Headroom:], inside one of bufs, perhaps beside others.
+	trains TrainReceiver
+	pkts   [][]byte
 
 	tap tapper
 	rt  realtimeState
@@ -64,6 +68,12 @@ func newRxLoop(e *Engine, r Receiver) *rxLoop {
 	if w, ok := e.dev.(LargeTCP6Writer); ok {
 		l.bigTCP6 = w.SegmentsLargeTCP6()
 	}
+	tr, ok1 := r.(TrainReceiver)
+	w, ok2 := e.dev.(InPlaceWriter)
+	if ok1 && ok2 && w.WritesInPlace() && !e.cfg.CopyTrains {
+		l.trains = tr
+		l.pkts = make([][]byte, n)
+	}
 	return l
 }
 
@@ -73,7 +83,13 @@ func (l *rxLoop) run() error {
 		if err := l.rt.wait(l.e); err != nil {
 			return err
 		}
-		n, err := l.r.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
+		var n int
+		var err error
+		if l.trains != nil {
+			n, err = l.trains.ReadTrains(l.bufs, l.pkts, l.srcs, Headroom)
+		} else {
+			n, err = l.r.ReadBatch(l.bufs, l.sizes, l.srcs, Headroom)
+		}
 		if err != nil {
 			if isClosed(err) || l.e.closing.Load() {
 				return errClosed
@@ -129,7 +145,13 @@ func (l *rxLoop) classify(t *Table, n int) int {
 	l.tap.load(l.e)
 	enc, oh := l.e.cfg.Encap, l.off-Headroom
 	for i := 0; i < n; i++ {
-		dgram := l.bufs[i][Headroom : Headroom+l.sizes[i]]
+		var buf []byte // the datagram at Headroom, its capacity ending with it
+		if l.trains != nil {
+			buf = l.pkts[i]
+		} else {
+			buf = l.bufs[i][:Headroom+l.sizes[i]]
+		}
+		dgram := buf[Headroom:]
 		var p *Peer
 		src := l.srcs[i].Addr()
 		if t != nil {
@@ -207,7 +229,7 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		}
 		l.bc.packets++
 		l.bc.bytes += uint64(size)
-		l.out = append(l.out, l.bufs[i][:l.off+size])
+		l.out = append(l.out, buf[:l.off+size])
 		if l.tap.t != nil {
 			l.tap.show(PointToTUN, DropNone, l.srcs[i], false, pkt)
 		}

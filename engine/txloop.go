@@ -7,18 +7,26 @@ import (
 
 // txLoop moves packets from the TUN to the transport. It owns its buffers
 // for its whole life: a packet is read into bufs[i] at Headroom, its TTL is
-// patched in place, and the transport sends it from the same memory.
+// patched in place, and the transport sends it from the same memory. With
+// a SegmentingDevice and a GatherTransport a packet may continue in a
+// tail: the segments of a super-packet have their headers in their own
+// buffers and their payloads where the super-packet was read (in another
+// of bufs), and the transport sends the two pieces as one datagram.
 type txLoop struct {
 	e     *Engine
 	bufs  [][]byte // full-length elements, never handed on
 	sizes []int
+	tails [][]byte // with seg: the rest of packet i, inside another of bufs
 
 	// Per batch, after classify: packets to send, grouped by peer. A
-	// candidate is its buffer from the start up to the packet's end, so
-	// the header can go in front of the packet.
+	// candidate is its buffer from the start up to the packet's end (or
+	// its head's, when it has a tail), so the header can go in front of
+	// the packet.
 	cand     [][]byte
+	candTail [][]byte
 	candPeer []*Peer
 	out      [][]byte
+	outTail  [][]byte
 	outDst   []netip.AddrPort
 	groups   []*Peer
 
@@ -28,6 +36,12 @@ type txLoop struct {
 	// ReadMore, which drains without asking first.
 	readable ReadableDevice
 	more     DrainingDevice
+	// seg and gather are set together, when the Device cuts super-packets
+	// without copying and the Transport sends from two pieces.
+	seg    SegmentingDevice
+	gather GatherTransport
+	drain  bool   // read more after the first read of a batch (not NoDrain)
+	whole  []byte // a tailed packet joined for the tap; made on first use
 
 	icmp icmpWriter
 	rt   realtimeState
@@ -47,6 +61,7 @@ func newTxLoop(e *Engine) *txLoop {
 		out:      make([][]byte, 0, n),
 		outDst:   make([]netip.AddrPort, 0, n),
 		groups:   make([]*Peer, 0, n),
+		drain:    !e.cfg.NoDrain,
 	}
 	l.icmp.init(e)
 	l.ttl = e.cfg.Encap.DecrementsTTL()
@@ -55,6 +70,14 @@ func newTxLoop(e *Engine) *txLoop {
 	}
 	if m, ok := e.dev.(DrainingDevice); ok && !e.cfg.NoDrain {
 		l.more = m
+	}
+	sd, ok1 := e.dev.(SegmentingDevice)
+	gt, ok2 := e.tr.(GatherTransport)
+	if ok1 && ok2 && !e.cfg.CopySegments {
+		l.seg, l.gather = sd, gt
+		l.tails = make([][]byte, n)
+		l.candTail = make([][]byte, 0, n)
+		l.outTail = make([][]byte, 0, n)
 	}
 	return l
 }
@@ -83,7 +106,13 @@ func (l *txLoop) run() error {
 		l.rt.read(n)
 		k := l.classify(l.e.table.Load(), n)
 		if k > 0 {
-			refused, err := l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])
+			var refused int
+			var err error
+			if l.gather != nil {
+				refused, err = l.gather.WriteBatchGather(l.out[:k], l.outTail[:k], l.outDst[:k])
+			} else {
+				refused, err = l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])
+			}
 			if err != nil {
 				if isClosed(err) || l.e.closing.Load() {
 					return errClosed
@@ -117,6 +146,9 @@ func (l *txLoop) read() (int, error) {
 		until := time.Now().Add(spin)
 		for !l.readable.Readable() && time.Now().Before(until) {
 		}
+	}
+	if l.seg != nil {
+		return l.readSegments()
 	}
 	n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
 	if err != nil {
@@ -153,48 +185,112 @@ func (l *txLoop) read() (int, error) {
 	return n, nil
 }
 
+// readSegments is read for a SegmentingDevice: the same blocking read and
+// drain, the segments' payloads left where their super-packet was read.
+func (l *txLoop) readSegments() (int, error) {
+	n, err := l.seg.ReadSegments(l.bufs, l.sizes, l.tails, Headroom, true)
+	if err != nil || !l.drain {
+		return n, err
+	}
+	for reads := 1; reads < maxDrainReads && len(l.bufs)-n >= drainReserve; reads++ {
+		m, err := l.seg.ReadSegments(l.bufs[n:], l.sizes[n:], l.tails[n:], Headroom, false)
+		n += m
+		if err != nil {
+			l.c.readErrs.Add(1)
+			break
+		}
+		if m == 0 {
+			break
+		}
+	}
+	return n, nil
+}
+
+// joined returns pkt and its tail as one slice, for the tap: a copy when
+// there is a tail (the tap is on, so this is not the fast path).
+func (l *txLoop) joined(pkt, tail []byte) []byte {
+	if len(tail) == 0 {
+		return pkt
+	}
+	if l.whole == nil {
+		l.whole = make([]byte, MaxPacket)
+	}
+	n := copy(l.whole, pkt)
+	n += copy(l.whole[n:], tail)
+	return l.whole[:n]
+}
+
 // classify validates the n packets just read, decides each one's peer and
 // lays out l.out/l.outDst grouped by peer. It returns how many to send.
 func (l *txLoop) classify(t *Table, n int) int {
 	l.cand, l.candPeer = l.cand[:0], l.candPeer[:0]
+	if l.seg != nil {
+		l.candTail = l.candTail[:0]
+	}
 	l.tap.load(l.e)
 	for i := 0; i < n; i++ {
 		pkt := l.bufs[i][Headroom : Headroom+l.sizes[i]]
+		var tail []byte
+		if l.seg != nil {
+			tail = l.tails[i]
+		}
 		if l.tap.t != nil {
-			l.tap.show(PointFromTUN, DropNone, netip.AddrPort{}, true, pkt)
+			l.tap.show(PointFromTUN, DropNone, netip.AddrPort{}, true, l.joined(pkt, tail))
 		}
 		if isIPv6(pkt) {
-			l.classify6(t, i, pkt)
+			l.classify6(t, i, pkt, tail)
 			continue
 		}
-		size, r := checkIPv4(pkt)
+		size, r := checkIPv4Len(pkt, len(pkt)+len(tail))
+		if r == DropNone {
+			pkt, tail, r = trim(pkt, tail, size)
+		}
 		if r != DropNone {
-			l.drop(r, nil, pkt)
+			l.drop(r, nil, pkt, tail)
 			continue
 		}
-		pkt = pkt[:size]
 		var p *Peer
 		if t != nil {
 			p = t.lookup(dstIP(pkt))
 		}
 		if p == nil {
-			l.drop(DropNoRoute, nil, pkt)
+			l.drop(DropNoRoute, nil, pkt, tail)
 			if !t.subnetBroadcast(dstIP(pkt)) {
 				l.icmp.queue(pkt, icmpDestUnreachable, icmpCodeNetUnreach)
 			}
 			continue
 		}
 		if l.ttl && !decrementTTL(pkt) {
-			l.drop(DropTTLExpired, p, pkt)
+			l.drop(DropTTLExpired, p, pkt, tail)
 			if !t.subnetBroadcast(dstIP(pkt)) {
 				l.icmp.queue(pkt, icmpTimeExceeded, icmpCodeTTLExceeded)
 			}
 			continue
 		}
-		l.cand = append(l.cand, l.bufs[i][:Headroom+size])
-		l.candPeer = append(l.candPeer, p)
+		l.addCandidate(i, pkt, tail, p)
 	}
 	return l.group()
+}
+
+// trim cuts a packet to the size its header gives (a datagram may carry
+// trailing bytes). A packet with a tail was cut by the device itself,
+// so its header must lie whole in pkt.
+func trim(pkt, tail []byte, size int) ([]byte, []byte, DropReason) {
+	if len(tail) == 0 {
+		return pkt[:size], nil, DropNone
+	}
+	if size < len(pkt) {
+		return pkt, tail, DropBadLength
+	}
+	return pkt, tail[:size-len(pkt)], DropNone
+}
+
+func (l *txLoop) addCandidate(i int, pkt, tail []byte, p *Peer) {
+	l.cand = append(l.cand, l.bufs[i][:Headroom+len(pkt)])
+	l.candPeer = append(l.candPeer, p)
+	if l.seg != nil {
+		l.candTail = append(l.candTail, tail)
+	}
 }
 
 // classify6 is classify for an IPv6 packet, in the order of the
@@ -204,47 +300,49 @@ func (l *txLoop) classify(t *Table, n int) int {
 // have handed over (the TUN's MTU raised under a running engine): IPv6
 // routers never fragment, and the sender learns the MTU from Packet Too
 // Big instead of the peer dropping the packet as oversize.
-func (l *txLoop) classify6(t *Table, i int, pkt []byte) {
-	size, r := checkIPv6(pkt)
+func (l *txLoop) classify6(t *Table, i int, pkt, tail []byte) {
+	size, r := checkIPv6Len(pkt, len(pkt)+len(tail))
+	if r == DropNone {
+		pkt, tail, r = trim(pkt, tail, size)
+	}
 	if r != DropNone {
-		l.drop(r, nil, pkt)
+		l.drop(r, nil, pkt, tail)
 		return
 	}
-	pkt = pkt[:size]
 	var p *Peer
 	if t != nil {
 		p = t.lookup6(dst6(pkt))
 	}
 	if p == nil {
-		l.drop(DropNoRoute, nil, pkt)
+		l.drop(DropNoRoute, nil, pkt, tail)
 		l.icmp.queue6(pkt, icmp6DestUnreachable, icmp6CodeNoRoute, 0)
 		return
 	}
 	if l.ttl && hopLimitExpired(pkt) {
-		l.drop(DropTTLExpired, p, pkt)
+		l.drop(DropTTLExpired, p, pkt, tail)
 		l.icmp.queue6(pkt, icmp6TimeExceeded, icmp6CodeHopLimitExceeded, 0)
 		return
 	}
 	if size > l.e.cfg.MTU {
-		l.drop(DropOversize, p, pkt)
+		l.drop(DropOversize, p, pkt, tail)
 		l.icmp.queue6(pkt, icmp6PacketTooBig, 0, uint32(l.e.cfg.MTU))
 		return
 	}
 	if l.ttl {
 		pkt[7]--
 	}
-	l.cand = append(l.cand, l.bufs[i][:Headroom+size])
-	l.candPeer = append(l.candPeer, p)
+	l.addCandidate(i, pkt, tail, p)
 }
 
-func (l *txLoop) drop(r DropReason, p *Peer, pkt []byte) {
+// drop counts a packet not sent; the tap sees it whole.
+func (l *txLoop) drop(r DropReason, p *Peer, pkt, tail []byte) {
 	l.bc.drop(r)
 	if l.tap.t != nil {
 		var ep netip.AddrPort
 		if p != nil {
 			ep = p.Endpoint
 		}
-		l.tap.show(PointDrop, r, ep, true, pkt)
+		l.tap.show(PointDrop, r, ep, true, l.joined(pkt, tail))
 	}
 }
 
@@ -255,6 +353,9 @@ func (l *txLoop) drop(r DropReason, p *Peer, pkt []byte) {
 // runs, its IPv4 packets to Endpoint and its IPv6 packets to Endpoint6.
 func (l *txLoop) group() int {
 	l.out, l.outDst, l.groups = l.out[:0], l.outDst[:0], l.groups[:0]
+	if l.seg != nil {
+		l.outTail = l.outTail[:0]
+	}
 	if len(l.cand) == 0 {
 		return 0
 	}
@@ -312,6 +413,10 @@ func (l *txLoop) emit(g *Peer, dst netip.AddrPort, family int) (pkts, bytes uint
 		l.outDst = append(l.outDst, dst)
 		pkts++
 		bytes += uint64(len(b) - Headroom)
+		if l.seg != nil {
+			l.outTail = append(l.outTail, l.candTail[i])
+			bytes += uint64(len(l.candTail[i]))
+		}
 	}
 	return pkts, bytes
 }

@@ -42,8 +42,12 @@ import (
 //     IPv6 forbids; udp_gro_receive_segment refuses it "for symmetry with
 //     GSO", and GSO would write one).
 //   - Size: a super-packet is at most maxSuperPacket bytes (IPv4's total
-//     length; the same for IPv6), never longer than the head's buffer can
-//     take, and no packet above the MTU joins or heads one.
+//     length; the same for IPv6), and no packet above the MTU joins or
+//     heads one.
+//
+// Nothing is copied to build a super-packet: a run is the head packet,
+// whose headers are patched in place, and the payloads of the packets
+// that joined it where they lie, written with one writev(2).
 //
 // Every TCP and UDP packet goes in CHECKSUM_PARTIAL (see finish), except a
 // UDP/IPv6 datagram without checksum, written as it came for the pod's
@@ -85,6 +89,11 @@ const (
 	// exceeds gso_size * UDP_MAX_SEGMENTS, which is 64 before Linux 6.15
 	// and 128 since.
 	maxUDPSegments = 64
+	// maxWritePieces bounds a run's packets so its writev(2) stays within
+	// the kernel's UIO_MAXIOV (1024) iovecs: the virtio-net header, the
+	// head, and a payload per packet that joined it. Only a flow of tiny
+	// TCP segments in a batch of more than 1022 packets reaches it.
+	maxWritePieces = 1023
 )
 
 // addr128 holds an IPv6 address, or an IPv4 one in lo.
@@ -123,6 +132,8 @@ type packetInfo struct {
 // payloads appended.
 type run struct {
 	idx       int // bufs index of the head packet
+	last      int // bufs index of the last packet appended (idx: none)
+	total     int // bytes: the head packet and the payloads appended
 	key       flowKey
 	hasKey    bool // key is the packet's flow (TCP or UDP)
 	asIs      bool // written as it came, whatever its protocol
@@ -140,6 +151,14 @@ type run struct {
 // the other loop are serialised by the device's write lock).
 type coalescer struct {
 	runs []run
+	// next[i] is the bufs index of the packet appended after packet i to
+	// the same run (-1: none): a run's payloads, in order.
+	next   []int
+	pieces [][]byte // what finish returns, reused
+	// vhdr is the virtio-net header of the run being written: the
+	// coalescer's own, so nothing outside the packets is written and
+	// packets may lie back to back in one buffer (engine.InPlaceWriter).
+	vhdr [virtioNetHdrLen]byte
 	uso  bool // the kernel accepts UDP super-packets (TUN_F_USO4 and USO6)
 	mtu  int  // the device's MTU: a lone TCP packet above it goes out as a super-packet
 }
@@ -148,7 +167,12 @@ type coalescer struct {
 // run's head buffer.
 func (c *coalescer) plan(bufs [][]byte, offset int) {
 	c.runs = c.runs[:0]
+	if cap(c.next) < len(bufs) {
+		c.next = make([]int, len(bufs))
+	}
+	c.next = c.next[:len(bufs)]
 	for i := range bufs {
+		c.next[i] = -1
 		pkt := bufs[i][offset:]
 		p := classify(pkt, c.uso)
 		if p.barrier {
@@ -157,7 +181,7 @@ func (c *coalescer) plan(bufs [][]byte, offset int) {
 		if p.ok && c.tryAppend(bufs, offset, i, &p) {
 			continue
 		}
-		r := run{idx: i, key: p.key, hasKey: p.hasKey, asIs: !p.hasKey || p.asIs, mergeable: p.ok,
+		r := run{idx: i, last: i, total: len(pkt), key: p.key, hasKey: p.hasKey, asIs: !p.hasKey || p.asIs, mergeable: p.ok,
 			n: 1, iphLen: p.iphLen, l4hLen: p.l4hLen}
 		if p.ok {
 			r.gsoSize = len(pkt) - p.iphLen - p.l4hLen
@@ -298,12 +322,11 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, p *packetInfo) bool 
 		}
 		head := bufs[r.idx][offset:]
 		payload := len(pkt) - iph - l4h
-		if p.key.proto == protoUDP && r.n >= maxUDPSegments {
+		if (p.key.proto == protoUDP && r.n >= maxUDPSegments) || r.n >= maxWritePieces {
 			return false // the next run of the flow starts with this packet
 		}
 		if r.closed || payload == 0 || payload > r.gsoSize || iph != r.iphLen || l4h != r.l4hLen ||
-			(c.mtu > 0 && len(pkt) > c.mtu) ||
-			len(head)+payload > maxSuperPacket || cap(bufs[r.idx])-len(bufs[r.idx]) < payload {
+			(c.mtu > 0 && len(pkt) > c.mtu) || r.total+payload > maxSuperPacket {
 			return false
 		}
 		// The IP fields the kernel copies from the head onto every segment
@@ -329,7 +352,9 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, p *packetInfo) bool 
 				r.closed = true
 			}
 		}
-		bufs[r.idx] = append(bufs[r.idx], pkt[iph+l4h:]...)
+		c.next[r.last] = i
+		r.last = i
+		r.total += payload
 		r.n++
 		if payload < r.gsoSize {
 			r.closed = true // only the last segment may be short
@@ -339,15 +364,19 @@ func (c *coalescer) tryAppend(bufs [][]byte, offset, i int, p *packetInfo) bool 
 	return false
 }
 
-// finish writes the virtio-net header in front of run r's head packet and
-// fixes the head's lengths and checksums, returning what to write.
-func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
+// finish makes run r's virtio-net header and fixes the head's lengths and
+// checksums, returning what to write, in pieces: the header, the head
+// packet, then each appended payload. The slice and the header are the
+// coalescer's, valid until the next call. Nothing outside the packets is
+// written.
+func (c *coalescer) finish(bufs [][]byte, offset int, r *run) [][]byte {
 	b := bufs[r.idx]
 	pkt := b[offset:]
-	hdr := b[offset-virtioNetHdrLen : offset]
+	hdr := c.vhdr[:]
 	clear(hdr)
+	c.pieces = append(c.pieces[:0], hdr, pkt)
 	if r.asIs {
-		return b[offset-virtioNetHdrLen:] // GSO_NONE; the stack checks what it needs
+		return c.pieces // GSO_NONE; the stack checks what it needs
 	}
 	// Every TCP and UDP packet goes in CHECKSUM_PARTIAL, alone or
 	// coalesced: the kernel does not verify the inner checksum (the bytes
@@ -357,7 +386,7 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	// whose inner checksum was left to hardware that never ran (the
 	// kernel's vxlan over veth) are then received like any other.
 	v6 := r.key.v6
-	l4len := len(pkt) - r.iphLen
+	l4len := r.total - r.iphLen
 	csumOff := 16
 	tcpGSO := uint8(virtioGSOTCPv4)
 	if v6 {
@@ -375,7 +404,7 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 		// whole tunnel-GSO skb (udp_unexpected_gso lets SKB_GSO_UDP_TUNNEL
 		// through), so one datagram carries it. Let the kernel cut it at
 		// this device's MTU instead of forwarding what no pod link takes.
-		if mss := c.mtu - r.iphLen - r.l4hLen; r.key.proto == protoTCP && c.mtu > 0 && len(pkt) > c.mtu && mss > 0 {
+		if mss := c.mtu - r.iphLen - r.l4hLen; r.key.proto == protoTCP && c.mtu > 0 && r.total > c.mtu && mss > 0 {
 			gso, super, gsoSize = tcpGSO, true, mss
 		}
 	}
@@ -383,7 +412,7 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 		if v6 {
 			binary.BigEndian.PutUint16(pkt[4:], uint16(l4len)) // payload length
 		} else {
-			binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+			binary.BigEndian.PutUint16(pkt[2:], uint16(r.total))
 			pkt[10], pkt[11] = 0, 0
 			binary.BigEndian.PutUint16(pkt[10:], ^foldedSum(pkt[:r.iphLen], 0))
 		}
@@ -411,7 +440,10 @@ func (c *coalescer) finish(bufs [][]byte, offset int, r *run) []byte {
 	}
 	binary.NativeEndian.PutUint16(hdr[6:], uint16(r.iphLen))
 	binary.NativeEndian.PutUint16(hdr[8:], uint16(csumOff))
-	return b[offset-virtioNetHdrLen:]
+	for j := c.next[r.idx]; j >= 0; j = c.next[j] {
+		c.pieces = append(c.pieces, bufs[j][offset+r.iphLen+r.l4hLen:])
+	}
+	return c.pieces
 }
 
 // foldedSum is the 16-bit one's complement sum of b plus initial, not

@@ -355,7 +355,7 @@ func FuzzCoalesce(f *testing.F) {
 		var cut [][]byte
 		total := 0
 		for i := range co.runs {
-			w := co.finish(bufs, off, &co.runs[i])
+			w := joined(co.finish(bufs, off, &co.runs[i]))
 			checkVirtioWrite(t, w, co.uso, co.mtu)
 			cut = append(cut, segment(t, w)...)
 			total += co.runs[i].n

@@ -224,7 +224,7 @@ func checkRuns(t *testing.T, bufs [][]byte, want []int) {
 	var cut [][]byte
 	for i := range co.runs {
 		got = append(got, co.runs[i].n)
-		w := co.finish(bufs, off, &co.runs[i])
+		w := joined(co.finish(bufs, off, &co.runs[i]))
 		checkVirtioWrite(t, w, co.uso, co.mtu)
 		cut = append(cut, segment(t, w)...)
 	}
@@ -284,7 +284,7 @@ func TestCoalesceCutsLargeTCP(t *testing.T) {
 	if len(co.runs) != 1 {
 		t.Fatalf("%d runs", len(co.runs))
 	}
-	w := co.finish(bufs, off, &co.runs[0])
+	w := joined(co.finish(bufs, off, &co.runs[0]))
 	if w[1] != virtioGSOTCPv4 {
 		t.Fatalf("written with GSO type %d, want TCPv4", w[1])
 	}
@@ -318,7 +318,7 @@ func TestCoalesceCutsConsecutiveLargeTCP(t *testing.T) {
 	co.plan(bufs, off)
 	var got []byte
 	for i := range co.runs {
-		for _, s := range segment(t, co.finish(bufs, off, &co.runs[i])) {
+		for _, s := range segment(t, joined(co.finish(bufs, off, &co.runs[i]))) {
 			if len(s) > 1450 {
 				t.Fatalf("run %d: a %d-byte segment for a 1450-byte MTU", i, len(s))
 			}
@@ -470,7 +470,7 @@ func TestCoalesceIPv6Header(t *testing.T) {
 		if len(co.runs) != 1 || co.runs[0].n != 3 {
 			t.Fatalf("%s: runs %+v, want one of 3", c.proto, co.runs)
 		}
-		w := co.finish(bufs, off, &co.runs[0])
+		w := joined(co.finish(bufs, off, &co.runs[0]))
 		h, pkt := w[:virtioNetHdrLen], w[virtioNetHdrLen:]
 		l4len := c.l4h + 3*c.payload
 		if h[0] != virtioFlagNeedsCsum || h[1] != c.gso ||
@@ -539,7 +539,7 @@ func TestCoalesceCutsLargeTCP6(t *testing.T) {
 	var runs []int
 	for i := range co.runs {
 		runs = append(runs, co.runs[i].n)
-		w := co.finish(bufs, off, &co.runs[i])
+		w := joined(co.finish(bufs, off, &co.runs[i]))
 		checkVirtioWrite(t, w, co.uso, co.mtu)
 		if i == 1 && (w[1] != virtioGSOTCPv6 || binary.NativeEndian.Uint16(w[4:]) != 1450-40-32) {
 			t.Errorf("the large IPv6 packet written with virtio header % x", w[:virtioNetHdrLen])
@@ -587,4 +587,34 @@ func BenchmarkCoalesce6(b *testing.B) {
 		bufs[0] = bufs[0][:len(tmpl[0])]
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(bufs)), "ns/packet")
+}
+
+// joined is what a writev of pieces hands the kernel: the pieces one
+// after another.
+func joined(pieces [][]byte) []byte {
+	var b []byte
+	for _, p := range pieces {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// TestCoalesceRunFitsOneWritev: 1,100 one-byte TCP segments of one flow
+// (a batch larger than UIO_MAXIOV) make two runs, each written with at
+// most 1,024 iovecs.
+func TestCoalesceRunFitsOneWritev(t *testing.T) {
+	var bufs [][]byte
+	for i := range 1100 {
+		bufs = append(bufs, build(t, seg{src: "10.5.1.2", dst: "10.5.2.2", sport: 1000, seq: uint32(i), ack: 1, payload: 1}))
+	}
+	co := coalescer{uso: true}
+	co.plan(bufs, off)
+	if len(co.runs) != 2 || co.runs[0].n != maxWritePieces {
+		t.Fatalf("%d runs, the first of %d packets; want 2, %d", len(co.runs), co.runs[0].n, maxWritePieces)
+	}
+	for i := range co.runs {
+		if n := len(co.finish(bufs, off, &co.runs[i])); n > 1024 {
+			t.Fatalf("run %d: %d pieces for one writev", i, n)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -34,12 +35,14 @@ type Options struct {
 }
 
 var (
-	_ engine.Device          = (*Device)(nil)
-	_ engine.ReadableDevice  = (*Device)(nil)
-	_ engine.LargeTCPWriter  = (*Device)(nil)
-	_ engine.LargeTCP6Writer = (*Device)(nil)
-	_ engine.Waitable        = (*Device)(nil)
-	_ engine.DrainingDevice  = (*Device)(nil)
+	_ engine.Device           = (*Device)(nil)
+	_ engine.ReadableDevice   = (*Device)(nil)
+	_ engine.LargeTCPWriter   = (*Device)(nil)
+	_ engine.LargeTCP6Writer  = (*Device)(nil)
+	_ engine.Waitable         = (*Device)(nil)
+	_ engine.DrainingDevice   = (*Device)(nil)
+	_ engine.SegmentingDevice = (*Device)(nil)
+	_ engine.InPlaceWriter    = (*Device)(nil)
 )
 
 // Device is an open TUN device and what is known of its offloads.
@@ -51,13 +54,16 @@ type Device struct {
 	// (Linux 6.2+). GRO (coalesced writes) comes with TSO.
 	TSO, USO bool
 
-	fd   int // for Readable, WaitFD and ReadMore; -1 when unknown
+	fd   int // for Readable, WaitFD, ReadMore and ReadSegments; -1 when unknown
 	pfd  [1]unix.PollFd
 	rbuf []byte // ReadMore's read buffer, with the virtio-net header
+	rc   syscall.RawConn
+	wr   waitRead // ReadSegments' blocking read
 
 	ownWrite bool       // Write coalesces itself (see coalesce.go)
 	wmu      sync.Mutex // serialises writers: the receive loop and ICMP errors
 	co       coalescer
+	ww       gatherWrite // Write's writev(2), under wmu
 }
 
 func newDevice(dev tun.Device, name string) *Device {
@@ -66,7 +72,10 @@ func newDevice(dev tun.Device, name string) *Device {
 	// SyscallConn does not, and stays valid while the device is open.
 	if sc, err := dev.File().SyscallConn(); err == nil {
 		sc.Control(func(fd uintptr) { d.fd = int(fd) })
+		d.rc = sc
 	}
+	d.initWaitRead()
+	d.initGatherWrite()
 	return d
 }
 
@@ -115,7 +124,7 @@ func create(o Options) (*Device, error) {
 		d.TSO = dev.BatchSize() > 1
 		if d.TSO {
 			d.USO = probeUSO(dev.File())
-			d.ownWrite = !o.TunPackageWrite
+			d.ownWrite = !o.TunPackageWrite && d.rc != nil
 			d.co.uso = d.USO
 			d.co.mtu = o.MTU
 		}
@@ -291,14 +300,19 @@ func (d *Device) WaitFD() int { return d.fd }
 // super-packet cut at the MTU.
 func (d *Device) SegmentsLargeTCP() bool { return d.ownWrite }
 
+// WritesInPlace implements engine.InPlaceWriter: weft's write path
+// writes each run's virtio-net header from memory of its own and changes
+// nothing but the packets' own headers.
+func (d *Device) WritesInPlace() bool { return d.ownWrite }
+
 // SegmentsLargeTCP6 implements engine.LargeTCP6Writer, as
 // SegmentsLargeTCP for TCP over IPv6.
 func (d *Device) SegmentsLargeTCP6() bool { return d.ownWrite }
 
 // Write writes packets into the TUN. With offloads on, it coalesces each
-// flow's packets into super-packets (coalesce.go) and writes one per
-// write(2); bufs[i] may grow (into its capacity) and offset must leave room
-// for the virtio-net header.
+// flow's packets into super-packets (coalesce.go) and writes each with one
+// writev(2) from where its packets lie, the virtio-net header from the
+// device's own memory: it writes nothing of bufs[i][:offset].
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if !d.ownWrite {
 		return d.Device.Write(bufs, offset)
@@ -311,11 +325,10 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	d.co.plan(bufs, offset)
 	var errs error
 	n := 0
-	f := d.Device.File()
 	for i := range d.co.runs {
 		r := &d.co.runs[i]
-		if _, err := f.Write(d.co.finish(bufs, offset, r)); err != nil {
-			if errors.Is(err, syscall.EBADFD) || errors.Is(err, os.ErrClosed) {
+		if err := d.writev(d.co.finish(bufs, offset, r)); err != nil {
+			if errors.Is(err, syscall.EBADFD) || errors.Is(err, syscall.EBADF) || errors.Is(err, os.ErrClosed) {
 				return n, os.ErrClosed
 			}
 			errs = errors.Join(errs, err)
@@ -324,4 +337,52 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 		n += r.n
 	}
 	return n, errs
+}
+
+// gatherWrite is writev's state: the iovecs, reused, and the function
+// the raw connection calls, bound once (a method value per call would
+// allocate).
+type gatherWrite struct {
+	iovs  []unix.Iovec
+	errno unix.Errno
+	fn    func(fd uintptr) bool
+}
+
+func (d *Device) initGatherWrite() {
+	d.ww.fn = func(fd uintptr) bool {
+		for {
+			_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&d.ww.iovs[0])), uintptr(len(d.ww.iovs)))
+			if e == unix.EINTR {
+				continue
+			}
+			if e == unix.EAGAIN {
+				return false // a TUN write does not block; wait as os.File would
+			}
+			d.ww.errno = e
+			return true
+		}
+	}
+}
+
+// writev writes pieces as one packet (or super-packet), through the raw
+// connection, so a descriptor closed meanwhile is never written to.
+func (d *Device) writev(pieces [][]byte) error {
+	d.ww.iovs = d.ww.iovs[:0]
+	for _, p := range pieces {
+		if len(p) > 0 {
+			v := unix.Iovec{Base: &p[0]}
+			v.SetLen(len(p))
+			d.ww.iovs = append(d.ww.iovs, v)
+		}
+	}
+	d.ww.errno = 0
+	err := d.rc.Write(d.ww.fn)
+	clear(d.ww.iovs) // the buffers are the caller's
+	if err != nil {
+		return fmt.Errorf("tunio: write %s: %w (%v)", d.Name, os.ErrClosed, err)
+	}
+	if d.ww.errno != 0 {
+		return fmt.Errorf("tunio: write %s: %w", d.Name, d.ww.errno)
+	}
+	return nil
 }

@@ -49,10 +49,35 @@ func (v *wgVirtioNetHdr) decode(b []byte) error {
 }
 
 func wgHandleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, io.ErrShortBuffer
+	}
+	hdr, in, err := wgParseVirtio(in, len(bufs[0])-offset)
+	if err != nil {
+		return 0, err
+	}
+	if hdr.gsoType == unix.VIRTIO_NET_HDR_GSO_NONE {
+		if len(in) > len(bufs[0][offset:]) {
+			return 0, fmt.Errorf("read len %d overflows bufs element len %d", len(in), len(bufs[0][offset:]))
+		}
+		n := copy(bufs[0][offset:], in)
+		sizes[0] = n
+		return 1, nil
+	}
+	return wgGSOSplit(in, hdr, bufs, sizes, offset, in[0]>>4 == 6)
+}
+
+// wgParseVirtio is the first half of the tun package's handleVirtioRead,
+// which weft's split in place (segments_linux.go) shares with the copy
+// above: it decodes and checks the virtio-net header at the start of in,
+// completes the checksum of a packet that is not a super-packet, and
+// returns the header, with hdrLen recomputed for a super-packet, and the
+// packet after it. room is the most a segment may take in a buffer.
+func wgParseVirtio(in []byte, room int) (wgVirtioNetHdr, []byte, error) {
 	var hdr wgVirtioNetHdr
 	err := hdr.decode(in)
 	if err != nil {
-		return 0, err
+		return hdr, nil, err
 	}
 	in = in[virtioNetHdrLen:]
 	if hdr.gsoType == unix.VIRTIO_NET_HDR_GSO_NONE {
@@ -63,22 +88,17 @@ func wgHandleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int,
 			// (weft: the offsets are checked against the packet first, so no
 			// header, whoever wrote it, can make this panic.)
 			if int(hdr.csumStart)+int(hdr.csumOffset)+2 > len(in) {
-				return 0, fmt.Errorf("checksum at %d+%d beyond the %d-byte packet", hdr.csumStart, hdr.csumOffset, len(in))
+				return hdr, nil, fmt.Errorf("checksum at %d+%d beyond the %d-byte packet", hdr.csumStart, hdr.csumOffset, len(in))
 			}
 			err = wgGSONoneChecksum(in, hdr.csumStart, hdr.csumOffset)
 			if err != nil {
-				return 0, err
+				return hdr, nil, err
 			}
 		}
-		if len(in) > len(bufs[0][offset:]) {
-			return 0, fmt.Errorf("read len %d overflows bufs element len %d", len(in), len(bufs[0][offset:]))
-		}
-		n := copy(bufs[0][offset:], in)
-		sizes[0] = n
-		return 1, nil
+		return hdr, in, nil
 	}
 	if hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_TCPV4 && hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_TCPV6 && hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_UDP_L4 {
-		return 0, fmt.Errorf("unsupported virtio GSO type: %d", hdr.gsoType)
+		return hdr, nil, fmt.Errorf("unsupported virtio GSO type: %d", hdr.gsoType)
 	}
 
 	// weft: bounds the kernel keeps anyway, checked so that no header,
@@ -87,8 +107,8 @@ func wgHandleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int,
 	// nonzero segment size, and segments that fit the buffers.
 	if len(in) == 0 || hdr.csumStart < 20 || hdr.csumStart > 1024 || hdr.gsoSize == 0 ||
 		int(hdr.csumStart) >= len(in) || int(hdr.csumOffset) > 58 ||
-		len(bufs) == 0 || int(hdr.csumStart)+60+int(hdr.gsoSize) > len(bufs[0])-offset {
-		return 0, fmt.Errorf("virtio-net header out of bounds: csum start %d, offset %d, segment %d; packet %d bytes",
+		int(hdr.csumStart)+60+int(hdr.gsoSize) > room {
+		return hdr, nil, fmt.Errorf("virtio-net header out of bounds: csum start %d, offset %d, segment %d; packet %d bytes",
 			hdr.csumStart, hdr.csumOffset, hdr.gsoSize, len(in))
 	}
 
@@ -96,17 +116,17 @@ func wgHandleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int,
 	switch ipVersion {
 	case 4:
 		if hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_TCPV4 && hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_UDP_L4 {
-			return 0, fmt.Errorf("ip header version: %d, GSO type: %d", ipVersion, hdr.gsoType)
+			return hdr, nil, fmt.Errorf("ip header version: %d, GSO type: %d", ipVersion, hdr.gsoType)
 		}
 	case 6:
 		if hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_TCPV6 && hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_UDP_L4 {
-			return 0, fmt.Errorf("ip header version: %d, GSO type: %d", ipVersion, hdr.gsoType)
+			return hdr, nil, fmt.Errorf("ip header version: %d, GSO type: %d", ipVersion, hdr.gsoType)
 		}
 	default:
-		return 0, fmt.Errorf("invalid ip header version: %d", ipVersion)
+		return hdr, nil, fmt.Errorf("invalid ip header version: %d", ipVersion)
 	}
 	if ipVersion == 6 && hdr.csumStart < 40 { // weft: the addresses are read from it
-		return 0, fmt.Errorf("IPv6 transport header at %d, inside the IPv6 header", hdr.csumStart)
+		return hdr, nil, fmt.Errorf("IPv6 transport header at %d, inside the IPv6 header", hdr.csumStart)
 	}
 
 	// Don't trust hdr.hdrLen from the kernel as it can be equal to the length
@@ -117,30 +137,30 @@ func wgHandleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int,
 		hdr.hdrLen = hdr.csumStart + 8
 	} else {
 		if len(in) <= int(hdr.csumStart+12) {
-			return 0, errors.New("packet is too short")
+			return hdr, nil, errors.New("packet is too short")
 		}
 
 		tcpHLen := uint16(in[hdr.csumStart+12] >> 4 * 4)
 		if tcpHLen < 20 || tcpHLen > 60 {
 			// A TCP header must be between 20 and 60 bytes in length.
-			return 0, fmt.Errorf("tcp header len is invalid: %d", tcpHLen)
+			return hdr, nil, fmt.Errorf("tcp header len is invalid: %d", tcpHLen)
 		}
 		hdr.hdrLen = hdr.csumStart + tcpHLen
 	}
 
 	if len(in) < int(hdr.hdrLen) {
-		return 0, fmt.Errorf("length of packet (%d) < wgVirtioNetHdr.hdrLen (%d)", len(in), hdr.hdrLen)
+		return hdr, nil, fmt.Errorf("length of packet (%d) < wgVirtioNetHdr.hdrLen (%d)", len(in), hdr.hdrLen)
 	}
 
 	if hdr.hdrLen < hdr.csumStart {
-		return 0, fmt.Errorf("wgVirtioNetHdr.hdrLen (%d) < wgVirtioNetHdr.csumStart (%d)", hdr.hdrLen, hdr.csumStart)
+		return hdr, nil, fmt.Errorf("wgVirtioNetHdr.hdrLen (%d) < wgVirtioNetHdr.csumStart (%d)", hdr.hdrLen, hdr.csumStart)
 	}
 	cSumAt := int(hdr.csumStart) + int(hdr.csumOffset)
 	if cSumAt+2 > int(hdr.hdrLen) || cSumAt+1 >= len(in) {
-		return 0, fmt.Errorf("end of checksum offset (%d) exceeds packet length (%d)", cSumAt+1, len(in))
+		return hdr, nil, fmt.Errorf("end of checksum offset (%d) exceeds packet length (%d)", cSumAt+1, len(in))
 	}
 
-	return wgGSOSplit(in, hdr, bufs, sizes, offset, ipVersion == 6)
+	return hdr, in, nil
 }
 
 func wgGSOSplit(in []byte, hdr wgVirtioNetHdr, outBuffs [][]byte, sizes []int, outOffset int, isV6 bool) (int, error) {

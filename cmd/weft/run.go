@@ -52,6 +52,8 @@ type runFlags struct {
 	batchSize                   int
 	noTUNOffload, noGSO, noGRO  bool
 	tunPackageWrite             bool
+	copySegments                bool
+	copyTrains                  bool
 	tunTxQueueLen               int
 	busyPoll                    time.Duration
 	realtimePriority            int
@@ -101,6 +103,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
 	fs.IntVar(&f.tunTxQueueLen, "tun-txqueuelen", 5000, "packets the kernel queues on the TUN for the engine to read (0: the kernel's 500); more absorbs bursts while the engine is off its CPU")
 	fs.BoolVar(&f.tunPackageWrite, "tun-package-write", false, "coalesce TUN writes with the tun package's GRO (verifies every checksum) instead of weft's, for comparison")
+	fs.BoolVar(&f.copyTrains, "copy-gro-trains", false, "copy each UDP GRO train's datagrams apart before writing them into the TUN, instead of writing them from where they were received, for comparison")
+	fs.BoolVar(&f.copySegments, "copy-tso-segments", false, "split TSO super-packets read from the TUN by copying each segment, instead of sending each from its headers and its payload where it was read, for comparison")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each loop polls for packets before it sleeps (lower latency, more CPU; 0 to sleep at once)")
 	fs.IntVar(&f.realtimePriority, "realtime-priority", 0, "SCHED_FIFO priority (1 to 99) of the userspace data path's forwarding threads, so packets are forwarded ahead of ordinary tasks as the kernel's own paths are (needs CAP_SYS_NICE; without it they run at normal priority); 0: normal scheduling")
 	fs.BoolVar(&f.noGRO, "no-udp-gro", false, "do not use UDP receive coalescing (UDP_GRO)")
@@ -190,7 +194,7 @@ func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
 		IPTablesForward: f.iptablesForward, ForwardExplicit: f.forwardExplicit, Blackhole: f.blackhole,
 		HealthzIP: f.healthzIP, HealthzPort: f.healthzPort,
 		Datapath: userspace.Options{
-			TUNName: f.tunName, BatchSize: f.batchSize, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite,
+			TUNName: f.tunName, BatchSize: f.batchSize, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite, CopySegments: f.copySegments, CopyTrains: f.copyTrains,
 			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, RealtimePriority: f.realtimePriority, AntiSpoof: f.antiSpoof, CheckSourcePort: f.sourcePortCheck,
 		},
 		NoKernelVXLAN: f.noKernelVXLAN,

@@ -54,8 +54,10 @@ type Conn struct {
 }
 
 var (
-	_ engine.Transport = (*Conn)(nil)
-	_ engine.Waitable  = (*Conn)(nil)
+	_ engine.Transport       = (*Conn)(nil)
+	_ engine.GatherTransport = (*Conn)(nil)
+	_ engine.TrainReceiver   = (*Conn)(nil)
+	_ engine.Waitable        = (*Conn)(nil)
 )
 
 type rxState struct {
@@ -74,7 +76,7 @@ type rxState struct {
 
 type txState struct {
 	hdrs  []mmsghdr
-	iovs  []unix.Iovec
+	iovs  []unix.Iovec // two per packet: its head and its tail
 	names []sockaddr
 	oob   []byte
 	first []int // index in pkts of each message's first packet
@@ -170,7 +172,7 @@ func (c *Conn) initTx() {
 	n := c.batch
 	t := &c.tx
 	t.hdrs = make([]mmsghdr, n)
-	t.iovs = make([]unix.Iovec, n)
+	t.iovs = make([]unix.Iovec, 2*n)
 	t.names = make([]sockaddr, n)
 	t.oob = make([]byte, n*oobSize)
 	t.first = make([]int, n)
@@ -301,6 +303,78 @@ func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offs
 	return out, nil
 }
 
+// ReadTrains implements engine.TrainReceiver: ReadBatch without copying a
+// GRO train apart. A datagram, or a whole train, is handed over in its
+// receive buffer (exchanged for one of the caller's, as ReadBatch does
+// for single datagrams), each of the train's datagrams as a slice of it.
+// A train with more datagrams than pkts has room left for waits for the
+// next call; one that could never fit (more datagrams than pkts holds)
+// is copied apart as ReadBatch does.
+func (c *Conn) ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error) {
+	r := &c.rx
+	if r.next >= r.n {
+		if r.bufs == nil {
+			return 0, errSendOnly
+		}
+		if err := c.receive(offset); err != nil {
+			return 0, err
+		}
+	}
+	out, used := 0, 0 // datagrams handed over, elements of bufs taken
+	for r.next < r.n && out < len(pkts) {
+		h := &r.hdrs[r.next]
+		size := int(h.len)
+		src := addrPort(&r.names[r.next])
+		if h.hdr.Flags&unix.MSG_TRUNC != 0 {
+			c.c.truncated.Add(1)
+			r.next++
+			continue
+		}
+		gso := 0
+		if c.gro {
+			gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
+		}
+		segs := 1
+		if gso > 0 && size > gso {
+			segs = (size + gso - 1) / gso
+		}
+		if r.seg > 0 || segs > len(pkts) {
+			// Begun by ReadBatch, or too long for any call: copy apart.
+			for r.seg < size && out < len(pkts) {
+				end := min(r.seg+gso, size)
+				b := bufs[used][:offset+end-r.seg]
+				copy(b[offset:], r.bufs[r.next][offset+r.seg:offset+end])
+				pkts[out], srcs[out] = b[:len(b):len(b)], src
+				out, used = out+1, used+1
+				r.seg = end
+			}
+			if r.seg >= size {
+				r.next, r.seg = r.next+1, 0
+			}
+			continue
+		}
+		if segs > len(pkts)-out {
+			break // the next call takes the train whole
+		}
+		train := r.bufs[r.next]
+		bufs[used], r.bufs[r.next] = train, bufs[used]
+		used++
+		step := size
+		if segs > 1 {
+			step = gso
+		}
+		for k := range segs { // an empty datagram too: one packet
+			at := k * step
+			end := offset + min(at+step, size)
+			pkts[out], srcs[out] = train[at:end:end], src
+			out++
+		}
+		r.next++
+	}
+	c.c.recvSegments.Add(uint64(out))
+	return out, nil
+}
+
 func (c *Conn) receive(offset int) error {
 	r := &c.rx
 	for i := range r.hdrs {
@@ -388,10 +462,21 @@ func setAddrPort(sa *sockaddr, ap netip.AddrPort) uint32 {
 // wire format is unchanged, and the iovecs point at the packets where they
 // lie, so nothing is copied to build it.
 func (c *Conn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, err error) {
+	return c.WriteBatchGather(pkts, nil, dsts)
+}
+
+// WriteBatchGather implements engine.GatherTransport: WriteBatch for
+// datagrams in two pieces, each packet an iovec for its head and one for
+// its tail, so a TSO segment goes out from its headers and its payload
+// where the TUN read left it. A GSO message's segment size is the first
+// datagram's whole length; the kernel cuts the message's bytes at it
+// wherever the iovecs end, so the datagrams are the same as from joined
+// packets. tails may be nil (no packet has one).
+func (c *Conn) WriteBatchGather(pkts, tails [][]byte, dsts []netip.AddrPort) (refused int, err error) {
 	t := &c.tx
 	i := 0
 	for i < len(pkts) {
-		m := c.pack(pkts, dsts, i)
+		m := c.pack(pkts, tails, dsts, i)
 		next := t.first[m-1] + t.segs[m-1] // messages cover pkts[i:next]
 		sent := 0
 		for sent < m {
@@ -431,23 +516,30 @@ func (c *Conn) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (refused int, er
 
 // pack fills the message headers with pkts[i:], one message per GSO run
 // (or per packet without GSO), and returns how many messages it filled.
-func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
+func (c *Conn) pack(pkts, tails [][]byte, dsts []netip.AddrPort, i int) int {
 	t := &c.tx
 	gso := c.gso.Load()
+	whole := func(k int) int {
+		if tails == nil {
+			return len(pkts[k])
+		}
+		return len(pkts[k]) + len(tails[k])
+	}
 	m, iov := 0, 0
-	for i < len(pkts) && m < len(t.hdrs) && iov < len(t.iovs) {
-		size := len(pkts[i])
-		segs, total := 1, size
-		t.iovs[iov] = iovec(pkts[i])
+	for i < len(pkts) && m < len(t.hdrs) && iov+2 <= len(t.iovs) {
+		size := whole(i)
+		segs, total, start := 1, size, iov
+		iov = c.addIovecs(pkts, tails, i, iov)
 		j := i + 1
 		if gso {
-			for j < len(pkts) && segs < udpMaxSegments && iov+segs < len(t.iovs) &&
-				dsts[j] == dsts[i] && len(pkts[j]) <= size && total+len(pkts[j]) <= gsoMaxBytes {
-				t.iovs[iov+segs] = iovec(pkts[j])
+			for j < len(pkts) && segs < udpMaxSegments && iov+2 <= len(t.iovs) &&
+				dsts[j] == dsts[i] && whole(j) <= size && whole(j) > 0 && total+whole(j) <= gsoMaxBytes {
+				// (An empty datagram adds no bytes: in a GSO message it would vanish.)
+				iov = c.addIovecs(pkts, tails, j, iov)
 				segs++
-				total += len(pkts[j])
+				total += whole(j)
 				j++
-				if len(pkts[j-1]) < size {
+				if whole(j-1) < size {
 					break // a shorter datagram can only end a GSO run
 				}
 			}
@@ -455,8 +547,8 @@ func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
 		h := &t.hdrs[m].hdr
 		h.Namelen = setAddrPort(&t.names[m], dsts[i])
 		h.Name = (*byte)(unsafe.Pointer(&t.names[m]))
-		h.Iov = &t.iovs[iov]
-		h.SetIovlen(segs)
+		h.Iov = &t.iovs[start]
+		h.SetIovlen(iov - start)
 		h.Flags = 0
 		if segs > 1 {
 			oob := t.oob[m*oobSize : m*oobSize+unix.CmsgSpace(2)]
@@ -472,10 +564,21 @@ func (c *Conn) pack(pkts [][]byte, dsts []netip.AddrPort, i int) int {
 		}
 		t.first[m], t.segs[m] = i, segs
 		m++
-		iov += segs
 		i = j
 	}
 	return m
+}
+
+// addIovecs puts packet k's iovecs at t.iovs[iov:]: its head, and its tail
+// if it has one. It returns the next free index.
+func (c *Conn) addIovecs(pkts, tails [][]byte, k, iov int) int {
+	c.tx.iovs[iov] = iovec(pkts[k])
+	iov++
+	if tails != nil && len(tails[k]) > 0 {
+		c.tx.iovs[iov] = iovec(tails[k])
+		iov++
+	}
+	return iov
 }
 
 func iovec(b []byte) unix.Iovec {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/weft-net/weft/engine"
 )
 
@@ -56,7 +58,7 @@ func TestPackGroupsGSORuns(t *testing.T) {
 	for range 70 {                // longer than udpMaxSegments
 		add(a, 1000)
 	}
-	m := c.pack(pkts, dsts, 0)
+	m := c.pack(pkts, nil, dsts, 0)
 	want := []int{4, 2, 2, 1, 64, 6}
 	if m != len(want) {
 		t.Fatalf("%d messages, want %d", m, len(want))
@@ -214,5 +216,230 @@ func BenchmarkLoopback(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(pkts)), "ns/packet")
 		})
+	}
+}
+
+// TestGatherDelivery sends datagrams cut into a head and a tail at varied
+// places (as TSO segments come from the TUN: the headers in one buffer,
+// the payload in another), in GSO runs with a short last one and mixed
+// with whole ones, over both families: each must arrive as one datagram,
+// the two pieces joined, none merged with another.
+func TestGatherDelivery(t *testing.T) {
+	for _, local := range []string{"127.0.0.1:0", "[::1]:0"} {
+		for _, o := range []Options{{}, {NoGSO: true}} {
+			o.Local = netip.MustParseAddrPort(local)
+			t.Run(fmt.Sprintf("%s,gso=%v", o.Local.Addr(), !o.NoGSO), func(t *testing.T) {
+				tx, rx := listen(t, o), listen(t, Options{Local: o.Local, NoGRO: true})
+				pkts, heads, tails, dsts := gatherBatch(rx.LocalAddr())
+				if refused, err := tx.WriteBatchGather(heads, tails, dsts); err != nil || refused != 0 {
+					t.Fatalf("WriteBatchGather: refused %d, %v", refused, err)
+				}
+				checkReceived(t, rx, pkts)
+				if s := tx.Stats(); !o.NoGSO && s.GSO && s.SendMessages >= s.SendSegments {
+					t.Errorf("GSO on but %d messages for %d packets", s.SendMessages, s.SendSegments)
+				}
+			})
+		}
+	}
+}
+
+// gatherBatch: 60 datagrams to dst, most of 1400 bytes cut after 28 or 52
+// bytes, a short one ending each run of 20, and some whole.
+func gatherBatch(dst netip.AddrPort) (pkts, heads, tails [][]byte, dsts []netip.AddrPort) {
+	for i := range 60 {
+		size := 1400
+		if i%20 == 19 {
+			size = 777
+		}
+		p := packet(i, size)
+		cut := []int{28, 52, size}[i%3]
+		pkts = append(pkts, p)
+		heads = append(heads, p[:cut])
+		tails = append(tails, p[cut:])
+		dsts = append(dsts, dst)
+	}
+	return pkts, heads, tails, dsts
+}
+
+func checkReceived(t *testing.T, rx *Conn, pkts [][]byte) {
+	t.Helper()
+	bufs := make([][]byte, 64)
+	for i := range bufs {
+		bufs[i] = make([]byte, engine.BufferSize)
+	}
+	sizes, srcs := make([]int, len(bufs)), make([]netip.AddrPort, len(bufs))
+	got := 0
+	for got < len(pkts) {
+		rx.uc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		k, err := rx.ReadBatch(bufs, sizes, srcs, engine.Headroom)
+		if err != nil {
+			t.Fatalf("after %d of %d datagrams: %v", got, len(pkts), err)
+		}
+		for i := range k {
+			p := bufs[i][engine.Headroom : engine.Headroom+sizes[i]]
+			if !bytes.Equal(p, pkts[got]) {
+				t.Fatalf("datagram %d: %d bytes, want %d, or altered", got, len(p), len(pkts[got]))
+			}
+			got++
+		}
+	}
+}
+
+// TestGatherGSOFallback: where the kernel refuses UDP_SEGMENT (here: a
+// socket that sends without UDP checksums, which GSO cannot do), the
+// first refused GSO send switches GSO off, is counted, and every datagram
+// still goes out, one per message from its two pieces.
+func TestGatherGSOFallback(t *testing.T) {
+	for _, local := range []string{"127.0.0.1:0", "[::1]:0"} {
+		t.Run(local, func(t *testing.T) {
+			o := Options{Local: netip.MustParseAddrPort(local)}
+			tx, rx := listen(t, o), listen(t, Options{Local: o.Local, NoGRO: true})
+			if !tx.gso.Load() {
+				t.Skip("kernel without UDP_SEGMENT")
+			}
+			var serr error
+			tx.rc.Control(func(fd uintptr) {
+				if o.Local.Addr().Is4() {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1)
+				} else {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_NO_CHECK6_TX, 1)
+				}
+			})
+			if o.Local.Addr().Is6() {
+				// IPv6 receivers drop datagrams without a checksum unless told.
+				rx.rc.Control(func(fd uintptr) {
+					if err := unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_NO_CHECK6_RX, 1); err != nil {
+						serr = err
+					}
+				})
+			}
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			pkts, heads, tails, dsts := gatherBatch(rx.LocalAddr())
+			if refused, err := tx.WriteBatchGather(heads, tails, dsts); err != nil || refused != 0 {
+				t.Fatalf("WriteBatchGather: refused %d, %v", refused, err)
+			}
+			checkReceived(t, rx, pkts)
+			s := tx.Stats()
+			if s.GSO || s.GSOFallbacks != 1 || s.SendSegments != uint64(len(pkts)) || s.SendMessages != uint64(len(pkts)) {
+				t.Fatalf("after the refusal: GSO %v, %d fallbacks, %d messages for %d packets; want off, 1, one each", s.GSO, s.GSOFallbacks, s.SendMessages, s.SendSegments)
+			}
+		})
+	}
+}
+
+func TestGatherAllocatesNothing(t *testing.T) {
+	tx := listen(t, Options{})
+	rx := listen(t, Options{NoGRO: true})
+	_, heads, tails, dsts := gatherBatch(rx.LocalAddr())
+	bufs := make([][]byte, 128)
+	for i := range bufs {
+		bufs[i] = make([]byte, engine.BufferSize)
+	}
+	sizes, srcs := make([]int, 128), make([]netip.AddrPort, 128)
+	allocs := testing.AllocsPerRun(50, func() {
+		if _, err := tx.WriteBatchGather(heads, tails, dsts); err != nil {
+			t.Fatal(err)
+		}
+		for got := 0; got < len(heads); {
+			n, err := rx.ReadBatch(bufs, sizes, srcs, engine.Headroom)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per batch sent and received, want 0", allocs)
+	}
+}
+
+// TestReadTrains receives GSO batches on a GRO socket with ReadTrains,
+// with room for every train and with less room than one (8 slots: the
+// train waits, or is copied apart when it could never fit): every
+// datagram arrives once, intact, in order, as a slice whose capacity ends
+// with it, and every element of bufs stays BufferSize long.
+func TestReadTrains(t *testing.T) {
+	for _, slots := range []int{128, 8} {
+		for _, local := range []string{"127.0.0.1:0", "[::1]:0"} {
+			t.Run(fmt.Sprintf("%s,slots=%d", local, slots), func(t *testing.T) {
+				o := Options{Local: netip.MustParseAddrPort(local)}
+				tx, rx := listen(t, o), listen(t, o)
+				var pkts [][]byte
+				var dsts []netip.AddrPort
+				sizes := []int{1400, 1400, 1400, 1400, 700, 0, 1400, 1400, 64, 64, 64, 1}
+				for i := range 300 {
+					pkts = append(pkts, packet(i, sizes[i%len(sizes)]))
+					dsts = append(dsts, rx.LocalAddr())
+				}
+				for i := 0; i < len(pkts); i += tx.BatchSize() {
+					end := min(i+tx.BatchSize(), len(pkts))
+					if refused, err := tx.WriteBatch(pkts[i:end], dsts[i:end]); err != nil || refused != 0 {
+						t.Fatalf("WriteBatch: refused %d, %v", refused, err)
+					}
+				}
+				bufs := make([][]byte, slots)
+				for i := range bufs {
+					bufs[i] = make([]byte, engine.BufferSize)
+				}
+				got := make([][]byte, slots)
+				srcs := make([]netip.AddrPort, slots)
+				n := 0
+				for n < len(pkts) {
+					rx.uc.SetReadDeadline(time.Now().Add(2 * time.Second))
+					k, err := rx.ReadTrains(bufs, got, srcs, engine.Headroom)
+					if err != nil {
+						t.Fatalf("after %d of %d datagrams: %v", n, len(pkts), err)
+					}
+					for i := range k {
+						p := got[i][engine.Headroom:]
+						if cap(got[i]) != len(got[i]) {
+							t.Fatalf("datagram %d: capacity goes %d bytes past it", n, cap(got[i])-len(got[i]))
+						}
+						if srcs[i] != tx.LocalAddr() || !bytes.Equal(p, pkts[n]) {
+							t.Fatalf("datagram %d: %d bytes from %s, want %d from %s", n, len(p), srcs[i], len(pkts[n]), tx.LocalAddr())
+						}
+						n++
+					}
+					for _, b := range bufs {
+						if len(b) != engine.BufferSize {
+							t.Fatalf("a buffer of %d bytes came back", len(b))
+						}
+					}
+				}
+				if s := rx.Stats(); s.GRO && tx.Stats().GSO && s.RecvSegments <= s.RecvDatagrams {
+					t.Errorf("GRO on but %d datagrams gave %d packets: no train", s.RecvDatagrams, s.RecvSegments)
+				}
+			})
+		}
+	}
+}
+
+func TestReadTrainsAllocatesNothing(t *testing.T) {
+	tx, rx := listen(t, Options{}), listen(t, Options{})
+	pkts := make([][]byte, 64)
+	dsts := make([]netip.AddrPort, 64)
+	for i := range pkts {
+		pkts[i], dsts[i] = packet(i, 1200), rx.LocalAddr()
+	}
+	bufs := make([][]byte, 128)
+	for i := range bufs {
+		bufs[i] = make([]byte, engine.BufferSize)
+	}
+	got, srcs := make([][]byte, 128), make([]netip.AddrPort, 128)
+	if a := testing.AllocsPerRun(50, func() {
+		if _, err := tx.WriteBatch(pkts, dsts); err != nil {
+			t.Fatal(err)
+		}
+		for n := 0; n < len(pkts); {
+			k, err := rx.ReadTrains(bufs, got, srcs, engine.Headroom)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += k
+		}
+	}); a != 0 {
+		t.Fatalf("%v allocations per batch, want 0", a)
 	}
 }

@@ -18,13 +18,15 @@ type Dual struct {
 
 	// one WriteBatch's datagrams of each family, preallocated; only the
 	// send loop touches them
-	pkts4, pkts6 [][]byte
-	dsts4, dsts6 []netip.AddrPort
+	pkts4, pkts6   [][]byte
+	tails4, tails6 [][]byte
+	dsts4, dsts6   []netip.AddrPort
 }
 
 var (
-	_ engine.Transport     = (*Dual)(nil)
-	_ engine.MultiReceiver = (*Dual)(nil)
+	_ engine.Transport       = (*Dual)(nil)
+	_ engine.GatherTransport = (*Dual)(nil)
+	_ engine.MultiReceiver   = (*Dual)(nil)
 )
 
 // ListenDual opens o's socket on local4 and another on local6 (the same
@@ -50,6 +52,7 @@ func ListenDual(o Options, local4, local6 netip.AddrPort) (*Dual, error) {
 	n := v4.batch
 	return &Dual{v4: v4, v6: v6,
 		pkts4: make([][]byte, 0, n), pkts6: make([][]byte, 0, n),
+		tails4: make([][]byte, 0, n), tails6: make([][]byte, 0, n),
 		dsts4: make([]netip.AddrPort, 0, n), dsts6: make([]netip.AddrPort, 0, n)}, nil
 }
 
@@ -72,6 +75,12 @@ func (d *Dual) BatchSize() int { return d.v4.batch }
 // WriteBatch implements engine.Transport: each family's datagrams, in
 // their order (so a peer's run stays adjacent for GSO), from its socket.
 func (d *Dual) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	return d.WriteBatchGather(pkts, nil, dsts)
+}
+
+// WriteBatchGather implements engine.GatherTransport as WriteBatch does
+// engine.Transport (tails may be nil).
+func (d *Dual) WriteBatchGather(pkts, tails [][]byte, dsts []netip.AddrPort) (int, error) {
 	n6 := 0
 	for _, a := range dsts {
 		if a.Addr().Is6() {
@@ -80,23 +89,36 @@ func (d *Dual) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
 	}
 	switch n6 {
 	case 0:
-		return d.v4.WriteBatch(pkts, dsts)
+		return d.v4.WriteBatchGather(pkts, tails, dsts)
 	case len(dsts):
-		return d.v6.WriteBatch(pkts, dsts)
+		return d.v6.WriteBatchGather(pkts, tails, dsts)
 	}
 	for i, p := range pkts {
 		if dsts[i].Addr().Is6() {
 			d.pkts6, d.dsts6 = append(d.pkts6, p), append(d.dsts6, dsts[i])
+			if tails != nil {
+				d.tails6 = append(d.tails6, tails[i])
+			}
 		} else {
 			d.pkts4, d.dsts4 = append(d.pkts4, p), append(d.dsts4, dsts[i])
+			if tails != nil {
+				d.tails4 = append(d.tails4, tails[i])
+			}
 		}
 	}
-	r4, err4 := d.v4.WriteBatch(d.pkts4, d.dsts4)
-	r6, err6 := d.v6.WriteBatch(d.pkts6, d.dsts6)
+	var t4, t6 [][]byte // nil without tails
+	if tails != nil {
+		t4, t6 = d.tails4, d.tails6
+	}
+	r4, err4 := d.v4.WriteBatchGather(d.pkts4, t4, d.dsts4)
+	r6, err6 := d.v6.WriteBatchGather(d.pkts6, t6, d.dsts6)
 	// Drop the references: the engine owns the buffers.
 	clear(d.pkts4)
 	clear(d.pkts6)
+	clear(d.tails4)
+	clear(d.tails6)
 	d.pkts4, d.dsts4, d.pkts6, d.dsts6 = d.pkts4[:0], d.dsts4[:0], d.pkts6[:0], d.dsts6[:0]
+	d.tails4, d.tails6 = d.tails4[:0], d.tails6[:0]
 	return r4 + r6, errors.Join(err4, err6)
 }
 

@@ -19,6 +19,8 @@ type Options struct {
 	BatchSize       int           // packets per system call, each direction
 	NoTUNOffload    bool          // open the TUN without virtio-net offloads
 	TunPackageWrite bool          // coalesce TUN writes with the tun package's GRO
+	CopySegments    bool          // split TSO super-packets by copying (engine.Config.CopySegments)
+	CopyTrains      bool          // copy UDP GRO trains apart (engine.Config.CopyTrains)
 	TxQueueLen      int           // the TUN's transmit queue (0: the kernel's)
 	NoGSO, NoGRO    bool          // switch UDP GSO / GRO off
 	BusyPoll        time.Duration // how long each loop polls before it sleeps
@@ -107,6 +109,8 @@ func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bo
 		CheckSourcePort:  checkPort,
 		BusyPoll:         o.BusyPoll,
 		RealtimePriority: o.RealtimePriority,
+		CopySegments:     o.CopySegments,
+		CopyTrains:       o.CopyTrains,
 		ICMPSource:       d.own.Subnet.Addr(),
 		Encap:            enc,
 		Logger:           o.Log,

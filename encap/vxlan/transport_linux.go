@@ -60,8 +60,9 @@ type Transport struct {
 	batch  int
 
 	// per-sender slices of one WriteBatch, preallocated
-	pkts [][][]byte
-	dsts [][]netip.AddrPort
+	pkts  [][][]byte
+	tails [][][]byte
+	dsts  [][]netip.AddrPort
 
 	// SendFrame's one-message batch, used by the receive loop only
 	frame    [1][]byte
@@ -69,8 +70,10 @@ type Transport struct {
 }
 
 var (
-	_ engine.Transport     = (*Transport)(nil)
-	_ engine.MultiReceiver = (*Transport)(nil)
+	_ engine.Transport       = (*Transport)(nil)
+	_ engine.GatherTransport = (*Transport)(nil)
+	_ engine.TrainReceiver   = (*Transport)(nil)
+	_ engine.MultiReceiver   = (*Transport)(nil)
 )
 
 // ListenTransport opens the receiving socket and the sender sockets.
@@ -125,6 +128,7 @@ func (t *Transport) addSenders(o TransportOptions, local netip.Addr, ports *[]ui
 		t.tx = append(t.tx, c)
 		*ports = append(*ports, c.LocalAddr().Port())
 		t.pkts = append(t.pkts, make([][]byte, 0, o.BatchSize))
+		t.tails = append(t.tails, make([][]byte, 0, o.BatchSize))
 		t.dsts = append(t.dsts, make([]netip.AddrPort, 0, o.BatchSize))
 	}
 	return nil
@@ -162,12 +166,24 @@ func (t *Transport) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort,
 	return t.rx.ReadBatch(bufs, sizes, srcs, offset)
 }
 
+// ReadTrains implements engine.TrainReceiver: the receiving socket's.
+func (t *Transport) ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error) {
+	return t.rx.ReadTrains(bufs, pkts, srcs, offset)
+}
+
 // WriteBatch implements engine.Transport. pkts[i] are whole VXLAN frames;
 // the flow is hashed from the inner packet after HeaderLen, and the frame
 // sent from a sender of its destination's family.
 func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error) {
+	return t.WriteBatchGather(pkts, nil, dsts)
+}
+
+// WriteBatchGather implements engine.GatherTransport as WriteBatch does
+// engine.Transport: frame i is pkts[i] followed by tails[i] (tails may be
+// nil), the flow hashed from the inner headers in pkts[i].
+func (t *Transport) WriteBatchGather(pkts, tails [][]byte, dsts []netip.AddrPort) (int, error) {
 	if len(t.tx) == 1 {
-		return t.tx[0].WriteBatch(pkts, dsts)
+		return t.tx[0].WriteBatchGather(pkts, tails, dsts)
 	}
 	n6 := len(t.tx) - t.n4
 	for i, p := range pkts {
@@ -183,6 +199,9 @@ func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error
 		}
 		t.pkts[b] = append(t.pkts[b], p)
 		t.dsts[b] = append(t.dsts[b], dsts[i])
+		if tails != nil {
+			t.tails[b] = append(t.tails[b], tails[i])
+		}
 	}
 	refused := 0
 	var err error
@@ -191,13 +210,18 @@ func (t *Transport) WriteBatch(pkts [][]byte, dsts []netip.AddrPort) (int, error
 			continue
 		}
 		if err == nil {
+			var tl [][]byte // nil without tails
+			if tails != nil {
+				tl = t.tails[b]
+			}
 			var r int
-			r, err = c.WriteBatch(t.pkts[b], t.dsts[b])
+			r, err = c.WriteBatchGather(t.pkts[b], tl, t.dsts[b])
 			refused += r
 		}
 		// Drop the references: the engine owns the buffers.
 		clear(t.pkts[b])
-		t.pkts[b], t.dsts[b] = t.pkts[b][:0], t.dsts[b][:0]
+		clear(t.tails[b])
+		t.pkts[b], t.dsts[b], t.tails[b] = t.pkts[b][:0], t.dsts[b][:0], t.tails[b][:0]
 	}
 	return refused, err
 }
