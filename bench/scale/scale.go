@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,6 +25,7 @@ import (
 	"github.com/weft-net/weft/bench/harness"
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/memcg"
+	"github.com/weft-net/weft/daemon"
 )
 
 // Options configure Run.
@@ -40,6 +43,12 @@ type Options struct {
 	// (pprof, from its debug socket) at the steady state and after the
 	// churn: <binary>-<backend>-<N>-{steady,churn}.heap.pb.gz.
 	ProfileDir string
+	// CPUProfileDir, when set, receives the weft process's CPU profile
+	// (pprof) of the quiet window and of each churn:
+	// <binary>-<backend>-<N>-{idle,churn<rate>}.cpu.pb.gz. Profiling
+	// costs the process some CPU of its own (SIGPROF at 100 Hz), which
+	// the figures of that run then include.
+	CPUProfileDir string
 	// MemoryMax, when > 0, starts weft run in a memory cgroup of this
 	// hard limit in bytes (a pod's limit), and reports its peak charge
 	// and the OOM kills.
@@ -79,8 +88,13 @@ type Result struct {
 	// RSSSteadyAnon is the anonymous part of RSSSteady (heap, stacks, the
 	// runtime's own): the rest is the binary's pages, which the lab's
 	// weft etcd, running the same file, makes look larger than on a host.
-	RSSSteadyAnon uint64  `json:"rss_steady_anon_bytes"`
-	Churn         []Churn `json:"churn"`
+	RSSSteadyAnon uint64 `json:"rss_steady_anon_bytes"`
+	// IdleCPU is the weft process's CPU time per second over a quiet
+	// window at the steady state (no lease event, nothing polling it):
+	// what it costs over time, which a churn's CPU per event includes,
+	// spread over the events.
+	IdleCPU time.Duration `json:"idle_cpu_per_second_ns"`
+	Churn   []Churn       `json:"churn"`
 	// Repair is the time from deleting one peer's kernel entries by hand
 	// (the route; for vxlan also the neighbour and FDB entry) until they
 	// are back (kernel backends).
@@ -361,6 +375,9 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 	if err := h.saveHeap("steady"); err != nil {
 		return r, err
 	}
+	if r.IdleCPU, err = h.idle(idleWindow); err != nil {
+		return r, err
+	}
 	for _, rate := range o.Rates {
 		o.Progress(fmt.Sprintf("%s: churn of %d events at %d/s", typ, o.Events, rate))
 		c, err := h.churn(ctx, rate)
@@ -411,6 +428,9 @@ func (h *host) churn(ctx context.Context, rate int) (Churn, error) {
 		evs = append(evs, event{id: old, del: true})
 	}
 	pid := h.run.Pid()
+	// The profile covers the events and a second after them; it is saved
+	// once the CPU is read, so writing it is not counted.
+	profiled := h.cpuProfile(fmt.Sprintf("churn%d", rate), time.Duration(len(evs))*time.Second/time.Duration(rate)+time.Second)
 	cpu0, err := cpuTime(pid)
 	if err != nil {
 		return c, err
@@ -428,6 +448,9 @@ func (h *host) churn(ctx context.Context, rate int) (Churn, error) {
 	}
 	cpu1, err := cpuTime(pid)
 	if err != nil {
+		return c, err
+	}
+	if err := profiled(); err != nil {
 		return c, err
 	}
 	c.After = at.Sub(last)
@@ -529,6 +552,64 @@ func sampleRSS(pid int) func() memory {
 		}
 	}()
 	return func() memory { close(stop); return <-sampled }
+}
+
+// idleWindow is how long the quiet window of Result.IdleCPU lasts.
+const idleWindow = 5 * time.Second
+
+// idle measures the weft process's CPU per second over d with no event and
+// no poll of its state.
+func (h *host) idle(d time.Duration) (time.Duration, error) {
+	profiled := h.cpuProfile("idle", d)
+	pid := h.run.Pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	time.Sleep(d)
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return 0, err
+	}
+	el := time.Since(t0)
+	if err := profiled(); err != nil {
+		return 0, err
+	}
+	return time.Duration(float64(cpu1-cpu0) / el.Seconds()), nil
+}
+
+// cpuProfile starts a CPU profile of the weft process over about d (when
+// o.CPUProfileDir is set); the returned function waits for it and saves it
+// as <binary>-<backend>-<N>-<when>.cpu.pb.gz.
+func (h *host) cpuProfile(when string, d time.Duration) func() error {
+	if h.o.CPUProfileDir == "" {
+		return func() error { return nil }
+	}
+	secs := int((d + time.Second - 1) / time.Second)
+	done := make(chan error, 1)
+	go func() {
+		hc, base, where := h.chk.status.HTTP(time.Duration(secs)*time.Second + 10*time.Second)
+		resp, err := hc.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, secs))
+		if err != nil {
+			done <- fmt.Errorf("cpu profile: %w", daemon.ReachError(where, err))
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		if err != nil {
+			done <- fmt.Errorf("cpu profile: %w", err)
+			return
+		}
+		name := fmt.Sprintf("%s-%s-%d-%s.cpu.pb.gz", filepath.Base(h.o.Binary), h.typ, h.o.Hosts, when)
+		done <- os.WriteFile(filepath.Join(h.o.CPUProfileDir, name), b, 0o644)
+	}()
+	// The profile starts when the request is served: give it that moment.
+	time.Sleep(50 * time.Millisecond)
+	return func() error { return <-done }
 }
 
 // saveHeap writes the weft process's heap profile to o.ProfileDir (when

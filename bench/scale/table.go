@@ -10,19 +10,19 @@ import (
 // WriteTable prints results as issue 19's table (markdown), then the join
 // runs.
 func WriteTable(w io.Writer, rs []Result) {
-	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady (anonymous) | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn (anonymous) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| binary | backend | N | start → full state | RSS steady (anonymous) | idle: CPU per second | churn | churn: CPU per event | churn: state correct after the last event | RSS during churn (anonymous) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rs {
 		if r.Error != "" && len(r.Churn) == 0 {
 			msg := r.Error
 			if len(msg) > 160 {
 				msg = msg[:160] + "…"
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | failed: %s | | | | | |\n", r.Binary, r.Backend, r.N, strings.ReplaceAll(msg, "|", "/"))
+			fmt.Fprintf(w, "| %s | %s | %d | failed: %s | | | | | | |\n", r.Binary, r.Backend, r.N, strings.ReplaceAll(msg, "|", "/"))
 		}
 		for _, c := range r.Churn {
-			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, secs(r.Start), mib(r.RSSSteady)+" ("+mib(r.RSSSteadyAnon)+")",
-				c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax)+" ("+mib(c.RSSMaxAnon)+")")
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %d events at %d/s | %s | %s | %s |\n", r.Binary, r.Backend, r.N, secs(r.Start), mib(r.RSSSteady)+" ("+mib(r.RSSSteadyAnon)+")",
+				ms(r.IdleCPU), c.Events, c.Rate, ms(c.CPUPerEvent), secs(c.After), mib(c.RSSMax)+" ("+mib(c.RSSMaxAnon)+")")
 		}
 	}
 	sep := "\n"

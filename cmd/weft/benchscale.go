@@ -20,20 +20,22 @@ type scaleOpts struct {
 	events, join    *int
 	binaries        *string
 	profiles        *string
+	cpuProfiles     *string
 	memMax          *string
 	timeout         *time.Duration
 }
 
 func scaleFlags(fs *flag.FlagSet) scaleOpts {
 	return scaleOpts{
-		backends: fs.String("scale-backends", "udp,vxlan,host-gw", "with --scale: backends to measure: udp, vxlan, host-gw, uvxlan (vxlan from userspace)"),
-		rates:    fs.String("scale-rates", "50,500", "with --scale: churn rates, lease events per second"),
-		events:   fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
-		join:     fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
-		binaries: fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
-		memMax:   fs.String("scale-memory-max", "", "with --scale: run weft in a memory cgroup of this hard limit (e.g. 50MiB, kube-flannel.yml's), reporting its peak and OOM kills"),
-		timeout:  fs.Duration("scale-timeout", 10*time.Minute, "with --scale: how long to wait for a correct state before a run counts as failed"),
-		profiles: fs.String("scale-heap-profiles", "", "with --scale: a directory for each weft's heap profile (pprof) at the steady state and after the churn"),
+		backends:    fs.String("scale-backends", "udp,vxlan,host-gw", "with --scale: backends to measure: udp, vxlan, host-gw, uvxlan (vxlan from userspace)"),
+		rates:       fs.String("scale-rates", "50,500", "with --scale: churn rates, lease events per second"),
+		events:      fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
+		join:        fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
+		binaries:    fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
+		memMax:      fs.String("scale-memory-max", "", "with --scale: run weft in a memory cgroup of this hard limit (e.g. 50MiB, kube-flannel.yml's), reporting its peak and OOM kills"),
+		timeout:     fs.Duration("scale-timeout", 10*time.Minute, "with --scale: how long to wait for a correct state before a run counts as failed"),
+		cpuProfiles: fs.String("scale-cpu-profiles", "", "with --scale: a directory for each weft's CPU profile (pprof) of a quiet 5 s window and of each churn"),
+		profiles:    fs.String("scale-heap-profiles", "", "with --scale: a directory for each weft's heap profile (pprof) at the steady state and after the churn"),
 	}
 }
 
@@ -70,7 +72,7 @@ func runScale(o scaleOpts, n int, jsonOut string) error {
 	ctx, guard := lab.NewGuard(context.Background(), 20*time.Second)
 	defer guard.Stop()
 	rs, err := scale.Run(ctx, scale.Options{
-		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles, MemoryMax: memMax, Timeout: *o.timeout,
+		Binaries: bins, Hosts: n, Backends: backends, Events: *o.events, Rates: rates, JoinRate: *o.join, ProfileDir: *o.profiles, CPUProfileDir: *o.cpuProfiles, MemoryMax: memMax, Timeout: *o.timeout,
 		Progress: func(s string) { fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), s) },
 	})
 	scale.WriteTable(os.Stdout, rs)

@@ -150,7 +150,13 @@ func (b *Backend) SetPeers(leases []lease.Lease) {
 // the routes of the peers removed or changed go, those of the peers put
 // come, and the loop programs just that.
 func (b *Backend) UpdatePeers(put []lease.Lease, removed []netip.Prefix) {
-	connected, err := b.nl.Connected(b.host.IfaceIndex)
+	// Only a put needs the underlay's subnets (to refuse an off-segment
+	// peer); a removal is not worth a netlink dump.
+	var connected []netip.Prefix
+	var err error
+	if len(put) > 0 {
+		connected, err = b.nl.Connected(b.host.IfaceIndex)
+	}
 	b.mu.Lock()
 	if !b.ready || err != nil {
 		b.mu.Unlock()

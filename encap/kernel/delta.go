@@ -69,7 +69,16 @@ func (r *Reconciler) applyDeltas(ds []delta) (bool, error) {
 	var c change
 	var errs []error
 	for _, d := range ds {
+		// What a change both removes and adds stays as it is: a vxlan peer
+		// whose public IP changed keeps its route and neighbour (only its
+		// FDB entry moves), instead of losing them for a moment and paying
+		// a route add, which the kernel makes O(N) at N routes of one
+		// device (fib_find_info walks one hash bucket holding them all).
+		kept := d.added.set()
 		d.gone.each(func(e entry) {
+			if kept.has(e) {
+				return
+			}
 			if got, ok := x.get(e); ok && got == e {
 				r.removeEntry(e, &c, &errs)
 				x.del(e)

@@ -206,3 +206,33 @@ func TestReconcileRefusesForeignRoute(t *testing.T) {
 		}
 	}
 }
+
+// TestConnected reads a link's connected prefixes from one address dump:
+// its own addresses only (not another link's), link-local ones left out;
+// a link without addresses has none, and a link that does not exist is an
+// error, not an empty segment (host-gw would refuse every peer).
+func TestConnected(t *testing.T) {
+	ns := kerneltest.New(t)
+	a := ns.Underlay(t, "ua", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	ns.AddAddr(t, a, netip.MustParsePrefix("2001:db8::1/64"))
+	ns.Underlay(t, "ub", netip.MustParsePrefix("198.51.100.1/24"), 1500)
+	got, err := ns.Connected(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64")}
+	slices.SortFunc(got, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
+	if !slices.Equal(got, want) {
+		t.Fatalf("Connected(ua) = %v, want %v (no link-local, nothing of ub)", got, want)
+	}
+	bare, err := ns.H.LinkByName("uap") // the veth's peer end: up, only a link-local address
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ns.Connected(bare.Attrs().Index); err != nil || len(got) != 0 {
+		t.Fatalf("Connected(uap) = %v, %v; want none, no error", got, err)
+	}
+	if got, err := ns.Connected(9999); err == nil {
+		t.Fatalf("Connected(9999) = %v, want an error: no such link", got)
+	}
+}

@@ -193,6 +193,13 @@ func (r *Reconciler) record(c change, wanted entrySet, update bool) {
 			continue // a duplicate or altered copy of a wanted entry
 		}
 		r.stale.Add(1)
+		if update {
+			// A peer that left: the store and admission logged it at
+			// Info already; a line per entry (three for vxlan) is what
+			// debugging wants, not every lease event.
+			r.Log.Debug("removed a departed peer's kernel state", "entry", e)
+			continue
+		}
 		r.Log.Info("removed stale kernel state", "entry", e)
 	}
 }

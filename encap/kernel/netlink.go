@@ -81,14 +81,20 @@ func Dump[T any](f func() ([]T, error)) ([]T, error) {
 // Connected returns the prefixes directly connected on link index: the
 // IPv4 and IPv6 addresses of the interface with their prefix lengths,
 // link-local ones left out (no peer's public address is link-local).
+// host-gw reads them on every lease event, so this is one address dump:
+// the link itself is looked up (its full attributes, some 90 µs here) only
+// when it holds no address, to tell a deleted link (an error) from one
+// without addresses.
 func (n *Netlink) Connected(index int) ([]netip.Prefix, error) {
-	link, err := n.H.LinkByIndex(index)
+	stub := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}
+	addrs, err := Dump(func() ([]netlink.Addr, error) { return n.H.AddrList(stub, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := Dump(func() ([]netlink.Addr, error) { return n.H.AddrList(link, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, err
+	if len(addrs) == 0 {
+		if _, err := n.H.LinkByIndex(index); err != nil {
+			return nil, err
+		}
 	}
 	var out []netip.Prefix
 	for _, a := range addrs {
