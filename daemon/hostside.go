@@ -70,7 +70,12 @@ func setupFirewall(ctx context.Context, f *Options, cfg *lease.Config, own lease
 		return err
 	}
 	log.Info("firewall rules in place", "mode", mode, "masquerade", f.IPMasq, "forward", f.IPTablesForward, "resync", f.IPTablesResync)
-	go m.Run(ctx, max(f.IPTablesResync, time.Second))
+	if f.IPMasq || f.IPTablesForward {
+		// With neither there is no rule to keep (Setup removed
+		// flanneld's chains), and flanneld runs no resync either; the
+		// check would list the chains every period for nothing.
+		go m.Run(ctx, max(f.IPTablesResync, time.Second))
+	}
 	return nil
 }
 
