@@ -258,27 +258,14 @@ func (c *Conn) WaitFD() int {
 // the Conn for the next call, so nothing is dropped for lack of room.
 func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offset int) (int, error) {
 	r := &c.rx
-	if r.next >= r.n {
-		if r.bufs == nil {
-			return 0, errSendOnly
-		}
-		if err := c.receive(offset); err != nil {
-			return 0, err
-		}
+	if err := c.fill(offset); err != nil {
+		return 0, err
 	}
 	out := 0
 	for r.next < r.n && out < len(bufs) {
-		h := &r.hdrs[r.next]
-		size := int(h.len)
-		src := addrPort(&r.names[r.next])
-		if h.hdr.Flags&unix.MSG_TRUNC != 0 {
-			c.c.truncated.Add(1)
-			r.next++
+		size, src, gso, ok := c.datagram()
+		if !ok {
 			continue
-		}
-		gso := 0
-		if c.gro {
-			gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
 		}
 		if gso == 0 || size <= gso {
 			// One packet: hand over the buffer itself, take the caller's.
@@ -312,27 +299,14 @@ func (c *Conn) ReadBatch(bufs [][]byte, sizes []int, srcs []netip.AddrPort, offs
 // is copied apart as ReadBatch does.
 func (c *Conn) ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int) (int, error) {
 	r := &c.rx
-	if r.next >= r.n {
-		if r.bufs == nil {
-			return 0, errSendOnly
-		}
-		if err := c.receive(offset); err != nil {
-			return 0, err
-		}
+	if err := c.fill(offset); err != nil {
+		return 0, err
 	}
 	out, used := 0, 0 // datagrams handed over, elements of bufs taken
 	for r.next < r.n && out < len(pkts) {
-		h := &r.hdrs[r.next]
-		size := int(h.len)
-		src := addrPort(&r.names[r.next])
-		if h.hdr.Flags&unix.MSG_TRUNC != 0 {
-			c.c.truncated.Add(1)
-			r.next++
+		size, src, gso, ok := c.datagram()
+		if !ok {
 			continue
-		}
-		gso := 0
-		if c.gro {
-			gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
 		}
 		segs := 1
 		if gso > 0 && size > gso {
@@ -373,6 +347,36 @@ func (c *Conn) ReadTrains(bufs, pkts [][]byte, srcs []netip.AddrPort, offset int
 	}
 	c.c.recvSegments.Add(uint64(out))
 	return out, nil
+}
+
+// fill receives the next datagrams once the last recvmmsg's are handed
+// out.
+func (c *Conn) fill(offset int) error {
+	r := &c.rx
+	if r.next < r.n {
+		return nil
+	}
+	if r.bufs == nil {
+		return errSendOnly
+	}
+	return c.receive(offset)
+}
+
+// datagram is the next received datagram's length, sender and GRO
+// segment size (0: one datagram). A datagram the kernel truncated is
+// counted and skipped: ok is false, and the next one is up.
+func (c *Conn) datagram() (size int, src netip.AddrPort, gso int, ok bool) {
+	r := &c.rx
+	h := &r.hdrs[r.next]
+	if h.hdr.Flags&unix.MSG_TRUNC != 0 {
+		c.c.truncated.Add(1)
+		r.next++
+		return 0, netip.AddrPort{}, 0, false
+	}
+	if c.gro {
+		gso = groSize(r.oob[r.next*oobSize : r.next*oobSize+int(h.hdr.Controllen)])
+	}
+	return int(h.len), addrPort(&r.names[r.next]), gso, true
 }
 
 func (c *Conn) receive(offset int) error {
