@@ -33,6 +33,8 @@ test: lint build unit race fuzz
 
 unit:
 	$(GO) test -count=1 -timeout 20m $(PKGS)
+	# The kernel backends again, with IPv4 routes by nexthop object (--route-nexthops).
+	WEFT_TEST_ROUTE_NEXTHOPS=1 $(GO) test -count=1 -timeout 5m ./encap/kernel/ ./encap/vxlan/ ./encap/hostgw/
 
 race:
 	$(GO) test -count=1 -race -timeout 10m $(RACE)

@@ -32,6 +32,7 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 	if err != nil {
 		return nil, "", err
 	}
+	nl.Nexthops = o.RouteNexthops
 	switch typ {
 	case "udp":
 		if !cfg.EnableIPv4 {

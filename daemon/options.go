@@ -41,6 +41,10 @@ type Options struct {
 	HealthzIP       string // --healthz-ip
 	HealthzPort     int    // --healthz-port (0: off)
 
+	// RouteNexthops makes the vxlan and host-gw backends add their IPv4
+	// routes by nexthop object (--route-nexthops; kernel.Netlink.Nexthops).
+	RouteNexthops bool
+
 	// Datapath tunes the userspace backends (udp, vxlan from userspace).
 	// Its StateDir and Log are filled in by Run.
 	Datapath      userspace.Options

@@ -31,6 +31,9 @@ import (
 // Options configure Run.
 type Options struct {
 	Binary string // set per run from Binaries
+	// RunFlags are weft run flags of this variant, set per run from
+	// Binaries (an entry "PATH --flag ..." runs PATH with them).
+	RunFlags []string
 	// Binaries are the weft binaries to measure, interleaved per backend
 	// (an old and a new build compare under the same load).
 	Binaries []string
@@ -162,9 +165,12 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 }
 
 func runBinary(ctx context.Context, o Options, bin, b string) (Result, error) {
-	o.Binary = bin
+	o.Binary, o.RunFlags = splitVariant(bin)
 	r, err := runSteadyAndChurn(ctx, o, b)
-	r.Binary = filepath.Base(bin)
+	r.Binary = filepath.Base(o.Binary)
+	if len(o.RunFlags) > 0 {
+		r.Binary += " " + strings.Join(o.RunFlags, " ")
+	}
 	if err != nil {
 		return r, fmt.Errorf("%s (%s): %w", b, bin, err)
 	}
@@ -263,7 +269,17 @@ func (h *host) flags() []string {
 	if h.typ == "uvxlan" {
 		flags = append(flags, "--no-kernel-vxlan")
 	}
-	return flags
+	return append(flags, h.o.RunFlags...)
+}
+
+// splitVariant splits an entry of Binaries into the binary and the weft
+// run flags after it.
+func splitVariant(entry string) (string, []string) {
+	f := strings.Fields(entry)
+	if len(f) == 0 {
+		return "", nil
+	}
+	return f[0], f[1:]
 }
 
 // add registers n new simulated peers (not yet written).
@@ -508,8 +524,10 @@ func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
 	return j, nil
 }
 
-// Binaries returns the weft binaries to run: the comma-separated paths of
-// list, or this executable.
+// Binaries returns the weft binaries to run: the comma-separated entries
+// of list, or this executable. An entry is a path, optionally followed by
+// weft run flags for that variant ("bin/weft --route-nexthops"), so one
+// binary with and without a flag compares interleaved.
 func Binaries(list string) ([]string, error) {
 	if list == "" {
 		exe, err := os.Executable()
@@ -519,15 +537,16 @@ func Binaries(list string) ([]string, error) {
 		return []string{exe}, nil
 	}
 	var out []string
-	for _, p := range strings.Split(list, ",") {
-		abs, err := filepath.Abs(strings.TrimSpace(p))
+	for _, e := range strings.Split(list, ",") {
+		p, flags := splitVariant(e)
+		abs, err := filepath.Abs(p)
 		if err != nil {
 			return nil, err
 		}
 		if _, err := os.Stat(abs); err != nil {
 			return nil, err
 		}
-		out = append(out, abs)
+		out = append(out, strings.Join(append([]string{abs}, flags...), " "))
 	}
 	return out, nil
 }
@@ -604,7 +623,7 @@ func (h *host) cpuProfile(when string, d time.Duration) func() error {
 			done <- fmt.Errorf("cpu profile: %w", err)
 			return
 		}
-		name := fmt.Sprintf("%s-%s-%d-%s.cpu.pb.gz", filepath.Base(h.o.Binary), h.typ, h.o.Hosts, when)
+		name := fmt.Sprintf("%s-%s-%d-%s.cpu.pb.gz", filepath.Base(h.o.Binary)+strings.Join(h.o.RunFlags, ""), h.typ, h.o.Hosts, when)
 		done <- os.WriteFile(filepath.Join(h.o.CPUProfileDir, name), b, 0o644)
 	}()
 	// The profile starts when the request is served: give it that moment.
@@ -622,6 +641,6 @@ func (h *host) saveHeap(when string) error {
 	if err != nil {
 		return fmt.Errorf("heap profile: %v", err)
 	}
-	name := fmt.Sprintf("%s-%s-%d-%s.heap.pb.gz", filepath.Base(h.o.Binary), h.typ, h.o.Hosts, when)
+	name := fmt.Sprintf("%s-%s-%d-%s.heap.pb.gz", filepath.Base(h.o.Binary)+strings.Join(h.o.RunFlags, ""), h.typ, h.o.Hosts, when)
 	return os.WriteFile(filepath.Join(h.o.ProfileDir, name), b, 0o644)
 }

@@ -31,7 +31,7 @@ func scaleFlags(fs *flag.FlagSet) scaleOpts {
 		rates:       fs.String("scale-rates", "50,500", "with --scale: churn rates, lease events per second"),
 		events:      fs.Int("scale-events", 200, "with --scale: lease events per churn (half new peers, half deletes)"),
 		join:        fs.Int("scale-join-rate", 800, "with --scale: the hosts join one put at a time at this rate (0: skip)"),
-		binaries:    fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend (default: this one)"),
+		binaries:    fs.String("scale-binaries", "", "with --scale: comma-separated weft binaries to compare, interleaved per backend, each optionally followed by weft run flags of its own (\"bin/weft,bin/weft --route-nexthops\"; default: this one)"),
 		memMax:      fs.String("scale-memory-max", "", "with --scale: run weft in a memory cgroup of this hard limit (e.g. 50MiB, kube-flannel.yml's), reporting its peak and OOM kills"),
 		timeout:     fs.Duration("scale-timeout", 10*time.Minute, "with --scale: how long to wait for a correct state before a run counts as failed"),
 		cpuProfiles: fs.String("scale-cpu-profiles", "", "with --scale: a directory for each weft's CPU profile (pprof) of a quiet 5 s window and of each churn"),

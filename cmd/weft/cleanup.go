@@ -54,7 +54,10 @@ func runCleanup(args []string) error {
 	for _, rt := range r.Routes {
 		fmt.Fprintf(os.Stdout, "removed route %s\n", rt)
 	}
-	if len(r.Links)+len(r.Routes) == 0 {
+	for _, id := range r.Nexthops {
+		fmt.Fprintf(os.Stdout, "removed nexthop %d\n", id)
+	}
+	if len(r.Links)+len(r.Routes)+len(r.Nexthops) == 0 {
 		fmt.Fprintln(os.Stdout, "nothing to remove")
 	}
 	for _, err := range []error{errV, errR, errT, errF} {

@@ -91,7 +91,9 @@ func TestRoutes(t *testing.T) {
 	rs := ns.Routes(t)
 	for _, r := range rs {
 		if r.Protocol == kernel.RouteProtocol {
-			ns.H.RouteDel(&r)
+			// By destination, as `ip route del D` does: a delete naming the
+			// gateway does not match a route by nexthop object.
+			ns.H.RouteDel(&netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: r.Protocol})
 		}
 	}
 	if err := b.Reconcile(); err != nil {
@@ -145,7 +147,7 @@ func TestRunLoop(t *testing.T) {
 	}
 	waitFor("route programmed", func() bool { return len(tagged()) == 1 })
 	r := tagged()[0]
-	if err := ns.H.RouteDel(&r); err != nil {
+	if err := ns.H.RouteDel(&netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: r.Protocol}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("route repaired", func() bool { return len(tagged()) == 1 && b.Status().(Status).Reconcile.Repairs == 1 })

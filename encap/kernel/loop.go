@@ -91,6 +91,12 @@ type Stats struct {
 	Conflicts uint64            `json:"conflicts"`
 	Refused   map[string]string `json:"refused_routes,omitempty"`
 	LastError string            `json:"last_error,omitempty"`
+	// PlainRoutes says why IPv4 routes go in plain rather than by nexthop
+	// object ("" when they go by nexthop object; see Netlink.Nexthops);
+	// ForeignNexthops counts routes put in plain because another holds
+	// their nexthop id.
+	PlainRoutes     string `json:"plain_routes,omitempty"`
+	ForeignNexthops uint64 `json:"foreign_nexthops,omitempty"`
 }
 
 func (r *Reconciler) init() {
@@ -123,6 +129,7 @@ func (r *Reconciler) Stats() Stats {
 		s.Refused = *v
 	}
 	s.LastError, _ = r.lastErr.Load().(string)
+	s.PlainRoutes, s.ForeignNexthops = r.NL.NexthopsOff(), r.NL.nhForeign.Load()
 	return s
 }
 

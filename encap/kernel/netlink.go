@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -47,8 +48,13 @@ func VXLANDevice6(dev string) string {
 type Netlink struct {
 	H  *netlink.Handle
 	NS *netns.NsHandle // nil: the caller's namespace (for subscriptions)
+	// Nexthops makes IPv4 routes go in by nexthop object (see nexthop.go);
+	// set before the first use.
+	Nexthops bool
 
-	ops opCounter
+	ops       opCounter
+	nh        nexthops
+	nhForeign atomic.Uint64 // routes put in plain: their nexthop id is another's
 }
 
 // Current returns a Netlink for the calling process's namespace.
@@ -157,8 +163,9 @@ func (n *Netlink) ProbeVXLAN(name string) error {
 
 // Removed lists what a cleanup removed, for logs and `weft cleanup`.
 type Removed struct {
-	Links  []string
-	Routes []string
+	Links    []string
+	Routes   []string
+	Nexthops []uint32 // ids of weft's nexthop objects
 }
 
 // RemoveVXLANDevices deletes the vxlan devices named flannel.<VNI> and
@@ -218,11 +225,28 @@ func (n *Netlink) RemoveTaggedRoutes(out *Removed) error {
 	}
 	var errs []error
 	for _, r := range routes {
-		if err := n.H.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := n.delTagged(r); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("deleting route %s: %w", r.Dst, err))
 			continue
 		}
 		out.Routes = append(out.Routes, r.Dst.String())
+	}
+	// Then the nexthop objects those routes went by.
+	if err := n.dumpNexthops(); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	n.nh.mu.Lock()
+	var ids []uint32
+	for id := range n.nh.owned {
+		ids = append(ids, id)
+	}
+	n.nh.mu.Unlock()
+	for _, id := range ids {
+		if err := n.delNexthop(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out.Nexthops = append(out.Nexthops, id)
 	}
 	return errors.Join(errs...)
 }

@@ -154,6 +154,9 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 	// route is as much weft's as an IPv4 one. The dump is read route by
 	// route and only what needs action is kept: at 5,000 peers a pass
 	// that held every route of the table held megabytes for nothing.
+	if err := n.dumpNexthops(); err != nil {
+		return err
+	}
 	seen, stale, untagged, err := n.dumpRoutes(byDst)
 	if err != nil {
 		return fmt.Errorf("listing routes: %w", err)
@@ -163,7 +166,7 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 		// Stale, or the same destination with other content (a second
 		// metric, another gateway): delete exactly that route.
 		got, _ := routeFromKernel(h)
-		if err := n.routeDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := n.delTagged(h); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("deleting route %s: %w", h.Dst, err))
 			continue
 		}
@@ -181,12 +184,21 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 			c.conflict(routeEntry(w), other)
 			continue
 		}
-		if err := n.routeReplace(w.netlink()); err != nil {
+		if err := n.putRoute(w, false); err != nil {
 			errs = append(errs, fmt.Errorf("adding route %s: %w", w, err))
 			continue
 		}
 		c.added = append(c.added, routeEntry(w))
 	}
+	// Nexthop objects no wanted route has: a departed peer's whose
+	// deletion failed, or those of an earlier run.
+	ids := make(map[uint32]bool, len(want))
+	for _, w := range want {
+		if id, ok := nhID(w.Dst); ok {
+			ids[id] = true
+		}
+	}
+	errs = append(errs, n.removeUnwantedNexthops(ids))
 	return errors.Join(errs...)
 }
 

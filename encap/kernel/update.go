@@ -76,9 +76,11 @@ func (n *Netlink) remove(e entry) (bool, error) {
 	var err error
 	switch e.kind {
 	case kindRoute:
-		if err = n.routeDel(e.route().netlink()); errors.Is(err, unix.ESRCH) {
-			return false, nil
+		gone, err := n.removeRoute(e.route())
+		if err != nil {
+			return false, fmt.Errorf("deleting %s: %w", e, err)
 		}
+		return gone, nil
 	case kindNeigh:
 		err = n.neighDel(&netlink.Neigh{LinkIndex: e.link, Family: family(e.ip), IP: e.ip.AsSlice()})
 	case kindFDB:
@@ -107,7 +109,7 @@ func (n *Netlink) remove(e entry) (bool, error) {
 // could be by a more specific route anyone adds.
 func (n *Netlink) addRoute(w Route) (string, error) {
 	if !n.mayBeHeld(w) {
-		err := n.routeAdd(w.netlink())
+		err := n.putRoute(w, true)
 		if err == nil {
 			return "", nil
 		}
@@ -118,7 +120,7 @@ func (n *Netlink) addRoute(w Route) (string, error) {
 	if other, err := n.untaggedRoute(w); err != nil || other != "" {
 		return other, err
 	}
-	if err := n.routeReplace(w.netlink()); err != nil {
+	if err := n.putRoute(w, false); err != nil {
 		return "", fmt.Errorf("adding route %s: %w", w, err)
 	}
 	return "", nil

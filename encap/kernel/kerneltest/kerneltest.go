@@ -55,10 +55,16 @@ func New(t testing.TB) *NS {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close(); ns.Close() })
-	n := &NS{Netlink: &kernel.Netlink{H: h, NS: &ns}, Handle: ns}
+	n := &NS{Netlink: &kernel.Netlink{H: h, NS: &ns, Nexthops: Nexthops()}, Handle: ns}
 	n.up(t, "lo")
 	return n
 }
+
+// Nexthops reports whether tests program IPv4 routes by nexthop object
+// (kernel.Netlink.Nexthops, weft run --route-nexthops):
+// WEFT_TEST_ROUTE_NEXTHOPS=1, which `make test` sets for a second run of
+// the kernel backends' tests.
+func Nexthops() bool { return os.Getenv("WEFT_TEST_ROUTE_NEXTHOPS") == "1" }
 
 // onThread runs fn on a thread of its own; if fn leaves the thread in
 // another namespace (an error), the thread is never reused.
