@@ -336,6 +336,11 @@ func (r *Reconciler) watch(ctx context.Context, poke func()) error {
 		drainSub(links)
 		return err
 	}
+	// Objects weft's routes go by (--route-nexthops): deleting one takes
+	// its routes unannounced.
+	if err := r.NL.watchNexthops(sctx, poke); err != nil {
+		r.Log.Debug("cannot watch nexthop objects; the periodic pass repairs them", "err", err)
+	}
 	defer func() {
 		cancel()
 		go drainSub(routes)

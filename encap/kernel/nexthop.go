@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -196,10 +197,13 @@ func (n *Netlink) putNexthop(id uint32, r Route) error {
 }
 
 // delNexthop deletes weft's nexthop id (and with it any route by it); an
-// id weft does not hold is left alone.
+// id weft does not hold is left alone. The id leaves the owned set before
+// the request, so the deletion's own notification does not look like
+// someone else's (watchNexthops).
 func (n *Netlink) delNexthop(id uint32) error {
 	n.nh.mu.Lock()
-	_, owned := n.nh.owned[id]
+	h, owned := n.nh.owned[id]
+	delete(n.nh.owned, id)
 	n.nh.mu.Unlock()
 	if !owned {
 		return nil
@@ -208,14 +212,64 @@ func (n *Netlink) delNexthop(id uint32) error {
 	req.AddData(&nhmsg{family: unix.AF_UNSPEC})
 	req.AddData(nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)))
 	n.request()
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	if err != nil && !errors.Is(err, unix.ENOENT) {
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		n.nh.mu.Lock()
+		n.nh.owned[id] = h
+		n.nh.mu.Unlock()
 		return fmt.Errorf("deleting nexthop %d: %w", id, err)
 	}
-	n.nh.mu.Lock()
-	delete(n.nh.owned, id)
-	n.nh.mu.Unlock()
 	return nil
+}
+
+// watchNexthops calls poke whenever one of weft's nexthop objects is
+// deleted by someone else, until ctx ends or the subscription fails
+// (then it pokes too: events were lost). The kernel removes the routes by
+// a deleted object without an RTM_DELROUTE, so the route subscription
+// never sees them go.
+func (n *Netlink) watchNexthops(ctx context.Context, poke func()) error {
+	n.nhInit()
+	if n.nh.sock == nil {
+		return errors.New("no netlink socket for nexthop objects")
+	}
+	ns := netns.None()
+	if n.NS != nil {
+		ns = *n.NS
+	}
+	s, err := nl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_NEXTHOP)
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	go func() {
+		for {
+			msgs, _, err := s.Receive()
+			if err != nil {
+				if ctx.Err() == nil {
+					poke()
+				}
+				return
+			}
+			for _, m := range msgs {
+				if m.Header.Type != unix.RTM_DELNEXTHOP {
+					continue
+				}
+				if id, _, ok := parseNexthop(m.Data); ok && n.ownsNexthop(id) {
+					poke()
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+func (n *Netlink) ownsNexthop(id uint32) bool {
+	n.nh.mu.Lock()
+	defer n.nh.mu.Unlock()
+	_, ok := n.nh.owned[id]
+	return ok
 }
 
 // routeByNexthop adds (excl) or replaces the route to r.Dst by nexthop

@@ -1,12 +1,14 @@
 package kernel_test
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weft-net/weft/encap/kernel"
 	"github.com/weft-net/weft/encap/kernel/kerneltest"
@@ -158,5 +160,53 @@ func TestNexthopsOffKeepsEarlierObjects(t *testing.T) {
 	}
 	if nh := ip(t, ns, "nexthop"); strings.Count(nh, "proto 87") != 1 {
 		t.Fatalf("objects:\n%s", nh)
+	}
+}
+
+// TestRunRepairsDeletedNexthop: the kernel removes the routes by a
+// nexthop object deleted by hand without announcing them, so the loop
+// watches the objects themselves: the route is back well before the
+// periodic pass, and the loop's own deletion of a departed peer's object
+// does not wake a full pass.
+func TestRunRepairsDeletedNexthop(t *testing.T) {
+	ns := kerneltest.New(t)
+	ns.Nexthops = true
+	// No IPv6 link-local addresses: their late arrival on the devices
+	// would wake a full pass that repairs anyway, and hide what is tested.
+	for _, k := range []string{"net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6"} {
+		if err := ns.Sysctl(k, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	under := ns.Underlay(t, "under0", netip.MustParsePrefix("192.0.2.1/24"), 1500)
+	p := &peers{dev: vxlanDev(t, ns, under), ids: []int{1, 2}}
+	r := &kernel.Reconciler{NL: ns.Netlink, Log: slog.New(slog.DiscardHandler), Interval: time.Hour,
+		Desired: func() (kernel.State, bool, error) { return p.state(), true, nil }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 5s (the periodic pass is an hour away)", what)
+			}
+		}
+	}
+	byNH := func(sn netip.Prefix) bool { return strings.Contains(ip(t, ns, "-4", "route"), sn.String()+" nhid") }
+	waitFor("routes by nexthop", func() bool { return byNH(peerSubnet(1)) && byNH(peerSubnet(2)) })
+	id := fmt.Sprint(10<<24 | 100<<16 | 1<<8)
+	ip(t, ns, "nexthop", "del", "id", id)
+	waitFor("route by a deleted object repaired", func() bool { return byNH(peerSubnet(1)) && r.Stats().Repairs >= 1 })
+
+	passes := r.Stats().Passes
+	gone := p.state()
+	p.ids = []int{1}
+	r.Change(kernel.State{Dev: gone.Dev, Routes: gone.Routes[1:], Neighs: gone.Neighs[1:], FDB: gone.FDB[1:]}, kernel.State{Dev: gone.Dev})
+	waitFor("departed peer removed", func() bool { return !strings.Contains(ip(t, ns, "-4", "route"), peerSubnet(2).String()) })
+	time.Sleep(200 * time.Millisecond) // past the loop's debounce
+	if got := r.Stats().Passes; got != passes {
+		t.Fatalf("the update's own deletions woke %d full passes", got-passes)
 	}
 }
