@@ -281,7 +281,8 @@ func (m *Store) list(ctx context.Context, st *watchState) error {
 		}
 		for name, l := range old {
 			if _, ok := st.leases[name]; !ok {
-				m.log.Info("subnet removed", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
+				// Debug: admission logs the peer's departure at Info, once.
+			m.log.Debug("subnet lease gone", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
 			}
 		}
 		st.rev = r.Header.Revision
@@ -297,7 +298,8 @@ func (m *Store) apply(st *watchState, kv *mvccpb.KeyValue, deleted bool) {
 	name := strings.TrimPrefix(string(kv.Key), m.subnetsDir())
 	if deleted {
 		if l, ok := st.leases[name]; ok {
-			m.log.Info("subnet removed", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
+			// Debug: admission logs the peer's departure at Info, once.
+			m.log.Debug("subnet lease gone", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
 		}
 		if b, ok := st.bad[name]; ok {
 			m.log.Info("unreadable subnet lease removed", "key", excerpt.Quote(kv.Key, logKeyMax), "unreadableRevisions", b.revs)
