@@ -3,7 +3,6 @@ package kernel
 import (
 	"context"
 	"log/slog"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,7 +220,10 @@ func (r *Reconciler) fail(err error) {
 // state in place for the next start (as flanneld does on SIGTERM).
 func (r *Reconciler) Run(ctx context.Context) error {
 	r.init()
-	events := r.subscribe(ctx)
+	events, watching := r.subscribe(ctx)
+	// Run returns once its subscriptions are closed: a caller may then
+	// release what they hang on (the namespace handle).
+	defer func() { <-watching }()
 	tick := time.NewTicker(r.Interval)
 	defer tick.Stop()
 	r.Pass()
@@ -267,8 +269,9 @@ func drain(c <-chan struct{}) {
 // 5,000 routes programmed in half a second do that) wakes a full pass,
 // since events were lost, and is made again; one that cannot be made
 // leaves the periodic pass, logged.
-func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
+func (r *Reconciler) subscribe(ctx context.Context) (wakes <-chan struct{}, done <-chan struct{}) {
 	wake := make(chan struct{}, 1)
+	ended := make(chan struct{})
 	poke := func() {
 		select {
 		case wake <- struct{}{}:
@@ -276,6 +279,7 @@ func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
 		}
 	}
 	go func() {
+		defer close(ended)
 		warned := false
 		for ctx.Err() == nil {
 			err := r.watch(ctx, poke)
@@ -294,7 +298,7 @@ func (r *Reconciler) subscribe(ctx context.Context) <-chan struct{} {
 			}
 		}
 	}()
-	return wake
+	return wake, ended
 }
 
 // subscribeBuffer is the receive buffer asked for each subscription, so
@@ -307,44 +311,26 @@ func (r *Reconciler) watch(ctx context.Context, poke func()) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	onErr := func(err error) { r.Log.Debug("netlink subscription", "err", err) }
-	routes := make(chan netlink.RouteUpdate, 64)
-	if err := netlink.RouteSubscribeWithOptions(routes, sctx.Done(), netlink.RouteSubscribeOptions{
-		Namespace: r.NL.NS, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}); err != nil {
+	dels, err := r.NL.subscribeDeletions()
+	if err != nil {
 		return err
 	}
-	neighs := make(chan netlink.NeighUpdate, 64)
-	if err := netlink.NeighSubscribeWithOptions(neighs, sctx.Done(), netlink.NeighSubscribeOptions{
-		Namespace: r.NL.NS, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}); err != nil {
-		cancel()
-		drainSub(routes)
-		return err
-	}
+	lost := make(chan error, 1)
+	go func() { lost <- readDeletions(sctx, dels, func(d deletion) { r.onDeletion(d, poke) }) }()
 	links := make(chan netlink.LinkUpdate, 16)
 	if err := netlink.LinkSubscribeWithOptions(links, sctx.Done(), netlink.LinkSubscribeOptions{
 		Namespace: r.NL.NS, ErrorCallback: onErr}); err != nil {
-		cancel()
-		drainSub(routes)
-		drainSub(neighs)
 		return err
 	}
 	addrs := make(chan netlink.AddrUpdate, 16)
 	if err := netlink.AddrSubscribeWithOptions(addrs, sctx.Done(), netlink.AddrSubscribeOptions{
 		Namespace: r.NL.NS, ErrorCallback: onErr}); err != nil {
 		cancel()
-		drainSub(routes)
-		drainSub(neighs)
 		drainSub(links)
 		return err
 	}
-	// Objects weft's routes go by (--route-nexthops): deleting one takes
-	// its routes unannounced.
-	if err := r.NL.watchNexthops(sctx, poke); err != nil {
-		r.Log.Debug("cannot watch nexthop objects; the periodic pass repairs them", "err", err)
-	}
 	defer func() {
 		cancel()
-		go drainSub(routes)
-		go drainSub(neighs)
 		go drainSub(links)
 		go drainSub(addrs)
 	}()
@@ -352,20 +338,9 @@ func (r *Reconciler) watch(ctx context.Context, poke func()) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case u, ok := <-routes:
-			if !ok {
-				return nil // lost: the caller makes a full pass and subscribes again
-			}
-			if u.Type == unix.RTM_DELROUTE && u.Protocol == RouteProtocol && !r.wasOwn(deletedRoute(u.Route)) {
-				poke()
-			}
-		case u, ok := <-neighs:
-			if !ok {
-				return nil
-			}
-			if r.ownDevice(u.LinkIndex) && u.Type == unix.RTM_DELNEIGH && !r.wasOwn(deletedNeigh(u.Neigh)) {
-				poke()
-			}
+		case err := <-lost:
+			onErr(err)
+			return nil // lost: the caller makes a full pass and subscribes again
 		case u, ok := <-links:
 			if !ok {
 				return nil
@@ -384,6 +359,27 @@ func (r *Reconciler) watch(ctx context.Context, poke func()) error {
 			if r.watchedLink(u.LinkIndex) {
 				poke()
 			}
+		}
+	}
+}
+
+// onDeletion pokes for a deletion that may need a repair: of a route
+// tagged weft's, of a neighbour or FDB entry on weft's device, of one of
+// weft's nexthop objects (which takes its routes unannounced), each
+// unless an Update made it.
+func (r *Reconciler) onDeletion(d deletion, poke func()) {
+	switch d.typ {
+	case unix.RTM_DELROUTE:
+		if d.proto == uint8(RouteProtocol) && !r.wasOwn(d.e) {
+			poke()
+		}
+	case unix.RTM_DELNEIGH:
+		if r.ownDevice(d.link) && !r.wasOwn(d.e) {
+			poke()
+		}
+	case unix.RTM_DELNEXTHOP:
+		if d.tagged && r.NL.ownsNexthop(d.nh) {
+			poke()
 		}
 	}
 }
@@ -457,22 +453,6 @@ func ownKey(e entry) entry {
 		return entry{kind: kindNeigh, ip: e.ip}
 	}
 	return entry{kind: kindFDB, ip: e.ip, mac: e.mac}
-}
-
-func deletedRoute(r netlink.Route) entry {
-	if r.Dst == nil {
-		return entry{kind: kindRoute}
-	}
-	got, _ := routeFromKernel(r)
-	return entry{kind: kindRoute, dst: got.Dst}
-}
-
-func deletedNeigh(n netlink.Neigh) entry {
-	ip, _ := netip.AddrFromSlice(n.IP)
-	if n.Family == unix.AF_BRIDGE {
-		return entry{kind: kindFDB, ip: ip.Unmap(), mac: macOf(n.HardwareAddr)}
-	}
-	return entry{kind: kindNeigh, ip: ip.Unmap()}
 }
 
 // setBase indexes want as the base of the next Update.

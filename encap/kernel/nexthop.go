@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -199,7 +198,7 @@ func (n *Netlink) putNexthop(id uint32, r Route) error {
 // delNexthop deletes weft's nexthop id (and with it any route by it); an
 // id weft does not hold is left alone. The id leaves the owned set before
 // the request, so the deletion's own notification does not look like
-// someone else's (watchNexthops).
+// someone else's (Reconciler.onDeletion).
 func (n *Netlink) delNexthop(id uint32) error {
 	n.nh.mu.Lock()
 	h, owned := n.nh.owned[id]
@@ -221,50 +220,7 @@ func (n *Netlink) delNexthop(id uint32) error {
 	return nil
 }
 
-// watchNexthops calls poke whenever one of weft's nexthop objects is
-// deleted by someone else, until ctx ends or the subscription fails
-// (then it pokes too: events were lost). The kernel removes the routes by
-// a deleted object without an RTM_DELROUTE, so the route subscription
-// never sees them go.
-func (n *Netlink) watchNexthops(ctx context.Context, poke func()) error {
-	n.nhInit()
-	if n.nh.sock == nil {
-		return errors.New("no netlink socket for nexthop objects")
-	}
-	ns := netns.None()
-	if n.NS != nil {
-		ns = *n.NS
-	}
-	s, err := nl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_NEXTHOP)
-	if err != nil {
-		return err
-	}
-	go func() {
-		<-ctx.Done()
-		s.Close()
-	}()
-	go func() {
-		for {
-			msgs, _, err := s.Receive()
-			if err != nil {
-				if ctx.Err() == nil {
-					poke()
-				}
-				return
-			}
-			for _, m := range msgs {
-				if m.Header.Type != unix.RTM_DELNEXTHOP {
-					continue
-				}
-				if id, _, ok := parseNexthop(m.Data); ok && n.ownsNexthop(id) {
-					poke()
-				}
-			}
-		}
-	}()
-	return nil
-}
-
+// ownsNexthop reports whether id is one of weft's nexthop objects.
 func (n *Netlink) ownsNexthop(id uint32) bool {
 	n.nh.mu.Lock()
 	defer n.nh.mu.Unlock()
