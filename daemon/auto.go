@@ -98,6 +98,9 @@ func (d *daemon) decide(snap []lease.Lease) (typ, why string, ok bool) {
 	if err != nil {
 		return "", "", false
 	}
+	// Every lease event of an auto host comes here: a handle left open
+	// would hold its sockets until a collection found it.
+	defer nl.Close()
 	connected, err := nl.Connected(host.IfaceIndex)
 	if err != nil {
 		d.log.Warn("auto: cannot read the interface's subnets; keeping the current backend", "iface", host.Iface, "err", err)

@@ -150,6 +150,7 @@ func (d *daemon) removeKernelState(st *stage) {
 		d.log.Warn("cannot remove the previous backend's kernel state", "err", err)
 		return
 	}
+	defer nl.Close()
 	var r kernel.Removed
 	if err := nl.RemoveTaggedRoutes(&r); err != nil {
 		d.log.Warn("removing the previous backend's routes", "err", err)

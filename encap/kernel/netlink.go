@@ -66,6 +66,17 @@ func Current() (*Netlink, error) {
 	return &Netlink{H: h}, nil
 }
 
+// Close releases the handle and the nexthop socket. A Netlink a backend
+// holds lives as long as the daemon; one made for a single look (auto's
+// rule, a cleanup) is closed after it.
+func (n *Netlink) Close() {
+	n.H.Close()
+	n.nh.once.Do(func() { n.nh.off = "closed" }) // never opened: nothing to close
+	if s := n.nh.sock[unix.NETLINK_ROUTE]; s != nil {
+		s.Socket.Close()
+	}
+}
+
 // dumpRetries bounds retries of an interrupted dump. The kernel sets
 // NLM_F_DUMP_INTR when the table changed during a multi-part dump; the
 // result may then miss or repeat entries, so it is never trusted.
