@@ -37,6 +37,11 @@ func settleFor(recent int) time.Duration {
 	return d
 }
 
+// autoRecheck is how long after a change of the leases an auto host
+// applies its rule again (see follow): later changes within it are taken
+// in the same look.
+const autoRecheck = 200 * time.Millisecond
+
 // autoFirstTimeout bounds how long the first choice waits for the leases.
 const autoFirstTimeout = 15 * time.Second
 
