@@ -68,6 +68,6 @@ r=json.load(sys.stdin); print("%.0f/%d" % (r.get("delivered_pps", 0)/1e3, r.get(
     set -- $udp; u=$1; ul=$2
     set -- $png; pm=$1; p99=$2
     printf '%-8s %3s %8s %8.2f %8s %8.2f %8s %7s %7s %7s %12s %4s\n' "$name" "$rep" "$t1" \
-      "$(echo "($c1-$c0)/$hz/($b1/1e9)" | bc -l)" "$t4" "$(echo "($c2-$c1)/$hz/($b4/1e9)" | bc -l)" "$u" "$ul" "$pm" "$p99" "$w" "$mem"
+      "$(python3 -c "print(($c1-$c0)/$hz/($b1/1e9))")" "$t4" "$(python3 -c "print(($c2-$c1)/$hz/($b4/1e9))")" "$u" "$ul" "$pm" "$p99" "$w" "$mem"
   done
 done
