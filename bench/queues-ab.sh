@@ -34,6 +34,27 @@ hwm() { # largest VmHWM of the weft processes, MiB
   done
   echo $((m / 1024))
 }
+# iperf3 JSON -> "Gbit/s bytes" (TCP) or "kpps loss%" (UDP); an iperf3 that
+# failed (its server still busy with the last test) is run again, up to 3
+# times.
+perf() {
+  local kind=$1; shift
+  for try in 1 2 3; do
+    out=$(ip netns exec $P-p1 iperf3 -c 10.6.2.2 -J "$@" 2>/dev/null | python3 -c '
+import json,sys
+kind=sys.argv[1]
+try:
+    e=json.load(sys.stdin)["end"]
+    if kind == "tcp":
+        e=e["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))
+    else:
+        e=e["sum"]; print("%.0f %.1f" % ((e["packets"]-e["lost_packets"])/e["seconds"]/1e3, e["lost_percent"]))
+except Exception:
+    sys.exit(1)' "$kind") && { echo "$out"; return; }
+    sleep 1
+  done
+  echo "- 0"
+}
 hz=$(getconf CLK_TCK)
 printf '%-8s %3s %8s %8s %8s %8s %8s %7s %7s %7s %12s %4s\n' variant rep tcp1 cpu/GB tcp4 cpu/GB udp64kpps loss% pingmed pingp99 weft64/reord RSS
 for rep in $(seq 1 "$reps"); do
@@ -45,14 +66,11 @@ for rep in $(seq 1 "$reps"); do
     srv=$!
     sleep 1
     c0=$(cpu)
-    j=$(ip netns exec $P-p1 iperf3 -c 10.6.2.2 -t 5 -J)
+    tcp1=$(perf tcp -t 5)
     c1=$(cpu)
-    tcp1=$(echo "$j" | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))')
-    j=$(ip netns exec $P-p1 iperf3 -c 10.6.2.2 -t 5 -P 4 -J)
+    tcp4=$(perf tcp -t 5 -P 4)
     c2=$(cpu)
-    tcp4=$(echo "$j" | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))')
-    j=$(ip netns exec $P-p1 iperf3 -c 10.6.2.2 -t 5 -u -l 64 -b 0 -J)
-    udp=$(echo "$j" | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum"]; print("%.0f %.1f" % ((e["packets"]-e["lost_packets"])/e["seconds"]/1e3, e["lost_percent"]))')
+    udp=$(perf udp -t 5 -u -l 64 -b 0)
     png=$(ip netns exec $P-p1 ping -i 0.01 -c 300 -W 1 10.6.2.2 | python3 -c '
 import re,sys
 t=sorted(float(m.group(1)) for m in re.finditer(r"time=([0-9.]+)", sys.stdin.read()))
@@ -68,6 +86,6 @@ r=json.load(sys.stdin); print("%.0f/%d" % (r.get("delivered_pps", 0)/1e3, r.get(
     set -- $udp; u=$1; ul=$2
     set -- $png; pm=$1; p99=$2
     printf '%-8s %3s %8s %8.2f %8s %8.2f %8s %7s %7s %7s %12s %4s\n' "$name" "$rep" "$t1" \
-      "$(python3 -c "print(($c1-$c0)/$hz/($b1/1e9))")" "$t4" "$(python3 -c "print(($c2-$c1)/$hz/($b4/1e9))")" "$u" "$ul" "$pm" "$p99" "$w" "$mem"
+      "$(python3 -c "print(($c1-$c0)/$hz/($b1/1e9) if $b1 else 0)")" "$t4" "$(python3 -c "print(($c2-$c1)/$hz/($b4/1e9) if $b4 else 0)")" "$u" "$ul" "$pm" "$p99" "$w" "$mem"
   done
 done

@@ -68,7 +68,7 @@ func TestRxQueuesAllocateNothing(t *testing.T) {
 	allocs := testing.AllocsPerRun(200, func() {
 		resetHops(l.bufs, 128)
 		k = l.classify(tab, 128)
-		if err := l.writeQueues(); err != nil {
+		if err := l.writeQueues(l.out[:k]); err != nil {
 			t.Fatal(err)
 		}
 		l.bc.flush(&l.c)
@@ -97,8 +97,8 @@ func BenchmarkRxBatchQueues2(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		resetTTL(l.bufs, 128)
-		l.classify(tab, 128)
-		if err := l.writeQueues(); err != nil {
+		k := l.classify(tab, 128)
+		if err := l.writeQueues(l.out[:k]); err != nil {
 			b.Fatal(err)
 		}
 		l.bc.flush(&l.c)

@@ -123,7 +123,7 @@ func (l *rxLoop) run() error {
 		if k > 0 {
 			var err error
 			if l.outq != nil {
-				err = l.writeQueues()
+				err = l.writeQueues(l.out[:k])
 			} else {
 				err = l.write(l.dev, l.out[:k])
 			}
@@ -150,8 +150,14 @@ func (l *rxLoop) write(dev Device, pkts [][]byte) error {
 	return nil
 }
 
-// writeQueues writes each queue's share of the batch into that queue.
-func (l *rxLoop) writeQueues() error {
+// writeQueues writes each packet of a batch into the queue its flow
+// hashes to, each queue's share with one Write. (classify leaves the
+// batch in l.out as with one queue, so one queue pays nothing for this.)
+func (l *rxLoop) writeQueues(out [][]byte) error {
+	for _, b := range out {
+		q := flowQueue(b[l.off:], len(l.outq))
+		l.outq[q] = append(l.outq[q], b)
+	}
 	for q, pkts := range l.outq {
 		if len(pkts) == 0 {
 			continue
@@ -169,7 +175,6 @@ func (l *rxLoop) writeQueues() error {
 // TTL, and lays out l.out for the TUN write. It returns how many to write.
 func (l *rxLoop) classify(t *Table, n int) int {
 	l.out = l.out[:0]
-	k := 0
 	antiSpoof, checkPort := l.e.cfg.AntiSpoof, l.e.cfg.CheckSourcePort
 	mtu := l.e.cfg.MTU
 	// Datagrams arrive in runs from the same peer; remember the last one to
@@ -274,19 +279,13 @@ func (l *rxLoop) classify(t *Table, n int) int {
 		}
 		l.bc.packets++
 		l.bc.bytes += uint64(size)
-		if l.outq != nil {
-			q := flowQueue(pkt, len(l.outq))
-			l.outq[q] = append(l.outq[q], buf[:l.off+size])
-		} else {
-			l.out = append(l.out, buf[:l.off+size])
-		}
-		k++
+		l.out = append(l.out, buf[:l.off+size])
 		if l.tap.t != nil {
 			l.tap.show(PointToTUN, DropNone, l.srcs[i], false, pkt)
 		}
 	}
 	flushRun()
-	return k
+	return len(l.out)
 }
 
 // admit4 is the anti-spoofing check of an IPv4 packet from peer p: its
