@@ -14,6 +14,7 @@
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 reps=$1; shift
+variants=("$@")
 export PREFIX=${PREFIX:-mqab} DIR=${DIR:-/tmp/weft-queues-ab}
 P=$PREFIX
 cpu() { # jiffies of the weft processes in the host namespaces
@@ -58,7 +59,7 @@ except Exception:
 hz=$(getconf CLK_TCK)
 printf '%-8s %3s %8s %8s %8s %8s %8s %7s %7s %7s %12s %4s\n' variant rep tcp1 cpu/GB tcp4 cpu/GB udp64kpps loss% pingmed pingp99 weft64/reord RSS
 for rep in $(seq 1 "$reps"); do
-  for v in "$@"; do
+  for v in "${variants[@]}"; do
     name=${v%%=*}; rest=${v#*=}; bin=${rest%%:*}; flags=""
     [ "$rest" != "$bin" ] && flags=${rest#*:}
     WEFT=$bin "$here/twohost.sh" up ${flags//,/ } >/dev/null
@@ -81,10 +82,10 @@ r=json.load(sys.stdin); print("%.0f/%d" % (r.get("delivered_pps", 0)/1e3, r.get(
     mem=$(hwm)
     kill $srv 2>/dev/null || true
     "$here/twohost.sh" down >/dev/null 2>&1
-    set -- $tcp1; t1=$1; b1=$2
-    set -- $tcp4; t4=$1; b4=$2
-    set -- $udp; u=$1; ul=$2
-    set -- $png; pm=$1; p99=$2
+    read -r t1 b1 <<<"$tcp1"
+    read -r t4 b4 <<<"$tcp4"
+    read -r u ul <<<"$udp"
+    read -r pm p99 <<<"$png"
     printf '%-8s %3s %8s %8.2f %8s %8.2f %8s %7s %7s %7s %12s %4s\n' "$name" "$rep" "$t1" \
       "$(python3 -c "print(($c1-$c0)/$hz/($b1/1e9) if $b1 else 0)")" "$t4" "$(python3 -c "print(($c2-$c1)/$hz/($b4/1e9) if $b4 else 0)")" "$u" "$ul" "$pm" "$p99" "$w" "$mem"
   done
