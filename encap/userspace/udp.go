@@ -168,7 +168,7 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 	// the host does not have (a NAT in front of it), and datagrams sent
 	// from the interface address reach peers as coming from the public one.
 	// With several queues, each queue's loops have a socket of their own
-	// in an SO_REUSEPORT group on that one address.
+	// in an SO_REUSEPORT group on that one address (of each family).
 	o := udp.Options{
 		Local:     netip.AddrPortFrom(b.host.IfaceAddr, b.port),
 		BatchSize: b.opts.BatchSize,
@@ -202,29 +202,28 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 // listen opens a socket (two, with an IPv6 underlay) per queue.
 func (b *UDP) listen(o udp.Options) ([]engine.Transport, error) {
 	var trs []engine.Transport
-	fail := func(err error) ([]engine.Transport, error) {
-		for _, tr := range trs {
-			tr.Close()
+	if !b.underlay6() {
+		cs, err := udp.ListenGroup(o, b.queues)
+		if err != nil {
+			return nil, err
 		}
-		b.conns, b.conns6 = nil, nil
-		return nil, err
+		for _, c := range cs {
+			trs = append(trs, c)
+		}
+		b.conns = cs
+		return trs, nil
 	}
 	for range b.queues {
-		if b.underlay6() {
-			d, err := udp.ListenDual(o, o.Local, netip.AddrPortFrom(b.local6, b.port))
-			if err != nil {
-				return fail(fmt.Errorf("udp: %w", err))
-			}
-			trs = append(trs, d)
-			b.conns, b.conns6 = append(b.conns, d.V4()), append(b.conns6, d.V6())
-			continue
-		}
-		conn, err := udp.Listen(o)
+		d, err := udp.ListenDual(o, o.Local, netip.AddrPortFrom(b.local6, b.port))
 		if err != nil {
-			return fail(err)
+			for _, tr := range trs {
+				tr.Close()
+			}
+			b.conns, b.conns6 = nil, nil
+			return nil, fmt.Errorf("udp: %w", err)
 		}
-		trs = append(trs, conn)
-		b.conns = append(b.conns, conn)
+		trs = append(trs, d)
+		b.conns, b.conns6 = append(b.conns, d.V4()), append(b.conns6, d.V6())
 	}
 	return trs, nil
 }
