@@ -11,7 +11,7 @@
 set -e
 D=${DIR:-/tmp/weft-twohost}
 W=${WEFT:-$(cd "$(dirname "$0")/.." && pwd)/bin/weft}
-P=pf
+P=${PREFIX:-pf}   # namespaces and links: PREFIX-sw, PREFIX-h1, ... (another name beside a lab of the same machine)
 mode=$1
 case $1 in
 up|up-vxlan)

@@ -56,6 +56,7 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 		if err != nil {
 			return nil, "", err
 		}
+		warnQueues(o, "vxlan (the kernel's)", log)
 		mac, mac6 := previousVtepMACs(ctx, o.Store, log)
 		b, err := vxlan.New(vxlan.Options{Host: host, Config: c, NL: nl, Log: log, PrevMAC: mac, PrevMAC6: mac6})
 		if err != nil {
@@ -64,11 +65,22 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 		removeOtherBackends(nl, b.Device(), false, log)
 		return b, why, nil
 	case "host-gw":
+		warnQueues(o, "host-gw", log)
 		removeOtherBackends(nl, "", false, log)
 		b, err := hostgw.New(hostgw.Options{Host: host, NL: nl, Log: log})
 		return b, why, err
 	default:
 		return nil, "", fmt.Errorf("network config: \"Backend.Type\": %q is not one of udp, vxlan, host-gw, auto", cfg.BackendType)
+	}
+}
+
+// warnQueues says that --queues does nothing for a kernel backend, whose
+// packets the kernel forwards on every CPU, as the other userspace data
+// path flags (--batch-size, --busy-poll, ...) do nothing there; unlike
+// them it is worth a line, since it names CPUs the operator meant to use.
+func warnQueues(o *Options, backend string, log *slog.Logger) {
+	if o.Datapath.Queues > 1 {
+		log.Warn("--queues applies to the udp backend's userspace data path; the kernel forwards for this backend and ignores it", "backend", backend, "queues", o.Datapath.Queues)
 	}
 }
 

@@ -61,12 +61,13 @@ var (
 	mRefused      = desc("peers_refused", "Leases of the last snapshot that admission refused.")
 	mRealtime     = desc("realtime_loops", "Forwarding loops running at SCHED_FIFO priority (--realtime-priority).")
 	mRTYields     = desc("realtime_yields_total", "Times a realtime loop gave up its priority: busy past its budget, or woken for few packets many times.")
+	mQueuePackets = desc("queue_packets_total", "Packets forwarded per queue (--queues): tx read from the queue's TUN descriptor, rx received on the queue's socket(s).", "queue", "direction")
 )
 
 func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mBackend, mMoves, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
 		mBatches, mPerBatch, mBatchSize, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
-		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused, mRealtime, mRTYields} {
+		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused, mRealtime, mRTYields, mQueuePackets} {
 		ch <- d
 	}
 }
@@ -140,6 +141,10 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(mReadErrors, s.ReadErrors)
 	gauge(mRealtime, float64(s.RealtimeLoops))
 	counter(mRTYields, s.RealtimeYields)
+	for i, q := range b.Engine.QueueStats() {
+		counter(mQueuePackets, q.TxPackets, strconv.Itoa(i), "tx")
+		counter(mQueuePackets, q.RxPackets, strconv.Itoa(i), "rx")
+	}
 	if t := b.Engine.Table(); t != nil {
 		for _, p := range t.Peers() {
 			ps := p.Stats()

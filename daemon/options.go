@@ -84,6 +84,9 @@ func (o *Options) Validate() error {
 	if o.Datapath.TxQueueLen < 0 || o.Datapath.TxQueueLen > 1<<20 {
 		return fmt.Errorf("--tun-txqueuelen: %d is outside 0..%d packets", o.Datapath.TxQueueLen, 1<<20)
 	}
+	if err := CheckQueues(o.Datapath.Queues); err != nil {
+		return err
+	}
 	if p := o.Interface.PublicIP; p.IsValid() && !p.Is4() {
 		return fmt.Errorf("--public-ip: %s is not an IPv4 address", p)
 	}
@@ -98,6 +101,15 @@ func (o *Options) Validate() error {
 	}
 	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
 		return fmt.Errorf("--healthz-port: %d is not a port", o.HealthzPort)
+	}
+	return nil
+}
+
+// CheckQueues checks --queues: 0 (the default, a function of the CPUs)
+// or 1 to userspace.MaxQueues.
+func CheckQueues(n int) error {
+	if n < 0 || n > userspace.MaxQueues {
+		return fmt.Errorf("--queues: %d is outside 1..%d (or 0: one queue per four CPUs, at most 8)", n, userspace.MaxQueues)
 	}
 	return nil
 }

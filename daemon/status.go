@@ -203,6 +203,8 @@ type PeerStatus struct {
 type EngineStats struct {
 	engine.Stats
 	DropsByReason map[string]uint64 `json:"drops_by_reason"`
+	// Queues breaks the packet and byte counts down by queue (--queues).
+	Queues []engine.QueueStats `json:"queues"`
 }
 
 // Offloads says which offloads are in use.
@@ -245,7 +247,7 @@ func (d *daemon) status() StatusReport {
 		r.DataPath = "userspace: every packet passes through weft (capture with weft capture)"
 		s := dp.Engine.Stats()
 		ts := dp.Socket()
-		r.Engine = &EngineStats{Stats: s, DropsByReason: s.DropsByName()}
+		r.Engine = &EngineStats{Stats: s, DropsByReason: s.DropsByName(), Queues: dp.Engine.QueueStats()}
 		r.Offloads = &Offloads{TSO: dp.TUN.TSO, USO: dp.TUN.USO, GSO: ts.GSO, GRO: ts.GRO}
 		r.Transport = &ts
 		r.PerCall = map[string]float64{

@@ -64,6 +64,11 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 		fmt.Fprintf(w, "to peers (tx):\t%d packets, %s in %d TUN reads\n", e.TxPackets, humanBytes(e.TxBytes), e.TxBatches)
 		fmt.Fprintf(w, "from peers (rx):\t%d packets, %s in %d socket reads\n", e.RxPackets, humanBytes(e.RxBytes), e.RxBatches)
 		fmt.Fprintf(w, "ICMP errors sent:\t%d; read errors %d\n", e.ICMPErrors, e.ReadErrors)
+		if len(e.Queues) > 1 {
+			for i, q := range e.Queues {
+				fmt.Fprintf(w, "queue %d:\ttx %d packets, rx %d packets\n", i, q.TxPackets, q.RxPackets)
+			}
+		}
 		if e.RealtimeLoops > 0 {
 			fmt.Fprintf(w, "realtime loops:\t%d at SCHED_FIFO; gave up their priority %d times\n", e.RealtimeLoops, e.RealtimeYields)
 		}

@@ -8,13 +8,19 @@ import (
 // loopCounters belong to one loop. The loop adds a whole batch's worth at
 // once (batchCounters.flush), so the packet path does plain increments on
 // memory no other core writes, and a reader sees consistent-enough sums.
+//
+// With several queues the loops run on several cores at once: the pads
+// keep each loop's counters off the cache lines of whatever the
+// allocator put beside them.
 type loopCounters struct {
+	_                                       [64]byte
 	packets, bytes, batches, icmp, readErrs atomic.Uint64
 	drops                                   [NumDropReasons]atomic.Uint64
 	// sizes counts reads by how many packets they returned, in powers of
 	// two: bucket i holds reads of 2^(i-1) .. 2^i - 1 packets.
 	sizes [BatchSizeBuckets]atomic.Uint64
 	read  atomic.Uint64 // packets the reads returned, forwarded or not
+	_     [64]byte
 }
 
 // BatchSizeBuckets is the number of batch-size buckets: reads of 1, 2-3,

@@ -32,9 +32,10 @@ const (
 // Device satisfies it, and so do tunio.Device and the fake in package
 // enginetest.
 //
-// Who calls what: Read only from the engine's tx loop; Write from every
-// loop at once (each rx loop writes packets from peers, the tx loop writes
-// ICMP errors back), so Write must be safe for concurrent use. Close may
+// Who calls what: Read only from the engine's tx loop of its queue; Write
+// from every loop at once (each rx loop writes packets from peers, into
+// every queue's Device when there are several, the tx loop writes ICMP
+// errors back), so Write must be safe for concurrent use. Close may
 // be called at any time, once; afterwards, and in a Read or Write it
 // interrupts, Read and Write return an error for which
 // errors.Is(err, os.ErrClosed) or errors.Is(err, net.ErrClosed) holds.
@@ -101,7 +102,7 @@ type ReadableDevice interface {
 // packets to peers in batches.
 //
 // Who calls what: ReadBatch only from the rx loop, WriteBatch only from
-// the tx loop; they may run at the same time. Close may be called at any
+// the tx loop of its queue; they may run at the same time. Close may be called at any
 // time, once; afterwards, and in a call it interrupts, ReadBatch and
 // WriteBatch return an error for which errors.Is(err, net.ErrClosed) (or
 // os.ErrClosed) holds.
@@ -243,15 +244,28 @@ type Config struct {
 	Logger  *slog.Logger
 }
 
-// Engine forwards packets between a Device and a Transport.
+// Queue is one queue of the data path: a Device (one queue of a
+// multi-queue TUN, or the whole single-queue device) and the Transport its
+// loops use. The engine runs a tx loop per Queue, reading only its Device
+// and sending only through its Transport, and an rx loop per receiving
+// socket of its Transport.
+type Queue struct {
+	Device    Device
+	Transport Transport
+}
+
+// MaxQueues is the most queues an engine runs.
+const MaxQueues = 64
+
+// Engine forwards packets between Devices and Transports, one tx loop per
+// Queue and one rx loop per receiving socket.
 type Engine struct {
-	dev   Device
-	tr    Transport
-	cfg   Config
-	table TableRef
-	tx    *txLoop
-	rx    []*rxLoop // one per receiving socket
-	log   *slog.Logger
+	queues []Queue
+	cfg    Config
+	table  TableRef
+	tx     []*txLoop // one per queue
+	rx     []*rxLoop // one per receiving socket of every queue
+	log    *slog.Logger
 
 	wake        int          // readable once closing: ends realtime loops' poll(2) (-1: none)
 	rtLoops     atomic.Int32 // loops running at realtime priority
@@ -261,16 +275,32 @@ type Engine struct {
 	closing     atomic.Bool // Run is closing the sides: any error ends a loop
 }
 
-// New returns an engine; it forwards nothing until Run and SetTable.
+// New returns an engine of one queue; it forwards nothing until Run and
+// SetTable.
 func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
+	return NewQueues([]Queue{{Device: dev, Transport: tr}}, cfg)
+}
+
+// NewQueues returns an engine of several queues: the queues of one
+// multi-queue TUN, each with its own socket of one SO_REUSEPORT group.
+// Every rx loop may write into every queue's Device: with more than one
+// queue it writes each packet into the queue its flow hashes to (flowQueue),
+// so the kernel, which sends a flow's packets out of the TUN through the
+// queue its reverse packets came in on, keeps each flow on one tx loop.
+func NewQueues(qs []Queue, cfg Config) (*Engine, error) {
+	if len(qs) < 1 || len(qs) > MaxQueues {
+		return nil, fmt.Errorf("engine: %d queues is outside 1..%d", len(qs), MaxQueues)
+	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = 128
 	}
 	if cfg.BatchSize < 1 || cfg.BatchSize > MaxBatch {
 		return nil, fmt.Errorf("engine: batch size %d is outside 1..%d", cfg.BatchSize, MaxBatch)
 	}
-	if tr.BatchSize() < cfg.BatchSize {
-		return nil, fmt.Errorf("engine: transport batch size %d is below the engine's %d", tr.BatchSize(), cfg.BatchSize)
+	for _, q := range qs {
+		if q.Transport.BatchSize() < cfg.BatchSize {
+			return nil, fmt.Errorf("engine: transport batch size %d is below the engine's %d", q.Transport.BatchSize(), cfg.BatchSize)
+		}
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = MaxPacket
@@ -301,18 +331,25 @@ func New(dev Device, tr Transport, cfg Config) (*Engine, error) {
 	if oh := cfg.Encap.Overhead(); oh < 0 || oh > MaxEncapOverhead {
 		return nil, fmt.Errorf("engine: encapsulation overhead %d is outside 0..%d", oh, MaxEncapOverhead)
 	}
-	e := &Engine{dev: dev, tr: tr, cfg: cfg, log: cfg.Logger, wake: -1}
-	e.tx = newTxLoop(e)
-	if m, ok := tr.(MultiReceiver); ok {
-		for _, r := range m.Receivers() {
-			e.rx = append(e.rx, newRxLoop(e, r))
+	e := &Engine{queues: qs, cfg: cfg, log: cfg.Logger, wake: -1}
+	for i, q := range qs {
+		e.tx = append(e.tx, newTxLoop(e, q))
+		var rs []Receiver
+		if m, ok := q.Transport.(MultiReceiver); ok {
+			rs = m.Receivers()
 		}
-	}
-	if len(e.rx) == 0 {
-		e.rx = []*rxLoop{newRxLoop(e, tr)}
+		if len(rs) == 0 {
+			rs = []Receiver{q.Transport}
+		}
+		for _, r := range rs {
+			e.rx = append(e.rx, newRxLoop(e, i, r))
+		}
 	}
 	return e, nil
 }
+
+// Queues is how many queues the engine runs.
+func (e *Engine) Queues() int { return len(e.queues) }
 
 // SetTable publishes t to both loops; packets already being processed
 // finish with the table they started with.
@@ -344,8 +381,10 @@ func (e *Engine) Run(ctx context.Context) error {
 			defer closeWake(fd)
 		}
 	}
-	wg.Add(1 + len(e.rx))
-	go func() { defer wg.Done(); fail(e.tx.run()) }()
+	wg.Add(len(e.tx) + len(e.rx))
+	for _, tx := range e.tx {
+		go func() { defer wg.Done(); fail(tx.run()) }()
+	}
 	for _, rx := range e.rx {
 		go func() { defer wg.Done(); fail(rx.run()) }()
 	}
@@ -357,8 +396,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.wake >= 0 {
 		signalWake(e.wake)
 	}
-	e.dev.Close()
-	e.tr.Close()
+	for _, q := range e.queues {
+		q.Device.Close()
+		q.Transport.Close()
+	}
 	wg.Wait()
 	if errors.Is(ferr, errClosed) || ferr == nil {
 		return nil
@@ -402,15 +443,19 @@ func (s *Stats) DropsByName() map[string]uint64 {
 	return m
 }
 
-// Stats sums both loops' counters. It takes no lock the loops take.
+// Stats sums every loop's counters. It takes no lock the loops take.
 func (e *Engine) Stats() Stats {
 	var s Stats
-	e.tx.c.addTo(&s, true)
+	for _, tx := range e.tx {
+		tx.c.addTo(&s, true)
+	}
 	for _, rx := range e.rx {
 		rx.c.addTo(&s, false)
 	}
 	s.RealtimeLoops = int(e.rtLoops.Load())
-	s.RealtimeYields = e.tx.rt.yields.Load()
+	for _, tx := range e.tx {
+		s.RealtimeYields += tx.rt.yields.Load()
+	}
 	for _, rx := range e.rx {
 		s.RealtimeYields += rx.rt.yields.Load()
 	}
@@ -418,4 +463,29 @@ func (e *Engine) Stats() Stats {
 		s.RealtimeError = *p
 	}
 	return s
+}
+
+// QueueStats are one queue's packets and bytes: Tx read from its TUN
+// queue and handed to its socket, Rx received on its socket(s) and
+// written into the TUN (into whichever queue each packet's flow hashes
+// to).
+type QueueStats struct {
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+}
+
+// QueueStats returns each queue's counters, in queue order; they sum to
+// Stats' packet and byte counts.
+func (e *Engine) QueueStats() []QueueStats {
+	qs := make([]QueueStats, len(e.queues))
+	for i, tx := range e.tx {
+		qs[i].TxPackets, qs[i].TxBytes = tx.c.packets.Load(), tx.c.bytes.Load()
+	}
+	for _, rx := range e.rx {
+		qs[rx.queue].RxPackets += rx.c.packets.Load()
+		qs[rx.queue].RxBytes += rx.c.bytes.Load()
+	}
+	return qs
 }

@@ -104,7 +104,7 @@ func FuzzTxClassify(f *testing.F) {
 	e := testEngine(f, 4)
 	tab := e.Table()
 	f.Fuzz(func(t *testing.T, data []byte, _ byte) {
-		l := e.tx
+		l := e.tx[0]
 		if len(data) > MaxPacket {
 			data = data[:MaxPacket]
 		}

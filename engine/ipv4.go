@@ -6,6 +6,7 @@ const (
 	ipv4MinHeaderLen = 20
 	protoICMP        = 1
 	protoTCP         = 6
+	protoUDP         = 17
 )
 
 // checkIPv4 validates the IPv4 header at the start of pkt and returns the

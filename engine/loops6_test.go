@@ -51,7 +51,7 @@ func resetHops(bufs [][]byte, n int) {
 func TestTx6ClassifyGroupsByPeer(t *testing.T) {
 	for _, mixed := range []bool{false, true} {
 		e := testEngine(t, 128)
-		l := e.tx
+		l := e.tx[0]
 		fillTx6(t, l, 128, mixed)
 		k := l.classify(e.Table(), 128)
 		if k != 124 {
@@ -117,7 +117,7 @@ func TestTx6ClassifyGroupsByPeer(t *testing.T) {
 // with its ICMPv6 error, and the packets RFC 4443 2.4 (e) says get none.
 func TestTx6Errors(t *testing.T) {
 	e := testEngine(t, 16)
-	l := e.tx
+	l := e.tx[0]
 	me, peer := testAddr6(1, 2), testAddr6(2, 9)
 	pkts := []struct {
 		pkt    []byte
@@ -178,7 +178,7 @@ func TestTx6Errors(t *testing.T) {
 // and per second, and need a source address.
 func TestTx6ICMPBounds(t *testing.T) {
 	e := testEngine(t, 64)
-	l := e.tx
+	l := e.tx[0]
 	for i := 0; i < 64; i++ {
 		var p []byte
 		if i%2 == 0 {
@@ -205,15 +205,15 @@ func TestTx6ICMPBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2.SetTable(testTable(t))
-	copy(e2.tx.sizes, l.sizes)
-	e2.tx.bufs, l.bufs = l.bufs, e2.tx.bufs
-	e2.tx.classify(e2.Table(), 64)
-	for _, b := range e2.tx.icmp.out {
+	copy(e2.tx[0].sizes, l.sizes)
+	e2.tx[0].bufs, l.bufs = l.bufs, e2.tx[0].bufs
+	e2.tx[0].classify(e2.Table(), 64)
+	for _, b := range e2.tx[0].icmp.out {
 		if isIPv6(b[Headroom:]) {
 			t.Fatal("an ICMPv6 error without Config.ICMPSource6")
 		}
 	}
-	if len(e2.tx.icmp.out) == 0 {
+	if len(e2.tx[0].icmp.out) == 0 {
 		t.Fatal("no ICMP errors for the IPv4 packets")
 	}
 }
@@ -329,12 +329,12 @@ func TestV6OnlyTable(t *testing.T) {
 	}
 	e := testEngine(t, 64)
 	e.SetTable(tab)
-	fillTx6(t, e.tx, 64, true)
-	if k := e.tx.classify(tab, 64); k != 30 || e.tx.bc.drops[DropNoRoute] != 34 {
-		t.Errorf("tx kept %d, no-route %d; want 30 IPv6 and 34 no-route (32 IPv4, 2 IPv6)", k, e.tx.bc.drops[DropNoRoute])
+	fillTx6(t, e.tx[0], 64, true)
+	if k := e.tx[0].classify(tab, 64); k != 30 || e.tx[0].bc.drops[DropNoRoute] != 34 {
+		t.Errorf("tx kept %d, no-route %d; want 30 IPv6 and 34 no-route (32 IPv4, 2 IPv6)", k, e.tx[0].bc.drops[DropNoRoute])
 	}
-	for i := range e.tx.out {
-		if !isIPv6(e.tx.out[i]) {
+	for i := range e.tx[0].out {
+		if !isIPv6(e.tx[0].out[i]) {
 			t.Fatal("an IPv4 packet forwarded by an IPv6-only table")
 		}
 	}
@@ -367,9 +367,9 @@ func TestV4OnlyTableDropsIPv6(t *testing.T) {
 	}
 	e := testEngine(t, 64)
 	e.SetTable(tab)
-	fillTx6(t, e.tx, 64, false)
-	if k := e.tx.classify(tab, 64); k != 0 || e.tx.bc.drops[DropNoRoute] != 64 {
-		t.Errorf("tx kept %d IPv6 packets, no-route %d", k, e.tx.bc.drops[DropNoRoute])
+	fillTx6(t, e.tx[0], 64, false)
+	if k := e.tx[0].classify(tab, 64); k != 0 || e.tx[0].bc.drops[DropNoRoute] != 64 {
+		t.Errorf("tx kept %d IPv6 packets, no-route %d", k, e.tx[0].bc.drops[DropNoRoute])
 	}
 	fillRx6(t, e.rx[0], 64, false)
 	if k := e.rx[0].classify(tab, 64); k != 0 {
@@ -387,8 +387,8 @@ func TestNoHopLimitChangeWithVXLAN(t *testing.T) {
 	tab := testTable(t)
 	e.SetTable(tab)
 	inner := udp6Packet(t, testAddr6(1, 2), testAddr6(2, 9), 1, []byte("x"))
-	e.tx.sizes[0] = copy(e.tx.bufs[0][Headroom:], inner)
-	if k := e.tx.classify(tab, 1); k != 1 || !bytes.Equal(e.tx.out[0][22:], inner) {
+	e.tx[0].sizes[0] = copy(e.tx[0].bufs[0][Headroom:], inner)
+	if k := e.tx[0].classify(tab, 1); k != 1 || !bytes.Equal(e.tx[0].out[0][22:], inner) {
 		t.Fatalf("kept %d; want the packet unchanged behind the header", k)
 	}
 	back := udp6Packet(t, testAddr6(2, 9), testAddr6(1, 2), 1, []byte("y"))
@@ -404,7 +404,7 @@ func TestNoHopLimitChangeWithVXLAN(t *testing.T) {
 func TestTx6PathAllocatesNothing(t *testing.T) {
 	for _, mixed := range []bool{false, true} {
 		e := testEngine(t, 128)
-		l := e.tx
+		l := e.tx[0]
 		fillTx6(t, l, 128, mixed)
 		tab := e.Table()
 		allocs := testing.AllocsPerRun(200, func() {
@@ -443,7 +443,7 @@ func BenchmarkTxBatch6(b *testing.B) {
 	for _, mixed := range []bool{false, true} {
 		b.Run(map[bool]string{false: "v6", true: "mixed"}[mixed], func(b *testing.B) {
 			e := testEngine(b, 128)
-			l := e.tx
+			l := e.tx[0]
 			fillTx6(b, l, 128, mixed)
 			tab := e.Table()
 			b.ReportAllocs()

@@ -98,7 +98,7 @@ func resetTTL(bufs [][]byte, n int) {
 
 func TestTxClassifyGroupsByPeer(t *testing.T) {
 	e := testEngine(t, 128)
-	l := e.tx
+	l := e.tx[0]
 	fillTx(t, l, 128)
 	k := l.classify(e.Table(), 128)
 	if k != 124 {
@@ -132,7 +132,7 @@ func TestTxClassifyGroupsByPeer(t *testing.T) {
 
 func TestTxPathAllocatesNothing(t *testing.T) {
 	e := testEngine(t, 128)
-	l := e.tx
+	l := e.tx[0]
 	fillTx(t, l, 128)
 	tab := e.Table()
 	allocs := testing.AllocsPerRun(200, func() {
@@ -223,7 +223,7 @@ func TestRxPathAllocatesNothing(t *testing.T) {
 
 func BenchmarkTxBatch(b *testing.B) {
 	e := testEngine(b, 128)
-	l := e.tx
+	l := e.tx[0]
 	fillTx(b, l, 128)
 	tab := e.Table()
 	b.ReportAllocs()
@@ -269,8 +269,8 @@ func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
 	e := testEngine(t, 128)
 	tap := &countingTap{}
 	e.SetTap(tap)
-	fillTx(t, e.tx, 128)
-	e.tx.classify(e.Table(), 128)
+	fillTx(t, e.tx[0], 128)
+	e.tx[0].classify(e.Table(), 128)
 	if tap.points[PointFromTUN] != 128 || tap.points[PointDrop] != 4 || tap.reasons[DropNoRoute] != 4 {
 		t.Errorf("tx: points %v, reasons %v; want 128 from-tun, 4 no-route drops", tap.points, tap.reasons)
 	}
@@ -282,9 +282,9 @@ func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
 	}
 	tab := e.Table()
 	allocs := testing.AllocsPerRun(100, func() {
-		resetTTL(e.tx.bufs, 128)
-		e.tx.classify(tab, 128)
-		e.tx.icmp.out = e.tx.icmp.out[:0]
+		resetTTL(e.tx[0].bufs, 128)
+		e.tx[0].classify(tab, 128)
+		e.tx[0].icmp.out = e.tx[0].icmp.out[:0]
 		resetTTL(e.rx[0].bufs, 64)
 		e.rx[0].classify(tab, 64)
 	})
@@ -293,7 +293,7 @@ func TestTapSeesEveryPacketWithoutAllocating(t *testing.T) {
 	}
 	e.SetTap(nil)
 	*tap = countingTap{}
-	e.tx.classify(tab, 128)
+	e.tx[0].classify(tab, 128)
 	if tap.points != [NumPoints]int{} {
 		t.Error("a removed tap still saw packets")
 	}
@@ -328,15 +328,15 @@ func TestEncapHeadersInHeadroom(t *testing.T) {
 	}
 	e.SetTable(tab)
 	inner := udpPacket(t, "10.5.1.2", "10.5.2.9", 64, []byte("x"))
-	e.tx.sizes[0] = copy(e.tx.bufs[0][Headroom:], inner)
-	if k := e.tx.classify(tab, 1); k != 1 {
+	e.tx[0].sizes[0] = copy(e.tx[0].bufs[0][Headroom:], inner)
+	if k := e.tx[0].classify(tab, 1); k != 1 {
 		t.Fatalf("classify kept %d", k)
 	}
-	out := e.tx.out[0]
+	out := e.tx[0].out[0]
 	if len(out) != 22+len(inner) || out[0] != 0xab || out[6] != 2 || !bytes.Equal(out[22:], inner) {
 		t.Fatalf("datagram % x: want header then the unchanged packet (TTL kept)", out[:30])
 	}
-	if &out[22] != &e.tx.bufs[0][Headroom] {
+	if &out[22] != &e.tx[0].bufs[0][Headroom] {
 		t.Fatal("the packet moved: the header must go into the headroom")
 	}
 
@@ -388,7 +388,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 // holds the subnet or its TTL ran out; a unicast neighbour still does.
 func TestNoICMPErrorAboutSubnetBroadcast(t *testing.T) {
 	e := testEngine(t, 8)
-	l := e.tx
+	l := e.tx[0]
 	for i, dst := range []string{"10.5.99.255", "10.5.255.255", "10.5.99.254"} {
 		p := udpPacket(t, "10.5.1.2", dst, 64, []byte("x"))
 		l.sizes[i] = copy(l.bufs[i][Headroom:], p)

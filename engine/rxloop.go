@@ -13,7 +13,13 @@ import (
 // from there; the Device uses the headroom for its virtio-net header.
 type rxLoop struct {
 	e     *Engine
-	r     Receiver // the transport, or one of its receivers
+	queue int      // the queue whose socket it reads
+	r     Receiver // the queue's transport, or one of its receivers
+	dev   Device   // the queue's device, which it writes into (one queue)
+	// With several queues: every queue's Device, and per queue the
+	// packets of a batch whose flow hashes to it (flowQueue).
+	devs  []Device
+	outq  [][][]byte
 	bufs  [][]byte
 	sizes []int
 	srcs  []netip.AddrPort
@@ -50,11 +56,14 @@ type LargeTCP6Writer interface {
 	SegmentsLargeTCP6() bool
 }
 
-func newRxLoop(e *Engine, r Receiver) *rxLoop {
+func newRxLoop(e *Engine, queue int, r Receiver) *rxLoop {
 	n := e.cfg.BatchSize
+	dev := e.queues[queue].Device
 	l := &rxLoop{
 		e:     e,
+		queue: queue,
 		r:     r,
+		dev:   dev,
 		bufs:  NewBuffers(n),
 		sizes: make([]int, n),
 		srcs:  make([]netip.AddrPort, n),
@@ -62,14 +71,21 @@ func newRxLoop(e *Engine, r Receiver) *rxLoop {
 	}
 	l.off = Headroom + e.cfg.Encap.Overhead()
 	l.ttl = e.cfg.Encap.DecrementsTTL()
-	if w, ok := e.dev.(LargeTCPWriter); ok {
+	if len(e.queues) > 1 {
+		for _, q := range e.queues {
+			l.devs = append(l.devs, q.Device)
+			l.outq = append(l.outq, make([][]byte, 0, n))
+		}
+	}
+	// The queues of one TUN answer alike: the first speaks for all.
+	if w, ok := dev.(LargeTCPWriter); ok {
 		l.bigTCP = w.SegmentsLargeTCP()
 	}
-	if w, ok := e.dev.(LargeTCP6Writer); ok {
+	if w, ok := dev.(LargeTCP6Writer); ok {
 		l.bigTCP6 = w.SegmentsLargeTCP6()
 	}
 	tr, ok1 := r.(TrainReceiver)
-	w, ok2 := e.dev.(InPlaceWriter)
+	w, ok2 := dev.(InPlaceWriter)
 	if ok1 && ok2 && w.WritesInPlace() && !e.cfg.CopyTrains {
 		l.trains = tr
 		l.pkts = make([][]byte, n)
@@ -105,20 +121,54 @@ func (l *rxLoop) run() error {
 		l.rt.read(n)
 		k := l.classify(l.e.table.Load(), n)
 		if k > 0 {
-			// l.out holds copies of the slice headers: whatever Write does
-			// to them (it may grow them while coalescing), l.bufs keeps its
-			// full-length elements.
-			_, err := l.e.dev.Write(l.out[:k], l.off)
+			var err error
+			if l.outq != nil {
+				err = l.writeQueues(l.out[:k])
+			} else {
+				err = l.write(l.dev, l.out[:k])
+			}
 			if err != nil {
-				if isClosed(err) || l.e.closing.Load() {
-					return errClosed
-				}
-				l.bc.drops[DropTUNWriteError] += uint32(countErrors(err))
-				l.bc.dropped = true
+				return err
 			}
 		}
 		l.bc.flush(&l.c)
 	}
+}
+
+// write writes a batch's packets into dev. l.out and l.outq hold copies
+// of the slice headers: whatever Write does to them (it may grow them
+// while coalescing), l.bufs keeps its full-length elements. A failed write
+// is counted; only a closed device ends the loop.
+func (l *rxLoop) write(dev Device, pkts [][]byte) error {
+	if _, err := dev.Write(pkts, l.off); err != nil {
+		if isClosed(err) || l.e.closing.Load() {
+			return errClosed
+		}
+		l.bc.drops[DropTUNWriteError] += uint32(countErrors(err))
+		l.bc.dropped = true
+	}
+	return nil
+}
+
+// writeQueues writes each packet of a batch into the queue its flow
+// hashes to, each queue's share with one Write. (classify leaves the
+// batch in l.out as with one queue, so one queue pays nothing for this.)
+func (l *rxLoop) writeQueues(out [][]byte) error {
+	for _, b := range out {
+		q := flowQueue(b[l.off:], len(l.outq))
+		l.outq[q] = append(l.outq[q], b)
+	}
+	for q, pkts := range l.outq {
+		if len(pkts) == 0 {
+			continue
+		}
+		err := l.write(l.devs[q], pkts)
+		l.outq[q] = pkts[:0]
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // classify validates the n datagrams just received, patches each packet's

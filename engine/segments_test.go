@@ -127,7 +127,7 @@ func segEngine(t testing.TB) (*Engine, *segDevice, *gatherTransport) {
 // short for its header, or without a route is dropped as a whole one is.
 func TestTxClassifyTails(t *testing.T) {
 	e, _, _ := segEngine(t)
-	l := e.tx
+	l := e.tx[0]
 	if l.seg == nil || l.gather == nil {
 		t.Fatal("the tx loop does not use the SegmentingDevice and GatherTransport")
 	}
@@ -218,17 +218,17 @@ func TestCopySegmentsSwitchesTailsOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.tx.seg != nil || e.tx.gather != nil {
+	if e.tx[0].seg != nil || e.tx[0].gather != nil {
 		t.Fatal("CopySegments is on but the tx loop reads segments")
 	}
-	if e2, _ := New(&segDevice{closed: make(chan struct{})}, nopTransport{}, Config{}); e2.tx.seg != nil {
+	if e2, _ := New(&segDevice{closed: make(chan struct{})}, nopTransport{}, Config{}); e2.tx[0].seg != nil {
 		t.Fatal("segments read for a transport that cannot send them")
 	}
 }
 
 func TestTxTailsAllocateNothing(t *testing.T) {
 	e, _, _ := segEngine(t)
-	l := e.tx
+	l := e.tx[0]
 	pkts, split := segmentsBatch(t)
 	tab := e.Table()
 	allocs := testing.AllocsPerRun(200, func() {
@@ -246,7 +246,7 @@ func TestTxTailsAllocateNothing(t *testing.T) {
 // a tail, as TSO segments come from a SegmentingDevice.
 func BenchmarkTxBatchTails(b *testing.B) {
 	e, _, _ := segEngine(b)
-	l := e.tx
+	l := e.tx[0]
 	var pkts [][]byte
 	var split []int
 	for i := range 128 {

@@ -14,7 +14,9 @@ import (
 // of bufs), and the transport sends the two pieces as one datagram.
 type txLoop struct {
 	e     *Engine
-	bufs  [][]byte // full-length elements, never handed on
+	dev   Device    // its queue's: it alone reads it
+	tr    Transport // its queue's: it alone sends through it
+	bufs  [][]byte  // full-length elements, never handed on
 	sizes []int
 	tails [][]byte // with seg: the rest of packet i, inside another of bufs
 
@@ -50,10 +52,12 @@ type txLoop struct {
 	c    loopCounters
 }
 
-func newTxLoop(e *Engine) *txLoop {
-	n := max(e.cfg.BatchSize, e.dev.BatchSize())
+func newTxLoop(e *Engine, q Queue) *txLoop {
+	n := max(e.cfg.BatchSize, q.Device.BatchSize())
 	l := &txLoop{
 		e:        e,
+		dev:      q.Device,
+		tr:       q.Transport,
 		bufs:     NewBuffers(n),
 		sizes:    make([]int, n),
 		cand:     make([][]byte, 0, n),
@@ -63,16 +67,16 @@ func newTxLoop(e *Engine) *txLoop {
 		groups:   make([]*Peer, 0, n),
 		drain:    !e.cfg.NoDrain,
 	}
-	l.icmp.init(e)
+	l.icmp.init(e, q.Device)
 	l.ttl = e.cfg.Encap.DecrementsTTL()
-	if r, ok := e.dev.(ReadableDevice); ok && !e.cfg.NoDrain {
+	if r, ok := q.Device.(ReadableDevice); ok && !e.cfg.NoDrain {
 		l.readable = r
 	}
-	if m, ok := e.dev.(DrainingDevice); ok && !e.cfg.NoDrain {
+	if m, ok := q.Device.(DrainingDevice); ok && !e.cfg.NoDrain {
 		l.more = m
 	}
-	sd, ok1 := e.dev.(SegmentingDevice)
-	gt, ok2 := e.tr.(GatherTransport)
+	sd, ok1 := q.Device.(SegmentingDevice)
+	gt, ok2 := q.Transport.(GatherTransport)
 	if ok1 && ok2 && !e.cfg.CopySegments {
 		l.seg, l.gather = sd, gt
 		l.tails = make([][]byte, n)
@@ -83,7 +87,7 @@ func newTxLoop(e *Engine) *txLoop {
 }
 
 func (l *txLoop) run() error {
-	defer l.e.startRealtime(l.e.dev, &l.rt)()
+	defer l.e.startRealtime(l.dev, &l.rt)()
 	for {
 		if err := l.rt.wait(l.e); err != nil {
 			return err
@@ -111,7 +115,7 @@ func (l *txLoop) run() error {
 			if l.gather != nil {
 				refused, err = l.gather.WriteBatchGather(l.out[:k], l.outTail[:k], l.outDst[:k])
 			} else {
-				refused, err = l.e.tr.WriteBatch(l.out[:k], l.outDst[:k])
+				refused, err = l.tr.WriteBatch(l.out[:k], l.outDst[:k])
 			}
 			if err != nil {
 				if isClosed(err) || l.e.closing.Load() {
@@ -150,7 +154,7 @@ func (l *txLoop) read() (int, error) {
 	if l.seg != nil {
 		return l.readSegments()
 	}
-	n, err := l.e.dev.Read(l.bufs, l.sizes, Headroom)
+	n, err := l.dev.Read(l.bufs, l.sizes, Headroom)
 	if err != nil {
 		return n, err
 	}
@@ -174,7 +178,7 @@ func (l *txLoop) read() (int, error) {
 		return n, nil
 	}
 	for reads := 1; reads < maxDrainReads && len(l.bufs)-n >= drainReserve && l.readable.Readable(); reads++ {
-		m, err := l.e.dev.Read(l.bufs[n:], l.sizes[n:], Headroom)
+		m, err := l.dev.Read(l.bufs[n:], l.sizes[n:], Headroom)
 		n += m
 		if err != nil {
 			// Keep what was read; the error shows again on the next read
@@ -426,6 +430,8 @@ func (l *txLoop) emit(g *Peer, dst netip.AddrPort, family int) (pkts, bytes uint
 // icmpPerBatch per batch and rate per second, both families together.
 type icmpWriter struct {
 	e        *Engine
+	dev      Device // the queue's: errors go back the way the packet came
+	rate     int    // errors per second: the engine's share for one queue
 	src      uint32
 	src6     addr6
 	enabled  bool // ICMP errors for IPv4 packets
@@ -439,8 +445,11 @@ type icmpWriter struct {
 
 const icmpPerBatch = 8
 
-func (w *icmpWriter) init(e *Engine) {
-	w.e = e
+func (w *icmpWriter) init(e *Engine, dev Device) {
+	w.e, w.dev = e, dev
+	// Each queue's loop has its own bucket, so that the sum over queues
+	// stays within Config.ICMPRate.
+	w.rate = max(1, e.cfg.ICMPRate/len(e.queues))
 	w.enabled = e.cfg.ICMPSource.Is4()
 	if w.enabled {
 		w.src = u32(e.cfg.ICMPSource)
@@ -467,7 +476,7 @@ func (w *icmpWriter) take() ([]byte, bool) {
 		if now.Sub(w.refill) < time.Second {
 			return nil, false
 		}
-		w.refill, w.tokens = now, w.e.cfg.ICMPRate
+		w.refill, w.tokens = now, w.rate
 	}
 	w.tokens--
 	b := w.bufs[len(w.out)]
@@ -504,7 +513,7 @@ func (w *icmpWriter) flush(c *loopCounters) {
 	if len(w.out) == 0 {
 		return
 	}
-	if _, err := w.e.dev.Write(w.out, Headroom); err == nil {
+	if _, err := w.dev.Write(w.out, Headroom); err == nil {
 		c.icmp.Add(uint64(len(w.out)))
 	}
 	w.out = w.out[:0]

@@ -40,7 +40,7 @@ func underlay6(i int) netip.Addr {
 func TestTxUnderlay6SplitsFamilies(t *testing.T) {
 	e := testEngine(t, 128)
 	e.SetTable(testTableUnderlay6(t))
-	l := e.tx
+	l := e.tx[0]
 	fillTx6(t, l, 128, true)
 	k := l.classify(e.Table(), 128)
 	if k != 124 {

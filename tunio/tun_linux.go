@@ -120,32 +120,10 @@ func create(o Options) (*Device, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tunio: create %s: %w", o.Name, err)
 		}
-		d := newDevice(dev, o.Name)
-		d.TSO = dev.BatchSize() > 1
-		if d.TSO {
-			d.USO = probeUSO(dev.File())
-			d.ownWrite = !o.TunPackageWrite && d.rc != nil
-			d.co.uso = d.USO
-			d.co.mtu = o.MTU
-		}
-		return d, nil
+		return offloadDevice(dev, o), nil
 	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := openQueue(o.Name, unix.IFF_TUN|unix.IFF_NO_PI)
 	if err != nil {
-		return nil, fmt.Errorf("tunio: open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(o.Name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tunio: %q: %w", o.Name, err)
-	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tunio: create %s: %w", o.Name, err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
 	dev, err := tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), o.MTU)
@@ -153,6 +131,44 @@ func create(o Options) (*Device, error) {
 		return nil, fmt.Errorf("tunio: %s: %w", o.Name, err)
 	}
 	return newDevice(dev, o.Name), nil
+}
+
+// offloadDevice is newDevice for a descriptor opened with IFF_VNET_HDR,
+// whose offloads the tun package has set (TUNSETOFFLOAD) on it.
+func offloadDevice(dev tun.Device, o Options) *Device {
+	d := newDevice(dev, o.Name)
+	d.TSO = dev.BatchSize() > 1
+	if d.TSO {
+		d.USO = probeUSO(dev.File())
+		d.ownWrite = !o.TunPackageWrite && d.rc != nil
+		d.co.uso = d.USO
+		d.co.mtu = o.MTU
+	}
+	return d
+}
+
+// openQueue opens /dev/net/tun and attaches it to the device name
+// (creating it) with flags, non-blocking for the netpoller.
+func openQueue(name string, flags uint16) (int, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("tunio: open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tunio: %q: %w", name, err)
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tunio: create %s: %w", name, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // probeUSO asks for UDP segmentation offload again, as the tun package did

@@ -22,6 +22,7 @@ const (
 	BackendUDP          = "udp"
 	BackendUDPUnbatched = "udp-unbatched"
 	BackendUDPRealtime  = "udp-rt"
+	BackendUDPQueues2   = "udp-q2"
 	BackendVXLAN        = "vxlan"
 	BackendHostGW       = "host-gw"
 	BackendUVXLAN       = "uvxlan"
@@ -31,7 +32,7 @@ const (
 )
 
 // Backends lists every backend, in the order the bench reports them.
-var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUDP, BackendUDPRealtime, BackendUDPUnbatched}
+var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUDP, BackendUDPQueues2, BackendUDPRealtime, BackendUDPUnbatched}
 
 // BackendLabel says what a row measures.
 func BackendLabel(name string) string {
@@ -42,6 +43,8 @@ func BackendLabel(name string) string {
 		return "weft UDP backend (batched, offloads on)"
 	case BackendUDPRealtime:
 		return "weft UDP backend with --realtime-priority 1 (forwarding loops at SCHED_FIFO)"
+	case BackendUDPQueues2:
+		return "weft UDP backend with --queues 2 (a multi-queue TUN, a loop pair and a socket per queue)"
 	case BackendUDPUnbatched:
 		return "weft UDP backend with --batch-size 1 and every offload off (flannel's one-packet-per-syscall design)"
 	case BackendVXLAN:
@@ -126,9 +129,11 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 			return Path{ClientNS: h1.Name, ServerNS: h2.Name, ServerIP: h2.IP6}, nil
 		}
 		return Path{ClientNS: h1.Name, ServerNS: h2.Name, ServerIP: h2.IP}, nil
-	case BackendUDP, BackendUDPRealtime, BackendUDPUnbatched:
+	case BackendUDP, BackendUDPRealtime, BackendUDPQueues2, BackendUDPUnbatched:
 		var extra []string
 		switch backend {
+		case BackendUDPQueues2:
+			extra = []string{"--queues=2"}
 		case BackendUDPUnbatched:
 			extra = unbatchedFlags
 		case BackendUDPRealtime:

@@ -164,8 +164,16 @@ func TestBenchShort(t *testing.T) {
 		if !ok || info.Label == "" {
 			t.Errorf("JSON lacks backend %s", b)
 		}
-		if (b == BackendUDP || b == BackendUDPRealtime || b == BackendUDPUnbatched) && !json.Valid(info.WeftStats) {
+		if (b == BackendUDP || b == BackendUDPRealtime || b == BackendUDPQueues2 || b == BackendUDPUnbatched) && !json.Valid(info.WeftStats) {
 			t.Errorf("%s: no weft stats (offload state) in the JSON", b)
+		}
+		if b == BackendUDPQueues2 {
+			var st struct {
+				Engine struct{ Queues []json.RawMessage } `json:"engine"`
+			}
+			if err := json.Unmarshal(info.WeftStats, &st); err != nil || len(st.Engine.Queues) != 2 {
+				t.Errorf("%s: %d queues in weft stats (%v), want 2", b, len(st.Engine.Queues), err)
+			}
 		}
 		if b == BackendUDPRealtime {
 			var st struct {
@@ -221,7 +229,7 @@ func TestBenchShort(t *testing.T) {
 }
 
 func isWeft(backend string) bool {
-	return backend == BackendUDP || backend == BackendUDPRealtime || backend == BackendUDPUnbatched || backend == BackendUVXLAN
+	return backend == BackendUDP || backend == BackendUDPRealtime || backend == BackendUDPQueues2 || backend == BackendUDPUnbatched || backend == BackendUVXLAN
 }
 
 // checkMem checks a sample's engine memory: for a weft backend every

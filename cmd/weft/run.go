@@ -50,6 +50,7 @@ type runFlags struct {
 	// weft's own
 	tunName                     string
 	batchSize                   int
+	queues                      int
 	noTUNOffload, noGSO, noGRO  bool
 	tunPackageWrite             bool
 	copySegments                bool
@@ -101,6 +102,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 
 	fs.StringVar(&f.tunName, "tun-name", "flannel0", "name of the TUN device (udp backend)")
 	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
+	fs.IntVar(&f.queues, "queues", 0, "udp backend: TUN queues, each with a forwarding loop pair and a socket of an SO_REUSEPORT group (1 to 16; 1: the single-queue TUN of earlier releases; 0: one per four CPUs, at most 8)")
 	fs.BoolVar(&f.noTUNOffload, "no-tun-offload", false, "open the TUN without virtio-net offloads (no TSO/USO/GRO)")
 	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
 	fs.IntVar(&f.tunTxQueueLen, "tun-txqueuelen", 5000, "packets the kernel queues on the TUN for the engine to read (0: the kernel's 500); more absorbs bursts while the engine is off its CPU")
@@ -196,7 +198,7 @@ func (f *runFlags) options(log *slog.Logger) (daemon.Options, error) {
 		IPTablesForward: f.iptablesForward, ForwardExplicit: f.forwardExplicit, Blackhole: f.blackhole, RouteNexthops: f.routeNexthops,
 		HealthzIP: f.healthzIP, HealthzPort: f.healthzPort,
 		Datapath: userspace.Options{
-			TUNName: f.tunName, BatchSize: f.batchSize, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite, CopySegments: f.copySegments, CopyTrains: f.copyTrains,
+			TUNName: f.tunName, BatchSize: f.batchSize, Queues: f.queues, NoTUNOffload: f.noTUNOffload, TunPackageWrite: f.tunPackageWrite, CopySegments: f.copySegments, CopyTrains: f.copyTrains,
 			TxQueueLen: f.tunTxQueueLen, NoGSO: f.noGSO, NoGRO: f.noGRO, BusyPoll: f.busyPoll, RealtimePriority: f.realtimePriority, AntiSpoof: f.antiSpoof, CheckSourcePort: f.sourcePortCheck,
 		},
 		NoKernelVXLAN: f.noKernelVXLAN,
@@ -237,6 +239,9 @@ func (f *runFlags) validate() error {
 	}
 	if f.tunTxQueueLen < 0 || f.tunTxQueueLen > 1<<20 {
 		return fmt.Errorf("--tun-txqueuelen: %d is outside 0..%d packets", f.tunTxQueueLen, 1<<20)
+	}
+	if err := daemon.CheckQueues(f.queues); err != nil {
+		return err
 	}
 	if err := daemon.CheckListenAddr("debug-addr", f.debugAddr); err != nil {
 		return err

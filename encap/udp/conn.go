@@ -32,6 +32,10 @@ type Options struct {
 	// BusyPoll is how long a receive keeps polling the socket before it
 	// parks the goroutine (0: park at once).
 	BusyPoll time.Duration
+	// ReusePort binds with SO_REUSEPORT, so that the sockets of a
+	// ListenGroup share the one address: the kernel hands each datagram to
+	// one of them by a hash of its 4-tuple, and each sends from it.
+	ReusePort bool
 }
 
 // Stats are a Conn's own counters, beside the engine's.

@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -106,7 +107,7 @@ func Listen(o Options) (*Conn, error) {
 		}
 		network = "udp6" // IPV6_V6ONLY: IPv4 has a socket of its own
 	}
-	uc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(o.Local))
+	uc, err := listenUDP(network, o)
 	if err != nil {
 		return nil, fmt.Errorf("udp: listen on %s: %w", o.Local, err)
 	}
@@ -149,6 +150,57 @@ func Listen(o Options) (*Conn, error) {
 	}
 	c.initTx()
 	return c, nil
+}
+
+func listenUDP(network string, o Options) (*net.UDPConn, error) {
+	if !o.ReusePort {
+		return net.ListenUDP(network, net.UDPAddrFromAddrPort(o.Local))
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, o.Local.String())
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// ListenGroup opens n sockets on o.Local: with n 1 the one socket of
+// Listen, with more an SO_REUSEPORT group (o.ReusePort set for all), one
+// per queue of the engine. A port of 0 is the one the kernel gives the
+// first socket.
+func ListenGroup(o Options, n int) ([]*Conn, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("udp: a group of %d sockets", n)
+	}
+	if n == 1 {
+		c, err := Listen(o)
+		if err != nil {
+			return nil, err
+		}
+		return []*Conn{c}, nil
+	}
+	o.ReusePort = true
+	var cs []*Conn
+	for range n {
+		c, err := Listen(o)
+		if err != nil {
+			for _, c := range cs {
+				c.Close()
+			}
+			return nil, err
+		}
+		cs = append(cs, c)
+		o.Local = netip.AddrPortFrom(o.Local.Addr(), c.LocalAddr().Port())
+	}
+	return cs, nil
 }
 
 func setBuffer(fd, force, plain, size int) {

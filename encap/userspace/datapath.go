@@ -24,6 +24,10 @@ type Options struct {
 	TxQueueLen      int           // the TUN's transmit queue (0: the kernel's)
 	NoGSO, NoGRO    bool          // switch UDP GSO / GRO off
 	BusyPoll        time.Duration // how long each loop polls before it sleeps
+	// Queues is how many queues the data path runs (udp flavour): a
+	// multi-queue TUN and an SO_REUSEPORT socket group, a loop pair per
+	// queue. 0: DefaultQueues.
+	Queues int
 	// RealtimePriority is the forwarding loops' SCHED_FIFO priority
 	// (engine.Config.RealtimePriority; 0: normal scheduling).
 	RealtimePriority int
@@ -43,7 +47,8 @@ type datapath struct {
 	cfg  *lease.Config
 	own  lease.Lease
 	mtu  int
-	tun  *tunio.Device
+	tun  *tunio.Device   // the first queue: its name, offloads and events
+	tuns []*tunio.Device // every queue
 	eng  *engine.Engine
 }
 
@@ -53,23 +58,30 @@ type datapath struct {
 // for the whole cluster network, as flanneld's does. On a dual-stack
 // network it also carries the IPv6 lease's network address as a /128 and
 // a route for the IPv6 network, as flannel-v6.<VNI> does.
-func (d *datapath) openTUN(name string) error {
+func (d *datapath) openTUN(name string, queues int) error {
 	o := d.opts
 	if d.dualStack() && d.mtu < minMTU6 {
 		return fmt.Errorf("%s would get MTU %d, below IPv6's minimum %d, and the kernel disables IPv6 on such a device: a dual-stack network needs a larger underlay MTU",
 			name, d.mtu, minMTU6)
 	}
-	dev, err := tunio.Create(tunio.Options{Name: name, MTU: d.mtu, NoOffload: o.NoTUNOffload, TunPackageWrite: o.TunPackageWrite, TxQueueLen: o.TxQueueLen})
+	devs, err := tunio.CreateQueues(tunio.Options{Name: name, MTU: d.mtu, NoOffload: o.NoTUNOffload, TunPackageWrite: o.TunPackageWrite, TxQueueLen: o.TxQueueLen}, queues)
 	if err != nil {
 		return err
 	}
-	go drainEvents(dev, d.mtu, o.Log)
-	if err := tunio.Configure(dev.Name, d.addrs()); err != nil {
-		dev.Close()
+	d.tun, d.tuns = devs[0], devs
+	go drainEvents(d.tun, d.mtu, o.Log)
+	if err := tunio.Configure(d.tun.Name, d.addrs()); err != nil {
+		d.closeTUN()
 		return err
 	}
-	d.tun = dev
 	return nil
+}
+
+// closeTUN closes every queue of the TUN (the device goes with the last).
+func (d *datapath) closeTUN() {
+	for _, t := range d.tuns {
+		t.Close()
+	}
 }
 
 // minMTU6 is IPv6's least link MTU (RFC 8200).
@@ -100,7 +112,7 @@ func (d *datapath) networks() engine.Networks {
 // newEngine builds the engine with a first table holding only this host's
 // subnets (peers come with the first snapshot). enc nil is flannel's UDP
 // format. ICMP errors come from the TUN's own addresses.
-func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bool) error {
+func (d *datapath) newEngine(trs []engine.Transport, enc engine.Encap, checkPort bool) error {
 	o := d.opts
 	cfg := engine.Config{
 		BatchSize:        o.BatchSize,
@@ -118,7 +130,11 @@ func (d *datapath) newEngine(tr engine.Transport, enc engine.Encap, checkPort bo
 	if d.dualStack() {
 		cfg.ICMPSource6 = d.own.IPv6Subnet.Addr()
 	}
-	eng, err := engine.New(d.tun, tr, cfg)
+	qs := make([]engine.Queue, len(trs))
+	for i, tr := range trs {
+		qs[i] = engine.Queue{Device: d.tuns[i], Transport: tr}
+	}
+	eng, err := engine.NewQueues(qs, cfg)
 	if err != nil {
 		return err
 	}

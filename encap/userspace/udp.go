@@ -30,9 +30,10 @@ type UDP struct {
 	datapath
 	host   encap.Host
 	port   uint16
-	local6 netip.Addr // the IPv6 underlay address; invalid unless dual-stack
-	conn   *udp.Conn  // the IPv4 underlay
-	conn6  *udp.Conn  // the IPv6 underlay; nil without one
+	local6 netip.Addr  // the IPv6 underlay address; invalid unless dual-stack
+	queues int         // TUN queues and sockets per underlay
+	conns  []*udp.Conn // the IPv4 underlay, one socket per queue
+	conns6 []*udp.Conn // the IPv6 underlay, one socket per queue; nil without one
 }
 
 var (
@@ -50,7 +51,14 @@ func NewUDP(host encap.Host, cfg *lease.Config, o Options) (*UDP, error) {
 		return nil, err
 	}
 	o.Log = logger(o.Log).With("backend", "udp")
-	b := &UDP{datapath: datapath{opts: o, cfg: cfg}, host: host, port: port}
+	queues := o.Queues
+	if queues == 0 {
+		queues = DefaultQueues()
+	}
+	if queues < 1 || queues > MaxQueues {
+		return nil, fmt.Errorf("udp: --queues %d is outside 1..%d", queues, MaxQueues)
+	}
+	b := &UDP{datapath: datapath{opts: o, cfg: cfg}, host: host, port: port, queues: queues}
 	if cfg.EnableIPv6 && host.PublicIPv6.IsValid() {
 		// As the IPv4 socket: datagrams leave from the interface's
 		// address; PublicIPv6 is what peers send to.
@@ -153,55 +161,90 @@ func (b *UDP) Start(_ context.Context, own lease.Lease) (int, error) {
 		}
 		b.mtu = min(b.mtu, b.host.IfaceMTU-UDPOverhead6)
 	}
-	if err := b.openTUN(b.opts.TUNName); err != nil {
+	if err := b.openTUN(b.opts.TUNName, b.queues); err != nil {
 		return 0, err
 	}
 	// Bind the interface's own address: the public IP may be an address
 	// the host does not have (a NAT in front of it), and datagrams sent
 	// from the interface address reach peers as coming from the public one.
+	// With several queues, each queue's loops have a socket of their own
+	// in an SO_REUSEPORT group on that one address (of each family).
 	o := udp.Options{
 		Local:     netip.AddrPortFrom(b.host.IfaceAddr, b.port),
 		BatchSize: b.opts.BatchSize,
 		NoGSO:     b.opts.NoGSO,
 		NoGRO:     b.opts.NoGRO,
 		BusyPoll:  b.opts.BusyPoll,
+		ReusePort: b.queues > 1,
 	}
-	var tr engine.Transport
-	if b.underlay6() {
-		d, err := udp.ListenDual(o, o.Local, netip.AddrPortFrom(b.local6, b.port))
-		if err != nil {
-			b.tun.Close()
-			return 0, fmt.Errorf("udp: %w", err)
-		}
-		tr, b.conn, b.conn6 = d, d.V4(), d.V6()
-	} else {
-		conn, err := udp.Listen(o)
-		if err != nil {
-			b.tun.Close()
-			return 0, err
-		}
-		tr, b.conn = conn, conn
+	trs, err := b.listen(o)
+	if err != nil {
+		b.closeTUN()
+		return 0, err
 	}
 	// Every flannel host sends from the cluster's port, over either
 	// underlay: the source port check holds for both.
-	if err := b.newEngine(tr, nil, b.opts.CheckSourcePort); err != nil {
-		b.tun.Close()
-		tr.Close()
-		b.conn, b.conn6 = nil, nil
+	if err := b.newEngine(trs, nil, b.opts.CheckSourcePort); err != nil {
+		b.closeTUN()
+		for _, tr := range trs {
+			tr.Close()
+		}
+		b.conns, b.conns6 = nil, nil
 		return 0, err
 	}
 	ts := b.socketStats()
 	b.opts.Log.Info("udp backend up", "tun", b.tun.Name, "mtu", b.mtu, "port", b.port, "tso", b.tun.TSO, "uso", b.tun.USO,
 		"udp-gso", ts.GSO, "udp-gro", ts.GRO, "ipv6", b.dualStack(), "underlay-v6", b.local6,
-		"batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof, "source-port-check", b.opts.AntiSpoof && b.opts.CheckSourcePort)
+		"batch", b.opts.BatchSize, "queues", b.queues, "anti-spoof", b.opts.AntiSpoof, "source-port-check", b.opts.AntiSpoof && b.opts.CheckSourcePort)
 	return b.mtu, nil
+}
+
+// listen opens a socket (two, with an IPv6 underlay) per queue.
+func (b *UDP) listen(o udp.Options) ([]engine.Transport, error) {
+	var trs []engine.Transport
+	if !b.underlay6() {
+		cs, err := udp.ListenGroup(o, b.queues)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range cs {
+			trs = append(trs, c)
+		}
+		b.conns = cs
+		return trs, nil
+	}
+	for range b.queues {
+		d, err := udp.ListenDual(o, o.Local, netip.AddrPortFrom(b.local6, b.port))
+		if err != nil {
+			for _, tr := range trs {
+				tr.Close()
+			}
+			b.conns, b.conns6 = nil, nil
+			return nil, fmt.Errorf("udp: %w", err)
+		}
+		trs = append(trs, d)
+		b.conns, b.conns6 = append(b.conns, d.V4()), append(b.conns6, d.V6())
+	}
+	return trs, nil
 }
 
 // socketStats sums the underlay sockets' counters.
 func (b *UDP) socketStats() udp.Stats {
-	s := b.conn.Stats()
-	if b.conn6 != nil {
-		s = udp.Sum(s, b.conn6.Stats())
+	s := sumStats(b.conns)
+	if len(b.conns6) > 0 {
+		s = udp.Sum(s, sumStats(b.conns6))
+	}
+	return s
+}
+
+func sumStats(cs []*udp.Conn) udp.Stats {
+	var s udp.Stats
+	for i, c := range cs {
+		if i == 0 {
+			s = c.Stats()
+		} else {
+			s = udp.Sum(s, c.Stats())
+		}
 	}
 	return s
 }
@@ -264,9 +307,9 @@ type UDPStatus struct {
 
 func (b *UDP) Status() any {
 	s := UDPStatus{TUN: b.opts.TUNName, MTU: b.mtu, Port: b.port}
-	if b.conn6 != nil {
-		s.Local6 = b.conn6.LocalAddr().String()
-		s4, s6 := b.conn.Stats(), b.conn6.Stats()
+	if len(b.conns6) > 0 {
+		s.Local6 = b.conns6[0].LocalAddr().String()
+		s4, s6 := sumStats(b.conns), sumStats(b.conns6)
 		s.Socket, s.Socket6 = &s4, &s6
 	}
 	return s

@@ -62,6 +62,9 @@ func NewVXLAN(host encap.Host, cfg *lease.Config, o Options) (*VXLAN, error) {
 	if !host.PublicIP.Is4() {
 		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address", host.Iface)
 	}
+	if o.Queues > 1 {
+		return nil, fmt.Errorf("vxlan: --queues %d: userspace VXLAN runs one queue (several are for the udp backend); run with --queues 1", o.Queues)
+	}
 	b := &VXLAN{datapath: datapath{opts: o, cfg: cfg}, host: host, vx: c, macFile: VtepMACFile(o.StateDir, c.VNI)}
 	b.leases6.V6 = true
 	b.accept6 = vxlan.AcceptLeaseV6Cached(c.VNI, &b.leases6)
@@ -153,21 +156,21 @@ func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 		b.mtu = min(b.mtu, vxlan.DeviceMTU6(b.host, b.vx))
 		o.Local6 = netip.AddrPortFrom(b.local6, uint16(b.vx.Port))
 	}
-	if err := b.openTUN(vxlan.DeviceName(b.vx.VNI)); err != nil {
+	if err := b.openTUN(vxlan.DeviceName(b.vx.VNI), 1); err != nil {
 		return 0, err
 	}
 	tr, err := vxlan.ListenTransport(o)
 	if err != nil {
-		b.tun.Close()
+		b.closeTUN()
 		return 0, err
 	}
 	enc, err := vxlan.NewEncap(vxlan.EncapOptions{VNI: b.vx.VNI, MAC: b.mac, MAC6: b.mac6, GBP: b.vx.GBP,
 		Gateway: own.Subnet.Addr(), SendARP: tr.SendFrame})
 	if err == nil {
-		err = b.newEngine(tr, enc, false) // VXLAN source ports vary per flow
+		err = b.newEngine([]engine.Transport{tr}, enc, false) // VXLAN source ports vary per flow
 	}
 	if err != nil {
-		b.tun.Close()
+		b.closeTUN()
 		tr.Close()
 		return 0, err
 	}

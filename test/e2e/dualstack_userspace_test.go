@@ -37,7 +37,10 @@ func TestDualStackUDP(t *testing.T) {
 	k.eventually("tcpdump listening", 10*time.Second, func() (bool, string) {
 		return strings.Contains(dump.Log(), "listening on"), dump.Log()
 	})
-	k.start(nil, 1, 2, 3)
+	// h1 runs two queues (a multi-queue TUN, two sockets of each family)
+	// among peers of one: the same wire format both ways.
+	k.start([]string{"--queues", "2"}, 1)
+	k.start(nil, 2, 3)
 	for i, env := range k.Envs {
 		if !env.IPv6Subnet.IsValid() || env.MTU != 1452 {
 			t.Fatalf("h%d: subnet file %+v", i+1, env)
@@ -82,6 +85,9 @@ func TestDualStackUDP(t *testing.T) {
 		if s.Engine == nil || s.Engine.DropsByReason["spoofed-source"] != 0 || s.Engine.DropsByReason["unknown-peer"] != 0 ||
 			s.Engine.DropsByReason["wrong-source-port"] != 0 {
 			t.Errorf("h%d engine: %+v", i, s.Engine)
+		}
+		if want := map[int]int{1: 2}[i]; s.Engine != nil && len(s.Engine.Queues) != max(want, 1) {
+			t.Errorf("h%d: %d queues in stats, want %d", i, len(s.Engine.Queues), max(want, 1))
 		}
 		var us userspace.UDPStatus
 		if err := json.Unmarshal(s.BackendStatus, &us); err != nil || us.MTU != 1452 ||
