@@ -87,7 +87,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
 	fs.BoolVar(&f.iptablesForward, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
 	fs.BoolVar(&f.blackhole, "ip-blackhole-route", false, "add a blackhole route for this host's subnet")
-	fs.BoolVar(&f.routeNexthops, "route-nexthops", false, "vxlan and host-gw: add each IPv4 peer route by a nexthop object of its own (`ip route` shows \"nhid N\"; kernel 5.3+, else plain routes), so that adding one costs the same at 5,000 peers as at 5; off: plain routes, as flanneld's (docs/scale.md)")
+	fs.BoolVar(&f.routeNexthops, "route-nexthops", false, "vxlan and host-gw: add each IPv4 peer route by a nexthop object of its own (ip route shows \"nhid N\"; kernel 5.3+, else plain routes), so that adding one costs the same at 5,000 peers as at 5; off: plain routes, as flanneld's (docs/scale.md)")
 	fs.StringVar(&f.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
 	fs.IntVar(&f.healthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
 	fs.IntVar(&f.verbosity, "v", 0, "log level for V logs, as klog's -v (0: info, 1 or more: debug)")

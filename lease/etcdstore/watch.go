@@ -282,7 +282,7 @@ func (m *Store) list(ctx context.Context, st *watchState) error {
 		for name, l := range old {
 			if _, ok := st.leases[name]; !ok {
 				// Debug: admission logs the peer's departure at Info, once.
-			m.log.Debug("subnet lease gone", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
+				m.log.Debug("subnet lease gone", "lease", l.String(), "publicIP", l.Attrs.PublicIP)
 			}
 		}
 		st.rev = r.Header.Revision
