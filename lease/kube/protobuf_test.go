@@ -222,3 +222,50 @@ func TestProtobufHostile(t *testing.T) {
 		}
 	}
 }
+
+// repeatReader is a stream of b, again and again.
+type repeatReader struct {
+	b   []byte
+	off int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	n := copy(p, r.b[r.off:])
+	r.off = (r.off + n) % len(r.b)
+	return n, nil
+}
+
+// Reading the Node events of a watch, kubelet-shaped Nodes, as JSON and
+// as protobuf: what each Node event costs the decoder (go test -bench
+// NodeEvent).
+func BenchmarkNodeEvent(b *testing.B) {
+	prefix := DefaultAnnotationPrefix + "/"
+	n := kubeletNode("h7")
+	n.Status.Conditions = append(n.Status.Conditions, v1.NodeCondition{Type: "MemoryPressure", Status: "False", Reason: "KubeletHasSufficientMemory", Message: "kubelet has sufficient memory available"})
+	n.Status.NodeInfo = v1.NodeSystemInfo{KernelVersion: "6.1.0-28-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", KubeletVersion: "v1.37.2"}
+	js, err := json.Marshal(metav1.WatchEvent{Type: "MODIFIED", Object: runtime.RawExtension{Object: n}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pb := pbFrame(b, "MODIFIED", pbEncode(b, n, "Node"))
+	b.Run("json", func(b *testing.B) {
+		b.SetBytes(int64(len(js)))
+		b.ReportAllocs()
+		ev := jsonEvents{dec: json.NewDecoder(&repeatReader{b: js}), prefix: prefix}
+		for b.Loop() {
+			if e, err := ev.next(); err != nil || e.node.Name != "h7" {
+				b.Fatal(e, err)
+			}
+		}
+	})
+	b.Run("protobuf", func(b *testing.B) {
+		b.SetBytes(int64(len(pb)))
+		b.ReportAllocs()
+		ev := newProtoEvents(&repeatReader{b: pb}, prefix)
+		for b.Loop() {
+			if e, err := ev.next(); err != nil || e.node.Name != "h7" {
+				b.Fatal(e, err)
+			}
+		}
+	})
+}
