@@ -47,6 +47,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSubnetKey$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/
 	$(GO) test -run '^$$' -fuzz '^FuzzLooseSubnetKey$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/etcdstore/
 	$(GO) test -run '^$$' -fuzz '^FuzzNodeToLease$$' -fuzztime $(call fuzzcount,10000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/kube/
+	$(GO) test -run '^$$' -fuzz '^FuzzProtobufNodes$$' -fuzztime $(call fuzzcount,200000) -fuzzminimizetime $(FUZZMINIMIZE) ./lease/kube/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseUDPLeaseV6$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./encap/userspace/
 	$(GO) test -run '^$$' -fuzz '^FuzzVXLANDecap$$' -fuzztime $(call fuzzcount,50000) -fuzzminimizetime $(FUZZMINIMIZE) ./encap/vxlan/
 	$(GO) test -run '^$$' -fuzz '^FuzzFilter$$' -fuzztime $(call fuzzcount,100000) -fuzzminimizetime $(FUZZMINIMIZE) ./capture/

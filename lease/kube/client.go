@@ -18,8 +18,9 @@ import (
 
 // apiClient makes the store's few requests to the API server: through
 // client-go's transport for rest.Config (TLS, tokens, exec plugins,
-// impersonation, the user agent), in JSON, each answer decoded into a
-// struct holding only the fields the store reads.
+// impersonation, the user agent), each answer decoded into only the
+// fields the store reads: the list and watch of Nodes in protobuf where
+// the server answers it (protobuf.go), the rest in JSON.
 //
 // Why not client-go's typed clientset: it links (and initialises, in
 // every process) the Go types, protobuf code and scheme registrations of
@@ -30,6 +31,9 @@ import (
 type apiClient struct {
 	base *url.URL // the server's URL, with any path prefix
 	http *http.Client
+	// nodesAccept is the Accept header of the list and the watch of
+	// Nodes: protobuf, else JSON (tests ask for JSON alone).
+	nodesAccept string
 }
 
 func newAPIClient(cfg *rest.Config) (*apiClient, error) {
@@ -41,7 +45,7 @@ func newAPIClient(cfg *rest.Config) (*apiClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &apiClient{base: base, http: hc}, nil
+	return &apiClient{base: base, http: hc, nodesAccept: acceptProtobuf}, nil
 }
 
 // maxErrorBody bounds how much of an error answer is read.
@@ -49,10 +53,12 @@ const maxErrorBody = 64 << 10
 
 // request is one API request: path below the server's URL (unescaped,
 // as client-go builds it: names are DNS subdomains), query, and a JSON
-// body (nil for none) of content type contentType.
+// body (nil for none) of content type contentType. accept is the Accept
+// header ("": JSON).
 type request struct {
 	method, path string
 	query        url.Values
+	accept       string
 	contentType  string
 	body         []byte
 	// resource and name describe the object for errors that carry no
@@ -60,11 +66,12 @@ type request struct {
 	resource, name string
 }
 
-// open sends r and returns the answer's body when the status is 2xx;
-// else an *apierrors.StatusError as client-go's would be: the server's
-// Status when it sent one (its message names the user and the verb a
-// Forbidden lacks), else a generic one for the HTTP status.
-func (c *apiClient) open(ctx context.Context, r request) (io.ReadCloser, error) {
+// open sends r and returns the answer's body and Content-Type when the
+// status is 2xx; else an *apierrors.StatusError as client-go's would be:
+// the server's Status (JSON or protobuf) when it sent one (its message
+// names the user and the verb a Forbidden lacks), else a generic one for
+// the HTTP status.
+func (c *apiClient) open(ctx context.Context, r request) (io.ReadCloser, string, error) {
 	u := *c.base
 	u.Path = strings.TrimSuffix(u.Path, "/") + r.path
 	u.RawQuery = r.query.Encode()
@@ -74,28 +81,39 @@ func (c *apiClient) open(ctx context.Context, r request) (io.ReadCloser, error) 
 	}
 	req, err := http.NewRequestWithContext(ctx, r.method, u.String(), body)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	req.Header.Set("Accept", "application/json")
+	if r.accept == "" {
+		r.accept = "application/json"
+	}
+	req.Header.Set("Accept", r.accept)
 	if r.body != nil {
 		req.Header.Set("Content-Type", r.contentType)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return resp.Body, nil
+		return resp.Body, resp.Header.Get("Content-Type"), nil
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	return nil, statusError(resp, b, r)
+	return nil, "", statusError(resp, b, r)
 }
 
 // statusError is the error of a non-2xx answer with body b.
 func statusError(resp *http.Response, b []byte, r request) error {
 	var st metav1.Status
-	if json.Unmarshal(b, &st) == nil && st.Kind == "Status" && st.Status == metav1.StatusFailure {
+	var ok bool
+	if isProtobuf(resp.Header.Get("Content-Type")) {
+		var err error
+		st, err = decodeStatusObject(b)
+		ok = err == nil && st.Status == metav1.StatusFailure
+	} else {
+		ok = json.Unmarshal(b, &st) == nil && st.Kind == "Status" && st.Status == metav1.StatusFailure
+	}
+	if ok {
 		if st.Code == 0 {
 			st.Code = int32(resp.StatusCode)
 		}
@@ -111,7 +129,7 @@ func statusError(resp *http.Response, b []byte, r request) error {
 
 // do sends r and decodes the answer's JSON into out (nil: discarded).
 func (c *apiClient) do(ctx context.Context, r request, out any) error {
-	body, err := c.open(ctx, r)
+	body, _, err := c.open(ctx, r)
 	if err != nil {
 		return err
 	}

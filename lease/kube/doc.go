@@ -9,9 +9,10 @@
 // kube-subnet-manager=true, read through one Node watch (a list, then a
 // watch, as client-go's Reflector does) that keeps only what a lease
 // needs: each peer's lease, read from the event, every Node's name, and
-// this host's own Node's podCIDRs and the store's annotations. The
-// watch's JSON is read straight into those fields; images, conditions
-// and managedFields are never decoded, and the binary links none of
+// this host's own Node's podCIDRs and the store's annotations. The list
+// and the watch are read in protobuf (JSON when that is what answers)
+// straight into those fields; images, conditions and managedFields are
+// stepped over, never decoded, and the binary links none of
 // client-go's typed API (client.go says why), so memory stays small in
 // large clusters. A Node event reaches the daemon as a change of one
 // lease (WatchChanges), not a snapshot of all.

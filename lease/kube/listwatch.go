@@ -19,10 +19,12 @@ import (
 // The Node watch: what client-go's Reflector does for an informer (a
 // paged list, then a watch from the list's resourceVersion with
 // bookmarks, resumed from the last resourceVersion seen when it ends or
-// breaks, a new list when the server no longer has that version), in
-// JSON read straight into the few fields the store keeps (wireNode),
-// one Node at a time: no Node is ever decoded whole, and no list is
-// held in memory.
+// breaks, a new list when the server no longer has that version), read
+// straight into the few fields the store keeps, one Node at a time: no
+// Node is ever decoded whole, and no list is held in memory. Both ask
+// for protobuf (protobuf.go: the decoder steps over the kilobytes of
+// images, conditions and managedFields that JSON must scan) and read
+// JSON (wireNode) when that is what the server or a proxy answers.
 
 // listPage is how many Nodes one list request returns: a page is read
 // one Node at a time, so its size bounds nothing but the requests.
@@ -155,12 +157,35 @@ type listMeta struct {
 // listPage reads one page of the list, putting each Node as it is read.
 func (c *nodeCache) listPage(ctx context.Context, q url.Values, seen map[string]struct{}) (listMeta, error) {
 	var meta listMeta
-	body, err := c.s.api.open(ctx, request{method: http.MethodGet, path: "/api/v1/nodes", query: q, resource: "nodes"})
+	body, ctype, err := c.s.api.open(ctx, request{method: http.MethodGet, path: "/api/v1/nodes", query: q,
+		accept: c.s.api.nodesAccept, resource: "nodes"})
 	if err != nil {
 		return meta, err
 	}
 	defer body.Close()
-	prefix := c.s.ann.prefix()
+	put := func(n *node) error {
+		if n.Name == "" {
+			return errors.New("an item without a name")
+		}
+		seen[n.Name] = struct{}{}
+		c.put(n)
+		return nil
+	}
+	read := readNodeListJSON
+	if isProtobuf(ctype) {
+		read = readNodeList
+	}
+	meta, err = read(body, c.s.ann.prefix(), put)
+	if err != nil {
+		return meta, fmt.Errorf("list of Nodes: %w", err)
+	}
+	return meta, nil
+}
+
+// readNodeListJSON reads a list page's JSON body, calling put for each
+// Node as it is read, and returns the list's metadata.
+func readNodeListJSON(body io.Reader, prefix string, put func(*node) error) (listMeta, error) {
+	var meta listMeta
 	dec := json.NewDecoder(body)
 	if err := delim(dec, '{'); err != nil {
 		return meta, err
@@ -168,7 +193,7 @@ func (c *nodeCache) listPage(ctx context.Context, q url.Values, seen map[string]
 	for dec.More() {
 		key, err := dec.Token()
 		if err != nil {
-			return meta, fmt.Errorf("list of Nodes: %w", err)
+			return meta, err
 		}
 		switch key {
 		case "metadata":
@@ -180,14 +205,11 @@ func (c *nodeCache) listPage(ctx context.Context, q url.Values, seen map[string]
 			for dec.More() {
 				var w wireNode
 				if err := dec.Decode(&w); err != nil {
-					return meta, fmt.Errorf("list of Nodes: %w", err)
+					return meta, err
 				}
-				if w.Metadata.Name == "" {
-					return meta, errors.New("list of Nodes: an item without a name")
+				if err := put(w.node(prefix)); err != nil {
+					return meta, err
 				}
-				n := w.node(prefix)
-				seen[n.Name] = struct{}{}
-				c.put(n)
 			}
 			err = delim(dec, ']')
 		default:
@@ -195,7 +217,7 @@ func (c *nodeCache) listPage(ctx context.Context, q url.Values, seen map[string]
 			err = dec.Decode(&skip)
 		}
 		if err != nil {
-			return meta, fmt.Errorf("list of Nodes: %w", err)
+			return meta, err
 		}
 	}
 	return meta, delim(dec, '}')
@@ -205,16 +227,16 @@ func (c *nodeCache) listPage(ctx context.Context, q url.Values, seen map[string]
 func delim(dec *json.Decoder, d json.Delim) error {
 	t, err := dec.Token()
 	if err != nil {
-		return fmt.Errorf("list of Nodes: %w", err)
+		return err
 	}
 	if t != d {
-		return fmt.Errorf("list of Nodes: want %v, have %v", d, t)
+		return fmt.Errorf("want %v, have %v", d, t)
 	}
 	return nil
 }
 
-// watchEvent is one event of a watch of Nodes: its object is a Node
-// (ADDED, MODIFIED, DELETED; BOOKMARK, of which only the
+// watchEvent is one event of a watch of Nodes in JSON: its object is a
+// Node (ADDED, MODIFIED, DELETED; BOOKMARK, of which only the
 // resourceVersion counts) or a Status (ERROR).
 type watchEvent struct {
 	Type   string `json:"type"`
@@ -226,6 +248,27 @@ type watchEvent struct {
 		Message string                `json:"message"`
 		Details *metav1.StatusDetails `json:"details"`
 	} `json:"object"`
+}
+
+// jsonEvents reads a JSON watch stream.
+type jsonEvents struct {
+	dec    *json.Decoder
+	prefix string
+}
+
+// next reads the next event; io.EOF when the stream ends between events.
+func (j *jsonEvents) next() (event, error) {
+	var e watchEvent
+	if err := j.dec.Decode(&e); err != nil {
+		return event{}, err
+	}
+	o := &e.Object
+	if e.Type == "ERROR" {
+		return event{typ: e.Type, status: metav1.Status{
+			Status: metav1.StatusFailure, Code: o.Code, Reason: metav1.StatusReason(o.Reason), Message: o.Message, Details: o.Details,
+		}}, nil
+	}
+	return event{typ: e.Type, node: o.node(j.prefix)}, nil
 }
 
 // watch watches Nodes from resourceVersion rv until the server ends the
@@ -240,42 +283,45 @@ func (c *nodeCache) watch(ctx context.Context, rv string) (string, int, error) {
 		"watch": {"true"}, "allowWatchBookmarks": {"true"}, "resourceVersion": {rv},
 		"timeoutSeconds": {strconv.Itoa(int(timeout / time.Second))},
 	}
-	body, err := c.s.api.open(ctx, request{method: http.MethodGet, path: "/api/v1/nodes", query: q, resource: "nodes"})
+	body, ctype, err := c.s.api.open(ctx, request{method: http.MethodGet, path: "/api/v1/nodes", query: q,
+		accept: c.s.api.nodesAccept, resource: "nodes"})
 	if err != nil {
 		return rv, 0, err
 	}
 	defer body.Close()
 	c.apiResult("watch", nil)
 	prefix := c.s.ann.prefix()
-	dec := json.NewDecoder(body)
-	for events := 0; ; events++ {
-		var e watchEvent
-		if err := dec.Decode(&e); err != nil {
+	var events interface{ next() (event, error) }
+	if isProtobuf(ctype) {
+		events = newProtoEvents(body, prefix)
+	} else {
+		events = &jsonEvents{dec: json.NewDecoder(body), prefix: prefix}
+	}
+	for count := 0; ; count++ {
+		e, err := events.next()
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = nil // the server's timeout
 			}
-			return rv, events, err
+			return rv, count, err
 		}
-		o := &e.Object
-		switch e.Type {
+		switch e.typ {
 		case "ADDED", "MODIFIED", "DELETED":
-			if o.Metadata.Name == "" {
-				return rv, events, fmt.Errorf("watch of Nodes: a %s event of an object without a name", e.Type)
+			if e.node.Name == "" {
+				return rv, count, fmt.Errorf("watch of Nodes: a %s event of an object without a name", e.typ)
 			}
-			if e.Type == "DELETED" {
-				c.delete(o.node(prefix))
+			if e.typ == "DELETED" {
+				c.delete(e.node)
 			} else {
-				c.put(o.node(prefix))
+				c.put(e.node)
 			}
 		case "BOOKMARK":
 		case "ERROR":
-			return rv, events, &apierrors.StatusError{ErrStatus: metav1.Status{
-				Status: metav1.StatusFailure, Code: o.Code, Reason: metav1.StatusReason(o.Reason), Message: o.Message, Details: o.Details,
-			}}
+			return rv, count, &apierrors.StatusError{ErrStatus: e.status}
 		default:
-			return rv, events, fmt.Errorf("watch of Nodes: an event of unknown type %q", e.Type)
+			return rv, count, fmt.Errorf("watch of Nodes: an event of unknown type %q", e.typ)
 		}
-		if v := o.Metadata.ResourceVersion; v != "" {
+		if v := e.node.ResourceVersion; v != "" {
 			rv = v
 		}
 	}

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 )
 
@@ -22,8 +25,55 @@ import (
 // version compacted away) answered by a new list, which drops the Nodes
 // gone meanwhile; a watch refused with 410 likewise; a 500 retried from
 // the same version. The server here replays one scripted answer per
-// request and records the requests.
+// request and records the requests; it answers in JSON (as a server or
+// proxy that does not speak protobuf would) and in protobuf
+// (apimachinery's encoding of the same objects).
 func TestListWatchProtocol(t *testing.T) {
+	t.Run("json", func(t *testing.T) { listWatchProtocol(t, false) })
+	t.Run("protobuf", func(t *testing.T) { listWatchProtocol(t, true) })
+}
+
+// asProtobuf is a scripted JSON answer in protobuf: a NodeList, a
+// Status, or a watch's events.
+func asProtobuf(t *testing.T, body string, code int, watch bool) []byte {
+	if code != 200 {
+		var st metav1.Status
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			t.Fatal(err)
+		}
+		return pbEncode(t, &st, "Status")
+	}
+	if !watch {
+		var l v1.NodeList
+		if err := json.Unmarshal([]byte(body), &l); err != nil {
+			t.Fatal(err)
+		}
+		return pbEncode(t, &l, "NodeList")
+	}
+	var out []byte
+	dec := json.NewDecoder(strings.NewReader(body))
+	for dec.More() {
+		var e struct {
+			Type   string
+			Object json.RawMessage
+		}
+		if err := dec.Decode(&e); err != nil {
+			t.Fatal(err)
+		}
+		var obj runtime.Object = new(v1.Node)
+		kind := "Node"
+		if e.Type == "ERROR" {
+			obj, kind = new(metav1.Status), "Status"
+		}
+		if err := json.Unmarshal(e.Object, obj); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, pbFrame(t, e.Type, pbEncode(t, obj, kind))...)
+	}
+	return out
+}
+
+func listWatchProtocol(t *testing.T, protobuf bool) {
 	peer := func(name, rv, cidr, ip string) string {
 		ann, _ := json.Marshal(peerAnnotations(ip, "vxlan", `{"VNI":1,"VtepMAC":"0a:58:00:00:00:01"}`))
 		return fmt.Sprintf(`{"kind":"Node","metadata":{"name":%q,"uid":"u-%s","resourceVersion":%q,"creationTimestamp":"2026-11-30T04:00:00Z","annotations":%s,"managedFields":[{"manager":"kubelet"}]},"spec":{"podCIDR":%q,"podCIDRs":[%[5]q]},"status":{"images":[{"names":["x"],"sizeBytes":1}]}}`,
@@ -65,7 +115,7 @@ func TestListWatchProtocol(t *testing.T) {
 		i := len(got)
 		got = append(got, r.URL.Path+"?"+q.Encode())
 		mu.Unlock()
-		if r.Header.Get("Accept") != "application/json" {
+		if r.Header.Get("Accept") != acceptProtobuf {
 			t.Errorf("Accept %q", r.Header.Get("Accept"))
 		}
 		if i >= len(script) {
@@ -73,9 +123,19 @@ func TestListWatchProtocol(t *testing.T) {
 			return
 		}
 		a := script[i]
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(a.code)
-		fmt.Fprint(w, a.body)
+		if protobuf {
+			ctype := protobufType
+			if q.Get("watch") == "true" && a.code == 200 {
+				ctype += ";stream=watch"
+			}
+			w.Header().Set("Content-Type", ctype)
+			w.WriteHeader(a.code)
+			w.Write(asProtobuf(t, a.body, a.code, q.Get("watch") == "true"))
+		} else {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(a.code)
+			fmt.Fprint(w, a.body)
+		}
 		if a.linger {
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
