@@ -40,7 +40,8 @@ import (
 // reports the cgroup's peak charge and OOM kills: VmRSS alone cannot tell
 // whether weft lives in the limit, where the kernel reclaims the binary's
 // pages before it kills. WEFT_KUBE_SCALE_BACKENDS (default vxlan,udp)
-// picks the backends; WEFT_KUBE_SCALE_PROFILES names a directory for
+// picks the backends; WEFT_KUBE_SCALE_FLAGS adds weft run flags
+// (--route-nexthops); WEFT_KUBE_SCALE_PROFILES names a directory for
 // weft's heap profiles at the steady state and after the churn.
 func TestKubeScale(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("WEFT_KUBE_SCALE"))
@@ -85,6 +86,7 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 		t.Fatal(err)
 	}
 	k.runExe = bin
+	k.runFlags = strings.Fields(os.Getenv("WEFT_KUBE_SCALE_FLAGS")) // e.g. --route-nexthops
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	created := time.Now()

@@ -52,6 +52,7 @@ type kubeLab struct {
 	netConf, kubeconfig string
 	env                 []string // more environment for weft run
 	runExe              string   // the binary weft run starts from, when not exe
+	runFlags            []string // more weft run flags (WEFT_KUBE_SCALE_FLAGS)
 }
 
 func newKubeLab(t *testing.T, backend string) *kubeLab {
@@ -174,6 +175,7 @@ func (k *kubeLab) start(t *testing.T, i int) *lab.Proc {
 	argv := append(append([]string{"env", "NODE_NAME=" + nodeName(i)}, k.env...), exe, "run", "--kube-subnet-mgr",
 		"--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf, "--iface", h.Underlay, "--ip-masq",
 		"--subnet-file", filepath.Join(h.Dir, "subnet.env"), "--debug-socket", filepath.Join(h.Dir, "debug.sock"))
+	argv = append(argv, k.runFlags...)
 	p, err := k.l.Start(h.Name, "weft-"+nodeName(i), argv...)
 	if err != nil {
 		t.Fatal(err)
