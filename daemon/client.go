@@ -33,7 +33,11 @@ func (c Client) HTTP(timeout time.Duration) (client *http.Client, base, where st
 	socket := c.Socket
 	return &http.Client{
 		Timeout: timeout,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// A transport per call: with keep-alive its idle connection would
+		// hold a goroutine and a descriptor in the daemon for the server's
+		// idle timeout (60 s) after every `weft status`, and a poller
+		// (the benches, the tests) would pile them up.
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 		}},
 	}, "http://weft", socket
