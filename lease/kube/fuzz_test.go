@@ -68,8 +68,9 @@ func FuzzNodeToLease(f *testing.F) {
 
 // FuzzProtobufNodes feeds hostile bytes to the protobuf readers of the
 // Node list and watch, seeded with what a real API server sent
-// (testdata/protobuf) and with apimachinery's encoding of the events it
-// would not send on demand: none panics, a Node keeps only the
+// (testdata/protobuf: a list page, a watch's events, its ERROR event)
+// and with apimachinery's encoding of the events it would not send on
+// demand (a bookmark, a Status with causes): none panics, a Node keeps only the
 // annotations under the prefix, and where apimachinery's own generated
 // decoder reads the same bytes as a Node, both read the same fields.
 func FuzzProtobufNodes(f *testing.F) {

@@ -23,8 +23,9 @@ import (
 // continue tokens; a watch from the list's resourceVersion, resumed from
 // the last bookmark's when the server ends it; a 410 ERROR event (the
 // version compacted away) answered by a new list, which drops the Nodes
-// gone meanwhile; a watch refused with 410 likewise; a 500 retried from
-// the same version. The server here replays one scripted answer per
+// gone meanwhile (the real server's own ERROR event, from a compacted
+// etcd, is TestProtobufWatchExpired's); a watch refused with 410
+// likewise; a 500 retried from the same version. The server here replays one scripted answer per
 // request and records the requests; it answers in JSON (as a server or
 // proxy that does not speak protobuf would) and in protobuf
 // (apimachinery's encoding of the same objects).

@@ -77,8 +77,12 @@ const (
 
 // Server is a running kube-apiserver and its etcd.
 type Server struct {
-	URL      string
-	Dir      string
+	URL string
+	Dir string
+	// Etcd are the client URLs of the etcd Start runs (nil for a server
+	// Prepare made), for a test that works on the storage itself (e.g.
+	// compacts it).
+	Etcd     []string
 	tokens   map[string]string // user -> token
 	auditLog string
 	// Dial, when set, is how clients reach the server (from outside the
@@ -91,6 +95,19 @@ type Server struct {
 // returns.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// Options change how StartWith runs the server.
+type Options struct {
+	// Flags are more kube-apiserver flags, after Args' (e.g.
+	// --watch-cache-sizes=nodes#0: watches of Nodes go to etcd).
+	Flags []string
+}
+
+// StartWith is Start with opts.
+func StartWith(t testing.TB, opts Options) *Server {
+	t.Helper()
 	bin := Binary(t)
 	dir := t.TempDir()
 	etcd, err := etcdserver.Start(etcdserver.Options{Dir: filepath.Join(dir, "etcd"), LogLevel: "error"})
@@ -99,6 +116,7 @@ func Start(t testing.TB) *Server {
 	}
 	t.Cleanup(etcd.Close)
 	s := Prepare(t, dir)
+	s.Etcd = etcd.Endpoints()
 	port := freePort(t)
 	s.URL = "https://127.0.0.1:" + strconv.Itoa(port)
 	logPath := filepath.Join(dir, "kube-apiserver.log")
@@ -107,7 +125,7 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, s.Args(strings.Join(etcd.Endpoints(), ","), "127.0.0.1", port)...)
+	cmd := exec.Command(bin, append(s.Args(strings.Join(s.Etcd, ","), "127.0.0.1", port), opts.Flags...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -269,6 +287,7 @@ type AuditEvent struct {
 	Stage      string `json:"stage"`
 	Verb       string `json:"verb"`
 	RequestURI string `json:"requestURI"`
+	UserAgent  string `json:"userAgent"`
 	User       struct {
 		Username string `json:"username"`
 	} `json:"user"`
