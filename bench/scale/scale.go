@@ -97,7 +97,12 @@ type Result struct {
 	// what it costs over time, which a churn's CPU per event includes,
 	// spread over the events.
 	IdleCPU time.Duration `json:"idle_cpu_per_second_ns"`
-	Churn   []Churn       `json:"churn"`
+	// CheckCPU is what one check of the host's state cost the weft
+	// process at the steady state (a /status of every peer for udp, 0
+	// for the kernel backends); the churn's CPU leaves out the checks
+	// made before the state was correct, at this much each.
+	CheckCPU time.Duration `json:"check_cpu_ns"`
+	Churn    []Churn       `json:"churn"`
 	// Repair is the time from deleting one peer's kernel entries by hand
 	// (the route; for vxlan also the neighbour and FDB entry) until they
 	// are back (kernel backends).
@@ -198,6 +203,9 @@ type host struct {
 	cg    *memcg.Cgroup // with o.MemoryMax
 	peers []int         // simulated peers in the store, oldest first
 	next  int           // the next unused simulated id
+	// checkCPU is what one check of the state costs the weft process
+	// (measureCheckCPU); 0 until measured.
+	checkCPU time.Duration
 }
 
 func newHost(ctx context.Context, o Options, typ string) (*host, error) {
@@ -322,22 +330,39 @@ func (h *host) start(ctx context.Context) error {
 	return nil
 }
 
+// settled is when a host's state was first seen correct, and what
+// seeing it cost weft.
+type settled struct {
+	at time.Time
+	// cpu is the weft process's CPU time read just before the check that
+	// found the state correct, less what the checks before it cost
+	// (checkCPU each), so that a check's cost is not counted as the
+	// work checked: for udp, each check is a /status of every peer.
+	cpu time.Duration
+	mem memory
+}
+
 // waitCorrect polls the host's state every 50 ms until it holds exactly
-// h.want, sampling the weft process's RSS. It returns when that was first
-// seen and the most memory seen.
-func (h *host) waitCorrect(ctx context.Context) (time.Time, memory, error) {
+// h.want (or o.Timeout passes).
+func (h *host) waitCorrect(ctx context.Context) (settled, error) {
 	deadline := time.Now().Add(h.o.Timeout)
-	var maxRSS memory
+	var s settled
 	var last string
-	for {
+	pid := h.run.Pid()
+	for checks := 0; ; checks++ {
 		if h.run.Exited() {
-			return time.Time{}, maxRSS, fmt.Errorf("weft run exited: %v\n%s", h.run.Wait(), h.run.Log())
+			return s, fmt.Errorf("weft run exited: %v\n%s", h.run.Wait(), h.run.Log())
 		}
-		maxRSS.sample(h.run.Pid())
+		s.mem.sample(pid)
+		cpu, err := cpuTime(pid)
+		if err != nil {
+			return s, err
+		}
 		ok, why, err := h.chk.correct(h.want)
 		now := time.Now()
 		if err == nil && ok {
-			return now, maxRSS, nil
+			s.at, s.cpu = now, cpu-time.Duration(checks)*h.checkCPU
+			return s, nil
 		}
 		if err != nil {
 			why = err.Error()
@@ -347,14 +372,45 @@ func (h *host) waitCorrect(ctx context.Context) (time.Time, memory, error) {
 			last = why
 		}
 		if now.After(deadline) {
-			return time.Time{}, maxRSS, fmt.Errorf("state not correct after %v: %s", h.o.Timeout, why)
+			return s, fmt.Errorf("state not correct after %v: %s", h.o.Timeout, why)
 		}
 		select {
 		case <-ctx.Done():
-			return time.Time{}, maxRSS, ctx.Err()
+			return s, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// checkRuns is how many checks measureCheckCPU times.
+const checkRuns = 10
+
+// measureCheckCPU sets h.checkCPU, what one check of the state costs the
+// weft process, from checkRuns checks at the steady state: a /status of
+// every peer for udp (the JSON, and the collections it brings on);
+// nothing for the kernel backends, whose checks read the kernel from the
+// bench's own process.
+func (h *host) measureCheckCPU() error {
+	h.checkCPU = 0
+	if kernelBackend(h.typ) {
+		return nil
+	}
+	pid := h.run.Pid()
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return err
+	}
+	for range checkRuns {
+		if _, _, err := h.chk.correct(h.want); err != nil {
+			return err
+		}
+	}
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return err
+	}
+	h.checkCPU = (cpu1 - cpu0) / checkRuns
+	return nil
 }
 
 // runSteadyAndChurn writes N-1 peers, starts weft, measures the time to the
@@ -377,11 +433,11 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 	if err := h.start(ctx); err != nil {
 		return r, err
 	}
-	at, _, err := h.waitCorrect(ctx)
+	s, err := h.waitCorrect(ctx)
 	if err != nil {
 		return r, err
 	}
-	r.Start = at.Sub(t0)
+	r.Start = s.at.Sub(t0)
 	// Settle: the first periodic pass, then read the steady RSS.
 	time.Sleep(6 * time.Second)
 	if r.RSSSteady, err = rss(h.run.Pid()); err != nil {
@@ -394,6 +450,10 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 	if r.IdleCPU, err = h.idle(idleWindow); err != nil {
 		return r, err
 	}
+	if err := h.measureCheckCPU(); err != nil {
+		return r, err
+	}
+	r.CheckCPU = h.checkCPU
 	for _, rate := range o.Rates {
 		o.Progress(fmt.Sprintf("%s: churn of %d events at %d/s", typ, o.Events, rate))
 		c, err := h.churn(ctx, rate)
@@ -416,11 +476,11 @@ func runSteadyAndChurn(ctx context.Context, o Options, typ string) (Result, erro
 		if err := h.chk.deleteOne(subnet(h.peers[len(h.peers)/2])); err != nil {
 			return r, err
 		}
-		at, _, err := h.waitCorrect(ctx)
+		s, err := h.waitCorrect(ctx)
 		if err != nil {
 			return r, fmt.Errorf("repair: %w", err)
 		}
-		r.Repair = at.Sub(t0)
+		r.Repair = s.at.Sub(t0)
 	}
 	o.Progress(fmt.Sprintf("%s: restarting weft", typ))
 	rs, err := h.restart(ctx)
@@ -458,20 +518,16 @@ func (h *host) churn(ctx context.Context, rate int) (Churn, error) {
 	if err != nil {
 		return c, err
 	}
-	at, m, err := h.waitCorrect(ctx)
-	if err != nil {
-		return c, err
-	}
-	cpu1, err := cpuTime(pid)
+	s, err := h.waitCorrect(ctx)
 	if err != nil {
 		return c, err
 	}
 	if err := profiled(); err != nil {
 		return c, err
 	}
-	c.After = at.Sub(last)
-	c.CPUPerEvent = (cpu1 - cpu0) / time.Duration(len(evs))
-	maxRSS.add(m)
+	c.After = s.at.Sub(last)
+	c.CPUPerEvent = (s.cpu - cpu0) / time.Duration(len(evs))
+	maxRSS.add(s.mem)
 	c.RSSMax, c.RSSMaxAnon = maxRSS.rss, maxRSS.anon
 	return c, nil
 }
@@ -488,7 +544,10 @@ func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
 	if err := h.start(ctx); err != nil {
 		return j, err
 	}
-	if _, _, err := h.waitCorrect(ctx); err != nil {
+	if _, err := h.waitCorrect(ctx); err != nil {
+		return j, err
+	}
+	if err := h.measureCheckCPU(); err != nil {
 		return j, err
 	}
 	o.Progress(fmt.Sprintf("%s: %d hosts join, %d/s", typ, o.Hosts-1, o.JoinRate))
@@ -511,16 +570,12 @@ func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
 		return j, err
 	}
 	j.PutTime = last.Sub(t0)
-	at, m, err := h.waitCorrect(ctx)
+	s, err := h.waitCorrect(ctx)
 	if err != nil {
 		return j, err
 	}
-	cpu1, err := cpuTime(pid)
-	if err != nil {
-		return j, err
-	}
-	maxRSS.add(m)
-	j.After, j.CPU, j.RSSMax = at.Sub(last), cpu1-cpu0, maxRSS.rss
+	maxRSS.add(s.mem)
+	j.After, j.CPU, j.RSSMax = s.at.Sub(last), s.cpu-cpu0, maxRSS.rss
 	return j, nil
 }
 

@@ -33,6 +33,12 @@ func WriteTable(w io.Writer, rs []Result) {
 		}
 	}
 	for _, r := range rs {
+		if r.CheckCPU > 0 {
+			fmt.Fprintf(w, "%s%s %s N=%d: one check of the state (a /status of every peer) cost weft %s of CPU; the churn's CPU per event leaves out the checks before the state was correct\n", sep, r.Binary, r.Backend, r.N, ms(r.CheckCPU))
+			sep = ""
+		}
+	}
+	for _, r := range rs {
 		if r.Repair > 0 {
 			fmt.Fprintf(w, "%s%s %s N=%d: a peer's kernel entries deleted by hand were back after %s\n", sep, r.Binary, r.Backend, r.N, secs(r.Repair))
 			sep = ""
