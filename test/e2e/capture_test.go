@@ -43,6 +43,7 @@ func TestCaptureStatusMetrics(t *testing.T) {
 	exe := self(t)
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	subnets := []netip.Prefix{netip.MustParsePrefix("10.6.1.0/24"), netip.MustParsePrefix("10.6.2.0/24")}
+	idleSubnet, idlePeerIP := netip.MustParsePrefix("10.6.3.0/24"), netip.MustParseAddr("192.0.2.250")
 	sock := filepath.Join(h1.Dir, "debug.sock")
 	procs := make([]*lab.Proc, 2)
 	for i, h := range l.Hosts {
@@ -54,6 +55,8 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		if i == 0 {
 			// Only ports: both must listen on loopback (in h1's namespace).
 			args = append(args, "--metrics-addr", "9101", "--debug-addr", ":9102")
+			// A peer that never sends or receives: no series of its own.
+			args = append(args, "--static-peer", idleSubnet.String()+"="+idlePeerIP.String())
 		}
 		p, err := l.Start(h.Name, "weft", args...)
 		if err != nil {
@@ -255,7 +258,7 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		}
 		t.Logf("weft status:\n%s", out)
 		for _, want := range []string{"backend:", "udp", "lease:", subnets[0].String(), subnets[1].String(), h2.IP.String(),
-			"spoofed-source", "TUN TSO", "UDP GSO", "packets per call:", "peers (1):"} {
+			"spoofed-source", "TUN TSO", "UDP GSO", "packets per call:", "peers (2):"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("weft status lacks %q:\n%s", want, out)
 			}
@@ -301,8 +304,18 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		if v := val("weft_drops_total", "reason", "spoofed-source"); v < 1 {
 			t.Errorf("weft_drops_total{spoofed-source} = %v", v)
 		}
-		if v := val("weft_peers"); v != 1 {
-			t.Errorf("weft_peers = %v", v)
+		if v := val("weft_peers"); v != 2 {
+			t.Errorf("weft_peers = %v, want 2 (h2 and the idle peer)", v)
+		}
+		if v := val("weft_peer_packets_total", "subnet", subnets[1].String(), "direction", "tx"); v < 1 {
+			t.Errorf("weft_peer_packets_total{%s,tx} = %v", subnets[1], v)
+		}
+		for _, name := range []string{"weft_peer_packets_total", "weft_peer_bytes_total"} {
+			for _, m := range fams[name].GetMetric() {
+				if labelValue(m, "subnet") == idleSubnet.String() {
+					t.Errorf("%s has a series for %s, a peer that never carried a packet", name, idleSubnet)
+				}
+			}
 		}
 		if v := val("weft_capture_overflow_total"); v < 1 {
 			t.Errorf("weft_capture_overflow_total = %v after a stalled capture", v)
