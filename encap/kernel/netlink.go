@@ -54,6 +54,7 @@ type Netlink struct {
 
 	ops       opCounter
 	nh        nexthops
+	bs        batchSock
 	nhForeign atomic.Uint64 // routes put in plain: their nexthop id is another's
 }
 
@@ -74,6 +75,10 @@ func (n *Netlink) Close() {
 	n.nh.once.Do(func() { n.nh.off = "closed" }) // never opened: nothing to close
 	if s := n.nh.sock[unix.NETLINK_ROUTE]; s != nil {
 		s.Socket.Close()
+	}
+	n.bs.once.Do(func() { n.bs.err = errors.New("closed") })
+	if n.bs.s != nil {
+		n.bs.s.Close()
 	}
 }
 

@@ -159,28 +159,57 @@ var errForeignNexthop = errors.New("the nexthop id is another's")
 // putNexthop makes weft's nexthop id carry r's gateway, device and onlink
 // flag, without a request when it does already.
 func (n *Netlink) putNexthop(id uint32, r Route) error {
+	req, owned, skip := n.nexthopPut(id, r)
+	if skip {
+		return nil
+	}
+	return n.nexthopPutDone(id, r, owned, n.execute(req))
+}
+
+// nlRequest is one netlink request, for a batch or alone.
+type nlRequest struct {
+	typ, flags uint16 // NLM_F_REQUEST and NLM_F_ACK are added when sent
+	data       []nl.NetlinkRequestData
+}
+
+// execute sends r alone on the raw socket and waits for its answer.
+func (n *Netlink) execute(r nlRequest) error {
+	n.request()
+	_, err := (&nl.NetlinkRequest{NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: r.typ,
+		Flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK | r.flags}, Data: r.data, Sockets: n.nh.sock}).Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// nexthopPut is putNexthop's request: skip when weft's object already
+// carries r; owned when the id is weft's (the request replaces it, else it
+// creates one and fails with EEXIST if the id is another's).
+func (n *Netlink) nexthopPut(id uint32, r Route) (req nlRequest, owned, skip bool) {
 	want := nexthop{gw: r.Gw, link: r.LinkIndex, onlink: r.Onlink}
 	n.nh.mu.Lock()
 	have, owned := n.nh.owned[id]
 	n.nh.mu.Unlock()
 	if owned && have == want {
-		return nil
+		return nlRequest{}, true, true
 	}
-	flags := unix.NLM_F_CREATE | unix.NLM_F_EXCL | unix.NLM_F_ACK
+	flags := uint16(unix.NLM_F_CREATE | unix.NLM_F_EXCL)
 	if owned {
-		flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
+		flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE
 	}
 	msg := &nhmsg{family: unix.AF_INET, protocol: uint8(RouteProtocol)}
 	if r.Onlink {
 		msg.flags = nhaFlagOnlink
 	}
-	req := n.nhRequest(unix.RTM_NEWNEXTHOP, flags)
-	req.AddData(msg)
-	req.AddData(nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)))
-	req.AddData(nl.NewRtAttr(unix.NHA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
-	req.AddData(nl.NewRtAttr(unix.NHA_GATEWAY, r.Gw.AsSlice()))
-	n.request()
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+	return nlRequest{typ: unix.RTM_NEWNEXTHOP, flags: flags, data: []nl.NetlinkRequestData{msg,
+		nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)),
+		nl.NewRtAttr(unix.NHA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))),
+		nl.NewRtAttr(unix.NHA_GATEWAY, r.Gw.AsSlice())}}, owned, false
+}
+
+// nexthopPutDone records the outcome of nexthopPut's request: the object
+// is weft's on success; errForeignNexthop when it created none because the
+// id is another's.
+func (n *Netlink) nexthopPutDone(id uint32, r Route, owned bool, err error) error {
+	if err != nil {
 		if !owned && errors.Is(err, unix.EEXIST) {
 			return errForeignNexthop
 		}
@@ -190,7 +219,7 @@ func (n *Netlink) putNexthop(id uint32, r Route) error {
 	if n.nh.owned == nil {
 		n.nh.owned = map[uint32]nexthop{}
 	}
-	n.nh.owned[id] = want
+	n.nh.owned[id] = nexthop{gw: r.Gw, link: r.LinkIndex, onlink: r.Onlink}
 	n.nh.mu.Unlock()
 	return nil
 }
@@ -231,21 +260,21 @@ func (n *Netlink) ownsNexthop(id uint32) bool {
 // routeByNexthop adds (excl) or replaces the route to r.Dst by nexthop
 // id, tagged RouteProtocol.
 func (n *Netlink) routeByNexthop(r Route, id uint32, excl bool) error {
-	flags := unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
+	return n.execute(routeByNexthopRequest(r, id, excl))
+}
+
+func routeByNexthopRequest(r Route, id uint32, excl bool) nlRequest {
+	flags := uint16(unix.NLM_F_CREATE | unix.NLM_F_REPLACE)
 	if excl {
-		flags = unix.NLM_F_CREATE | unix.NLM_F_EXCL | unix.NLM_F_ACK
+		flags = unix.NLM_F_CREATE | unix.NLM_F_EXCL
 	}
 	msg := nl.NewRtMsg()
 	msg.Family = unix.AF_INET
 	msg.Dst_len = uint8(r.Dst.Bits())
 	msg.Protocol = uint8(RouteProtocol)
-	req := n.nhRequest(unix.RTM_NEWROUTE, flags)
-	req.AddData(msg)
-	req.AddData(nl.NewRtAttr(unix.RTA_DST, r.Dst.Addr().AsSlice()))
-	req.AddData(nl.NewRtAttr(rtaNHID, nl.Uint32Attr(id)))
-	n.request()
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	return nlRequest{typ: unix.RTM_NEWROUTE, flags: flags, data: []nl.NetlinkRequestData{msg,
+		nl.NewRtAttr(unix.RTA_DST, r.Dst.Addr().AsSlice()),
+		nl.NewRtAttr(rtaNHID, nl.Uint32Attr(id))}}
 }
 
 // putRoute adds (excl: NLM_F_EXCL, failing with EEXIST when the

@@ -7,20 +7,21 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Ops counts the netlink work of a Netlink: requests (each a round trip
-// for one entry) and dumps, with the entries they returned. A dump walks a
+// Ops counts the netlink work of a Netlink: requests (one per entry,
+// whether alone, a round trip each, or in a batch of many per sendmsg),
+// batches, and dumps, with the entries they returned. A dump walks a
 // whole table in the kernel whatever its filter, so its cost grows with
 // the table; tests use the counts to hold the cost of one lease event
 // independent of the cluster's size.
 type Ops struct {
-	Requests, Dumps, Dumped uint64
+	Requests, Batches, Dumps, Dumped uint64
 }
 
-type opCounter struct{ requests, dumps, dumped atomic.Uint64 }
+type opCounter struct{ requests, batches, dumps, dumped atomic.Uint64 }
 
 // Ops returns the counts so far.
 func (n *Netlink) Ops() Ops {
-	return Ops{Requests: n.ops.requests.Load(), Dumps: n.ops.dumps.Load(), Dumped: n.ops.dumped.Load()}
+	return Ops{Requests: n.ops.requests.Load(), Batches: n.ops.batches.Load(), Dumps: n.ops.dumps.Load(), Dumped: n.ops.dumped.Load()}
 }
 
 // dump is Dump, counted.

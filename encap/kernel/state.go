@@ -172,6 +172,7 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 		}
 		c.removed = append(c.removed, routeEntry(got))
 	}
+	var put []Route
 	for _, w := range want {
 		if seen[w.Dst] {
 			continue
@@ -184,12 +185,15 @@ func (n *Netlink) reconcileRoutes(want []Route, c *change) error {
 			c.conflict(routeEntry(w), other)
 			continue
 		}
-		if err := n.putRoute(w, false); err != nil {
+		put = append(put, w)
+	}
+	n.putRoutes(put, func(w Route, err error) {
+		if err != nil {
 			errs = append(errs, fmt.Errorf("adding route %s: %w", w, err))
-			continue
+			return
 		}
 		c.added = append(c.added, routeEntry(w))
-	}
+	})
 	// Nexthop objects no wanted route has: a departed peer's whose
 	// deletion failed, or those of an earlier run.
 	ids := make(map[uint32]bool, len(want))
@@ -332,16 +336,20 @@ func (n *Netlink) reconcileNeighs(dev, fam int, want []Neigh, c *change) error {
 		}
 		c.removed = append(c.removed, neighEntry(Neigh{IP: ip, MAC: h.HardwareAddr}, dev))
 	}
+	b := n.newBatch()
 	for _, w := range want {
 		if ok[w.IP] {
 			continue
 		}
-		if err := n.setNeigh(w, dev); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		c.added = append(c.added, neighEntry(w, dev))
+		b.queueNeigh(w, dev, func(err error) {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("adding neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
+				return
+			}
+			c.added = append(c.added, neighEntry(w, dev))
+		})
 	}
+	b.flush()
 	return errors.Join(errs...)
 }
 
@@ -383,16 +391,20 @@ func (n *Netlink) reconcileFDB(dev int, want []FDB, c *change) error {
 		}
 		c.removed = append(c.removed, fdbEntry(FDB{MAC: h.HardwareAddr, Dst: k.dst}, dev))
 	}
+	b := n.newBatch()
 	for _, w := range want {
 		if ok[key{macOf(w.MAC), w.Dst}] {
 			continue
 		}
-		if err := n.setFDB(w, dev); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		c.added = append(c.added, fdbEntry(w, dev))
+		b.queueFDB(w, dev, func(err error) {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("adding fdb %s dst %s: %w", w.MAC, w.Dst, err))
+				return
+			}
+			c.added = append(c.added, fdbEntry(w, dev))
+		})
 	}
+	b.flush()
 	return errors.Join(errs...)
 }
 
