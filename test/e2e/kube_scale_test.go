@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +20,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/memcg"
@@ -153,14 +156,33 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 	// The data path's peers: for vxlan the kernel's FDB entries (weft
 	// status can time out while thousands are programmed), for udp the
 	// engine's table as status shows it.
+	// The FDB is read over netlink from this process (a dump of 5,000
+	// entries takes a few ms): `bridge fdb show`, a process per poll,
+	// took tens of ms of the CPUs the start shares, and its 100 ms
+	// period made the start's figure coarse.
+	var nlh *netlink.Handle
+	if backend == "vxlan" {
+		ns, err := netns.GetFromName(h.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		if nlh, err = netlink.NewHandleAt(ns); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nlh.Close)
+	}
 	peerIPs := func() map[string]bool {
 		ips := map[string]bool{}
 		if backend == "vxlan" {
-			out, _ := exec.Command("bridge", "-n", h.Name, "fdb", "show", "dev", "flannel.1").Output()
-			for _, l := range strings.Split(string(out), "\n") {
-				if _, rest, ok := strings.Cut(l, " dst "); ok {
-					ip, _, _ := strings.Cut(rest, " ")
-					ips[ip] = true
+			link, err := nlh.LinkByName("flannel.1")
+			if err != nil {
+				return ips // not made yet
+			}
+			fdb, _ := nlh.NeighList(link.Attrs().Index, unix.AF_BRIDGE) // interrupted: partial, "not yet"
+			for _, f := range fdb {
+				if f.IP != nil && f.LinkIndex == link.Attrs().Index {
+					ips[f.IP.String()] = true
 				}
 			}
 			return ips
@@ -170,7 +192,11 @@ func kubeScale(t *testing.T, backend string, n int, memMax int64) {
 		}
 		return ips
 	}
-	for deadline := time.Now().Add(5 * time.Minute); len(peerIPs()) < n; time.Sleep(100 * time.Millisecond) {
+	poll := 100 * time.Millisecond // a status of every peer per poll for udp
+	if backend == "vxlan" {
+		poll = 20 * time.Millisecond
+	}
+	for deadline := time.Now().Add(5 * time.Minute); len(peerIPs()) < n; time.Sleep(poll) {
 		alive()
 		if time.Now().After(deadline) {
 			t.Fatalf("%d peers after 5 min, want %d", len(peerIPs()), n)
