@@ -167,15 +167,20 @@ func (n *Netlink) sendBatch(buf []byte, seqs []uint32, done []func(error)) error
 	}
 }
 
+// openSocket opens a NETLINK_ROUTE socket in the Netlink's namespace.
+func (n *Netlink) openSocket() (*nl.NetlinkSocket, error) {
+	ns := netns.None()
+	if n.NS != nil {
+		ns = *n.NS
+	}
+	return nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+}
+
 // batchSocket is the Netlink's socket for batches, opened in its
 // namespace on first use, with a receive timeout.
 func (n *Netlink) batchSocket() (*nl.NetlinkSocket, error) {
 	n.bs.once.Do(func() {
-		ns := netns.None()
-		if n.NS != nil {
-			ns = *n.NS
-		}
-		s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+		s, err := n.openSocket()
 		if err != nil {
 			n.bs.err = err
 			return

@@ -11,7 +11,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,11 +90,7 @@ func nhID(dst netip.Prefix) (uint32, bool) {
 // wanted, and removed with them.
 func (n *Netlink) nhInit() {
 	n.nh.once.Do(func() {
-		ns := netns.None()
-		if n.NS != nil {
-			ns = *n.NS
-		}
-		s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+		s, err := n.openSocket()
 		if err != nil {
 			n.nh.off = "cannot open a netlink socket: " + err.Error()
 			return
