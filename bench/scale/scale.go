@@ -526,7 +526,8 @@ func (h *host) churn(ctx context.Context, rate int) (Churn, error) {
 		return c, err
 	}
 	c.After = s.at.Sub(last)
-	c.CPUPerEvent = (s.cpu - cpu0) / time.Duration(len(evs))
+	// max: where the checks' estimate overshoots what a tiny churn cost.
+	c.CPUPerEvent = max(s.cpu-cpu0, 0) / time.Duration(len(evs))
 	maxRSS.add(s.mem)
 	c.RSSMax, c.RSSMaxAnon = maxRSS.rss, maxRSS.anon
 	return c, nil
@@ -575,7 +576,7 @@ func runJoin(ctx context.Context, o Options, typ string) (Join, error) {
 		return j, err
 	}
 	maxRSS.add(s.mem)
-	j.After, j.CPU, j.RSSMax = s.at.Sub(last), s.cpu-cpu0, maxRSS.rss
+	j.After, j.CPU, j.RSSMax = s.at.Sub(last), max(s.cpu-cpu0, 0), maxRSS.rss
 	return j, nil
 }
 

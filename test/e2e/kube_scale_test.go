@@ -27,6 +27,7 @@ import (
 
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/memcg"
+	"github.com/weft-net/weft/bench/scale"
 	"github.com/weft-net/weft/daemon"
 )
 
@@ -403,24 +404,11 @@ func fullLog(p *lab.Proc) string {
 }
 
 // onCPU is the time the process's threads have run so far, in
-// nanoseconds (/proc/<pid>/task/*/schedstat): cpuTime counts 10 ms
-// ticks, too coarse for 100 events of well under a millisecond each.
-// Threads that exited are not counted (Go's rarely do).
+// nanoseconds (scale.OnCPU): cpuTime counts 10 ms ticks, too coarse for
+// 100 events of well under a millisecond each.
 func onCPU(pid int) time.Duration {
-	paths, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	var sum time.Duration
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b))
-		if len(f) > 0 {
-			ns, _ := strconv.ParseInt(f[0], 10, 64)
-			sum += time.Duration(ns)
-		}
-	}
-	return sum
+	d, _ := scale.OnCPU(pid)
+	return d
 }
 
 // cpuTime is the process's user+system CPU time so far
