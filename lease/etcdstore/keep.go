@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/backoff"
 	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
@@ -57,8 +58,9 @@ func (m *Store) Keep(ctx context.Context, own lease.Lease) error {
 			return err
 		}
 		if err != nil {
-			m.log.Warn("etcd: keeping lease: no connection, retrying", "err", err, "in", wait)
-			sleep(ctx, wait)
+			d := backoff.Jitter(wait)
+			m.log.Warn("etcd: keeping lease: no connection, retrying", "err", err, "in", d.Round(time.Millisecond))
+			sleep(ctx, d)
 			wait = min(2*wait, m.opts.RetryMax)
 			continue
 		}
@@ -68,7 +70,7 @@ func (m *Store) Keep(ctx context.Context, own lease.Lease) error {
 		if err != nil {
 			return err
 		}
-		sleep(ctx, m.firstRetry())
+		sleep(ctx, backoff.Jitter(m.firstRetry()))
 	}
 	return nil
 }
@@ -149,7 +151,7 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 		timer.Reset(max(d, 0))
 	}
 	arm(m.renewAt(st))
-	backoff := m.firstRetry()
+	renewWait := m.firstRetry()
 	for {
 		select {
 		case <-ctx.Done():
@@ -161,7 +163,7 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 			switch {
 			case err == nil:
 				st.exp = time.Now().Add(time.Duration(r.TTL) * time.Second)
-				backoff = m.firstRetry()
+				renewWait = m.firstRetry()
 				m.log.Debug("renewed lease", "lease", st.own.String(), "ttl", time.Duration(r.TTL)*time.Second)
 				arm(m.renewAt(st))
 			case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -174,9 +176,10 @@ func (m *Store) keepLoop(ctx context.Context, cli *clientv3.Client, st *keepStat
 			case ctx.Err() != nil:
 				return nil
 			default:
-				m.log.Warn("etcd: renewing lease failed, retrying", "lease", st.own.String(), "err", err, "in", backoff)
-				arm(time.Now().Add(backoff))
-				backoff = min(2*backoff, m.opts.RetryMax)
+				d := backoff.Jitter(renewWait)
+				m.log.Warn("etcd: renewing lease failed, retrying", "lease", st.own.String(), "err", err, "in", d.Round(time.Millisecond))
+				arm(time.Now().Add(d))
+				renewWait = min(2*renewWait, m.opts.RetryMax)
 			}
 		case wr, ok := <-wch:
 			if !ok {

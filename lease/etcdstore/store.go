@@ -19,9 +19,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
+	grpcbackoff "google.golang.org/grpc/backoff"
 
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/backoff"
 )
 
 // Defaults of flanneld v0.28.
@@ -280,7 +281,7 @@ func (m *Store) client() (*clientv3.Client, error) {
 		// minutes more. Cap it so leases are renewed soon after etcd
 		// is back.
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: min(m.opts.RetryMax, 5*time.Second)},
+			Backoff:           grpcbackoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: min(m.opts.RetryMax, 5*time.Second)},
 			MinConnectTimeout: 5 * time.Second,
 		}),
 			// Fixed flow-control windows. gRPC's dynamic ones estimate the
@@ -345,15 +346,17 @@ func (m *Store) retry(ctx context.Context, what string, op func(ctx context.Cont
 		if permanent(err) {
 			return err
 		}
-		m.log.Warn("etcd: "+what+" failed, retrying", "err", err, "attempt", attempt, "in", wait)
-		if !sleep(ctx, wait) {
+		d := backoff.Jitter(wait)
+		m.log.Warn("etcd: "+what+" failed, retrying", "err", err, "attempt", attempt, "in", d.Round(time.Millisecond))
+		if !sleep(ctx, d) {
 			return ctx.Err()
 		}
 		wait = min(2*wait, m.opts.RetryMax)
 	}
 }
 
-// firstRetry is the first wait between retries: 1 s, as flanneld.
+// firstRetry is the first wait between retries: 1 s, as flanneld (each
+// wait ±20%, backoff.Jitter).
 func (m *Store) firstRetry() time.Duration { return min(time.Second, m.opts.RetryMax) }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -9,12 +9,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/claim"
 	"github.com/weft-net/weft/lease"
+	"github.com/weft-net/weft/lease/internal/backoff"
 	"github.com/weft-net/weft/lease/internal/excerpt"
 )
 
@@ -116,8 +118,9 @@ func (m *Store) watchLoop(ctx context.Context, relist func() error, watch func(*
 			return err
 		}
 		if err != nil {
-			m.log.Warn("etcd: watching leases: no connection, retrying", "err", err, "in", wait)
-			if !sleep(ctx, wait) {
+			d := backoff.Jitter(wait)
+			m.log.Warn("etcd: watching leases: no connection, retrying", "err", err, "in", d.Round(time.Millisecond))
+			if !sleep(ctx, d) {
 				return ctx.Err()
 			}
 			wait = min(2*wait, m.opts.RetryMax)
@@ -130,7 +133,7 @@ func (m *Store) watchLoop(ctx context.Context, relist func() error, watch func(*
 		if progressed {
 			wait = m.firstRetry()
 		}
-		if !sleep(ctx, wait) {
+		if !sleep(ctx, backoff.Jitter(wait)) {
 			return ctx.Err()
 		}
 		wait = min(2*wait, m.opts.RetryMax)

@@ -14,6 +14,8 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/weft-net/weft/lease/internal/backoff"
 )
 
 // The Node watch: what client-go's Reflector does for an informer (a
@@ -56,10 +58,6 @@ func nextRetry(d time.Duration) time.Duration {
 	return min(2*d, retryCap)
 }
 
-func jitter(d time.Duration) time.Duration {
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-}
-
 // run lists and watches all Nodes into c until ctx ends.
 func (c *nodeCache) run(ctx context.Context) {
 	var rv string // the resourceVersion to watch from; "" to list first
@@ -67,7 +65,7 @@ func (c *nodeCache) run(ctx context.Context) {
 	for {
 		if delay > 0 {
 			select {
-			case <-time.After(jitter(delay)):
+			case <-time.After(backoff.Jitter(delay)):
 			case <-ctx.Done():
 				return
 			}
