@@ -80,7 +80,7 @@ func buildBackend(ctx context.Context, o *Options, host encap.Host, cfg *lease.C
 // them it is worth a line, since it names CPUs the operator meant to use.
 func warnQueues(o *Options, backend string, log *slog.Logger) {
 	if o.Datapath.Queues > 1 {
-		log.Warn("--queues applies to the udp backend's userspace data path; the kernel forwards for this backend and ignores it", "backend", backend, "queues", o.Datapath.Queues)
+		log.Warn("--queues applies to the userspace data paths (udp, and vxlan without the kernel's); the kernel forwards for this backend and ignores it", "backend", backend, "queues", o.Datapath.Queues)
 	}
 }
 

@@ -102,7 +102,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 
 	fs.StringVar(&f.tunName, "tun-name", "flannel0", "name of the TUN device (udp backend)")
 	fs.IntVar(&f.batchSize, "batch-size", 128, "most packets moved per system call in each direction (1 to 1024)")
-	fs.IntVar(&f.queues, "queues", 0, "udp backend: TUN queues, each with a forwarding loop pair and a socket of an SO_REUSEPORT group (1 to 16; 1: the single-queue TUN of earlier releases; 0: one per four CPUs, at most 8)")
+	fs.IntVar(&f.queues, "queues", 0, "udp backend and userspace vxlan: TUN queues, each with a forwarding loop pair and a socket of an SO_REUSEPORT group (1 to 16; 1: the single-queue TUN of earlier releases; 0: one per four CPUs, at most 8)")
 	fs.BoolVar(&f.noTUNOffload, "no-tun-offload", false, "open the TUN without virtio-net offloads (no TSO/USO/GRO)")
 	fs.BoolVar(&f.noGSO, "no-udp-gso", false, "do not use UDP segmentation offload (UDP_SEGMENT) when sending")
 	fs.IntVar(&f.tunTxQueueLen, "tun-txqueuelen", 5000, "packets the kernel queues on the TUN for the engine to read (0: the kernel's 500); more absorbs bursts while the engine is off its CPU")

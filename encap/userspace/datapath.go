@@ -24,9 +24,9 @@ type Options struct {
 	TxQueueLen      int           // the TUN's transmit queue (0: the kernel's)
 	NoGSO, NoGRO    bool          // switch UDP GSO / GRO off
 	BusyPoll        time.Duration // how long each loop polls before it sleeps
-	// Queues is how many queues the data path runs (udp flavour): a
-	// multi-queue TUN and an SO_REUSEPORT socket group, a loop pair per
-	// queue. 0: DefaultQueues.
+	// Queues is how many queues the data path runs: a multi-queue TUN and
+	// an SO_REUSEPORT socket group, a loop pair per queue. 0:
+	// DefaultQueues.
 	Queues int
 	// RealtimePriority is the forwarding loops' SCHED_FIFO priority
 	// (engine.Config.RealtimePriority; 0: normal scheduling).

@@ -22,9 +22,9 @@ func TestDefaultQueues(t *testing.T) {
 	}
 }
 
-// TestQueuesRefused: the udp backend takes 1..MaxQueues; userspace VXLAN
-// runs one queue and says so rather than ignore the flag.
-func TestQueuesRefused(t *testing.T) {
+// TestQueuesChecked: both flavours take 0 (DefaultQueues) or
+// 1..MaxQueues and refuse more, naming the flag.
+func TestQueuesChecked(t *testing.T) {
 	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,19 @@ func TestQueuesRefused(t *testing.T) {
 	}
 	vhost := host
 	vhost.PublicIP = netip.MustParseAddr("192.0.2.1")
-	if _, err := NewVXLAN(vhost, vcfg, Options{Queues: 2, StateDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "--queues") {
-		t.Errorf("userspace vxlan with 2 queues: %v", err)
+	if _, err := NewVXLAN(vhost, vcfg, Options{Queues: MaxQueues + 1, StateDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "--queues") {
+		t.Errorf("userspace vxlan with %d queues: %v", MaxQueues+1, err)
+	}
+	for _, q := range []int{0, 1, 2, MaxQueues} {
+		want := q
+		if q == 0 {
+			want = DefaultQueues()
+		}
+		b, err := NewVXLAN(vhost, vcfg, Options{Queues: q, StateDir: t.TempDir()})
+		if err != nil {
+			t.Errorf("userspace vxlan with %d queues: %v", q, err)
+		} else if b.queues != want {
+			t.Errorf("userspace vxlan with %d queues runs %d, want %d", q, b.queues, want)
+		}
 	}
 }

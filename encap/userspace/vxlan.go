@@ -33,7 +33,8 @@ type VXLAN struct {
 	mac      net.HardwareAddr
 	mac6     net.HardwareAddr // nil unless dual-stack
 	local6   netip.Addr       // the IPv6 underlay address; invalid unless dual-stack
-	tr       *vxlan.Transport
+	queues   int              // TUN queues, each with a Transport of its own
+	trs      []*vxlan.Transport
 	enc      *vxlan.Encap
 	leases   vxlan.LeaseCache // parsed BackendData of the last snapshot
 	leases6  vxlan.LeaseCache // parsed BackendV6Data
@@ -62,10 +63,14 @@ func NewVXLAN(host encap.Host, cfg *lease.Config, o Options) (*VXLAN, error) {
 	if !host.PublicIP.Is4() {
 		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address", host.Iface)
 	}
-	if o.Queues > 1 {
-		return nil, fmt.Errorf("vxlan: --queues %d: userspace VXLAN runs one queue (several are for the udp backend); run with --queues 1", o.Queues)
+	queues := o.Queues
+	if queues == 0 {
+		queues = DefaultQueues()
 	}
-	b := &VXLAN{datapath: datapath{opts: o, cfg: cfg}, host: host, vx: c, macFile: VtepMACFile(o.StateDir, c.VNI)}
+	if queues < 1 || queues > MaxQueues {
+		return nil, fmt.Errorf("vxlan: --queues %d is outside 1..%d", queues, MaxQueues)
+	}
+	b := &VXLAN{datapath: datapath{opts: o, cfg: cfg}, host: host, vx: c, macFile: VtepMACFile(o.StateDir, c.VNI), queues: queues}
 	b.leases6.V6 = true
 	b.accept6 = vxlan.AcceptLeaseV6Cached(c.VNI, &b.leases6)
 	if host.PublicIPv6.IsValid() {
@@ -142,6 +147,13 @@ func (b *VXLAN) AcceptIPv6(a lease.Attrs) error { return b.accept6(a) }
 // network the TUN's MTU is that of flannel-v6.<VNI> (the underlay's less
 // 70), which the IPv4 frames fit too: the kernel backend writes the same
 // smaller MTU to FLANNEL_MTU.
+//
+// With several queues the TUN is multi-queue and each queue has a
+// Transport of its own: a receiving socket of one SO_REUSEPORT group on
+// the VXLAN port, and sender sockets whose ports no other queue uses. A
+// VXLAN sender (the kernel's, or this one) picks a frame's source port by
+// its inner flow, so a peer's flows spread over the group's sockets, where
+// flannel's udp format, sent from its one port, puts each peer on one.
 func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 	b.own = own
 	b.mtu = vxlan.DeviceMTU(b.host, b.vx, b.opts.Log)
@@ -156,30 +168,58 @@ func (b *VXLAN) Start(_ context.Context, own lease.Lease) (int, error) {
 		b.mtu = min(b.mtu, vxlan.DeviceMTU6(b.host, b.vx))
 		o.Local6 = netip.AddrPortFrom(b.local6, uint16(b.vx.Port))
 	}
-	if err := b.openTUN(vxlan.DeviceName(b.vx.VNI), 1); err != nil {
+	o.ReusePort = b.queues > 1
+	if err := b.openTUN(vxlan.DeviceName(b.vx.VNI), b.queues); err != nil {
 		return 0, err
 	}
-	tr, err := vxlan.ListenTransport(o)
-	if err != nil {
+	closeAll := func() {
 		b.closeTUN()
-		return 0, err
+		for _, tr := range b.trs {
+			tr.Close()
+		}
+		b.trs = nil
 	}
+	trs := make([]engine.Transport, 0, b.queues)
+	for range b.queues {
+		tr, err := vxlan.ListenTransport(o)
+		if err != nil {
+			closeAll()
+			return 0, err
+		}
+		b.trs = append(b.trs, tr)
+		trs = append(trs, tr)
+	}
+	// ARP replies leave from the first queue's receiving socket, on the
+	// VXLAN port as the kernel's; the Encap sends one at a time.
 	enc, err := vxlan.NewEncap(vxlan.EncapOptions{VNI: b.vx.VNI, MAC: b.mac, MAC6: b.mac6, GBP: b.vx.GBP,
-		Gateway: own.Subnet.Addr(), SendARP: tr.SendFrame})
+		Gateway: own.Subnet.Addr(), SendARP: b.trs[0].SendFrame})
 	if err == nil {
-		err = b.newEngine([]engine.Transport{tr}, enc, false) // VXLAN source ports vary per flow
+		err = b.newEngine(trs, enc, false) // VXLAN source ports vary per flow
 	}
 	if err != nil {
-		b.closeTUN()
-		tr.Close()
+		closeAll()
 		return 0, err
 	}
-	b.tr, b.enc = tr, enc
+	b.enc = enc
+	ts := b.transportStats()
 	b.opts.Log.Info("userspace vxlan up", "tun", b.tun.Name, "mtu", b.mtu, "vni", b.vx.VNI, "port", b.vx.Port, "gbp", b.vx.GBP,
-		"mac", b.mac.String(), "source-ports", tr.SourcePorts(), "tso", b.tun.TSO, "udp-gso", tr.Stats().Send.GSO,
+		"mac", b.mac.String(), "source-ports", ts.SourcePorts, "tso", b.tun.TSO, "udp-gso", ts.Send.GSO,
 		"ipv6", b.dual(), "mac-v6", b.mac6.String(), "underlay-v6", b.local6,
-		"batch", b.opts.BatchSize, "anti-spoof", b.opts.AntiSpoof)
+		"batch", b.opts.BatchSize, "queues", b.queues, "anti-spoof", b.opts.AntiSpoof)
 	return b.mtu, nil
+}
+
+// transportStats sums the queues' Transports.
+func (b *VXLAN) transportStats() vxlan.TransportStats {
+	var s vxlan.TransportStats
+	for i, tr := range b.trs {
+		if i == 0 {
+			s = tr.Stats()
+		} else {
+			s = s.Add(tr.Stats())
+		}
+	}
+	return s
 }
 
 // Run forwards until ctx ends; the TUN goes with the process.
@@ -248,7 +288,7 @@ func (b *VXLAN) Datapath() *encap.DatapathInfo {
 		return nil
 	}
 	return &encap.DatapathInfo{Engine: b.eng, TUN: b.tun, Socket: func() udp.Stats {
-		ts := b.tr.Stats()
+		ts := b.transportStats()
 		s := ts.Receive
 		if r6 := ts.Receive6; r6 != nil {
 			s.GRO = s.GRO && r6.GRO
@@ -284,7 +324,7 @@ func (b *VXLAN) Status() any {
 		s.MAC6 = b.mac6.String()
 	}
 	if b.eng != nil {
-		s.TUN, s.Encap, s.Transport = b.tun.Name, b.enc.Stats(), b.tr.Stats()
+		s.TUN, s.Encap, s.Transport = b.tun.Name, b.enc.Stats(), b.transportStats()
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/weft-net/weft/encap/udp"
 	"github.com/weft-net/weft/engine"
@@ -35,6 +36,12 @@ type TransportOptions struct {
 	// BatchSize, NoGSO, NoGRO: as udp.Options.
 	BatchSize    int
 	NoGSO, NoGRO bool
+	// ReusePort binds the receiving sockets with SO_REUSEPORT, so that
+	// the Transports of several queues receive on the one VXLAN port: the
+	// kernel hands each datagram to one of them by a hash of its 4-tuple,
+	// in which a VXLAN sender's per-flow source port spreads one peer's
+	// flows over the group (udp.Options.ReusePort).
+	ReusePort bool
 }
 
 // Transport carries VXLAN frames: it receives on the VXLAN port and sends
@@ -87,7 +94,7 @@ func ListenTransport(o TransportOptions) (*Transport, error) {
 	if o.BatchSize == 0 {
 		o.BatchSize = 128
 	}
-	rx, err := udp.Listen(udp.Options{Local: o.Local, BatchSize: o.BatchSize, NoGSO: true, NoGRO: o.NoGRO})
+	rx, err := udp.Listen(udp.Options{Local: o.Local, BatchSize: o.BatchSize, NoGSO: true, NoGRO: o.NoGRO, ReusePort: o.ReusePort})
 	if err != nil {
 		return nil, fmt.Errorf("vxlan: %w", err)
 	}
@@ -105,7 +112,7 @@ func ListenTransport(o TransportOptions) (*Transport, error) {
 			t.Close()
 			return nil, fmt.Errorf("vxlan: %s is not an IPv6 address", o.Local6)
 		}
-		if t.rx6, err = udp.Listen(udp.Options{Local: o.Local6, BatchSize: o.BatchSize, NoGSO: true, NoGRO: o.NoGRO}); err != nil {
+		if t.rx6, err = udp.Listen(udp.Options{Local: o.Local6, BatchSize: o.BatchSize, NoGSO: true, NoGRO: o.NoGRO, ReusePort: o.ReusePort}); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("vxlan: IPv6 underlay: %w", err)
 		}
@@ -266,6 +273,23 @@ type TransportStats struct {
 	Receive      udp.Stats  `json:"receive"`
 	Receive6     *udp.Stats `json:"receive_v6,omitempty"` // the IPv6 underlay's, dual-stack only
 	Send         udp.Stats  `json:"send"`
+}
+
+// Add returns the counters of s and o together, as one Transport of both
+// their sockets (the queues of one data path).
+func (s TransportStats) Add(o TransportStats) TransportStats {
+	s.SourcePorts = append(slices.Clip(s.SourcePorts), o.SourcePorts...)
+	s.SourcePorts6 = append(slices.Clip(s.SourcePorts6), o.SourcePorts6...)
+	s.Receive = udp.Sum(s.Receive, o.Receive)
+	if o.Receive6 != nil {
+		r6 := *o.Receive6
+		if s.Receive6 != nil {
+			r6 = udp.Sum(*s.Receive6, r6)
+		}
+		s.Receive6 = &r6
+	}
+	s.Send = udp.Sum(s.Send, o.Send)
+	return s
 }
 
 // Stats returns the Transport's counters.

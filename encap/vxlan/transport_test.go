@@ -3,6 +3,7 @@ package vxlan
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,5 +148,72 @@ func BenchmarkTransportWriteBatch(b *testing.B) {
 				tr.WriteBatch(pkts, dsts)
 			}
 		})
+	}
+}
+
+// The Transports of several queues share the VXLAN port in an
+// SO_REUSEPORT group: a sender's per-flow source ports spread one peer's
+// flows over the group's receiving sockets, and Add sums their counters.
+func TestTransportGroup(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	first, err := ListenTransport(TransportOptions{Local: netip.AddrPortFrom(lo, 0), ReusePort: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := ListenTransport(TransportOptions{Local: first.LocalAddr(), ReusePort: true})
+	if err != nil {
+		t.Fatalf("a second receiving socket on %s: %v", first.LocalAddr(), err)
+	}
+	defer second.Close()
+	if _, err := ListenTransport(TransportOptions{Local: first.LocalAddr()}); err == nil {
+		t.Fatal("a Transport without ReusePort joined the group")
+	}
+	sender, err := ListenTransport(TransportOptions{Local: netip.AddrPortFrom(lo, 0), SourcePorts: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	const flows = 64
+	var pkts [][]byte
+	var dsts []netip.AddrPort
+	for f := range flows {
+		pkts = append(pkts, flowFrame(uint16(2000+f), 100))
+		dsts = append(dsts, first.LocalAddr())
+	}
+	if refused, err := sender.WriteBatch(pkts, dsts); err != nil || refused != 0 {
+		t.Fatalf("refused %d: %v", refused, err)
+	}
+	// Each socket is read by a goroutine of its own until the test closes
+	// it (a blocked ReadBatch returns then).
+	var got [2]atomic.Int64
+	for i, tr := range []*Transport{first, second} {
+		go func() {
+			bufs, sizes, srcs := make([][]byte, flows), make([]int, flows), make([]netip.AddrPort, flows)
+			for i := range bufs {
+				bufs[i] = make([]byte, engine.BufferSize)
+			}
+			for {
+				n, err := tr.ReadBatch(bufs, sizes, srcs, engine.Headroom)
+				if err != nil {
+					return
+				}
+				got[i].Add(int64(n))
+			}
+		}()
+	}
+	total := func() int64 { return got[0].Load() + got[1].Load() }
+	for deadline := time.Now().Add(5 * time.Second); total() < flows && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if total() != flows || got[0].Load() == 0 || got[1].Load() == 0 {
+		t.Fatalf("the group's sockets received %d and %d of %d frames from %d source ports; want all, on both", got[0].Load(), got[1].Load(), flows, len(sender.SourcePorts()))
+	}
+	sum := first.Stats().Add(second.Stats())
+	if int(sum.Receive.RecvSegments) != flows {
+		t.Errorf("summed receive counters: %d packets, want %d", sum.Receive.RecvSegments, flows)
+	}
+	if len(sum.SourcePorts) != 2*DefaultSourcePorts {
+		t.Errorf("summed source ports %v, want both Transports' %d", sum.SourcePorts, 2*DefaultSourcePorts)
 	}
 }

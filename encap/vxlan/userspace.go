@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,7 +70,8 @@ type EncapOptions struct {
 	// answered through SendARP. Invalid: no ARP replies.
 	Gateway netip.Addr
 	// SendARP sends a reply frame (VXLAN header included) to a peer's
-	// endpoint. It runs on the receive loop, rarely; it must not block.
+	// endpoint. It runs on a receive loop, rarely, one call at a time (the
+	// Encap serialises them); it must not block.
 	SendARP func(frame []byte, to netip.AddrPort) error
 }
 
@@ -85,8 +87,12 @@ type Encap struct {
 	arpOn   bool
 	sendARP func([]byte, netip.AddrPort) error
 
-	// ARP replies: the buffer, the token bucket and the counters are used
-	// by the receive loop only; the counters are read by Stats.
+	// ARP replies: the buffer and the token bucket belong to whichever
+	// receive loop holds arpMu. With several queues, several receive loops
+	// may get a request at once; a request comes only while a peer lacks
+	// its permanent neighbour entry, and replies are rate-limited, so the
+	// lock is off the forwarding path. The counters are read by Stats.
+	arpMu     sync.Mutex
 	arpBuf    [HeaderLen + arpLen]byte
 	arpTokens int
 	arpRefill time.Time
@@ -218,6 +224,8 @@ func (e *Encap) answerARP(frame []byte, p *engine.Peer) bool {
 		a[4] != 6 || a[5] != 4 || binary.BigEndian.Uint16(a[6:8]) != 1 || [4]byte(a[24:28]) != e.gateway {
 		return false
 	}
+	e.arpMu.Lock()
+	defer e.arpMu.Unlock()
 	if e.arpTokens == 0 {
 		now := time.Now()
 		if now.Sub(e.arpRefill) < time.Second {

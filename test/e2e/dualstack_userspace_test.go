@@ -253,10 +253,12 @@ func TestDualStackUserspaceVXLAN(t *testing.T) {
 	}
 
 	// A restart keeps both VtepMACs and so the lease's bytes: the kernel
-	// hosts' entries for h3 stay valid.
+	// hosts' entries for h3 stay valid. It comes back with two queues: a
+	// socket of each family per queue, both families' groups on the VXLAN
+	// port.
 	lease3 := k.leaseValue(3)
 	k.stop(3)
-	k.start([]string{"--no-kernel-vxlan"}, 3)
+	k.start([]string{"--no-kernel-vxlan", "--queues", "2"}, 3)
 	if got := k.leaseValue(3); got != lease3 {
 		t.Fatalf("restart changed h3's lease %s -> %s", lease3, got)
 	}
@@ -266,5 +268,11 @@ func TestDualStackUserspaceVXLAN(t *testing.T) {
 	})
 	k.ping6(1, 3)
 	k.tcpTo(3, 2, l.Host(2).PodIP6, 1<<20)
+	k.tcpTo(1, 3, l.Host(3).PodIP6, 1<<20)
+	k.tcpTo(2, 3, l.Host(3).PodIP, 1<<20)
+	s3 = k.uvxlanStats(3)
+	if len(s3.Engine.Queues) != 2 || s3.Transport.Receive6 == nil || s3.Transport.Receive6.RecvSegments == 0 {
+		t.Errorf("h3 with --queues 2: queues %+v, IPv6 receive %+v", s3.Engine.Queues, s3.Transport.Receive6)
+	}
 	k.stop(1, 2, 3)
 }
