@@ -26,13 +26,14 @@ const (
 	BackendVXLAN        = "vxlan"
 	BackendHostGW       = "host-gw"
 	BackendUVXLAN       = "uvxlan"
+	BackendUVXLANQueues = "uvxlan-q2"
 	// BackendFlanneld is real flanneld hosts (--flanneld PATH) with the
 	// UDP backend; not in Backends, since it needs a binary weft lacks.
 	BackendFlanneld = "flanneld"
 )
 
 // Backends lists every backend, in the order the bench reports them.
-var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUDP, BackendUDPQueues2, BackendUDPRealtime, BackendUDPUnbatched}
+var Backends = []string{BackendVeth, BackendHostGW, BackendVXLAN, BackendUVXLAN, BackendUVXLANQueues, BackendUDP, BackendUDPQueues2, BackendUDPRealtime, BackendUDPUnbatched}
 
 // BackendLabel says what a row measures.
 func BackendLabel(name string) string {
@@ -51,6 +52,8 @@ func BackendLabel(name string) string {
 		return "kernel vxlan, configured by the bench with netlink exactly as flanneld's vxlan backend does"
 	case BackendUVXLAN:
 		return "weft userspace VXLAN (Backend.Type vxlan with --no-kernel-vxlan; leases from etcd, which carry the VtepMACs)"
+	case BackendUVXLANQueues:
+		return "weft userspace VXLAN with --queues 2 (a multi-queue TUN, a loop pair and a Transport per queue)"
 	case BackendHostGW:
 		return "host-gw routes, configured by the bench with netlink exactly as flanneld's host-gw backend does"
 	case BackendFlanneld:
@@ -143,10 +146,14 @@ func setupBackend(ctx context.Context, c *Cluster, backend, leases string) (Path
 			return Path{}, err
 		}
 		return podPath(), nil
-	case BackendUVXLAN:
-		// Static peers carry no VtepMAC, so this row always leases
+	case BackendUVXLAN, BackendUVXLANQueues:
+		// Static peers carry no VtepMAC, so these rows always lease
 		// through etcd.
-		if err := startWeftAll(ctx, c, LeasesEtcd, "vxlan", []string{"--no-kernel-vxlan"}); err != nil {
+		extra := []string{"--no-kernel-vxlan"}
+		if backend == BackendUVXLANQueues {
+			extra = append(extra, "--queues=2")
+		}
+		if err := startWeftAll(ctx, c, LeasesEtcd, "vxlan", extra); err != nil {
 			return Path{}, err
 		}
 		return podPath(), nil

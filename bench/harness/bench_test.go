@@ -167,7 +167,7 @@ func TestBenchShort(t *testing.T) {
 		if (b == BackendUDP || b == BackendUDPRealtime || b == BackendUDPQueues2 || b == BackendUDPUnbatched) && !json.Valid(info.WeftStats) {
 			t.Errorf("%s: no weft stats (offload state) in the JSON", b)
 		}
-		if b == BackendUDPQueues2 {
+		if b == BackendUDPQueues2 || b == BackendUVXLANQueues {
 			var st struct {
 				Engine struct{ Queues []json.RawMessage } `json:"engine"`
 			}
@@ -229,7 +229,7 @@ func TestBenchShort(t *testing.T) {
 }
 
 func isWeft(backend string) bool {
-	return backend == BackendUDP || backend == BackendUDPRealtime || backend == BackendUDPQueues2 || backend == BackendUDPUnbatched || backend == BackendUVXLAN
+	return backend == BackendUDP || backend == BackendUDPRealtime || backend == BackendUDPQueues2 || backend == BackendUDPUnbatched || backend == BackendUVXLAN || backend == BackendUVXLANQueues
 }
 
 // checkMem checks a sample's engine memory: for a weft backend every
