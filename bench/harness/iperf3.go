@@ -72,8 +72,14 @@ func parseIperf3TCP(out []byte) (*traffic.Result, error) {
 }
 
 // iperf3UDP64 runs `iperf3 -u -l 64 -b 0` (64-byte datagrams, flat out)
-// for d (whole seconds).
+// for d (whole seconds). It also counts the datagrams the receiver's
+// socket overflowed with, in the server's namespace (which holds no other
+// UDP socket that receives meanwhile): what the path carried but the
+// receiving iperf3 could not read. Without the counter the result still
+// stands, without that figure.
 func (bl *benchLab) iperf3UDP64(ctx context.Context, d time.Duration) (*traffic.Result, error) {
+	v6 := bl.path.ServerIP.Is6()
+	before, errBefore := bl.udpRcvbufErrors(ctx, v6)
 	out, err := bl.iperf3Client(ctx, "-u", "-l", "64", "-b", "0", "-t", strconv.Itoa(wholeSeconds(d)))
 	if err != nil {
 		return nil, err
@@ -83,7 +89,29 @@ func (bl *benchLab) iperf3UDP64(ctx context.Context, d time.Duration) (*traffic.
 		return nil, err
 	}
 	res.Target = bl.path.ServerIP.String()
+	if after, errAfter := bl.udpRcvbufErrors(ctx, v6); errBefore == nil && errAfter == nil && after >= before {
+		n := after - before
+		res.ReceiverOverflows = &n
+	}
 	return res, nil
+}
+
+// udpRcvbufErrors reads the server namespace's count of UDP datagrams
+// dropped for a full socket buffer (/proc/net/snmp's Udp RcvbufErrors, or
+// snmp6's Udp6RcvbufErrors).
+func (bl *benchLab) udpRcvbufErrors(ctx context.Context, v6 bool) (int64, error) {
+	file := "/proc/net/snmp"
+	if v6 {
+		file = "/proc/net/snmp6"
+	}
+	out, err := bl.c.Lab.ExecContext(ctx, bl.path.ServerNS, "cat", file)
+	if err != nil {
+		return 0, err
+	}
+	if v6 {
+		return snmp6Counter(string(out), "Udp6RcvbufErrors")
+	}
+	return snmpCounter(string(out), "Udp", "RcvbufErrors")
 }
 
 // iperf3UDP is one side's count of a UDP test in the client's JSON.

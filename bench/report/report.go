@@ -231,6 +231,18 @@ var Metrics = []Metric{
 			}
 			return *s.Result.Loss * 100, true
 		}},
+	// What the path carried into the receiving namespace: delivered plus
+	// what overflowed the receiver's socket there. Through a forwarder
+	// that cannot slow the sender, the receiving iperf3, not the path,
+	// can be what limits the delivered rate.
+	{Key: "iperf3_udp64_into_pod_kpps", Title: "iperf3 64 B into pod", Unit: "kpps", HigherBetter: true, Workload: WorkloadIperf3UDP64,
+		value: func(s Sample) (float64, bool) {
+			r := s.Result
+			if r.ReceiverOverflows == nil || r.Seconds <= 0 {
+				return 0, false
+			}
+			return float64(r.Delivered+*r.ReceiverOverflows) / r.Seconds / 1e3, true
+		}},
 	{Key: "ping_p50_us", Title: "ping median", Unit: "µs", Workload: WorkloadPing,
 		value: func(s Sample) (float64, bool) { return s.Result.RTTMedianUs, true }},
 	{Key: "ping_p99_us", Title: "ping p99", Unit: "µs", Workload: WorkloadPing,

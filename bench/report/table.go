@@ -35,14 +35,14 @@ var ratioCols = []ratioCol{{key: "tcp1_gbps"}, {key: "tcp4_gbps"}, {key: "udp64_
 
 // toolRatioCols are the standard tools' figures compared with the
 // reference rows, in a ratio table of their own.
-var toolRatioCols = []ratioCol{{key: "iperf3_tcp1_gbps"}, {key: "iperf3_udp64_kpps"},
+var toolRatioCols = []ratioCol{{key: "iperf3_tcp1_gbps"}, {key: "iperf3_udp64_kpps"}, {key: "iperf3_udp64_into_pod_kpps"},
 	{key: "ping_p50_us"}, {key: "ping_p99_us"}, {key: "ping_loaded_p50_us"}, {key: "ping_loaded_p99_us"},
 	{key: "sockperf_p50_us"}, {key: "sockperf_p99_us"}}
 
 // toolMetrics go in a table of their own, under the generator's: the same
 // kinds of figure from standard tools, so that no figure rests on weft's
 // generator alone.
-var toolMetrics = []string{"iperf3_tcp1_gbps", "iperf3_udp64_kpps", "iperf3_udp64_loss_pct",
+var toolMetrics = []string{"iperf3_tcp1_gbps", "iperf3_udp64_kpps", "iperf3_udp64_loss_pct", "iperf3_udp64_into_pod_kpps",
 	"ping_p50_us", "ping_p99_us", "ping_loaded_p50_us", "ping_loaded_p99_us", "sockperf_p50_us", "sockperf_p99_us"}
 
 // costMetrics go in a table of their own, so that none is too wide for a

@@ -8,6 +8,7 @@ import (
 
 // toolsLegend says under the standard tools' table what each ran.
 const toolsLegend = "(standard tools, medians as above: iperf3 64 B UDP is `iperf3 -u -l 64 -b 0`, delivered rate and loss as the receiver counted them; " +
+	"into pod is what reached the receiving namespace, delivered plus what overflowed the receiver's socket there (UdpRcvbufErrors); " +
 	"ping is `ping -i 0.01` (100 echoes/s asked); ping loaded the same beside `iperf3 -P 4` on the same path; " +
 	"sockperf is `sockperf ping-pong -m 64` (UDP), full round trips)"
 

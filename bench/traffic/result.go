@@ -30,6 +30,11 @@ type Result struct {
 	SentPPS      float64  `json:"sent_pps,omitempty"`
 	DeliveredPPS float64  `json:"delivered_pps,omitempty"`
 	Loss         *float64 `json:"loss,omitempty"` // 0..1; set for UDP
+	// ReceiverOverflows (iperf3's UDP test, where counted) is how many
+	// datagrams reached the receiving namespace's UDP layer and were
+	// dropped there because the receiver's socket was full
+	// (UdpRcvbufErrors): a part of Loss that the path carried.
+	ReceiverOverflows *int64 `json:"receiver_overflows,omitempty"`
 
 	// rr
 	Requests          int64   `json:"requests,omitempty"`
