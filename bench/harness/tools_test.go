@@ -158,6 +158,11 @@ func checkStdTool(t *testing.T, s report.Sample, d time.Duration) {
 		if r.Sent <= 0 || r.Delivered <= 0 || r.DeliveredPPS <= 0 || r.Loss == nil || *r.Loss < 0 || *r.Loss >= 1 || r.PayloadSize != 64 {
 			t.Errorf("%s rep %d %s: %+v", s.Backend, s.Rep, s.Workload, r)
 		}
+		// The receiver's socket overflows are read in its namespace: some
+		// of what was sent, never more.
+		if o := r.ReceiverOverflows; o == nil || *o < 0 || *o > r.Sent {
+			t.Errorf("%s rep %d %s: receiver overflows %v of %d sent", s.Backend, s.Rep, s.Workload, o, r.Sent)
+		}
 	case report.WorkloadPing, report.WorkloadPingLoaded:
 		rtts()
 		if r.Sent <= 0 || r.Delivered <= 0 || r.Delivered > r.Sent || r.Requests != r.Delivered || r.Loss == nil || r.SentPPS <= 0 ||
@@ -206,8 +211,8 @@ func TestBenchStdTools(t *testing.T) {
 	t.Logf("\n%s", table.String())
 	_, ratios, _ := strings.Cut(table.String(), "standard tools, ratio to vxlan:")
 	for line := range strings.SplitSeq(ratios, "\n") {
-		if f := strings.Fields(line); len(f) == 9 && f[0] == BackendUDP {
-			if f[1] != "-" || !strings.HasSuffix(f[2], "x") || !strings.HasSuffix(f[8], "x") {
+		if f := strings.Fields(line); len(f) == 10 && f[0] == BackendUDP {
+			if f[1] != "-" || !strings.HasSuffix(f[2], "x") || !strings.HasSuffix(f[3], "x") || !strings.HasSuffix(f[9], "x") {
 				t.Errorf("udp's ratios to vxlan: %q", line)
 			}
 			return
