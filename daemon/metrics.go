@@ -54,6 +54,7 @@ var (
 	mSyscallPkts  = desc("udp_syscall_packets_total", "Packets moved by recvmmsg (after GRO splitting) and sendmmsg (GSO segments).", "call")
 	mPerSyscall   = desc("udp_packets_per_syscall", "Packets per recvmmsg or sendmmsg since start.", "call")
 	mSendErrors   = desc("udp_send_errors_total", "Messages the kernel refused to send.")
+	mKernelDrops  = desc("kernel_drops_total", "Packets the kernel dropped before weft saw them: where=tun, into the TUN while the engine was behind (its ring full); where=socket, at the underlay sockets' full receive buffers.", "where")
 	mCaptures     = desc("captures_running", "Live captures attached to the engine.")
 	mCaptureLost  = desc("capture_overflow_total", "Packets lost by captures whose queue was full, since start.")
 	mCaptureStall = desc("capture_stalled_total", "Captures ended because their reader made no progress.")
@@ -67,7 +68,7 @@ var (
 func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mBackend, mMoves, mReady, mPeers, mSnapshots, mLastSnapshot, mLeaseExpiry, mPackets, mBytes,
 		mBatches, mPerBatch, mBatchSize, mDrops, mICMP, mReadErrors, mPeerPackets, mPeerBytes, mOffload, mGSOFallback, mSyscalls,
-		mSyscallPkts, mPerSyscall, mSendErrors, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused, mRealtime, mRTYields, mQueuePackets} {
+		mSyscallPkts, mPerSyscall, mSendErrors, mKernelDrops, mCaptures, mCaptureLost, mCaptureStall, mRefusals, mRefused, mRealtime, mRTYields, mQueuePackets} {
 		ch <- d
 	}
 }
@@ -176,6 +177,8 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mPerSyscall, ratio(ts.RecvSegments, ts.RecvCalls), "recvmmsg")
 	gauge(mPerSyscall, ratio(ts.SendSegments, ts.SendCalls), "sendmmsg")
 	counter(mSendErrors, ts.SendErrors)
+	counter(mKernelDrops, b.TUN.KernelDrops(), "tun")
+	counter(mKernelDrops, ts.ReceiveDrops, "socket")
 	if h := st.hub; h != nil {
 		gauge(mCaptures, float64(h.Active()))
 		counter(mCaptureLost, h.Overflow())

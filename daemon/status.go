@@ -178,6 +178,7 @@ type StatusReport struct {
 	Engine          *EngineStats       `json:"engine,omitempty"`
 	Offloads        *Offloads          `json:"offloads,omitempty"`
 	Transport       *udp.Stats         `json:"transport,omitempty"`
+	KernelDrops     *KernelDrops       `json:"kernel_drops,omitempty"`
 	PerCall         map[string]float64 `json:"packets_per_call,omitempty"`
 	Captures        int                `json:"captures_running"`
 	// BackendStatus is the backend's own details (encap.Status).
@@ -205,6 +206,16 @@ type EngineStats struct {
 	DropsByReason map[string]uint64 `json:"drops_by_reason"`
 	// Queues breaks the packet and byte counts down by queue (--queues).
 	Queues []engine.QueueStats `json:"queues"`
+}
+
+// KernelDrops are packets the kernel dropped around a userspace data path
+// before weft saw them, so no drop reason of the engine counts them and no
+// capture shows them: into the TUN while the engine was behind reading it
+// (the TUN's transmit drops, its ring full), and at the underlay sockets'
+// full receive buffers while the engine was behind receiving.
+type KernelDrops struct {
+	TUN    uint64 `json:"tun"`
+	Socket uint64 `json:"socket"`
 }
 
 // Offloads says which offloads are in use.
@@ -250,6 +261,7 @@ func (d *daemon) status() StatusReport {
 		r.Engine = &EngineStats{Stats: s, DropsByReason: s.DropsByName(), Queues: dp.Engine.QueueStats()}
 		r.Offloads = &Offloads{TSO: dp.TUN.TSO, USO: dp.TUN.USO, GSO: ts.GSO, GRO: ts.GRO}
 		r.Transport = &ts
+		r.KernelDrops = &KernelDrops{TUN: dp.TUN.KernelDrops(), Socket: ts.ReceiveDrops}
 		r.PerCall = map[string]float64{
 			"tun_read":  ratio(s.TxPackets, s.TxBatches),
 			"recvmmsg":  ratio(ts.RecvSegments, ts.RecvCalls),

@@ -56,6 +56,9 @@ func (r *StatusReport) WriteText(out io.Writer, now time.Time) {
 		}
 		fmt.Fprintln(w)
 	}
+	if k := r.KernelDrops; k != nil {
+		fmt.Fprintf(w, "kernel drops:\t%d into the TUN (its ring full while weft was behind), %d at the underlay sockets (their buffers full)\n", k.TUN, k.Socket)
+	}
 	if r.PerCall != nil {
 		fmt.Fprintf(w, "packets per call:\tTUN read %.1f (forwarded), recvmmsg %.1f, sendmmsg %.1f; %.1f packets per GRO datagram\n",
 			r.PerCall["tun_read"], r.PerCall["recvmmsg"], r.PerCall["sendmmsg"], r.PerCall["gro_train"])

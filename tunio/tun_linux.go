@@ -291,6 +291,19 @@ func InterfaceMTU(name string) (int, error) {
 	return link.Attrs().MTU, nil
 }
 
+// KernelDrops is how many packets the kernel dropped on their way into
+// the TUN, before the engine could read them: the link's transmit drops,
+// nearly always its ring full (--tun-txqueuelen) while the engine was
+// behind. It is the whole device's count, every queue's; a read failure
+// (the device gone) gives 0.
+func (d *Device) KernelDrops() uint64 {
+	link, err := netlink.LinkByName(d.Name)
+	if err != nil || link.Attrs().Statistics == nil {
+		return 0
+	}
+	return link.Attrs().Statistics.TxDropped
+}
+
 // Readable reports whether a read would return at once, without blocking
 // and without waking the Go scheduler: a poll(2) with zero timeout. The
 // engine uses it to read many small packets per wakeup, since the tun

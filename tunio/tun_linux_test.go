@@ -336,3 +336,39 @@ func waitLocal(addr netip.Addr) error {
 	}
 	return fmt.Errorf("%s never became a local address", addr)
 }
+
+// Packets the kernel cannot queue for a reader that is behind are counted
+// as the device's drops: a TUN with a ring of 16 and nobody reading.
+func TestKernelDrops(t *testing.T) {
+	inFreshNetns(t, func() error {
+		const name = "wtdrop0"
+		d, err := Create(Options{Name: name, MTU: 1500, TxQueueLen: 16})
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if err := Configure(name, Addrs{Addr: netip.MustParseAddr("10.98.0.1"), Network: netip.MustParsePrefix("10.98.0.0/24")}); err != nil {
+			return err
+		}
+		if n := d.KernelDrops(); n != 0 {
+			return fmt.Errorf("a new TUN has %d drops", n)
+		}
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.98.0.2:9")))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		const sent = 200
+		for range sent {
+			if _, err := conn.Write([]byte("x")); err != nil {
+				return err
+			}
+		}
+		// The ring holds 16 (the kernel may queue a few more in front of
+		// it); everything else is dropped.
+		if n := d.KernelDrops(); n < sent/2 || n > sent {
+			return fmt.Errorf("%d of %d datagrams counted as dropped, with a ring of 16 and nobody reading", n, sent)
+		}
+		return nil
+	})
+}

@@ -51,6 +51,11 @@ type Stats struct {
 	Truncated     uint64 // datagrams longer than a buffer, dropped
 	SendErrors    uint64 // messages the kernel refused
 	LastSendErrno uint64 // errno of the last refusal, 0 if none
+	// ReceiveDrops are datagrams the kernel dropped at the socket before
+	// weft received them, nearly always for a full receive buffer (the
+	// socket's sk_drops, read by SO_MEMINFO when Stats is called; 0
+	// before Linux 4.12).
+	ReceiveDrops uint64
 }
 
 type counters struct {

@@ -249,7 +249,34 @@ func (c *Conn) Stats() Stats {
 		RecvCalls:    c.c.recvCalls.Load(), RecvDatagrams: c.c.recvDatagrams.Load(), RecvSegments: c.c.recvSegments.Load(),
 		SendCalls: c.c.sendCalls.Load(), SendMessages: c.c.sendMessages.Load(), SendSegments: c.c.sendSegments.Load(),
 		Truncated: c.c.truncated.Load(), SendErrors: c.c.sendErrors.Load(), LastSendErrno: c.c.lastSendErrno.Load(),
+		ReceiveDrops: c.receiveDrops(),
 	}
+}
+
+// skMeminfoDrops is SK_MEMINFO_DROPS, the index of sk_drops in what
+// SO_MEMINFO returns (include/uapi/linux/sock_diag.h); skMeminfoVars is
+// SK_MEMINFO_VARS, how many there are.
+const skMeminfoDrops, skMeminfoVars = 8, 9
+
+// receiveDrops reads the socket's drop count, which the kernel keeps
+// whether or not anyone asks (SO_RXQ_OVFL would put it on every received
+// message instead). A send-only socket receives nothing and drops
+// nothing; on error (a closed socket, a kernel before 4.12) it is 0.
+func (c *Conn) receiveDrops() uint64 {
+	if c.rx.bufs == nil {
+		return 0
+	}
+	var mem [skMeminfoVars]uint32
+	var drops uint64
+	_ = c.rc.Control(func(fd uintptr) {
+		n := uint32(unsafe.Sizeof(mem))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno == 0 && n > skMeminfoDrops*4 {
+			drops = uint64(mem[skMeminfoDrops])
+		}
+	})
+	return drops
 }
 
 func (c *Conn) recvmmsg(fd uintptr) bool {

@@ -443,3 +443,43 @@ func TestReadTrainsAllocatesNothing(t *testing.T) {
 		t.Fatalf("%v allocations per batch, want 0", a)
 	}
 }
+
+// Datagrams the kernel drops at a full receive buffer, before the Conn
+// reads them, show in Stats; a send-only socket reports none.
+func TestReceiveDrops(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	c, err := Listen(Options{Local: netip.AddrPortFrom(lo, 0), SocketBuffer: 64 << 10, NoGRO: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if d := c.Stats().ReceiveDrops; d != 0 {
+		t.Fatalf("a new socket has %d drops", d)
+	}
+	s, err := Listen(Options{Local: netip.AddrPortFrom(lo, 0), SendOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const sent = 4000 // far more than 64 KiB of buffer holds, at ~1 KiB of truesize each
+	payload := make([]byte, 100)
+	for range sent / 100 {
+		pkts := make([][]byte, 100)
+		dsts := make([]netip.AddrPort, 100)
+		for i := range pkts {
+			pkts[i], dsts[i] = payload, c.LocalAddr()
+		}
+		if _, err := s.WriteBatch(pkts, dsts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := c.Stats().ReceiveDrops; d < sent/2 || d > sent {
+		t.Errorf("%d of %d datagrams counted as dropped at a 64 KiB buffer nobody read", d, sent)
+	}
+	if d := s.Stats().ReceiveDrops; d != 0 {
+		t.Errorf("a send-only socket reports %d drops", d)
+	}
+	if sum := Sum(c.Stats(), s.Stats()); sum.ReceiveDrops != c.Stats().ReceiveDrops {
+		t.Errorf("Sum lost the drops: %d", sum.ReceiveDrops)
+	}
+}

@@ -142,6 +142,7 @@ func Sum(a, b Stats) Stats {
 	a.SendSegments += b.SendSegments
 	a.Truncated += b.Truncated
 	a.SendErrors += b.SendErrors
+	a.ReceiveDrops += b.ReceiveDrops
 	if b.LastSendErrno != 0 {
 		a.LastSendErrno = b.LastSendErrno
 	}

@@ -296,6 +296,7 @@ func (b *VXLAN) Datapath() *encap.DatapathInfo {
 			s.RecvDatagrams += r6.RecvDatagrams
 			s.RecvSegments += r6.RecvSegments
 			s.Truncated += r6.Truncated
+			s.ReceiveDrops += r6.ReceiveDrops
 		}
 		s.GSO, s.GSOFallbacks = ts.Send.GSO, ts.Send.GSOFallbacks
 		s.SendCalls, s.SendMessages, s.SendSegments = ts.Send.SendCalls, ts.Send.SendMessages, ts.Send.SendSegments

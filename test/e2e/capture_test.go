@@ -258,7 +258,7 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		}
 		t.Logf("weft status:\n%s", out)
 		for _, want := range []string{"backend:", "udp", "lease:", subnets[0].String(), subnets[1].String(), h2.IP.String(),
-			"spoofed-source", "TUN TSO", "UDP GSO", "packets per call:", "peers (2):"} {
+			"spoofed-source", "TUN TSO", "UDP GSO", "packets per call:", "kernel drops:", "peers (2):"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("weft status lacks %q:\n%s", want, out)
 			}
@@ -325,6 +325,10 @@ func TestCaptureStatusMetrics(t *testing.T) {
 		}
 		val("weft_offload_enabled", "offload", "gso")
 		val("weft_backend_info", "backend", "udp")
+		// Counted by the kernel, read on each scrape; nothing here fills
+		// a ring or a buffer, so any value is right, but both are there.
+		val("weft_kernel_drops_total", "where", "tun")
+		val("weft_kernel_drops_total", "where", "socket")
 		// The batch-size histogram: every read counted once, and a bulk
 		// transfer's TUN reads carry more than one packet (TSO splits).
 		if f := fams["weft_batch_size_packets"]; f == nil {
